@@ -1,0 +1,56 @@
+"""`ha-sim` console script."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from homeiq_shared.cli import run_service
+from homeiq_shared.options import LogFormat, LogLevel
+from homeiq_shared.settings import ConfigError, check_positive, read_secret
+
+app = typer.Typer(help="A Home Assistant WebSocket simulator: realistic entities, exact protocol.",
+                  no_args_is_help=True, add_completion=False)
+
+
+@app.callback()
+def _main() -> None:
+    """A Home Assistant WebSocket simulator: realistic entities, exact protocol."""
+
+
+@app.command()
+def run(
+    host: Annotated[str, typer.Option(envvar="HA_SIM_HOST", help="Listen address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="HA_SIM_PORT", help="Listen port.")] = 8123,
+    entities: Annotated[int, typer.Option(envvar="HA_SIM_ENTITIES", help="Number of entities.")] = 200,
+    rate: Annotated[float, typer.Option(envvar="HA_SIM_RATE", help="state_changed events per second.")] = 20.0,
+    seed: Annotated[int, typer.Option(envvar="HA_SIM_SEED", help="Seed of the population.")] = 1,
+    log_level: LogLevel = "INFO",
+    log_format: LogFormat = "auto",
+) -> None:
+    """Serve ws://HOST:PORT/api/websocket; clients authenticate with HA_TOKEN (or HA_TOKEN_FILE)."""
+    from homeiq_hasim.hub import Hub  # noqa: PLC0415 - keep --help fast
+    from homeiq_hasim.runner import SimServer  # noqa: PLC0415
+    from homeiq_shared.logs import Log  # noqa: PLC0415
+
+    def build() -> object:
+        check_positive("HA_SIM_RATE", rate)
+        if entities < 1:
+            raise ConfigError(f"HA_SIM_ENTITIES: must be at least 1, got {entities}")
+        hub = Hub.create(entities, read_secret("HA_TOKEN"), seed)
+        server = SimServer(hub, host, port)
+
+        async def main(stop: asyncio.Event) -> None:
+            url = await server.start()
+            Log("ha_sim").info("ha_sim_started", url=url, entities=entities, rate_per_s=rate)
+            try:
+                await hub.emit(None, rate, stop)
+            finally:
+                await server.stop()
+                Log("ha_sim").info("ha_sim_stopped", events_fired=len(hub.sent))
+
+        return main
+
+    run_service(log_level, log_format, build)  # type: ignore[arg-type]

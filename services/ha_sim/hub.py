@@ -1,0 +1,149 @@
+"""The simulated Home Assistant core: states, registries, the event bus, the recorder, the ground truth."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from homeiq_hasim.messages import event_message, iso, now_us, partial_event_message, ulid
+from homeiq_hasim.population import Entity, Population, build_population, next_state
+
+HA_VERSION = "2025.11.2"
+MATCH_ALL = "*"
+TICK_S = 0.005
+MAX_PER_TICK = 500
+
+
+@dataclass(frozen=True)
+class SentEvent:
+    """Ground truth for one fired state_changed event."""
+
+    entity_id: str
+    state: str
+    attributes: dict[str, Any]
+    last_updated_us: int
+    last_changed_us: int
+    old_state: str | None
+    context_id: str
+
+
+@dataclass
+class Faults:
+    """Faults a test can switch on while the simulator runs."""
+
+    silent_after_connect: bool = False  # never send auth_required
+    silent_after_auth: bool = False  # never answer the auth message
+    ignore_pings: bool = False  # a half-open connection: pings go unanswered
+
+
+class Subscriber(Protocol):
+    """A connection that receives events for its subscriptions."""
+
+    subscriptions: dict[int, str]
+
+    def send(self, message: bytes) -> None:
+        """Queue one message for the client."""
+
+
+@dataclass
+class Recorded:
+    """One recorder row (HA's compressed state fields)."""
+
+    state: str
+    attributes: dict[str, Any]
+    last_updated_us: int
+    last_changed_us: int
+
+
+@dataclass
+class Hub:
+    """Everything a connection can ask for, and the event bus that feeds the subscriptions."""
+
+    population: Population
+    token: str
+    faults: Faults = field(default_factory=Faults)
+    connections: set[Subscriber] = field(default_factory=set)
+    sent: list[SentEvent] = field(default_factory=list)
+    recorder: dict[str, list[Recorded]] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+    connects: int = 0
+
+    @classmethod
+    def create(cls, entity_count: int, token: str, seed: int = 1) -> Hub:
+        """A hub with `entity_count` entities, each with an initial recorded state."""
+        hub = cls(population=build_population(entity_count, seed), token=token)
+        start = now_us()
+        for entity in hub.population.entities:
+            entity.last_changed_us = entity.last_updated_us = start
+            entity.context = {"id": ulid(start), "parent_id": None, "user_id": None}
+            hub.recorder[entity.entity_id] = [Recorded(entity.state, entity.attributes, start, start)]
+        return hub
+
+    @property
+    def entities(self) -> dict[str, Entity]:
+        """Entities by entity_id."""
+        return {entity.entity_id: entity for entity in self.population.entities}
+
+    def state_dict(self, entity: Entity) -> dict[str, Any]:
+        """HA's `State.as_dict()` for the entity's current state."""
+        updated = iso(entity.last_updated_us)
+        return {
+            "entity_id": entity.entity_id,
+            "state": entity.state,
+            "attributes": entity.attributes,
+            "last_changed": iso(entity.last_changed_us),
+            "last_reported": updated,
+            "last_updated": updated,
+            "context": entity.context,
+        }
+
+    def fire_state_change(self, entity: Entity | None = None) -> SentEvent:
+        """Change one entity's state and fire `state_changed` to every matching subscription."""
+        entity = entity or self.rng.choice(self.population.entities)
+        old = self.state_dict(entity)
+        state, attributes = next_state(entity, self.rng)
+        stamp = max(now_us(), entity.last_updated_us + 1)
+        if state != entity.state:
+            entity.last_changed_us = stamp
+        entity.state, entity.attributes, entity.last_updated_us = state, attributes, stamp
+        entity.context = {"id": ulid(stamp), "parent_id": None, "user_id": None}
+        new = self.state_dict(entity)
+        event = {
+            "event_type": "state_changed",
+            "data": {"entity_id": entity.entity_id, "old_state": old, "new_state": new},
+            "origin": "LOCAL",
+            "time_fired": new["last_updated"],
+            "context": entity.context,
+        }
+        self.broadcast("state_changed", event)
+        record = SentEvent(entity.entity_id, state, attributes, stamp, entity.last_changed_us, old["state"],
+                           entity.context["id"] or "")
+        self.sent.append(record)
+        self.recorder[entity.entity_id].append(Recorded(state, attributes, stamp, entity.last_changed_us))
+        return record
+
+    def broadcast(self, event_type: str, event: dict[str, Any]) -> None:
+        """Send one event to every subscription that matches it, serialised once like HA's cache."""
+        partial: bytes | None = None
+        for connection in self.connections:
+            for sub_id, wanted in connection.subscriptions.items():
+                if wanted in (MATCH_ALL, event_type):
+                    partial = partial or partial_event_message(event)
+                    connection.send(event_message(partial, sub_id))
+
+    async def emit(self, count: int | None, rate_per_s: float, stop: asyncio.Event | None = None) -> int:
+        """Fire `count` events (None: until `stop`) at `rate_per_s`; returns how many were fired."""
+        loop = asyncio.get_running_loop()
+        started, fired = loop.time(), 0
+        while (count is None or fired < count) and not (stop and stop.is_set()):
+            due = int((loop.time() - started) * rate_per_s) + 1
+            if count is not None:
+                due = min(due, count)
+            # At most MAX_PER_TICK at once so the connections' writers get to send in between.
+            for _ in range(min(due - fired, MAX_PER_TICK)):
+                self.fire_state_change()
+                fired += 1
+            await asyncio.sleep(TICK_S if fired >= due else 0)
+        return fired

@@ -1,0 +1,63 @@
+"""Message builders byte-for-byte in HA's shapes (`websocket_api/messages.py`)."""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import msgspec
+
+_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_encode = msgspec.json.Encoder().encode
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Compact JSON, as HA's orjson writes it."""
+    return _encode(obj)
+
+
+def result_message(msg_id: int, result: Any = None) -> bytes:
+    """`{"id":n,"type":"result","success":true,"result":…}`."""
+    return json_bytes({"id": msg_id, "type": "result", "success": True, "result": result})
+
+
+def error_message(msg_id: int | None, code: str, message: str) -> bytes:
+    """`{"id":n,"type":"result","success":false,"error":{"code":…,"message":…}}`."""
+    return json_bytes({"id": msg_id, "type": "result", "success": False,
+                       "error": {"code": code, "message": message}})
+
+
+def pong_message(msg_id: int) -> bytes:
+    """`{"id":n,"type":"pong"}`."""
+    return json_bytes({"id": msg_id, "type": "pong"})
+
+
+def partial_event_message(event: dict[str, Any]) -> bytes:
+    """`{"type":"event","event":…}` without the closing brace; HA caches this once per event."""
+    return json_bytes({"type": "event", "event": event})[:-1]
+
+
+def event_message(partial: bytes, subscription_id: int) -> bytes:
+    """The cached partial message completed with the subscription id, as HA does."""
+    return partial + b',"id":' + str(subscription_id).encode() + b"}"
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def iso(us: int) -> str:
+    """Epoch microseconds as HA's `datetime.isoformat()` (no fraction when microsecond is 0)."""
+    return (_EPOCH + timedelta(microseconds=us)).isoformat()
+
+
+def now_us() -> int:
+    """The wall clock in whole microseconds."""
+    return time.time_ns() // 1000
+
+
+def ulid(us: int) -> str:
+    """A ULID like HA's context ids: 48-bit milliseconds + 80 random bits, Crockford base32."""
+    value = ((us // 1000) << 80) | random.getrandbits(80)
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))

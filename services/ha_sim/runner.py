@@ -1,0 +1,39 @@
+"""Start and stop the simulator inside an event loop (tests, the pipeline check, the CLI)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from homeiq_hasim.hub import Hub
+from homeiq_hasim.server import make_app
+
+
+class SimServer:
+    """An ha-sim listening on `host:port` (0: a free port); `url` is its WebSocket URL once started."""
+
+    def __init__(self, hub: Hub, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.hub, self._host, self._port = hub, host, port
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> str:
+        """Listen; returns the ws:// URL of `/api/websocket`."""
+        self._runner = web.AppRunner(make_app(self.hub), access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1] if site._server else self._port  # noqa: SLF001
+        self.url = f"ws://{self._host}:{port}/api/websocket"
+        return self.url
+
+    def drop_connections(self) -> None:
+        """Abort every client connection, as a restarting HA or a network fault would."""
+        for connection in list(self.hub.connections):
+            connection.abort("dropped by the simulator")
+
+    async def stop(self) -> None:
+        """Close every connection and stop listening."""
+        self.drop_connections()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

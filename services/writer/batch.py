@@ -1,0 +1,163 @@
+"""Decode → encode → write → classify → ack: the one write path, shared by the writer and the replayer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+import redis.asyncio as aioredis
+
+from homeiq_shared.backoff import Backoff
+from homeiq_shared.events import PAYLOAD_VERSION, decode_event
+from homeiq_shared.health import Readiness
+from homeiq_shared.lifecycle import wait_or_stop
+from homeiq_shared.logs import Log
+from homeiq_shared.stream import (
+    DEAD_DETAIL,
+    DEAD_ORIGINAL_ID,
+    DEAD_REASON,
+    FIELD_EVENT,
+    FIELD_VERSION,
+    StreamNames,
+)
+from homeiq_writer.influx import InfluxSink, Outcome, WriteResult
+from homeiq_writer.lineprotocol import encode_line
+from homeiq_writer.metrics import WriterMetrics
+
+log = Log(__name__)
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+READY_INFLUX = "influxdb"
+
+
+class Encoded(msgspec.Struct):
+    """An entry ready to write: its id and fields, its line, and the event time for the latency metric."""
+
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+    line: bytes
+    time_ns: int
+
+
+class Poison(msgspec.Struct):
+    """An entry that can never be written, and why."""
+
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+    reason: str
+    detail: str
+
+
+def encode_entries(entries: list[Entry]) -> tuple[list[Encoded], list[Poison]]:
+    """Split entries into encoded lines and poison; a pure function of the entries."""
+    good: list[Encoded] = []
+    poison: list[Poison] = []
+    for entry_id, fields in entries:
+        version = fields.get(FIELD_VERSION)
+        if version != PAYLOAD_VERSION.encode():
+            poison.append(Poison(entry_id, fields, "unknown_version", f"payload version {version!r}"))
+            continue
+        try:
+            event = decode_event(fields[FIELD_EVENT])
+            line = encode_line(event).encode()
+        except (KeyError, msgspec.DecodeError, msgspec.ValidationError, UnicodeError) as exc:
+            poison.append(Poison(entry_id, fields, "undecodable", f"{type(exc).__name__}: {exc}"[:300]))
+            continue
+        good.append(Encoded(entry_id, fields, line, event.time_ns))
+    return good, poison
+
+
+class BatchWriter:
+    """Writes decoded batches to InfluxDB and acks exactly what InfluxDB accepted."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        names: StreamNames,
+        sink: InfluxSink,
+        metrics: WriterMetrics,
+        readiness: Readiness,
+        consumer: str,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._redis, self._names, self._sink = client, names, sink
+        self._metrics, self._readiness, self._consumer = metrics, readiness, consumer
+        self._backoff = backoff or Backoff(base_s=0.5, cap_s=30.0, reset_after_s=30.0)
+
+    async def process(self, entries: list[Entry], stop: asyncio.Event) -> bool:
+        """Write and ack `entries`; False when `stop` interrupted retries (the rest stays pending)."""
+        self._metrics.entries_read.inc(len(entries))
+        lost = [(eid, f) for eid, f in entries if not f]
+        if lost:
+            entries = [(eid, f) for eid, f in entries if f]
+            for eid, _ in lost:
+                await self.dead_letter(eid, {}, "payload_trimmed", "entry pending but its payload was trimmed")
+            self._metrics.lost.labels("payload_trimmed").inc(len(lost))
+        good, poison = encode_entries(entries)
+        for bad in poison:
+            await self.dead_letter(bad.entry_id, bad.fields, bad.reason, bad.detail)
+        return await self._write(good, stop)
+
+    async def _write(self, batch: list[Encoded], stop: asyncio.Event) -> bool:
+        while batch:
+            result = await self._send(batch)
+            if result.outcome is Outcome.OK:
+                self._readiness.ok(READY_INFLUX)
+                self._backoff.reset()
+                await self._ack(batch)
+                return True
+            if result.outcome is Outcome.BAD_DATA:
+                self._readiness.ok(READY_INFLUX)
+                if len(batch) == 1:
+                    await self.dead_letter(batch[0].entry_id, batch[0].fields, "rejected", result.detail)
+                    return True
+                middle = len(batch) // 2
+                return await self._write(batch[:middle], stop) and await self._write(batch[middle:], stop)
+            reason = f"InfluxDB at {self._sink.url} answered {result.status or 'nothing'}: {result.detail}"
+            self._readiness.fail(READY_INFLUX, reason[:300])
+            delay_s = max(result.retry_after_s or 0.0, self._backoff.next_delay_s())
+            log.warning("write_retry", outcome=result.outcome.value, status=result.status,
+                        detail=result.detail[:200], retry_in_s=round(delay_s, 2), batch=len(batch))
+            if await wait_or_stop(stop, delay_s):
+                return False
+        return True
+
+    async def _send(self, batch: list[Encoded]) -> WriteResult:
+        body = b"\n".join(item.line for item in batch)
+        started = time.perf_counter()
+        result = await self._sink.write(body)
+        self._metrics.write_seconds.observe(time.perf_counter() - started)
+        self._metrics.batches.labels(result.outcome.value).inc()
+        return result
+
+    async def _ack(self, batch: list[Encoded]) -> None:
+        # Shielded: once InfluxDB has the points, the ack must not be half-done by a cancellation.
+        ids = [item.entry_id for item in batch]
+        await asyncio.shield(self._redis.xack(self._names.stream, self._names.group, *ids))
+        self._metrics.points_written.inc(len(batch))
+        now_ns = time.time_ns()
+        for item in batch:
+            self._metrics.event_age.observe(max(0.0, (now_ns - item.time_ns) / 1e9))
+
+    async def dead_letter(
+        self, entry_id: bytes, fields: dict[bytes, bytes], reason: str, detail: str
+    ) -> None:
+        """Copy the entry to the dead-letter stream with its reason and ack it, atomically."""
+        dead: dict[bytes, bytes] = {
+            **fields,
+            DEAD_REASON: reason.encode(),
+            DEAD_DETAIL: detail.encode(),
+            DEAD_ORIGINAL_ID: entry_id,
+            b"consumer": self._consumer.encode(),
+        }
+        async with self._redis.pipeline(transaction=True) as tx:
+            tx.xadd(self._names.dead, dead)  # type: ignore[arg-type]
+            tx.xack(self._names.stream, self._names.group, entry_id)
+            await asyncio.shield(tx.execute())
+        if reason == "payload_trimmed":
+            log.error("entry_lost", entry_id=entry_id.decode(), reason=reason)
+        else:
+            self._metrics.dead_lettered.labels(reason).inc()
+            log.warning("dead_lettered", entry_id=entry_id.decode(), reason=reason, detail=detail[:200])

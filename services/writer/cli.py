@@ -1,0 +1,95 @@
+"""`writer` console script."""
+
+from __future__ import annotations
+
+import socket
+from typing import Annotated
+
+import typer
+
+from homeiq_shared.cli import ServiceMain, run_service
+from homeiq_shared.options import (
+    DEFAULT_REDIS_URL,
+    DeadStreamName,
+    GroupName,
+    LogFormat,
+    LogLevel,
+    MetricsHost,
+    MetricsPort,
+    RedisUrl,
+    StreamName,
+)
+from homeiq_shared.stream import DEFAULT_NAMES, StreamNames
+from homeiq_writer.settings import InfluxSettings, WriterSettings
+
+app = typer.Typer(help="Write stream entries to InfluxDB; ack only after InfluxDB accepted them.",
+                  no_args_is_help=True, add_completion=False)
+
+
+@app.callback()
+def _main() -> None:
+    """Write stream entries to InfluxDB; ack only after InfluxDB accepted them."""
+
+
+@app.command()
+def run(
+    influxdb_url: Annotated[str, typer.Option(envvar="INFLUXDB_URL", help="InfluxDB base URL.")] = (
+        "http://127.0.0.1:8086"
+    ),
+    influxdb_api: Annotated[
+        str, typer.Option(envvar="INFLUXDB_API", help="v2 (org, bucket, token) or v1 (db, rp, user).")
+    ] = "v2",
+    influxdb_org: Annotated[str, typer.Option(envvar="INFLUXDB_ORG", help="v2 organisation.")] = "homeiq",
+    influxdb_bucket: Annotated[
+        str, typer.Option(envvar="INFLUXDB_BUCKET", help="v2 bucket, or v1 database.")
+    ] = "home_assistant_events",
+    influxdb_retention_policy: Annotated[
+        str, typer.Option(envvar="INFLUXDB_RETENTION_POLICY", help="v1 retention policy (empty: default).")
+    ] = "",
+    influxdb_username: Annotated[
+        str,
+        typer.Option(envvar="INFLUXDB_USERNAME",
+                     help="v1 user; the password comes from INFLUXDB_PASSWORD or INFLUXDB_PASSWORD_FILE."),
+    ] = "",
+    influxdb_timeout_s: Annotated[
+        float, typer.Option(envvar="INFLUXDB_TIMEOUT_S", help="Timeout of one write request, seconds.")
+    ] = 10.0,
+    consumer: Annotated[
+        str, typer.Option(envvar="WRITER_CONSUMER", help="Consumer name; stable per replica (default: hostname).")
+    ] = "",
+    batch_size: Annotated[
+        int, typer.Option(envvar="WRITER_BATCH_SIZE", help="Entries per read and per InfluxDB write (max 5000).")
+    ] = 5000,
+    block_ms: Annotated[
+        int, typer.Option(envvar="WRITER_BLOCK_MS", help="How long one read waits for new entries, ms.")
+    ] = 1000,
+    redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    stream: StreamName = DEFAULT_NAMES.stream,
+    group: GroupName = DEFAULT_NAMES.group,
+    dead_stream: DeadStreamName = DEFAULT_NAMES.dead,
+    metrics_host: MetricsHost = "0.0.0.0",  # noqa: S104 - scraped from other containers
+    metrics_port: MetricsPort = 8002,
+    log_level: LogLevel = "INFO",
+    log_format: LogFormat = "auto",
+) -> None:
+    """Consume the stream in the writers' group and write batches to InfluxDB.
+
+    The token comes from INFLUXDB_TOKEN or INFLUXDB_TOKEN_FILE, never from a flag.
+    """
+    from homeiq_writer.service import Writer  # noqa: PLC0415 - keep --help fast
+
+    def build() -> ServiceMain:
+        settings = WriterSettings(
+            redis_url=redis_url,
+            names=StreamNames(stream=stream, group=group, dead=dead_stream),
+            consumer=consumer or socket.gethostname(),
+            influx=InfluxSettings(
+                url=influxdb_url, api=influxdb_api, org=influxdb_org, bucket=influxdb_bucket,
+                retention_policy=influxdb_retention_policy, username=influxdb_username,
+                timeout_s=influxdb_timeout_s,
+            ),
+            batch_size=batch_size, block_ms=block_ms, metrics_host=metrics_host, metrics_port=metrics_port,
+        ).validate()
+        return Writer(settings).run
+
+    run_service(log_level, log_format, build)

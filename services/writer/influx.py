@@ -1,0 +1,137 @@
+"""InfluxDB write endpoints (v2 through influxdb-client's async API, v1 through `/write`) and answer classes."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import gzip
+from typing import Protocol
+
+import aiohttp
+import msgspec
+from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+from influxdb_client.rest import ApiException
+
+from homeiq_shared.settings import redact_url
+
+
+class Outcome(enum.Enum):
+    """What the writer must do after an answer (the design's answer table)."""
+
+    OK = "ok"
+    BAD_DATA = "bad_data"  # 400 / 413 / 422: bisect, dead-letter a single entry that still fails
+    REFUSED = "refused"  # 401 / 403 / 404 / other 4xx: not ready, retry with backoff, never dead-letter
+    RETRY = "retry"  # 429 / 5xx / timeout / connection refused: back off and retry the same batch
+
+
+class WriteResult(msgspec.Struct, frozen=True):
+    """The classified answer to one write request."""
+
+    outcome: Outcome
+    status: int | None = None
+    detail: str = ""
+    retry_after_s: float | None = None
+
+
+def classify(status: int, body: str, retry_after: str | None) -> WriteResult:
+    """Map an HTTP answer to an Outcome."""
+    detail = body.strip()[:500]
+    if 200 <= status < 300:
+        return WriteResult(Outcome.OK, status)
+    if status in (400, 413, 422):
+        return WriteResult(Outcome.BAD_DATA, status, detail)
+    if status == 429 or status >= 500:
+        return WriteResult(Outcome.RETRY, status, detail, _retry_after_s(retry_after))
+    return WriteResult(Outcome.REFUSED, status, detail)
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP-date: fall back to our own backoff
+
+
+class InfluxSink(Protocol):
+    """Where batches of line protocol go."""
+
+    url: str
+
+    async def write(self, body: bytes) -> WriteResult:
+        """Write one batch of newline-separated lines (ns precision) and classify the answer."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class V1Sink:
+    """InfluxDB 1.x `/write` (also InfluxDB 2/3's v1 compatibility endpoint)."""
+
+    def __init__(
+        self, url: str, database: str, retention_policy: str, username: str, password: str, timeout_s: float
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._params = {"db": database, "precision": "ns"}
+        if retention_policy:
+            self._params["rp"] = retention_policy
+        self._auth = aiohttp.BasicAuth(username, password) if username else None
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def write(self, body: bytes) -> WriteResult:
+        """POST the gzip-compressed batch."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout, auth=self._auth)
+        try:
+            async with self._session.post(
+                f"{self.url}/write",
+                params=self._params,
+                data=gzip.compress(body, compresslevel=1),
+                headers={"Content-Encoding": "gzip", "Content-Type": "text/plain; charset=utf-8"},
+            ) as resp:
+                text = await resp.text()
+                return classify(resp.status, text, resp.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return WriteResult(Outcome.RETRY, None, f"{type(exc).__name__} at {redact_url(self.url)}: {exc}")
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class V2Sink:
+    """InfluxDB 2.x `/api/v2/write` through influxdb-client's async write API (gzip, synchronous answer)."""
+
+    def __init__(self, url: str, org: str, bucket: str, token: str, timeout_s: float) -> None:
+        self.url = url.rstrip("/")
+        self._org, self._bucket, self._token = org, bucket, token
+        self._timeout_ms = int(timeout_s * 1000)
+        self._client: InfluxDBClientAsync | None = None
+
+    async def write(self, body: bytes) -> WriteResult:
+        """Write through WriteApiAsync; its await returns after InfluxDB answered."""
+        if self._client is None:
+            self._client = InfluxDBClientAsync(
+                url=self.url, token=self._token, org=self._org, timeout=self._timeout_ms, enable_gzip=True
+            )
+        try:
+            await self._client.write_api().write(
+                bucket=self._bucket, org=self._org, record=body, write_precision="ns"
+            )
+        except ApiException as exc:
+            headers = exc.headers or {}
+            body_text = exc.body.decode() if isinstance(exc.body, bytes) else str(exc.body or "")
+            return classify(int(exc.status or 0), body_text, headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
+            return WriteResult(Outcome.RETRY, None, f"{type(exc).__name__} at {redact_url(self.url)}: {exc}")
+        return WriteResult(Outcome.OK, 204)
+
+    async def close(self) -> None:
+        """Close the client."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

@@ -1,0 +1,90 @@
+"""`writer run`: read the group, write batches, ack after 2xx; own pending entries first."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+from redis.exceptions import RedisError
+
+from homeiq_shared.backoff import Backoff
+from homeiq_shared.health import HealthServer, Readiness
+from homeiq_shared.lifecycle import wait_or_stop
+from homeiq_shared.logs import Log
+from homeiq_shared.stream import connect, describe_redis_error, ensure_group
+from homeiq_writer.batch import READY_INFLUX, BatchWriter, Entry
+from homeiq_writer.metrics import WriterMetrics
+from homeiq_writer.settings import WriterSettings
+
+log = Log(__name__)
+
+READY_REDIS = "redis"
+
+
+class Writer:
+    """One writer replica: a consumer of the group with a stable name."""
+
+    def __init__(self, settings: WriterSettings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = WriterMetrics(self.registry)
+        self.readiness = Readiness(READY_REDIS, READY_INFLUX)
+        self.redis: aioredis.Redis = connect(settings.redis_url)
+        self.sink = settings.influx.make_sink()
+        self.batches = BatchWriter(
+            self.redis, settings.names, self.sink, self.metrics, self.readiness, settings.consumer
+        )
+        self._health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve health, then consume until `stop`; the in-flight batch completes or stays pending."""
+        await self._health.start()
+        log.info("writer_started", consumer=self.settings.consumer, stream=self.settings.names.stream,
+                 group=self.settings.names.group, influxdb=self.sink.url)
+        try:
+            await self._consume(stop)
+        finally:
+            await self.sink.close()
+            await self.redis.aclose()
+            await self._health.stop()
+            log.info("writer_stopped", consumer=self.settings.consumer)
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        names, backoff = self.settings.names, Backoff(base_s=0.5, cap_s=15.0, reset_after_s=30.0)
+        group_ready = False
+        cursor = b"0"  # own pending entries first, then new ones
+        while not stop.is_set():
+            try:
+                if not group_ready:
+                    await ensure_group(self.redis, names)
+                    group_ready = True
+                entries = await self._read(cursor)
+                self.readiness.ok(READY_REDIS)
+                backoff.reset()
+            except (RedisError, OSError) as exc:
+                message = describe_redis_error(self.settings.redis_url, exc)
+                self.readiness.fail(READY_REDIS, message)
+                delay_s = backoff.next_delay_s()
+                log.warning("redis_unavailable", error=message, retry_in_s=round(delay_s, 2))
+                await wait_or_stop(stop, delay_s)
+                continue
+            if cursor == b"0" and not entries:
+                cursor = b">"
+                log.info("own_pending_drained", consumer=self.settings.consumer)
+                continue
+            if entries:
+                if cursor == b"0":
+                    cursor = entries[-1][0]  # continue through our pending list after the last seen id
+                await self.batches.process(entries, stop)
+
+    async def _read(self, cursor: bytes) -> list[Entry]:
+        names = self.settings.names
+        block = None if cursor != b">" else self.settings.block_ms
+        reply = await self.redis.xreadgroup(
+            names.group, self.settings.consumer, {names.stream: cursor},
+            count=self.settings.batch_size, block=block,
+        )
+        if not reply:
+            return []
+        return [(entry_id, fields or {}) for entry_id, fields in reply[0][1]]

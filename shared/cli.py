@@ -1,0 +1,43 @@
+"""Glue every console script shares: settings errors become exit code 2 with the message."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn
+
+import typer
+
+from homeiq_shared import lifecycle
+from homeiq_shared.logs import setup_logging
+from homeiq_shared.settings import ConfigError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+ServiceMain = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
+def config_error(exc: ConfigError) -> NoReturn:
+    """Print a configuration error and exit with the usage code."""
+    typer.echo(f"configuration error: {exc}", err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def run_service(
+    log_level: str, log_format: str, build: Callable[[], ServiceMain]
+) -> None:
+    """Set up logging, build the service (ConfigError → exit 2), run it until a signal, exit 0."""
+    try:
+        setup_logging(log_level, log_format)
+    except ValueError:
+        config_error(ConfigError(f"LOG_LEVEL: unknown level {log_level!r}"))
+    try:
+        main = build()
+    except ConfigError as exc:
+        config_error(exc)
+
+    async def _main(stop: asyncio.Event) -> int:
+        await main(stop)
+        return EXIT_OK
+
+    raise typer.Exit(lifecycle.run(_main))

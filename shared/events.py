@@ -1,0 +1,81 @@
+"""The normalised event: what the collector puts in the stream and the writer decodes.
+
+Schema evolution follows msgspec's rules: new fields get defaults, no field ever changes type.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import msgspec
+
+PAYLOAD_VERSION: Final = "1"
+
+Source = Literal["live", "backfill", "snapshot"]
+
+
+class Context(msgspec.Struct, frozen=True, omit_defaults=True):
+    """HA's context: who or what caused the event."""
+
+    id: str | None = None
+    parent_id: str | None = None
+    user_id: str | None = None
+
+
+class State(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One entity state; times are integer nanoseconds since the epoch, whole microseconds."""
+
+    state: str
+    attributes: msgspec.Raw = msgspec.Raw(b"{}")
+    last_changed_ns: int = 0
+    last_updated_ns: int = 0
+
+
+class Enrichment(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What the registries know about the entity at the time the collector saw the event."""
+
+    device_id: str | None = None
+    device_name: str | None = None
+    manufacturer: str | None = None
+    model: str | None = None
+    sw_version: str | None = None
+    area_id: str | None = None
+    area_name: str | None = None
+    floor_id: str | None = None
+    floor_name: str | None = None
+    platform: str | None = None
+    entity_category: str | None = None
+    device_class: str | None = None
+    unit: str | None = None
+    friendly_name: str | None = None
+
+
+class NormalisedEvent(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One HA event, ready for the writer; `time_ns` is the point's timestamp (see point identity)."""
+
+    event_type: str
+    time_ns: int
+    time_fired_ns: int = 0
+    origin: str | None = None
+    context: Context = Context()
+    entity_id: str | None = None
+    domain: str | None = None
+    new_state: State | None = None
+    old_state: State | None = None
+    data: msgspec.Raw | None = None
+    enrichment: Enrichment = Enrichment()
+    source: Source = "live"
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(NormalisedEvent)
+
+
+def encode_event(event: NormalisedEvent) -> bytes:
+    """Serialise an event for the stream's `e` field."""
+    return _encoder.encode(event)
+
+
+def decode_event(payload: bytes) -> NormalisedEvent:
+    """Parse a stream `e` field; raises msgspec.DecodeError or msgspec.ValidationError when bad."""
+    return _decoder.decode(payload)

@@ -1,0 +1,73 @@
+"""The one health-and-metrics HTTP server every process runs: /metrics, /healthz, /readyz."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from homeiq_shared.logs import Log
+
+log = Log(__name__)
+
+
+class Readiness:
+    """Named conditions that must all hold for the process to be ready; each failing one has a reason."""
+
+    def __init__(self, *conditions: str) -> None:
+        self._failing: dict[str, str] = {name: f"{name}: not checked yet" for name in conditions}
+
+    def ok(self, name: str) -> None:
+        """Mark condition `name` as holding."""
+        self._failing.pop(name, None)
+
+    def fail(self, name: str, reason: str) -> None:
+        """Mark condition `name` as failing because of `reason`."""
+        self._failing[name] = f"{name}: {reason}"
+
+    @property
+    def reason(self) -> str | None:
+        """Why the process is not ready, or None when it is."""
+        return "; ".join(self._failing.values()) if self._failing else None
+
+
+class HealthServer:
+    """Serves /metrics from `registry`, /healthz always 200 while the loop runs, /readyz from `readiness`."""
+
+    def __init__(self, registry: CollectorRegistry, readiness: Readiness, host: str, port: int) -> None:
+        self.registry, self.readiness = registry, readiness
+        self._host, self._port = host, port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> int:
+        """Bind and serve; returns the bound port (useful when `port` is 0)."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # noqa: SLF001 - aiohttp offers no public accessor
+        self._port = sockets[0].getsockname()[1] if sockets else self._port
+        log.info("health_server_started", host=self._host, port=self._port)
+        return self._port
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        reason = self.readiness.reason
+        if reason is None:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not_ready", "reason": reason}, status=503)
