@@ -48,8 +48,7 @@ class HealthServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # noqa: SLF001 - aiohttp offers no public accessor
-        self._port = sockets[0].getsockname()[1] if sockets else self._port
+        self._port = self._runner.addresses[0][1]
         log.info("health_server_started", host=self._host, port=self._port)
         return self._port
 

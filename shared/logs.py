@@ -87,3 +87,21 @@ class Log:
         if self._logger.isEnabledFor(level):
             safe = {k if k not in _RESERVED else f"{k}_": v for k, v in fields.items()}
             self._logger.log(level, event, extra=safe, exc_info=exc_info, stacklevel=3)
+
+
+class SampledLog:
+    """Logs a recurring problem once per `interval_s` per key, with how many were suppressed meanwhile."""
+
+    def __init__(self, log: Log, interval_s: float = 10.0) -> None:
+        self._log, self._interval_s = log, interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, event: str, **fields: object) -> None:
+        """Log `event` at WARNING unless `key` was logged less than `interval_s` ago."""
+        now = time.monotonic()
+        if now - self._last.get(key, -self._interval_s) < self._interval_s:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        self._log.warning(event, reason=key, suppressed_since_last=self._suppressed.pop(key, 0), **fields)

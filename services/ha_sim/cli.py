@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from homeiq_shared.cli import run_service
+from homeiq_shared.cli import ServiceMain, run_service
 from homeiq_shared.options import LogFormat, LogLevel
 from homeiq_shared.settings import ConfigError, check_positive, read_secret
 
@@ -35,7 +35,7 @@ def run(
     from homeiq_hasim.runner import SimServer  # noqa: PLC0415
     from homeiq_shared.logs import Log  # noqa: PLC0415
 
-    def build() -> object:
+    def build() -> ServiceMain:
         check_positive("HA_SIM_RATE", rate)
         if entities < 1:
             raise ConfigError(f"HA_SIM_ENTITIES: must be at least 1, got {entities}")
@@ -53,4 +53,4 @@ def run(
 
         return main
 
-    run_service(log_level, log_format, build)  # type: ignore[arg-type]
+    run_service(log_level, log_format, build)

@@ -46,6 +46,9 @@ class Subscriber(Protocol):
     def send(self, message: bytes) -> None:
         """Queue one message for the client."""
 
+    def abort(self, reason: str) -> None:
+        """Drop the connection."""
+
 
 @dataclass
 class Recorded:

@@ -22,7 +22,7 @@ class SimServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1] if site._server else self._port  # noqa: SLF001
+        port = self._runner.addresses[0][1]
         self.url = f"ws://{self._host}:{port}/api/websocket"
         return self.url
 

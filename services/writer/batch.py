@@ -94,7 +94,7 @@ class BatchWriter:
             entries = [(eid, f) for eid, f in entries if f]
             for eid, _ in lost:
                 await self.dead_letter(eid, {}, "payload_trimmed", "entry pending but its payload was trimmed")
-            self._metrics.lost.labels("payload_trimmed").inc(len(lost))
+                self.count_lost("payload_trimmed")
         good, poison = encode_entries(entries)
         for bad in poison:
             await self.dead_letter(bad.entry_id, bad.fields, bad.reason, bad.detail)
@@ -140,6 +140,10 @@ class BatchWriter:
         now_ns = time.time_ns()
         for item in batch:
             self._metrics.event_age.observe(max(0.0, (now_ns - item.time_ns) / 1e9))
+
+    def count_lost(self, reason: str) -> None:
+        """Count one entry whose payload is gone (never silently acked: it is also dead-lettered)."""
+        self._metrics.lost.labels(reason).inc()
 
     async def dead_letter(
         self, entry_id: bytes, fields: dict[bytes, bytes], reason: str, detail: str

@@ -20,6 +20,16 @@ from homeiq_shared.options import (
     StreamName,
 )
 from homeiq_shared.stream import DEFAULT_NAMES, StreamNames
+from homeiq_writer.options import (
+    DEFAULTS,
+    InfluxApi,
+    InfluxBucket,
+    InfluxOrg,
+    InfluxRetentionPolicy,
+    InfluxTimeout,
+    InfluxUrl,
+    InfluxUsername,
+)
 from homeiq_writer.settings import InfluxSettings, WriterSettings
 
 app = typer.Typer(help="Write stream entries to InfluxDB; ack only after InfluxDB accepted them.",
@@ -33,27 +43,13 @@ def _main() -> None:
 
 @app.command()
 def run(
-    influxdb_url: Annotated[str, typer.Option(envvar="INFLUXDB_URL", help="InfluxDB base URL.")] = (
-        "http://127.0.0.1:8086"
-    ),
-    influxdb_api: Annotated[
-        str, typer.Option(envvar="INFLUXDB_API", help="v2 (org, bucket, token) or v1 (db, rp, user).")
-    ] = "v2",
-    influxdb_org: Annotated[str, typer.Option(envvar="INFLUXDB_ORG", help="v2 organisation.")] = "homeiq",
-    influxdb_bucket: Annotated[
-        str, typer.Option(envvar="INFLUXDB_BUCKET", help="v2 bucket, or v1 database.")
-    ] = "home_assistant_events",
-    influxdb_retention_policy: Annotated[
-        str, typer.Option(envvar="INFLUXDB_RETENTION_POLICY", help="v1 retention policy (empty: default).")
-    ] = "",
-    influxdb_username: Annotated[
-        str,
-        typer.Option(envvar="INFLUXDB_USERNAME",
-                     help="v1 user; the password comes from INFLUXDB_PASSWORD or INFLUXDB_PASSWORD_FILE."),
-    ] = "",
-    influxdb_timeout_s: Annotated[
-        float, typer.Option(envvar="INFLUXDB_TIMEOUT_S", help="Timeout of one write request, seconds.")
-    ] = 10.0,
+    influxdb_url: InfluxUrl = DEFAULTS.url,
+    influxdb_api: InfluxApi = DEFAULTS.api,
+    influxdb_org: InfluxOrg = DEFAULTS.org,
+    influxdb_bucket: InfluxBucket = DEFAULTS.bucket,
+    influxdb_retention_policy: InfluxRetentionPolicy = DEFAULTS.retention_policy,
+    influxdb_username: InfluxUsername = DEFAULTS.username,
+    influxdb_timeout_s: InfluxTimeout = DEFAULTS.timeout_s,
     consumer: Annotated[
         str, typer.Option(envvar="WRITER_CONSUMER", help="Consumer name; stable per replica (default: hostname).")
     ] = "",

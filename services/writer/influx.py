@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import gzip
+from collections.abc import Mapping
 from typing import Protocol
 
 import aiohttp
 import msgspec
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
 from homeiq_shared.settings import redact_url
@@ -120,18 +121,18 @@ class V2Sink:
             )
         try:
             await self._client.write_api().write(
-                bucket=self._bucket, org=self._org, record=body, write_precision="ns"
+                bucket=self._bucket, org=self._org, record=body, write_precision=WritePrecision.NS,  # type: ignore[arg-type]
             )
         except ApiException as exc:
-            headers = exc.headers or {}
+            headers: Mapping[str, str] = exc.headers or {}
             body_text = exc.body.decode() if isinstance(exc.body, bytes) else str(exc.body or "")
             return classify(int(exc.status or 0), body_text, headers.get("Retry-After"))
-        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             return WriteResult(Outcome.RETRY, None, f"{type(exc).__name__} at {redact_url(self.url)}: {exc}")
         return WriteResult(Outcome.OK, 204)
 
     async def close(self) -> None:
         """Close the client."""
         if self._client is not None:
-            await self._client.close()
+            await self._client.close()  # type: ignore[no-untyped-call]
             self._client = None

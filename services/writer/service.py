@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
@@ -81,7 +82,7 @@ class Writer:
     async def _read(self, cursor: bytes) -> list[Entry]:
         names = self.settings.names
         block = None if cursor != b">" else self.settings.block_ms
-        reply = await self.redis.xreadgroup(
+        reply: Any = await self.redis.xreadgroup(
             names.group, self.settings.consumer, {names.stream: cursor},
             count=self.settings.batch_size, block=block,
         )

@@ -1,0 +1,1 @@
+"""The collector: one Home Assistant WebSocket connection, every event XADDed to the stream."""

@@ -1,0 +1,101 @@
+"""`collector` console script."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from homeiq_shared.cli import EXIT_FAILURE, ServiceMain, run_service
+from homeiq_shared.options import (
+    DEFAULT_REDIS_URL,
+    LogFormat,
+    LogLevel,
+    MetricsHost,
+    MetricsPort,
+    RedisUrl,
+    StreamName,
+)
+from homeiq_shared.settings import read_secret
+from homeiq_shared.stream import DEFAULT_NAMES, StreamNames
+
+app = typer.Typer(help="Keep the Home Assistant WebSocket connection and XADD every event to the stream.",
+                  no_args_is_help=True, add_completion=False)
+
+
+@app.callback()
+def _main() -> None:
+    """Keep the Home Assistant WebSocket connection and XADD every event to the stream."""
+
+
+@app.command()
+def run(
+    ha_url: Annotated[
+        str, typer.Option(envvar="HA_URL", help="HA base URL or ws(s)://host:8123/api/websocket.")
+    ] = "ws://127.0.0.1:8123/api/websocket",
+    connect_timeout_s: Annotated[
+        float, typer.Option(envvar="HA_CONNECT_TIMEOUT_S", help="TCP + WebSocket handshake timeout, s.")
+    ] = 10.0,
+    auth_timeout_s: Annotated[
+        float, typer.Option(envvar="HA_AUTH_TIMEOUT_S", help="Timeout of each receive during auth, s.")
+    ] = 10.0,
+    command_timeout_s: Annotated[
+        float, typer.Option(envvar="HA_COMMAND_TIMEOUT_S", help="Timeout of one command (registries), s.")
+    ] = 60.0,
+    ping_interval_s: Annotated[
+        float, typer.Option(envvar="HA_PING_INTERVAL_S", help="App-level ping interval, s.")
+    ] = 30.0,
+    ping_timeout_s: Annotated[
+        float, typer.Option(envvar="HA_PING_TIMEOUT_S", help="Reconnect when no pong within this, s.")
+    ] = 10.0,
+    max_message_mb: Annotated[
+        int, typer.Option(envvar="HA_MAX_MESSAGE_MB", help="Largest WebSocket message accepted, MiB (>= 16).")
+    ] = 64,
+    backoff_max_s: Annotated[
+        float, typer.Option(envvar="HA_BACKOFF_MAX_S", help="Cap of the reconnect backoff, s.")
+    ] = 60.0,
+    retry_auth: Annotated[
+        bool, typer.Option(envvar="HA_RETRY_AUTH", help="Keep retrying after auth_invalid instead of exiting.")
+    ] = False,
+    buffer_events: Annotated[
+        int, typer.Option(envvar="COLLECTOR_BUFFER_EVENTS", help="Events buffered in memory before XADD.")
+    ] = 10_000,
+    publish_batch: Annotated[
+        int, typer.Option(envvar="COLLECTOR_PUBLISH_BATCH", help="Most XADDs in one pipeline.")
+    ] = 1_000,
+    redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    stream: StreamName = DEFAULT_NAMES.stream,
+    metrics_host: MetricsHost = "0.0.0.0",  # noqa: S104 - scraped from other containers
+    metrics_port: MetricsPort = 8001,
+    log_level: LogLevel = "INFO",
+    log_format: LogFormat = "auto",
+) -> None:
+    """Connect to Home Assistant, subscribe to all events and publish them to the Redis stream.
+
+    The token comes from HA_TOKEN or HA_TOKEN_FILE (a long-lived access token), never from a flag.
+    """
+    from homeiq_collector.service import Collector, Fatal  # noqa: PLC0415 - keep --help fast
+    from homeiq_collector.settings import CollectorSettings  # noqa: PLC0415
+
+    def build() -> ServiceMain:
+        settings = CollectorSettings(
+            ha_url=ha_url, redis_url=redis_url, names=StreamNames(stream=stream),
+            connect_timeout_s=connect_timeout_s, auth_timeout_s=auth_timeout_s,
+            command_timeout_s=command_timeout_s, ping_interval_s=ping_interval_s, ping_timeout_s=ping_timeout_s,
+            max_message_mb=max_message_mb, backoff_max_s=backoff_max_s, retry_auth=retry_auth,
+            buffer_events=buffer_events, publish_batch=publish_batch, metrics_host=metrics_host,
+            metrics_port=metrics_port,
+        ).validate()
+        collector = Collector(settings, read_secret("HA_TOKEN"))
+
+        async def main(stop: asyncio.Event) -> None:
+            try:
+                await collector.run(stop)
+            except Fatal as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(EXIT_FAILURE) from None
+
+        return main
+
+    run_service(log_level, log_format, build)

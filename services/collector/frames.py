@@ -1,0 +1,115 @@
+"""HA's WebSocket frames as msgspec Structs: a tagged union on `type`, decoded once per frame."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+
+class AuthRequired(msgspec.Struct, tag_field="type", tag="auth_required"):
+    """First server message."""
+
+    ha_version: str = ""
+
+
+class AuthOk(msgspec.Struct, tag_field="type", tag="auth_ok"):
+    """Authentication accepted."""
+
+    ha_version: str = ""
+
+
+class AuthInvalid(msgspec.Struct, tag_field="type", tag="auth_invalid"):
+    """Authentication refused; HA closes the socket next."""
+
+    message: str = ""
+
+
+class ErrorInfo(msgspec.Struct):
+    """The `error` of a failed result."""
+
+    code: str = ""
+    message: str = ""
+
+
+class Result(msgspec.Struct, tag_field="type", tag="result"):
+    """The answer to one command."""
+
+    id: int
+    success: bool
+    result: msgspec.Raw = msgspec.Raw(b"null")
+    error: ErrorInfo | None = None
+
+
+class EventFrame(msgspec.Struct, tag_field="type", tag="event"):
+    """An event for subscription `id`; `event` is decoded later by its consumer."""
+
+    id: int
+    event: msgspec.Raw
+
+
+class Pong(msgspec.Struct, tag_field="type", tag="pong"):
+    """The answer to `ping`."""
+
+    id: int
+
+
+Frame = AuthRequired | AuthOk | AuthInvalid | Result | EventFrame | Pong
+
+# A frame is one message or, with coalescing, an array of messages.
+frame_decoder = msgspec.json.Decoder(Frame | list[Frame])
+single_decoder: msgspec.json.Decoder[Frame] = msgspec.json.Decoder(Frame)
+raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+envelope_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+class Context(msgspec.Struct):
+    """HA's context."""
+
+    id: str | None = None
+    parent_id: str | None = None
+    user_id: str | None = None
+
+
+class HAState(msgspec.Struct):
+    """`State.as_dict()`; `last_reported` exists only in newer HA releases."""
+
+    entity_id: str
+    state: str
+    last_changed: datetime
+    last_updated: datetime
+    attributes: msgspec.Raw = msgspec.Raw(b"{}")
+    last_reported: datetime | None = None
+    context: Context | None = None
+
+
+class StateChangedData(msgspec.Struct):
+    """`data` of a `state_changed` event."""
+
+    entity_id: str
+    old_state: HAState | None = None
+    new_state: HAState | None = None
+
+
+class HAEvent(msgspec.Struct):
+    """An event as HA serialises it (`Event.as_dict()`)."""
+
+    event_type: str
+    time_fired: datetime
+    data: msgspec.Raw = msgspec.Raw(b"{}")
+    origin: str | None = None
+    context: Context | None = None
+
+
+class KnownAttributes(msgspec.Struct):
+    """The attributes the collector reads for enrichment and filtering; all others pass through raw."""
+
+    device_class: Any = None
+    unit_of_measurement: Any = None
+    friendly_name: Any = None
+
+
+event_decoder = msgspec.json.Decoder(HAEvent)
+state_changed_decoder = msgspec.json.Decoder(StateChangedData)
+attributes_decoder = msgspec.json.Decoder(KnownAttributes)

@@ -1,0 +1,179 @@
+"""One authenticated HA WebSocket session. Only the reader reads; it routes every frame by id."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from homeiq_collector import frames
+from homeiq_collector.metrics import CollectorMetrics
+from homeiq_shared.logs import Log
+
+log = Log(__name__)
+
+EventHandler = Callable[[frames.EventFrame], Awaitable[None]]
+
+
+class ConnectionLost(Exception):
+    """The WebSocket closed or broke; the message says how."""
+
+
+class HeartbeatTimeout(ConnectionLost):
+    """No pong in time: the connection is presumed half-open."""
+
+
+class AuthInvalid(Exception):
+    """HA refused the token (`auth_invalid`)."""
+
+
+class CommandFailed(Exception):
+    """HA answered a command with `success: false`."""
+
+    def __init__(self, command: str, code: str, message: str) -> None:
+        super().__init__(f"{command} failed: {code}: {message}")
+        self.code = code
+
+
+class HAConnection:
+    """Command ids are per connection and strictly increasing on the wire."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, metrics: CollectorMetrics) -> None:
+        self._ws, self._metrics = ws, metrics
+        self._last_id = 0
+        self._send_lock = asyncio.Lock()
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._subscriptions: dict[int, EventHandler] = {}
+        self.ha_version = ""
+
+    async def authenticate(self, token: str, timeout_s: float) -> str:
+        """auth_required → auth → auth_ok, every receive under `timeout_s`; returns HA's version."""
+        first = await self._receive_auth_frame(timeout_s, "auth_required")
+        if not isinstance(first, frames.AuthRequired):
+            raise ConnectionLost(f"expected auth_required, got {type(first).__name__}")
+        await self._ws.send_bytes(msgspec.json.encode({"type": "auth", "access_token": token}))
+        answer = await self._receive_auth_frame(timeout_s, "auth_ok")
+        if isinstance(answer, frames.AuthInvalid):
+            raise AuthInvalid(answer.message or "auth_invalid")
+        if not isinstance(answer, frames.AuthOk):
+            raise ConnectionLost(f"expected auth_ok, got {type(answer).__name__}")
+        self.ha_version = answer.ha_version
+        return answer.ha_version
+
+    async def _receive_auth_frame(self, timeout_s: float, expected: str) -> frames.Frame:
+        try:
+            message = await self._ws.receive(timeout=timeout_s)
+        except TimeoutError:
+            raise ConnectionLost(f"no {expected} within {timeout_s:g} s") from None
+        if message.type is not aiohttp.WSMsgType.TEXT:
+            raise ConnectionLost(f"connection closed while waiting for {expected} ({message.type.name})")
+        try:
+            return frames.single_decoder.decode(message.data)
+        except msgspec.DecodeError:
+            raise ConnectionLost(f"malformed frame while waiting for {expected}") from None
+
+    async def command(self, payload: dict[str, Any], timeout_s: float,
+                      on_event: EventHandler | None = None) -> msgspec.Raw:
+        """Send a command with the next id and wait for its result (or pong)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        async with self._send_lock:
+            self._last_id += 1
+            msg_id = self._last_id
+            self._pending[msg_id] = future
+            if on_event is not None:
+                self._subscriptions[msg_id] = on_event
+            await self._ws.send_bytes(msgspec.json.encode({"id": msg_id, **payload}))
+        try:
+            async with asyncio.timeout(timeout_s):
+                result: msgspec.Raw = await future
+        except TimeoutError:
+            raise ConnectionLost(f"no answer to {payload['type']} within {timeout_s:g} s") from None
+        finally:
+            self._pending.pop(msg_id, None)
+        return result
+
+    async def subscribe(self, on_event: EventHandler, timeout_s: float, event_type: str | None = None) -> None:
+        """`subscribe_events`; the handler is in place before the command is sent."""
+        payload: dict[str, Any] = {"type": "subscribe_events"}
+        if event_type:
+            payload["event_type"] = event_type
+        await self.command(payload, timeout_s, on_event=on_event)
+
+    async def ping(self, timeout_s: float) -> None:
+        """App-level ping; HeartbeatTimeout when no pong within `timeout_s`."""
+        try:
+            await self.command({"type": "ping"}, timeout_s)
+        except ConnectionLost as exc:
+            raise HeartbeatTimeout(str(exc)) from None
+
+    async def read_forever(self) -> None:
+        """Route every frame until the socket ends; then fail whatever still waits and raise ConnectionLost."""
+        try:
+            async for message in self._ws:
+                if message.type is aiohttp.WSMsgType.TEXT:
+                    await self._route_frame(message.data)
+                elif message.type is aiohttp.WSMsgType.BINARY:
+                    self._reject("binary_frame", "binary frame ignored")
+            reason = f"closed by server (code {self._ws.close_code})"
+        except aiohttp.ClientError as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        lost = ConnectionLost(reason)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(lost)
+        raise lost
+
+    async def _route_frame(self, data: str) -> None:
+        try:
+            decoded = frames.frame_decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            for single in self._split_bad_frame(data):
+                await self._route(single)
+            return
+        if isinstance(decoded, list):
+            for single in decoded:
+                await self._route(single)
+        else:
+            await self._route(decoded)
+
+    def _split_bad_frame(self, data: str) -> list[frames.Frame]:
+        """A frame that failed as a whole: keep each good message, count each bad one."""
+        try:
+            parts = frames.raw_list_decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            parts = [msgspec.Raw(data.encode())]
+        good: list[frames.Frame] = []
+        for part in parts:
+            try:
+                good.append(frames.single_decoder.decode(part))
+            except msgspec.ValidationError:
+                self._reject("unknown_type", "message of unknown type or shape ignored", part)
+            except msgspec.DecodeError:
+                self._reject("malformed_json", "malformed JSON ignored", part)
+        return good
+
+    def _reject(self, reason: str, text: str, part: msgspec.Raw | None = None) -> None:
+        self._metrics.frames_rejected.labels(reason).inc()
+        self._metrics.log_sampled(reason, text, sample=bytes(part)[:200].decode(errors="replace") if part else "")
+
+    async def _route(self, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.EventFrame):
+            handler = self._subscriptions.get(frame.id)
+            if handler is None:
+                self._reject("unknown_subscription", f"event for unknown subscription {frame.id}")
+            else:
+                await handler(frame)
+        elif isinstance(frame, frames.Result | frames.Pong):
+            future = self._pending.get(frame.id)
+            if future is None or future.done():
+                self._reject("unexpected_result", f"answer to unknown id {frame.id}")
+            elif isinstance(frame, frames.Result) and not frame.success:
+                error = frame.error or frames.ErrorInfo()
+                future.set_exception(CommandFailed(f"command {frame.id}", error.code, error.message))
+            else:
+                future.set_result(frame.result if isinstance(frame, frames.Result) else msgspec.Raw(b"null"))
+        else:
+            self._reject("unexpected_auth", f"unexpected {type(frame).__name__} after auth")

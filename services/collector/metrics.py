@@ -1,0 +1,50 @@
+"""Collector metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from homeiq_shared.logs import Log, SampledLog
+
+DROP_REASONS = ("malformed_event", "shutdown_unpublished")
+REJECT_REASONS = ("malformed_json", "unknown_type", "binary_frame", "unknown_subscription",
+                  "unexpected_result", "unexpected_auth")
+DISCONNECT_REASONS = ("closed", "heartbeat", "error", "auth_invalid", "timeout")
+
+
+class CollectorMetrics:
+    """Counters and gauges of one collector, registered in `registry`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.received = Counter("homeiq_events_received_total", "Events received from HA.", registry=registry)
+        self.filtered = Counter("homeiq_events_filtered_total", "Events the entity filter left out.",
+                                registry=registry)
+        self.published = Counter("homeiq_events_published_total", "Events XADDed to the stream.",
+                                 registry=registry)
+        self.dropped = Counter("homeiq_events_dropped_total", "Events lost, by reason.", ["reason"],
+                               registry=registry)
+        self.frames_rejected = Counter("homeiq_frames_rejected_total",
+                                       "HA messages that were not usable, by reason.", ["reason"],
+                                       registry=registry)
+        self.connected = Gauge("homeiq_ha_connected", "1 while connected, authenticated and subscribed.",
+                               registry=registry)
+        self.reconnects = Counter("homeiq_ha_reconnects_total", "Connection attempts after the first.",
+                                  registry=registry)
+        self.disconnects = Counter("homeiq_ha_disconnects_total", "Sessions ended, by reason.", ["reason"],
+                                   registry=registry)
+        self.buffered = Gauge("homeiq_collector_buffered_events", "Events waiting for XADD in memory.",
+                              registry=registry)
+        self.publish_seconds = Histogram("homeiq_publish_duration_seconds", "One pipelined XADD batch.",
+                                         registry=registry,
+                                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
+        for reason in DROP_REASONS:
+            self.dropped.labels(reason)
+        for reason in REJECT_REASONS:
+            self.frames_rejected.labels(reason)
+        for reason in DISCONNECT_REASONS:
+            self.disconnects.labels(reason)
+        self._sampled = SampledLog(Log("homeiq_collector.frames"))
+
+    def log_sampled(self, reason: str, text: str, **fields: object) -> None:
+        """Log a rejected frame or dropped event, at most once per interval per reason."""
+        self._sampled.warning(reason, text, **fields)

@@ -1,0 +1,54 @@
+"""Collector settings, validated once at start."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+
+from homeiq_shared.settings import ConfigError, check_positive, check_url
+from homeiq_shared.stream import StreamNames
+
+
+def websocket_url(url: str) -> str:
+    """Accept HA's base URL or its WebSocket URL; return the ws(s)://…/api/websocket URL."""
+    check_url("HA_URL", url, ("ws", "wss", "http", "https"))
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    path = parts.path if parts.path.rstrip("/") else "/api/websocket"
+    return urlunsplit(parts._replace(scheme=scheme, path=path))
+
+
+class CollectorSettings(msgspec.Struct, frozen=True):
+    """Everything `collector run` needs; the token is passed separately and never stored here."""
+
+    ha_url: str
+    redis_url: str
+    names: StreamNames
+    connect_timeout_s: float = 10.0
+    auth_timeout_s: float = 10.0
+    command_timeout_s: float = 60.0
+    ping_interval_s: float = 30.0
+    ping_timeout_s: float = 10.0
+    max_message_mb: int = 64
+    backoff_max_s: float = 60.0
+    retry_auth: bool = False
+    buffer_events: int = 10_000
+    publish_batch: int = 1_000
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other containers
+    metrics_port: int = 8001
+
+    def validate(self) -> CollectorSettings:
+        """Raise ConfigError naming the variable that is wrong."""
+        check_url("REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
+        for name, value in (
+            ("HA_CONNECT_TIMEOUT_S", self.connect_timeout_s), ("HA_AUTH_TIMEOUT_S", self.auth_timeout_s),
+            ("HA_COMMAND_TIMEOUT_S", self.command_timeout_s), ("HA_PING_INTERVAL_S", self.ping_interval_s),
+            ("HA_PING_TIMEOUT_S", self.ping_timeout_s), ("HA_BACKOFF_MAX_S", self.backoff_max_s),
+            ("COLLECTOR_BUFFER_EVENTS", self.buffer_events), ("COLLECTOR_PUBLISH_BATCH", self.publish_batch),
+        ):
+            check_positive(name, value)
+        if self.max_message_mb < 16:
+            raise ConfigError(f"HA_MAX_MESSAGE_MB: must be at least 16 (get_states on large installs), "
+                              f"got {self.max_message_mb}")
+        return msgspec.structs.replace(self, ha_url=websocket_url(self.ha_url))

@@ -1,0 +1,94 @@
+"""`replayer run`: periodic reclaim passes; safe to run twice."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from prometheus_client import CollectorRegistry, Counter
+from redis.exceptions import RedisError
+
+from homeiq_replayer.reclaim import reclaim_pass
+from homeiq_shared.backoff import Backoff
+from homeiq_shared.health import HealthServer, Readiness
+from homeiq_shared.lifecycle import wait_or_stop
+from homeiq_shared.logs import Log
+from homeiq_shared.settings import ConfigError, check_positive, check_url
+from homeiq_shared.stream import StreamNames, connect, describe_redis_error, ensure_group
+from homeiq_writer.batch import READY_INFLUX, BatchWriter
+from homeiq_writer.metrics import WriterMetrics
+from homeiq_writer.settings import InfluxSettings
+
+log = Log(__name__)
+
+READY_REDIS = "redis"
+
+
+class ReplayerSettings(msgspec.Struct, frozen=True):
+    """Everything `replayer run` needs."""
+
+    redis_url: str
+    names: StreamNames
+    influx: InfluxSettings
+    consumer: str = "replayer"
+    min_idle_ms: int = 60_000
+    interval_s: float = 10.0
+    count: int = 500
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other containers
+    metrics_port: int = 8003
+
+    def validate(self) -> ReplayerSettings:
+        """Raise ConfigError naming the variable that is wrong."""
+        check_url("REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
+        check_positive("REPLAYER_MIN_IDLE_MS", self.min_idle_ms)
+        check_positive("REPLAYER_INTERVAL_S", self.interval_s)
+        if not 1 <= self.count <= 5000:
+            raise ConfigError(f"REPLAYER_COUNT: must be between 1 and 5000, got {self.count}")
+        self.influx.validate()
+        return self
+
+
+class Replayer:
+    """Reclaims entries idle longer than `min_idle_ms` and writes them like a writer would."""
+
+    def __init__(self, settings: ReplayerSettings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = WriterMetrics(self.registry)
+        self.reclaimed = Counter("homeiq_reclaimed_total", "Entries reclaimed from idle consumers.",
+                                 registry=self.registry)
+        self.readiness = Readiness(READY_REDIS)
+        self.redis = connect(settings.redis_url)
+        self.sink = settings.influx.make_sink()
+        # The replayer's readiness does not depend on InfluxDB; its write failures show in the metrics.
+        self.batches = BatchWriter(self.redis, settings.names, self.sink, self.metrics,
+                                   Readiness(READY_INFLUX), settings.consumer)
+        self._health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Reclaim every `interval_s` until `stop`."""
+        await self._health.start()
+        s = self.settings
+        log.info("replayer_started", consumer=s.consumer, min_idle_ms=s.min_idle_ms, interval_s=s.interval_s)
+        backoff = Backoff(base_s=0.5, cap_s=15.0, reset_after_s=30.0)
+        try:
+            while not stop.is_set():
+                try:
+                    await ensure_group(self.redis, s.names)
+                    summary = await reclaim_pass(self.redis, s.names, s.consumer, self.batches, s.min_idle_ms,
+                                                 s.count, stop)
+                    self.reclaimed.inc(summary.reclaimed)
+                    self.readiness.ok(READY_REDIS)
+                    backoff.reset()
+                    delay_s = s.interval_s
+                except (RedisError, OSError) as exc:
+                    message = describe_redis_error(s.redis_url, exc)
+                    self.readiness.fail(READY_REDIS, message)
+                    delay_s = backoff.next_delay_s()
+                    log.warning("redis_unavailable", error=message, retry_in_s=round(delay_s, 2))
+                await wait_or_stop(stop, delay_s)
+        finally:
+            await self.sink.close()
+            await self.redis.aclose()
+            await self._health.stop()
+            log.info("replayer_stopped")
