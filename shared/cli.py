@@ -9,10 +9,12 @@ from typing import Any, NoReturn
 import typer
 
 from homeiq_shared import lifecycle
-from homeiq_shared.logs import setup_logging
+from homeiq_shared.logs import Log, setup_logging
 from homeiq_shared.settings import ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+log = Log(__name__)
 
 ServiceMain = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
@@ -37,7 +39,13 @@ def run_service(
         config_error(exc)
 
     async def _main(stop: asyncio.Event) -> int:
-        await main(stop)
+        try:
+            await main(stop)
+        except (typer.Exit, KeyboardInterrupt):
+            raise
+        except Exception:
+            log.error("crashed", exc_info=True)
+            return EXIT_FAILURE
         return EXIT_OK
 
     raise typer.Exit(lifecycle.run(_main))

@@ -21,7 +21,7 @@ from homeiq_shared.settings import read_secret
 from homeiq_shared.stream import DEFAULT_NAMES, StreamNames
 
 app = typer.Typer(help="Keep the Home Assistant WebSocket connection and XADD every event to the stream.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
 @app.callback()

@@ -54,7 +54,7 @@ class HAConnection:
         first = await self._receive_auth_frame(timeout_s, "auth_required")
         if not isinstance(first, frames.AuthRequired):
             raise ConnectionLost(f"expected auth_required, got {type(first).__name__}")
-        await self._ws.send_bytes(msgspec.json.encode({"type": "auth", "access_token": token}))
+        await self._ws.send_str(msgspec.json.encode({"type": "auth", "access_token": token}).decode())
         answer = await self._receive_auth_frame(timeout_s, "auth_ok")
         if isinstance(answer, frames.AuthInvalid):
             raise AuthInvalid(answer.message or "auth_invalid")
@@ -85,7 +85,7 @@ class HAConnection:
             self._pending[msg_id] = future
             if on_event is not None:
                 self._subscriptions[msg_id] = on_event
-            await self._ws.send_bytes(msgspec.json.encode({"id": msg_id, **payload}))
+            await self._ws.send_str(msgspec.json.encode({"id": msg_id, **payload}).decode())
         try:
             async with asyncio.timeout(timeout_s):
                 result: msgspec.Raw = await future

@@ -136,6 +136,18 @@ class Hub:
                     partial = partial or partial_event_message(event)
                     connection.send(event_message(partial, sub_id))
 
+    def send_raw(self, message: bytes) -> None:
+        """Send `message` as it is, in a frame of its own, to every authenticated connection (bad frames)."""
+        from homeiq_hasim.server import Standalone  # noqa: PLC0415 - the server imports the hub
+
+        for connection in self.connections:
+            connection.send(Standalone(message))
+
+    @property
+    def subscribed(self) -> int:
+        """Connections with at least one subscription."""
+        return sum(1 for connection in self.connections if connection.subscriptions)
+
     async def emit(self, count: int | None, rate_per_s: float, stop: asyncio.Event | None = None) -> int:
         """Fire `count` events (None: until `stop`) at `rate_per_s`; returns how many were fired."""
         loop = asyncio.get_running_loop()

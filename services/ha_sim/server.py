@@ -26,6 +26,10 @@ _decode = msgspec.json.decode
 HUB = web.AppKey("hub", Hub)
 
 
+class Standalone(bytes):
+    """A message the writer sends in a frame of its own, never inside a coalesced array."""
+
+
 class Connection:
     """One authenticated client: its subscriptions, its id counter, its outgoing queue."""
 
@@ -69,11 +73,13 @@ class Connection:
             await self._wake.wait()
             self._wake.clear()
             while self._queue and not self.ws.closed:
-                if self.coalesce and len(self._queue) > 1:
-                    batch = [self._queue.popleft() for _ in range(min(MAX_COALESCE, len(self._queue)))]
-                    frame = b"[" + b",".join(batch) + b"]"
-                else:
-                    frame = self._queue.popleft()
+                frame = self._queue.popleft()
+                if self.coalesce and self._queue and not isinstance(frame, Standalone):
+                    batch = [frame]
+                    while self._queue and len(batch) < MAX_COALESCE and not isinstance(self._queue[0], Standalone):
+                        batch.append(self._queue.popleft())
+                    if len(batch) > 1:
+                        frame = b"[" + b",".join(batch) + b"]"
                 await self.ws.send_str(frame.decode())
 
     def handle(self, message: Any) -> None:

@@ -32,7 +32,7 @@ from homeiq_writer.options import (
 from homeiq_writer.settings import InfluxSettings
 
 app = typer.Typer(help="Reclaim entries left pending by dead or stuck writers; incident tools.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 MinIdleMs = Annotated[
     int, typer.Option(envvar="REPLAYER_MIN_IDLE_MS",

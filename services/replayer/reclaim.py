@@ -32,7 +32,7 @@ async def reclaim_pass(
     cursor: Any = b"0-0"
     while not stop.is_set():
         # Raw XAUTOCLAIM, never justid: its reply carries the cursor and (Redis >= 7) the deleted ids.
-        next_cursor, raw_entries, *rest = await client.execute_command(
+        next_cursor, raw_entries, *rest = await client.execute_command(  # type: ignore[no-untyped-call]
             "XAUTOCLAIM", names.stream, names.group, consumer, min_idle_ms, cursor, "COUNT", count
         )
         deleted: list[bytes] = list(rest[0]) if rest else []
@@ -56,7 +56,10 @@ async def reclaim_pass(
     return summary
 
 
-def _pairs(fields: list[bytes] | None) -> dict[bytes, bytes]:
+def _pairs(fields: dict[bytes, bytes] | list[bytes] | None) -> dict[bytes, bytes]:
+    """redis-py turns the field list into a dict; accept the raw list too."""
     if not fields:
         return {}
+    if isinstance(fields, dict):
+        return fields
     return dict(zip(fields[::2], fields[1::2], strict=True))

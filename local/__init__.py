@@ -1,0 +1,1 @@
+"""Local stand-ins for production services: private redis-server and influxd processes, the whole pipeline."""

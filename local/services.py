@@ -1,0 +1,171 @@
+"""Private `redis-server` and `influxd` processes on free loopback ports, in a directory of their own."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+class ServiceError(RuntimeError):
+    """A local service could not be started; the message says what to do."""
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _binary(name: str, package: str) -> str:
+    found = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+    if found is None:
+        raise ServiceError(f"{name} not found: install the Debian package with `apt-get install {package}`")
+    return found
+
+
+class _Process:
+    """A child process with a log file; `stop()` terminates it, `kill()` SIGKILLs it."""
+
+    name = "service"
+
+    def __init__(self, workdir: Path, port: int | None) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self, args: list[str]) -> None:
+        log = (self.workdir / f"{self.name}.log").open("ab")
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        log.close()
+
+    def _wait_until(self, ready: Any, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                tail = (self.workdir / f"{self.name}.log").read_text(errors="replace")[-2000:]
+                raise ServiceError(f"{self.name} exited with {self.process.returncode}:\n{tail}")
+            if ready():
+                return
+            time.sleep(0.05)
+        raise ServiceError(f"{self.name} did not become ready on port {self.port} within {timeout_s:g} s")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Terminate and wait."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+class RedisServer(_Process):
+    """redis-server with AOF on (appendfsync everysec), as production runs it."""
+
+    name = "redis"
+
+    @property
+    def url(self) -> str:
+        """redis:// URL of this server."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 15.0) -> RedisServer:
+        """Start (or restart, keeping the data directory) and wait for PING."""
+        self._spawn([
+            _binary("redis-server", "redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.workdir), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+            "--daemonize", "no", "--protected-mode", "no",
+        ])
+        self._wait_until(self._pong, timeout_s)
+        return self
+
+    def _pong(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+INFLUXD_CONFIG = """\
+reporting-disabled = true
+bind-address = "127.0.0.1:{rpc_port}"
+[meta]
+  dir = "{dir}/meta"
+[data]
+  dir = "{dir}/data"
+  wal-dir = "{dir}/wal"
+  query-log-enabled = false
+[http]
+  bind-address = "127.0.0.1:{port}"
+  log-enabled = false
+  max-body-size = 25000000
+[monitor]
+  store-enabled = false
+[continuous_queries]
+  enabled = false
+[subscriber]
+  enabled = false
+"""
+
+
+class InfluxServer(_Process):
+    """Debian's influxd (InfluxDB 1.x, v1 write API) with its own config, data and ports."""
+
+    name = "influxd"
+
+    @property
+    def url(self) -> str:
+        """Base http:// URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 30.0) -> InfluxServer:
+        """Start and wait until /ping answers 204."""
+        config = self.workdir / "influxd.conf"
+        config.write_text(INFLUXD_CONFIG.format(dir=self.workdir, port=self.port, rpc_port=free_port()))
+        self._spawn([_binary("influxd", "influxdb"), "-config", str(config)])
+        self._wait_until(self._ping, timeout_s)
+        return self
+
+    def _ping(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as resp:  # noqa: S310 - loopback
+                return bool(resp.status == 204)
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def query(self, statement: str, database: str | None = None, epoch: str | None = "ns") -> dict[str, Any]:
+        """Run an InfluxQL statement (POST /query) and return the decoded JSON answer."""
+        params = {"q": statement}
+        if database:
+            params["db"] = database
+        if epoch:
+            params["epoch"] = epoch
+        data = urllib.parse.urlencode(params).encode()
+        with urllib.request.urlopen(f"{self.url}/query", data=data, timeout=60) as resp:  # noqa: S310
+            answer: dict[str, Any] = json.loads(resp.read())
+        return answer
+
+    def create_database(self, name: str) -> None:
+        """CREATE DATABASE (idempotent)."""
+        self.query(f'CREATE DATABASE "{name}"', epoch=None)
