@@ -45,7 +45,9 @@ class _Process:
 
     def _spawn(self, args: list[str]) -> None:
         log = (self.workdir / f"{self.name}.log").open("ab")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        # A session of its own: a Ctrl-C at the terminal reaches only the supervisor, which stops us in order.
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                                        start_new_session=True)
         log.close()
 
     def _wait_until(self, ready: Any, timeout_s: float) -> None:
@@ -165,6 +167,23 @@ class InfluxServer(_Process):
         with urllib.request.urlopen(f"{self.url}/query", data=data, timeout=60) as resp:  # noqa: S310
             answer: dict[str, Any] = json.loads(resp.read())
         return answer
+
+    def points(self, database: str) -> list[dict[str, Any]]:
+        """Every point of `home_assistant_events` as a dict of column → value (time in ns)."""
+        answer = self.query("SELECT * FROM home_assistant_events", database)
+        points: list[dict[str, Any]] = []
+        for result in answer.get("results", []):
+            if "error" in result:
+                raise ServiceError(f"query failed: {result['error']}")
+            for series in result.get("series", []):
+                points.extend(dict(zip(series["columns"], row, strict=True)) for row in series["values"])
+        return points
+
+    def count(self, database: str) -> int:
+        """How many points `home_assistant_events` holds (counted on the always-present `source` field)."""
+        answer = self.query("SELECT COUNT(source) FROM home_assistant_events", database)
+        series = answer["results"][0].get("series")
+        return int(series[0]["values"][0][1]) if series else 0
 
     def create_database(self, name: str) -> None:
         """CREATE DATABASE (idempotent)."""

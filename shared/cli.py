@@ -25,12 +25,10 @@ def config_error(exc: ConfigError) -> NoReturn:
     raise typer.Exit(EXIT_USAGE)
 
 
-def run_service(
-    log_level: str, log_format: str, build: Callable[[], ServiceMain]
-) -> None:
+def run_service(service: str, log_level: str, log_format: str, build: Callable[[], ServiceMain]) -> None:
     """Set up logging, build the service (ConfigError → exit 2), run it until a signal, exit 0."""
     try:
-        setup_logging(log_level, log_format)
+        setup_logging(log_level, log_format, service)
     except ValueError:
         config_error(ConfigError(f"LOG_LEVEL: unknown level {log_level!r}"))
     try:

@@ -14,11 +14,16 @@ _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime
 class JsonFormatter(logging.Formatter):
     """Render a record as one JSON object per line."""
 
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
+            "service": self.service,
             "logger": record.name,
             "event": record.getMessage(),
         }
@@ -29,12 +34,16 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """Render a record as `time level logger event key=value ...` for people at a terminal."""
+    """Render a record as `time level service event key=value ...` for people at a terminal."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         pairs = " ".join(f"{k}={_text(v)}" for k, v in _fields(record).items())
-        line = f"{stamp} {record.levelname:<7} {record.name} {record.getMessage()} {pairs}".rstrip()
+        line = f"{stamp} {record.levelname:<7} {self.service:<9} {record.getMessage()} {pairs}".rstrip()
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -49,11 +58,11 @@ def _text(value: object) -> str:
     return json.dumps(text, ensure_ascii=False) if (" " in text or not text or '"' in text) else text
 
 
-def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
+def setup_logging(level: str = "INFO", fmt: str = "auto", service: str = "homeiq") -> None:
     """Configure the root logger once: `fmt` is json, text, or auto (json unless stderr is a terminal)."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    handler.setFormatter(JsonFormatter(service) if use_json else TextFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from homeiq_local.services import InfluxServer, free_port
+from homeiq_local.processes import ScriptProcess
 
 
 async def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
@@ -30,57 +26,13 @@ async def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, in
         await asyncio.sleep(interval_s)
 
 
-class Service:
-    """A console script (`collector run`, `writer run`, …) as a child process with its own log file."""
+class Service(ScriptProcess):
+    """A console script under test: JSON logs to a file in `log_dir`, metrics on a free loopback port."""
 
     def __init__(self, script: str, env: dict[str, str], log_dir: Path, name: str | None = None) -> None:
-        self.name = name or script
-        self.metrics_port = free_port()
-        self.log_path = log_dir / f"{self.name}.log"
-        full_env = {**os.environ, **env, "METRICS_HOST": "127.0.0.1", "METRICS_PORT": str(self.metrics_port),
-                    "LOG_FORMAT": "json", "LOG_LEVEL": env.get("LOG_LEVEL", "INFO")}
-        bin_dir = Path(sys.executable).parent
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen([str(bin_dir / script), "run"], env=full_env, stdout=self._log,
-                                        stderr=subprocess.STDOUT)
-
-    def terminate(self, timeout_s: float = 20.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout_s)
-        finally:
-            self._log.close()
-        return code
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would."""
-        self.process.kill()
-        self.process.wait()
-        self._log.close()
-
-    def logs(self) -> str:
-        """Everything the process wrote so far."""
-        return self.log_path.read_text(errors="replace")
-
-
-def influx_points(influx: InfluxServer, database: str) -> list[dict[str, Any]]:
-    """Every point of the measurement as a dict of column → value (time in ns)."""
-    answer = influx.query("SELECT * FROM home_assistant_events", database)
-    points: list[dict[str, Any]] = []
-    for result in answer.get("results", []):
-        assert "error" not in result, result
-        for series in result.get("series", []):
-            points.extend(dict(zip(series["columns"], row, strict=True)) for row in series["values"])
-    return points
-
-
-def influx_count(influx: InfluxServer, database: str) -> int:
-    """How many points the measurement holds (counted on the always-present `source` field)."""
-    answer = influx.query("SELECT COUNT(source) FROM home_assistant_events", database)
-    series = answer["results"][0].get("series")
-    return int(series[0]["values"][0][1]) if series else 0
+        name = name or script
+        test_env = {"METRICS_HOST": "127.0.0.1", "LOG_FORMAT": "json", "LOG_LEVEL": "INFO", **env}
+        super().__init__(script, test_env, log_dir / f"{name}.log", name)
 
 
 class DelayProxy:

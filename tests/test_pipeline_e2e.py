@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from homeiq_hasim.hub import Hub, SentEvent
 from homeiq_hasim.runner import SimServer
 from homeiq_local.services import InfluxServer, RedisServer
-from tests.helpers import DelayProxy, Service, influx_count, influx_points, wait_for
+from tests.helpers import DelayProxy, Service, wait_for
 
 TOKEN = "test-token-e2e-0123456789"
 
@@ -77,8 +77,8 @@ async def test_every_event_reaches_influxdb_exactly_once(
         hub.send_raw(b'{"id": 1, "type": "event", "event": {broken')
         hub.send_raw(b'{"type": "surprise", "id": 99}')
         await hub.emit(1700, rate_per_s=1000)
-        await wait_for(lambda: influx_count(influx, influx_db) >= len(hub.sent), 60, "all points in InfluxDB")
-        assert_points_match(hub, influx_points(influx, influx_db))
+        await wait_for(lambda: influx.count(influx_db) >= len(hub.sent), 60, "all points in InfluxDB")
+        assert_points_match(hub, influx.points(influx_db))
         assert await redis_client.xpending("homeiq:events", "writers") == {
             "pending": 0, "min": None, "max": None, "consumers": []}
     finally:
@@ -121,8 +121,8 @@ async def test_replayer_restores_what_a_killed_writer_held(
         await hub.emit(1000, rate_per_s=500)
         replayer = Service("replayer", {**env, "REPLAYER_MIN_IDLE_MS": "3000", "REPLAYER_INTERVAL_S": "1"}, log_dir)
         services.append(replayer)
-        await wait_for(lambda: influx_count(influx, influx_db) >= len(hub.sent), 90, "all points in InfluxDB")
-        assert_points_match(hub, influx_points(influx, influx_db))
+        await wait_for(lambda: influx.count(influx_db) >= len(hub.sent), 90, "all points in InfluxDB")
+        assert_points_match(hub, influx.points(influx_db))
 
         async def nothing_pending() -> bool:
             return (await redis_client.xpending("homeiq:events", "writers"))["pending"] == 0

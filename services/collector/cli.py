@@ -98,4 +98,4 @@ def run(
 
         return main
 
-    run_service(log_level, log_format, build)
+    run_service("collector", log_level, log_format, build)

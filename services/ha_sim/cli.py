@@ -53,4 +53,4 @@ def run(
 
         return main
 
-    run_service(log_level, log_format, build)
+    run_service("ha-sim", log_level, log_format, build)

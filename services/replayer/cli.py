@@ -91,4 +91,4 @@ def run(
         ).validate()
         return Replayer(settings).run
 
-    run_service(log_level, log_format, build)
+    run_service("replayer", log_level, log_format, build)

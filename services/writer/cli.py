@@ -88,4 +88,4 @@ def run(
         ).validate()
         return Writer(settings).run
 
-    run_service(log_level, log_format, build)
+    run_service("writer", log_level, log_format, build)
