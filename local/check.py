@@ -1,0 +1,97 @@
+"""`python -m homeiq_local.check`: ha-sim at a fixed rate through the whole pipeline, then an exact count.
+
+Reports events sent, points found, lost and duplicated, and the consumer lag when the source stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from homeiq_hasim.hub import Hub
+from homeiq_hasim.runner import SimServer
+from homeiq_local.processes import ScriptProcess
+from homeiq_local.services import InfluxServer, RedisServer
+from homeiq_shared.stream import DEFAULT_NAMES
+
+TOKEN = "pipeline-check-token"  # noqa: S105 - a throwaway token for a private simulator
+
+
+async def group_lag(client: aioredis.Redis) -> dict[str, int]:
+    """Entries not yet delivered (lag) and delivered but not acked (pending)."""
+    groups = await client.xinfo_groups(DEFAULT_NAMES.stream)
+    group = next(g for g in groups if g["name"] == DEFAULT_NAMES.group.encode())
+    return {"lag": int(group["lag"] or 0), "pending": int(group["pending"])}
+
+
+async def run_check(rate: float, duration_s: float, entities: int, writers: int, workdir: Path) -> dict[str, object]:
+    """Run the pipeline, emit `rate * duration_s` events, wait for InfluxDB, compare with the ground truth."""
+    redis_server = RedisServer(workdir / "redis", None).start()
+    influx = InfluxServer(workdir / "influxdb", None).start()
+    influx.create_database("home_assistant_events")
+    hub = Hub.create(entities, TOKEN)
+    sim = SimServer(hub)
+    env = {"REDIS_URL": redis_server.url, "INFLUXDB_URL": influx.url, "INFLUXDB_API": "v1",
+           "INFLUXDB_BUCKET": "home_assistant_events", "HA_TOKEN": TOKEN, "HA_URL": await sim.start(),
+           "METRICS_HOST": "127.0.0.1", "LOG_FORMAT": "json"}
+    children = [ScriptProcess("writer", {**env, "WRITER_CONSUMER": f"writer-{n}"}, workdir / f"writer-{n}.log",
+                              f"writer-{n}") for n in range(writers)]
+    children.append(ScriptProcess("replayer", env, workdir / "replayer.log"))
+    children.append(ScriptProcess("collector", env, workdir / "collector.log"))
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        deadline = time.monotonic() + 30
+        while not hub.subscribed:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the collector did not subscribe within 30 s; see collector.log")
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        sent = await hub.emit(int(rate * duration_s), rate)
+        emit_s = time.monotonic() - started
+        lag_at_end = await group_lag(client)
+        drain_started = time.monotonic()
+        while influx.count("home_assistant_events") < sent and time.monotonic() - drain_started < 120:
+            await asyncio.sleep(0.2)
+        drain_s = time.monotonic() - drain_started
+        points = influx.points("home_assistant_events")
+        stream_entries = await client.xlen(DEFAULT_NAMES.stream)
+        final = await group_lag(client)
+    finally:
+        codes = {child.name: child.terminate() for child in reversed(children)}
+        await client.aclose()
+        await sim.stop()
+        influx.stop()
+        redis_server.stop()
+    expected = {(e.entity_id, e.last_updated_us * 1000): e.state for e in hub.sent}
+    found = {(p["entity_id"], p["time"]): p["state_value"] for p in points}
+    return {
+        "rate_per_s": rate, "duration_s": round(emit_s, 1), "entities": entities, "writers": writers,
+        "events_sent": sent, "stream_entries": stream_entries, "points_found": len(points),
+        "lost": len(expected.keys() - found.keys()),
+        "duplicated": len(points) - len(found.keys() & expected.keys()),
+        "wrong_state": sum(1 for key, state in expected.items() if key in found and found[key] != state),
+        "lag_at_end": lag_at_end, "drain_s": round(drain_s, 2), "final": final, "exit_codes": codes,
+    }
+
+
+def main() -> None:
+    """Parse arguments, run the check, print the report as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate", type=float, default=1000.0, help="events per second")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of events")
+    parser.add_argument("--entities", type=int, default=500)
+    parser.add_argument("--writers", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="homeiq-check-") as workdir:
+        report = asyncio.run(run_check(args.rate, args.duration, args.entities, args.writers, Path(workdir)))
+    print(json.dumps(report, indent=2))  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
