@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import tempfile
 import time
@@ -18,6 +19,7 @@ from homeiq_hasim.hub import Hub
 from homeiq_hasim.runner import SimServer
 from homeiq_local.processes import ScriptProcess
 from homeiq_local.services import InfluxServer, RedisServer
+from homeiq_local.waiting import wait_for
 from homeiq_shared.stream import DEFAULT_NAMES
 
 TOKEN = "pipeline-check-token"  # noqa: S105 - a throwaway token for a private simulator
@@ -46,18 +48,14 @@ async def run_check(rate: float, duration_s: float, entities: int, writers: int,
     children.append(ScriptProcess("collector", env, workdir / "collector.log"))
     client = aioredis.Redis.from_url(redis_server.url)
     try:
-        deadline = time.monotonic() + 30
-        while not hub.subscribed:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the collector did not subscribe within 30 s; see collector.log")
-            await asyncio.sleep(0.05)
+        await wait_for(lambda: hub.subscribed, 30, "the collector to subscribe (see collector.log)")
         started = time.monotonic()
         sent = await hub.emit(int(rate * duration_s), rate)
         emit_s = time.monotonic() - started
         lag_at_end = await group_lag(client)
         drain_started = time.monotonic()
-        while influx.count("home_assistant_events") < sent and time.monotonic() - drain_started < 120:
-            await asyncio.sleep(0.2)
+        with contextlib.suppress(TimeoutError):  # what is missing then is reported as lost
+            await wait_for(lambda: influx.count("home_assistant_events") >= sent, 120, "all points", 0.2)
         drain_s = time.monotonic() - drain_started
         points = influx.points("home_assistant_events")
         stream_entries = await client.xlen(DEFAULT_NAMES.stream)
@@ -90,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="homeiq-check-") as workdir:
         report = asyncio.run(run_check(args.rate, args.duration, args.entities, args.writers, Path(workdir)))
-    print(json.dumps(report, indent=2))  # noqa: T201
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

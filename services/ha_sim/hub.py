@@ -12,6 +12,7 @@ from homeiq_hasim.population import Entity, Population, build_population, next_s
 
 HA_VERSION = "2025.11.2"
 MATCH_ALL = "*"
+USER_ID = "0e8df5cbe0d447799e44aa601b68033d"  # the admin user of the captures
 TICK_S = 0.005
 MAX_PER_TICK = 500
 
@@ -111,7 +112,7 @@ class Hub:
         if state != entity.state:
             entity.last_changed_us = stamp
         entity.state, entity.attributes, entity.last_updated_us = state, attributes, stamp
-        entity.context = {"id": ulid(stamp), "parent_id": None, "user_id": None}
+        entity.context = self._context(entity, stamp)
         new = self.state_dict(entity)
         event = {
             "event_type": "state_changed",
@@ -126,6 +127,13 @@ class Hub:
         self.sent.append(record)
         self.recorder[entity.entity_id].append(Recorded(state, attributes, stamp, entity.last_changed_us))
         return record
+
+    def _context(self, entity: Entity, stamp_us: int) -> dict[str, str | None]:
+        """Who caused the change: a user for some switch and light toggles, an automation for some others."""
+        roll = self.rng.random()
+        user = USER_ID if entity.domain in ("light", "switch") and roll < 0.3 else None
+        parent = ulid(stamp_us - 1000) if user is None and roll > 0.9 else None
+        return {"id": ulid(stamp_us), "parent_id": parent, "user_id": user}
 
     def broadcast(self, event_type: str, event: dict[str, Any]) -> None:
         """Send one event to every subscription that matches it, serialised once like HA's cache."""

@@ -1,0 +1,87 @@
+"""HA events (captured from a real Home Assistant) → normalised stream payloads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from homeiq_collector import frames
+from homeiq_collector.normalise import normalise, to_ns
+from homeiq_collector.registry import Registry
+from homeiq_shared.events import decode_event, encode_event
+
+CAPTURES = Path(__file__).parent / "captures"
+STATE_CHANGED = (
+    '{"event_type":"state_changed","data":{"entity_id":"sensor.kitchen_temp","old_state":null,'
+    '"new_state":{"entity_id":"sensor.kitchen_temp","state":"21.5","attributes":{"unit_of_measurement":"°C",'
+    '"device_class":"temperature","friendly_name":"Kitchen"},"last_changed":"2026-06-25T21:20:05+00:00",'
+    '"last_reported":"2026-06-25T21:20:05.162552+00:00","last_updated":"2026-06-25T21:20:05.162552+00:00",'
+    '"context":{"id":"01KW0AF0","parent_id":null,"user_id":null}}},"origin":"LOCAL",'
+    '"time_fired":"2026-06-25T21:20:05.162552+00:00","context":{"id":"01KW0AF0","parent_id":null,"user_id":null}}'
+)
+
+
+def registry() -> Registry:
+    reg = Registry()
+    reg.load("floor", b'[{"floor_id":"ground","name":"Ground"}]')
+    reg.load("area", b'[{"area_id":"kitchen","name":"Kitchen","floor_id":"ground"}]')
+    reg.load("device", b'[{"id":"dev1","name":"Thermo","manufacturer":"Aqara","model":"T1","sw_version":"1.2",'
+                       b'"area_id":"kitchen"}]')
+    reg.load("entity", b'[{"entity_id":"sensor.kitchen_temp","device_id":"dev1","area_id":null,'
+                       b'"platform":"zha","entity_category":null}]')
+    return reg
+
+
+def test_state_point_is_stamped_with_last_updated_in_whole_microseconds() -> None:
+    event = normalise(frames.event_decoder.decode(STATE_CHANGED), registry())
+    assert event.time_ns == 1782422405162552000
+    assert event.new_state is not None and event.new_state.last_changed_ns == 1782422405000000000
+    assert (event.entity_id, event.domain, event.old_state) == ("sensor.kitchen_temp", "sensor", None)
+
+
+def test_enrichment_comes_from_registries_and_attributes() -> None:
+    enrichment = normalise(frames.event_decoder.decode(STATE_CHANGED), registry()).enrichment
+    assert (enrichment.device_id, enrichment.manufacturer, enrichment.model, enrichment.sw_version) == (
+        "dev1", "Aqara", "T1", "1.2")
+    # The entity has no area of its own: the device's area applies, and its floor.
+    assert (enrichment.area_id, enrichment.area_name, enrichment.floor_name) == ("kitchen", "Kitchen", "Ground")
+    assert (enrichment.device_class, enrichment.unit, enrichment.platform) == ("temperature", "°C", "zha")
+
+
+def test_removal_event_is_kept_and_stamped_with_time_fired() -> None:
+    removal = json.loads(STATE_CHANGED)
+    removal["data"]["old_state"], removal["data"]["new_state"] = removal["data"]["new_state"], None
+    removal["time_fired"] = "2026-06-25T21:21:00.000001+00:00"
+    event = normalise(frames.event_decoder.decode(json.dumps(removal)), registry())
+    assert event.new_state is None and event.old_state is not None
+    assert event.time_ns == 1782422460000001000
+    assert event.enrichment.device_class == "temperature"
+
+
+def test_captured_frames_decode_and_round_trip_through_the_stream_payload() -> None:
+    frame = frames.frame_decoder.decode((CAPTURES / "state_changed_example.json").read_bytes())
+    assert isinstance(frame, frames.EventFrame)
+    event = normalise(frames.event_decoder.decode(frame.event), Registry())
+    # Captured from HA 2024.3, which has no last_reported: accepted all the same.
+    assert event.entity_id == "input_boolean.bool_1"
+    assert event.new_state is not None and event.new_state.state == "on"
+    assert event.context.user_id == "0e8df5cbe0d447799e44aa601b68033d"
+    assert decode_event(encode_event(event)) == event
+
+
+def test_other_events_keep_their_data_and_time_fired() -> None:
+    raw = ('{"event_type":"call_service","data":{"domain":"light","service":"turn_on"},"origin":"LOCAL",'
+           '"time_fired":"2026-06-25T21:20:05.5+00:00","context":{"id":"X","parent_id":"P","user_id":null}}')
+    event = normalise(frames.event_decoder.decode(raw), Registry())
+    assert event.time_ns == to_ns(frames.event_decoder.decode(raw).time_fired) == 1782422405500000000
+    assert event.data is not None and json.loads(bytes(event.data)) == {"domain": "light", "service": "turn_on"}
+    assert event.entity_id is None and event.context.parent_id == "P"
+
+
+def test_malformed_state_data_raises_for_the_caller_to_count() -> None:
+    raw = STATE_CHANGED.replace('"state":"21.5"', '"state":21.5')
+    with pytest.raises(msgspec.ValidationError):
+        normalise(frames.event_decoder.decode(raw), Registry())

@@ -1,0 +1,63 @@
+"""Bad entries between good ones: each is dead-lettered with its reason, the good neighbours are written."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from homeiq_local.services import InfluxServer
+from homeiq_shared.events import NormalisedEvent, State, encode_event
+from homeiq_shared.health import Readiness
+from homeiq_shared.stream import DEFAULT_NAMES, ensure_group
+from homeiq_writer.batch import BatchWriter
+from homeiq_writer.influx import V1Sink
+from homeiq_writer.metrics import WriterMetrics
+
+
+def event(n: int, **changes: object) -> bytes:
+    base = NormalisedEvent(event_type="state_changed", time_ns=1_700_000_000_000_000_000 + n * 1000,
+                           entity_id=f"sensor.s{n}", domain="sensor",
+                           new_state=State(state=str(n), attributes=msgspec.Raw(b"{}")))
+    return encode_event(msgspec.structs.replace(base, **changes))
+
+
+async def test_poison_is_dead_lettered_and_good_neighbours_written(
+    redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str
+) -> None:
+    names = DEFAULT_NAMES
+    await ensure_group(redis_client, names)
+    good = [event(n) for n in range(100)]
+    bad = {
+        "undecodable": {b"v": b"1", b"e": b'{"event_type": 42'},
+        "unknown_version": {b"v": b"9", b"e": event(1000)},
+        # A timestamp InfluxDB cannot store: the batch is refused, bisected, and only this entry fails.
+        "rejected": {b"v": b"1", b"e": event(1001, time_ns=2**64)},
+    }
+    for n, payload in enumerate(good):
+        await redis_client.xadd(names.stream, {b"v": b"1", b"e": payload})
+        if n in (10, 50, 90):
+            await redis_client.xadd(names.stream, bad[("undecodable", "unknown_version", "rejected")[n // 40]])
+    reply = await redis_client.xreadgroup(names.group, "w1", {names.stream: ">"}, count=1000)
+    entries = [(eid, fields) for eid, fields in reply[0][1]]
+    metrics = WriterMetrics(CollectorRegistry())
+    sink = V1Sink(influx.url, influx_db, "", "", "", 10)
+    try:
+        writer = BatchWriter(redis_client, names, sink, metrics, Readiness(), "w1")
+        assert await writer.process(entries, asyncio.Event())
+    finally:
+        await sink.close()
+
+    assert influx.count(influx_db) == 100
+    dead = await redis_client.xrange(names.dead)
+    reasons = sorted(fields[b"reason"].decode() for _, fields in dead)
+    assert reasons == ["rejected", "undecodable", "unknown_version"]
+    for _, fields in dead:
+        assert fields[b"e"] == bad[fields[b"reason"].decode()][b"e"]  # the original payload is kept
+        assert fields[b"detail"] and fields[b"original_id"]
+    assert (await redis_client.xpending(names.stream, names.group))["pending"] == 0
+    assert metrics.points_written._value.get() == 100
+    assert metrics.dead_lettered.labels("rejected")._value.get() == 1
+    assert metrics.batches.labels("bad_data")._value.get() >= 1
