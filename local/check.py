@@ -41,7 +41,7 @@ async def run_check(rate: float, duration_s: float, entities: int, writers: int,
     sim = SimServer(hub)
     env = {"REDIS_URL": redis_server.url, "INFLUXDB_URL": influx.url, "INFLUXDB_API": "v1",
            "INFLUXDB_BUCKET": "home_assistant_events", "HA_TOKEN": TOKEN, "HA_URL": await sim.start(),
-           "METRICS_HOST": "127.0.0.1", "LOG_FORMAT": "json"}
+           "METRICS_HOST": "127.0.0.1", "LOG_FORMAT": "json", "COLLECTOR_SPOOL_DIR": str(workdir / "spool")}
     children = [ScriptProcess("writer", {**env, "WRITER_CONSUMER": f"writer-{n}"}, workdir / f"writer-{n}.log",
                               f"writer-{n}") for n in range(writers)]
     children.append(ScriptProcess("replayer", env, workdir / "replayer.log"))

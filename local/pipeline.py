@@ -71,7 +71,8 @@ class LocalPipeline:
             log.info("home_assistant", url=redact_url(os.environ["HA_URL"]))
         for name in ("writer", "replayer", "collector"):
             port = int(os.environ.get(f"HOMEIQ_{name.upper()}_METRICS_PORT", METRICS_PORTS[name]))
-            child = self._spawn(name, {**env, "METRICS_HOST": "127.0.0.1"}, metrics_port=port)
+            spool = {"COLLECTOR_SPOOL_DIR": os.environ.get("COLLECTOR_SPOOL_DIR", str(self.data_dir / "spool"))}
+            child = self._spawn(name, {**env, **spool, "METRICS_HOST": "127.0.0.1"}, metrics_port=port)
             log.info("process_started", child=name, metrics=child.metrics_url)
         return env
 

@@ -32,7 +32,8 @@ DEFAULT_NAMES: Final = StreamNames()
 
 def connect(url: str) -> aioredis.Redis:
     """Return a client for `url` (bytes in and out); connection errors surface on first use."""
-    return aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
+    return aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=30,
+                                   socket_timeout=15, socket_connect_timeout=5)
 
 
 async def ensure_group(client: aioredis.Redis, names: StreamNames) -> bool:

@@ -17,7 +17,8 @@ class Service(ScriptProcess):
 
     def __init__(self, script: str, env: dict[str, str], log_dir: Path, name: str | None = None) -> None:
         name = name or script
-        test_env = {"METRICS_HOST": "127.0.0.1", "LOG_FORMAT": "json", "LOG_LEVEL": "INFO", **env}
+        test_env = {"METRICS_HOST": "127.0.0.1", "LOG_FORMAT": "json", "LOG_LEVEL": "INFO",
+                    "COLLECTOR_SPOOL_DIR": str(log_dir / f"{name}-spool"), **env}
         super().__init__(script, test_env, log_dir / f"{name}.log", name)
 
 

@@ -52,6 +52,9 @@ def run(
     max_message_mb: Annotated[
         int, typer.Option(envvar="HA_MAX_MESSAGE_MB", help="Largest WebSocket message accepted, MiB (>= 16).")
     ] = 64,
+    backoff_base_s: Annotated[
+        float, typer.Option(envvar="HA_BACKOFF_BASE_S", help="First reconnect backoff ceiling, s (doubles).")
+    ] = 1.0,
     backoff_max_s: Annotated[
         float, typer.Option(envvar="HA_BACKOFF_MAX_S", help="Cap of the reconnect backoff, s.")
     ] = 60.0,
@@ -64,6 +67,28 @@ def run(
     publish_batch: Annotated[
         int, typer.Option(envvar="COLLECTOR_PUBLISH_BATCH", help="Most XADDs in one pipeline.")
     ] = 1_000,
+    spool_dir: Annotated[
+        str, typer.Option(envvar="COLLECTOR_SPOOL_DIR", help="Directory of the disk spool used while Redis is down.")
+    ] = "spool",
+    spool_max_mb: Annotated[
+        int, typer.Option(envvar="COLLECTOR_SPOOL_MAX_MB", help="Most MiB the spool may hold.")
+    ] = 1024,
+    spool_policy: Annotated[
+        str, typer.Option(envvar="COLLECTOR_SPOOL_POLICY", help="When the spool is full: drop_oldest, drop_newest "
+                          "or block (stop reading; HA then drops us and backfill covers recorded entities).")
+    ] = "drop_oldest",
+    backfill: Annotated[
+        bool, typer.Option(envvar="HA_BACKFILL", help="After a reconnect, publish the recorder's states of the gap.")
+    ] = True,
+    backfill_delay_s: Annotated[
+        float, typer.Option(envvar="HA_BACKFILL_DELAY_S", help="Wait before the backfill (recorder commit), s.")
+    ] = 2.0,
+    entity_filter: Annotated[
+        str, typer.Option(envvar="ENTITY_FILTER_CONFIG", help="Entity filter as JSON: mode, patterns, exceptions.")
+    ] = "",
+    entity_filter_file: Annotated[
+        str, typer.Option(envvar="ENTITY_FILTER_CONFIG_FILE", help="Entity filter JSON file.")
+    ] = "",
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
     stream: StreamName = DEFAULT_NAMES.stream,
     metrics_host: MetricsHost = "0.0.0.0",  # noqa: S104 - scraped from other containers
@@ -75,7 +100,8 @@ def run(
 
     The token comes from HA_TOKEN or HA_TOKEN_FILE (a long-lived access token), never from a flag.
     """
-    from homeiq_collector.service import Collector, Fatal  # noqa: PLC0415 - keep --help fast
+    from homeiq_collector.entity_filter import EntityFilter  # noqa: PLC0415 - keep --help fast
+    from homeiq_collector.service import Collector, Fatal  # noqa: PLC0415
     from homeiq_collector.settings import CollectorSettings  # noqa: PLC0415
 
     def build() -> ServiceMain:
@@ -83,11 +109,14 @@ def run(
             ha_url=ha_url, redis_url=redis_url, names=StreamNames(stream=stream),
             connect_timeout_s=connect_timeout_s, auth_timeout_s=auth_timeout_s,
             command_timeout_s=command_timeout_s, ping_interval_s=ping_interval_s, ping_timeout_s=ping_timeout_s,
-            max_message_mb=max_message_mb, backoff_max_s=backoff_max_s, retry_auth=retry_auth,
-            buffer_events=buffer_events, publish_batch=publish_batch, metrics_host=metrics_host,
+            max_message_mb=max_message_mb, backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s,
+            retry_auth=retry_auth, buffer_events=buffer_events, publish_batch=publish_batch, spool_dir=spool_dir,
+            spool_max_mb=spool_max_mb, spool_policy=spool_policy,  # type: ignore[arg-type]  # validated below
+            backfill=backfill, backfill_delay_s=backfill_delay_s, metrics_host=metrics_host,
             metrics_port=metrics_port,
         ).validate()
-        collector = Collector(settings, read_secret("HA_TOKEN"))
+        rules = EntityFilter.from_settings(entity_filter, entity_filter_file)
+        collector = Collector(settings, read_secret("HA_TOKEN"), rules)
 
         async def main(stop: asyncio.Event) -> None:
             try:

@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from homeiq_shared.logs import Log, SampledLog
 
-DROP_REASONS = ("malformed_event", "shutdown_unpublished")
+DROP_REASONS = ("malformed_event", "spool_full", "shutdown_unpublished")
 REJECT_REASONS = ("malformed_json", "unknown_type", "binary_frame", "unknown_subscription",
                   "unexpected_result", "unexpected_auth")
 DISCONNECT_REASONS = ("closed", "heartbeat", "error", "auth_invalid", "timeout")
@@ -34,6 +34,12 @@ class CollectorMetrics:
                                    registry=registry)
         self.buffered = Gauge("homeiq_collector_buffered_events", "Events waiting for XADD in memory.",
                               registry=registry)
+        self.backfilled = Counter("homeiq_events_backfilled_total",
+                                  "Recorder states published after a reconnect (source=backfill).", registry=registry)
+        self.spooled = Counter("homeiq_events_spooled_total", "Events written to the disk spool.",
+                               registry=registry)
+        self.spool_bytes = Gauge("homeiq_spool_bytes", "Bytes in the disk spool not yet drained.",
+                                 registry=registry)
         self.publish_seconds = Histogram("homeiq_publish_duration_seconds", "One pipelined XADD batch.",
                                          registry=registry,
                                          buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))

@@ -1,9 +1,10 @@
-"""`collector run`: the supervisor loop around one HA connection, and the publisher."""
+"""`collector run`: the supervisor loop around one HA connection, and the publisher beside it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 
 import aiohttp
 import msgspec
@@ -11,6 +12,9 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from homeiq_collector import frames
+from homeiq_collector.backfill import backfill_events, history_command, history_decoder, states_decoder
+from homeiq_collector.entity_filter import EntityFilter
+from homeiq_collector.gap import GapTracker
 from homeiq_collector.ha_client import (
     AuthInvalid,
     CommandFailed,
@@ -23,8 +27,9 @@ from homeiq_collector.normalise import normalise
 from homeiq_collector.publisher import READY_REDIS, Publisher
 from homeiq_collector.registry import Registry
 from homeiq_collector.settings import CollectorSettings
+from homeiq_collector.spool import Spool
 from homeiq_shared.backoff import Backoff
-from homeiq_shared.events import encode_event
+from homeiq_shared.events import NormalisedEvent, encode_event
 from homeiq_shared.health import HealthServer, Readiness
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
@@ -34,38 +39,51 @@ from homeiq_shared.stream import connect
 log = Log(__name__)
 
 READY_HA = "home_assistant"
-REGISTRIES = (("floor", "config/floor_registry/list"), ("area", "config/area_registry/list"),
-              ("device", "config/device_registry/list"), ("entity", "config/entity_registry/list"))
-DRAIN_TIMEOUT_S = 10.0
+REGISTRY_COMMANDS = {"floor": "config/floor_registry/list", "area": "config/area_registry/list",
+                     "device": "config/device_registry/list", "entity": "config/entity_registry/list"}
+REGISTRY_EVENTS = {f"{kind}_registry_updated": kind for kind in REGISTRY_COMMANDS}
+BACKFILL_CHUNK = 50
+DRAIN_TIMEOUT_S = 5.0
 
 
 class Fatal(Exception):
     """A failure that retrying cannot fix (the operator must act)."""
 
 
+class _Stopped(Exception):
+    """Raised inside a session's task group when the process is asked to stop."""
+
+
 class Collector:
     """Supervises exactly one connection loop; never two, never a task that spawns another."""
 
-    def __init__(self, settings: CollectorSettings, token: str, registry: CollectorRegistry | None = None) -> None:
-        self.settings, self._token = settings, token
+    def __init__(self, settings: CollectorSettings, token: str, entity_filter: EntityFilter | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.settings, self._token, self._filter = settings, token, entity_filter
         self.registry = registry or CollectorRegistry()
         self.metrics = CollectorMetrics(self.registry)
         self.readiness = Readiness(READY_HA, READY_REDIS)
         self.redis: aioredis.Redis = connect(settings.redis_url)
+        spool = Spool(Path(settings.spool_dir), settings.spool_max_mb * 1024 * 1024)
         self.publisher = Publisher(self.redis, settings.redis_url, settings.names.stream, self.metrics,
-                                   self.readiness, settings.buffer_events, settings.publish_batch)
+                                   self.readiness, spool, settings.spool_policy, settings.buffer_events,
+                                   settings.publish_batch)
         self.ha_registry = Registry()
+        self.gap = GapTracker()
         self.sessions = 0
+        self._stale: set[str] = set()
+        self._stale_changed = asyncio.Event()
         self._health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Connect, read and publish until `stop`; then publish what is buffered and exit."""
+        """Connect, read and publish until `stop`; then publish (or spool) what is buffered and exit."""
         await self._health.start()
         publisher = asyncio.create_task(self.publisher.run(), name="publisher")
         try:
             await self._supervise(stop)
         finally:
-            unpublished = await self.publisher.drain(DRAIN_TIMEOUT_S)
+            await self.publisher.drain(DRAIN_TIMEOUT_S)
+            unpublished = await self.publisher.close(DRAIN_TIMEOUT_S)
             publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await publisher
@@ -74,44 +92,45 @@ class Collector:
                 log.error("events_unpublished_at_exit", events=unpublished)
             await self.redis.aclose()
             await self._health.stop()
-            log.info("collector_stopped", unpublished=unpublished)
+            log.info("collector_stopped", unpublished=unpublished, spooled=self.publisher.pending)
 
     async def _supervise(self, stop: asyncio.Event) -> None:
-        backoff = Backoff(base_s=1.0, cap_s=self.settings.backoff_max_s, reset_after_s=60.0)
+        backoff = Backoff(base_s=self.settings.backoff_base_s, cap_s=self.settings.backoff_max_s,
+                          reset_after_s=60.0)
         url = redact_url(self.settings.ha_url)
         while not stop.is_set():
             backoff.started()
             if self.sessions:
                 self.metrics.reconnects.inc()
             self.sessions += 1
-            reason, kind = "stopped", "closed"
             try:
-                reason = await self._session(stop)
+                await self._session(stop)
+                break
+            except _Stopped:
+                break
             except AuthInvalid as exc:
                 reason, kind = f"auth_invalid: {exc}", "auth_invalid"
                 if not self.settings.retry_auth:
                     self.metrics.disconnects.labels(kind).inc()
-                    raise Fatal(f"Home Assistant at {url} refused the token (auth_invalid). "
-                                "Create a new long-lived access token and set HA_TOKEN or HA_TOKEN_FILE.") from None
+                    raise Fatal(f"Home Assistant at {url} refused the token (auth_invalid). Create a new "
+                                "long-lived access token and set HA_TOKEN or HA_TOKEN_FILE.") from None
             except HeartbeatTimeout as exc:
                 reason, kind = str(exc), "heartbeat"
             except (ConnectionLost, CommandFailed) as exc:
                 reason, kind = str(exc), "closed"
             except TimeoutError:
-                reason, kind = f"no connection within {self.settings.connect_timeout_s:g} s", "timeout"
+                reason, kind = f"no WebSocket within {self.settings.connect_timeout_s:g} s", "timeout"
             except (aiohttp.ClientError, OSError) as exc:
                 reason, kind = f"{type(exc).__name__}: {exc}", "error"
             finally:
                 self.metrics.connected.set(0)
-            if stop.is_set():
-                break
             self.metrics.disconnects.labels(kind).inc()
             self.readiness.fail(READY_HA, f"disconnected from {url}: {reason}")
             delay_s = backoff.next_delay_s()
             log.warning("ha_disconnected", url=url, reason=reason, retry_in_s=round(delay_s, 2))
             await wait_or_stop(stop, delay_s)
 
-    async def _session(self, stop: asyncio.Event) -> str:
+    async def _session(self, stop: asyncio.Event) -> None:
         s = self.settings
         async with aiohttp.ClientSession() as http:
             async with asyncio.timeout(s.connect_timeout_s):
@@ -120,67 +139,123 @@ class Collector:
             async with ws:
                 conn = HAConnection(ws, self.metrics)
                 version = await conn.authenticate(self._token, s.auth_timeout_s)
-                reader = asyncio.create_task(conn.read_forever(), name="ha-reader")
                 try:
-                    return await self._serve(conn, version, reader, stop)
-                finally:
-                    reader.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, ConnectionLost):
-                        await reader
+                    async with asyncio.TaskGroup() as tasks:
+                        tasks.create_task(conn.read_forever(), name="ha-reader")
+                        tasks.create_task(self._connected(conn, version, tasks), name="ha-setup")
+                        tasks.create_task(_raise_when_set(stop), name="stop")
+                except BaseExceptionGroup as group:
+                    raise _primary(group) from None
 
-    async def _serve(self, conn: HAConnection, version: str, reader: asyncio.Task[None],
-                     stop: asyncio.Event) -> str:
-        s = self.settings
-        setup = asyncio.create_task(self._setup(conn), name="ha-setup")
-        await asyncio.wait({setup, reader}, return_when=asyncio.FIRST_COMPLETED)
-        if not setup.done():
-            setup.cancel()
-        await setup  # raises what failed (ConnectionLost from the reader fails the pending commands)
-        self.metrics.connected.set(1)
-        self.readiness.ok(READY_HA)
-        log.info("ha_connected", url=redact_url(s.ha_url), ha_version=version, entities=len(self.ha_registry.entities))
-        heartbeat = asyncio.create_task(self._heartbeat(conn), name="ha-heartbeat")
-        stopper = asyncio.create_task(stop.wait(), name="stop")
-        try:
-            done, _ = await asyncio.wait({reader, heartbeat, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (heartbeat, stopper):
-                task.cancel()
-        if stopper in done:
-            return "stopped"
-        finished = reader if reader in done else heartbeat
-        finished.result()  # raises ConnectionLost with the reason
-        return "ended"
-
-    async def _setup(self, conn: HAConnection) -> None:
+    async def _connected(self, conn: HAConnection, version: str, tasks: asyncio.TaskGroup) -> None:
+        """Features, discovery, one subscription, then heartbeat, registry refreshes and the backfill."""
         s = self.settings
         await conn.command({"type": "supported_features", "features": {"coalesce_messages": 1}},
                            s.command_timeout_s)
         # Discovery before subscribing: every event is enriched, and the reader never waits on a full
         # buffer while a registry answer is still to be read.
-        for kind, command in REGISTRIES:
-            try:
-                raw = await conn.command({"type": command}, s.command_timeout_s)
-            except CommandFailed as exc:
-                log.warning("registry_unavailable", registry=kind, error=str(exc))
-                continue
-            size = self.ha_registry.load(kind, bytes(raw))
-            log.debug("registry_loaded", registry=kind, entries=size)
+        for kind in REGISTRY_COMMANDS:
+            await self._load_registry(conn, kind)
+        gap_start_ns = self.gap.begin() if s.backfill else None
         await conn.subscribe(self._on_event, s.command_timeout_s)
+        self.metrics.connected.set(1)
+        self.readiness.ok(READY_HA)
+        log.info("ha_connected", url=redact_url(s.ha_url), ha_version=version, session=self.sessions,
+                 entities=len(self.ha_registry.entities))
+        tasks.create_task(self._heartbeat(conn), name="ha-heartbeat")
+        tasks.create_task(self._refresh_registries(conn), name="ha-registries")
+        if gap_start_ns is not None:
+            tasks.create_task(self._backfill(conn, gap_start_ns), name="ha-backfill")
+
+    async def _load_registry(self, conn: HAConnection, kind: str) -> None:
+        try:
+            raw = await conn.command({"type": REGISTRY_COMMANDS[kind]}, self.settings.command_timeout_s)
+        except CommandFailed as exc:
+            log.warning("registry_unavailable", registry=kind, error=str(exc))
+            return
+        size = self.ha_registry.load(kind, bytes(raw))
+        log.debug("registry_loaded", registry=kind, entries=size)
+
+    async def _refresh_registries(self, conn: HAConnection) -> None:
+        """Re-read a registry after HA said it changed (its events carry only ids and `changes`)."""
+        while True:
+            await self._stale_changed.wait()
+            self._stale_changed.clear()
+            while self._stale:
+                kind = self._stale.pop()
+                await self._load_registry(conn, kind)
+                log.info("registry_refreshed", registry=kind)
 
     async def _heartbeat(self, conn: HAConnection) -> None:
         while True:
             await asyncio.sleep(self.settings.ping_interval_s)
             await conn.ping(self.settings.ping_timeout_s)
 
+    async def _backfill(self, conn: HAConnection, start_ns: int) -> None:
+        """Publish the recorder's states since the last live one that did not arrive live."""
+        s = self.settings
+        await asyncio.sleep(s.backfill_delay_s)  # let HA's recorder commit what happened before we subscribed
+        raw_states = await conn.command({"type": "get_states"}, s.command_timeout_s)
+        entity_ids = sorted(state.entity_id for state in states_decoder.decode(raw_states))
+        published = 0
+        for first in range(0, len(entity_ids), BACKFILL_CHUNK):
+            chunk = entity_ids[first:first + BACKFILL_CHUNK]
+            raw = await conn.command(history_command(chunk, start_ns), s.command_timeout_s)
+            for event in backfill_events(history_decoder.decode(raw), self.ha_registry, start_ns, self.gap.seen):
+                if self._passes_filter(event):
+                    await self.publisher.put(encode_event(event))
+                    published += 1
+        self.metrics.backfilled.inc(published)
+        self.gap.end()
+        log.info("backfill_done", events=published, entities=len(entity_ids), since_ns=start_ns)
+
+    def _passes_filter(self, event: NormalisedEvent) -> bool:
+        if self._filter is None or self._filter.allows(event):
+            return True
+        self.metrics.filtered.inc()
+        return False
+
     async def _on_event(self, frame: frames.EventFrame) -> None:
         self.metrics.received.inc()
         try:
-            event = frames.event_decoder.decode(frame.event)
-            payload = encode_event(normalise(event, self.ha_registry))
+            event = normalise(frames.event_decoder.decode(frame.event), self.ha_registry)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self.metrics.dropped.labels("malformed_event").inc()
             self.metrics.log_sampled("malformed_event", "event dropped: cannot be normalised",
                                      error=str(exc)[:200], sample=bytes(frame.event)[:200].decode(errors="replace"))
             return
-        await self.publisher.put(payload)
+        kind = REGISTRY_EVENTS.get(event.event_type)
+        if kind is not None:
+            self._stale.add(kind)
+            self._stale_changed.set()
+        if not self._passes_filter(event):
+            return
+        if event.new_state is not None and event.entity_id is not None:
+            self.gap.live(event.entity_id, event.time_ns)
+        await self.publisher.put(encode_event(event))
+
+
+async def _raise_when_set(stop: asyncio.Event) -> None:
+    await stop.wait()
+    raise _Stopped
+
+
+_PRIORITY = (_Stopped, AuthInvalid, HeartbeatTimeout, ConnectionLost, CommandFailed, TimeoutError,
+             aiohttp.ClientError, OSError)
+
+
+def _primary(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception that explains why a session ended; anything unexpected is re-raised as it is."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        else:
+            leaves.append(current)
+    for kind in _PRIORITY:
+        for exc in leaves:
+            if isinstance(exc, kind):
+                return exc
+    return leaves[0]

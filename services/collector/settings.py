@@ -6,7 +6,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
-from homeiq_shared.settings import ConfigError, check_positive, check_url
+from homeiq_collector.spool import POLICIES, Policy
+from homeiq_shared.settings import ConfigError, check_choice, check_positive, check_url
 from homeiq_shared.stream import StreamNames
 
 
@@ -31,10 +32,16 @@ class CollectorSettings(msgspec.Struct, frozen=True):
     ping_interval_s: float = 30.0
     ping_timeout_s: float = 10.0
     max_message_mb: int = 64
+    backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
     retry_auth: bool = False
     buffer_events: int = 10_000
     publish_batch: int = 1_000
+    spool_dir: str = "spool"
+    spool_max_mb: int = 1024
+    spool_policy: Policy = "drop_oldest"
+    backfill: bool = True
+    backfill_delay_s: float = 2.0
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other containers
     metrics_port: int = 8001
 
@@ -45,9 +52,15 @@ class CollectorSettings(msgspec.Struct, frozen=True):
             ("HA_CONNECT_TIMEOUT_S", self.connect_timeout_s), ("HA_AUTH_TIMEOUT_S", self.auth_timeout_s),
             ("HA_COMMAND_TIMEOUT_S", self.command_timeout_s), ("HA_PING_INTERVAL_S", self.ping_interval_s),
             ("HA_PING_TIMEOUT_S", self.ping_timeout_s), ("HA_BACKOFF_MAX_S", self.backoff_max_s),
-            ("COLLECTOR_BUFFER_EVENTS", self.buffer_events), ("COLLECTOR_PUBLISH_BATCH", self.publish_batch),
+            ("HA_BACKOFF_BASE_S", self.backoff_base_s), ("COLLECTOR_BUFFER_EVENTS", self.buffer_events),
+            ("COLLECTOR_PUBLISH_BATCH", self.publish_batch), ("COLLECTOR_SPOOL_MAX_MB", self.spool_max_mb),
         ):
             check_positive(name, value)
+        if self.backfill_delay_s < 0:
+            raise ConfigError(f"HA_BACKFILL_DELAY_S: must be 0 or more, got {self.backfill_delay_s}")
+        check_choice("COLLECTOR_SPOOL_POLICY", self.spool_policy, POLICIES)
+        if not self.spool_dir:
+            raise ConfigError("COLLECTOR_SPOOL_DIR: must not be empty")
         if self.max_message_mb < 16:
             raise ConfigError(f"HA_MAX_MESSAGE_MB: must be at least 16 (get_states on large installs), "
                               f"got {self.max_message_mb}")
