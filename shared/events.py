@@ -12,6 +12,7 @@ import msgspec
 PAYLOAD_VERSION: Final = "1"
 
 Source = Literal["live", "backfill", "snapshot"]
+NO_DATA: Final = msgspec.Raw(b"null")
 
 
 class Context(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -62,7 +63,7 @@ class NormalisedEvent(msgspec.Struct, frozen=True, omit_defaults=True):
     domain: str | None = None
     new_state: State | None = None
     old_state: State | None = None
-    data: msgspec.Raw | None = None
+    data: msgspec.Raw = NO_DATA  # the raw `data` of events other than state_changed
     enrichment: Enrichment = Enrichment()
     source: Source = "live"
 

@@ -77,7 +77,8 @@ def test_other_events_keep_their_data_and_time_fired() -> None:
            '"time_fired":"2026-06-25T21:20:05.5+00:00","context":{"id":"X","parent_id":"P","user_id":null}}')
     event = normalise(frames.event_decoder.decode(raw), Registry())
     assert event.time_ns == to_ns(frames.event_decoder.decode(raw).time_fired) == 1782422405500000000
-    assert event.data is not None and json.loads(bytes(event.data)) == {"domain": "light", "service": "turn_on"}
+    assert json.loads(bytes(event.data)) == {"domain": "light", "service": "turn_on"}
+    assert decode_event(encode_event(event)) == event
     assert event.entity_id is None and event.context.parent_id == "P"
 
 

@@ -37,6 +37,7 @@ class Faults:
     silent_after_connect: bool = False  # never send auth_required
     silent_after_auth: bool = False  # never answer the auth message
     ignore_pings: bool = False  # a half-open connection: pings go unanswered
+    refuse_connections: bool = False  # HA down: the WebSocket upgrade is answered 503
 
 
 class Subscriber(Protocol):
@@ -73,6 +74,8 @@ class Hub:
     recorder: dict[str, list[Recorded]] = field(default_factory=dict)
     rng: random.Random = field(default_factory=lambda: random.Random(7))
     connects: int = 0
+    active: int = 0  # WebSocket connections open right now (authenticated or not)
+    max_active: int = 0
 
     @classmethod
     def create(cls, entity_count: int, token: str, seed: int = 1) -> Hub:
@@ -103,11 +106,13 @@ class Hub:
             "context": entity.context,
         }
 
-    def fire_state_change(self, entity: Entity | None = None) -> SentEvent:
+    def fire_state_change(
+        self, entity: Entity | None = None, forced: tuple[str, dict[str, Any]] | None = None
+    ) -> SentEvent:
         """Change one entity's state and fire `state_changed` to every matching subscription."""
         entity = entity or self.rng.choice(self.population.entities)
         old = self.state_dict(entity)
-        state, attributes = next_state(entity, self.rng)
+        state, attributes = forced or next_state(entity, self.rng)
         stamp = max(now_us(), entity.last_updated_us + 1)
         if state != entity.state:
             entity.last_changed_us = stamp
@@ -143,6 +148,22 @@ class Hub:
                 if wanted in (MATCH_ALL, event_type):
                     partial = partial or partial_event_message(event)
                     connection.send(event_message(partial, sub_id))
+
+    def set_state(self, entity: Entity, state: str, attributes: dict[str, Any]) -> SentEvent:
+        """Fire a state change to exactly `state` and `attributes` (for tests: huge or odd states)."""
+        return self.fire_state_change(entity, forced=(state, attributes))
+
+    def move_entity(self, entity: Entity, area_id: str) -> None:
+        """Change the entity's area and fire `entity_registry_updated` as HA does: ids and `changes` only."""
+        old_area = entity.area_id
+        entity.area_id = area_id
+        stamp = now_us()
+        self.broadcast("entity_registry_updated", {
+            "event_type": "entity_registry_updated",
+            "data": {"action": "update", "entity_id": entity.entity_id, "changes": {"area_id": old_area}},
+            "origin": "LOCAL", "time_fired": iso(stamp),
+            "context": {"id": ulid(stamp), "parent_id": None, "user_id": None},
+        })
 
     def send_raw(self, message: bytes) -> None:
         """Send `message` as it is, in a frame of its own, to every authenticated connection (bad frames)."""

@@ -104,9 +104,21 @@ class Connection:
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     """HA's `WebSocketHandler.async_handle`: auth phase first, then the command phase."""
     hub = request.app[HUB]
+    if hub.faults.refuse_connections:
+        raise web.HTTPServiceUnavailable
     ws = web.WebSocketResponse(heartbeat=55, max_msg_size=0)
     await ws.prepare(request)
     hub.connects += 1
+    hub.active += 1
+    hub.max_active = max(hub.max_active, hub.active)
+    try:
+        return await _serve(hub, ws, request)
+    finally:
+        hub.active -= 1
+
+
+async def _serve(hub: Hub, ws: web.WebSocketResponse, request: web.Request) -> web.WebSocketResponse:
+    """The auth phase, then the command phase, of one connection."""
     if hub.faults.silent_after_connect:
         await _drain_until_closed(ws)
         return ws

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Final
 
-from homeiq_shared.events import NormalisedEvent
+from homeiq_shared.events import NO_DATA, NormalisedEvent
 
 MEASUREMENT: Final = "home_assistant_events"
 
@@ -93,7 +93,7 @@ def encode_line(event: NormalisedEvent) -> str:
     shown = new if new is not None else old
     if shown is not None and bytes(shown.attributes) != _EMPTY_OBJECT:
         fields.append(f"attributes={_raw_json(bytes(shown.attributes))}")
-    if event.data is not None:
+    if event.data != NO_DATA:
         fields.append(f"event_data={_raw_json(bytes(event.data))}")
     strings = (
         ("context_id", event.context.id),

@@ -1,0 +1,85 @@
+"""An in-process collector against an in-process ha-sim and a real Redis, with short timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from homeiq_collector.entity_filter import EntityFilter
+from homeiq_collector.service import Collector
+from homeiq_collector.settings import CollectorSettings
+from homeiq_hasim.hub import Hub
+from homeiq_hasim.runner import SimServer
+from homeiq_shared.events import NormalisedEvent, decode_event
+from homeiq_shared.stream import DEFAULT_NAMES
+
+TOKEN = "collector-test-token-7f3a9c"
+
+
+def settings(ha_url: str, redis_url: str, spool_dir: Path, **changes: Any) -> CollectorSettings:
+    """Fast timeouts so faults show within a second or two."""
+    base = CollectorSettings(
+        ha_url=ha_url, redis_url=redis_url, names=DEFAULT_NAMES, connect_timeout_s=2, auth_timeout_s=0.5,
+        command_timeout_s=5, ping_interval_s=0.3, ping_timeout_s=0.3, backoff_base_s=0.05, backoff_max_s=0.3,
+        spool_dir=str(spool_dir), backfill_delay_s=0.1, metrics_host="127.0.0.1", metrics_port=0,
+    )
+    return msgspec.structs.replace(base, **changes).validate()
+
+
+class Running:
+    """A collector task and its stop event."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(collector.run(self.stop))
+
+    async def finish(self) -> None:
+        """Stop and wait; re-raises what the collector raised."""
+        self.stop.set()
+        await asyncio.wait_for(self.task, 30)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The current value of one of the collector's metric samples."""
+        value = self.collector.registry.get_sample_value(name, labels or None)
+        return 0.0 if value is None else value
+
+
+@contextlib.asynccontextmanager
+async def running_collector(
+    sim: SimServer, redis_url: str, spool_dir: Path, token: str = TOKEN,
+    entity_filter: EntityFilter | None = None, **changes: Any,
+) -> AsyncIterator[Running]:
+    """Run a collector until the block ends."""
+    collector = Collector(settings(sim.url, redis_url, spool_dir, **changes), token, entity_filter,
+                          CollectorRegistry())
+    run = Running(collector)
+    try:
+        yield run
+    finally:
+        if not run.task.done():
+            await run.finish()
+
+
+async def stream_events(client: aioredis.Redis) -> list[NormalisedEvent]:
+    """Every event in the stream, decoded, in order."""
+    entries = await client.xrange(DEFAULT_NAMES.stream)
+    return [decode_event(fields[b"e"]) for _, fields in entries]
+
+
+@contextlib.asynccontextmanager
+async def simulator(entity_count: int = 40) -> AsyncIterator[SimServer]:
+    """An ha-sim on a free port."""
+    sim = SimServer(Hub.create(entity_count, TOKEN))
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()

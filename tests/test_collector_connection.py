@@ -1,0 +1,153 @@
+"""The collector's connection loop against faults injected by ha-sim, with a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from homeiq_collector.service import Fatal
+from homeiq_local.services import RedisServer
+from tests.collector_harness import TOKEN, running_collector, simulator, stream_events
+from tests.helpers import wait_for
+
+
+@pytest.mark.parametrize("fault", ["silent_after_connect", "silent_after_auth"])
+async def test_a_silent_server_never_hangs_the_collector(
+    fault: str, redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    async with simulator() as sim:
+        setattr(sim.hub.faults, fault, True)
+        async with running_collector(sim, redis_server.url, tmp_path) as run:
+            await wait_for(lambda: sim.hub.connects >= 3, 10, "reconnects after auth timeouts")
+            assert run.metric("homeiq_ha_connected") == 0
+            setattr(sim.hub.faults, fault, False)
+            await wait_for(lambda: sim.hub.subscribed, 10, "a subscription once the server answers")
+            assert run.metric("homeiq_ha_disconnects_total", reason="closed") >= 2
+
+
+async def test_auth_invalid_is_fatal_without_retry_storm(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path, token="wrong") as run:
+        with pytest.raises(Fatal, match="refused the token"):
+            await asyncio.wait_for(run.task, 10)
+        assert sim.hub.connects == 1
+        assert "wrong" not in str(run.task.exception())
+
+
+async def test_auth_invalid_retried_when_the_operator_asks(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path, token="wrong",
+                                                     retry_auth=True) as run:
+        await wait_for(lambda: sim.hub.connects >= 3, 10, "retries after auth_invalid")
+        assert run.metric("homeiq_ha_disconnects_total", reason="auth_invalid") >= 2
+
+
+async def test_never_two_connections_at_once_under_overlapping_failures(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path) as run:
+        for round_ in range(6):
+            await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
+            # A dropped socket, an unanswered ping and a burst of events, all at once.
+            sim.hub.faults.ignore_pings = round_ % 2 == 0
+            for _ in range(50):
+                sim.hub.fire_state_change()
+            sim.drop_connections()
+            await wait_for(lambda: sim.hub.active == 0 or sim.hub.connects > round_ + 1, 5, "the drop")
+        sim.hub.faults.ignore_pings = False
+        await wait_for(lambda: sim.hub.subscribed, 10, "a final subscription")
+        assert sim.hub.max_active == 1
+        assert run.collector.sessions >= 6
+
+
+async def test_half_open_connection_is_replaced_within_interval_plus_timeout(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path, ping_interval_s=0.5,
+                                                     ping_timeout_s=0.5) as run:
+        await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
+        sim.hub.faults.ignore_pings = True
+        started = time.monotonic()
+        await wait_for(lambda: run.metric("homeiq_ha_disconnects_total", reason="heartbeat") >= 1, 5,
+                       "the heartbeat to give up")
+        assert time.monotonic() - started <= 0.5 + 0.5 + 0.5  # interval + timeout + scheduling slack
+        sim.hub.faults.ignore_pings = False
+        await wait_for(lambda: sim.hub.connects >= 2 and sim.hub.subscribed, 5, "a new connection")
+
+
+async def test_bad_frames_are_counted_and_the_connection_kept(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path) as run:
+        await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
+        sim.hub.fire_state_change()
+        sim.hub.send_raw(b"{not json")
+        sim.hub.send_raw(b'{"id": 2, "type": "brand_new_type"}')
+        sim.hub.send_raw(b'[{"id": 7, "type": "future"}, ' + b'{"id": 1, "type": "pong"}]')
+        sim.hub.fire_state_change()
+        await wait_for(lambda: run.metric("homeiq_events_published_total") == 2, 5, "both good events")
+        assert run.metric("homeiq_frames_rejected_total", reason="malformed_json") == 1
+        assert run.metric("homeiq_frames_rejected_total", reason="unknown_type") == 2
+        assert run.collector.sessions == 1 and sim.hub.connects == 1
+
+
+async def test_messages_larger_than_16_mib_are_accepted(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path) as run:
+        await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
+        big = {"friendly_name": "Big", "blob": "x" * (17 * 1024 * 1024)}
+        sim.hub.set_state(sim.hub.population.entities[0], "on", big)
+        await wait_for(lambda: run.metric("homeiq_events_published_total") == 1, 20, "the big event")
+        (event,) = await stream_events(redis_client)
+        assert event.new_state is not None and len(bytes(event.new_state.attributes)) > 17 * 1024 * 1024
+        assert run.collector.sessions == 1
+
+
+async def test_registry_update_reaches_following_events(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path) as run:
+        await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
+        entity = sim.hub.population.entities[1]
+        sim.hub.fire_state_change(entity)
+        sim.hub.move_entity(entity, "office")
+        await wait_for(lambda: run.collector.ha_registry.enrichment(entity.entity_id).area_id == "office", 5,
+                       "the collector to re-read the entity registry")
+        sim.hub.fire_state_change(entity)
+        await wait_for(lambda: _count(redis_client, 3), 5, "three entries")
+        states = [e for e in await stream_events(redis_client) if e.event_type == "state_changed"]
+        assert states[0].enrichment.area_id != "office"
+        assert states[1].enrichment.area_id == "office"
+        (update,) = [e for e in await stream_events(redis_client) if e.event_type == "entity_registry_updated"]
+        assert b'"changes":{"area_id"' in bytes(update.data)  # published like any other event
+
+
+async def _count(client: aioredis.Redis, n: int) -> bool:
+    return bool(await client.xlen("homeiq:events") >= n)
+
+
+async def test_the_token_never_appears_in_debug_output(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path) as run:
+        await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
+        sim.drop_connections()
+        await wait_for(lambda: sim.hub.connects >= 2 and sim.hub.subscribed, 10, "a reconnect")
+        metrics = (await _metrics_text(run.collector))
+    assert caplog.records, "nothing was logged at DEBUG"
+    assert TOKEN not in caplog.text
+    assert TOKEN not in metrics
+
+
+async def _metrics_text(collector: object) -> str:
+    from prometheus_client import generate_latest  # noqa: PLC0415
+
+    return generate_latest(collector.registry).decode()  # type: ignore[attr-defined]
