@@ -59,7 +59,7 @@ async def test_never_two_connections_at_once_under_overlapping_failures(
             for _ in range(50):
                 sim.hub.fire_state_change()
             sim.drop_connections()
-            await wait_for(lambda: sim.hub.active == 0 or sim.hub.connects > round_ + 1, 5, "the drop")
+            await wait_for(lambda r=round_: sim.hub.active == 0 or sim.hub.connects > r + 1, 5, "the drop")
         sim.hub.faults.ignore_pings = False
         await wait_for(lambda: sim.hub.subscribed, 10, "a final subscription")
         assert sim.hub.max_active == 1

@@ -8,7 +8,6 @@ from typing import Final
 
 import msgspec
 
-from homeiq_collector.normalise import enrich
 from homeiq_collector.registry import Registry
 from homeiq_shared import events
 
@@ -73,6 +72,6 @@ def backfill_events(
                 yield events.NormalisedEvent(
                     event_type="state_changed", time_ns=updated_ns, time_fired_ns=updated_ns,
                     entity_id=entity_id, domain=domain, new_state=state, old_state=previous,
-                    enrichment=enrich(registry, entity_id, row.a), source="backfill",
+                    enrichment=registry.enrichment(entity_id, row.a), source="backfill",
                 )
             previous = state

@@ -63,7 +63,7 @@ def run(
     ] = False,
     buffer_events: Annotated[
         int, typer.Option(envvar="COLLECTOR_BUFFER_EVENTS", help="Events buffered in memory before XADD.")
-    ] = 10_000,
+    ] = 2_000,
     publish_batch: Annotated[
         int, typer.Option(envvar="COLLECTOR_PUBLISH_BATCH", help="Most XADDs in one pipeline.")
     ] = 1_000,

@@ -15,7 +15,8 @@ from homeiq_shared.logs import Log
 
 log = Log(__name__)
 
-EventHandler = Callable[[frames.EventFrame], Awaitable[None]]
+# Returns an awaitable only when it must wait (a full buffer), so the reader awaits nothing per event.
+EventHandler = Callable[[frames.EventFrame | frames.StateEventFrame], Awaitable[None] | None]
 
 
 class ConnectionLost(Exception):
@@ -127,12 +128,16 @@ class HAConnection:
         raise lost
 
     async def _route_frame(self, data: str) -> None:
+        decoded: Any
         try:
-            decoded = frames.frame_decoder.decode(data)
+            decoded = frames.fast_frame_decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            for single in self._split_bad_frame(data):
-                await self._route(single)
-            return
+            try:
+                decoded = frames.frame_decoder.decode(data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                for single in self._split_bad_frame(data):
+                    await self._route(single)
+                return
         if isinstance(decoded, list):
             for single in decoded:
                 await self._route(single)
@@ -159,13 +164,13 @@ class HAConnection:
         self._metrics.frames_rejected.labels(reason).inc()
         self._metrics.log_sampled(reason, text, sample=bytes(part)[:200].decode(errors="replace") if part else "")
 
-    async def _route(self, frame: frames.Frame) -> None:
-        if isinstance(frame, frames.EventFrame):
+    async def _route(self, frame: frames.Frame | frames.FastFrame) -> None:
+        if isinstance(frame, frames.StateEventFrame | frames.EventFrame):
             handler = self._subscriptions.get(frame.id)
             if handler is None:
                 self._reject("unknown_subscription", f"event for unknown subscription {frame.id}")
-            else:
-                await handler(frame)
+            elif (waiting := handler(frame)) is not None:
+                await waiting
         elif isinstance(frame, frames.Result | frames.Pong):
             future = self._pending.get(frame.id)
             if future is None or future.done():

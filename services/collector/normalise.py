@@ -5,13 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-import msgspec
-
 from homeiq_collector.frames import (
     Context,
     HAEvent,
     HAState,
-    attributes_decoder,
+    StateChangedData,
     state_changed_decoder,
 )
 from homeiq_collector.registry import Registry
@@ -42,34 +40,12 @@ def _context(context: Context | None) -> events.Context:
     return events.Context(id=context.id, parent_id=context.parent_id, user_id=context.user_id)
 
 
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def enrich(registry: Registry, entity_id: str, attributes: msgspec.Raw) -> events.Enrichment:
-    """Registry facts plus device_class, unit and friendly_name from the state's attributes."""
-    base = registry.enrichment(entity_id)
-    try:
-        known = attributes_decoder.decode(attributes)
-    except msgspec.DecodeError:
-        return base
-    return msgspec.structs.replace(
-        base,
-        device_class=_text(known.device_class),
-        unit=_text(known.unit_of_measurement),
-        friendly_name=_text(known.friendly_name),
-    )
-
-
-def normalise(event: HAEvent, registry: Registry, source: events.Source = "live") -> events.NormalisedEvent:
-    """Build the stream payload; raises msgspec errors when `state_changed` data is malformed."""
-    fired_ns = to_ns(event.time_fired)
-    if event.event_type != "state_changed":
-        return events.NormalisedEvent(
-            event_type=event.event_type, time_ns=fired_ns, time_fired_ns=fired_ns, origin=event.origin,
-            context=_context(event.context), data=event.data, source=source,
-        )
-    data = state_changed_decoder.decode(event.data)
+def normalise_state_changed(
+    data: StateChangedData, time_fired: datetime, origin: str | None, context: Context | None,
+    registry: Registry, source: events.Source = "live",
+) -> events.NormalisedEvent:
+    """A `state_changed` event as the stream payload."""
+    fired_ns = to_ns(time_fired)
     new = _state(data.new_state) if data.new_state else None
     shown = data.new_state or data.old_state
     return events.NormalisedEvent(
@@ -77,13 +53,24 @@ def normalise(event: HAEvent, registry: Registry, source: events.Source = "live"
         # A state's point is stamped with its last_updated, so live, replayed and backfilled copies coincide.
         time_ns=new.last_updated_ns if new else fired_ns,
         time_fired_ns=fired_ns,
-        origin=event.origin,
-        context=_context(event.context),
+        origin=origin,
+        context=_context(context),
         entity_id=data.entity_id,
         domain=data.entity_id.partition(".")[0],
         new_state=new,
         old_state=_state(data.old_state) if data.old_state else None,
-        enrichment=enrich(registry, data.entity_id, shown.attributes) if shown else registry.enrichment(
-            data.entity_id),
+        enrichment=registry.enrichment(data.entity_id, shown.attributes if shown else None),
         source=source,
+    )
+
+
+def normalise(event: HAEvent, registry: Registry, source: events.Source = "live") -> events.NormalisedEvent:
+    """Build the stream payload of any event; raises msgspec errors when `state_changed` data is malformed."""
+    if event.event_type == "state_changed":
+        data = state_changed_decoder.decode(event.data)
+        return normalise_state_changed(data, event.time_fired, event.origin, event.context, registry, source)
+    fired_ns = to_ns(event.time_fired)
+    return events.NormalisedEvent(
+        event_type=event.event_type, time_ns=fired_ns, time_fired_ns=fired_ns, origin=event.origin,
+        context=_context(event.context), data=event.data, source=source,
     )

@@ -6,7 +6,10 @@ from typing import Any
 
 import msgspec
 
+from homeiq_collector.frames import attributes_decoder
 from homeiq_shared.events import Enrichment
+
+CACHE_SIZE = 10_000
 
 
 class EntityEntry(msgspec.Struct):
@@ -62,7 +65,7 @@ class Registry:
         self.devices: dict[str, DeviceEntry] = {}
         self.areas: dict[str, AreaEntry] = {}
         self.floors: dict[str, FloorEntry] = {}
-        self._cache: dict[str, Enrichment] = {}
+        self._cache: dict[tuple[str, bytes], Enrichment] = {}
 
     def load(self, kind: str, raw: bytes) -> int:
         """Replace one registry (`entity`, `device`, `area`, `floor`) from its list result; returns its size."""
@@ -78,17 +81,24 @@ class Registry:
         self._cache.clear()
         return len(entries)
 
-    def enrichment(self, entity_id: str) -> Enrichment:
-        """What the registries know about `entity_id` (empty when nothing)."""
-        cached = self._cache.get(entity_id)
+    def enrichment(self, entity_id: str, attributes: msgspec.Raw | None = None) -> Enrichment:
+        """Registry facts about `entity_id`, plus device_class, unit and friendly_name from `attributes`.
+
+        Cached by (entity, attributes): a sensor's attributes rarely change while its state does.
+        """
+        key = (entity_id, bytes(attributes) if attributes is not None else b"")
+        cached = self._cache.get(key)
         if cached is None:
-            cached = self._cache[entity_id] = self._lookup(entity_id)
+            if len(self._cache) >= CACHE_SIZE:
+                self._cache.clear()
+            cached = self._cache[key] = self._lookup(entity_id, key[1])
         return cached
 
-    def _lookup(self, entity_id: str) -> Enrichment:
+    def _lookup(self, entity_id: str, attributes: bytes) -> Enrichment:
+        known = _known_attributes(attributes)
         entity = self.entities.get(entity_id)
         if entity is None:
-            return Enrichment()
+            return Enrichment(device_class=known.device_class, unit=known.unit, friendly_name=known.friendly_name)
         device = self.devices.get(entity.device_id) if entity.device_id else None
         area_id = entity.area_id or (device.area_id if device else None)
         area = self.areas.get(area_id) if area_id else None
@@ -105,4 +115,28 @@ class Registry:
             floor_name=floor.name if floor else None,
             platform=entity.platform,
             entity_category=entity.entity_category,
+            device_class=known.device_class,
+            unit=known.unit,
+            friendly_name=known.friendly_name,
         )
+
+
+class _Known(msgspec.Struct):
+    device_class: str | None = None
+    unit: str | None = None
+    friendly_name: str | None = None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _known_attributes(raw: bytes) -> _Known:
+    """The attributes enrichment uses; anything malformed or not a string is simply unknown."""
+    if not raw:
+        return _Known()
+    try:
+        known = attributes_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return _Known()
+    return _Known(_text(known.device_class), _text(known.unit_of_measurement), _text(known.friendly_name))

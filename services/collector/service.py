@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
 from pathlib import Path
 
 import aiohttp
@@ -23,7 +24,7 @@ from homeiq_collector.ha_client import (
     HeartbeatTimeout,
 )
 from homeiq_collector.metrics import CollectorMetrics
-from homeiq_collector.normalise import normalise
+from homeiq_collector.normalise import normalise, normalise_state_changed
 from homeiq_collector.publisher import READY_REDIS, Publisher
 from homeiq_collector.registry import Registry
 from homeiq_collector.settings import CollectorSettings
@@ -73,6 +74,7 @@ class Collector:
         self.sessions = 0
         self._stale: set[str] = set()
         self._stale_changed = asyncio.Event()
+        self._received = self.metrics.received  # bound once: the hot path counts every event
         self._health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -215,24 +217,32 @@ class Collector:
         self.metrics.filtered.inc()
         return False
 
-    async def _on_event(self, frame: frames.EventFrame) -> None:
-        self.metrics.received.inc()
-        try:
-            event = normalise(frames.event_decoder.decode(frame.event), self.ha_registry)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self.metrics.dropped.labels("malformed_event").inc()
-            self.metrics.log_sampled("malformed_event", "event dropped: cannot be normalised",
-                                     error=str(exc)[:200], sample=bytes(frame.event)[:200].decode(errors="replace"))
-            return
-        kind = REGISTRY_EVENTS.get(event.event_type)
-        if kind is not None:
-            self._stale.add(kind)
-            self._stale_changed.set()
-        if not self._passes_filter(event):
-            return
+    def _on_event(self, frame: frames.EventFrame | frames.StateEventFrame) -> Awaitable[None] | None:
+        """Normalise, filter and buffer one event; returns an awaitable only when the buffer is full."""
+        self._received.inc()
+        if isinstance(frame, frames.StateEventFrame):
+            typed = frame.event
+            event = normalise_state_changed(typed.data, typed.time_fired, typed.origin, typed.context,
+                                            self.ha_registry)
+        else:
+            try:
+                event = normalise(frames.event_decoder.decode(frame.event), self.ha_registry)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self.metrics.dropped.labels("malformed_event").inc()
+                self.metrics.log_sampled("malformed_event", "event dropped: cannot be normalised",
+                                         error=str(exc)[:200],
+                                         sample=bytes(frame.event)[:200].decode(errors="replace"))
+                return None
+            kind = REGISTRY_EVENTS.get(event.event_type)
+            if kind is not None:
+                self._stale.add(kind)
+                self._stale_changed.set()
+        if self._filter is not None and not self._passes_filter(event):
+            return None
         if event.new_state is not None and event.entity_id is not None:
             self.gap.live(event.entity_id, event.time_ns)
-        await self.publisher.put(encode_event(event))
+        payload = encode_event(event)
+        return None if self.publisher.offer(payload) else self.publisher.put(payload)
 
 
 async def _raise_when_set(stop: asyncio.Event) -> None:

@@ -1,0 +1,129 @@
+"""Collector throughput: ha-sim as fast as the collector reads → `collector run` → redis-server (AOF on).
+
+Prints events/s, collector CPU seconds per 100k events and peak RSS, beside a raw pipelined XADD of the
+same payloads into the same Redis in the same run. Not a test: numbers on a shared machine vary.
+
+    python benchmarks/collector_bench.py --events 300000 --entities 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from homeiq_hasim.hub import MATCH_ALL, Hub
+from homeiq_hasim.messages import event_message
+from homeiq_hasim.runner import SimServer
+from homeiq_local.processes import ScriptProcess
+from homeiq_local.services import RedisServer
+from homeiq_local.waiting import wait_for
+
+TOKEN = "bench-token"  # noqa: S105 - a private simulator
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Recorder:
+    """A stand-in subscriber that keeps each event's cached partial message instead of sending it."""
+
+    def __init__(self) -> None:
+        self.subscriptions = {1: MATCH_ALL}
+        self.partials: list[bytes] = []
+
+    def send(self, message: bytes) -> None:
+        self.partials.append(message[: message.rindex(b',"id":')])
+
+    def abort(self, reason: str) -> None:
+        """Never called."""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def blast(sim: SimServer, partials: list[bytes]) -> None:
+    """Queue the pre-built events to the collector's connection, as fast as it reads (HA's own limits hold)."""
+    (connection,) = sim.hub.connections
+    (subscription,) = connection.subscriptions
+    for partial in partials:
+        while connection.pending > 2048:  # noqa: ASYNC110 - the simulator's queue has no event to wait on
+            await asyncio.sleep(0.001)
+        connection.send(event_message(partial, subscription))
+
+
+async def raw_xadd(client: aioredis.Redis, payloads: list[bytes], batch: int) -> float:
+    """Events/s of pipelined XADD of `payloads` (the baseline the collector is compared with)."""
+    started = time.perf_counter()
+    for first in range(0, len(payloads), batch):
+        async with client.pipeline(transaction=False) as pipe:
+            for payload in payloads[first:first + batch]:
+                pipe.execute_command("XADD", "bench:raw", "*", b"v", b"1", b"e", payload)
+            await pipe.execute()
+    return len(payloads) / (time.perf_counter() - started)
+
+
+async def main(events: int, entities: int, workdir: Path) -> dict[str, object]:
+    redis_server = RedisServer(workdir / "redis", None).start()
+    client = aioredis.Redis.from_url(redis_server.url)
+    hub = Hub.create(entities, TOKEN)
+    recorder = Recorder()
+    hub.connections.add(recorder)
+    for _ in range(events):
+        hub.fire_state_change()
+    hub.connections.discard(recorder)
+    sim = SimServer(hub)
+    env = {"REDIS_URL": redis_server.url, "HA_URL": await sim.start(), "HA_TOKEN": TOKEN, "LOG_FORMAT": "json",
+           "COLLECTOR_SPOOL_DIR": str(workdir / "spool"), "METRICS_HOST": "127.0.0.1"}
+    collector = ScriptProcess("collector", env, workdir / "collector.log")
+    try:
+        await wait_for(lambda: hub.subscribed, 30, "the collector to subscribe")
+        idle_rss = peak_rss_mb(collector.process.pid)
+        cpu_before = cpu_seconds(collector.process.pid)
+        started = time.perf_counter()
+        sender = asyncio.create_task(blast(sim, recorder.partials))
+
+        async def all_in_redis() -> bool:
+            return bool(await client.xlen("homeiq:events") >= events)
+
+        await wait_for(all_in_redis, 600, "every event in Redis", interval_s=0.01)
+        elapsed = time.perf_counter() - started
+        await sender
+        cpu = cpu_seconds(collector.process.pid) - cpu_before
+        peak_rss = peak_rss_mb(collector.process.pid)
+        payloads = [fields[b"e"] for _, fields in await client.xrange("homeiq:events")]
+        baseline = await raw_xadd(client, payloads, 1000)
+    finally:
+        collector.terminate()
+        await client.aclose()
+        await sim.stop()
+        redis_server.stop()
+    return {
+        "events": events, "entities": entities, "collector_events_per_s": round(events / elapsed),
+        "collector_cpu_s_per_100k": round(cpu / events * 100_000, 2),
+        "collector_rss_mb_connected_idle": round(idle_rss, 1), "collector_rss_mb_peak": round(peak_rss, 1),
+        "raw_pipelined_xadd_events_per_s": round(baseline),
+        "payload_bytes_mean": round(sum(map(len, payloads)) / len(payloads)),
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--entities", type=int, default=10_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="homeiq-bench-") as tmp:
+        print(json.dumps(asyncio.run(main(args.events, args.entities, Path(tmp))), indent=2))

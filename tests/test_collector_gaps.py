@@ -1,0 +1,136 @@
+"""Nothing lost across reconnects, HA outages and Redis outages; exactly one stream entry per change."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from homeiq_hasim.hub import Hub
+from homeiq_local.services import InfluxServer, RedisServer
+from homeiq_shared.stream import DEFAULT_NAMES
+from homeiq_writer.service import Writer
+from homeiq_writer.settings import InfluxSettings, WriterSettings
+from tests.collector_harness import running_collector, simulator, stream_events
+from tests.helpers import wait_for
+
+
+def state_keys(hub: Hub) -> set[tuple[str, int]]:
+    return {(sent.entity_id, sent.last_updated_us * 1000) for sent in hub.sent}
+
+
+async def stream_state_keys(client: aioredis.Redis) -> Counter[tuple[str, int]]:
+    return Counter((e.entity_id or "", e.time_ns) for e in await stream_events(client)
+                   if e.event_type == "state_changed")
+
+
+@contextlib.asynccontextmanager
+async def running_writer(redis_url: str, influx: InfluxServer, database: str) -> AsyncIterator[Writer]:
+    writer = Writer(WriterSettings(redis_url=redis_url, names=DEFAULT_NAMES, consumer="w1",
+                                   influx=InfluxSettings(url=influx.url, api="v1", bucket=database),
+                                   block_ms=200, metrics_host="127.0.0.1", metrics_port=0))
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    try:
+        yield writer
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_exactly_one_entry_per_state_change_across_reconnects(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path) as run:
+        for connection in range(1, 5):
+            await wait_for(lambda n=connection: sim.hub.connects == n and sim.hub.subscribed, 10, "a subscription")
+            await sim.hub.emit(200, rate_per_s=2000)
+            sim.drop_connections()
+        await wait_for(lambda: sim.hub.connects == 5 and sim.hub.subscribed, 10, "the last subscription")
+        await sim.hub.emit(200, rate_per_s=2000)
+        expected = state_keys(sim.hub)
+
+        async def all_published() -> bool:
+            return set(await stream_state_keys(redis_client)) >= expected
+
+        await wait_for(all_published, 20, "every state change in the stream")
+        await wait_for(lambda: run.collector.gap.pending_start_ns is None, 10, "the last backfill")
+    counts = await stream_state_keys(redis_client)
+    assert set(counts) == expected
+    assert max(counts.values()) == 1, [k for k, n in counts.items() if n > 1][:5]
+    assert sim.hub.connects == 5 and run.collector.sessions == 5
+
+
+async def test_ha_unreachable_for_10_s_is_backfilled_exactly_once(
+    redis_server: RedisServer, redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str, tmp_path: Path
+) -> None:
+    async with simulator() as sim, running_writer(redis_server.url, influx, influx_db), running_collector(
+            sim, redis_server.url, tmp_path, backoff_max_s=1.0) as run:
+        await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
+        await sim.hub.emit(300, rate_per_s=100)
+        sim.hub.faults.refuse_connections = True
+        sim.drop_connections()
+        while_down = await sim.hub.emit(1000, rate_per_s=100)  # 10 s of changes HA records, nobody receives
+        sim.hub.faults.refuse_connections = False
+        await wait_for(lambda: sim.hub.subscribed, 10, "the reconnect")
+        await sim.hub.emit(300, rate_per_s=100)
+        await wait_for(lambda: influx.count(influx_db) >= len(sim.hub.sent), 30, "every change in InfluxDB")
+        assert run.metric("homeiq_events_backfilled_total") >= while_down
+    points = influx.points(influx_db)
+    keys = Counter((p["entity_id"], p["time"]) for p in points)
+    assert set(keys) == state_keys(sim.hub) and max(keys.values()) == 1
+    backfilled = [p for p in points if p["source"] == "backfill"]
+    assert len(backfilled) >= while_down
+    by_key = {(s.entity_id, s.last_updated_us * 1000): s for s in sim.hub.sent}
+    for point in backfilled:
+        assert point["state_value"] == by_key[(point["entity_id"], point["time"])].state
+        assert point["device_id"]  # enriched like live events
+
+
+async def test_redis_down_for_20_s_loses_nothing(tmp_path: Path) -> None:
+    redis_server = RedisServer(tmp_path / "redis", None).start()
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path / "spool") as run:
+            await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
+            await sim.hub.emit(500, rate_per_s=500)
+            redis_server.stop()
+            await sim.hub.emit(10_000, rate_per_s=500)  # 20 s at 500 events/s
+            assert run.metric("homeiq_events_spooled_total") > 9000
+            redis_server.start()
+            await sim.hub.emit(500, rate_per_s=500)
+            await wait_for(lambda: run.metric("homeiq_events_published_total") >= len(sim.hub.sent), 60,
+                           "the spool to drain")
+            assert run.metric("homeiq_events_dropped_total", reason="spool_full") == 0
+        events = await stream_events(client)
+        assert [(e.entity_id, e.time_ns) for e in events if e.event_type == "state_changed"] == [
+            (s.entity_id, s.last_updated_us * 1000) for s in sim.hub.sent]  # all of them, in order
+        assert not list((tmp_path / "spool").glob("spool-*.log"))
+    finally:
+        await client.aclose()
+        redis_server.stop()
+
+
+async def test_a_collector_restarted_mid_outage_replays_its_spool(tmp_path: Path) -> None:
+    redis_server = RedisServer(tmp_path / "redis", None).start()
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        async with simulator() as sim:
+            async with running_collector(sim, redis_server.url, tmp_path / "spool", backfill=False):
+                await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
+                redis_server.stop()
+                await sim.hub.emit(2000, rate_per_s=1000)
+            assert list((tmp_path / "spool").glob("spool-*.log"))  # the first collector left its spool
+            redis_server.start()
+            async with running_collector(sim, redis_server.url, tmp_path / "spool", backfill=False) as second:
+                await wait_for(lambda: second.metric("homeiq_events_published_total") >= 2000, 30,
+                               "the spool to be replayed")
+        keys = [(e.entity_id, e.time_ns) for e in await stream_events(client)]
+        assert keys == [(s.entity_id, s.last_updated_us * 1000) for s in sim.hub.sent]
+    finally:
+        await client.aclose()
+        redis_server.stop()
