@@ -21,7 +21,7 @@ from homeiq_shared.stream import (
     FIELD_VERSION,
     StreamNames,
 )
-from homeiq_writer.influx import InfluxSink, Outcome, WriteResult
+from homeiq_writer.influx import InfluxSink, Outcome, WriteResult, compress
 from homeiq_writer.lineprotocol import encode_line
 from homeiq_writer.metrics import WriterMetrics
 
@@ -39,6 +39,18 @@ class Encoded(msgspec.Struct):
     fields: dict[bytes, bytes]
     line: bytes
     time_ns: int
+
+
+class Batch:
+    """Encoded entries and their request body; the first attempt's body is compressed ahead of time."""
+
+    def __init__(self, items: list[Encoded]) -> None:
+        self.items = items
+        self.body = b"\n".join(item.line for item in items)
+        self.gzipped: bytes | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
 
 
 class Poison(msgspec.Struct):
@@ -85,9 +97,14 @@ class BatchWriter:
         self._redis, self._names, self._sink = client, names, sink
         self._metrics, self._readiness, self._consumer = metrics, readiness, consumer
         self._backoff = backoff or Backoff(base_s=0.5, cap_s=30.0, reset_after_s=30.0)
+        self.healthy = True  # the last answer was 2xx (or a rejection): safe to read ahead
 
     async def process(self, entries: list[Entry], stop: asyncio.Event) -> bool:
         """Write and ack `entries`; False when `stop` interrupted retries (the rest stays pending)."""
+        return await self.write(await self.prepare(entries), stop)
+
+    async def prepare(self, entries: list[Entry]) -> Batch:
+        """Dead-letter what can never be written (trimmed, undecodable); encode and compress the rest."""
         self._metrics.entries_read.inc(len(entries))
         lost = [(eid, f) for eid, f in entries if not f]
         if lost:
@@ -98,11 +115,16 @@ class BatchWriter:
         good, poison = encode_entries(entries)
         for bad in poison:
             await self.dead_letter(bad.entry_id, bad.fields, bad.reason, bad.detail)
-        return await self._write(good, stop)
+        batch = Batch(good)
+        if good:
+            batch.gzipped = await compress(batch.body)
+        return batch
 
-    async def _write(self, batch: list[Encoded], stop: asyncio.Event) -> bool:
+    async def write(self, batch: Batch, stop: asyncio.Event) -> bool:
+        """Write and ack an encoded batch, bisecting what InfluxDB rejects; False when `stop` cut retries."""
         while batch:
             result = await self._send(batch)
+            self.healthy = result.outcome in (Outcome.OK, Outcome.BAD_DATA)
             if result.outcome is Outcome.OK:
                 self._readiness.ok(READY_INFLUX)
                 self._backoff.reset()
@@ -110,11 +132,12 @@ class BatchWriter:
                 return True
             if result.outcome is Outcome.BAD_DATA:
                 self._readiness.ok(READY_INFLUX)
-                if len(batch) == 1:
-                    await self.dead_letter(batch[0].entry_id, batch[0].fields, "rejected", result.detail)
+                items = batch.items
+                if len(items) == 1:
+                    await self.dead_letter(items[0].entry_id, items[0].fields, "rejected", result.detail)
                     return True
-                middle = len(batch) // 2
-                return await self._write(batch[:middle], stop) and await self._write(batch[middle:], stop)
+                middle = len(items) // 2
+                return await self.write(Batch(items[:middle]), stop) and await self.write(Batch(items[middle:]), stop)
             reason = f"InfluxDB at {self._sink.url} answered {result.status or 'nothing'}: {result.detail}"
             self._readiness.fail(READY_INFLUX, reason[:300])
             delay_s = max(result.retry_after_s or 0.0, self._backoff.next_delay_s())
@@ -124,21 +147,20 @@ class BatchWriter:
                 return False
         return True
 
-    async def _send(self, batch: list[Encoded]) -> WriteResult:
-        body = b"\n".join(item.line for item in batch)
+    async def _send(self, batch: Batch) -> WriteResult:
         started = time.perf_counter()
-        result = await self._sink.write(body)
+        result = await self._sink.write(batch.body, batch.gzipped)
         self._metrics.write_seconds.observe(time.perf_counter() - started)
         self._metrics.batches.labels(result.outcome.value).inc()
         return result
 
-    async def _ack(self, batch: list[Encoded]) -> None:
+    async def _ack(self, batch: Batch) -> None:
         # Shielded: once InfluxDB has the points, the ack must not be half-done by a cancellation.
-        ids = [item.entry_id for item in batch]
+        ids = [item.entry_id for item in batch.items]
         await asyncio.shield(self._redis.xack(self._names.stream, self._names.group, *ids))
         self._metrics.points_written.inc(len(batch))
         now_ns = time.time_ns()
-        for item in batch:
+        for item in batch.items:
             self._metrics.event_age.observe(max(0.0, (now_ns - item.time_ns) / 1e9))
 
     def count_lost(self, reason: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import gzip
 from collections.abc import Mapping
@@ -53,13 +54,18 @@ def _retry_after_s(value: str | None) -> float | None:
         return None  # an HTTP-date: fall back to our own backoff
 
 
+async def compress(body: bytes) -> bytes:
+    """gzip level 1 in a thread: zlib releases the GIL, so it overlaps with the event loop's work."""
+    return await asyncio.to_thread(gzip.compress, body, 1)
+
+
 class InfluxSink(Protocol):
     """Where batches of line protocol go."""
 
     url: str
 
-    async def write(self, body: bytes) -> WriteResult:
-        """Write one batch of newline-separated lines (ns precision) and classify the answer."""
+    async def write(self, body: bytes, gzipped: bytes | None = None) -> WriteResult:
+        """Write one batch of newline-separated lines (ns precision; `gzipped` when already compressed)."""
         ...
 
     async def close(self) -> None:
@@ -81,7 +87,7 @@ class V1Sink:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
-    async def write(self, body: bytes) -> WriteResult:
+    async def write(self, body: bytes, gzipped: bytes | None = None) -> WriteResult:
         """POST the gzip-compressed batch."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout, auth=self._auth)
@@ -89,7 +95,7 @@ class V1Sink:
             async with self._session.post(
                 f"{self.url}/write",
                 params=self._params,
-                data=gzip.compress(body, compresslevel=1),
+                data=gzipped or await compress(body),
                 headers={"Content-Encoding": "gzip", "Content-Type": "text/plain; charset=utf-8"},
             ) as resp:
                 text = await resp.text()
@@ -113,8 +119,8 @@ class V2Sink:
         self._timeout_ms = int(timeout_s * 1000)
         self._client: InfluxDBClientAsync | None = None
 
-    async def write(self, body: bytes) -> WriteResult:
-        """Write through WriteApiAsync; its await returns after InfluxDB answered."""
+    async def write(self, body: bytes, gzipped: bytes | None = None) -> WriteResult:
+        """Write through WriteApiAsync (which compresses itself); its await returns after InfluxDB answered."""
         if self._client is None:
             self._client = InfluxDBClientAsync(
                 url=self.url, token=self._token, org=self._org, timeout=self._timeout_ms, enable_gzip=True

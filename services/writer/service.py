@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -14,7 +15,7 @@ from homeiq_shared.health import HealthServer, Readiness
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
 from homeiq_shared.stream import connect, describe_redis_error, ensure_group
-from homeiq_writer.batch import READY_INFLUX, BatchWriter, Entry
+from homeiq_writer.batch import READY_INFLUX, Batch, BatchWriter, Entry
 from homeiq_writer.metrics import WriterMetrics
 from homeiq_writer.settings import WriterSettings
 
@@ -52,32 +53,50 @@ class Writer:
             log.info("writer_stopped", consumer=self.settings.consumer)
 
     async def _consume(self, stop: asyncio.Event) -> None:
+        """Own pending entries first (cursor 0…), then new ones (>). While a batch is being written the
+        next one is read and encoded, but only while InfluxDB answers: during an outage one batch is
+        retried and nothing more is read."""
         names, backoff = self.settings.names, Backoff(base_s=0.5, cap_s=15.0, reset_after_s=30.0)
         group_ready = False
-        cursor = b"0"  # own pending entries first, then new ones
-        while not stop.is_set():
-            try:
-                if not group_ready:
-                    await ensure_group(self.redis, names)
-                    group_ready = True
-                entries = await self._read(cursor)
-                self.readiness.ok(READY_REDIS)
-                backoff.reset()
-            except (RedisError, OSError) as exc:
-                message = describe_redis_error(self.settings.redis_url, exc)
-                self.readiness.fail(READY_REDIS, message)
-                delay_s = backoff.next_delay_s()
-                log.warning("redis_unavailable", error=message, retry_in_s=round(delay_s, 2))
-                await wait_or_stop(stop, delay_s)
-                continue
-            if cursor == b"0" and not entries:
-                cursor = b">"
-                log.info("own_pending_drained", consumer=self.settings.consumer)
-                continue
-            if entries:
-                if cursor == b"0":
-                    cursor = entries[-1][0]  # continue through our pending list after the last seen id
-                await self.batches.process(entries, stop)
+        cursor = b"0"
+        ahead: asyncio.Task[tuple[list[Entry], Batch]] | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    if not group_ready:
+                        await ensure_group(self.redis, names)
+                        group_ready = True
+                    entries, batch = await (ahead if ahead is not None else self._read_and_prepare(cursor))
+                    ahead = None
+                    self.readiness.ok(READY_REDIS)
+                    backoff.reset()
+                    if cursor == b"0" and not entries:
+                        cursor = b">"
+                        log.info("own_pending_drained", consumer=self.settings.consumer)
+                        continue
+                    if not entries:
+                        continue
+                    if cursor != b">":
+                        cursor = entries[-1][0]  # continue through our pending list after the last seen id
+                    elif self.batches.healthy:
+                        ahead = asyncio.create_task(self._read_and_prepare(cursor), name="read-ahead")
+                    await self.batches.write(batch, stop)
+                except (RedisError, OSError) as exc:
+                    ahead = None
+                    message = describe_redis_error(self.settings.redis_url, exc)
+                    self.readiness.fail(READY_REDIS, message)
+                    delay_s = backoff.next_delay_s()
+                    log.warning("redis_unavailable", error=message, retry_in_s=round(delay_s, 2))
+                    await wait_or_stop(stop, delay_s)
+        finally:
+            if ahead is not None:  # read but not written: it stays pending and is ours to re-read at start
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                    await ahead
+
+    async def _read_and_prepare(self, cursor: bytes) -> tuple[list[Entry], Batch]:
+        entries = await self._read(cursor)
+        return entries, await self.batches.prepare(entries)
 
     async def _read(self, cursor: bytes) -> list[Entry]:
         names = self.settings.names
