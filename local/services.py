@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import socket
@@ -120,6 +121,7 @@ bind-address = "127.0.0.1:{rpc_port}"
   query-log-enabled = false
 [http]
   bind-address = "127.0.0.1:{port}"
+  auth-enabled = {auth}
   log-enabled = false
   max-body-size = 25000000
 [monitor]
@@ -136,6 +138,10 @@ class InfluxServer(_Process):
 
     name = "influxd"
 
+    def __init__(self, workdir: Path, port: int | None, admin_password: str | None = None) -> None:
+        super().__init__(workdir, port)
+        self.admin_password = admin_password  # auth on, with user `admin`, when set
+
     @property
     def url(self) -> str:
         """Base http:// URL."""
@@ -144,9 +150,13 @@ class InfluxServer(_Process):
     def start(self, timeout_s: float = 30.0) -> InfluxServer:
         """Start and wait until /ping answers 204."""
         config = self.workdir / "influxd.conf"
-        config.write_text(INFLUXD_CONFIG.format(dir=self.workdir, port=self.port, rpc_port=free_port()))
+        auth = "true" if self.admin_password else "false"
+        config.write_text(INFLUXD_CONFIG.format(dir=self.workdir, port=self.port, rpc_port=free_port(), auth=auth))
         self._spawn([_binary("influxd", "influxdb"), "-config", str(config)])
         self._wait_until(self._ping, timeout_s)
+        if self.admin_password:  # the first user may be created without credentials
+            self.query(f"CREATE USER admin WITH PASSWORD '{self.admin_password}' WITH ALL PRIVILEGES", epoch=None,
+                       authenticate=False)
         return self
 
     def _ping(self) -> bool:
@@ -156,15 +166,21 @@ class InfluxServer(_Process):
         except (OSError, urllib.error.URLError):
             return False
 
-    def query(self, statement: str, database: str | None = None, epoch: str | None = "ns") -> dict[str, Any]:
+    def query(self, statement: str, database: str | None = None, epoch: str | None = "ns",
+              authenticate: bool = True) -> dict[str, Any]:
         """Run an InfluxQL statement (POST /query) and return the decoded JSON answer."""
         params = {"q": statement}
+        headers = {}
+        if self.admin_password and authenticate:  # influxd reads credentials from the URL or Basic auth only
+            token = base64.b64encode(f"admin:{self.admin_password}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
         if database:
             params["db"] = database
         if epoch:
             params["epoch"] = epoch
         data = urllib.parse.urlencode(params).encode()
-        with urllib.request.urlopen(f"{self.url}/query", data=data, timeout=60) as resp:  # noqa: S310
+        request = urllib.request.Request(f"{self.url}/query", data=data, headers=headers)
+        with urllib.request.urlopen(request, timeout=60) as resp:  # noqa: S310 - loopback
             answer: dict[str, Any] = json.loads(resp.read())
         return answer
 

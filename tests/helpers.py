@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+import aiohttp
+from aiohttp import web
+
 from homeiq_local.processes import ScriptProcess
 from homeiq_local.waiting import wait_for
 
-__all__ = ["DelayProxy", "Service", "wait_for"]
+__all__ = ["DelayProxy", "FaultyHttp", "Service", "wait_for"]
 
 
 class Service(ScriptProcess):
@@ -64,3 +67,49 @@ class DelayProxy:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._server.wait_closed()
+
+
+class FaultyHttp:
+    """An HTTP proxy in front of a real influxd that answers the next requests with injected faults.
+
+    Each queued fault is a status (with optional Retry-After) or "hang" (answer after `hang_s`).
+    Requests with no fault queued are forwarded unchanged.
+    """
+
+    def __init__(self, upstream: str, hang_s: float = 5.0) -> None:
+        self.upstream, self.hang_s = upstream, hang_s
+        self.faults: list[tuple[int | str, str | None]] = []
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self, port: int = 0) -> str:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self.url
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.requests.append((request.path_qs, dict(request.headers), body))
+        if self.faults:
+            fault, retry_after = self.faults.pop(0)
+            if fault == "hang":
+                await asyncio.sleep(self.hang_s)
+            else:
+                headers = {"Retry-After": retry_after} if retry_after else {}
+                return web.json_response({"error": f"injected {fault}"}, status=int(fault), headers=headers)
+        async with aiohttp.ClientSession() as session, session.request(
+            request.method, self.upstream + request.path_qs, data=body,
+            # aiohttp already decompressed the body: forward it plain.
+            headers={k: v for k, v in request.headers.items() if k.lower() in ("content-type", "authorization")},
+        ) as upstream:
+            return web.Response(status=upstream.status, body=await upstream.read(),
+                                headers={"Content-Type": upstream.headers.get("Content-Type", "text/plain")})
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import enum
 import gzip
+import re
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -35,12 +37,16 @@ class WriteResult(msgspec.Struct, frozen=True):
     retry_after_s: float | None = None
 
 
+# A 400 about the request itself (its encoding, its parameters), not about a line: bisecting cannot help.
+_REQUEST_PROBLEM = re.compile(r"gzip|precision|content-encoding|database is required|bucket", re.IGNORECASE)
+
+
 def classify(status: int, body: str, retry_after: str | None) -> WriteResult:
     """Map an HTTP answer to an Outcome."""
     detail = body.strip()[:500]
     if 200 <= status < 300:
         return WriteResult(Outcome.OK, status)
-    if status in (400, 413, 422):
+    if status in (400, 413, 422) and not _REQUEST_PROBLEM.search(detail):
         return WriteResult(Outcome.BAD_DATA, status, detail)
     if status == 429 or status >= 500:
         return WriteResult(Outcome.RETRY, status, detail, _retry_after_s(retry_after))
@@ -83,20 +89,23 @@ class V1Sink:
         self._params = {"db": database, "precision": "ns"}
         if retention_policy:
             self._params["rp"] = retention_policy
-        self._auth = aiohttp.BasicAuth(username, password) if username else None
+        self._headers = {"Content-Encoding": "gzip", "Content-Type": "text/plain; charset=utf-8"}
+        if username:
+            credentials = base64.b64encode(f"{username}:{password}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {credentials}"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
     async def write(self, body: bytes, gzipped: bytes | None = None) -> WriteResult:
         """POST the gzip-compressed batch."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, auth=self._auth)
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
         try:
             async with self._session.post(
                 f"{self.url}/write",
                 params=self._params,
                 data=gzipped or await compress(body),
-                headers={"Content-Encoding": "gzip", "Content-Type": "text/plain; charset=utf-8"},
+                headers=self._headers,
             ) as resp:
                 text = await resp.text()
                 return classify(resp.status, text, resp.headers.get("Retry-After"))

@@ -70,7 +70,7 @@ class Writer:
                     ahead = None
                     self.readiness.ok(READY_REDIS)
                     backoff.reset()
-                    if cursor == b"0" and not entries:
+                    if cursor != b">" and not entries:  # our pending list is done
                         cursor = b">"
                         log.info("own_pending_drained", consumer=self.settings.consumer)
                         continue

@@ -1,0 +1,71 @@
+"""An in-process writer against a real Redis and an InfluxDB URL, and stream fill helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from homeiq_shared.events import Enrichment, NormalisedEvent, State, encode_event
+from homeiq_shared.stream import DEFAULT_NAMES, ensure_group
+from homeiq_writer.service import Writer
+from homeiq_writer.settings import InfluxSettings, WriterSettings
+
+BASE_NS = 1_700_000_000_000_000_000
+
+
+def state_payload(n: int, state: str | None = None, attributes: bytes = b'{"friendly_name":"S"}',
+                  **changes: Any) -> bytes:
+    """A state_changed payload for entity `sensor.s<n % 50>` at a time unique to `n`."""
+    event = NormalisedEvent(
+        event_type="state_changed", time_ns=BASE_NS + n * 1000, entity_id=f"sensor.s{n % 50}", domain="sensor",
+        new_state=State(state=state if state is not None else str(n), attributes=msgspec.Raw(attributes),
+                        last_updated_ns=BASE_NS + n * 1000),
+        enrichment=Enrichment(device_id=f"dev{n % 7}", area_id="kitchen"),
+    )
+    return encode_event(msgspec.structs.replace(event, **changes))
+
+
+async def fill(client: aioredis.Redis, payloads: list[bytes]) -> None:
+    """Create the group and XADD every payload."""
+    await ensure_group(client, DEFAULT_NAMES)
+    for first in range(0, len(payloads), 1000):
+        async with client.pipeline(transaction=False) as pipe:
+            for payload in payloads[first:first + 1000]:
+                pipe.xadd(DEFAULT_NAMES.stream, {b"v": b"1", b"e": payload})
+            await pipe.execute()
+
+
+def writer_settings(redis_url: str, influx_url: str, database: str, **changes: Any) -> WriterSettings:
+    base = WriterSettings(redis_url=redis_url, names=DEFAULT_NAMES, consumer="w1",
+                          influx=InfluxSettings(url=influx_url, api="v1", bucket=database, timeout_s=2),
+                          block_ms=100, metrics_host="127.0.0.1", metrics_port=0)
+    return msgspec.structs.replace(base, **changes).validate()
+
+
+@contextlib.asynccontextmanager
+async def running_writer(settings: WriterSettings) -> AsyncIterator[Writer]:
+    """A writer task for the duration of the block."""
+    writer = Writer(settings, CollectorRegistry())
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    try:
+        yield writer
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def metric(writer: Writer, name: str, **labels: str) -> float:
+    value = writer.registry.get_sample_value(name, labels or None)
+    return 0.0 if value is None else value
+
+
+async def group_state(client: aioredis.Redis) -> dict[str, int]:
+    group = (await client.xinfo_groups(DEFAULT_NAMES.stream))[0]
+    return {"read": int(group["entries-read"] or 0), "pending": int(group["pending"])}
