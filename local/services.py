@@ -179,7 +179,7 @@ class InfluxServer(_Process):
         if epoch:
             params["epoch"] = epoch
         data = urllib.parse.urlencode(params).encode()
-        request = urllib.request.Request(f"{self.url}/query", data=data, headers=headers)
+        request = urllib.request.Request(f"{self.url}/query", data=data, headers=headers)  # noqa: S310
         with urllib.request.urlopen(request, timeout=60) as resp:  # noqa: S310 - loopback
             answer: dict[str, Any] = json.loads(resp.read())
         return answer
