@@ -19,6 +19,18 @@ DEAD_DETAIL: Final = b"detail"
 DEAD_ORIGINAL_ID: Final = b"original_id"
 
 
+# Ack an entry and copy it to the dead-letter stream in one step; a second caller finds it acked and
+# adds nothing (two replayers never dead-letter the same entry twice). `force` records ids whose entry
+# is already gone from the pending list (XAUTOCLAIM's deleted ids).
+# KEYS: stream, dead. ARGV: group, id, force, field, value, ...
+DEAD_LETTER_SCRIPT: Final = """
+local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if acked == 0 and ARGV[3] ~= '1' then return 0 end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+return 1
+"""
+
+
 class StreamNames(msgspec.Struct, frozen=True):
     """All Redis key names the pipeline uses; the defaults are the contract."""
 

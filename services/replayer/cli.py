@@ -1,12 +1,25 @@
-"""`replayer` console script: the daemon and the operator's incident tools."""
+"""`replayer` console script: the daemon and the operator's incident tools.
+
+Exit codes: 0 ok, 1 operational failure (says what to do next), 2 usage or configuration error.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any, NoReturn, TypeVar
 
+import msgspec
 import typer
+from redis.exceptions import RedisError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
-from homeiq_shared.cli import ServiceMain, run_service
+from homeiq_shared.cli import EXIT_FAILURE, EXIT_USAGE, ServiceMain, config_error, run_service
+from homeiq_shared.logs import setup_logging
 from homeiq_shared.options import (
     DEFAULT_REDIS_URL,
     DeadStreamName,
@@ -18,7 +31,8 @@ from homeiq_shared.options import (
     RedisUrl,
     StreamName,
 )
-from homeiq_shared.stream import DEFAULT_NAMES, StreamNames
+from homeiq_shared.settings import ConfigError, check_url, redact_url
+from homeiq_shared.stream import DEFAULT_NAMES, StreamNames, connect
 from homeiq_writer.options import (
     DEFAULTS,
     InfluxApi,
@@ -33,28 +47,101 @@ from homeiq_writer.settings import InfluxSettings
 
 app = typer.Typer(help="Reclaim entries left pending by dead or stuck writers; incident tools.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+dead_letter_app = typer.Typer(help="Inspect, re-drive and purge the dead-letter stream.", no_args_is_help=True)
+app.add_typer(dead_letter_app, name="dead-letter")
 
-MinIdleMs = Annotated[
-    int, typer.Option(envvar="REPLAYER_MIN_IDLE_MS",
-                      help="Reclaim entries idle longer than this, ms (above a writer's worst write + retry).")
-]
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+MinIdleMs = Annotated[int, typer.Option(
+    "--min-idle", envvar="REPLAYER_MIN_IDLE_MS",
+    help="Reclaim entries idle longer than this, ms (above a writer's worst write + retry).")]
+MaxDeliveries = Annotated[int, typer.Option(
+    "--max-deliveries", envvar="REPLAYER_MAX_DELIVERIES",
+    help="An entry delivered more often than this goes to dead-letter.")]
+Count = Annotated[int, typer.Option("--count", envvar="REPLAYER_COUNT", help="Entries per XAUTOCLAIM call.")]
+Consumer = Annotated[str, typer.Option(
+    "--consumer", envvar="REPLAYER_CONSUMER", help="Consumer name the reclaimed entries move to.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would happen; change nothing.")]
+
+
+class Context(msgspec.Struct):
+    """What the callback's options give every command."""
+
+    redis_url: str
+    names: StreamNames
 
 
 @app.callback()
-def _main() -> None:
+def _main(
+    ctx: typer.Context,
+    redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    stream: StreamName = DEFAULT_NAMES.stream,
+    group: GroupName = DEFAULT_NAMES.group,
+    dead_stream: DeadStreamName = DEFAULT_NAMES.dead,
+) -> None:
     """Reclaim entries left pending by dead or stuck writers; incident tools."""
+    try:
+        check_url("REDIS_URL", redis_url, ("redis", "rediss", "unix"))
+    except ConfigError as exc:
+        config_error(exc)
+    ctx.obj = Context(redis_url=redis_url, names=StreamNames(stream=stream, group=group, dead=dead_stream))
+
+
+def _fail(message: str) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(EXIT_FAILURE)
+
+
+def _execute(ctx: Context, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work(client)`; a Redis failure exits 1 naming the URL and what to check."""
+
+    async def _run() -> T:
+        client = connect(ctx.redis_url)
+        try:
+            return await work(client)
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(_run())
+    except (RedisError, OSError) as exc:
+        _fail(f"Redis at {redact_url(ctx.redis_url)} failed: {exc}. Check that Redis is running and that "
+              "REDIS_URL (or --redis-url) points at it.")
+
+
+def _json(value: object) -> None:
+    out.print_json(msgspec.json.encode(value).decode())
+
+
+def _table(title: str, columns: list[str], rows: list[list[object]]) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if cell is None else str(cell) for cell in row))
+    out.print(table)
 
 
 @app.command()
 def run(
+    ctx: typer.Context,
     min_idle_ms: MinIdleMs = 60_000,
+    max_deliveries: MaxDeliveries = 10,
+    count: Count = 500,
+    consumer: Consumer = "replayer",
     interval_s: Annotated[
         float, typer.Option(envvar="REPLAYER_INTERVAL_S", help="Pause between reclaim passes, s.")
     ] = 10.0,
-    count: Annotated[int, typer.Option(envvar="REPLAYER_COUNT", help="Entries per XAUTOCLAIM call.")] = 500,
-    consumer: Annotated[
-        str, typer.Option(envvar="REPLAYER_CONSUMER", help="Consumer name the reclaimed entries move to.")
-    ] = "replayer",
+    trim: Annotated[
+        bool, typer.Option(envvar="REPLAYER_TRIM", help="After each pass, XTRIM MINID below what is still needed.")
+    ] = True,
+    prune_idle_s: Annotated[
+        float, typer.Option(envvar="REPLAYER_PRUNE_IDLE_S",
+                            help="Delete consumers idle this long with nothing pending, s.")
+    ] = 86_400.0,
     influxdb_url: InfluxUrl = DEFAULTS.url,
     influxdb_api: InfluxApi = DEFAULTS.api,
     influxdb_org: InfluxOrg = DEFAULTS.org,
@@ -62,33 +149,236 @@ def run(
     influxdb_retention_policy: InfluxRetentionPolicy = DEFAULTS.retention_policy,
     influxdb_username: InfluxUsername = DEFAULTS.username,
     influxdb_timeout_s: InfluxTimeout = DEFAULTS.timeout_s,
-    redis_url: RedisUrl = DEFAULT_REDIS_URL,
-    stream: StreamName = DEFAULT_NAMES.stream,
-    group: GroupName = DEFAULT_NAMES.group,
-    dead_stream: DeadStreamName = DEFAULT_NAMES.dead,
     metrics_host: MetricsHost = "0.0.0.0",  # noqa: S104 - scraped from other containers
     metrics_port: MetricsPort = 8003,
     log_level: LogLevel = "INFO",
     log_format: LogFormat = "auto",
 ) -> None:
-    """Reclaim idle pending entries periodically and write them through the writer's code.
+    """Reclaim idle pending entries periodically, write them through the writer's code, trim safely.
 
     The InfluxDB token comes from INFLUXDB_TOKEN or INFLUXDB_TOKEN_FILE, never from a flag.
     """
     from homeiq_replayer.service import Replayer, ReplayerSettings  # noqa: PLC0415 - keep --help fast
 
+    shared: Context = ctx.obj
+
     def build() -> ServiceMain:
         settings = ReplayerSettings(
-            redis_url=redis_url,
-            names=StreamNames(stream=stream, group=group, dead=dead_stream),
+            redis_url=shared.redis_url, names=shared.names,
             influx=InfluxSettings(
                 url=influxdb_url, api=influxdb_api, org=influxdb_org, bucket=influxdb_bucket,
                 retention_policy=influxdb_retention_policy, username=influxdb_username,
                 timeout_s=influxdb_timeout_s,
             ),
             consumer=consumer, min_idle_ms=min_idle_ms, interval_s=interval_s, count=count,
+            max_deliveries=max_deliveries, trim=trim, prune_idle_s=prune_idle_s,
             metrics_host=metrics_host, metrics_port=metrics_port,
         ).validate()
         return Replayer(settings).run
 
     run_service("replayer", log_level, log_format, build)
+
+
+@app.command()
+def pending(ctx: typer.Context, as_json: Json = False) -> None:
+    """Per consumer: pending count, oldest idle, highest delivery count; stream length, lag, last id."""
+    from homeiq_replayer.operations import pending_report  # noqa: PLC0415
+
+    shared: Context = ctx.obj
+    report = _execute(shared, lambda client: pending_report(client, shared.names))
+    if as_json:
+        _json(report)
+        return
+    lag = "unknown" if report.lag is None else report.lag
+    out.print(f"stream {report.stream}: {report.length} entries; group {report.group}: lag {lag}, "
+              f"last delivered {report.last_delivered_id or '-'}, {report.pending} pending; "
+              f"{report.dead_letters} dead letters", highlight=False)
+    _table("pending by consumer", ["consumer", "pending", "oldest idle (s)", "max deliveries", "inactive (s)"],
+           [[c.name, c.pending, round(c.oldest_idle_s, 1), c.max_deliveries, round(c.inactive_s, 1)]
+            for c in report.consumers])
+
+
+@app.command()
+def reclaim(
+    ctx: typer.Context,
+    min_idle_ms: MinIdleMs = 60_000,
+    max_deliveries: MaxDeliveries = 10,
+    count: Count = 500,
+    consumer: Consumer = "replayer",
+    dry_run: DryRun = False,
+    as_json: Json = False,
+    influxdb_url: InfluxUrl = DEFAULTS.url,
+    influxdb_api: InfluxApi = DEFAULTS.api,
+    influxdb_org: InfluxOrg = DEFAULTS.org,
+    influxdb_bucket: InfluxBucket = DEFAULTS.bucket,
+    influxdb_retention_policy: InfluxRetentionPolicy = DEFAULTS.retention_policy,
+    influxdb_username: InfluxUsername = DEFAULTS.username,
+    influxdb_timeout_s: InfluxTimeout = DEFAULTS.timeout_s,
+) -> None:
+    """One reclaim pass now, with progress and a summary (reclaimed, written, dead-lettered, lost)."""
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    from homeiq_replayer.reclaim import PassSummary, reclaim_pass  # noqa: PLC0415
+    from homeiq_shared.health import Readiness  # noqa: PLC0415
+    from homeiq_writer.batch import READY_INFLUX, BatchWriter  # noqa: PLC0415
+    from homeiq_writer.metrics import WriterMetrics  # noqa: PLC0415
+
+    shared: Context = ctx.obj
+    setup_logging("WARNING", "text", "replayer")
+    try:
+        influx = InfluxSettings(url=influxdb_url, api=influxdb_api, org=influxdb_org, bucket=influxdb_bucket,
+                                retention_policy=influxdb_retention_policy, username=influxdb_username,
+                                timeout_s=influxdb_timeout_s).validate()
+        sink = None if dry_run else influx.make_sink()
+    except ConfigError as exc:
+        config_error(exc)
+
+    async def work(client: Any) -> PassSummary:
+        summary_all: Any = await client.xpending(shared.names.stream, shared.names.group)
+        if dry_run:
+            rows: Any = await client.xpending_range(shared.names.stream, shared.names.group, "-", "+",
+                                                    1_000_000, idle=min_idle_ms)
+            poison = sum(1 for r in rows if int(r["times_delivered"]) + 1 > max_deliveries)
+            return PassSummary(reclaimed=len(rows), dead_lettered=poison, dry_run=True)
+        assert sink is not None
+        readiness = Readiness(READY_INFLUX)
+        writer = BatchWriter(client, shared.names, sink, WriterMetrics(CollectorRegistry()), readiness, consumer)
+        try:
+            with Progress(TextColumn("reclaiming"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=err, transient=as_json) as bar:
+                task = bar.add_task("reclaim", total=int(summary_all["pending"]))
+                result = await reclaim_pass(client, shared.names, consumer, writer, min_idle_ms, count,
+                                            asyncio.Event(), max_deliveries,
+                                            progress=lambda n: bar.advance(task, n))
+            if not writer.healthy:
+                _fail(f"InfluxDB did not take the batch: {readiness.reason}. The entries stay pending; fix "
+                      "InfluxDB (URL, credentials, database) and run reclaim again.")
+            return result
+        finally:
+            await sink.close()
+
+    summary = _execute(shared, work)
+    if as_json:
+        _json(summary)
+        return
+    title = "reclaim (dry run: nothing changed)" if dry_run else "reclaim"
+    _table(title, ["reclaimed", "written", "dead-lettered", "lost"],
+           [[summary.reclaimed, "-" if dry_run else summary.written, summary.dead_lettered,
+             "-" if dry_run else summary.lost]])
+
+
+@app.command()
+def trim(ctx: typer.Context, dry_run: DryRun = False, as_json: Json = False) -> None:
+    """XTRIM MINID at the oldest id any group still needs; shows what goes and why that is safe."""
+    from homeiq_replayer import operations  # noqa: PLC0415
+
+    shared: Context = ctx.obj
+
+    async def work(client: Any) -> dict[str, object]:
+        if dry_run:
+            plan = await operations.trim_plan(client, shared.names)
+            return {"min_id": plan.min_id, "would_remove": plan.entries_before, "why_safe": plan.reason}
+        plan, removed = await operations.trim(client, shared.names)
+        return {"min_id": plan.min_id, "removed": removed, "why_safe": plan.reason}
+
+    result = _execute(shared, work)
+    if as_json:
+        _json(result)
+        return
+    _table("trim (dry run: nothing changed)" if dry_run else "trim", list(result), [list(result.values())])
+
+
+@dead_letter_app.command("list")
+def dead_letter_list(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(help="Show at most this many.")] = 50,
+    reason: Annotated[str | None, typer.Option(help="Only this reason (e.g. rejected, undecodable).")] = None,
+    as_json: Json = False,
+) -> None:
+    """The oldest dead letters, with their reason."""
+    from homeiq_replayer.operations import dead_letters  # noqa: PLC0415
+
+    shared: Context = ctx.obj
+    letters = _execute(shared, lambda client: dead_letters(client, shared.names, limit, reason))
+    if as_json:
+        _json(letters)
+        return
+    _table(f"dead letters in {shared.names.dead}", ["id", "original id", "reason", "detail", "consumer"],
+           [[d.id, d.original_id, d.reason, d.detail[:80], d.consumer] for d in letters])
+
+
+@dead_letter_app.command("redrive")
+def dead_letter_redrive(
+    ctx: typer.Context,
+    ids: Annotated[list[str] | None, typer.Option("--id", help="A dead-letter id (repeat for several).")] = None,
+    redrive_all: Annotated[bool, typer.Option("--all", help="Every dead letter that has a payload.")] = False,
+    dry_run: DryRun = False,
+    as_json: Json = False,
+) -> None:
+    """Move dead letters back onto the stream (atomically out of dead-letter) once the cause is fixed."""
+    from homeiq_replayer.operations import dead_letters, redrive  # noqa: PLC0415
+
+    shared: Context = ctx.obj
+    if bool(ids) == redrive_all:
+        err.print("error: give --id (one or more) or --all", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
+
+    async def work(client: Any) -> list[dict[str, object]]:
+        chosen = list(ids or [])
+        if redrive_all:
+            chosen = [d.id for d in await dead_letters(client, shared.names, 10_000_000) if d.has_payload]
+        if dry_run:
+            return [{"dead_id": i, "new_id": None} for i in chosen]
+        moved: list[dict[str, object]] = []
+        with Progress(TextColumn("redriving"), BarColumn(), MofNCompleteColumn(), console=err,
+                      transient=as_json) as bar:
+            task = bar.add_task("redrive", total=len(chosen))
+            for dead_id, new_id in await redrive(client, shared.names, chosen):
+                moved.append({"dead_id": dead_id, "new_id": new_id})
+                bar.advance(task)
+        return moved
+
+    moved = _execute(shared, work)
+    if as_json:
+        _json(moved)
+        return
+    title = "redrive (dry run: nothing changed)" if dry_run else "redrive"
+    _table(title, ["dead-letter id", "new stream id"],
+           [[m["dead_id"], m["new_id"] or ("-" if dry_run else "not found or no payload")] for m in moved])
+
+
+@dead_letter_app.command("purge")
+def dead_letter_purge(
+    ctx: typer.Context,
+    before: Annotated[str | None, typer.Option(
+        help="Delete dead letters older than this: an ISO 8601 time or epoch milliseconds.")] = None,
+    purge_all: Annotated[bool, typer.Option("--all", help="Delete every dead letter.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Delete dead letters for good."""
+    from homeiq_replayer.operations import purge  # noqa: PLC0415
+
+    shared: Context = ctx.obj
+    if (before is None) == (not purge_all):
+        err.print("error: give --before TIME or --all", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
+    before_ms = None if before is None else _parse_time_ms(before)
+    removed = _execute(shared, lambda client: purge(client, shared.names, before_ms))
+    if as_json:
+        out.print(json.dumps({"removed": removed}))
+        return
+    _table("purge", ["removed"], [[removed]])
+
+
+def _parse_time_ms(value: str) -> int:
+    if value.isdigit():
+        return int(value)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        err.print(f"error: --before: expected ISO 8601 or epoch milliseconds, got {value!r}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    if moment.tzinfo is None:
+        err.print("error: --before: give a time zone (e.g. 2026-11-26T10:00:00+00:00)", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
+    return int(moment.timestamp() * 1000)

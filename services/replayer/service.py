@@ -8,6 +8,7 @@ import msgspec
 from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import RedisError
 
+from homeiq_replayer.operations import prune_consumers, trim
 from homeiq_replayer.reclaim import reclaim_pass
 from homeiq_shared.backoff import Backoff
 from homeiq_shared.health import HealthServer, Readiness
@@ -34,6 +35,9 @@ class ReplayerSettings(msgspec.Struct, frozen=True):
     min_idle_ms: int = 60_000
     interval_s: float = 10.0
     count: int = 500
+    max_deliveries: int = 10
+    trim: bool = True
+    prune_idle_s: float = 86_400.0
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other containers
     metrics_port: int = 8003
 
@@ -42,6 +46,8 @@ class ReplayerSettings(msgspec.Struct, frozen=True):
         check_url("REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
         check_positive("REPLAYER_MIN_IDLE_MS", self.min_idle_ms)
         check_positive("REPLAYER_INTERVAL_S", self.interval_s)
+        check_positive("REPLAYER_MAX_DELIVERIES", self.max_deliveries)
+        check_positive("REPLAYER_PRUNE_IDLE_S", self.prune_idle_s)
         if not 1 <= self.count <= 5000:
             raise ConfigError(f"REPLAYER_COUNT: must be between 1 and 5000, got {self.count}")
         self.influx.validate()
@@ -76,8 +82,11 @@ class Replayer:
                 try:
                     await ensure_group(self.redis, s.names)
                     summary = await reclaim_pass(self.redis, s.names, s.consumer, self.batches, s.min_idle_ms,
-                                                 s.count, stop)
+                                                 s.count, stop, s.max_deliveries)
                     self.reclaimed.inc(summary.reclaimed)
+                    if s.trim:
+                        await trim(self.redis, s.names)
+                    await prune_consumers(self.redis, s.names, s.prune_idle_s)
                     self.readiness.ok(READY_REDIS)
                     backoff.reset()
                     delay_s = s.interval_s

@@ -15,6 +15,7 @@ from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
 from homeiq_shared.stream import (
     DEAD_DETAIL,
+    DEAD_LETTER_SCRIPT,
     DEAD_ORIGINAL_ID,
     DEAD_REASON,
     FIELD_EVENT,
@@ -98,6 +99,8 @@ class BatchWriter:
         self._metrics, self._readiness, self._consumer = metrics, readiness, consumer
         self._backoff = backoff or Backoff(base_s=0.5, cap_s=30.0, reset_after_s=30.0)
         self.healthy = True  # the last answer was 2xx (or a rejection): safe to read ahead
+        self._dead_letter = client.register_script(DEAD_LETTER_SCRIPT)
+        self.written = self.dead_lettered = 0
 
     async def process(self, entries: list[Entry], stop: asyncio.Event) -> bool:
         """Write and ack `entries`; False when `stop` interrupted retries (the rest stays pending)."""
@@ -159,9 +162,14 @@ class BatchWriter:
         ids = [item.entry_id for item in batch.items]
         await asyncio.shield(self._redis.xack(self._names.stream, self._names.group, *ids))
         self._metrics.points_written.inc(len(batch))
+        self.written += len(batch)
         now_ns = time.time_ns()
         for item in batch.items:
             self._metrics.event_age.observe(max(0.0, (now_ns - item.time_ns) / 1e9))
+
+    def totals(self) -> tuple[int, int]:
+        """Points written and entries dead-lettered so far through this writer."""
+        return self.written, self.dead_lettered
 
     def count_lost(self, reason: str) -> None:
         """Count one entry whose payload is gone (never silently acked: it is also dead-lettered)."""
@@ -170,7 +178,7 @@ class BatchWriter:
     async def dead_letter(
         self, entry_id: bytes, fields: dict[bytes, bytes], reason: str, detail: str
     ) -> None:
-        """Copy the entry to the dead-letter stream with its reason and ack it, atomically."""
+        """Ack the entry and copy it to the dead-letter stream with its reason, atomically (once only)."""
         dead: dict[bytes, bytes] = {
             **fields,
             DEAD_REASON: reason.encode(),
@@ -178,12 +186,15 @@ class BatchWriter:
             DEAD_ORIGINAL_ID: entry_id,
             b"consumer": self._consumer.encode(),
         }
-        async with self._redis.pipeline(transaction=True) as tx:
-            tx.xadd(self._names.dead, dead)  # type: ignore[arg-type]
-            tx.xack(self._names.stream, self._names.group, entry_id)
-            await asyncio.shield(tx.execute())
+        force = b"1" if reason == "payload_trimmed" else b"0"
+        args = [self._names.group.encode(), entry_id, force, *(x for pair in dead.items() for x in pair)]
+        done = await asyncio.shield(self._dead_letter(keys=[self._names.stream, self._names.dead], args=args))
+        if not done:
+            log.info("already_handled", entry_id=entry_id.decode(), reason=reason)
+            return
         if reason == "payload_trimmed":
             log.error("entry_lost", entry_id=entry_id.decode(), reason=reason)
         else:
             self._metrics.dead_lettered.labels(reason).inc()
+            self.dead_lettered += 1
             log.warning("dead_lettered", entry_id=entry_id.decode(), reason=reason, detail=detail[:200])

@@ -1,0 +1,230 @@
+"""What the operator's commands read and change in Redis: pending lists, trimming, the dead-letter stream."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+
+from homeiq_shared.logs import Log
+from homeiq_shared.stream import DEAD_ORIGINAL_ID, DEAD_REASON, FIELD_EVENT, FIELD_VERSION, StreamNames
+
+log = Log(__name__)
+
+SCAN = 10_000  # pending entries read per consumer to find the oldest idle and the most deliveries
+
+
+class ConsumerPending(msgspec.Struct):
+    """One consumer's share of the pending list."""
+
+    name: str
+    pending: int
+    oldest_idle_s: float
+    max_deliveries: int
+    inactive_s: float
+
+
+class PendingReport(msgspec.Struct):
+    """The group at a glance."""
+
+    stream: str
+    group: str
+    length: int
+    lag: int | None
+    last_delivered_id: str
+    pending: int
+    consumers: list[ConsumerPending]
+    dead_letters: int
+
+
+def _id(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _id_tuple(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def group_info(client: aioredis.Redis, names: StreamNames) -> dict[str, Any] | None:
+    """XINFO GROUPS' entry for our group, or None when the stream or group does not exist."""
+    if not await client.exists(names.stream):
+        return None
+    groups: Any = await client.xinfo_groups(names.stream)
+    return next((g for g in groups if _id(g["name"]) == names.group), None)
+
+
+async def pending_report(client: aioredis.Redis, names: StreamNames) -> PendingReport:
+    """Per consumer: pending count, oldest idle, highest delivery count; stream length, lag, last id."""
+    group = await group_info(client, names)
+    consumers: list[ConsumerPending] = []
+    if group is not None:
+        infos: Any = await client.xinfo_consumers(names.stream, names.group)
+        for info in infos:
+            name = _id(info["name"])
+            rows: Any = []
+            if info["pending"]:
+                rows = await client.xpending_range(names.stream, names.group, "-", "+", SCAN, name)
+            consumers.append(ConsumerPending(
+                name=name, pending=int(info["pending"]),
+                oldest_idle_s=max((r["time_since_delivered"] for r in rows), default=0) / 1000,
+                max_deliveries=max((int(r["times_delivered"]) for r in rows), default=0),
+                inactive_s=int(info.get("inactive", info.get("idle", 0))) / 1000,
+            ))
+    return PendingReport(
+        stream=names.stream, group=names.group,
+        length=await client.xlen(names.stream) if group is not None else 0,
+        lag=None if group is None or group.get("lag") is None else int(group["lag"]),
+        last_delivered_id=_id(group["last-delivered-id"]) if group else "",
+        pending=int(group["pending"]) if group else 0, consumers=consumers,
+        dead_letters=await client.xlen(names.dead),
+    )
+
+
+class TrimPlan(msgspec.Struct):
+    """Where `XTRIM MINID` may cut, and why that is safe."""
+
+    min_id: str | None
+    entries_before: int
+    reason: str
+
+
+async def trim_plan(client: aioredis.Redis, names: StreamNames) -> TrimPlan:
+    """The lowest id any group still needs: each group's oldest pending id and its last-delivered id."""
+    if not await client.exists(names.stream):
+        return TrimPlan(None, 0, "the stream does not exist")
+    groups: Any = await client.xinfo_groups(names.stream)
+    if not groups:
+        return TrimPlan(None, 0, "no consumer group: nothing says which entries were written, so keep all")
+    needed: list[tuple[tuple[int, int], str]] = []
+    for group in groups:
+        name = _id(group["name"])
+        last = _id(group["last-delivered-id"])
+        needed.append((_id_tuple(last), f"group {name} has read up to {last}"))
+        summary: Any = await client.xpending(names.stream, name)
+        if summary["pending"]:
+            oldest = _id(summary["min"])
+            needed.append((_id_tuple(oldest), f"group {name} still has {oldest} pending"))
+    (ms, seq), why = min(needed)
+    # MINID keeps ids >= min_id: the last delivered entry itself may go once it is not pending.
+    if "has read up to" in why:
+        seq += 1
+    min_id = f"{ms}-{seq}"
+    before: Any = await client.xrange(names.stream, "-", f"({min_id}", count=1_000_000)
+    return TrimPlan(min_id, len(before), f"{why}; every entry below {min_id} was delivered and acked")
+
+
+async def trim(client: aioredis.Redis, names: StreamNames) -> tuple[TrimPlan, int]:
+    """XTRIM MINID at the safe id; returns the plan and how many entries were removed."""
+    plan = await trim_plan(client, names)
+    if plan.min_id is None:
+        return plan, 0
+    removed = int(await client.xtrim(names.stream, minid=plan.min_id, approximate=False))
+    log.info("stream_trimmed", min_id=plan.min_id, removed=removed)
+    return plan, removed
+
+
+async def prune_consumers(client: aioredis.Redis, names: StreamNames, idle_s: float) -> list[str]:
+    """Delete consumers idle longer than `idle_s` whose pending list is empty (never one with entries)."""
+    if await group_info(client, names) is None:
+        return []
+    pruned: list[str] = []
+    infos: Any = await client.xinfo_consumers(names.stream, names.group)
+    for info in infos:
+        inactive_ms = int(info.get("inactive", info.get("idle", 0)))
+        if int(info["pending"]) == 0 and inactive_ms > idle_s * 1000:
+            name = _id(info["name"])
+            # DELCONSUMER drops a consumer's pending entries, so check again right before.
+            if await _still_empty(client, names, name):
+                await client.xgroup_delconsumer(names.stream, names.group, name)
+                pruned.append(name)
+                log.info("consumer_pruned", consumer=name, inactive_s=round(inactive_ms / 1000))
+    return pruned
+
+
+async def _still_empty(client: aioredis.Redis, names: StreamNames, consumer: str) -> bool:
+    rows: Any = await client.xpending_range(names.stream, names.group, "-", "+", 1, consumer)
+    return not rows
+
+
+class DeadLetter(msgspec.Struct):
+    """One dead-lettered entry."""
+
+    id: str
+    original_id: str
+    reason: str
+    detail: str
+    consumer: str
+    has_payload: bool
+
+
+def _dead(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
+    return DeadLetter(
+        id=_id(entry_id), original_id=_id(fields.get(DEAD_ORIGINAL_ID, b"")),
+        reason=_id(fields.get(DEAD_REASON, b"")), detail=_id(fields.get(b"detail", b""))[:200],
+        consumer=_id(fields.get(b"consumer", b"")), has_payload=FIELD_EVENT in fields,
+    )
+
+
+async def dead_letters(client: aioredis.Redis, names: StreamNames, limit: int,
+                       reason: str | None = None) -> list[DeadLetter]:
+    """The oldest `limit` dead letters (of `reason` when given)."""
+    out: list[DeadLetter] = []
+    start = "-"
+    while len(out) < limit:
+        chunk: Any = await client.xrange(names.dead, start, "+", count=1000)
+        if not chunk:
+            break
+        for entry_id, fields in chunk:
+            letter = _dead(entry_id, fields)
+            if reason is None or letter.reason == reason:
+                out.append(letter)
+        start = "(" + _id(chunk[-1][0])
+    return out[:limit]
+
+
+# Put a dead letter back on the main stream and remove it from the dead-letter stream, atomically.
+# KEYS: dead, stream. ARGV: dead id. Returns the new id, or false when the dead letter has no payload.
+REDRIVE_SCRIPT = """
+local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #entry == 0 then return false end
+local fields = entry[1][2]
+local v, e
+for i = 1, #fields, 2 do
+  if fields[i] == 'v' then v = fields[i + 1] elseif fields[i] == 'e' then e = fields[i + 1] end
+end
+if not v or not e then return false end
+local new_id = redis.call('XADD', KEYS[2], '*', 'v', v, 'e', e)
+redis.call('XDEL', KEYS[1], ARGV[1])
+return new_id
+"""
+
+
+async def redrive(client: aioredis.Redis, names: StreamNames, ids: list[str]) -> list[tuple[str, str | None]]:
+    """Move each dead letter back onto the stream; (dead id, new id or None when it had no payload)."""
+    script = client.register_script(REDRIVE_SCRIPT)
+    results: list[tuple[str, str | None]] = []
+    for dead_id in ids:
+        new_id = await script(keys=[names.dead, names.stream], args=[dead_id])
+        results.append((dead_id, _id(new_id) if new_id else None))
+    return results
+
+
+async def purge(client: aioredis.Redis, names: StreamNames, before_ms: int | None) -> int:
+    """Delete dead letters older than `before_ms` (all when None); returns how many."""
+    if before_ms is None:
+        count = int(await client.xlen(names.dead))
+        await client.delete(names.dead)
+        return count
+    return int(await client.xtrim(names.dead, minid=f"{before_ms}-0", approximate=False))
+
+
+def now_ms() -> int:
+    """Wall clock, ms."""
+    return int(time.time() * 1000)
+
+
+__all__ = ["FIELD_VERSION", "PendingReport", "TrimPlan", "dead_letters", "pending_report", "prune_consumers",
+           "purge", "redrive", "trim", "trim_plan"]

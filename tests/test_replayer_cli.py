@@ -1,0 +1,204 @@
+"""The operator's CLI, driven with typer's CliRunner against real redis-server and influxd."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import redis
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+from typer.testing import CliRunner
+
+from homeiq_local.services import InfluxServer, RedisServer, free_port
+from homeiq_replayer.cli import app
+from homeiq_replayer.reclaim import reclaim_pass
+from homeiq_shared.health import Readiness
+from homeiq_shared.stream import DEFAULT_NAMES
+from homeiq_writer.batch import BatchWriter
+from homeiq_writer.influx import V1Sink
+from homeiq_writer.metrics import WriterMetrics
+from tests.helpers import FaultyHttp
+from tests.writer_harness import fill, state_payload
+
+runner = CliRunner()
+STREAM = DEFAULT_NAMES.stream
+
+
+def env(redis_server: RedisServer, influx_url: str, database: str) -> dict[str, str]:
+    return {"REDIS_URL": redis_server.url, "INFLUXDB_URL": influx_url, "INFLUXDB_API": "v1",
+            "INFLUXDB_BUCKET": database}
+
+
+def sync_client(redis_server: RedisServer) -> redis.Redis:
+    return redis.Redis.from_url(redis_server.url)
+
+
+def leave_pending(client: redis.Redis, consumer: str, count: int) -> None:
+    """A writer that read entries and died."""
+    client.xreadgroup(DEFAULT_NAMES.group, consumer, {STREAM: ">"}, count=count)
+
+
+def test_reclaim_drains_a_dead_writers_10000_entries(
+    redis_server: RedisServer, redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str
+) -> None:
+    asyncio.run(fill_sync(redis_server, [state_payload(n) for n in range(10_000)]))
+    client = sync_client(redis_server)
+    leave_pending(client, "dead-writer", 10_000)
+    result = runner.invoke(app, ["pending", "--json"], env=env(redis_server, influx.url, influx_db))
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["pending"] == 10_000
+    assert report["consumers"][0]["name"] == "dead-writer" and report["consumers"][0]["max_deliveries"] == 1
+
+    result = runner.invoke(app, ["reclaim", "--min-idle", "0", "--json"], env=env(redis_server, influx.url, influx_db))
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary == {"reclaimed": 10_000, "written": 10_000, "dead_lettered": 0, "lost": 0, "completed": True,
+                       "dry_run": False}
+    assert influx.count(influx_db) == 10_000
+    assert client.xpending(STREAM, DEFAULT_NAMES.group)["pending"] == 0
+
+    table = runner.invoke(app, ["pending"], env=env(redis_server, influx.url, influx_db))
+    assert table.exit_code == 0 and "0 pending" in table.stdout and "dead-writer" in table.stdout
+
+
+async def fill_sync(redis_server: RedisServer, payloads: list[bytes]) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await fill(client, payloads)
+    finally:
+        await client.aclose()
+
+
+def test_poison_goes_to_dead_letter_with_reasons_and_redrive_writes_it_once_fixed(
+    redis_server: RedisServer, redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str
+) -> None:
+    asyncio.run(fill_sync(redis_server, [state_payload(n) for n in range(20)]))
+    client = sync_client(redis_server)
+    client.xadd(STREAM, {b"v": b"1", b"e": b"{broken"})
+    leave_pending(client, "dead-writer", 100)
+    # InfluxDB refuses every line (say, a retention policy or a limit): all of it ends in dead-letter.
+    proxy = FaultyHttp(influx.url)
+    port = free_port()
+    asyncio.run(_with_proxy(proxy, port, lambda: runner.invoke(
+        app, ["reclaim", "--min-idle", "0"], env=env(redis_server, f"http://127.0.0.1:{port}", influx_db))))
+    assert influx.count(influx_db) == 0
+    letters = runner.invoke(app, ["dead-letter", "list", "--json"], env=env(redis_server, influx.url, influx_db))
+    reasons = sorted(d["reason"] for d in json.loads(letters.stdout))
+    assert reasons == ["rejected"] * 20 + ["undecodable"]
+    assert client.xpending(STREAM, DEFAULT_NAMES.group)["pending"] == 0
+
+    only = runner.invoke(app, ["dead-letter", "list", "--reason", "undecodable", "--json"],
+                         env=env(redis_server, influx.url, influx_db))
+    assert [d["reason"] for d in json.loads(only.stdout)] == ["undecodable"]
+
+    dry = runner.invoke(app, ["dead-letter", "redrive", "--all", "--dry-run", "--json"],
+                        env=env(redis_server, influx.url, influx_db))
+    assert len(json.loads(dry.stdout)) == 21 and client.xlen(DEFAULT_NAMES.dead) == 21
+
+    # The cause is fixed: redrive puts them back, and a writer (here: a reclaim pass) writes them.
+    moved = runner.invoke(app, ["dead-letter", "redrive", "--all", "--json"], env=env(redis_server, influx.url,
+                                                                                      influx_db))
+    assert moved.exit_code == 0, moved.output
+    assert len([m for m in json.loads(moved.stdout) if m["new_id"]]) == 21
+    assert client.xlen(DEFAULT_NAMES.dead) == 0
+    leave_pending(client, "writer", 100)
+    result = runner.invoke(app, ["reclaim", "--min-idle", "0", "--json"], env=env(redis_server, influx.url, influx_db))
+    assert json.loads(result.stdout)["written"] == 20
+    assert influx.count(influx_db) == 20
+    assert [json.loads(runner.invoke(app, ["dead-letter", "list", "--json"],
+                                     env=env(redis_server, influx.url, influx_db)).stdout)[0]["reason"]] == [
+        "undecodable"]  # still broken after the redrive: back in dead-letter, once
+
+    purged = runner.invoke(app, ["dead-letter", "purge", "--all", "--json"], env=env(redis_server, influx.url,
+                                                                                     influx_db))
+    assert json.loads(purged.stdout) == {"removed": 1}
+
+
+async def _with_proxy(proxy: FaultyHttp, port: int, action: object) -> None:
+    proxy.faults = [(400, None)] * 1000
+    await proxy.start(port)
+    try:
+        result = await asyncio.to_thread(action)  # type: ignore[arg-type]
+        assert result.exit_code == 0, result.output
+    finally:
+        await proxy.stop()
+
+
+def test_entries_delivered_too_often_are_dead_lettered(
+    redis_server: RedisServer, redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str
+) -> None:
+    asyncio.run(fill_sync(redis_server, [state_payload(n) for n in range(5)]))
+    client = sync_client(redis_server)
+    leave_pending(client, "w1", 10)  # three writers read them in turn and died
+    client.xautoclaim(STREAM, DEFAULT_NAMES.group, "w2", 0, "0-0")
+    client.xautoclaim(STREAM, DEFAULT_NAMES.group, "w3", 0, "0-0")
+    result = runner.invoke(app, ["reclaim", "--min-idle", "0", "--max-deliveries", "2", "--json"],
+                           env=env(redis_server, influx.url, influx_db))
+    assert json.loads(result.stdout)["dead_lettered"] == 5
+    reasons = {f[b"reason"] for _, f in client.xrange(DEFAULT_NAMES.dead)}
+    assert reasons == {b"max_deliveries"}
+
+
+def test_two_replayers_at_once_never_double_dead_letter_or_lose(
+    redis_server: RedisServer, redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str
+) -> None:
+    payloads = [state_payload(n) for n in range(2000)]
+    payloads[::100] = [b"{poison"] * 20
+    asyncio.run(fill_sync(redis_server, payloads))
+    leave_pending(sync_client(redis_server), "dead-writer", 2000)
+
+    async def both() -> None:
+        client = aioredis.Redis.from_url(redis_server.url)
+        sinks = [V1Sink(influx.url, influx_db, "", "", "", 10) for _ in range(2)]
+        try:
+            writers = [BatchWriter(client, DEFAULT_NAMES, sink, WriterMetrics(CollectorRegistry()), Readiness(),
+                                   f"replayer-{i}") for i, sink in enumerate(sinks)]
+            await asyncio.gather(*(reclaim_pass(client, DEFAULT_NAMES, f"replayer-{i}", w, 0, 50, asyncio.Event())
+                                   for i, w in enumerate(writers)))
+        finally:
+            for sink in sinks:
+                await sink.close()
+            await client.aclose()
+
+    asyncio.run(both())
+    client = sync_client(redis_server)
+    assert client.xlen(DEFAULT_NAMES.dead) == 20  # each poison once
+    assert influx.count(influx_db) == 1980
+    assert client.xpending(STREAM, DEFAULT_NAMES.group)["pending"] == 0
+
+
+def test_trim_keeps_everything_still_needed(
+    redis_server: RedisServer, redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str
+) -> None:
+    asyncio.run(fill_sync(redis_server, [state_payload(n) for n in range(100)]))
+    client = sync_client(redis_server)
+    client.xreadgroup(DEFAULT_NAMES.group, "w", {STREAM: ">"}, count=60)
+    ids = [entry_id for entry_id, _ in client.xrange(STREAM)]
+    client.xack(STREAM, DEFAULT_NAMES.group, *ids[:30])  # 30 acked, 30 pending, 40 never delivered
+    dry = runner.invoke(app, ["trim", "--dry-run", "--json"], env=env(redis_server, influx.url, influx_db))
+    plan = json.loads(dry.stdout)
+    assert plan["would_remove"] == 30 and plan["min_id"] == ids[30].decode() and "pending" in plan["why_safe"]
+    assert client.xlen(STREAM) == 100
+    done = runner.invoke(app, ["trim", "--json"], env=env(redis_server, influx.url, influx_db))
+    assert json.loads(done.stdout)["removed"] == 30
+    assert [e for e, _ in client.xrange(STREAM)] == ids[30:]
+
+
+def test_unreachable_redis_exits_1_naming_the_url(tmp_path: Path) -> None:
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    result = runner.invoke(app, ["pending"], env={"REDIS_URL": url})
+    assert result.exit_code == 1
+    assert "127.0.0.1" in result.output and "REDIS_URL" in result.output and "hunter2" not in result.output
+
+
+def test_usage_errors_exit_2() -> None:
+    assert runner.invoke(app, ["dead-letter", "redrive"]).exit_code == 2
+    assert runner.invoke(app, ["dead-letter", "purge", "--before", "yesterday"]).exit_code == 2
+    assert runner.invoke(app, ["pending"], env={"REDIS_URL": "localhost"}).exit_code == 2
+    for command in (["--help"], ["pending", "--help"], ["reclaim", "--help"], ["trim", "--help"],
+                    ["dead-letter", "list", "--help"], ["dead-letter", "redrive", "--help"],
+                    ["dead-letter", "purge", "--help"], ["run", "--help"]):
+        assert runner.invoke(app, command).exit_code == 0, command
