@@ -38,6 +38,11 @@ class HealthServer:
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
 
+    @property
+    def port(self) -> int | None:
+        """The bound port once serving, else None."""
+        return self._port if self._runner is not None else None
+
     async def start(self) -> int:
         """Bind and serve; returns the bound port (useful when `port` is 0)."""
         app = web.Application()

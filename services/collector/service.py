@@ -11,6 +11,7 @@ import aiohttp
 import msgspec
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
+from redis.exceptions import RedisError
 
 from homeiq_collector import frames
 from homeiq_collector.backfill import backfill_events, history_command, history_decoder, states_decoder
@@ -35,7 +36,7 @@ from homeiq_shared.health import HealthServer, Readiness
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
 from homeiq_shared.settings import redact_url
-from homeiq_shared.stream import connect
+from homeiq_shared.stream import connect, describe_redis_error
 
 log = Log(__name__)
 
@@ -45,6 +46,7 @@ REGISTRY_COMMANDS = {"floor": "config/floor_registry/list", "area": "config/area
 REGISTRY_EVENTS = {f"{kind}_registry_updated": kind for kind in REGISTRY_COMMANDS}
 BACKFILL_CHUNK = 50
 DRAIN_TIMEOUT_S = 5.0
+REDIS_CHECK_S = 10.0
 
 
 class Fatal(Exception):
@@ -75,15 +77,17 @@ class Collector:
         self._stale: set[str] = set()
         self._stale_changed = asyncio.Event()
         self._received = self.metrics.received  # bound once: the hot path counts every event
-        self._health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
+        self.health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, read and publish until `stop`; then publish (or spool) what is buffered and exit."""
-        await self._health.start()
+        await self.health.start()
         publisher = asyncio.create_task(self.publisher.run(), name="publisher")
+        redis_watch = asyncio.create_task(self._watch_redis(), name="redis-watch")
         try:
             await self._supervise(stop)
         finally:
+            redis_watch.cancel()
             await self.publisher.drain(DRAIN_TIMEOUT_S)
             unpublished = await self.publisher.close(DRAIN_TIMEOUT_S)
             publisher.cancel()
@@ -93,8 +97,18 @@ class Collector:
                 self.metrics.dropped.labels("shutdown_unpublished").inc(unpublished)
                 log.error("events_unpublished_at_exit", events=unpublished)
             await self.redis.aclose()
-            await self._health.stop()
+            await self.health.stop()
             log.info("collector_stopped", unpublished=unpublished, spooled=self.publisher.pending)
+
+    async def _watch_redis(self) -> None:
+        """Readiness needs Redis even while no event flows: PING it now and then."""
+        while True:
+            try:
+                await self.redis.ping()
+                self.readiness.ok(READY_REDIS)
+            except (RedisError, OSError) as exc:
+                self.readiness.fail(READY_REDIS, describe_redis_error(self.settings.redis_url, exc))
+            await asyncio.sleep(REDIS_CHECK_S)
 
     async def _supervise(self, stop: asyncio.Event) -> None:
         backoff = Backoff(base_s=self.settings.backoff_base_s, cap_s=self.settings.backoff_max_s,

@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 
 from homeiq_replayer.operations import prune_consumers, trim
 from homeiq_replayer.reclaim import reclaim_pass
+from homeiq_replayer.stream_metrics import StreamMetrics
 from homeiq_shared.backoff import Backoff
 from homeiq_shared.health import HealthServer, Readiness
 from homeiq_shared.lifecycle import wait_or_stop
@@ -63,17 +64,18 @@ class Replayer:
         self.metrics = WriterMetrics(self.registry)
         self.reclaimed = Counter("homeiq_reclaimed_total", "Entries reclaimed from idle consumers.",
                                  registry=self.registry)
+        self.stream_metrics = StreamMetrics(self.registry)
         self.readiness = Readiness(READY_REDIS)
         self.redis = connect(settings.redis_url)
         self.sink = settings.influx.make_sink()
         # The replayer's readiness does not depend on InfluxDB; its write failures show in the metrics.
         self.batches = BatchWriter(self.redis, settings.names, self.sink, self.metrics,
                                    Readiness(READY_INFLUX), settings.consumer)
-        self._health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
+        self.health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reclaim every `interval_s` until `stop`."""
-        await self._health.start()
+        await self.health.start()
         s = self.settings
         log.info("replayer_started", consumer=s.consumer, min_idle_ms=s.min_idle_ms, interval_s=s.interval_s)
         backoff = Backoff(base_s=0.5, cap_s=15.0, reset_after_s=30.0)
@@ -87,6 +89,7 @@ class Replayer:
                     if s.trim:
                         await trim(self.redis, s.names)
                     await prune_consumers(self.redis, s.names, s.prune_idle_s)
+                    await self.stream_metrics.refresh(self.redis, s.names)
                     self.readiness.ok(READY_REDIS)
                     backoff.reset()
                     delay_s = s.interval_s
@@ -99,5 +102,5 @@ class Replayer:
         finally:
             await self.sink.close()
             await self.redis.aclose()
-            await self._health.stop()
+            await self.health.stop()
             log.info("replayer_stopped")

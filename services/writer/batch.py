@@ -150,6 +150,15 @@ class BatchWriter:
                 return False
         return True
 
+    async def check(self) -> None:
+        """Ask InfluxDB whether it takes our credentials and has our database; sets readiness."""
+        result = await self._sink.check()
+        if result.outcome is Outcome.OK:
+            self._readiness.ok(READY_INFLUX)
+        else:
+            reason = f"InfluxDB at {self._sink.url} answered {result.status or 'nothing'}: {result.detail}"
+            self._readiness.fail(READY_INFLUX, reason[:300])
+
     async def _send(self, batch: Batch) -> WriteResult:
         started = time.perf_counter()
         result = await self._sink.write(batch.body, batch.gzipped)

@@ -74,6 +74,10 @@ class InfluxSink(Protocol):
         """Write one batch of newline-separated lines (ns precision; `gzipped` when already compressed)."""
         ...
 
+    async def check(self) -> WriteResult:
+        """Whether InfluxDB is reachable, accepts our credentials and has our database or bucket."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...
@@ -112,6 +116,22 @@ class V1Sink:
         except (aiohttp.ClientError, TimeoutError) as exc:
             return WriteResult(Outcome.RETRY, None, f"{type(exc).__name__} at {redact_url(self.url)}: {exc}")
 
+    async def check(self) -> WriteResult:
+        """SHOW DATABASES with our credentials: 401 → refused; our database missing → refused."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        headers = {k: v for k, v in self._headers.items() if k == "Authorization"}
+        try:
+            async with self._session.get(f"{self.url}/query", params={"q": "SHOW DATABASES"}, headers=headers) as resp:
+                text = await resp.text()
+                if resp.status != 200:
+                    return classify(resp.status, text, resp.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return WriteResult(Outcome.RETRY, None, f"{type(exc).__name__} at {redact_url(self.url)}: {exc}")
+        if f'["{self._params["db"]}"]' not in text:
+            return WriteResult(Outcome.REFUSED, 404, f'database "{self._params["db"]}" not found')
+        return WriteResult(Outcome.OK, 200)
+
     async def close(self) -> None:
         """Close the HTTP session."""
         if self._session is not None:
@@ -145,6 +165,24 @@ class V2Sink:
         except (aiohttp.ClientError, TimeoutError) as exc:
             return WriteResult(Outcome.RETRY, None, f"{type(exc).__name__} at {redact_url(self.url)}: {exc}")
         return WriteResult(Outcome.OK, 204)
+
+    async def check(self) -> WriteResult:
+        """The buckets API with our token: 401 → refused; our bucket missing → refused."""
+        # The async client has no buckets API: one plain GET of /api/v2/buckets with our token.
+        timeout = aiohttp.ClientTimeout(total=self._timeout_ms / 1000)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
+                f"{self.url}/api/v2/buckets", params={"org": self._org, "name": self._bucket},
+                headers={"Authorization": f"Token {self._token}"},
+            ) as resp:
+                text = await resp.text()
+                if resp.status != 200:
+                    return classify(resp.status, text, resp.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return WriteResult(Outcome.RETRY, None, f"{type(exc).__name__} at {redact_url(self.url)}: {exc}")
+        if f'"name":"{self._bucket}"' not in text.replace(" ", ""):
+            return WriteResult(Outcome.REFUSED, 404, f'bucket "{self._bucket}" not found in org "{self._org}"')
+        return WriteResult(Outcome.OK, 200)
 
     async def close(self) -> None:
         """Close the client."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -22,6 +23,7 @@ from homeiq_writer.settings import WriterSettings
 log = Log(__name__)
 
 READY_REDIS = "redis"
+CHECK_INTERVAL_S = 15.0
 
 
 class Writer:
@@ -37,11 +39,11 @@ class Writer:
         self.batches = BatchWriter(
             self.redis, settings.names, self.sink, self.metrics, self.readiness, settings.consumer
         )
-        self._health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
+        self.health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve health, then consume until `stop`; the in-flight batch completes or stays pending."""
-        await self._health.start()
+        await self.health.start()
         log.info("writer_started", consumer=self.settings.consumer, stream=self.settings.names.stream,
                  group=self.settings.names.group, influxdb=self.sink.url)
         try:
@@ -49,7 +51,7 @@ class Writer:
         finally:
             await self.sink.close()
             await self.redis.aclose()
-            await self._health.stop()
+            await self.health.stop()
             log.info("writer_stopped", consumer=self.settings.consumer)
 
     async def _consume(self, stop: asyncio.Event) -> None:
@@ -59,6 +61,8 @@ class Writer:
         names, backoff = self.settings.names, Backoff(base_s=0.5, cap_s=15.0, reset_after_s=30.0)
         group_ready = False
         cursor = b"0"
+        await self.batches.check()
+        last_check = time.monotonic()
         ahead: asyncio.Task[tuple[list[Entry], Batch]] | None = None
         try:
             while not stop.is_set():
@@ -75,6 +79,9 @@ class Writer:
                         log.info("own_pending_drained", consumer=self.settings.consumer)
                         continue
                     if not entries:
+                        if time.monotonic() - last_check > CHECK_INTERVAL_S:  # idle: is InfluxDB still there?
+                            await self.batches.check()
+                            last_check = time.monotonic()
                         continue
                     if cursor != b">":
                         cursor = entries[-1][0]  # continue through our pending list after the last seen id
