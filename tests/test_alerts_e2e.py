@@ -31,7 +31,8 @@ def short_rules() -> str:
     rules = (OPS / "alerts.yml").read_text()
     rules = re.sub(r"\[\d+m\]", "[30s]", rules)
     rules = re.sub(r"for: \d+m", "for: 0s", rules)
-    return rules.replace("homeiq_stream_oldest_pending_idle_seconds > 300", "homeiq_stream_oldest_pending_idle_seconds > 3")
+    idle = "homeiq_stream_oldest_pending_idle_seconds"
+    return rules.replace(f"{idle} > 300", f"{idle} > 3")
 
 
 class Monitoring:
