@@ -70,7 +70,7 @@ class DelayProxy:
 
 
 class FaultyHttp:
-    """An HTTP proxy in front of a real influxd that answers the next requests with injected faults.
+    """An HTTP proxy in front of a real influxd that answers the next writes with injected faults.
 
     Each queued fault is a status (with optional Retry-After) or "hang" (answer after `hang_s`).
     Requests with no fault queued are forwarded unchanged.
@@ -95,7 +95,7 @@ class FaultyHttp:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.requests.append((request.path_qs, dict(request.headers), body))
-        if self.faults:
+        if self.faults and "write" in request.path:  # writes only; readiness checks pass through
             fault, retry_after = self.faults.pop(0)
             if fault == "hang":
                 await asyncio.sleep(self.hang_s)

@@ -61,8 +61,7 @@ class Writer:
         names, backoff = self.settings.names, Backoff(base_s=0.5, cap_s=15.0, reset_after_s=30.0)
         group_ready = False
         cursor = b"0"
-        await self.batches.check()
-        last_check = time.monotonic()
+        last_check = 0.0
         ahead: asyncio.Task[tuple[list[Entry], Batch]] | None = None
         try:
             while not stop.is_set():
@@ -70,6 +69,8 @@ class Writer:
                     if not group_ready:
                         await ensure_group(self.redis, names)
                         group_ready = True
+                        await self.batches.check()  # readiness says at once if InfluxDB refuses us
+                        last_check = time.monotonic()
                     entries, batch = await (ahead if ahead is not None else self._read_and_prepare(cursor))
                     ahead = None
                     self.readiness.ok(READY_REDIS)
