@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from homeiq_hasim.hub import Hub
 from homeiq_local.services import InfluxServer, RedisServer
-from homeiq_shared.stream import DEFAULT_NAMES
-from homeiq_writer.service import Writer
-from homeiq_writer.settings import InfluxSettings, WriterSettings
 from tests.collector_harness import running_collector, simulator, stream_events
 from tests.helpers import wait_for
+from tests.writer_harness import running_writer, writer_settings
 
 
 def state_keys(hub: Hub) -> set[tuple[str, int]]:
@@ -26,20 +21,6 @@ def state_keys(hub: Hub) -> set[tuple[str, int]]:
 async def stream_state_keys(client: aioredis.Redis) -> Counter[tuple[str, int]]:
     return Counter((e.entity_id or "", e.time_ns) for e in await stream_events(client)
                    if e.event_type == "state_changed")
-
-
-@contextlib.asynccontextmanager
-async def running_writer(redis_url: str, influx: InfluxServer, database: str) -> AsyncIterator[Writer]:
-    writer = Writer(WriterSettings(redis_url=redis_url, names=DEFAULT_NAMES, consumer="w1",
-                                   influx=InfluxSettings(url=influx.url, api="v1", bucket=database),
-                                   block_ms=200, metrics_host="127.0.0.1", metrics_port=0))
-    stop = asyncio.Event()
-    task = asyncio.create_task(writer.run(stop))
-    try:
-        yield writer
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 async def test_exactly_one_entry_per_state_change_across_reconnects(
@@ -68,7 +49,8 @@ async def test_exactly_one_entry_per_state_change_across_reconnects(
 async def test_ha_unreachable_for_10_s_is_backfilled_exactly_once(
     redis_server: RedisServer, redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str, tmp_path: Path
 ) -> None:
-    async with simulator() as sim, running_writer(redis_server.url, influx, influx_db), running_collector(
+    async with simulator() as sim, running_writer(writer_settings(redis_server.url, influx.url, influx_db)), \
+            running_collector(
             sim, redis_server.url, tmp_path, backoff_max_s=1.0) as run:
         await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
         await sim.hub.emit(300, rate_per_s=100)
