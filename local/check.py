@@ -58,7 +58,7 @@ async def run_check(rate: float, duration_s: float, entities: int, writers: int,
             await wait_for(lambda: influx.count("home_assistant_events") >= sent, 120, "all points", 0.2)
         drain_s = time.monotonic() - drain_started
         points = influx.points("home_assistant_events")
-        stream_entries = await client.xlen(DEFAULT_NAMES.stream)
+        published = int(children[-1].scrape("homeiq_events_published_total"))
         final = await group_lag(client)
     finally:
         codes = {child.name: child.terminate() for child in reversed(children)}
@@ -70,7 +70,7 @@ async def run_check(rate: float, duration_s: float, entities: int, writers: int,
     found = {(p["entity_id"], p["time"]): p["state_value"] for p in points}
     return {
         "rate_per_s": rate, "duration_s": round(emit_s, 1), "entities": entities, "writers": writers,
-        "events_sent": sent, "stream_entries": stream_entries, "points_found": len(points),
+        "events_sent": sent, "events_published_to_stream": published, "points_found": len(points),
         "lost": len(expected.keys() - found.keys()),
         "duplicated": len(points) - len(found.keys() & expected.keys()),
         "wrong_state": sum(1 for key, state in expected.items() if key in found and found[key] != state),

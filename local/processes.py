@@ -6,8 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import IO
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from homeiq_local.services import free_port
 
@@ -30,6 +33,16 @@ class ScriptProcess:
     def metrics_url(self) -> str:
         """Where its /metrics is served."""
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def scrape(self, name: str) -> float:
+        """The value of sample `name` on its /metrics now (0 when absent)."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:  # noqa: S310 - loopback
+            text = resp.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name:
+                    return float(sample.value)
+        return 0.0
 
     def poll(self) -> int | None:
         """The exit code, or None while running."""

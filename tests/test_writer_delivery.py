@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from prometheus_client.parser import text_string_to_metric_families
 
 from homeiq_local.services import InfluxServer, RedisServer
 from homeiq_shared.stream import DEFAULT_NAMES, StreamNames
@@ -22,15 +20,6 @@ from tests.writer_harness import fill, group_state, metric, running_writer, stat
 def writer_env(redis: RedisServer, influx_url: str, database: str, consumer: str) -> dict[str, str]:
     return {"REDIS_URL": redis.url, "INFLUXDB_URL": influx_url, "INFLUXDB_API": "v1", "INFLUXDB_BUCKET": database,
             "WRITER_CONSUMER": consumer, "WRITER_BATCH_SIZE": "500"}
-
-
-def scrape(service: Service, name: str) -> float:
-    text = urllib.request.urlopen(service.metrics_url, timeout=5).read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                return float(sample.value)
-    return 0.0
 
 
 async def test_the_same_entries_delivered_twice_leave_the_same_points(
@@ -106,8 +95,8 @@ async def test_three_writers_share_the_load_without_double_writes(
             return (await group_state(redis_client))["pending"] == 0
 
         await wait_for(drained, 30, "every ack")
-        shares = [scrape(w, "homeiq_points_written_total") for w in writers]
-        entries_read = [scrape(w, "homeiq_writer_entries_read_total") for w in writers]
+        shares = [w.scrape("homeiq_points_written_total") for w in writers]
+        entries_read = [w.scrape("homeiq_writer_entries_read_total") for w in writers]
     finally:
         codes = [w.terminate() for w in writers]
     assert codes == [0, 0, 0]
