@@ -21,6 +21,13 @@ class Recorder:
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, str], dict[str, str], bytes]] = []
         self.answer: tuple[int, dict[str, str], str] = (204, {}, "")
+        self.buckets = '{"buckets":[{"id":"1","name":"home_assistant_events","orgID":"2"}]}'
+
+    async def buckets_list(self, request: web.Request) -> web.Response:
+        self.requests.append((request.path, dict(request.query), dict(request.headers), b""))
+        if request.headers.get("Authorization") != "Token good":
+            return web.json_response({"code": "unauthorized", "message": "unauthorized access"}, status=401)
+        return web.Response(text=self.buckets, content_type="application/json")
 
     async def handle(self, request: web.Request) -> web.Response:
         self.requests.append((request.path, dict(request.query), dict(request.headers), await request.read()))
@@ -33,6 +40,7 @@ async def recorder() -> AsyncIterator[tuple[Recorder, str]]:
     rec = Recorder()
     app = web.Application()
     app.router.add_post("/api/v2/write", rec.handle)
+    app.router.add_get("/api/v2/buckets", rec.buckets_list)
     runner = web.AppRunner(app, access_log=None, auto_decompress=False)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -86,3 +94,21 @@ async def test_connection_refused_is_retried() -> None:
     finally:
         await sink.close()
     assert result.outcome is Outcome.RETRY and "127.0.0.1:9" in result.detail
+
+
+async def test_readiness_check_asks_for_the_bucket_with_the_token(recorder: tuple[Recorder, str]) -> None:
+    rec, url = recorder
+    for token, buckets, outcome, status in (
+        ("good", rec.buckets, Outcome.OK, 200),
+        ("bad", rec.buckets, Outcome.REFUSED, 401),
+        ("good", '{"buckets":[]}', Outcome.REFUSED, 404),
+    ):
+        rec.buckets = buckets
+        sink = V2Sink(url, "homeiq", "home_assistant_events", token, timeout_s=5)
+        try:
+            result = await sink.check()
+        finally:
+            await sink.close()
+        assert (result.outcome, result.status) == (outcome, status)
+    path, query, _, _ = rec.requests[0]
+    assert path == "/api/v2/buckets" and query == {"org": "homeiq", "name": "home_assistant_events"}
