@@ -116,3 +116,19 @@ async def test_a_collector_restarted_mid_outage_replays_its_spool(tmp_path: Path
     finally:
         await client.aclose()
         redis_server.stop()
+
+
+async def test_a_restarted_collector_backfills_the_time_it_was_down(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    async with simulator() as sim:
+        async with running_collector(sim, redis_server.url, tmp_path / "spool") as first:
+            await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
+            await sim.hub.emit(300, rate_per_s=1000)
+            await wait_for(lambda: first.metric("homeiq_events_published_total") == 300, 10, "the first 300")
+        down = await sim.hub.emit(500, rate_per_s=1000)  # no collector runs: HA records, nobody receives
+        async with running_collector(sim, redis_server.url, tmp_path / "spool") as second:
+            await wait_for(lambda: sim.hub.subscribed, 10, "the second collector")
+            await wait_for(lambda: second.metric("homeiq_events_backfilled_total") >= down, 20, "the backfill")
+    counts = await stream_state_keys(redis_client)
+    assert set(counts) == state_keys(sim.hub) and max(counts.values()) == 1

@@ -54,6 +54,7 @@ class Publisher:
         self._idle = asyncio.Event()
         self._flushed = asyncio.Event()
         self._stop_taken = False
+        self.settled = 0  # events taken from the buffer and made durable (or counted dropped), in order
         self._backoff = Backoff(base_s=0.1, cap_s=2.0, reset_after_s=10.0)
         self._redis_down_logged = False
         if spool:
@@ -103,6 +104,7 @@ class Publisher:
                 await self._to_spool(batch)
             else:
                 self._metrics.published.inc(len(batch))
+            self.settled += len(batch)  # in Redis, in the spool, or counted as dropped: no longer only in memory
             self._in_flight = 0
             self._update_idle()
             if closing:

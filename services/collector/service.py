@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from homeiq_collector import frames
 from homeiq_collector.backfill import backfill_events, history_command, history_decoder, states_decoder
 from homeiq_collector.entity_filter import EntityFilter
-from homeiq_collector.gap import GapTracker
+from homeiq_collector.gap import GapTracker, Watermark
 from homeiq_collector.ha_client import (
     AuthInvalid,
     CommandFailed,
@@ -46,7 +46,7 @@ REGISTRY_COMMANDS = {"floor": "config/floor_registry/list", "area": "config/area
 REGISTRY_EVENTS = {f"{kind}_registry_updated": kind for kind in REGISTRY_COMMANDS}
 BACKFILL_CHUNK = 50
 DRAIN_TIMEOUT_S = 5.0
-REDIS_CHECK_S = 10.0
+REDIS_CHECK_S = 2.0
 
 
 class Fatal(Exception):
@@ -73,6 +73,9 @@ class Collector:
                                    settings.publish_batch)
         self.ha_registry = Registry()
         self.gap = GapTracker()
+        self.watermark = Watermark()
+        self._watermark_key = f"{settings.names.stream}:collector:last_live_ns"
+        self._offered = self._saved_ns = 0
         self.sessions = 0
         self._stale: set[str] = set()
         self._stale_changed = asyncio.Event()
@@ -83,6 +86,7 @@ class Collector:
         """Connect, read and publish until `stop`; then publish (or spool) what is buffered and exit."""
         await self.health.start()
         publisher = asyncio.create_task(self.publisher.run(), name="publisher")
+        await self._resume_watermark()
         redis_watch = asyncio.create_task(self._watch_redis(), name="redis-watch")
         try:
             await self._supervise(stop)
@@ -96,19 +100,39 @@ class Collector:
             if unpublished:
                 self.metrics.dropped.labels("shutdown_unpublished").inc(unpublished)
                 log.error("events_unpublished_at_exit", events=unpublished)
+            with contextlib.suppress(RedisError, OSError):
+                await self._save_watermark()
             await self.redis.aclose()
             await self.health.stop()
             log.info("collector_stopped", unpublished=unpublished, spooled=self.publisher.pending)
 
     async def _watch_redis(self) -> None:
-        """Readiness needs Redis even while no event flows: PING it now and then."""
+        """Readiness needs Redis even while no event flows: PING it now and then; save the watermark."""
         while True:
             try:
                 await self.redis.ping()
                 self.readiness.ok(READY_REDIS)
+                await self._save_watermark()
             except (RedisError, OSError) as exc:
                 self.readiness.fail(READY_REDIS, describe_redis_error(self.settings.redis_url, exc))
             await asyncio.sleep(REDIS_CHECK_S)
+
+    async def _resume_watermark(self) -> None:
+        """After a restart, backfill from the last live state this collector made durable."""
+        try:
+            saved = await self.redis.get(self._watermark_key)
+        except (RedisError, OSError):
+            return  # Redis is down: the publisher spools, and there is nothing to resume from
+        if saved and self.settings.backfill:
+            self.gap.last_live_ns = self.watermark.durable_ns = int(saved)
+            log.info("resuming", backfill_from_ns=int(saved))
+
+    async def _save_watermark(self) -> None:
+        self.watermark.mark(self._offered, self.gap.last_live_ns)
+        durable_ns = self.watermark.advance(self.publisher.settled)
+        if durable_ns > self._saved_ns:
+            await self.redis.set(self._watermark_key, durable_ns)
+            self._saved_ns = durable_ns
 
     async def _supervise(self, stop: asyncio.Event) -> None:
         backoff = Backoff(base_s=self.settings.backoff_base_s, cap_s=self.settings.backoff_max_s,
@@ -219,6 +243,7 @@ class Collector:
             raw = await conn.command(history_command(chunk, start_ns), s.command_timeout_s)
             for event in backfill_events(history_decoder.decode(raw), self.ha_registry, start_ns, self.gap.seen):
                 if self._passes_filter(event):
+                    self._offered += 1
                     await self.publisher.put(encode_event(event))
                     published += 1
         self.metrics.backfilled.inc(published)
@@ -256,6 +281,7 @@ class Collector:
         if event.new_state is not None and event.entity_id is not None:
             self.gap.live(event.entity_id, event.time_ns)
         payload = encode_event(event)
+        self._offered += 1
         return None if self.publisher.offer(payload) else self.publisher.put(payload)
 
 
