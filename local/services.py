@@ -34,7 +34,7 @@ def _binary(name: str, package: str) -> str:
 
 
 class _Process:
-    """A child process with a log file; `stop()` terminates it, `kill()` SIGKILLs it."""
+    """A child process with a log file; `stop()` terminates it."""
 
     name = "service"
 
@@ -72,13 +72,6 @@ class _Process:
                 self.process.kill()
                 self.process.wait()
         self.process = None
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
 
 
 class RedisServer(_Process):

@@ -61,7 +61,6 @@ Frame = AuthRequired | AuthOk | AuthInvalid | Result | EventFrame | Pong
 frame_decoder = msgspec.json.Decoder(Frame | list[Frame])
 single_decoder: msgspec.json.Decoder[Frame] = msgspec.json.Decoder(Frame)
 raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
-envelope_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 class Context(msgspec.Struct):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 
 from homeiq_shared.logs import Log
-from homeiq_shared.stream import DEAD_ORIGINAL_ID, DEAD_REASON, FIELD_EVENT, FIELD_VERSION, StreamNames
+from homeiq_shared.stream import DEAD_ORIGINAL_ID, DEAD_REASON, FIELD_EVENT, StreamNames
 
 log = Log(__name__)
 
@@ -220,11 +219,3 @@ async def purge(client: aioredis.Redis, names: StreamNames, before_ms: int | Non
         return count
     return int(await client.xtrim(names.dead, minid=f"{before_ms}-0", approximate=False))
 
-
-def now_ms() -> int:
-    """Wall clock, ms."""
-    return int(time.time() * 1000)
-
-
-__all__ = ["FIELD_VERSION", "PendingReport", "TrimPlan", "dead_letters", "pending_report", "prune_consumers",
-           "purge", "redrive", "trim", "trim_plan"]
