@@ -95,12 +95,21 @@ class RedisServer(_Process):
         return self
 
     def _pong(self) -> bool:
+        """Ready when the server on our port is our process (another one may have taken a free port)."""
+        if self.process is None:
+            return False
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
+                sock.sendall(b"INFO server\r\n")
+                reply = b""
+                while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    reply += chunk
         except OSError:
             return False
+        return f"process_id:{self.process.pid}\r\n".encode() in reply
 
 
 INFLUXD_CONFIG = """\
@@ -153,10 +162,11 @@ class InfluxServer(_Process):
         return self
 
     def _ping(self) -> bool:
+        """Ready when the influxd answering on our port runs our config (not a neighbour's on a reused port)."""
         try:
-            with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as resp:  # noqa: S310 - loopback
-                return bool(resp.status == 204)
-        except (OSError, urllib.error.URLError):
+            with urllib.request.urlopen(f"{self.url}/debug/vars", timeout=1) as resp:  # noqa: S310 - loopback
+                return str(self.workdir / "influxd.conf") in json.loads(resp.read()).get("cmdline", [])
+        except (OSError, urllib.error.URLError, ValueError):
             return False
 
     def query(self, statement: str, database: str | None = None, epoch: str | None = "ns",
