@@ -21,7 +21,7 @@ SECRET = "s3cr3t-token-value"
     (collector_app, {"HA_URL": "ftp://ha", "HA_TOKEN": SECRET}, "HA_URL"),
     (collector_app, {"HA_URL": "ws://ha:8123"}, "HA_TOKEN"),
     (collector_app, {"HA_TOKEN": SECRET, "HA_MAX_MESSAGE_MB": "4"}, "HA_MAX_MESSAGE_MB"),
-    (collector_app, {"HA_TOKEN": SECRET, "REDIS_URL": "localhost:6379"}, "REDIS_URL"),
+    (collector_app, {"HA_TOKEN": SECRET, "REDIS_URL": "cache.internal:7000"}, "REDIS_URL"),  # no scheme
     (writer_app, {"INFLUXDB_API": "v3", "INFLUXDB_TOKEN": SECRET}, "INFLUXDB_API"),
     (writer_app, {"INFLUXDB_API": "v2"}, "INFLUXDB_TOKEN"),
     (writer_app, {"WRITER_BATCH_SIZE": "9000", "INFLUXDB_TOKEN": SECRET}, "WRITER_BATCH_SIZE"),
