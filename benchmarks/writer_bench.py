@@ -86,8 +86,14 @@ async def main(count: int, workdir: Path) -> dict[str, object]:
         env = {"REDIS_URL": redis_server.url, "INFLUXDB_URL": influx.url, "INFLUXDB_API": "v1",
                "INFLUXDB_BUCKET": "writer", "WRITER_CONSUMER": "bench", "LOG_FORMAT": "json",
                "METRICS_HOST": "127.0.0.1"}
-        started = time.perf_counter()
         writer = ScriptProcess("writer", env, workdir / "writer.log")
+
+        async def reading() -> bool:
+            return bool((await client.xinfo_groups("homeiq:events"))[0]["entries-read"])
+
+        # The clock starts at the writer's first read: its process start-up is not write throughput.
+        await wait_for(reading, 60, "the writer's first read", interval_s=0.005)
+        started = time.perf_counter()
 
         async def drained() -> bool:
             group = (await client.xinfo_groups("homeiq:events"))[0]
