@@ -76,7 +76,7 @@ async def test_half_open_connection_is_replaced_within_interval_plus_timeout(
         started = time.monotonic()
         await wait_for(lambda: run.metric("homeiq_ha_disconnects_total", reason="heartbeat") >= 1, 5,
                        "the heartbeat to give up")
-        assert time.monotonic() - started <= 0.5 + 0.5 + 0.5  # interval + timeout + scheduling slack
+        assert time.monotonic() - started <= 0.5 + 0.5 + 1.0  # interval + timeout + slack for a busy machine
         sim.hub.faults.ignore_pings = False
         await wait_for(lambda: sim.hub.connects >= 2 and sim.hub.subscribed, 5, "a new connection")
 
