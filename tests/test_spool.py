@@ -1,0 +1,112 @@
+"""The collector's disk spool: order, torn tails, and each policy when it is full (with Redis down)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from homeiq_collector.metrics import CollectorMetrics
+from homeiq_collector.publisher import Publisher
+from homeiq_collector.spool import Policy, Spool
+from homeiq_local.services import free_port
+from homeiq_shared.health import Readiness
+from tests.helpers import wait_for
+
+
+def payload(n: int) -> bytes:
+    return b'{"n":%d,"pad":"%s"}' % (n, b"x" * 80)
+
+
+def test_records_come_back_in_order_across_segments_and_restarts(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1_000_000, segment_bytes=500)
+    for first in range(0, 40, 4):
+        spool.append([payload(n) for n in range(first, first + 4)])
+    assert len(list(tmp_path.glob("spool-*.log"))) > 3
+    got: list[bytes] = []
+    while records := spool.read(7):
+        got.extend(records)
+        spool.consumed(records)
+        if len(got) == 14:  # a restart: the remaining segments are found again
+            spool = Spool(tmp_path, max_bytes=1_000_000, segment_bytes=500)
+    # After the restart the partly drained segment is read from its start: duplicates, never a gap.
+    assert sorted(set(got)) == sorted(payload(n) for n in range(40))
+    assert got[-1] == payload(39) and not spool and not list(tmp_path.glob("spool-*.log"))
+
+
+def test_a_torn_tail_is_cut_off_and_counted(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1_000_000)
+    spool.append([payload(1), payload(2)])
+    with (tmp_path / "spool-1.log").open("ab") as handle:
+        handle.write(b"\x00\x00\x01\x00partial")  # a crash in the middle of a write
+    recovered = Spool(tmp_path, max_bytes=1_000_000)
+    assert recovered.torn_records == 1
+    assert recovered.read(10) == [payload(1), payload(2)]
+
+
+async def run_full_spool(tmp_path: Path, policy: Policy, events: int) -> tuple[Publisher, CollectorMetrics,
+                                                                                  asyncio.Task[None]]:
+    """A publisher whose Redis is unreachable and whose spool holds about ten events."""
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    metrics = CollectorMetrics(CollectorRegistry())
+    publisher = Publisher(client, "redis://down", "s", metrics, Readiness(), Spool(tmp_path, max_bytes=1100),
+                          policy, capacity=5, batch_max=2)
+    task = asyncio.create_task(publisher.run())
+    for n in range(events):
+        await asyncio.wait_for(publisher.put(payload(n)), 10)
+    return publisher, metrics, task
+
+
+def dropped(metrics: CollectorMetrics) -> float:
+    return metrics.dropped.labels("spool_full")._value.get()
+
+
+async def test_drop_newest_keeps_the_oldest_and_counts_every_drop(tmp_path: Path) -> None:
+    publisher, metrics, task = await run_full_spool(tmp_path, "drop_newest", 30)
+    try:
+        await wait_for(lambda: dropped(metrics) + metrics.spooled._value.get() >= 30, 20, "all 30 handled")
+        assert dropped(metrics) > 0 and metrics.spooled._value.get() + dropped(metrics) == 30
+        kept = Spool(tmp_path, max_bytes=1100).read(100)
+        assert kept[0] == payload(0)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_drop_oldest_keeps_the_newest_and_counts_every_drop(tmp_path: Path) -> None:
+    publisher, metrics, task = await run_full_spool(tmp_path, "drop_oldest", 30)
+    try:
+        await wait_for(lambda: metrics.spooled._value.get() == 30, 20, "all 30 spooled")
+        kept = Spool(tmp_path, max_bytes=1100).read(100)
+        assert kept[-1] == payload(29) and payload(0) not in kept
+        assert dropped(metrics) == 30 - len(kept)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_block_stops_taking_events_and_drops_nothing(tmp_path: Path) -> None:
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    metrics = CollectorMetrics(CollectorRegistry())
+    publisher = Publisher(client, "redis://down", "s", metrics, Readiness(), Spool(tmp_path, max_bytes=1100),
+                          "block", capacity=5, batch_max=2)
+    task = asyncio.create_task(publisher.run())
+    puts = 0
+    try:
+        for n in range(40):
+            try:
+                await asyncio.wait_for(publisher.put(payload(n)), 2)
+            except TimeoutError:
+                break
+            puts += 1
+        assert puts < 40  # the buffer filled up behind the full spool: the reader would now wait
+        assert dropped(metrics) == 0
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
