@@ -47,17 +47,21 @@ def test_a_torn_tail_is_cut_off_and_counted(tmp_path: Path) -> None:
     assert recovered.read(10) == [payload(1), payload(2)]
 
 
-async def run_full_spool(tmp_path: Path, policy: Policy, events: int) -> tuple[Publisher, CollectorMetrics,
-                                                                                  asyncio.Task[None]]:
-    """A publisher whose Redis is unreachable and whose spool holds about ten events."""
+def start_publisher(tmp_path: Path, policy: Policy) -> tuple[Publisher, CollectorMetrics, asyncio.Task[None]]:
+    """A running publisher whose Redis is unreachable and whose spool holds about ten events."""
     client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
     metrics = CollectorMetrics(CollectorRegistry())
     publisher = Publisher(client, "redis://down", "s", metrics, Readiness(), Spool(tmp_path, max_bytes=1100),
                           policy, capacity=5, batch_max=2)
-    task = asyncio.create_task(publisher.run())
+    return publisher, metrics, asyncio.create_task(publisher.run())
+
+
+async def run_full_spool(tmp_path: Path, policy: Policy, events: int) -> tuple[CollectorMetrics, asyncio.Task[None]]:
+    """Put `events` through a publisher that can only spool."""
+    publisher, metrics, task = start_publisher(tmp_path, policy)
     for n in range(events):
         await asyncio.wait_for(publisher.put(payload(n)), 10)
-    return publisher, metrics, task
+    return metrics, task
 
 
 def dropped(metrics: CollectorMetrics) -> float:
@@ -65,7 +69,7 @@ def dropped(metrics: CollectorMetrics) -> float:
 
 
 async def test_drop_newest_keeps_the_oldest_and_counts_every_drop(tmp_path: Path) -> None:
-    publisher, metrics, task = await run_full_spool(tmp_path, "drop_newest", 30)
+    metrics, task = await run_full_spool(tmp_path, "drop_newest", 30)
     try:
         await wait_for(lambda: dropped(metrics) + metrics.spooled._value.get() >= 30, 20, "all 30 handled")
         assert dropped(metrics) > 0 and metrics.spooled._value.get() + dropped(metrics) == 30
@@ -78,7 +82,7 @@ async def test_drop_newest_keeps_the_oldest_and_counts_every_drop(tmp_path: Path
 
 
 async def test_drop_oldest_keeps_the_newest_and_counts_every_drop(tmp_path: Path) -> None:
-    publisher, metrics, task = await run_full_spool(tmp_path, "drop_oldest", 30)
+    metrics, task = await run_full_spool(tmp_path, "drop_oldest", 30)
     try:
         await wait_for(lambda: metrics.spooled._value.get() == 30, 20, "all 30 spooled")
         kept = Spool(tmp_path, max_bytes=1100).read(100)
@@ -91,11 +95,7 @@ async def test_drop_oldest_keeps_the_newest_and_counts_every_drop(tmp_path: Path
 
 
 async def test_block_stops_taking_events_and_drops_nothing(tmp_path: Path) -> None:
-    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
-    metrics = CollectorMetrics(CollectorRegistry())
-    publisher = Publisher(client, "redis://down", "s", metrics, Readiness(), Spool(tmp_path, max_bytes=1100),
-                          "block", capacity=5, batch_max=2)
-    task = asyncio.create_task(publisher.run())
+    publisher, metrics, task = start_publisher(tmp_path, "block")
     puts = 0
     try:
         for n in range(40):
