@@ -1,7 +1,7 @@
 """Writer throughput: a stream pre-filled with realistic entries → one `writer run` → influxd (v1 API).
 
-Beside it, in the same run, influxd's own ceiling: the same points as pre-encoded, pre-compressed line
-protocol POSTed in the same batch size over one connection. Also the encoder alone on one core.
+Beside it, in the same run, influxd's own ceiling: the same points as pre-encoded line protocol, compressed
+as the writer compresses it, POSTed in the same batch size over one connection. Also the encoder alone on one core.
 Not a test: numbers on a shared machine vary.
 
     python benchmarks/writer_bench.py --entries 500000
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
 import json
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from homeiq_local.processes import ScriptProcess
 from homeiq_local.services import InfluxServer, RedisServer
 from homeiq_local.waiting import wait_for
 from homeiq_shared.events import decode_event
+from homeiq_writer.influx import gzip_body
 from homeiq_writer.lineprotocol import LineEncoder
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -52,19 +52,21 @@ def encoder_lines_per_s(entries: list[bytes]) -> tuple[float, float, list[bytes]
     return encode_only, len(entries) / (time.perf_counter() - started), lines
 
 
-async def ceiling(workdir: Path, lines: list[bytes]) -> float:
-    """Points/s a fresh influxd takes when the client does nothing but POST ready bodies."""
+async def ceiling(workdir: Path, lines: list[bytes]) -> tuple[float, float]:
+    """Points/s a fresh influxd takes when the client does nothing but POST ready bodies, and the mean
+    duration of one write."""
     influx = InfluxServer(workdir / "influxdb-ceiling", None).start()
     try:
         influx.create_database("ceiling")
-        bodies = [gzip.compress(b"\n".join(lines[i:i + BATCH]), 1) for i in range(0, len(lines), BATCH)]
+        bodies = [gzip_body(b"\n".join(lines[i:i + BATCH])) for i in range(0, len(lines), BATCH)]
         async with aiohttp.ClientSession() as session:
             started = time.perf_counter()
             for body in bodies:
                 async with session.post(f"{influx.url}/write", params={"db": "ceiling", "precision": "ns"},
                                         data=body, headers={"Content-Encoding": "gzip"}) as resp:
                     assert resp.status == 204, await resp.text()
-            return len(lines) / (time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            return len(lines) / elapsed, elapsed / len(bodies)
     finally:
         influx.stop()  # so its compactions do not slow the writer's run
 
@@ -72,7 +74,7 @@ async def ceiling(workdir: Path, lines: list[bytes]) -> float:
 async def main(count: int, workdir: Path) -> dict[str, object]:
     entries = payloads(count)
     encode_only, decode_encode, lines = encoder_lines_per_s(entries)
-    influx_ceiling = await ceiling(workdir, lines)
+    influx_ceiling, ceiling_write_s = await ceiling(workdir, lines)
     redis_server = RedisServer(workdir / "redis", None).start()
     influx = InfluxServer(workdir / "influxdb", None).start()
     client = aioredis.Redis.from_url(redis_server.url)
@@ -100,7 +102,9 @@ async def main(count: int, workdir: Path) -> dict[str, object]:
             return bool(group["entries-read"] == count and group["pending"] == 0)
 
         await wait_for(drained, 900, "the writer to ack every entry", interval_s=0.05)
-        writer_rate = count / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        writer_rate = count / elapsed
+        write_s = [writer.scrape(f"homeiq_write_duration_seconds_{part}") for part in ("sum", "count")]
         written = influx.count("writer")
     finally:
         if writer is not None:
@@ -112,6 +116,9 @@ async def main(count: int, workdir: Path) -> dict[str, object]:
         "entries": count, "batch": BATCH, "encoder_lines_per_s": round(encode_only),
         "decode_and_encode_lines_per_s": round(decode_encode), "influxd_ceiling_points_per_s": round(influx_ceiling),
         "writer_points_per_s": round(writer_rate), "writer_share_of_ceiling": round(writer_rate / influx_ceiling, 3),
+        "ceiling_mean_write_ms": round(ceiling_write_s * 1000, 1),
+        "writer_mean_write_ms": round(write_s[0] / write_s[1] * 1000, 1),
+        "writer_share_of_time_writing": round(write_s[0] / elapsed, 3),
         "points_in_influxdb": written, "mean_line_bytes": round(sum(map(len, lines)) / len(lines)),
     }
 

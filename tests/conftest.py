@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from homeiq_local.services import InfluxServer, RedisServer
+from homeiq_shared.stream import connect
 
 _databases = itertools.count(1)
 
@@ -32,8 +33,8 @@ def influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
 
 @pytest.fixture
 async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """A client of the private Redis, flushed before the test."""
-    client = aioredis.Redis.from_url(redis_server.url)
+    """A client of the private Redis as the services make it (stream reads unparsed), flushed before the test."""
+    client = connect(redis_server.url)
     await client.flushall()
     yield client
     await client.aclose()

@@ -15,7 +15,7 @@ from homeiq_local.services import InfluxServer, RedisServer, free_port
 from homeiq_replayer.cli import app
 from homeiq_replayer.reclaim import reclaim_pass
 from homeiq_shared.health import Readiness
-from homeiq_shared.stream import DEFAULT_NAMES
+from homeiq_shared.stream import DEFAULT_NAMES, connect
 from homeiq_writer.batch import BatchWriter
 from homeiq_writer.influx import V1Sink
 from homeiq_writer.metrics import WriterMetrics
@@ -151,7 +151,7 @@ def test_two_replayers_at_once_never_double_dead_letter_or_lose(
     leave_pending(sync_client(redis_server), "dead-writer", 2000)
 
     async def both() -> None:
-        client = aioredis.Redis.from_url(redis_server.url)
+        client = connect(redis_server.url)
         sinks = [V1Sink(influx.url, influx_db, "", "", "", 10) for _ in range(2)]
         try:
             writers = [BatchWriter(client, DEFAULT_NAMES, sink, WriterMetrics(CollectorRegistry()), Readiness(),

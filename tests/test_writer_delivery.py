@@ -10,7 +10,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from homeiq_local.services import InfluxServer, RedisServer
-from homeiq_shared.stream import DEFAULT_NAMES, StreamNames
+from homeiq_shared.stream import DEFAULT_NAMES, StreamNames, read_group
 from homeiq_writer.batch import BatchWriter
 from homeiq_writer.influx import V1Sink
 from tests.helpers import DelayProxy, Service, wait_for
@@ -31,11 +31,11 @@ async def test_the_same_entries_delivered_twice_leave_the_same_points(
     first = sorted(influx.points(influx_db), key=lambda p: (p["entity_id"], p["time"]))
     # A whole replay: a second group reads the stream from the start and writes it all again.
     await redis_client.xgroup_create(DEFAULT_NAMES.stream, "replay", id="0")
-    reply = await redis_client.xreadgroup("replay", "r1", {DEFAULT_NAMES.stream: ">"}, count=2000)
+    entries = await read_group(redis_client, StreamNames(group="replay"), "r1", b">", 2000)
     sink = V1Sink(influx.url, influx_db, "", "", "", 10)
     replay = BatchWriter(redis_client, StreamNames(group="replay"), sink, writer.metrics, writer.readiness, "r1")
     try:
-        assert await replay.write(await replay.prepare(list(reply[0][1])), asyncio.Event())
+        assert await replay.write(await replay.prepare(entries), asyncio.Event())
     finally:
         await sink.close()
     second = sorted(influx.points(influx_db), key=lambda p: (p["entity_id"], p["time"]))

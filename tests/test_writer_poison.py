@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from homeiq_local.services import InfluxServer
 from homeiq_shared.events import NormalisedEvent, State, encode_event
 from homeiq_shared.health import Readiness
-from homeiq_shared.stream import DEFAULT_NAMES, ensure_group
+from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, read_group
 from homeiq_writer.batch import BatchWriter
 from homeiq_writer.influx import V1Sink
 from homeiq_writer.metrics import WriterMetrics
@@ -40,8 +40,7 @@ async def test_poison_is_dead_lettered_and_good_neighbours_written(
         await redis_client.xadd(names.stream, {b"v": b"1", b"e": payload})
         if n in (10, 50, 90):
             await redis_client.xadd(names.stream, bad[("undecodable", "unknown_version", "rejected")[n // 40]])
-    reply = await redis_client.xreadgroup(names.group, "w1", {names.stream: ">"}, count=1000)
-    entries = [(eid, fields) for eid, fields in reply[0][1]]
+    entries = await read_group(redis_client, names, "w1", b">", 1000)
     metrics = WriterMetrics(CollectorRegistry())
     sink = V1Sink(influx.url, influx_db, "", "", "", 10)
     try:

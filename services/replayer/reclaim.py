@@ -10,8 +10,8 @@ import msgspec
 import redis.asyncio as aioredis
 
 from homeiq_shared.logs import Log
-from homeiq_shared.stream import StreamNames
-from homeiq_writer.batch import BatchWriter, Entry
+from homeiq_shared.stream import Entry, StreamNames, entries_of
+from homeiq_writer.batch import BatchWriter
 
 log = Log(__name__)
 
@@ -49,14 +49,14 @@ async def reclaim_pass(
     summary = PassSummary()
     cursor: Any = b"0-0"
     while not stop.is_set():
-        # Raw XAUTOCLAIM, never justid: its reply carries the cursor and (Redis >= 7) the deleted ids.
+        # Never justid: the reply carries the cursor, the entries and (Redis >= 7) the deleted ids.
         next_cursor, raw_entries, *rest = await client.execute_command(  # type: ignore[no-untyped-call]
             "XAUTOCLAIM", names.stream, names.group, consumer, min_idle_ms, cursor, "COUNT", count
         )
         deleted: list[bytes] = list(rest[0]) if rest else []
-        entries: list[Entry] = [(eid, _pairs(fields)) for eid, fields in raw_entries]
+        entries = entries_of(raw_entries)
         for entry_id in deleted:
-            await writer.dead_letter(entry_id, {}, "payload_trimmed", "pending entry deleted from the stream")
+            await writer.dead_letter(entry_id, [], "payload_trimmed", "pending entry deleted from the stream")
             writer.count_lost("deleted_while_pending")
         summary.lost += len(deleted)
         if entries:
@@ -87,11 +87,3 @@ async def reclaim_pass(
                  dead_lettered=summary.dead_lettered, lost=summary.lost, completed=summary.completed)
     return summary
 
-
-def _pairs(fields: dict[bytes, bytes] | list[bytes] | None) -> dict[bytes, bytes]:
-    """redis-py turns the field list into a dict; accept the raw list too."""
-    if not fields:
-        return {}
-    if isinstance(fields, dict):
-        return fields
-    return dict(zip(fields[::2], fields[1::2], strict=True))

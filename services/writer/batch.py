@@ -18,17 +18,15 @@ from homeiq_shared.stream import (
     DEAD_LETTER_SCRIPT,
     DEAD_ORIGINAL_ID,
     DEAD_REASON,
-    FIELD_EVENT,
-    FIELD_VERSION,
+    Entry,
     StreamNames,
+    payload_of,
 )
 from homeiq_writer.influx import InfluxSink, Outcome, WriteResult, compress
 from homeiq_writer.lineprotocol import encode_line
 from homeiq_writer.metrics import WriterMetrics
 
 log = Log(__name__)
-
-Entry = tuple[bytes, dict[bytes, bytes]]
 
 READY_INFLUX = "influxdb"
 
@@ -37,7 +35,7 @@ class Encoded(msgspec.Struct):
     """An entry ready to write: its id and fields, its line, and the event time for the latency metric."""
 
     entry_id: bytes
-    fields: dict[bytes, bytes]
+    fields: list[bytes]
     line: bytes
     time_ns: int
 
@@ -58,7 +56,7 @@ class Poison(msgspec.Struct):
     """An entry that can never be written, and why."""
 
     entry_id: bytes
-    fields: dict[bytes, bytes]
+    fields: list[bytes]
     reason: str
     detail: str
 
@@ -67,15 +65,19 @@ def encode_entries(entries: list[Entry]) -> tuple[list[Encoded], list[Poison]]:
     """Split entries into encoded lines and poison; a pure function of the entries."""
     good: list[Encoded] = []
     poison: list[Poison] = []
+    version_wanted = PAYLOAD_VERSION.encode()
     for entry_id, fields in entries:
-        version = fields.get(FIELD_VERSION)
-        if version != PAYLOAD_VERSION.encode():
+        version, payload = payload_of(fields)
+        if version != version_wanted:
             poison.append(Poison(entry_id, fields, "unknown_version", f"payload version {version!r}"))
             continue
+        if payload is None:
+            poison.append(Poison(entry_id, fields, "undecodable", "no event field `e`"))
+            continue
         try:
-            event = decode_event(fields[FIELD_EVENT])
+            event = decode_event(payload)
             line = encode_line(event).encode()
-        except (KeyError, msgspec.DecodeError, msgspec.ValidationError, UnicodeError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError) as exc:
             poison.append(Poison(entry_id, fields, "undecodable", f"{type(exc).__name__}: {exc}"[:300]))
             continue
         good.append(Encoded(entry_id, fields, line, event.time_ns))
@@ -113,7 +115,7 @@ class BatchWriter:
         if lost:
             entries = [(eid, f) for eid, f in entries if f]
             for eid, _ in lost:
-                await self.dead_letter(eid, {}, "payload_trimmed", "entry pending but its payload was trimmed")
+                await self.dead_letter(eid, [], "payload_trimmed", "entry pending but its payload was trimmed")
                 self.count_lost("payload_trimmed")
         good, poison = encode_entries(entries)
         for bad in poison:
@@ -185,18 +187,13 @@ class BatchWriter:
         self._metrics.lost.labels(reason).inc()
 
     async def dead_letter(
-        self, entry_id: bytes, fields: dict[bytes, bytes], reason: str, detail: str
+        self, entry_id: bytes, fields: list[bytes], reason: str, detail: str
     ) -> None:
         """Ack the entry and copy it to the dead-letter stream with its reason, atomically (once only)."""
-        dead: dict[bytes, bytes] = {
-            **fields,
-            DEAD_REASON: reason.encode(),
-            DEAD_DETAIL: detail.encode(),
-            DEAD_ORIGINAL_ID: entry_id,
-            b"consumer": self._consumer.encode(),
-        }
+        dead = [*fields, DEAD_REASON, reason.encode(), DEAD_DETAIL, detail.encode(), DEAD_ORIGINAL_ID, entry_id,
+                b"consumer", self._consumer.encode()]
         force = b"1" if reason == "payload_trimmed" else b"0"
-        args = [self._names.group.encode(), entry_id, force, *(x for pair in dead.items() for x in pair)]
+        args = [self._names.group.encode(), entry_id, force, *dead]
         done = await asyncio.shield(self._dead_letter(keys=[self._names.stream, self._names.dead], args=args))
         if not done:
             log.info("already_handled", entry_id=entry_id.decode(), reason=reason)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import enum
-import gzip
 import re
 from collections.abc import Mapping
 from typing import Protocol
@@ -15,6 +14,7 @@ import msgspec
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
+from isal import igzip
 
 from homeiq_shared.settings import redact_url
 
@@ -60,9 +60,14 @@ def _retry_after_s(value: str | None) -> float | None:
         return None  # an HTTP-date: fall back to our own backoff
 
 
+def gzip_body(body: bytes) -> bytes:
+    """gzip level 1 through ISA-L: the same ratio as zlib's level 1 at about four times the speed."""
+    return igzip.compress(body, 1)
+
+
 async def compress(body: bytes) -> bytes:
-    """gzip level 1 in a thread: zlib releases the GIL, so it overlaps with the event loop's work."""
-    return await asyncio.to_thread(gzip.compress, body, 1)
+    """gzip_body in a thread: ISA-L releases the GIL, so it overlaps with the event loop's work."""
+    return await asyncio.to_thread(gzip_body, body)
 
 
 class InfluxSink(Protocol):

@@ -55,15 +55,16 @@ def _tag(value: str) -> str:
     return value.translate(_TAG_ESCAPES)
 
 
-def _str(value: str) -> str:
-    """A string field value: double-quoted, with backslashes and quotes escaped."""
+def _escape(value: str) -> str:
+    """The inside of a string field value: backslashes and double quotes escaped."""
     if "\\" in value or '"' in value:
-        value = value.replace("\\", "\\\\").replace('"', '\\"')
-    return '"' + value + '"'
+        return value.replace("\\", "\\\\").replace('"', '\\"')
+    return value
 
 
-def _raw_json(raw: bytes) -> str:
-    return _str(raw.decode())
+def _str(value: str) -> str:
+    """A string field value, double-quoted."""
+    return '"' + _escape(value) + '"'
 
 
 def _tags(event: NormalisedEvent) -> str:
@@ -94,48 +95,70 @@ def _entity_fields(enrich: Enrichment) -> str:
     return "".join(f",{key}={_str(value)}" for key, value in strings if value is not None)
 
 
+def _attributes_field(raw: bytes) -> str:
+    return "" if raw == _EMPTY_OBJECT else "attributes=" + _str(raw.decode())
+
+
+_SOURCE_FIELDS: Final = {source: "source=" + _str(source) for source in ("live", "backfill", "snapshot")}
+
+
+class _Entity:
+    """The parts of a line that stay the same while an entity's registry facts and attributes do."""
+
+    __slots__ = ("attributes", "attributes_field", "enrichment", "event_type", "fields", "head")
+
+    def __init__(self, event: NormalisedEvent) -> None:
+        self.event_type = event.event_type
+        self.enrichment = event.enrichment
+        self.head = _tags(event) + " "
+        self.fields = _entity_fields(event.enrichment)
+        self.attributes = _EMPTY_OBJECT
+        self.attributes_field = ""
+
+
 class LineEncoder:
-    """Encodes events to lines; keeps the per-entity parts of recent entities."""
+    """Encodes events to lines; keeps the per-entity parts of recent entities (most events of an entity
+    differ from its last one only in states, times and context)."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[str | None, str, Enrichment], tuple[str, str]] = {}
+        self._cache: dict[str | None, _Entity] = {}
 
     def encode(self, event: NormalisedEvent) -> str:
         """One line of line protocol for `event` (no trailing newline)."""
-        key = (event.entity_id, event.event_type, event.enrichment)
-        cached = self._cache.get(key)
-        if cached is None:
+        entity = self._cache.get(event.entity_id)
+        if entity is None or entity.event_type != event.event_type or entity.enrichment != event.enrichment:
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.clear()
-            cached = self._cache[key] = (_tags(event) + " ", _entity_fields(event.enrichment))
-        head, entity_fields = cached
+            entity = self._cache[event.entity_id] = _Entity(event)
         new, old = event.new_state, event.old_state
         fields: list[str] = []
         if new is not None:
-            fields.append("state_value=" + _str(new.state))
+            fields.append('state_value="' + _escape(new.state) + '"')
             number = numeric_value(new.state)
             if number is not None:
                 fields.append(f"value={number!r}")
         if old is not None:
-            fields.append("previous_state=" + _str(old.state))
+            fields.append('previous_state="' + _escape(old.state) + '"')
             if new is not None and old.last_changed_ns:
                 fields.append(f"duration_in_state_seconds={(new.last_updated_ns - old.last_changed_ns) / 1e9!r}")
         shown = new if new is not None else old
         if shown is not None:
             attributes = bytes(shown.attributes)
-            if attributes != _EMPTY_OBJECT:
-                fields.append("attributes=" + _raw_json(attributes))
+            if attributes != entity.attributes:
+                entity.attributes, entity.attributes_field = attributes, _attributes_field(attributes)
+            if entity.attributes_field:
+                fields.append(entity.attributes_field)
         if event.data != NO_DATA:
-            fields.append("event_data=" + _raw_json(bytes(event.data)))
+            fields.append("event_data=" + _str(bytes(event.data).decode()))
         context = event.context
         if context.id is not None:
-            fields.append("context_id=" + _str(context.id))
+            fields.append('context_id="' + _escape(context.id) + '"')
         if context.parent_id is not None:
-            fields.append("context_parent_id=" + _str(context.parent_id))
+            fields.append('context_parent_id="' + _escape(context.parent_id) + '"')
         if context.user_id is not None:
-            fields.append("context_user_id=" + _str(context.user_id))
-        fields.append("source=" + _str(event.source) + entity_fields)
-        return head + ",".join(fields) + f" {event.time_ns}"
+            fields.append('context_user_id="' + _escape(context.user_id) + '"')
+        fields.append(_SOURCE_FIELDS.get(event.source) or "source=" + _str(event.source))
+        return entity.head + ",".join(fields) + entity.fields + " " + str(event.time_ns)
 
 
 _default = LineEncoder()

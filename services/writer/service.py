@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
@@ -15,8 +14,8 @@ from homeiq_shared.backoff import Backoff
 from homeiq_shared.health import HealthServer, Readiness
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
-from homeiq_shared.stream import connect, describe_redis_error, ensure_group
-from homeiq_writer.batch import READY_INFLUX, Batch, BatchWriter, Entry
+from homeiq_shared.stream import Entry, connect, describe_redis_error, ensure_group, read_group
+from homeiq_writer.batch import READY_INFLUX, Batch, BatchWriter
 from homeiq_writer.metrics import WriterMetrics
 from homeiq_writer.settings import WriterSettings
 
@@ -107,12 +106,6 @@ class Writer:
         return entries, await self.batches.prepare(entries)
 
     async def _read(self, cursor: bytes) -> list[Entry]:
-        names = self.settings.names
-        block = None if cursor != b">" else self.settings.block_ms
-        reply: Any = await self.redis.xreadgroup(
-            names.group, self.settings.consumer, {names.stream: cursor},
-            count=self.settings.batch_size, block=block,
-        )
-        if not reply:
-            return []
-        return [(entry_id, fields or {}) for entry_id, fields in reply[0][1]]
+        settings = self.settings
+        block_ms = settings.block_ms if cursor == b">" else None
+        return await read_group(self.redis, settings.names, settings.consumer, cursor, settings.batch_size, block_ms)
