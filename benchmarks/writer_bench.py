@@ -1,10 +1,16 @@
 """Writer throughput: a stream pre-filled with realistic entries → one `writer run` → influxd (v1 API).
 
-Beside it, in the same run, influxd's own ceiling: the same points as pre-encoded line protocol, compressed
-as the writer compresses it, POSTed in the same batch size over one connection. Also the encoder alone on one core.
-Not a test: numbers on a shared machine vary.
+Beside it, influxd's own ceiling: the same points as pre-encoded line protocol, compressed as the writer
+compresses it, POSTed in the same batch size over one connection to a fresh influxd. On a shared machine
+one measurement varies by ±15%, so the ceiling and the writer are measured in alternating rounds (a fresh
+influxd each time; each writer round reads the whole stream through a consumer group of its own) and the
+medians are compared. Also the encoder alone on one core. Not a test: it prints numbers.
 
-    python benchmarks/writer_bench.py --entries 500000
+With --isolate-influxd, influxd runs on CPU 0 and everything else on the other CPUs, in the ceiling and
+the writer rounds alike: what is left of the gap is then the writer's own, not the CPU it takes from
+influxd on a small machine.
+
+    python benchmarks/writer_bench.py --entries 500000 [--rounds 3] [--isolate-influxd]
 """
 
 from __future__ import annotations
@@ -12,6 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from workload import payloads
 
 BATCH = 5000
+STREAM = "homeiq:events"
 FILL = """
 for i = 1, #ARGV do
   redis.call('XADD', KEYS[1], '*', 'v', '1', 'e', ARGV[i])
@@ -52,13 +63,23 @@ def encoder_lines_per_s(entries: list[bytes]) -> tuple[float, float, list[bytes]
     return encode_only, len(entries) / (time.perf_counter() - started), lines
 
 
-async def ceiling(workdir: Path, lines: list[bytes]) -> tuple[float, float]:
-    """Points/s a fresh influxd takes when the client does nothing but POST ready bodies, and the mean
-    duration of one write."""
-    influx = InfluxServer(workdir / "influxdb-ceiling", None).start()
+def start_influxd(workdir: Path, isolate: bool) -> InfluxServer:
+    influx = InfluxServer(workdir, None).start()
+    if isolate and influx.process is not None:  # every thread of it, not just the main one
+        subprocess.run(["taskset", "-a", "-cp", "0", str(influx.process.pid)], check=True, capture_output=True)
+    return influx
+
+
+def stop_influxd(influx: InfluxServer) -> None:
+    influx.stop()  # so its compactions do not slow the next round
+    shutil.rmtree(influx.workdir, ignore_errors=True)
+
+
+async def ceiling(workdir: Path, bodies: list[bytes], points: int, isolate: bool) -> dict[str, float]:
+    """Points/s a fresh influxd takes when the client does nothing but POST ready bodies."""
+    influx = start_influxd(workdir, isolate)
     try:
         influx.create_database("ceiling")
-        bodies = [gzip_body(b"\n".join(lines[i:i + BATCH])) for i in range(0, len(lines), BATCH)]
         async with aiohttp.ClientSession() as session:
             started = time.perf_counter()
             for body in bodies:
@@ -66,66 +87,101 @@ async def ceiling(workdir: Path, lines: list[bytes]) -> tuple[float, float]:
                                         data=body, headers={"Content-Encoding": "gzip"}) as resp:
                     assert resp.status == 204, await resp.text()
             elapsed = time.perf_counter() - started
-            return len(lines) / elapsed, elapsed / len(bodies)
     finally:
-        influx.stop()  # so its compactions do not slow the writer's run
+        stop_influxd(influx)
+    return {"points_per_s": points / elapsed, "mean_write_ms": elapsed / len(bodies) * 1000}
 
 
-async def main(count: int, workdir: Path) -> dict[str, object]:
-    entries = payloads(count)
-    encode_only, decode_encode, lines = encoder_lines_per_s(entries)
-    influx_ceiling, ceiling_write_s = await ceiling(workdir, lines)
-    redis_server = RedisServer(workdir / "redis", None).start()
-    influx = InfluxServer(workdir / "influxdb", None).start()
+async def writer_round(workdir: Path, redis_server: RedisServer, group: str, count: int,
+                       isolate: bool) -> dict[str, float]:
+    """Points/s of one `writer run` reading the whole stream through a new group into a fresh influxd."""
+    influx = start_influxd(workdir / "influxdb", isolate)
     client = aioredis.Redis.from_url(redis_server.url)
     writer = None
     try:
-        fill = client.register_script(FILL)
-        for first in range(0, len(entries), 2000):
-            await fill(keys=["homeiq:events"], args=entries[first:first + 2000])
-        await client.xgroup_create("homeiq:events", "writers", id="0")
+        await client.xgroup_create(STREAM, group, id="0")
         influx.create_database("writer")
         env = {"REDIS_URL": redis_server.url, "INFLUXDB_URL": influx.url, "INFLUXDB_API": "v1",
-               "INFLUXDB_BUCKET": "writer", "WRITER_CONSUMER": "bench", "LOG_FORMAT": "json",
-               "METRICS_HOST": "127.0.0.1"}
+               "INFLUXDB_BUCKET": "writer", "STREAM_GROUP": group, "WRITER_CONSUMER": "bench",
+               "LOG_FORMAT": "json", "METRICS_HOST": "127.0.0.1"}
         writer = ScriptProcess("writer", env, workdir / "writer.log")
 
+        async def group_info() -> dict[str, int]:
+            groups = await client.xinfo_groups(STREAM)
+            return next(g for g in groups if g["name"] == group.encode())
+
         async def reading() -> bool:
-            return bool((await client.xinfo_groups("homeiq:events"))[0]["entries-read"])
+            return bool((await group_info())["entries-read"])
 
         # The clock starts at the writer's first read: its process start-up is not write throughput.
         await wait_for(reading, 60, "the writer's first read", interval_s=0.005)
         started = time.perf_counter()
 
         async def drained() -> bool:
-            group = (await client.xinfo_groups("homeiq:events"))[0]
-            return bool(group["entries-read"] == count and group["pending"] == 0)
+            info = await group_info()
+            return bool(info["entries-read"] == count and info["pending"] == 0)
 
         await wait_for(drained, 900, "the writer to ack every entry", interval_s=0.05)
         elapsed = time.perf_counter() - started
-        writer_rate = count / elapsed
-        write_s = [writer.scrape(f"homeiq_write_duration_seconds_{part}") for part in ("sum", "count")]
+        write_sum, write_count = (writer.scrape(f"homeiq_write_duration_seconds_{part}") for part in ("sum", "count"))
         written = influx.count("writer")
+        assert written == count, f"{written} points in influxd, {count} entries in the stream"
     finally:
         if writer is not None:
             writer.terminate()
         await client.aclose()
-        influx.stop()
+        stop_influxd(influx)
+    return {"points_per_s": count / elapsed, "mean_write_ms": write_sum / write_count * 1000,
+            "share_of_time_writing": write_sum / elapsed}
+
+
+async def main(count: int, rounds: int, isolate: bool, workdir: Path) -> dict[str, object]:
+    if isolate:  # we, Redis and the writer on every CPU but 0; influxd is moved to CPU 0
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - {0})
+    entries = payloads(count)
+    encode_only, decode_encode, lines = encoder_lines_per_s(entries)
+    bodies = [gzip_body(b"\n".join(lines[i:i + BATCH])) for i in range(0, len(lines), BATCH)]
+    redis_server = RedisServer(workdir / "redis", None).start()
+    try:
+        client = aioredis.Redis.from_url(redis_server.url)
+        fill = client.register_script(FILL)
+        for first in range(0, len(entries), 2000):
+            await fill(keys=[STREAM], args=entries[first:first + 2000])
+        await client.aclose()
+        os.sync()  # the fill's writes are not the writer's to wait for
+        ceilings, writers = [], []
+        for n in range(rounds):
+            ceilings.append(await ceiling(workdir / f"ceiling-{n}", bodies, count, isolate))
+            writers.append(await writer_round(workdir / f"writer-{n}", redis_server, f"writers-{n}", count, isolate))
+            print(json.dumps({"round": n, "ceiling": ceilings[-1], "writer": writers[-1]}), file=sys.stderr)
+    finally:
         redis_server.stop()
+
+    def median(runs: list[dict[str, float]], key: str) -> float:
+        return statistics.median(run[key] for run in runs)
+
+    ceiling_rate, writer_rate = median(ceilings, "points_per_s"), median(writers, "points_per_s")
     return {
-        "entries": count, "batch": BATCH, "encoder_lines_per_s": round(encode_only),
-        "decode_and_encode_lines_per_s": round(decode_encode), "influxd_ceiling_points_per_s": round(influx_ceiling),
-        "writer_points_per_s": round(writer_rate), "writer_share_of_ceiling": round(writer_rate / influx_ceiling, 3),
-        "ceiling_mean_write_ms": round(ceiling_write_s * 1000, 1),
-        "writer_mean_write_ms": round(write_s[0] / write_s[1] * 1000, 1),
-        "writer_share_of_time_writing": round(write_s[0] / elapsed, 3),
-        "points_in_influxdb": written, "mean_line_bytes": round(sum(map(len, lines)) / len(lines)),
+        "entries": count, "batch": BATCH, "rounds": rounds, "isolate_influxd": isolate,
+        "mean_line_bytes": round(sum(map(len, lines)) / len(lines)),
+        "encoder_lines_per_s": round(encode_only), "decode_and_encode_lines_per_s": round(decode_encode),
+        "influxd_ceiling_points_per_s": round(ceiling_rate), "writer_points_per_s": round(writer_rate),
+        "writer_share_of_ceiling": round(writer_rate / ceiling_rate, 3),
+        "share_per_round": [round(w["points_per_s"] / c["points_per_s"], 3)
+                            for c, w in zip(ceilings, writers, strict=True)],
+        "ceiling_mean_write_ms": round(median(ceilings, "mean_write_ms"), 1),
+        "writer_mean_write_ms": round(median(writers, "mean_write_ms"), 1),
+        "writer_share_of_time_writing": round(median(writers, "share_of_time_writing"), 3),
     }
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", type=int, default=500_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--isolate-influxd", action="store_true")
     args = parser.parse_args()
+    if args.isolate_influxd and len(os.sched_getaffinity(0)) < 2:
+        parser.error("--isolate-influxd needs at least two CPUs")
     with tempfile.TemporaryDirectory(prefix="homeiq-bench-") as tmp:
-        print(json.dumps(asyncio.run(main(args.entries, Path(tmp))), indent=2))
+        print(json.dumps(asyncio.run(main(args.entries, args.rounds, args.isolate_influxd, Path(tmp))), indent=2))

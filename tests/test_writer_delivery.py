@@ -35,7 +35,7 @@ async def test_the_same_entries_delivered_twice_leave_the_same_points(
     sink = V1Sink(influx.url, influx_db, "", "", "", 10)
     replay = BatchWriter(redis_client, StreamNames(group="replay"), sink, writer.metrics, writer.readiness, "r1")
     try:
-        assert await replay.write(await replay.prepare(entries), asyncio.Event())
+        assert await replay.process(entries, asyncio.Event())
     finally:
         await sink.close()
     second = sorted(influx.points(influx_db), key=lambda p: (p["entity_id"], p["time"]))

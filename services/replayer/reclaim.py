@@ -69,7 +69,9 @@ async def reclaim_pass(
             summary.dead_lettered += len(poison)
             writable = [(eid, f) for eid, f in entries if deliveries.get(eid, 0) <= max_deliveries]
             written_before, dead_before = writer.totals()
-            if not await writer.write(await writer.prepare(writable), stop):
+            completed = await writer.write(await writer.prepare(writable), stop)
+            await writer.acked()
+            if not completed:
                 summary.completed = False
                 break
             written_after, dead_after = writer.totals()

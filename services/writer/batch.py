@@ -102,11 +102,14 @@ class BatchWriter:
         self._backoff = backoff or Backoff(base_s=0.5, cap_s=30.0, reset_after_s=30.0)
         self.healthy = True  # the last answer was 2xx (or a rejection): safe to read ahead
         self._dead_letter = client.register_script(DEAD_LETTER_SCRIPT)
+        self._acking: asyncio.Task[None] | None = None
         self.written = self.dead_lettered = 0
 
     async def process(self, entries: list[Entry], stop: asyncio.Event) -> bool:
         """Write and ack `entries`; False when `stop` interrupted retries (the rest stays pending)."""
-        return await self.write(await self.prepare(entries), stop)
+        done = await self.write(await self.prepare(entries), stop)
+        await self.acked()
+        return done
 
     async def prepare(self, entries: list[Entry]) -> Batch:
         """Dead-letter what can never be written (trimmed, undecodable); encode and compress the rest."""
@@ -126,14 +129,19 @@ class BatchWriter:
         return batch
 
     async def write(self, batch: Batch, stop: asyncio.Event) -> bool:
-        """Write and ack an encoded batch, bisecting what InfluxDB rejects; False when `stop` cut retries."""
+        """Write and ack an encoded batch, bisecting what InfluxDB rejects; False when `stop` cut retries.
+
+        Returns once InfluxDB has the points; their ack may still be on its way, so that the next write
+        starts at once. `acked()` waits for it; every caller awaits it before it reports or stops."""
         while batch:
             result = await self._send(batch)
             self.healthy = result.outcome in (Outcome.OK, Outcome.BAD_DATA)
             if result.outcome is Outcome.OK:
                 self._readiness.ok(READY_INFLUX)
                 self._backoff.reset()
-                await self._ack(batch)
+                previous, self._acking = self._acking, asyncio.create_task(self._ack(batch), name="ack")
+                if previous is not None:  # one earlier ack on its way at most
+                    await asyncio.shield(previous)
                 return True
             if result.outcome is Outcome.BAD_DATA:
                 self._readiness.ok(READY_INFLUX)
@@ -168,10 +176,15 @@ class BatchWriter:
         self._metrics.batches.labels(result.outcome.value).inc()
         return result
 
+    async def acked(self) -> None:
+        """Wait for the ack of the last written batch; raises what the ack raised (a RedisError)."""
+        acking, self._acking = self._acking, None
+        if acking is not None:
+            await asyncio.shield(acking)  # a cancelled caller must not cut an ack: InfluxDB has the points
+
     async def _ack(self, batch: Batch) -> None:
-        # Shielded: once InfluxDB has the points, the ack must not be half-done by a cancellation.
         ids = [item.entry_id for item in batch.items]
-        await asyncio.shield(self._redis.xack(self._names.stream, self._names.group, *ids))
+        await self._redis.xack(self._names.stream, self._names.group, *ids)
         self._metrics.points_written.inc(len(batch))
         self.written += len(batch)
         now_ns = time.time_ns()

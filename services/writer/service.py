@@ -100,6 +100,10 @@ class Writer:
                 ahead.cancel()
                 with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
                     await ahead
+            try:
+                await self.batches.acked()
+            except (RedisError, OSError) as exc:  # written but not acked: ours to re-read (and rewrite) at start
+                log.warning("ack_failed", error=describe_redis_error(self.settings.redis_url, exc))
 
     async def _read_and_prepare(self, cursor: bytes) -> tuple[list[Entry], Batch]:
         entries = await self._read(cursor)
