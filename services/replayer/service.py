@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter
@@ -74,33 +75,47 @@ class Replayer:
         self.health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Reclaim every `interval_s` until `stop`."""
+        """Reclaim, and refresh the stream gauges, every `interval_s` until `stop`. Two loops: the gauges
+        alerts read stay fresh while a reclaimed batch waits for InfluxDB."""
         await self.health.start()
         s = self.settings
         log.info("replayer_started", consumer=s.consumer, min_idle_ms=s.min_idle_ms, interval_s=s.interval_s)
-        backoff = Backoff(base_s=0.5, cap_s=15.0, reset_after_s=30.0)
         try:
-            while not stop.is_set():
-                try:
-                    await ensure_group(self.redis, s.names)
-                    summary = await reclaim_pass(self.redis, s.names, s.consumer, self.batches, s.min_idle_ms,
-                                                 s.count, stop, s.max_deliveries)
-                    self.reclaimed.inc(summary.reclaimed)
-                    if s.trim:
-                        await trim(self.redis, s.names)
-                    await prune_consumers(self.redis, s.names, s.prune_idle_s)
-                    await self.stream_metrics.refresh(self.redis, s.names)
-                    self.readiness.ok(READY_REDIS)
-                    backoff.reset()
-                    delay_s = s.interval_s
-                except (RedisError, OSError) as exc:
-                    message = describe_redis_error(s.redis_url, exc)
-                    self.readiness.fail(READY_REDIS, message)
-                    delay_s = backoff.next_delay_s()
-                    log.warning("redis_unavailable", error=message, retry_in_s=round(delay_s, 2))
-                await wait_or_stop(stop, delay_s)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._repeat(stop, "reclaim", self._reclaim))
+                tasks.create_task(self._repeat(stop, "stream_metrics", self._refresh_stream_metrics))
         finally:
             await self.sink.close()
             await self.redis.aclose()
             await self.health.stop()
             log.info("replayer_stopped")
+
+    async def _reclaim(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        await ensure_group(self.redis, s.names)
+        summary = await reclaim_pass(self.redis, s.names, s.consumer, self.batches, s.min_idle_ms, s.count, stop,
+                                     s.max_deliveries)
+        self.reclaimed.inc(summary.reclaimed)
+        if s.trim:
+            await trim(self.redis, s.names)
+        await prune_consumers(self.redis, s.names, s.prune_idle_s)
+
+    async def _refresh_stream_metrics(self, _stop: asyncio.Event) -> None:
+        await self.stream_metrics.refresh(self.redis, self.settings.names)
+
+    async def _repeat(self, stop: asyncio.Event, task: str,
+                      action: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+        """`action` every `interval_s` until `stop`; while Redis fails, not ready and back off."""
+        backoff = Backoff(base_s=0.5, cap_s=15.0, reset_after_s=30.0)
+        while not stop.is_set():
+            try:
+                await action(stop)
+                self.readiness.ok(READY_REDIS)
+                backoff.reset()
+                delay_s = self.settings.interval_s
+            except (RedisError, OSError) as exc:
+                message = describe_redis_error(self.settings.redis_url, exc)
+                self.readiness.fail(READY_REDIS, message)
+                delay_s = backoff.next_delay_s()
+                log.warning("redis_unavailable", task=task, error=message, retry_in_s=round(delay_s, 2))
+            await wait_or_stop(stop, delay_s)
