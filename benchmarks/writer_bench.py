@@ -63,6 +63,12 @@ def encoder_lines_per_s(entries: list[bytes]) -> tuple[float, float, list[bytes]
     return encode_only, len(entries) / (time.perf_counter() - started), lines
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_influxd(workdir: Path, isolate: bool) -> InfluxServer:
     influx = InfluxServer(workdir, None).start()
     if isolate and influx.process is not None:  # every thread of it, not just the main one
@@ -80,16 +86,18 @@ async def ceiling(workdir: Path, bodies: list[bytes], points: int, isolate: bool
     influx = start_influxd(workdir, isolate)
     try:
         influx.create_database("ceiling")
+        pid = influx.process.pid if influx.process is not None else 0
         async with aiohttp.ClientSession() as session:
-            started = time.perf_counter()
+            started, influx_cpu = time.perf_counter(), cpu_s(pid)
             for body in bodies:
                 async with session.post(f"{influx.url}/write", params={"db": "ceiling", "precision": "ns"},
                                         data=body, headers={"Content-Encoding": "gzip"}) as resp:
                     assert resp.status == 204, await resp.text()
-            elapsed = time.perf_counter() - started
+            elapsed, influx_cpu = time.perf_counter() - started, cpu_s(pid) - influx_cpu
     finally:
         stop_influxd(influx)
-    return {"points_per_s": points / elapsed, "mean_write_ms": elapsed / len(bodies) * 1000}
+    return {"points_per_s": points / elapsed, "mean_write_ms": elapsed / len(bodies) * 1000,
+            "influxd_cores": influx_cpu / elapsed}
 
 
 async def writer_round(workdir: Path, redis_server: RedisServer, group: str, count: int,
@@ -116,6 +124,8 @@ async def writer_round(workdir: Path, redis_server: RedisServer, group: str, cou
         # The clock starts at the writer's first read: its process start-up is not write throughput.
         await wait_for(reading, 60, "the writer's first read", interval_s=0.005)
         started = time.perf_counter()
+        pids = {"influxd": influx.process, "redis": redis_server.process, "writer": writer.process}
+        cpu_before = {name: cpu_s(process.pid) for name, process in pids.items() if process is not None}
 
         async def drained() -> bool:
             info = await group_info()
@@ -123,6 +133,7 @@ async def writer_round(workdir: Path, redis_server: RedisServer, group: str, cou
 
         await wait_for(drained, 900, "the writer to ack every entry", interval_s=0.05)
         elapsed = time.perf_counter() - started
+        cpu = {name: cpu_s(process.pid) - cpu_before[name] for name, process in pids.items() if process is not None}
         write_sum, write_count = (writer.scrape(f"homeiq_write_duration_seconds_{part}") for part in ("sum", "count"))
         written = influx.count("writer")
         assert written == count, f"{written} points in influxd, {count} entries in the stream"
@@ -132,7 +143,9 @@ async def writer_round(workdir: Path, redis_server: RedisServer, group: str, cou
         await client.aclose()
         stop_influxd(influx)
     return {"points_per_s": count / elapsed, "mean_write_ms": write_sum / write_count * 1000,
-            "share_of_time_writing": write_sum / elapsed}
+            "share_of_time_writing": write_sum / elapsed, "influxd_cores": cpu["influxd"] / elapsed,
+            "writer_cpu_us_per_point": cpu["writer"] / count * 1e6,
+            "redis_cpu_us_per_point": cpu["redis"] / count * 1e6}
 
 
 async def main(count: int, rounds: int, isolate: bool, workdir: Path) -> dict[str, object]:
@@ -172,6 +185,10 @@ async def main(count: int, rounds: int, isolate: bool, workdir: Path) -> dict[st
         "ceiling_mean_write_ms": round(median(ceilings, "mean_write_ms"), 1),
         "writer_mean_write_ms": round(median(writers, "mean_write_ms"), 1),
         "writer_share_of_time_writing": round(median(writers, "share_of_time_writing"), 3),
+        "ceiling_influxd_cores": round(median(ceilings, "influxd_cores"), 2),
+        "writer_run_influxd_cores": round(median(writers, "influxd_cores"), 2),
+        "writer_cpu_us_per_point": round(median(writers, "writer_cpu_us_per_point"), 1),
+        "redis_cpu_us_per_point": round(median(writers, "redis_cpu_us_per_point"), 1),
     }
 
 
