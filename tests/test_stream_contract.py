@@ -1,0 +1,36 @@
+"""Reading entries as Redis sends them: field lists in any order, trimmed entries, the RESP3 reply."""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as aioredis
+
+from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, entries_of, payload_of, read_group
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    ([b"v", b"1", b"e", b"{}"], (b"1", b"{}")),  # as the collector adds them
+    ([b"e", b"{}", b"v", b"1"], (b"1", b"{}")),
+    ([b"v", b"2", b"x", b"y", b"e", b"{}"], (b"2", b"{}")),
+    ([b"e", b"{}"], (None, b"{}")),
+    ([b"v", b"1"], (b"1", None)),
+    ([], (None, None)),
+])
+def test_payload_of_finds_version_and_event_wherever_they_are(
+    fields: list[bytes], expected: tuple[bytes | None, bytes | None]
+) -> None:
+    assert payload_of(fields) == expected
+
+
+def test_a_trimmed_entry_has_no_fields() -> None:
+    assert entries_of([[b"1-0", [b"v", b"1"]], [b"2-0", None]]) == [(b"1-0", [b"v", b"1"]), (b"2-0", [])]
+    assert entries_of(None) == []
+
+
+async def test_read_group_returns_ids_and_field_lists_in_stream_order(redis_client: aioredis.Redis) -> None:
+    await ensure_group(redis_client, DEFAULT_NAMES)
+    ids = [await redis_client.xadd(DEFAULT_NAMES.stream, {b"v": b"1", b"e": str(n).encode()}) for n in range(3)]
+    entries = await read_group(redis_client, DEFAULT_NAMES, "w1", b">", 10)
+    assert entries == [(entry_id, [b"v", b"1", b"e", str(n).encode()]) for n, entry_id in enumerate(ids)]
+    assert await read_group(redis_client, DEFAULT_NAMES, "w1", b">", 10, block_ms=10) == []
+    assert [e[0] for e in await read_group(redis_client, DEFAULT_NAMES, "w1", b"0", 10)] == ids  # own pending
