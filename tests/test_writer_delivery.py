@@ -10,7 +10,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from homeiq_local.services import InfluxServer, RedisServer
-from homeiq_shared.stream import DEFAULT_NAMES, StreamNames, read_group
+from homeiq_shared.stream import DEFAULT_NAMES, StreamNames, connect, read_group
 from homeiq_writer.batch import BatchWriter
 from homeiq_writer.influx import V1Sink
 from tests.helpers import DelayProxy, Service, wait_for
@@ -80,6 +80,34 @@ async def test_a_restarted_writer_takes_its_own_pending_entries_first(
         await wait_for(lambda: metric(writer, "homeiq_points_written_total") == 300, 30, "all 300")
     assert (await group_state(redis_client))["pending"] == 0
     assert influx.count(influx_db) == 300
+
+
+async def test_a_redis_outage_mid_stream_loses_nothing_and_needs_no_replayer(
+    redis_client: aioredis.Redis, redis_server: RedisServer, influx: InfluxServer, influx_db: str
+) -> None:
+    await fill(redis_client, [state_payload(n) for n in range(3000)])
+    proxy = DelayProxy(influx.port, delay_s=0.3)  # slow writes: Redis goes away with a batch in flight
+    settings = writer_settings(redis_server.url, f"http://127.0.0.1:{await proxy.start()}", influx_db,
+                               batch_size=500)
+    try:
+        async with running_writer(settings) as writer:
+            await wait_for(lambda: metric(writer, "homeiq_points_written_total") >= 500, 20, "the first batch")
+            await asyncio.to_thread(redis_server.stop)
+            await wait_for(lambda: "Redis" in (writer.readiness.reason or ""), 20, "readiness naming Redis")
+            await asyncio.to_thread(redis_server.start)  # same data directory: the AOF brings the stream back
+            await wait_for(lambda: influx.count(influx_db) == 3000, 60, "every point")
+            client = connect(redis_server.url)
+            try:
+                async def drained() -> bool:
+                    return (await group_state(client))["pending"] == 0
+
+                # Entries whose ack the outage cut are re-read from the writer's own pending list at once.
+                await wait_for(drained, 30, "every ack, without a replayer")
+                assert (await group_state(client))["read"] == 3000
+            finally:
+                await client.aclose()
+    finally:
+        await proxy.stop()
 
 
 async def test_three_writers_share_the_load_without_double_writes(

@@ -54,9 +54,9 @@ class Writer:
             log.info("writer_stopped", consumer=self.settings.consumer)
 
     async def _consume(self, stop: asyncio.Event) -> None:
-        """Own pending entries first (cursor 0…), then new ones (>). While a batch is being written the
-        next one is read and encoded, but only while InfluxDB answers: during an outage one batch is
-        retried and nothing more is read."""
+        """Own pending entries first (cursor 0…), at start and after Redis failed, then new ones (>).
+        While a batch is being written the next one is read and encoded, but only while InfluxDB
+        answers: during an outage one batch is retried and nothing more is read."""
         names, backoff = self.settings.names, Backoff(base_s=0.5, cap_s=15.0, reset_after_s=30.0)
         group_ready = False
         cursor = b"0"
@@ -89,17 +89,16 @@ class Writer:
                         ahead = asyncio.create_task(self._read_and_prepare(cursor), name="read-ahead")
                     await self.batches.write(batch, stop)
                 except (RedisError, OSError) as exc:
-                    ahead = None
+                    await _abandon(ahead)
+                    # Acks may have been lost with Redis: start again from our own pending entries.
+                    ahead, cursor, group_ready = None, b"0", False
                     message = describe_redis_error(self.settings.redis_url, exc)
                     self.readiness.fail(READY_REDIS, message)
                     delay_s = backoff.next_delay_s()
                     log.warning("redis_unavailable", error=message, retry_in_s=round(delay_s, 2))
                     await wait_or_stop(stop, delay_s)
         finally:
-            if ahead is not None:  # read but not written: it stays pending and is ours to re-read at start
-                ahead.cancel()
-                with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-                    await ahead
+            await _abandon(ahead)
             try:
                 await self.batches.acked()
             except (RedisError, OSError) as exc:  # written but not acked: ours to re-read (and rewrite) at start
@@ -113,3 +112,11 @@ class Writer:
         settings = self.settings
         block_ms = settings.block_ms if cursor == b">" else None
         return await read_group(self.redis, settings.names, settings.consumer, cursor, settings.batch_size, block_ms)
+
+
+async def _abandon(ahead: asyncio.Task[tuple[list[Entry], Batch]] | None) -> None:
+    """Stop a read-ahead: what it read but was not written stays pending, ours to re-read at start."""
+    if ahead is not None:
+        ahead.cancel()
+        with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+            await ahead
