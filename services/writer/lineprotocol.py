@@ -7,9 +7,9 @@ only on the entity and its registry facts (tag set, device and area fields) are 
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Final, get_args
 
-from homeiq_shared.events import NO_DATA, Enrichment, NormalisedEvent
+from homeiq_shared.events import NO_DATA, Enrichment, NormalisedEvent, Source
 
 MEASUREMENT: Final = "home_assistant_events"
 CACHE_SIZE: Final = 20_000
@@ -99,7 +99,7 @@ def _attributes_field(raw: bytes) -> str:
     return "" if raw == _EMPTY_OBJECT else "attributes=" + _str(raw.decode())
 
 
-_SOURCE_FIELDS: Final = {source: "source=" + _str(source) for source in ("live", "backfill", "snapshot")}
+_SOURCE_FIELDS: Final = {source: "source=" + _str(source) for source in get_args(Source)}  # decoding checked it
 
 
 class _Entity:
@@ -157,7 +157,7 @@ class LineEncoder:
             fields.append('context_parent_id="' + _escape(context.parent_id) + '"')
         if context.user_id is not None:
             fields.append('context_user_id="' + _escape(context.user_id) + '"')
-        fields.append(_SOURCE_FIELDS.get(event.source) or "source=" + _str(event.source))
+        fields.append(_SOURCE_FIELDS[event.source])
         return entity.head + ",".join(fields) + entity.fields + " " + str(event.time_ns)
 
 
