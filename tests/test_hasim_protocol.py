@@ -138,7 +138,7 @@ async def test_history_rows_are_compressed_states_like_the_capture(
     entity = sim.hub.population.entities[0]
     first = sim.hub.fire_state_change(entity)
     sim.hub.fire_state_change(entity)
-    start = (first.last_updated_us - 1) / 1e6
+    start = first.last_updated - 1e-6
     answer = await command(ws, {
         "id": 1, "type": "history/history_during_period", "entity_ids": [entity.entity_id],
         "start_time": datetime.fromtimestamp(start, UTC).isoformat(),
@@ -148,4 +148,27 @@ async def test_history_rows_are_compressed_states_like_the_capture(
     captured = json.loads((CAPTURES / "history_during_period.json").read_text())["result"]["sensor.num_sum"][0]
     assert len(rows) == 2
     assert [k for k in rows[0] if k != "lc"] == list(captured)
-    assert rows[0]["lu"] == first.last_updated_us / 1e6 and rows[0]["s"] == first.state
+    assert rows[0]["lu"] == first.last_updated and rows[0]["s"] == first.state  # the raw float, as stored
+
+
+async def test_times_are_raw_floats_rendered_as_ha_renders_them(
+    sim: SimServer, ws: aiohttp.ClientWebSocketResponse
+) -> None:
+    """Live events show `datetime.fromtimestamp(ts, UTC)`; the recorder returns the float itself. A simulator
+    with exact microseconds would hide that `round(ts * 1e6)` is 1 µs off for some states."""
+    entity = sim.hub.population.entities[0]
+    await command(ws, {"id": 1, "type": "subscribe_events", "event_type": "state_changed"})
+    sent = [sim.hub.fire_state_change(entity) for _ in range(300)]
+    live: list[str] = []
+    while len(live) < len(sent):
+        live.extend(m["event"]["data"]["new_state"]["last_updated"] for m in await receive(ws) if m["type"] == "event")
+    answer = await command(ws, {
+        "id": 2, "type": "history/history_during_period", "entity_ids": [entity.entity_id],
+        "start_time": datetime.fromtimestamp(sent[0].last_updated - 1, UTC).isoformat(),
+        "include_start_time_state": False, "significant_changes_only": False,
+    })
+    floats = [row["lu"] for row in answer["result"][entity.entity_id]][-len(sent):]
+    assert floats == [s.last_updated for s in sent]
+    assert live == [datetime.fromtimestamp(ts, UTC).isoformat() for ts in floats]
+    off_by_one = sum(round(ts * 1e6) != s.last_updated_us for ts, s in zip(floats, sent, strict=True))
+    assert off_by_one > 0  # sub-microsecond digits are really there, as in HA

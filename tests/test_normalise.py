@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from homeiq_collector import frames
+from homeiq_collector.backfill import seconds_to_ns
 from homeiq_collector.normalise import normalise, to_ns
 from homeiq_collector.registry import Registry
 from homeiq_shared.events import decode_event, encode_event
@@ -86,3 +90,10 @@ def test_malformed_state_data_raises_for_the_caller_to_count() -> None:
     raw = STATE_CHANGED.replace('"state":"21.5"', '"state":21.5')
     with pytest.raises(msgspec.ValidationError):
         normalise(frames.event_decoder.decode(raw), Registry())
+
+
+@given(st.floats(min_value=1.6e9, max_value=2.2e9, allow_nan=False))
+def test_backfill_converts_recorder_floats_as_live_events_show_them(ts: float) -> None:
+    """The recorder's raw float and the live event's ISO string of the same instant give the same point time."""
+    live = to_ns(datetime.fromisoformat(datetime.fromtimestamp(ts, UTC).isoformat()))
+    assert seconds_to_ns(ts) == live

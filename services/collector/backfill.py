@@ -12,6 +12,7 @@ from homeiq_collector.registry import Registry
 from homeiq_shared import events
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
 
 
 class HistoryRow(msgspec.Struct):
@@ -33,9 +34,16 @@ history_decoder = msgspec.json.Decoder(dict[str, list[HistoryRow]])
 states_decoder = msgspec.json.Decoder(list[EntityId])
 
 
+# HA's recorder compares the raw floats it stores with `start_time.timestamp()`; a state shown at exactly the
+# start microsecond may be stored a fraction below it. Ask from a little earlier and filter here, exactly.
+QUERY_MARGIN_NS: Final = 1_000_000
+
+
 def seconds_to_ns(seconds: float) -> int:
-    """HA's epoch-second floats back to whole microseconds, in nanoseconds (the live events' precision)."""
-    return round(seconds * 1_000_000) * 1000
+    """An HA epoch-second float as the live event shows the same instant: HA renders its raw `time.time()`
+    floats with `datetime.fromtimestamp(ts, UTC)`, which rounds to the microsecond (`round(ts * 1e6)` is 1 µs
+    off for about one state in eight, and then backfill and live would be two points)."""
+    return (datetime.fromtimestamp(seconds, UTC) - _EPOCH) // _MICROSECOND * 1000
 
 
 def iso_ns(time_ns: int) -> str:
@@ -47,7 +55,7 @@ def history_command(entity_ids: list[str], start_ns: int) -> dict[str, object]:
     """Every state change of the entities from `start_ns` until now, attribute-only changes included."""
     return {
         "type": "history/history_during_period",
-        "start_time": iso_ns(start_ns),
+        "start_time": iso_ns(start_ns - QUERY_MARGIN_NS),
         "entity_ids": entity_ids,
         "include_start_time_state": False,
         "significant_changes_only": False,

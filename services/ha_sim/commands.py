@@ -114,12 +114,12 @@ def recorder_info(conn: Connection, msg_id: int, _: dict[str, Any]) -> None:
 
 def history_during_period(conn: Connection, msg_id: int, message: dict[str, Any]) -> None:
     """`history/history_during_period`: compressed states from the recorder, as HA answers it."""
-    start_us = _parse_time_us(message.get("start_time"))
-    if start_us is None:
+    start_ts = _parse_time(message.get("start_time"))
+    if start_ts is None:
         conn.send(error_message(msg_id, "invalid_start_time", "Invalid start_time"))
         return
-    end_us = _parse_time_us(message.get("end_time")) if message.get("end_time") else None
-    if message.get("end_time") and end_us is None:
+    end_ts = _parse_time(message.get("end_time")) if message.get("end_time") else None
+    if message.get("end_time") and end_ts is None:
         conn.send(error_message(msg_id, "invalid_end_time", "Invalid end_time"))
         return
     entity_ids = message.get("entity_ids")
@@ -130,50 +130,53 @@ def history_during_period(conn: Connection, msg_id: int, message: dict[str, Any]
                message.get("minimal_response", False), message.get("no_attributes", False))
     result = {}
     for entity_id in entity_ids:
-        rows = _history_rows(conn.hub.recorder.get(entity_id, []), entity_id, start_us, end_us, *options)
+        rows = _history_rows(conn.hub.recorder.get(entity_id, []), entity_id, start_ts, end_ts, *options)
         if rows:
             result[entity_id] = rows
     conn.send(result_message(msg_id, result))
 
 
 def _history_rows(
-    recorded: list[Recorded], entity_id: str, start_us: int, end_us: int | None,
+    recorded: list[Recorded], entity_id: str, start_ts: float, end_ts: float | None,
     include_start: bool, significant_only: bool, minimal: bool, no_attributes: bool,
 ) -> list[dict[str, Any]]:
+    """The recorder's query: `last_updated_ts > start` and `< end`, compared as the floats it stores."""
     domain = entity_id.split(".", 1)[0]
-    before = [r for r in recorded if r.last_updated_us < start_us]
-    window = [r for r in recorded if start_us <= r.last_updated_us and (end_us is None or r.last_updated_us < end_us)]
+    before = [r for r in recorded if r.last_updated <= start_ts]
+    window = [r for r in recorded if start_ts < r.last_updated and (end_ts is None or r.last_updated < end_ts)]
     if significant_only and domain not in SIGNIFICANT_DOMAINS:
-        window = [r for r in window if r.last_changed_us == r.last_updated_us]
+        window = [r for r in window if r.last_changed == r.last_updated]
     rows: list[dict[str, Any]] = []
     if include_start and before:
         first = before[-1]
-        rows.append(_row(first.state, first.attributes, start_us, start_us, no_attributes))
+        rows.append(_row(first.state, first.attributes, start_ts, start_ts, no_attributes))
     previous_state = rows[0]["s"] if rows else None
     for record in window:
         if minimal and rows:
             if record.state == previous_state:
                 continue
-            rows.append({"s": record.state, "lu": record.last_updated_us / 1e6})
+            rows.append({"s": record.state, "lu": record.last_updated})
         else:
-            rows.append(_row(record.state, record.attributes, record.last_updated_us, record.last_changed_us,
+            rows.append(_row(record.state, record.attributes, record.last_updated, record.last_changed,
                              no_attributes))
         previous_state = record.state
     return rows
 
 
-def _row(state: str, attributes: dict[str, Any], updated_us: int, changed_us: int, no_attributes: bool,
+def _row(state: str, attributes: dict[str, Any], updated: float, changed: float, no_attributes: bool,
          ) -> dict[str, Any]:
+    """A compressed state: the raw floats as stored; `lc` only when it differs from `lu`."""
     row: dict[str, Any] = {"s": state}
     if not no_attributes:
         row["a"] = attributes
-    row["lu"] = updated_us / 1e6
-    if changed_us != updated_us:
-        row["lc"] = changed_us / 1e6
+    row["lu"] = updated
+    if changed != updated:
+        row["lc"] = changed
     return row
 
 
-def _parse_time_us(value: object) -> int | None:
+def _parse_time(value: object) -> float | None:
+    """An ISO time as HA's `dt_util.parse_datetime` then `.timestamp()` gives it; None when invalid or naive."""
     if not isinstance(value, str):
         return None
     try:
@@ -182,7 +185,7 @@ def _parse_time_us(value: object) -> int | None:
         return None
     if parsed.tzinfo is None:
         return None
-    return int(parsed.timestamp()) * 1_000_000 + parsed.microsecond
+    return parsed.timestamp()
 
 
 HANDLERS: dict[str, Handler] = {

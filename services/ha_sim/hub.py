@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from homeiq_hasim.messages import event_message, iso, now_us, partial_event_message, ulid
+from homeiq_hasim.messages import event_message, iso, now_ts, partial_event_message, rendered_us, ulid
 from homeiq_hasim.population import Entity, Population, build_population, next_state
 
 HA_VERSION = "2025.11.2"
@@ -19,15 +19,20 @@ MAX_PER_TICK = 500
 
 @dataclass(frozen=True)
 class SentEvent:
-    """Ground truth for one fired state_changed event."""
+    """Ground truth for one fired state_changed event; times are HA's raw floats."""
 
     entity_id: str
     state: str
     attributes: dict[str, Any]
-    last_updated_us: int
-    last_changed_us: int
+    last_updated: float
+    last_changed: float
     old_state: str | None
     context_id: str
+
+    @property
+    def last_updated_us(self) -> int:
+        """The microseconds the live event shows (HA's rendering of the float)."""
+        return rendered_us(self.last_updated)
 
 
 @dataclass
@@ -54,12 +59,12 @@ class Subscriber(Protocol):
 
 @dataclass
 class Recorded:
-    """One recorder row (HA's compressed state fields)."""
+    """One recorder row: HA stores the raw floats (`last_updated_ts`, `last_changed_ts`) as they are."""
 
     state: str
     attributes: dict[str, Any]
-    last_updated_us: int
-    last_changed_us: int
+    last_updated: float
+    last_changed: float
 
 
 @dataclass
@@ -81,9 +86,9 @@ class Hub:
     def create(cls, entity_count: int, token: str, seed: int = 1) -> Hub:
         """A hub with `entity_count` entities, each with an initial recorded state."""
         hub = cls(population=build_population(entity_count, seed), token=token)
-        start = now_us()
+        start = now_ts()
         for entity in hub.population.entities:
-            entity.last_changed_us = entity.last_updated_us = start
+            entity.last_changed = entity.last_updated = start
             entity.context = {"id": ulid(start), "parent_id": None, "user_id": None}
             hub.recorder[entity.entity_id] = [Recorded(entity.state, entity.attributes, start, start)]
         return hub
@@ -95,12 +100,12 @@ class Hub:
 
     def state_dict(self, entity: Entity) -> dict[str, Any]:
         """HA's `State.as_dict()` for the entity's current state."""
-        updated = iso(entity.last_updated_us)
+        updated = iso(entity.last_updated)
         return {
             "entity_id": entity.entity_id,
             "state": entity.state,
             "attributes": entity.attributes,
-            "last_changed": iso(entity.last_changed_us),
+            "last_changed": iso(entity.last_changed),
             "last_reported": updated,
             "last_updated": updated,
             "context": entity.context,
@@ -113,10 +118,12 @@ class Hub:
         entity = entity or self.rng.choice(self.population.entities)
         old = self.state_dict(entity)
         state, attributes = forced or next_state(entity, self.rng)
-        stamp = max(now_us(), entity.last_updated_us + 1)
+        stamp = now_ts()
+        while rendered_us(stamp) <= rendered_us(entity.last_updated):  # one state per shown microsecond
+            stamp += 1e-6
         if state != entity.state:
-            entity.last_changed_us = stamp
-        entity.state, entity.attributes, entity.last_updated_us = state, attributes, stamp
+            entity.last_changed = stamp
+        entity.state, entity.attributes, entity.last_updated = state, attributes, stamp
         entity.context = self._context(entity, stamp)
         new = self.state_dict(entity)
         event = {
@@ -127,18 +134,18 @@ class Hub:
             "context": entity.context,
         }
         self.broadcast("state_changed", event)
-        record = SentEvent(entity.entity_id, state, attributes, stamp, entity.last_changed_us, old["state"],
+        record = SentEvent(entity.entity_id, state, attributes, stamp, entity.last_changed, old["state"],
                            entity.context["id"] or "")
         self.sent.append(record)
-        self.recorder[entity.entity_id].append(Recorded(state, attributes, stamp, entity.last_changed_us))
+        self.recorder[entity.entity_id].append(Recorded(state, attributes, stamp, entity.last_changed))
         return record
 
-    def _context(self, entity: Entity, stamp_us: int) -> dict[str, str | None]:
+    def _context(self, entity: Entity, stamp: float) -> dict[str, str | None]:
         """Who caused the change: a user for some switch and light toggles, an automation for some others."""
         roll = self.rng.random()
         user = USER_ID if entity.domain in ("light", "switch") and roll < 0.3 else None
-        parent = ulid(stamp_us - 1000) if user is None and roll > 0.9 else None
-        return {"id": ulid(stamp_us), "parent_id": parent, "user_id": user}
+        parent = ulid(stamp - 0.001) if user is None and roll > 0.9 else None
+        return {"id": ulid(stamp), "parent_id": parent, "user_id": user}
 
     def broadcast(self, event_type: str, event: dict[str, Any]) -> None:
         """Send one event to every subscription that matches it, serialised once like HA's cache."""
@@ -157,7 +164,7 @@ class Hub:
         """Change the entity's area and fire `entity_registry_updated` as HA does: ids and `changes` only."""
         old_area = entity.area_id
         entity.area_id = area_id
-        stamp = now_us()
+        stamp = now_ts()
         self.broadcast("entity_registry_updated", {
             "event_type": "entity_registry_updated",
             "data": {"action": "update", "entity_id": entity.entity_id, "changes": {"area_id": old_area}},

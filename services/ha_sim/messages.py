@@ -45,19 +45,26 @@ def event_message(partial: bytes, subscription_id: int) -> bytes:
 
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
 
 
-def iso(us: int) -> str:
-    """Epoch microseconds as HA's `datetime.isoformat()` (no fraction when microsecond is 0)."""
-    return (_EPOCH + timedelta(microseconds=us)).isoformat()
+def iso(ts: float) -> str:
+    """A raw `time.time()` float as HA renders it in events: `datetime.fromtimestamp(ts, UTC).isoformat()`,
+    which rounds to the microsecond (and leaves out the fraction when it is 0)."""
+    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def now_us() -> int:
-    """The wall clock in whole microseconds."""
-    return time.time_ns() // 1000
+def rendered_us(ts: float) -> int:
+    """The epoch microseconds of `iso(ts)`: what a live event says about a time HA keeps as a float."""
+    return (datetime.fromtimestamp(ts, UTC) - _EPOCH) // _MICROSECOND
 
 
-def ulid(us: int) -> str:
+def now_ts() -> float:
+    """HA's clock: `time.time()` as it is, sub-microsecond digits included (HA 2024.x and later)."""
+    return time.time()
+
+
+def ulid(ts: float) -> str:
     """A ULID like HA's context ids: 48-bit milliseconds + 80 random bits, Crockford base32."""
-    value = ((us // 1000) << 80) | random.getrandbits(80)
+    value = (int(ts * 1000) << 80) | random.getrandbits(80)
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))

@@ -49,8 +49,8 @@ class Entity:
     area_id: str | None = None
     state: str = "unknown"
     attributes: dict[str, Any] = field(default_factory=dict)
-    last_changed_us: int = 0
-    last_updated_us: int = 0
+    last_changed: float = 0.0  # raw time.time() floats, as HA keeps them
+    last_updated: float = 0.0
     context: dict[str, str | None] = field(default_factory=dict)
     level: float = 0.0
 
