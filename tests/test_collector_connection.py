@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -95,6 +96,30 @@ async def test_bad_frames_are_counted_and_the_connection_kept(
         assert run.metric("homeiq_frames_rejected_total", reason="malformed_json") == 1
         assert run.metric("homeiq_frames_rejected_total", reason="unknown_type") == 2
         assert run.collector.sessions == 1 and sim.hub.connects == 1
+
+
+@pytest.mark.parametrize("naive", ["last_updated", "last_changed", "time_fired"])
+async def test_a_time_without_timezone_is_counted_malformed_and_the_reader_goes_on(
+    naive: str, redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path) as run:
+        await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
+        connection = next(iter(sim.hub.connections))
+        subscription = next(iter(connection.subscriptions))
+        state = {"entity_id": "sensor.x", "state": "1", "attributes": {}, "last_changed": "2026-06-25T21:20:05+00:00",
+                 "last_updated": "2026-06-25T21:20:05.162552+00:00", "context": {"id": "01KW0AF0"}}
+        event = {"event_type": "state_changed", "data": {"entity_id": "sensor.x", "old_state": None,
+                                                         "new_state": state},
+                 "origin": "LOCAL", "time_fired": "2026-06-25T21:20:05.162552+00:00", "context": {"id": "01KW0AF0"}}
+        if naive == "time_fired":
+            event["time_fired"] = "2026-06-25T21:20:05.162552"
+        else:
+            state[naive] = "2026-06-25T21:20:05.162552"
+        sim.hub.send_raw(json.dumps({"id": subscription, "type": "event", "event": event}).encode())
+        sim.hub.fire_state_change()
+        await wait_for(lambda: run.metric("homeiq_events_published_total") == 1, 5, "the good event")
+        assert run.metric("homeiq_events_dropped_total", reason="malformed_event") == 1
+        assert not run.task.done() and run.collector.sessions == 1 and sim.hub.connects == 1
 
 
 async def test_messages_larger_than_16_mib_are_accepted(

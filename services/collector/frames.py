@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -63,6 +63,11 @@ single_decoder: msgspec.json.Decoder[Frame] = msgspec.json.Decoder(Frame)
 raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 
 
+# HA sends every time with its UTC offset; one without is malformed (decoding refuses it, the event is counted)
+# rather than a naive datetime that would fail later, in arithmetic, outside the reader's error handling.
+AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
 class Context(msgspec.Struct):
     """HA's context."""
 
@@ -75,8 +80,8 @@ class HAState(msgspec.Struct):
     """The fields of `State.as_dict()` the collector uses (`last_reported`, newer HA only, is not needed)."""
 
     state: str
-    last_changed: datetime
-    last_updated: datetime
+    last_changed: AwareTime
+    last_updated: AwareTime
     attributes: msgspec.Raw = msgspec.Raw(b"{}")
 
 
@@ -92,7 +97,7 @@ class HAEvent(msgspec.Struct):
     """An event as HA serialises it (`Event.as_dict()`)."""
 
     event_type: str
-    time_fired: datetime
+    time_fired: AwareTime
     data: msgspec.Raw = msgspec.Raw(b"{}")
     origin: str | None = None
     context: Context | None = None
@@ -103,7 +108,7 @@ class StateChangedEvent(msgspec.Struct):
 
     event_type: Literal["state_changed"]
     data: StateChangedData
-    time_fired: datetime
+    time_fired: AwareTime
     origin: str | None = None
     context: Context | None = None
 

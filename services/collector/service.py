@@ -259,19 +259,21 @@ class Collector:
     def _on_event(self, frame: frames.EventFrame | frames.StateEventFrame) -> Awaitable[None] | None:
         """Normalise, filter and buffer one event; returns an awaitable only when the buffer is full."""
         self._received.inc()
-        if isinstance(frame, frames.StateEventFrame):
-            typed = frame.event
-            event = normalise_state_changed(typed.data, typed.time_fired, typed.origin, typed.context,
-                                            self.ha_registry)
-        else:
-            try:
+        try:
+            if isinstance(frame, frames.StateEventFrame):
+                typed = frame.event
+                event = normalise_state_changed(typed.data, typed.time_fired, typed.origin, typed.context,
+                                                self.ha_registry)
+            else:
                 event = normalise(frames.event_decoder.decode(frame.event), self.ha_registry)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                self.metrics.dropped.labels("malformed_event").inc()
-                self.metrics.log_sampled("malformed_event", "event dropped: cannot be normalised",
-                                         error=str(exc)[:200],
-                                         sample=bytes(frame.event)[:200].decode(errors="replace"))
-                return None
+        except (msgspec.DecodeError, ValueError, TypeError, OverflowError) as exc:  # no frame may end the reader
+            self.metrics.dropped.labels("malformed_event").inc()
+            sample = msgspec.json.encode(frame.event) if isinstance(frame, frames.StateEventFrame) else frame.event
+            self.metrics.log_sampled("malformed_event", "event dropped: cannot be normalised",
+                                     error=f"{type(exc).__name__}: {exc}"[:200],
+                                     sample=bytes(sample)[:200].decode(errors="replace"))
+            return None
+        if not isinstance(frame, frames.StateEventFrame):
             kind = REGISTRY_EVENTS.get(event.event_type)
             if kind is not None:
                 self._stale.add(kind)
