@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from homeiq_collector import frames
 from homeiq_collector.backfill import seconds_to_ns
-from homeiq_collector.normalise import normalise, to_ns
+from homeiq_collector.normalise import PointTimes, normalise, to_ns
 from homeiq_collector.registry import Registry
 from homeiq_shared.events import decode_event, encode_event
 
@@ -55,13 +55,13 @@ def test_enrichment_comes_from_registries_and_attributes() -> None:
     assert (enrichment.device_class, enrichment.unit, enrichment.platform) == ("temperature", "°C", "zha")
 
 
-def test_removal_event_is_kept_and_stamped_with_time_fired() -> None:
+def test_removal_event_is_kept_and_stamped_within_the_microsecond_of_time_fired() -> None:
     removal = json.loads(STATE_CHANGED)
     removal["data"]["old_state"], removal["data"]["new_state"] = removal["data"]["new_state"], None
     removal["time_fired"] = "2026-06-25T21:21:00.000001+00:00"
     event = normalise(frames.event_decoder.decode(json.dumps(removal)), registry())
     assert event.new_state is None and event.old_state is not None
-    assert event.time_ns == 1782422460000001000
+    assert event.time_ns // 1000 == 1782422460000001  # HA's microsecond; the nanoseconds tell events apart
     assert event.enrichment.device_class == "temperature"
 
 
@@ -80,7 +80,9 @@ def test_other_events_keep_their_data_and_time_fired() -> None:
     raw = ('{"event_type":"call_service","data":{"domain":"light","service":"turn_on"},"origin":"LOCAL",'
            '"time_fired":"2026-06-25T21:20:05.5+00:00","context":{"id":"X","parent_id":"P","user_id":null}}')
     event = normalise(frames.event_decoder.decode(raw), Registry())
-    assert event.time_ns == to_ns(frames.event_decoder.decode(raw).time_fired) == 1782422405500000000
+    assert to_ns(frames.event_decoder.decode(raw).time_fired) == 1782422405500000000
+    assert event.time_ns // 1000 == 1782422405500000 and event.time_fired_ns == 1782422405500000000
+    assert normalise(frames.event_decoder.decode(raw), Registry()).time_ns == event.time_ns  # a re-delivery
     assert json.loads(bytes(event.data)) == {"domain": "light", "service": "turn_on"}
     assert decode_event(encode_event(event)) == event
     assert event.entity_id is None and event.context.parent_id == "P"
@@ -97,3 +99,13 @@ def test_backfill_converts_recorder_floats_as_live_events_show_them(ts: float) -
     """The recorder's raw float and the live event's ISO string of the same instant give the same point time."""
     live = to_ns(datetime.fromisoformat(datetime.fromtimestamp(ts, UTC).isoformat()))
     assert seconds_to_ns(ts) == live
+
+
+def test_events_of_one_type_in_one_microsecond_get_distinct_point_times() -> None:
+    times = PointTimes()
+    raw = ('{{"event_type":"automation_triggered","data":{{"name":"a"}},"origin":"LOCAL",'
+           '"time_fired":"2026-06-25T21:20:05.5+00:00","context":{{"id":"{0}"}}}}')
+    stamped = [times.unique(normalise(frames.event_decoder.decode(raw.format(n % 500)), Registry()))
+               for n in range(1000)]  # 500 distinct events, then the same 500 once more
+    assert len({e.time_ns for e in stamped}) == 1000  # 1000 events seen: 1000 points
+    assert {e.time_ns // 1000 for e in stamped} == {1782422405500000}

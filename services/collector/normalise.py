@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Final
+
+import msgspec
 
 from homeiq_collector.frames import (
     Context,
@@ -23,6 +26,40 @@ _NO_CONTEXT: Final = events.Context()
 def to_ns(moment: datetime) -> int:
     """A timezone-aware datetime as integer nanoseconds since the epoch, whole microseconds."""
     return ((moment - _EPOCH) // _MICROSECOND) * 1000
+
+
+def event_time_ns(fired_ns: int, event_type: str, context: events.Context, data: bytes) -> int:
+    """`time_fired` plus sub-microsecond nanoseconds derived from the event's identity (type, context id,
+    data): HA's times are whole microseconds, and two events of one type can share one. The same event
+    always gets the same time, so a re-delivery still overwrites its own point."""
+    digest = hashlib.blake2b(digest_size=8)
+    for part in (event_type.encode(), (context.id or "").encode(), data):
+        digest.update(len(part).to_bytes(8, "big") + part)
+    return fired_ns + int.from_bytes(digest.digest(), "big") % 1000
+
+
+class PointTimes:
+    """Keeps the point times of recent events without a state of their own distinct within their series:
+    the derived nanoseconds of two events can coincide (one chance in a thousand); then the later one
+    takes the next free nanosecond of its microsecond. Decided once, before XADD: re-deliveries of the
+    stream entry carry the same time."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self._size = size
+        self._recent: dict[tuple[str, str | None, int], None] = {}
+
+    def unique(self, event: events.NormalisedEvent) -> events.NormalisedEvent:
+        """`event`, moved to a free nanosecond of its microsecond if a recent event of its series holds its time."""
+        time_ns, key = event.time_ns, (event.event_type, event.entity_id, event.time_ns)
+        microsecond, offset = time_ns - time_ns % 1000, time_ns % 1000
+        for step in range(1, 1000):
+            if key not in self._recent:
+                break
+            key = (event.event_type, event.entity_id, microsecond + (offset + step) % 1000)
+        self._recent[key] = None
+        if len(self._recent) > self._size:
+            del self._recent[next(iter(self._recent))]
+        return event if key[2] == time_ns else msgspec.structs.replace(event, time_ns=key[2])
 
 
 def _state(state: HAState) -> events.State:
@@ -48,13 +85,14 @@ def normalise_state_changed(
     fired_ns = to_ns(time_fired)
     new = _state(data.new_state) if data.new_state else None
     shown = data.new_state or data.old_state
+    ctx = _context(context)
     return events.NormalisedEvent(
         event_type="state_changed",
         # A state's point is stamped with its last_updated, so live, replayed and backfilled copies coincide.
-        time_ns=new.last_updated_ns if new else fired_ns,
+        time_ns=new.last_updated_ns if new else event_time_ns(fired_ns, "state_changed", ctx, data.entity_id.encode()),
         time_fired_ns=fired_ns,
         origin=origin,
-        context=_context(context),
+        context=ctx,
         entity_id=data.entity_id,
         domain=data.entity_id.partition(".")[0],
         new_state=new,
@@ -70,7 +108,8 @@ def normalise(event: HAEvent, registry: Registry, source: events.Source = "live"
         data = state_changed_decoder.decode(event.data)
         return normalise_state_changed(data, event.time_fired, event.origin, event.context, registry, source)
     fired_ns = to_ns(event.time_fired)
+    context = _context(event.context)
     return events.NormalisedEvent(
-        event_type=event.event_type, time_ns=fired_ns, time_fired_ns=fired_ns, origin=event.origin,
-        context=_context(event.context), data=event.data, source=source,
+        event_type=event.event_type, time_ns=event_time_ns(fired_ns, event.event_type, context, bytes(event.data)),
+        time_fired_ns=fired_ns, origin=event.origin, context=context, data=event.data, source=source,
     )

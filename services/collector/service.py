@@ -25,7 +25,7 @@ from homeiq_collector.ha_client import (
     HeartbeatTimeout,
 )
 from homeiq_collector.metrics import CollectorMetrics
-from homeiq_collector.normalise import normalise, normalise_state_changed
+from homeiq_collector.normalise import PointTimes, normalise, normalise_state_changed
 from homeiq_collector.publisher import READY_REDIS, Publisher
 from homeiq_collector.registry import Registry
 from homeiq_collector.settings import CollectorSettings
@@ -73,6 +73,7 @@ class Collector:
                                    settings.publish_batch)
         self.ha_registry = Registry()
         self.gap = GapTracker()
+        self.point_times = PointTimes()
         self.watermark = Watermark()
         self._watermark_key = f"{settings.names.stream}:collector:last_live_ns"
         self._offered = self._saved_ns = 0
@@ -282,6 +283,8 @@ class Collector:
             return None
         if event.new_state is not None and event.entity_id is not None:
             self.gap.live(event.entity_id, event.time_ns)
+        else:
+            event = self.point_times.unique(event)
         payload = encode_event(event)
         self._offered += 1
         return None if self.publisher.offer(payload) else self.publisher.put(payload)
