@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 
 from homeiq_hasim.hub import Hub
@@ -132,3 +135,47 @@ async def test_a_restarted_collector_backfills_the_time_it_was_down(
             await wait_for(lambda: second.metric("homeiq_events_backfilled_total") >= down, 20, "the backfill")
     counts = await stream_state_keys(redis_client)
     assert set(counts) == state_keys(sim.hub) and max(counts.values()) == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB file system for the spool (a full disk), where this machine lets a test mount one."""
+    path = tmp_path / "small-disk"
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(path)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+async def test_a_full_disk_under_the_spool_is_counted_and_the_collector_goes_on(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    redis_server = RedisServer(tmp_path / "redis", None).start()
+    try:
+        async with simulator() as sim, running_collector(sim, redis_server.url, small_disk, spool_max_mb=64,
+                                                         backfill=False) as run:
+            await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
+            redis_server.stop()
+            await sim.hub.emit(3000, rate_per_s=1000)  # ~1.5 MB of events onto a 256 KiB disk
+
+            def settled() -> bool:
+                return run.metric("homeiq_events_spooled_total") + run.metric(
+                    "homeiq_events_dropped_total", reason="spool_write_failed") == run.metric(
+                    "homeiq_events_received_total")
+
+            await wait_for(settled, 20, "every event spooled or counted as lost to the full disk")
+            assert run.metric("homeiq_events_dropped_total", reason="spool_write_failed") > 0
+            assert not run.task.done()
+            redis_server.start()
+            await wait_for(lambda: run.metric("homeiq_events_published_total")
+                           == run.metric("homeiq_events_spooled_total"), 30, "the spool drained")
+            sim.hub.fire_state_change()
+            await wait_for(lambda: run.metric("homeiq_events_published_total")
+                           == run.metric("homeiq_events_spooled_total") + 1, 10, "a new event published")
+    finally:
+        redis_server.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -12,13 +13,22 @@ from prometheus_client import CollectorRegistry
 from homeiq_collector.metrics import CollectorMetrics
 from homeiq_collector.publisher import Publisher
 from homeiq_collector.spool import Policy, Spool
-from homeiq_local.services import free_port
+from homeiq_local.services import RedisServer, free_port
 from homeiq_shared.health import Readiness
-from tests.helpers import wait_for
+from tests.helpers import DelayProxy, wait_for
 
 
 def payload(n: int) -> bytes:
     return b'{"n":%d,"pad":"%s"}' % (n, b"x" * 80)
+
+
+def drain(spool: Spool) -> list[bytes]:
+    """Every record left in `spool`, in order (consumed)."""
+    records: list[bytes] = []
+    while chunk := spool.read(100):
+        records.extend(chunk.records)
+        spool.consumed(chunk)
+    return records
 
 
 def test_records_come_back_in_order_across_segments_and_restarts(tmp_path: Path) -> None:
@@ -27,9 +37,9 @@ def test_records_come_back_in_order_across_segments_and_restarts(tmp_path: Path)
         spool.append([payload(n) for n in range(first, first + 4)])
     assert len(list(tmp_path.glob("spool-*.log"))) > 3
     got: list[bytes] = []
-    while records := spool.read(7):
-        got.extend(records)
-        spool.consumed(records)
+    while chunk := spool.read(7):
+        got.extend(chunk.records)
+        spool.consumed(chunk)
         if len(got) == 14:  # a restart: the remaining segments are found again
             spool = Spool(tmp_path, max_bytes=1_000_000, segment_bytes=500)
     # After the restart the partly drained segment is read from its start: duplicates, never a gap.
@@ -44,7 +54,7 @@ def test_a_torn_tail_is_cut_off_and_counted(tmp_path: Path) -> None:
         handle.write(b"\x00\x00\x01\x00partial")  # a crash in the middle of a write
     recovered = Spool(tmp_path, max_bytes=1_000_000)
     assert recovered.torn_records == 1
-    assert recovered.read(10) == [payload(1), payload(2)]
+    assert drain(recovered) == [payload(1), payload(2)]
 
 
 def start_publisher(tmp_path: Path, policy: Policy) -> tuple[Publisher, CollectorMetrics, asyncio.Task[None]]:
@@ -73,7 +83,7 @@ async def test_drop_newest_keeps_the_oldest_and_counts_every_drop(tmp_path: Path
     try:
         await wait_for(lambda: dropped(metrics) + metrics.spooled._value.get() >= 30, 20, "all 30 handled")
         assert dropped(metrics) > 0 and metrics.spooled._value.get() + dropped(metrics) == 30
-        kept = Spool(tmp_path, max_bytes=1100).read(100)
+        kept = drain(Spool(tmp_path, max_bytes=1100))
         assert kept[0] == payload(0)
     finally:
         task.cancel()
@@ -85,7 +95,7 @@ async def test_drop_oldest_keeps_the_newest_and_counts_every_drop(tmp_path: Path
     metrics, task = await run_full_spool(tmp_path, "drop_oldest", 30)
     try:
         await wait_for(lambda: metrics.spooled._value.get() == 30, 20, "all 30 spooled")
-        kept = Spool(tmp_path, max_bytes=1100).read(100)
+        kept = drain(Spool(tmp_path, max_bytes=1100))
         assert kept[-1] == payload(29) and payload(0) not in kept
         assert dropped(metrics) == 30 - len(kept)
     finally:
@@ -106,6 +116,67 @@ async def test_block_stops_taking_events_and_drops_nothing(tmp_path: Path) -> No
             puts += 1
         assert puts < 40  # the buffer filled up behind the full spool: the reader would now wait
         assert dropped(metrics) == 0
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_drop_oldest_never_drops_what_the_drainer_is_publishing(tmp_path: Path) -> None:
+    """A slow Redis: the drainer's XADD of the oldest segment takes a while, and the full spool must make
+    room meanwhile. Every event ends up in the stream exactly once or counted as dropped; nothing else."""
+    redis_server = RedisServer(tmp_path / "redis", None).start()
+    proxy = DelayProxy(redis_server.port, delay_s=0.1)
+    await proxy.start()
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{proxy.port}/0")
+    reader = aioredis.Redis.from_url(redis_server.url)
+    spool = Spool(tmp_path / "spool", max_bytes=3000, segment_bytes=600)
+    spool.append([payload(n) for n in range(30)])  # left by an outage: the drainer starts on it at once
+    metrics = CollectorMetrics(CollectorRegistry())
+    publisher = Publisher(client, "redis://slow", "s", metrics, Readiness(), spool, "drop_oldest",
+                          capacity=5, batch_max=4)
+    task = asyncio.create_task(publisher.run())
+    try:
+        for n in range(30, 330):
+            await asyncio.wait_for(publisher.put(payload(n)), 10)
+            await asyncio.sleep(0.002)
+        await wait_for(lambda: publisher.pending == 0 or task.done(), 60, "the spool drained")
+        assert not task.done(), task.exception()
+        entries = [fields[b"e"] for _, fields in await reader.xrange("s")]
+        assert set(entries) <= {payload(n) for n in range(330)}  # no garbage from a misaligned read
+        assert len(entries) == len(set(entries))  # nothing published twice
+        assert dropped(metrics) > 0  # the spool really was full
+        assert len(entries) + dropped(metrics) == 330  # published or counted as dropped, exactly
+        assert metrics.published._value.get() == len(entries)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        await client.aclose()
+        await reader.aclose()
+        await proxy.stop()
+        redis_server.stop()
+
+
+async def test_block_with_a_full_spool_and_redis_down_closes_within_its_bound_and_counts_the_rest(
+    tmp_path: Path,
+) -> None:
+    publisher, metrics, task = start_publisher(tmp_path, "block")
+    puts = 0
+    try:
+        for n in range(40):
+            try:
+                await asyncio.wait_for(publisher.put(payload(n)), 1)
+            except TimeoutError:
+                break
+            puts += 1
+        started = time.monotonic()
+        unpublished = await asyncio.wait_for(publisher.close(1.0), 5)
+        assert time.monotonic() - started < 3
+        kept = Spool(tmp_path, max_bytes=1100).records
+        shutdown_drops = metrics.dropped.labels("shutdown_spool_full")._value.get()
+        assert kept + shutdown_drops + unpublished == puts  # every event kept or counted
+        assert shutdown_drops + unpublished > 0 and dropped(metrics) == 0
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

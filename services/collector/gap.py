@@ -31,27 +31,52 @@ class Watermark:
 
 
 class GapTracker:
-    """`last_live_ns` is the newest state time published live; a gap opens at a reconnect and closes
-    when its backfill completed, so a backfill cut short by another disconnect is retried whole."""
+    """`last_live_ns` is the newest state time published live; a gap opens at a reconnect (or when a restart
+    learns where it left off) and closes when its backfill completed, so a backfill cut short by another
+    disconnect or a restart is retried whole. Until then the watermark stays before the gap."""
 
     def __init__(self) -> None:
         self.last_live_ns = 0
         self.pending_start_ns: int | None = None
         self.seen: set[tuple[str, int]] = set()
+        self.resume_known = False  # the saved watermark has been read (or there is none to read)
 
     def live(self, entity_id: str, time_ns: int) -> None:
         """A state change was published live."""
         self.last_live_ns = max(self.last_live_ns, time_ns)
-        if self.pending_start_ns is not None and len(self.seen) < MAX_SEEN:
+        self.published(entity_id, time_ns)
+
+    def published(self, entity_id: str, time_ns: int) -> None:
+        """A state is in the stream already: a backfill must not publish it again."""
+        if (self.pending_start_ns is not None or not self.resume_known) and len(self.seen) < MAX_SEEN:
             self.seen.add((entity_id, time_ns))
 
+    def resume(self, saved_ns: int | None) -> None:
+        """Where the last run left off is known: a gap from there, unless there was no last run."""
+        self.resume_known = True
+        if saved_ns:
+            self._open(saved_ns + 1000)
+        elif self.pending_start_ns is None:
+            self.seen = set()
+
     def begin(self) -> int | None:
-        """Call before subscribing: the start of the time to backfill, or None on the very first connect."""
-        if self.pending_start_ns is None and self.last_live_ns:
-            self.pending_start_ns = self.last_live_ns + 1000  # the next microsecond
+        """Call before subscribing: the start of the time to backfill, or None when nothing is missing yet."""
+        if self.last_live_ns:
+            self._open(self.last_live_ns + 1000)  # the next microsecond
         return self.pending_start_ns
 
-    def end(self) -> None:
-        """The backfill completed."""
-        self.pending_start_ns = None
-        self.seen = set()
+    def _open(self, start_ns: int) -> None:
+        if self.pending_start_ns is None or start_ns < self.pending_start_ns:
+            self.pending_start_ns = start_ns
+
+    def durable_until(self, last_live_ns: int) -> int:
+        """How far the watermark may go: never past the start of a gap not yet backfilled."""
+        if self.pending_start_ns is None:
+            return last_live_ns
+        return min(last_live_ns, self.pending_start_ns - 1000)
+
+    def end(self, start_ns: int) -> None:
+        """The backfill from `start_ns` completed (a gap opened earlier meanwhile stays open)."""
+        if self.pending_start_ns == start_ns:
+            self.pending_start_ns = None
+            self.seen = set()

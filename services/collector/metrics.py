@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from homeiq_shared.logs import Log, SampledLog
 
-DROP_REASONS = ("malformed_event", "spool_full", "shutdown_unpublished")
+DROP_REASONS = ("malformed_event", "spool_full", "spool_write_failed", "shutdown_spool_full", "shutdown_unpublished")
 REJECT_REASONS = ("malformed_json", "unknown_type", "binary_frame", "unknown_subscription",
                   "unexpected_result", "unexpected_auth")
 DISCONNECT_REASONS = ("closed", "heartbeat", "error", "auth_invalid", "timeout")

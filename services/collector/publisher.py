@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from homeiq_collector.metrics import CollectorMetrics
-from homeiq_collector.spool import Policy, Spool
+from homeiq_collector.spool import Policy, Segment, Spool
 from homeiq_shared.backoff import Backoff
 from homeiq_shared.events import PAYLOAD_VERSION
 from homeiq_shared.health import Readiness
@@ -24,6 +24,7 @@ from homeiq_shared.stream import FIELD_EVENT, FIELD_VERSION, describe_redis_erro
 log = Log(__name__)
 
 READY_REDIS = "redis"
+READY_SPOOL = "spool"
 _VERSION = PAYLOAD_VERSION.encode()
 XADD_BATCH = """
 for i = 4, #ARGV do
@@ -53,7 +54,9 @@ class Publisher:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._flushed = asyncio.Event()
+        self._closing = False
         self._stop_taken = False
+        self._draining: Segment | None = None  # the spool segment whose records are being XADDed
         self.settled = 0  # events taken from the buffer and made durable (or counted dropped), in order
         self._backoff = Backoff(base_s=0.1, cap_s=2.0, reset_after_s=10.0)
         self._redis_down_logged = False
@@ -131,50 +134,82 @@ class Publisher:
         return True
 
     async def _to_spool(self, batch: list[bytes]) -> None:
+        """Keep `batch` on disk, or count it dropped by the policy; never waits past `close()`."""
         async with self._spool_lock:
             while not self._spool.fits(batch):
-                if self._policy == "drop_newest":
-                    self._drop(len(batch), "the newest batch")
+                if self._policy == "drop_oldest":
+                    # Never the segment the drainer is publishing: its events are not ours to count as dropped.
+                    freed = self._spool.drop_oldest(keep=self._draining)
+                    if freed:
+                        self._drop(freed, "spool_full", "the oldest spool segment")
+                        continue
+                if self._policy != "block":  # drop_newest, or nothing older that can go
+                    self._drop(len(batch), "spool_full", "the newest batch")
                     return
-                if self._policy == "drop_oldest" and self._spool:
-                    self._drop(self._spool.drop_oldest(), "the oldest spool segment")
-                    continue
-                if self._policy == "drop_oldest":  # one batch larger than the whole spool
-                    self._drop(len(batch), "a batch larger than the spool")
+                if self._closing:
+                    self._drop(len(batch), "shutdown_spool_full", "a batch the full spool could not take at exit")
                     return
                 # block: wait for the drainer to make room; the reader backs up behind the buffer.
-                self._spool_lock.release()
+                await self._unlocked_sleep(0.1)
+            while True:
                 try:
-                    await asyncio.sleep(0.1)
-                finally:
-                    await self._spool_lock.acquire()
-            await asyncio.to_thread(self._spool.append, batch)
+                    await asyncio.to_thread(self._spool.append, batch)
+                    self._readiness.ok(READY_SPOOL)
+                    break
+                except OSError as exc:  # a full disk, a read-only one, permissions: not the events' fault
+                    self._spool_failed(exc)
+                    if self._policy != "block" or self._closing:
+                        self._drop(len(batch), "spool_write_failed", "a batch the spool's disk refused")
+                        return
+                    await self._unlocked_sleep(self._backoff.next_delay_s())
             self._metrics.spooled.inc(len(batch))
             self._metrics.spool_bytes.set(self._spool.size_bytes)
         self._spool_ready.set()
 
-    def _drop(self, events: int, what: str) -> None:
-        self._metrics.dropped.labels("spool_full").inc(events)
-        self._metrics.log_sampled("spool_full", "spool full: events dropped", dropped=events, what=what,
+    async def _unlocked_sleep(self, delay_s: float) -> None:
+        """Sleep without holding the spool lock (the drainer needs it to make room)."""
+        self._spool_lock.release()
+        try:
+            await asyncio.sleep(delay_s)
+        finally:
+            await self._spool_lock.acquire()
+
+    def _spool_failed(self, exc: OSError) -> None:
+        self._readiness.fail(READY_SPOOL, f"spool at {self._spool.directory} failed: {exc}")
+        log.error("spool_failed", directory=str(self._spool.directory), error=str(exc), policy=self._policy)
+
+    def _drop(self, events: int, reason: str, what: str) -> None:
+        self._metrics.dropped.labels(reason).inc(events)
+        self._metrics.log_sampled(reason, "events dropped", dropped=events, what=what,
                                   policy=self._policy, max_bytes=self._spool.max_bytes)
 
     async def _drain_loop(self) -> None:
         while True:
             await self._spool_ready.wait()
-            async with self._spool_lock:
-                records = await asyncio.to_thread(self._spool.read, self._batch_max)
-            if not records:
+            try:
+                async with self._spool_lock:
+                    chunk = await asyncio.to_thread(self._spool.read, self._batch_max)
+                    self._draining = chunk.segment if chunk else None
+            except OSError as exc:
+                self._spool_failed(exc)
+                await asyncio.sleep(self._backoff.next_delay_s())
+                continue
+            if chunk is None:
                 self._spool_ready.clear()
                 self._update_idle()
                 continue
-            if not await self._xadd(records):
+            published = await self._xadd(chunk.records)
+            async with self._spool_lock:
+                self._draining = None
+                if published:
+                    self._spool.consumed(chunk)
+                    self._metrics.spool_bytes.set(self._spool.size_bytes)
+            if not published:
                 await asyncio.sleep(self._backoff.next_delay_s())
                 continue
             self._backoff.reset()
-            async with self._spool_lock:
-                self._spool.consumed(records)
-                self._metrics.spool_bytes.set(self._spool.size_bytes)
-            self._metrics.published.inc(len(records))
+            self._readiness.ok(READY_SPOOL)
+            self._metrics.published.inc(len(chunk.records))
             if not self._spool:
                 log.info("spool_drained")
 
@@ -189,10 +224,15 @@ class Publisher:
         return self.pending
 
     async def close(self, timeout_s: float) -> int:
-        """Stop after every buffered event is in Redis or in the spool; returns how many are in neither."""
-        await self._queue.put(_STOP)
+        """Stop after every buffered event is in Redis, in the spool or counted as dropped (a full spool
+        under `block` no longer waits); returns how many are in none of them after `timeout_s`."""
+        self._closing = True
+        stop_queued = False
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._flushed.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._queue.put(_STOP)
+                stop_queued = True
+                await self._flushed.wait()
         if self._flushed.is_set():
             return 0
-        return self._in_flight + self._queue.qsize() - (0 if self._stop_taken else 1)
+        return self._in_flight + self._queue.qsize() - (1 if stop_queued and not self._stop_taken else 0)

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from homeiq_collector import frames
 from homeiq_collector.backfill import backfill_events, history_command, history_decoder, states_decoder
 from homeiq_collector.entity_filter import EntityFilter
-from homeiq_collector.gap import GapTracker, Watermark
+from homeiq_collector.gap import GapTracker
 from homeiq_collector.ha_client import (
     AuthInvalid,
     CommandFailed,
@@ -28,6 +28,7 @@ from homeiq_collector.metrics import CollectorMetrics
 from homeiq_collector.normalise import PointTimes, normalise, normalise_state_changed
 from homeiq_collector.publisher import READY_REDIS, Publisher
 from homeiq_collector.registry import Registry
+from homeiq_collector.resume import ResumePoint
 from homeiq_collector.settings import CollectorSettings
 from homeiq_collector.spool import Spool
 from homeiq_shared.backoff import Backoff
@@ -73,10 +74,10 @@ class Collector:
                                    settings.publish_batch)
         self.ha_registry = Registry()
         self.gap = GapTracker()
+        self.resume = ResumePoint(self.redis, settings.names, self.gap, settings.backfill)
+        self._resumed = asyncio.Event()
         self.point_times = PointTimes()
-        self.watermark = Watermark()
-        self._watermark_key = f"{settings.names.stream}:collector:last_live_ns"
-        self._offered = self._saved_ns = 0
+        self._offered = 0
         self.sessions = 0
         self._stale: set[str] = set()
         self._stale_changed = asyncio.Event()
@@ -86,54 +87,46 @@ class Collector:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, read and publish until `stop`; then publish (or spool) what is buffered and exit."""
         await self.health.start()
-        publisher = asyncio.create_task(self.publisher.run(), name="publisher")
-        await self._resume_watermark()
-        redis_watch = asyncio.create_task(self._watch_redis(), name="redis-watch")
+        unpublished = 0
         try:
-            await self._supervise(stop)
+            # One tree: a failure of any task (the publisher's, the Redis watch's) ends the others and
+            # surfaces here, instead of a reader filling a buffer that nobody empties.
+            async with asyncio.TaskGroup() as tasks:
+                publishing = tasks.create_task(self.publisher.run(), name="publisher")
+                watching = tasks.create_task(self._watch_redis(), name="redis-watch")
+                await self._supervise(stop)
+                await self.publisher.drain(DRAIN_TIMEOUT_S)
+                unpublished = await self.publisher.close(DRAIN_TIMEOUT_S)
+                publishing.cancel()
+                watching.cancel()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:  # one failure (Fatal, a spool bug): surfaces as itself
+                raise group.exceptions[0] from None
+            raise
         finally:
-            redis_watch.cancel()
-            await self.publisher.drain(DRAIN_TIMEOUT_S)
-            unpublished = await self.publisher.close(DRAIN_TIMEOUT_S)
-            publisher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await publisher
             if unpublished:
                 self.metrics.dropped.labels("shutdown_unpublished").inc(unpublished)
                 log.error("events_unpublished_at_exit", events=unpublished)
             with contextlib.suppress(RedisError, OSError):
-                await self._save_watermark()
+                await self.resume.save(self._offered, self.publisher.settled)
             await self.redis.aclose()
             await self.health.stop()
             log.info("collector_stopped", unpublished=unpublished, spooled=self.publisher.pending)
 
     async def _watch_redis(self) -> None:
-        """Readiness needs Redis even while no event flows: PING it now and then; save the watermark."""
+        """Readiness needs Redis even while no event flows: PING it now and then. The first answer tells
+        where the last run left off (however long Redis takes to come); after that, save the watermark."""
         while True:
             try:
                 await self.redis.ping()
                 self.readiness.ok(READY_REDIS)
-                await self._save_watermark()
+                if not self._resumed.is_set():
+                    await self.resume.read()
+                    self._resumed.set()
+                await self.resume.save(self._offered, self.publisher.settled)
             except (RedisError, OSError) as exc:
                 self.readiness.fail(READY_REDIS, describe_redis_error(self.settings.redis_url, exc))
             await asyncio.sleep(REDIS_CHECK_S)
-
-    async def _resume_watermark(self) -> None:
-        """After a restart, backfill from the last live state this collector made durable."""
-        try:
-            saved = await self.redis.get(self._watermark_key)
-        except (RedisError, OSError):
-            return  # Redis is down: the publisher spools, and there is nothing to resume from
-        if saved and self.settings.backfill:
-            self.gap.last_live_ns = self.watermark.durable_ns = int(saved)
-            log.info("resuming", backfill_from_ns=int(saved))
-
-    async def _save_watermark(self) -> None:
-        self.watermark.mark(self._offered, self.gap.last_live_ns)
-        durable_ns = self.watermark.advance(self.publisher.settled)
-        if durable_ns > self._saved_ns:
-            await self.redis.set(self._watermark_key, durable_ns)
-            self._saved_ns = durable_ns
 
     async def _supervise(self, stop: asyncio.Event) -> None:
         backoff = Backoff(base_s=self.settings.backoff_base_s, cap_s=self.settings.backoff_max_s,
@@ -197,7 +190,8 @@ class Collector:
         # buffer while a registry answer is still to be read.
         for kind in REGISTRY_COMMANDS:
             await self._load_registry(conn, kind)
-        gap_start_ns = self.gap.begin() if s.backfill else None
+        if s.backfill:
+            self.gap.begin()
         await conn.subscribe(self._on_event, s.command_timeout_s)
         self.metrics.connected.set(1)
         self.readiness.ok(READY_HA)
@@ -205,8 +199,8 @@ class Collector:
                  entities=len(self.ha_registry.entities))
         tasks.create_task(self._heartbeat(conn), name="ha-heartbeat")
         tasks.create_task(self._refresh_registries(conn), name="ha-registries")
-        if gap_start_ns is not None:
-            tasks.create_task(self._backfill(conn, gap_start_ns), name="ha-backfill")
+        if s.backfill:
+            tasks.create_task(self._backfills(conn), name="ha-backfill")
 
     async def _load_registry(self, conn: HAConnection, kind: str) -> None:
         try:
@@ -232,6 +226,12 @@ class Collector:
             await asyncio.sleep(self.settings.ping_interval_s)
             await conn.ping(self.settings.ping_timeout_s)
 
+    async def _backfills(self, conn: HAConnection) -> None:
+        """Close every open gap; a restart's own gap is known once Redis has told where the last run stopped."""
+        await self._resumed.wait()
+        while (start_ns := self.gap.pending_start_ns) is not None:
+            await self._backfill(conn, start_ns)
+
     async def _backfill(self, conn: HAConnection, start_ns: int) -> None:
         """Publish the recorder's states since the last live one that did not arrive live."""
         s = self.settings
@@ -248,7 +248,7 @@ class Collector:
                     await self.publisher.put(encode_event(event))
                     published += 1
         self.metrics.backfilled.inc(published)
-        self.gap.end()
+        self.gap.end(start_ns)
         log.info("backfill_done", events=published, entities=len(entity_ids), since_ns=start_ns)
 
     def _passes_filter(self, event: NormalisedEvent) -> bool:

@@ -1,10 +1,11 @@
 """A bounded append-only spool on disk for events Redis could not take; it drains in order.
 
 Segments `spool-<seq>.log` hold records `[4-byte big-endian length][payload]`. Each appended batch is
-fsynced before `append` returns. A record is read only once it is committed, so the drainer never sees a
-torn write; after a crash a torn tail record is skipped and counted. Drained segments are deleted;
-after a restart the remaining segments are drained from their start again (duplicates are harmless:
-points are idempotent).
+fsynced before `append` returns; a failed append is cut off again, so a later one never follows garbage.
+A record is read only once it is committed, so the drainer never sees a torn write; after a crash a torn
+tail record is skipped and counted. Drained segments are deleted; after a restart the remaining segments
+are drained from their start again (duplicates are harmless: points are idempotent). The drainer reads a
+`Chunk` of the oldest segment; while it publishes it, that segment is never the one dropped to make room.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ Policy = Literal["drop_oldest", "drop_newest", "block"]
 POLICIES: Final = ("drop_oldest", "drop_newest", "block")
 _HEADER: Final = struct.Struct(">I")
 SEGMENT_BYTES: Final = 64 * 1024 * 1024
+SEGMENTS: Final = 8  # drop_oldest frees about 1/SEGMENTS of the spool at a time
 
 
 @dataclass
@@ -32,11 +34,21 @@ class Segment:
     drained: int = 0
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """Records read from the start of a segment's undrained part."""
+
+    segment: Segment
+    offset: int
+    records: list[bytes]
+
+
 class Spool:
     """Append batches, read them back in order; never more than `max_bytes` on disk."""
 
-    def __init__(self, directory: Path, max_bytes: int, segment_bytes: int = SEGMENT_BYTES) -> None:
-        self.directory, self.max_bytes, self.segment_bytes = directory, max_bytes, segment_bytes
+    def __init__(self, directory: Path, max_bytes: int, segment_bytes: int | None = None) -> None:
+        self.directory, self.max_bytes = directory, max_bytes
+        self.segment_bytes = segment_bytes or max(1, min(SEGMENT_BYTES, max_bytes // SEGMENTS))
         self.directory.mkdir(parents=True, exist_ok=True)
         self.segments: list[Segment] = []
         self.torn_records = 0
@@ -83,17 +95,30 @@ class Spool:
             self.segments.append(Segment(self.directory / f"spool-{sequence}.log"))
         segment = self.segments[-1]
         data = b"".join(_HEADER.pack(len(p)) + p for p in batch)
-        with segment.path.open("ab") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with segment.path.open("ab") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError:
+            self._cut(segment)
+            raise
         segment.size += len(data)
         segment.records += len(batch)
 
-    def read(self, limit: int) -> list[bytes]:
-        """Up to `limit` of the oldest undrained records, in order (blocking I/O)."""
+    @staticmethod
+    def _cut(segment: Segment) -> None:
+        """Truncate a segment back to what it committed (a disk that filled mid-write leaves part of a batch)."""
+        try:
+            with segment.path.open("r+b") as handle:
+                handle.truncate(segment.size)
+        except FileNotFoundError:
+            pass
+
+    def read(self, limit: int) -> Chunk | None:
+        """Up to `limit` of the oldest undrained records, in order (blocking I/O); None when empty."""
         if not self.segments:
-            return []
+            return None
         segment = self.segments[0]
         with segment.path.open("rb") as handle:
             handle.seek(segment.read_offset)
@@ -110,23 +135,27 @@ class Spool:
                 break
             out.append(data[offset + _HEADER.size: offset + _HEADER.size + length])
             offset += _HEADER.size + length
-        return out
+        return Chunk(segment, segment.read_offset, out) if out else None
 
-    def consumed(self, records: list[bytes]) -> None:
-        """Mark what `read` returned as published; delete what is fully drained."""
-        segment = self.segments[0]
-        segment.read_offset += sum(_HEADER.size + len(p) for p in records)
-        segment.drained += len(records)
+    def consumed(self, chunk: Chunk) -> None:
+        """Mark a chunk `read` returned as published; delete what is fully drained."""
+        segment = chunk.segment
+        if not self.segments or segment is not self.segments[0] or segment.read_offset != chunk.offset:
+            raise RuntimeError(f"spool chunk of {segment.path.name} at {chunk.offset} is no longer the oldest")
+        segment.read_offset += sum(_HEADER.size + len(p) for p in chunk.records)
+        segment.drained += len(chunk.records)
         if segment.read_offset >= segment.size and (len(self.segments) > 1 or segment.drained >= segment.records):
             self._delete(self.segments.pop(0))
 
-    def drop_oldest(self) -> int:
-        """Delete the oldest segment to make room; returns how many undrained records it held."""
-        if not self.segments:
-            return 0
-        segment = self.segments.pop(0)
-        self._delete(segment)
-        return segment.records - segment.drained
+    def drop_oldest(self, keep: Segment | None = None) -> int:
+        """Delete the oldest segment other than `keep` (the one being drained) to make room; returns how many
+        undrained records it held (0 when there is no other)."""
+        for index, segment in enumerate(self.segments):
+            if segment is not keep:
+                del self.segments[index]
+                self._delete(segment)
+                return segment.records - segment.drained
+        return 0
 
     @staticmethod
     def _delete(segment: Segment) -> None:
