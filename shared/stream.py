@@ -45,13 +45,17 @@ class StreamNames(msgspec.Struct, frozen=True):
 DEFAULT_NAMES: Final = StreamNames()
 
 
-def connect(url: str) -> aioredis.Redis:
+DEFAULT_SOCKET_TIMEOUT_S: Final = 15.0
+
+
+def connect(url: str, socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S) -> aioredis.Redis:
     """Return a client for `url` (bytes in and out); connection errors surface on first use.
 
     RESP3, and XREADGROUP and XAUTOCLAIM replies as Redis sends them: redis-py would build a dict per
-    entry, which costs a writer more than the read itself. `read_group` and `entries_of` read them."""
+    entry, which costs a writer more than the read itself. `read_group` and `entries_of` read them.
+    `socket_timeout_s` bounds every command, a blocking read's BLOCK included."""
     client = aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=30, protocol=3,
-                                     socket_timeout=15, socket_connect_timeout=5)
+                                     socket_timeout=socket_timeout_s, socket_connect_timeout=5)
     for command in ("XREADGROUP", "XAUTOCLAIM"):
         client.set_response_callback(command, _as_sent)
     return client

@@ -10,7 +10,7 @@ import pytest
 from homeiq_local.services import InfluxServer
 from homeiq_shared.events import Context, Enrichment, NormalisedEvent, State
 from homeiq_writer.influx import Outcome, V1Sink
-from homeiq_writer.lineprotocol import encode_line, event_category, numeric_value
+from homeiq_writer.lineprotocol import encode_line, event_category, numeric_value, tag_value
 
 
 def state_event(state: str = "21.5", **changes: object) -> NormalisedEvent:
@@ -62,6 +62,15 @@ def test_removal_is_written_without_state_value() -> None:
 ])
 def test_event_category_follows_the_seed_rules(domain: str, device_class: str | None, category: str) -> None:
     assert event_category(domain, device_class) == category
+
+
+@pytest.mark.parametrize(("value", "stored"), [
+    ("kitchen", "kitchen"), ("a\\b", "a\\b"), ("a\\,b", "a\\,b"), ("a\rb\t", "a\rb\t"), (" ", " "), ('"', '"'),
+    ("a\nb", '"a\\nb"'), ("x\\", '"x\\\\"'), ("\\", '"\\\\"'), ('"q"', '"\\"q\\""'), ('""', '"\\"\\""'),
+])
+def test_tags_line_protocol_cannot_carry_are_stored_as_json_literals(value: str, stored: str) -> None:
+    assert tag_value(value) == stored
+    assert "\n" not in encode_line(state_event(enrichment=Enrichment(area_id=value)))
 
 
 async def test_awkward_strings_round_trip_through_influxd(influx: InfluxServer, influx_db: str) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import msgspec
+import pytest
 import redis.asyncio as aioredis
 
 from homeiq_local.services import InfluxServer, free_port
 from homeiq_shared.stream import DEFAULT_NAMES
+from homeiq_writer.influx import Outcome, classify
 from tests.helpers import FaultyHttp, wait_for
 from tests.writer_harness import fill, group_state, metric, running_writer, state_payload, writer_settings
 
@@ -26,6 +29,66 @@ async def test_one_bad_line_in_5000_costs_only_that_entry(
     assert influx.count(influx_db) == 4999
     (dead,) = await redis_client.xrange(DEFAULT_NAMES.dead)
     assert dead[1][b"e"] == payloads[2500] and dead[1][b"reason"] == b"rejected"
+
+
+async def test_rejected_entry_whose_data_mentions_bucket_precision_gzip_is_dead_lettered_not_retried(
+    redis_client: aioredis.Redis, redis_server: object, influx: InfluxServer, influx_db: str
+) -> None:
+    # influxd repeats a rejected line in its answer: what the line says must not make the answer a request problem.
+    words = "bucket precision gzip database is required"
+    payloads = [state_payload(n) for n in range(300)]
+    payloads[150] = state_payload(150, words, msgspec.json.encode({"note": words}), time_ns=2**64)  # unparsable
+    await fill(redis_client, payloads)
+    async with running_writer(writer_settings(redis_server.url, influx.url, influx_db)) as writer:  # type: ignore[attr-defined]
+        await wait_for(lambda: metric(writer, "homeiq_dead_lettered_total", reason="rejected") == 1, 20,
+                       "the rejected entry dead-lettered")
+        await wait_for(lambda: metric(writer, "homeiq_points_written_total") == 299, 20, "its neighbours written")
+        assert metric(writer, "homeiq_write_batches_total", outcome="refused") == 0
+        assert (await group_state(redis_client))["pending"] == 0
+    assert influx.count(influx_db) == 299
+    (dead,) = await redis_client.xrange(DEFAULT_NAMES.dead)
+    assert dead[1][b"e"] == payloads[150] and dead[1][b"reason"] == b"rejected"
+    assert words.encode() in dead[1][b"detail"]
+
+
+# What influxd 1.6.7 answered to each (tried here), and what InfluxDB 2.x answers (its http/write_handler.go,
+# http/points/parser.go and tenant errors): about the request, never about a line.
+@pytest.mark.parametrize("body", [
+    '{"error":"database is required"}\n',  # no db parameter (or an empty one)
+    '{"error":"gzip: invalid header"}\n',  # Content-Encoding: gzip, body not gzip
+    '{"error":"gzip: invalid checksum"}\n',
+    '{"error":"flate: corrupt input before offset 1"}\n',
+    '{"error":"unexpected EOF"}\n',  # a truncated gzip body
+    '{"error":"invalid consistency level"}\n',
+    '{"code":"invalid","message":"invalid precision; valid precision units are ns, us, ms, and s"}',
+    '{"code":"invalid","message":"unable to read data: gzip: invalid checksum"}',
+    '{"code":"invalid","message":"writing requires points"}',
+    '{"code":"invalid","message":"Please provide either orgID or org"}',
+    "<html><body><h1>400 Bad Request</h1></body></html>",  # not InfluxDB's answer: a proxy's
+])
+def test_request_problems_are_refused_not_bisected(body: str) -> None:
+    assert classify(400, body, None).outcome is Outcome.REFUSED
+
+
+@pytest.mark.parametrize(("status", "body"), [
+    (400, '{"error":"unable to parse \'home_assistant_events,domain=sensor state_value=\\"bucket precision gzip '
+          'database is required\\" 18446744073709551616\': strconv.ParseInt: parsing \\"18446744073709551616\\": '
+          'value out of range"}\n'),
+    (400, '{"error":"partial write: unable to parse \'home_assistant_events,domain=sensor state_value=\\"gzip: '
+          'bucket\\" 18446744073709551616\': strconv.ParseInt: parsing \\"18446744073709551616\\": value out of '
+          'range dropped=0"}\n'),
+    (400, '{"error":"field type conflict"}\n'),  # lines of one batch disagree on a field's type
+    (400, '{"error":"partial write: field type conflict: input field \\"gzip\\" on measurement \\"bucket\\" is '
+          'type string, already exists as type float dropped=1"}\n'),
+    (400, '{"code":"invalid","message":"unable to parse \'m f=\\"invalid precision; database is required\\" x\': '
+          'bad timestamp"}'),
+    (422, '{"code":"unprocessable entity","message":"failure writing points to database: partial write: field type '
+          'conflict: input field \\"precision\\" on measurement \\"gzip\\" is type float, already exists as type '
+          'string dropped=1"}'),
+    (413, '{"code":"request too large","message":"unable to read data: points batch is too large"}'),
+])
+def test_rejected_lines_are_bad_data_whatever_the_answer_repeats(status: int, body: str) -> None:
+    assert classify(status, body, None).outcome is Outcome.BAD_DATA
 
 
 async def test_field_types_never_conflict(

@@ -19,7 +19,7 @@ from homeiq_shared.options import (
     RedisUrl,
     StreamName,
 )
-from homeiq_shared.stream import DEFAULT_NAMES, StreamNames
+from homeiq_shared.stream import DEFAULT_NAMES, DEFAULT_SOCKET_TIMEOUT_S, StreamNames
 from homeiq_writer.options import (
     DEFAULTS,
     InfluxApi,
@@ -57,9 +57,14 @@ def run(
         int, typer.Option(envvar="WRITER_BATCH_SIZE", help="Entries per read and per InfluxDB write (max 5000).")
     ] = 5000,
     block_ms: Annotated[
-        int, typer.Option(envvar="WRITER_BLOCK_MS", help="How long one read waits for new entries, ms.")
+        int, typer.Option(envvar="WRITER_BLOCK_MS",
+                          help="How long one read waits for new entries, ms (at least 1 s below the socket timeout).")
     ] = 1000,
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    redis_socket_timeout_s: Annotated[
+        float, typer.Option(envvar="REDIS_SOCKET_TIMEOUT_S",
+                            help="How long any Redis command, a blocked read included, may take, seconds.")
+    ] = DEFAULT_SOCKET_TIMEOUT_S,
     stream: StreamName = DEFAULT_NAMES.stream,
     group: GroupName = DEFAULT_NAMES.group,
     dead_stream: DeadStreamName = DEFAULT_NAMES.dead,
@@ -84,7 +89,8 @@ def run(
                 retention_policy=influxdb_retention_policy, username=influxdb_username,
                 timeout_s=influxdb_timeout_s,
             ),
-            batch_size=batch_size, block_ms=block_ms, metrics_host=metrics_host, metrics_port=metrics_port,
+            batch_size=batch_size, block_ms=block_ms, redis_socket_timeout_s=redis_socket_timeout_s,
+            metrics_host=metrics_host, metrics_port=metrics_port,
         ).validate()
         return Writer(settings).run
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import enum
-import re
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Final, Protocol
 
 import aiohttp
 import msgspec
@@ -23,8 +22,8 @@ class Outcome(enum.Enum):
     """What the writer must do after an answer (the design's answer table)."""
 
     OK = "ok"
-    BAD_DATA = "bad_data"  # 400 / 413 / 422: bisect, dead-letter a single entry that still fails
-    REFUSED = "refused"  # 401 / 403 / 404 / other 4xx: not ready, retry with backoff, never dead-letter
+    BAD_DATA = "bad_data"  # 400 about lines / 413 / 422: bisect, dead-letter a single entry that still fails
+    REFUSED = "refused"  # 400 about the request / 401 / 403 / 404 / other 4xx: not ready, retry, never dead-letter
     RETRY = "retry"  # 429 / 5xx / timeout / connection refused: back off and retry the same batch
 
 
@@ -37,19 +36,46 @@ class WriteResult(msgspec.Struct, frozen=True):
     retry_after_s: float | None = None
 
 
-# A 400 about the request itself (its encoding, its parameters), not about a line: bisecting cannot help.
-_REQUEST_PROBLEM = re.compile(r"gzip|precision|content-encoding|database is required|bucket", re.IGNORECASE)
+# How a 400 about the request itself (its parameters, its encoding) starts, as influxd 1.x and InfluxDB 2.x word
+# it: bisecting cannot help. Only the start of the structured error counts: influxd repeats a rejected line in
+# answers that start "unable to parse" or "partial write:", so user data may follow any of these words.
+_REQUEST_PROBLEMS: Final = (
+    "database is required",  # 1.x: no db parameter
+    "invalid consistency level",  # 1.x
+    "gzip: ", "flate: ", "unexpected EOF",  # 1.x: a body that does not decompress
+    "invalid precision",  # 2.x
+    "unable to read data",  # 2.x: a body that does not decompress (413 when too large)
+    "writing requires points",  # 2.x: an empty body
+    "Please provide either orgID or org",  # 2.x: no org parameter
+)
+# How answers about lines start (1.x and 2.x alike), whatever they go on to repeat.
+_LINE_PROBLEMS: Final = ("unable to parse", "partial write:", "field type conflict")
+
+
+def _error_message(body: str) -> str | None:
+    """InfluxDB's error message: `error` (1.x) or `message` (2.x) of a JSON object; None if there is none."""
+    try:
+        answer = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    message = answer.get("message", answer.get("error")) if isinstance(answer, dict) else None
+    return message if isinstance(message, str) else None
 
 
 def classify(status: int, body: str, retry_after: str | None) -> WriteResult:
-    """Map an HTTP answer to an Outcome."""
+    """Map an HTTP answer to an Outcome, from its status and the start of InfluxDB's structured error."""
     detail = body.strip()[:500]
     if 200 <= status < 300:
         return WriteResult(Outcome.OK, status)
-    if status in (400, 413, 422) and not _REQUEST_PROBLEM.search(detail):
-        return WriteResult(Outcome.BAD_DATA, status, detail)
     if status == 429 or status >= 500:
         return WriteResult(Outcome.RETRY, status, detail, _retry_after_s(retry_after))
+    if status in (413, 422):
+        return WriteResult(Outcome.BAD_DATA, status, detail)
+    if status == 400 and (message := _error_message(body)) is not None:
+        message = message.lstrip()
+        if message.startswith(_LINE_PROBLEMS) or not message.startswith(_REQUEST_PROBLEMS):
+            return WriteResult(Outcome.BAD_DATA, status, detail)  # any other 400 of InfluxDB's is about lines too
+    # A 400 about the request, or not InfluxDB's own (a proxy's, say): hold the batch, bisecting cannot help.
     return WriteResult(Outcome.REFUSED, status, detail)
 
 

@@ -2,10 +2,16 @@
 
 Every field has one type forever; tags appear only when known and never empty. The parts that depend
 only on the entity and its registry facts (tag set, device and area fields) are cached per entity.
+
+A tag stores its value exactly, except a value that line protocol cannot carry (a line break anywhere, a
+trailing backslash) or that looks like the encoding used for those (it starts and ends with `"`): such a
+value is stored as its JSON string literal (`tag_value`), so no value makes a line unparsable and distinct
+values never share a series.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Final, get_args
 
@@ -14,7 +20,8 @@ from homeiq_shared.events import NO_DATA, Enrichment, NormalisedEvent, Source
 MEASUREMENT: Final = "home_assistant_events"
 CACHE_SIZE: Final = 20_000
 
-_TAG_ESCAPES: Final = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": " ", "\r": " "})
+# influxd 1.x unescapes only these three in a tag value; a backslash before anything else is kept as it is.
+_TAG_ESCAPES: Final = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
 _EMPTY_OBJECT: Final = b"{}"
 
 _SECURITY_DOMAINS: Final = frozenset({"alarm_control_panel", "lock"})
@@ -51,8 +58,21 @@ def numeric_value(state: str) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def tag_value(value: str) -> str:
+    """What a tag stores for `value`: itself, or its JSON string literal if it is unsafe or looks like one."""
+    # Line protocol has no escape for a line break, and a trailing backslash escapes the separator after it;
+    # a JSON literal has neither. Values that start and end with `"` are encoded too, so decoding is unique.
+    if "\n" in value or value[-1:] == "\\" or (value[:1] == '"' == value[-1:] and len(value) > 1):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
 def _tag(value: str) -> str:
-    return value.translate(_TAG_ESCAPES)
+    """A tag value as it goes in the line (plain values, the usual case, untouched)."""
+    value = tag_value(value)
+    if "," in value or "=" in value or " " in value:
+        return value.translate(_TAG_ESCAPES)
+    return value
 
 
 def _escape(value: str) -> str:

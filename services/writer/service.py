@@ -33,7 +33,7 @@ class Writer:
         self.registry = registry or CollectorRegistry()
         self.metrics = WriterMetrics(self.registry)
         self.readiness = Readiness(READY_REDIS, READY_INFLUX)
-        self.redis: aioredis.Redis = connect(settings.redis_url)
+        self.redis: aioredis.Redis = connect(settings.redis_url, settings.redis_socket_timeout_s)
         self.sink = settings.influx.make_sink()
         self.batches = BatchWriter(
             self.redis, settings.names, self.sink, self.metrics, self.readiness, settings.consumer

@@ -5,8 +5,11 @@ from __future__ import annotations
 import msgspec
 
 from homeiq_shared.settings import ConfigError, check_choice, check_positive, check_url, read_secret
-from homeiq_shared.stream import StreamNames
+from homeiq_shared.stream import DEFAULT_SOCKET_TIMEOUT_S, StreamNames
 from homeiq_writer.influx import InfluxSink, V1Sink, V2Sink
+
+# A blocked read returns after BLOCK plus Redis's and the network's delay; this much time must be left for that.
+BLOCK_MARGIN_MS = 1000
 
 
 class InfluxSettings(msgspec.Struct, frozen=True):
@@ -48,6 +51,7 @@ class WriterSettings(msgspec.Struct, frozen=True):
     influx: InfluxSettings
     batch_size: int = 5000
     block_ms: int = 1000
+    redis_socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other containers
     metrics_port: int = 8002
 
@@ -59,5 +63,12 @@ class WriterSettings(msgspec.Struct, frozen=True):
         if not 1 <= self.batch_size <= 5000:
             raise ConfigError(f"WRITER_BATCH_SIZE: must be between 1 and 5000, got {self.batch_size}")
         check_positive("WRITER_BLOCK_MS", self.block_ms)
+        check_positive("REDIS_SOCKET_TIMEOUT_S", self.redis_socket_timeout_s)
+        if self.block_ms + BLOCK_MARGIN_MS > self.redis_socket_timeout_s * 1000:
+            # Otherwise every read of an idle stream times out as if Redis were down (unready, reconnects).
+            raise ConfigError(
+                f"WRITER_BLOCK_MS ({self.block_ms}) must be at least {BLOCK_MARGIN_MS} ms below "
+                f"REDIS_SOCKET_TIMEOUT_S ({self.redis_socket_timeout_s:g} s): lower WRITER_BLOCK_MS or raise "
+                "REDIS_SOCKET_TIMEOUT_S")
         self.influx.validate()
         return self
