@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
-from homeiq_replayer.scripts import REDRIVE_SCRIPT, TRIM_SCRIPT
+from homeiq_replayer.scripts import PRUNE_SCRIPT, REDRIVE_SCRIPT, TRIM_SCRIPT
 from homeiq_shared.logs import Log
 from homeiq_shared.stream import DEAD_ORIGINAL_ID, DEAD_REASON, FIELD_EVENT, StreamNames
 
@@ -129,26 +129,14 @@ async def _count_below(client: aioredis.Redis, names: StreamNames, min_id: str) 
 
 
 async def prune_consumers(client: aioredis.Redis, names: StreamNames, idle_s: float) -> list[str]:
-    """Delete consumers idle longer than `idle_s` whose pending list is empty (never one with entries)."""
-    if await group_info(client, names) is None:
-        return []
+    """Delete consumers idle longer than `idle_s` with nothing pending; the check and the delete are one step."""
+    script = client.register_script(PRUNE_SCRIPT)
+    reply: Any = await script(keys=[names.stream], args=[names.group, int(idle_s * 1000)])
     pruned: list[str] = []
-    infos: Any = await client.xinfo_consumers(names.stream, names.group)
-    for info in infos:
-        inactive_ms = int(info.get("inactive", info.get("idle", 0)))
-        if int(info["pending"]) == 0 and inactive_ms > idle_s * 1000:
-            name = _id(info["name"])
-            # DELCONSUMER drops a consumer's pending entries, so check again right before.
-            if await _still_empty(client, names, name):
-                await client.xgroup_delconsumer(names.stream, names.group, name)
-                pruned.append(name)
-                log.info("consumer_pruned", consumer=name, inactive_s=round(inactive_ms / 1000))
+    for name, idle_ms in zip(reply[::2], reply[1::2], strict=True):
+        pruned.append(_id(name))
+        log.info("consumer_pruned", consumer=_id(name), idle_s=round(int(idle_ms) / 1000))
     return pruned
-
-
-async def _still_empty(client: aioredis.Redis, names: StreamNames, consumer: str) -> bool:
-    rows: Any = await client.xpending_range(names.stream, names.group, "-", "+", 1, consumer)
-    return not rows
 
 
 class DeadLetter(msgspec.Struct):
