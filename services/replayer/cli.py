@@ -31,7 +31,7 @@ from homeiq_shared.options import (
     RedisUrl,
     StreamName,
 )
-from homeiq_shared.settings import ConfigError, check_url, redact_url
+from homeiq_shared.settings import ConfigError, check_positive, check_url, redact_url
 from homeiq_shared.stream import DEFAULT_NAMES, StreamNames, connect
 from homeiq_writer.options import (
     DEFAULTS,
@@ -59,7 +59,12 @@ MinIdleMs = Annotated[int, typer.Option(
     help="Reclaim entries idle longer than this, ms (above a writer's worst write + retry).")]
 MaxDeliveries = Annotated[int, typer.Option(
     "--max-deliveries", envvar="REPLAYER_MAX_DELIVERIES",
-    help="An entry delivered more often than this goes to dead-letter.")]
+    help="An entry delivered (read or claimed) more often than this is a suspect: it is written alone, under "
+         "the crash ledger. Outages and restarts raise delivery counts too, so this alone dead-letters nothing.")]
+MaxCrashes = Annotated[int, typer.Option(
+    "--max-crashes", envvar="REPLAYER_MAX_CRASHES",
+    help="A suspect that replayers died (or hung) while decoding and encoding this many times goes to "
+         "dead-letter as crashed_reader.")]
 Count = Annotated[int, typer.Option("--count", envvar="REPLAYER_COUNT", help="Entries per XAUTOCLAIM call.")]
 Consumer = Annotated[str, typer.Option(
     "--consumer", envvar="REPLAYER_CONSUMER", help="Consumer name the reclaimed entries move to.")]
@@ -130,6 +135,7 @@ def run(
     ctx: typer.Context,
     min_idle_ms: MinIdleMs = 60_000,
     max_deliveries: MaxDeliveries = 10,
+    max_crashes: MaxCrashes = 2,
     count: Count = 500,
     consumer: Consumer = "replayer",
     interval_s: Annotated[
@@ -171,7 +177,7 @@ def run(
                 timeout_s=influxdb_timeout_s,
             ),
             consumer=consumer, min_idle_ms=min_idle_ms, interval_s=interval_s, count=count,
-            max_deliveries=max_deliveries, trim=trim, prune_idle_s=prune_idle_s,
+            max_deliveries=max_deliveries, max_crashes=max_crashes, trim=trim, prune_idle_s=prune_idle_s,
             metrics_host=metrics_host, metrics_port=metrics_port,
         ).validate()
         return Replayer(settings).run
@@ -203,6 +209,7 @@ def reclaim(
     ctx: typer.Context,
     min_idle_ms: MinIdleMs = 60_000,
     max_deliveries: MaxDeliveries = 10,
+    max_crashes: MaxCrashes = 2,
     count: Count = 500,
     consumer: Consumer = "replayer",
     dry_run: DryRun = False,
@@ -215,9 +222,10 @@ def reclaim(
     influxdb_username: InfluxUsername = DEFAULTS.username,
     influxdb_timeout_s: InfluxTimeout = DEFAULTS.timeout_s,
 ) -> None:
-    """One reclaim pass now, with progress and a summary (reclaimed, written, dead-lettered, lost)."""
+    """One reclaim pass now, with progress and a summary (reclaimed, written, suspects, dead-lettered, lost)."""
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
+    from homeiq_replayer.crashes import CrashLedger  # noqa: PLC0415
     from homeiq_replayer.reclaim import PassSummary, reclaim_pass  # noqa: PLC0415
     from homeiq_shared.health import Readiness  # noqa: PLC0415
     from homeiq_writer.batch import READY_INFLUX, BatchWriter  # noqa: PLC0415
@@ -226,6 +234,8 @@ def reclaim(
     shared: Context = ctx.obj
     setup_logging("WARNING", "text", "replayer")
     try:
+        check_positive("REPLAYER_MAX_DELIVERIES", max_deliveries)
+        check_positive("REPLAYER_MAX_CRASHES", max_crashes)
         influx = InfluxSettings(url=influxdb_url, api=influxdb_api, org=influxdb_org, bucket=influxdb_bucket,
                                 retention_policy=influxdb_retention_policy, username=influxdb_username,
                                 timeout_s=influxdb_timeout_s).validate()
@@ -238,8 +248,10 @@ def reclaim(
         if dry_run:
             rows: Any = await client.xpending_range(shared.names.stream, shared.names.group, "-", "+",
                                                     1_000_000, idle=min_idle_ms)
-            poison = sum(1 for r in rows if int(r["times_delivered"]) + 1 > max_deliveries)
-            return PassSummary(reclaimed=len(rows), dead_lettered=poison, dry_run=True)
+            suspects = sum(1 for r in rows if int(r["times_delivered"]) + 1 > max_deliveries)
+            crashes: Any = await client.hvals(shared.names.crashes)
+            crashed = sum(1 for n in crashes if int(n) >= max_crashes)
+            return PassSummary(reclaimed=len(rows), suspects=suspects, dead_lettered=crashed, dry_run=True)
         assert sink is not None
         readiness = Readiness(READY_INFLUX)
         writer = BatchWriter(client, shared.names, sink, WriterMetrics(CollectorRegistry()), readiness, consumer)
@@ -249,7 +261,8 @@ def reclaim(
                 task = bar.add_task("reclaim", total=int(summary_all["pending"]))
                 result = await reclaim_pass(client, shared.names, consumer, writer, min_idle_ms, count,
                                             asyncio.Event(), max_deliveries,
-                                            progress=lambda n: bar.advance(task, n))
+                                            progress=lambda n: bar.advance(task, n),
+                                            ledger=CrashLedger(client, shared.names, consumer, max_crashes))
             if not writer.healthy:
                 _fail(f"InfluxDB did not take the batch: {readiness.reason}. The entries stay pending; fix "
                       "InfluxDB (URL, credentials, database) and run reclaim again.")
@@ -262,8 +275,8 @@ def reclaim(
         _json(summary)
         return
     title = "reclaim (dry run: nothing changed)" if dry_run else "reclaim"
-    _table(title, ["reclaimed", "written", "dead-lettered", "lost"],
-           [[summary.reclaimed, "-" if dry_run else summary.written, summary.dead_lettered,
+    _table(title, ["reclaimed", "written", "suspects", "dead-lettered", "lost"],
+           [[summary.reclaimed, "-" if dry_run else summary.written, summary.suspects, summary.dead_lettered,
              "-" if dry_run else summary.lost]])
 
 

@@ -109,3 +109,46 @@ local new_id = redis.call('XADD', KEYS[2], '*', 'v', v, 'e', e)
 redis.call('XDEL', KEYS[1], ARGV[1])
 return new_id
 """
+
+# The crash ledger (homeiq_replayer.crashes). A marker says "replayer instance T is reading suspect entry
+# E until U" (U: Redis's clock plus a lease). KEYS: suspects. ARGV: instance token, entry id, lease ms.
+MARK_SCRIPT: Final = """
+local now = redis.call('TIME')
+local until_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. string.format('%d', until_ms))
+return until_ms
+"""
+
+# Count every marker whose lease ran out (its replayer died reading that entry, or hung there) as one
+# crash of that entry, once; drop the caller's own stale marker uncounted (its release failed with
+# Redis, which is no crash); forget the counts of entries no longer pending.
+# KEYS: suspects, crashes, stream. ARGV: group, caller's instance token.
+# Returns {{entry ids just counted}, {entry id, crashes, ...} of the entries still pending}.
+SETTLE_CRASHES_SCRIPT: Final = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local counted = {}
+local markers = redis.call('HGETALL', KEYS[1])
+for i = 1, #markers, 2 do
+  local id, until_ms = string.match(markers[i + 1], '^(%S+) (%d+)$')
+  if markers[i] == ARGV[2] or not id then
+    redis.call('HDEL', KEYS[1], markers[i])
+  elseif tonumber(until_ms) < now_ms then
+    redis.call('HDEL', KEYS[1], markers[i])
+    redis.call('HINCRBY', KEYS[2], id, 1)
+    table.insert(counted, id)
+  end
+end
+local counts = {}
+local ledger = redis.call('HGETALL', KEYS[2])
+for i = 1, #ledger, 2 do
+  local pending = redis.pcall('XPENDING', KEYS[3], ARGV[1], ledger[i], ledger[i], 1)
+  if pending['err'] or #pending == 0 then
+    redis.call('HDEL', KEYS[2], ledger[i])
+  else
+    table.insert(counts, ledger[i])
+    table.insert(counts, tonumber(ledger[i + 1]))
+  end
+end
+return {counted, counts}
+"""
