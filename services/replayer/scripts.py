@@ -133,7 +133,7 @@ for i = 1, #markers, 2 do
   local id, until_ms = string.match(markers[i + 1], '^(%S+) (%d+)$')
   if markers[i] == ARGV[2] or not id then
     redis.call('HDEL', KEYS[1], markers[i])
-  elseif tonumber(until_ms) < now_ms then
+  elseif tonumber(until_ms) <= now_ms then
     redis.call('HDEL', KEYS[1], markers[i])
     redis.call('HINCRBY', KEYS[2], id, 1)
     table.insert(counted, id)
