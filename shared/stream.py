@@ -41,6 +41,16 @@ class StreamNames(msgspec.Struct, frozen=True):
     group: str = "writers"
     dead: str = "homeiq:events:dead"
 
+    @property
+    def suspects(self) -> str:
+        """Hash: replayer instance → the suspect entry it is reading now and until when (its crash marker)."""
+        return f"{self.stream}:replayer:{self.group}:suspects"
+
+    @property
+    def crashes(self) -> str:
+        """Hash: entry id → how many replayers died while reading it (the crash ledger)."""
+        return f"{self.stream}:replayer:{self.group}:crashes"
+
 
 DEFAULT_NAMES: Final = StreamNames()
 
@@ -75,6 +85,30 @@ async def read_group(client: aioredis.Redis, names: StreamNames, consumer: str, 
     """XREADGROUP for `consumer` from `cursor` (`>` for new entries, an id for its own pending ones)."""
     reply: Any = await client.xreadgroup(names.group, consumer, {names.stream: cursor}, count=count, block=block_ms)
     return entries_of(reply[names.stream.encode()]) if reply else []  # RESP3: a map of stream → entries
+
+
+async def read_pending(client: aioredis.Redis, names: StreamNames, consumer: str, after: bytes,
+                       count: int) -> list[Entry]:
+    """`consumer`'s own pending entries after id `after` (`0`: from the first), without delivering them again.
+
+    XPENDING for the ids, then their payloads: unlike XREADGROUP from an id, this neither raises the
+    entries' delivery counts nor resets their idle time."""
+    start = "-" if after == b"0" else b"(" + after
+    rows: Any = await client.xpending_range(names.stream, names.group, start, "+", count, consumer)
+    return await fetch_entries(client, names, [row["message_id"] for row in rows])
+
+
+async def fetch_entries(client: aioredis.Redis, names: StreamNames, ids: list[bytes]) -> list[Entry]:
+    """The entries with these ids, in one round trip; an entry whose payload was trimmed has no fields."""
+    if not ids:
+        return []
+    async with client.pipeline(transaction=False) as pipe:
+        for entry_id in ids:
+            pipe.xrange(names.stream, entry_id, entry_id)
+        found: list[Any] = await pipe.execute()
+    # XRANGE's reply comes as (id, {field: value}): back to the field list Redis sent.
+    return [(entry_id, [part for pair in entry[0][1].items() for part in pair] if entry else [])
+            for entry_id, entry in zip(ids, found, strict=True)]
 
 
 def payload_of(fields: list[bytes]) -> tuple[bytes | None, bytes | None]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, entries_of, payload_of, read_group
+from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, entries_of, payload_of, read_group, read_pending
 
 
 @pytest.mark.parametrize(("fields", "expected"), [
@@ -34,3 +34,17 @@ async def test_read_group_returns_ids_and_field_lists_in_stream_order(redis_clie
     assert entries == [(entry_id, [b"v", b"1", b"e", str(n).encode()]) for n, entry_id in enumerate(ids)]
     assert await read_group(redis_client, DEFAULT_NAMES, "w1", b">", 10, block_ms=10) == []
     assert [e[0] for e in await read_group(redis_client, DEFAULT_NAMES, "w1", b"0", 10)] == ids  # own pending
+
+
+async def test_read_pending_returns_own_entries_without_delivering_them_again(redis_client: aioredis.Redis) -> None:
+    await ensure_group(redis_client, DEFAULT_NAMES)
+    ids = [await redis_client.xadd(DEFAULT_NAMES.stream, {b"v": b"1", b"e": str(n).encode()}) for n in range(4)]
+    await read_group(redis_client, DEFAULT_NAMES, "w1", b">", 3)
+    await read_group(redis_client, DEFAULT_NAMES, "w2", b">", 1)
+    await redis_client.xdel(DEFAULT_NAMES.stream, ids[1])  # pending, payload gone
+    assert await read_pending(redis_client, DEFAULT_NAMES, "w1", b"0", 10) == [
+        (ids[0], [b"v", b"1", b"e", b"0"]), (ids[1], []), (ids[2], [b"v", b"1", b"e", b"2"])]
+    assert [e[0] for e in await read_pending(redis_client, DEFAULT_NAMES, "w1", ids[0], 1)] == [ids[1]]
+    assert await read_pending(redis_client, DEFAULT_NAMES, "w1", ids[2], 10) == []
+    rows = await redis_client.xpending_range(DEFAULT_NAMES.stream, DEFAULT_NAMES.group, "-", "+", 10)
+    assert [r["times_delivered"] for r in rows] == [1, 1, 1, 1]

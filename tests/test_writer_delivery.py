@@ -13,8 +13,16 @@ from homeiq_local.services import InfluxServer, RedisServer
 from homeiq_shared.stream import DEFAULT_NAMES, StreamNames, connect, read_group
 from homeiq_writer.batch import BatchWriter
 from homeiq_writer.influx import V1Sink
-from tests.helpers import DelayProxy, Service, wait_for
-from tests.writer_harness import fill, group_state, metric, running_writer, state_payload, writer_settings
+from tests.helpers import DelayProxy, FaultyHttp, Service, wait_for
+from tests.writer_harness import (
+    fill,
+    group_state,
+    metric,
+    restart_during_outage,
+    running_writer,
+    state_payload,
+    writer_settings,
+)
 
 
 def writer_env(redis: RedisServer, influx_url: str, database: str, consumer: str) -> dict[str, str]:
@@ -132,3 +140,23 @@ async def test_three_writers_share_the_load_without_double_writes(
     assert sum(shares) == sum(entries_read) == 30_000  # each entry was written by exactly one writer
     keys = Counter((p["entity_id"], p["time"]) for p in influx.points(influx_db))
     assert len(keys) == 30_000 and max(keys.values()) == 1
+
+
+async def test_a_restarted_writer_does_not_raise_the_delivery_count_of_its_own_pending_entries(
+    redis_client: aioredis.Redis, redis_server: RedisServer, influx: InfluxServer, influx_db: str
+) -> None:
+    await fill(redis_client, [state_payload(n) for n in range(3)])
+    await redis_client.xreadgroup(DEFAULT_NAMES.group, "w1", {DEFAULT_NAMES.stream: ">"}, count=3)  # then died
+    proxy = FaultyHttp(influx.url)
+    proxy.faults = [(503, None)] * 1000  # InfluxDB down throughout
+    await proxy.start()
+    try:
+        await restart_during_outage(redis_server.url, proxy, influx_db, times=3)
+        rows = await redis_client.xpending_range(DEFAULT_NAMES.stream, DEFAULT_NAMES.group, "-", "+", 10)
+        assert [(r["consumer"], r["times_delivered"]) for r in rows] == [(b"w1", 1)] * 3
+        proxy.faults = []  # InfluxDB is back
+        async with running_writer(writer_settings(redis_server.url, proxy.url, influx_db)) as writer:
+            await wait_for(lambda: metric(writer, "homeiq_points_written_total") == 3, 20, "the 3 entries")
+    finally:
+        await proxy.stop()
+    assert (await group_state(redis_client))["pending"] == 0 and influx.count(influx_db) == 3

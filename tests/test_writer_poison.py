@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
@@ -12,8 +13,10 @@ from homeiq_local.services import InfluxServer
 from homeiq_shared.events import NormalisedEvent, State, encode_event
 from homeiq_shared.health import Readiness
 from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, read_group
+from homeiq_writer import batch
 from homeiq_writer.batch import BatchWriter
 from homeiq_writer.influx import V1Sink
+from homeiq_writer.lineprotocol import encode_line
 from homeiq_writer.metrics import WriterMetrics
 
 
@@ -60,3 +63,32 @@ async def test_poison_is_dead_lettered_and_good_neighbours_written(
     assert metrics.points_written._value.get() == 100
     assert metrics.dead_lettered.labels("rejected")._value.get() == 1
     assert metrics.batches.labels("bad_data")._value.get() >= 1
+
+
+async def test_an_entry_whose_encoding_raises_is_dead_lettered_and_its_neighbours_written(
+    redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bug in our own code that one entry triggers (not a decode error): its own fault, every time.
+    def encode_or_fail(event: NormalisedEvent) -> str:
+        if event.entity_id == "sensor.s5":
+            raise KeyError("a key the encoder did not expect")
+        return encode_line(event)
+
+    monkeypatch.setattr(batch, "encode_line", encode_or_fail)
+    names = DEFAULT_NAMES
+    await ensure_group(redis_client, names)
+    ids = [await redis_client.xadd(names.stream, {b"v": b"1", b"e": event(n)}) for n in range(10)]
+    entries = await read_group(redis_client, names, "w1", b">", 100)
+    metrics = WriterMetrics(CollectorRegistry())
+    sink = V1Sink(influx.url, influx_db, "", "", "", 10)
+    try:
+        assert await BatchWriter(redis_client, names, sink, metrics, Readiness(), "w1").process(entries,
+                                                                                              asyncio.Event())
+    finally:
+        await sink.close()
+    assert influx.count(influx_db) == 9
+    (dead,) = await redis_client.xrange(names.dead)
+    assert dead[1][b"reason"] == b"reader_error" and dead[1][b"original_id"] == ids[5]
+    assert b"KeyError" in dead[1][b"detail"] and dead[1][b"e"] == event(5)
+    assert (await redis_client.xpending(names.stream, names.group))["pending"] == 0
+    assert metrics.dead_lettered.labels("reader_error")._value.get() == 1

@@ -15,6 +15,7 @@ from homeiq_shared.events import Enrichment, NormalisedEvent, State, encode_even
 from homeiq_shared.stream import DEFAULT_NAMES, ensure_group
 from homeiq_writer.service import Writer
 from homeiq_writer.settings import InfluxSettings, WriterSettings
+from tests.helpers import FaultyHttp, wait_for
 
 BASE_NS = 1_700_000_000_000_000_000
 
@@ -69,3 +70,16 @@ def metric(writer: Writer, name: str, **labels: str) -> float:
 async def group_state(client: aioredis.Redis) -> dict[str, int]:
     group = (await client.xinfo_groups(DEFAULT_NAMES.stream))[0]
     return {"read": int(group["entries-read"] or 0), "pending": int(group["pending"])}
+
+
+def write_requests(proxy: FaultyHttp) -> int:
+    """How many write requests reached the proxy (readiness checks not counted)."""
+    return sum(1 for path, _, _ in proxy.requests if path.startswith("/write"))
+
+
+async def restart_during_outage(redis_url: str, proxy: FaultyHttp, database: str, times: int) -> None:
+    """Start writer w1 `times` times behind `proxy` (answering faults); each run tries its batch, then stops."""
+    for _ in range(times):
+        before = write_requests(proxy)
+        async with running_writer(writer_settings(redis_url, proxy.url, database)):
+            await wait_for(lambda b=before: write_requests(proxy) > b, 20, "the writer's attempt at its entries")

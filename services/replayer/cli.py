@@ -6,10 +6,14 @@ Exit codes: 0 ok, 1 operational failure (says what to do next), 2 usage or confi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import msgspec
 import typer
@@ -18,7 +22,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from homeiq_shared.backoff import Backoff
 from homeiq_shared.cli import EXIT_FAILURE, EXIT_USAGE, ServiceMain, config_error, run_service
+from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import setup_logging
 from homeiq_shared.options import (
     DEFAULT_REDIS_URL,
@@ -31,7 +37,7 @@ from homeiq_shared.options import (
     RedisUrl,
     StreamName,
 )
-from homeiq_shared.settings import ConfigError, check_url, redact_url
+from homeiq_shared.settings import ConfigError, check_positive, check_url, redact_url
 from homeiq_shared.stream import DEFAULT_NAMES, StreamNames, connect
 from homeiq_writer.options import (
     DEFAULTS,
@@ -44,6 +50,10 @@ from homeiq_writer.options import (
     InfluxUsername,
 )
 from homeiq_writer.settings import InfluxSettings
+
+if TYPE_CHECKING:
+    from homeiq_shared.health import Readiness
+    from homeiq_writer.batch import BatchWriter
 
 app = typer.Typer(help="Reclaim entries left pending by dead or stuck writers; incident tools.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -59,7 +69,16 @@ MinIdleMs = Annotated[int, typer.Option(
     help="Reclaim entries idle longer than this, ms (above a writer's worst write + retry).")]
 MaxDeliveries = Annotated[int, typer.Option(
     "--max-deliveries", envvar="REPLAYER_MAX_DELIVERIES",
-    help="An entry delivered more often than this goes to dead-letter.")]
+    help="An entry delivered (read or claimed) more often than this is a suspect: it is written alone, under "
+         "the crash ledger. Outages and restarts raise delivery counts too, so this alone dead-letters nothing.")]
+MaxCrashes = Annotated[int, typer.Option(
+    "--max-crashes", envvar="REPLAYER_MAX_CRASHES",
+    help="A suspect that replayers died (or hung) while decoding and encoding this many times goes to "
+         "dead-letter as crashed_reader.")]
+GiveUpAfter = Annotated[float, typer.Option(
+    "--give-up-after", envvar="REPLAYER_GIVE_UP_AFTER_S",
+    help="Give up (exit 1, everything not written stays pending) when InfluxDB has taken nothing for this "
+         "long, s; a request in flight may add up to INFLUXDB_TIMEOUT_S.")]
 Count = Annotated[int, typer.Option("--count", envvar="REPLAYER_COUNT", help="Entries per XAUTOCLAIM call.")]
 Consumer = Annotated[str, typer.Option(
     "--consumer", envvar="REPLAYER_CONSUMER", help="Consumer name the reclaimed entries move to.")]
@@ -91,8 +110,60 @@ def _main(
 
 
 def _fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)  # one line: URLs stay whole
     raise typer.Exit(EXIT_FAILURE)
+
+
+class _Guard:
+    """Sets `stop` when the operator interrupts (SIGINT, SIGTERM; a second one exits at once) or when nothing
+    progressed for `give_up_after_s`; `why` says which. For the length of an `async with` block."""
+
+    def __init__(self, give_up_after_s: float) -> None:
+        self.stop = asyncio.Event()
+        self.why: str | None = None
+        self._give_up_after_s = give_up_after_s
+        self._last_progress = time.monotonic()
+        self._watch: asyncio.Task[None] | None = None
+        self._signals: list[signal.Signals] = []
+
+    def progressed(self) -> None:
+        """InfluxDB took something: the give-up clock starts again."""
+        self._last_progress = time.monotonic()
+
+    def _interrupt(self, sig: signal.Signals) -> None:
+        if self.stop.is_set():
+            os._exit(130)
+        self.why = f"interrupted by {sig.name}"
+        self.stop.set()
+
+    async def _watch_progress(self) -> None:
+        while not self.stop.is_set():
+            left_s = self._give_up_after_s - (time.monotonic() - self._last_progress)
+            if left_s <= 0:
+                self.why = f"gave up after {self._give_up_after_s:g} s without progress"
+                self.stop.set()
+                return
+            await wait_or_stop(self.stop, left_s)
+
+    async def __aenter__(self) -> _Guard:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._interrupt, sig)
+            except (RuntimeError, ValueError):  # not the main thread (a test runner's): the deadline still holds
+                break
+            self._signals.append(sig)
+        self._watch = asyncio.create_task(self._watch_progress(), name="give-up")
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in self._signals:
+            loop.remove_signal_handler(sig)
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
 
 
 def _execute(ctx: Context, work: Callable[[Any], Awaitable[T]]) -> T:
@@ -130,6 +201,7 @@ def run(
     ctx: typer.Context,
     min_idle_ms: MinIdleMs = 60_000,
     max_deliveries: MaxDeliveries = 10,
+    max_crashes: MaxCrashes = 2,
     count: Count = 500,
     consumer: Consumer = "replayer",
     interval_s: Annotated[
@@ -171,7 +243,7 @@ def run(
                 timeout_s=influxdb_timeout_s,
             ),
             consumer=consumer, min_idle_ms=min_idle_ms, interval_s=interval_s, count=count,
-            max_deliveries=max_deliveries, trim=trim, prune_idle_s=prune_idle_s,
+            max_deliveries=max_deliveries, max_crashes=max_crashes, trim=trim, prune_idle_s=prune_idle_s,
             metrics_host=metrics_host, metrics_port=metrics_port,
         ).validate()
         return Replayer(settings).run
@@ -203,6 +275,8 @@ def reclaim(
     ctx: typer.Context,
     min_idle_ms: MinIdleMs = 60_000,
     max_deliveries: MaxDeliveries = 10,
+    max_crashes: MaxCrashes = 2,
+    give_up_after_s: GiveUpAfter = 60.0,
     count: Count = 500,
     consumer: Consumer = "replayer",
     dry_run: DryRun = False,
@@ -215,9 +289,14 @@ def reclaim(
     influxdb_username: InfluxUsername = DEFAULTS.username,
     influxdb_timeout_s: InfluxTimeout = DEFAULTS.timeout_s,
 ) -> None:
-    """One reclaim pass now, with progress and a summary (reclaimed, written, dead-lettered, lost)."""
+    """One reclaim pass now, with progress and a summary (reclaimed, written, suspects, dead-lettered, lost).
+
+    Claims nothing until InfluxDB answers its readiness check. Gives up (exit 1) when InfluxDB has taken
+    nothing for --give-up-after seconds, and stops on Ctrl-C or SIGTERM (exit 1): what was not written
+    stays pending, neither acked nor dead-lettered; run reclaim again once InfluxDB takes writes."""
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
+    from homeiq_replayer.crashes import CrashLedger  # noqa: PLC0415
     from homeiq_replayer.reclaim import PassSummary, reclaim_pass  # noqa: PLC0415
     from homeiq_shared.health import Readiness  # noqa: PLC0415
     from homeiq_writer.batch import READY_INFLUX, BatchWriter  # noqa: PLC0415
@@ -226,6 +305,9 @@ def reclaim(
     shared: Context = ctx.obj
     setup_logging("WARNING", "text", "replayer")
     try:
+        check_positive("REPLAYER_MAX_DELIVERIES", max_deliveries)
+        check_positive("REPLAYER_MAX_CRASHES", max_crashes)
+        check_positive("REPLAYER_GIVE_UP_AFTER_S", give_up_after_s)
         influx = InfluxSettings(url=influxdb_url, api=influxdb_api, org=influxdb_org, bucket=influxdb_bucket,
                                 retention_policy=influxdb_retention_policy, username=influxdb_username,
                                 timeout_s=influxdb_timeout_s).validate()
@@ -238,33 +320,57 @@ def reclaim(
         if dry_run:
             rows: Any = await client.xpending_range(shared.names.stream, shared.names.group, "-", "+",
                                                     1_000_000, idle=min_idle_ms)
-            poison = sum(1 for r in rows if int(r["times_delivered"]) + 1 > max_deliveries)
-            return PassSummary(reclaimed=len(rows), dead_lettered=poison, dry_run=True)
+            suspects = sum(1 for r in rows if int(r["times_delivered"]) + 1 > max_deliveries)
+            crashes: Any = await client.hvals(shared.names.crashes)
+            crashed = sum(1 for n in crashes if int(n) >= max_crashes)
+            return PassSummary(reclaimed=len(rows), suspects=suspects, dead_lettered=crashed, dry_run=True)
         assert sink is not None
         readiness = Readiness(READY_INFLUX)
         writer = BatchWriter(client, shared.names, sink, WriterMetrics(CollectorRegistry()), readiness, consumer)
         try:
-            with Progress(TextColumn("reclaiming"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                          console=err, transient=as_json) as bar:
-                task = bar.add_task("reclaim", total=int(summary_all["pending"]))
-                result = await reclaim_pass(client, shared.names, consumer, writer, min_idle_ms, count,
-                                            asyncio.Event(), max_deliveries,
-                                            progress=lambda n: bar.advance(task, n))
-            if not writer.healthy:
-                _fail(f"InfluxDB did not take the batch: {readiness.reason}. The entries stay pending; fix "
-                      "InfluxDB (URL, credentials, database) and run reclaim again.")
-            return result
+            async with _Guard(give_up_after_s) as guard:
+                if not await _influx_ready(writer, readiness, guard.stop):
+                    _fail(f"{guard.why}: {readiness.reason}. Nothing was claimed: every entry stays pending as it "
+                          "was. Fix InfluxDB (URL, credentials, database) and run reclaim again.")
+
+                def advance(n: int) -> None:
+                    guard.progressed()
+                    bar.advance(task, n)
+
+                with Progress(TextColumn("reclaiming"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                              console=err, transient=as_json) as bar:
+                    task = bar.add_task("reclaim", total=int(summary_all["pending"]))
+                    result = await reclaim_pass(client, shared.names, consumer, writer, min_idle_ms, count,
+                                                guard.stop, max_deliveries, progress=advance,
+                                                ledger=CrashLedger(client, shared.names, consumer, max_crashes))
         finally:
             await sink.close()
+        if guard.why is not None or not writer.healthy:
+            answer = "" if writer.healthy else f"; InfluxDB did not take the batch: {readiness.reason}"
+            _fail(f"{guard.why or 'stopped'}{answer}. {result.written} entries written and acked before that; "
+                  "the rest stays pending, neither acked nor dead-lettered. Fix InfluxDB (URL, credentials, "
+                  "database) if it refuses, and run reclaim again.")
+        return result
 
     summary = _execute(shared, work)
     if as_json:
         _json(summary)
         return
     title = "reclaim (dry run: nothing changed)" if dry_run else "reclaim"
-    _table(title, ["reclaimed", "written", "dead-lettered", "lost"],
-           [[summary.reclaimed, "-" if dry_run else summary.written, summary.dead_lettered,
+    _table(title, ["reclaimed", "written", "suspects", "dead-lettered", "lost"],
+           [[summary.reclaimed, "-" if dry_run else summary.written, summary.suspects, summary.dead_lettered,
              "-" if dry_run else summary.lost]])
+
+
+async def _influx_ready(writer: BatchWriter, readiness: Readiness, stop: asyncio.Event) -> bool:
+    """Ask InfluxDB (readiness check) until it takes our writes; False when `stop` came first."""
+    backoff = Backoff(base_s=0.5, cap_s=10.0)
+    while True:
+        await writer.check()
+        if readiness.reason is None:
+            return True
+        if await wait_or_stop(stop, backoff.next_delay_s()):
+            return False
 
 
 @app.command()

@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
+from homeiq_replayer.scripts import PRUNE_SCRIPT, REDRIVE_SCRIPT, TRIM_SCRIPT
 from homeiq_shared.logs import Log
 from homeiq_shared.stream import DEAD_ORIGINAL_ID, DEAD_REASON, FIELD_EVENT, StreamNames
 
@@ -40,11 +41,6 @@ class PendingReport(msgspec.Struct):
 
 def _id(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _id_tuple(value: str) -> tuple[int, int]:
-    ms, _, seq = value.partition("-")
-    return int(ms), int(seq or 0)
 
 
 async def group_info(client: aioredis.Redis, names: StreamNames) -> dict[str, Any] | None:
@@ -91,61 +87,56 @@ class TrimPlan(msgspec.Struct):
 
 
 async def trim_plan(client: aioredis.Redis, names: StreamNames) -> TrimPlan:
-    """The lowest id any group still needs: each group's oldest pending id and its last-delivered id."""
-    if not await client.exists(names.stream):
-        return TrimPlan(None, 0, "the stream does not exist")
-    groups: Any = await client.xinfo_groups(names.stream)
-    if not groups:
-        return TrimPlan(None, 0, "no consumer group: nothing says which entries were written, so keep all")
-    needed: list[tuple[tuple[int, int], str]] = []
-    for group in groups:
-        name = _id(group["name"])
-        last = _id(group["last-delivered-id"])
-        needed.append((_id_tuple(last), f"group {name} has read up to {last}"))
-        summary: Any = await client.xpending(names.stream, name)
-        if summary["pending"]:
-            oldest = _id(summary["min"])
-            needed.append((_id_tuple(oldest), f"group {name} still has {oldest} pending"))
-    (ms, seq), why = min(needed)
-    # MINID keeps ids >= min_id: the last delivered entry itself may go once it is not pending.
-    if "has read up to" in why:
-        seq += 1
-    min_id = f"{ms}-{seq}"
-    before: Any = await client.xrange(names.stream, "-", f"({min_id}", count=1_000_000)
-    return TrimPlan(min_id, len(before), f"{why}; every entry below {min_id} was delivered and acked")
+    """Where a trim would cut now and how many entries lie below (a dry run: nothing changes)."""
+    plan, _ = await _trim(client, names, dry_run=True)
+    if plan.min_id is not None:
+        plan.entries_before = await _count_below(client, names, plan.min_id)
+    return plan
 
 
 async def trim(client: aioredis.Redis, names: StreamNames) -> tuple[TrimPlan, int]:
-    """XTRIM MINID at the safe id; returns the plan and how many entries were removed."""
-    plan = await trim_plan(client, names)
-    if plan.min_id is None:
-        return plan, 0
-    removed = int(await client.xtrim(names.stream, minid=plan.min_id, approximate=False))
-    log.info("stream_trimmed", min_id=plan.min_id, removed=removed)
+    """XTRIM MINID at the lowest id any group still needs, in one atomic step; the plan and how many went."""
+    plan, removed = await _trim(client, names, dry_run=False)
+    if plan.min_id is not None:
+        plan.entries_before = removed
+        log.info("stream_trimmed", min_id=plan.min_id, removed=removed)
     return plan, removed
 
 
+async def _trim(client: aioredis.Redis, names: StreamNames, dry_run: bool) -> tuple[TrimPlan, int]:
+    script = client.register_script(TRIM_SCRIPT)
+    reply: Any = await script(keys=[names.stream], args=[b"1" if dry_run else b"0"])
+    cut, removed, group, why, why_id = reply
+    if not cut:
+        reason = ("the stream does not exist" if _id(why) == "no_stream"
+                  else "no consumer group: nothing says which entries were written, so keep all")
+        return TrimPlan(None, 0, reason), 0
+    min_id, group, why_id = _id(cut), _id(group), _id(why_id)
+    because = (f"group {group} still has {why_id} pending" if _id(why) == "pending"
+               else f"group {group} has read up to {why_id}")
+    reason = f"{because}; every group has been given, and has acked, every entry below {min_id}"
+    return TrimPlan(min_id, 0, reason), int(removed)
+
+
+async def _count_below(client: aioredis.Redis, names: StreamNames, min_id: str) -> int:
+    count, start = 0, "-"
+    while True:
+        chunk: Any = await client.xrange(names.stream, start, f"({min_id}", count=10_000)
+        count += len(chunk)
+        if len(chunk) < 10_000:
+            return count
+        start = "(" + _id(chunk[-1][0])
+
+
 async def prune_consumers(client: aioredis.Redis, names: StreamNames, idle_s: float) -> list[str]:
-    """Delete consumers idle longer than `idle_s` whose pending list is empty (never one with entries)."""
-    if await group_info(client, names) is None:
-        return []
+    """Delete consumers idle longer than `idle_s` with nothing pending; the check and the delete are one step."""
+    script = client.register_script(PRUNE_SCRIPT)
+    reply: Any = await script(keys=[names.stream], args=[names.group, int(idle_s * 1000)])
     pruned: list[str] = []
-    infos: Any = await client.xinfo_consumers(names.stream, names.group)
-    for info in infos:
-        inactive_ms = int(info.get("inactive", info.get("idle", 0)))
-        if int(info["pending"]) == 0 and inactive_ms > idle_s * 1000:
-            name = _id(info["name"])
-            # DELCONSUMER drops a consumer's pending entries, so check again right before.
-            if await _still_empty(client, names, name):
-                await client.xgroup_delconsumer(names.stream, names.group, name)
-                pruned.append(name)
-                log.info("consumer_pruned", consumer=name, inactive_s=round(inactive_ms / 1000))
+    for name, idle_ms in zip(reply[::2], reply[1::2], strict=True):
+        pruned.append(_id(name))
+        log.info("consumer_pruned", consumer=_id(name), idle_s=round(int(idle_ms) / 1000))
     return pruned
-
-
-async def _still_empty(client: aioredis.Redis, names: StreamNames, consumer: str) -> bool:
-    rows: Any = await client.xpending_range(names.stream, names.group, "-", "+", 1, consumer)
-    return not rows
 
 
 class DeadLetter(msgspec.Struct):
@@ -182,23 +173,6 @@ async def dead_letters(client: aioredis.Redis, names: StreamNames, limit: int,
                 out.append(letter)
         start = "(" + _id(chunk[-1][0])
     return out[:limit]
-
-
-# Put a dead letter back on the main stream and remove it from the dead-letter stream, atomically.
-# KEYS: dead, stream. ARGV: dead id. Returns the new id, or false when the dead letter has no payload.
-REDRIVE_SCRIPT = """
-local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
-if #entry == 0 then return false end
-local fields = entry[1][2]
-local v, e
-for i = 1, #fields, 2 do
-  if fields[i] == 'v' then v = fields[i + 1] elseif fields[i] == 'e' then e = fields[i + 1] end
-end
-if not v or not e then return false end
-local new_id = redis.call('XADD', KEYS[2], '*', 'v', v, 'e', e)
-redis.call('XDEL', KEYS[1], ARGV[1])
-return new_id
-"""
 
 
 async def redrive(client: aioredis.Redis, names: StreamNames, ids: list[str]) -> list[tuple[str, str | None]]:

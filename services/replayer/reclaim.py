@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
+from homeiq_replayer.crashes import CrashLedger
 from homeiq_shared.logs import Log
 from homeiq_shared.stream import Entry, StreamNames, entries_of
 from homeiq_writer.batch import BatchWriter
@@ -23,6 +24,7 @@ class PassSummary(msgspec.Struct):
 
     reclaimed: int = 0
     written: int = 0
+    suspects: int = 0  # of those written, written one at a time under the crash ledger
     dead_lettered: int = 0
     lost: int = 0
     completed: bool = True
@@ -42,11 +44,16 @@ async def delivery_counts(client: aioredis.Redis, names: StreamNames, consumer: 
 async def reclaim_pass(
     client: aioredis.Redis, names: StreamNames, consumer: str, writer: BatchWriter,
     min_idle_ms: int, count: int, stop: asyncio.Event, max_deliveries: int = 10,
-    progress: Progress | None = None,
+    progress: Progress | None = None, ledger: CrashLedger | None = None,
 ) -> PassSummary:
-    """Follow the XAUTOCLAIM cursor from 0-0 back to 0-0. Entries delivered more than `max_deliveries`
-    times are dead-lettered; ids whose payload was trimmed are dead-lettered as lost, never just acked."""
-    summary = PassSummary()
+    """Settle the crash ledger, then follow the XAUTOCLAIM cursor from 0-0 back to 0-0.
+
+    Entries delivered more than `max_deliveries` times are suspects: Redis counts claims and re-reads
+    whatever their cause (an InfluxDB outage, restarts), so a count is no verdict. Suspects are written
+    one at a time under the crash ledger, which dead-letters only an entry that kept killing its reader.
+    Ids whose payload was trimmed are dead-lettered as lost, never just acked."""
+    ledger = ledger or CrashLedger(client, names, consumer)
+    summary = PassSummary(dead_lettered=await ledger.settle(writer))
     cursor: Any = b"0-0"
     while not stop.is_set():
         # Never justid: the reply carries the cursor, the entries and (Redis >= 7) the deleted ids.
@@ -62,21 +69,19 @@ async def reclaim_pass(
         if entries:
             summary.reclaimed += len(entries)
             deliveries = await delivery_counts(client, names, consumer, entries)
-            poison = [(eid, f) for eid, f in entries if deliveries.get(eid, 0) > max_deliveries]
-            for entry_id, fields in poison:
-                await writer.dead_letter(entry_id, fields, "max_deliveries",
-                                         f"delivered {deliveries[entry_id]} times (max {max_deliveries})")
-            summary.dead_lettered += len(poison)
-            writable = [(eid, f) for eid, f in entries if deliveries.get(eid, 0) <= max_deliveries]
+            suspects = [(eid, f) for eid, f in entries if deliveries.get(eid, 0) > max_deliveries]
+            others = [(eid, f) for eid, f in entries if deliveries.get(eid, 0) <= max_deliveries]
             written_before, dead_before = writer.totals()
-            completed = await writer.write(await writer.prepare(writable), stop)
+            completed = await writer.write(await writer.prepare(others), stop)
             await writer.acked()
-            if not completed:
-                summary.completed = False
-                break
+            if completed:
+                completed = await _write_suspects(suspects, writer, ledger, stop, summary)
             written_after, dead_after = writer.totals()
             summary.written += written_after - written_before
             summary.dead_lettered += dead_after - dead_before
+            if not completed:
+                summary.completed = False
+                break
         if progress is not None:
             progress(len(entries) + len(deleted))
         cursor = next_cursor
@@ -84,8 +89,29 @@ async def reclaim_pass(
             break
     else:
         summary.completed = False
-    if summary.reclaimed or summary.lost:
-        log.info("reclaim_pass", reclaimed=summary.reclaimed, written=summary.written,
+    if summary.reclaimed or summary.lost or summary.dead_lettered:
+        log.info("reclaim_pass", reclaimed=summary.reclaimed, written=summary.written, suspects=summary.suspects,
                  dead_lettered=summary.dead_lettered, lost=summary.lost, completed=summary.completed)
     return summary
 
+
+async def _write_suspects(suspects: list[Entry], writer: BatchWriter, ledger: CrashLedger, stop: asyncio.Event,
+                          summary: PassSummary) -> bool:
+    """Write each suspect alone, decoded and encoded under the crash ledger's marker; False when `stop`
+    cut a write short (that suspect and the rest stay pending)."""
+    for entry_id, fields in suspects:
+        if stop.is_set():
+            return False
+        crashes = await ledger.crashes(entry_id)
+        if crashes >= ledger.max_crashes:  # counted by another replayer since this pass began
+            await ledger.dead_letter(writer, entry_id, crashes)
+            continue
+        async with ledger.reading(entry_id):
+            batch = await writer.prepare([(entry_id, fields)])
+        if not await writer.write(batch, stop):
+            await writer.acked()
+            return False
+        await writer.acked()
+        await ledger.forget(entry_id)
+        summary.suspects += 1
+    return True

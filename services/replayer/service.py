@@ -9,6 +9,7 @@ import msgspec
 from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import RedisError
 
+from homeiq_replayer.crashes import CrashLedger
 from homeiq_replayer.operations import prune_consumers, trim
 from homeiq_replayer.reclaim import reclaim_pass
 from homeiq_replayer.stream_metrics import StreamMetrics
@@ -38,6 +39,7 @@ class ReplayerSettings(msgspec.Struct, frozen=True):
     interval_s: float = 10.0
     count: int = 500
     max_deliveries: int = 10
+    max_crashes: int = 2
     trim: bool = True
     prune_idle_s: float = 86_400.0
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other containers
@@ -49,6 +51,7 @@ class ReplayerSettings(msgspec.Struct, frozen=True):
         check_positive("REPLAYER_MIN_IDLE_MS", self.min_idle_ms)
         check_positive("REPLAYER_INTERVAL_S", self.interval_s)
         check_positive("REPLAYER_MAX_DELIVERIES", self.max_deliveries)
+        check_positive("REPLAYER_MAX_CRASHES", self.max_crashes)
         check_positive("REPLAYER_PRUNE_IDLE_S", self.prune_idle_s)
         if not 1 <= self.count <= 5000:
             raise ConfigError(f"REPLAYER_COUNT: must be between 1 and 5000, got {self.count}")
@@ -72,6 +75,7 @@ class Replayer:
         # The replayer's readiness does not depend on InfluxDB; its write failures show in the metrics.
         self.batches = BatchWriter(self.redis, settings.names, self.sink, self.metrics,
                                    Readiness(READY_INFLUX), settings.consumer)
+        self.ledger = CrashLedger(self.redis, settings.names, settings.consumer, settings.max_crashes)
         self.health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -94,7 +98,7 @@ class Replayer:
         s = self.settings
         await ensure_group(self.redis, s.names)
         summary = await reclaim_pass(self.redis, s.names, s.consumer, self.batches, s.min_idle_ms, s.count, stop,
-                                     s.max_deliveries)
+                                     s.max_deliveries, ledger=self.ledger)
         self.reclaimed.inc(summary.reclaimed)
         if s.trim:
             await trim(self.redis, s.names)

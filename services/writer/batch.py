@@ -63,7 +63,12 @@ class Poison(msgspec.Struct):
 
 
 def encode_entries(entries: list[Entry]) -> tuple[list[Encoded], list[Poison]]:
-    """Split entries into encoded lines and poison; a pure function of the entries."""
+    """Split entries into encoded lines and poison; a pure function of the entries.
+
+    Any exception while decoding or encoding one entry is that entry's poison, never the batch's: the
+    result depends on the entry alone, so a retry would raise it again. Only MemoryError passes through
+    (it says as much about the process as about the entry); an entry that kills its reader outright is
+    what the replayer's crash ledger catches."""
     good: list[Encoded] = []
     poison: list[Poison] = []
     version_wanted = PAYLOAD_VERSION.encode()
@@ -80,6 +85,12 @@ def encode_entries(entries: list[Entry]) -> tuple[list[Encoded], list[Poison]]:
             line = encode_line(event).encode()
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError) as exc:
             poison.append(Poison(entry_id, fields, "undecodable", f"{type(exc).__name__}: {exc}"[:300]))
+            continue
+        except MemoryError:
+            raise
+        except Exception as exc:  # a bug of ours this entry triggers: it must not stop its neighbours
+            log.error("reader_error", entry_id=entry_id.decode(), exc_info=True)
+            poison.append(Poison(entry_id, fields, "reader_error", f"{type(exc).__name__}: {exc}"[:300]))
             continue
         good.append(Encoded(entry_id, fields, line, event.time_ns))
     return good, poison
@@ -202,8 +213,9 @@ class BatchWriter:
 
     async def dead_letter(
         self, entry_id: bytes, fields: list[bytes], reason: str, detail: str
-    ) -> None:
-        """Ack the entry and copy it to the dead-letter stream with its reason, atomically (once only)."""
+    ) -> bool:
+        """Ack the entry and copy it to the dead-letter stream with its reason, atomically (once only);
+        False when it was not pending any more (someone else wrote or dead-lettered it)."""
         dead = [*fields, DEAD_REASON, reason.encode(), DEAD_DETAIL, detail.encode(), DEAD_ORIGINAL_ID, entry_id,
                 b"consumer", self._consumer.encode()]
         force = b"1" if reason == "payload_trimmed" else b"0"
@@ -211,10 +223,11 @@ class BatchWriter:
         done = await asyncio.shield(self._dead_letter(keys=[self._names.stream, self._names.dead], args=args))
         if not done:
             log.info("already_handled", entry_id=entry_id.decode(), reason=reason)
-            return
+            return False
         if reason == "payload_trimmed":
             log.error("entry_lost", entry_id=entry_id.decode(), reason=reason)
         else:
             self._metrics.dead_lettered.labels(reason).inc()
             self.dead_lettered += 1
             log.warning("dead_lettered", entry_id=entry_id.decode(), reason=reason, detail=detail[:200])
+        return True

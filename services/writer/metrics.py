@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from homeiq_writer.influx import Outcome
 
-DEAD_REASONS = ("undecodable", "unknown_version", "rejected", "max_deliveries")
+DEAD_REASONS = ("undecodable", "unknown_version", "rejected", "reader_error", "crashed_reader")
 LOST_REASONS = ("payload_trimmed", "deleted_while_pending")
 
 

@@ -14,7 +14,7 @@ from homeiq_shared.backoff import Backoff
 from homeiq_shared.health import HealthServer, Readiness
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
-from homeiq_shared.stream import Entry, connect, describe_redis_error, ensure_group, read_group
+from homeiq_shared.stream import Entry, connect, describe_redis_error, ensure_group, read_group, read_pending
 from homeiq_writer.batch import READY_INFLUX, Batch, BatchWriter
 from homeiq_writer.metrics import WriterMetrics
 from homeiq_writer.settings import WriterSettings
@@ -54,7 +54,8 @@ class Writer:
             log.info("writer_stopped", consumer=self.settings.consumer)
 
     async def _consume(self, stop: asyncio.Event) -> None:
-        """Own pending entries first (cursor 0…), at start and after Redis failed, then new ones (>).
+        """Own pending entries first (cursor 0…, read without re-delivery), at start and after Redis failed,
+        then new ones (>).
         While a batch is being written the next one is read and encoded, but only while InfluxDB
         answers: during an outage one batch is retried and nothing more is read."""
         names, backoff = self.settings.names, Backoff(base_s=0.5, cap_s=15.0, reset_after_s=30.0)
@@ -110,8 +111,13 @@ class Writer:
 
     async def _read(self, cursor: bytes) -> list[Entry]:
         settings = self.settings
-        block_ms = settings.block_ms if cursor == b">" else None
-        return await read_group(self.redis, settings.names, settings.consumer, cursor, settings.batch_size, block_ms)
+        if cursor == b">":
+            return await read_group(self.redis, settings.names, settings.consumer, cursor, settings.batch_size,
+                                    settings.block_ms)
+        # Our own pending entries are read without being delivered again: a restart must not raise their
+        # delivery counts, nor reset their idle time (if one of them crashes us at every start, the
+        # replayer claims it once it has been idle long enough).
+        return await read_pending(self.redis, settings.names, settings.consumer, cursor, settings.batch_size)
 
 
 async def _abandon(ahead: asyncio.Task[tuple[list[Entry], Batch]] | None) -> None:
