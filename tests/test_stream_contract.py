@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, entries_of, payload_of, read_group, read_pending
+from homeiq_local.services import RedisServer
+from homeiq_shared.stream import (
+    DEFAULT_NAMES,
+    connect,
+    ensure_group,
+    entries_of,
+    payload_of,
+    read_group,
+    read_pending,
+)
 
 
 @pytest.mark.parametrize(("fields", "expected"), [
@@ -48,3 +59,29 @@ async def test_read_pending_returns_own_entries_without_delivering_them_again(re
     assert await read_pending(redis_client, DEFAULT_NAMES, "w1", ids[2], 10) == []
     rows = await redis_client.xpending_range(DEFAULT_NAMES.stream, DEFAULT_NAMES.group, "-", "+", 10)
     assert [r["times_delivered"] for r in rows] == [1, 1, 1, 1]
+
+
+async def test_a_task_cancelled_in_the_middle_of_a_command_stops(redis_server: RedisServer) -> None:
+    """redis-py alone swallows some of these cancellations (the task then runs on, and a shutdown waiting
+    for it hangs); every cancel must end the task."""
+    client = connect(redis_server.url)
+    await client.ping()
+    swallowed = 0
+    try:
+        for attempt in range(200):
+            async def poll() -> None:
+                while True:
+                    await client.get("k")
+                    await asyncio.sleep(5)
+
+            task = asyncio.create_task(poll())
+            await asyncio.sleep((attempt % 30) / 10_000)  # at every moment of a command
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=1)
+            if not done:
+                swallowed += 1
+                task.cancel()
+        assert swallowed == 0
+        assert await client.ping()  # the connection pool is still fine
+    finally:
+        await client.aclose()
