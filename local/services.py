@@ -75,9 +75,14 @@ class _Process:
 
 
 class RedisServer(_Process):
-    """redis-server with AOF on (appendfsync everysec), as production runs it."""
+    """redis-server with AOF on (appendfsync everysec), as production runs it (`appendonly=False`: a Redis
+    that persists nothing, for the tests of what the pipeline does with one)."""
 
     name = "redis"
+
+    def __init__(self, workdir: Path, port: int | None, appendonly: bool = True) -> None:
+        super().__init__(workdir, port)
+        self.appendonly = appendonly
 
     @property
     def url(self) -> str:
@@ -88,7 +93,8 @@ class RedisServer(_Process):
         """Start (or restart, keeping the data directory) and wait for PING."""
         self._spawn([
             _binary("redis-server", "redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self.workdir), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+            "--dir", str(self.workdir), "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
+            "--save", "",
             "--daemonize", "no", "--protected-mode", "no",
         ])
         self._wait_until(self._pong, timeout_s)

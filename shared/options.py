@@ -10,6 +10,12 @@ RedisUrl = Annotated[
     str,
     typer.Option("--redis-url", envvar="REDIS_URL", help="Redis URL, redis://[:password@]host:port/db."),
 ]
+RequireAof = Annotated[
+    bool,
+    typer.Option("--require-aof/--no-require-aof", envvar="REDIS_REQUIRE_AOF",
+                 help="Refuse a Redis whose append-only file is off (a restart would lose the stream). Turn off "
+                      "only for a Redis that persists every write another way."),
+]
 StreamName = Annotated[str, typer.Option("--stream", envvar="STREAM_NAME", help="The events stream.")]
 GroupName = Annotated[str, typer.Option("--group", envvar="STREAM_GROUP", help="The writers' consumer group.")]
 DeadStreamName = Annotated[

@@ -15,6 +15,7 @@ from homeiq_shared.options import (
     MetricsHost,
     MetricsPort,
     RedisUrl,
+    RequireAof,
     StreamName,
 )
 from homeiq_shared.settings import read_secret
@@ -90,6 +91,7 @@ def run(
         str, typer.Option(envvar="ENTITY_FILTER_CONFIG_FILE", help="Entity filter JSON file.")
     ] = "",
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    require_aof: RequireAof = True,
     stream: StreamName = DEFAULT_NAMES.stream,
     metrics_host: MetricsHost = "0.0.0.0",  # noqa: S104 - scraped from other containers
     metrics_port: MetricsPort = 8001,
@@ -113,7 +115,7 @@ def run(
             retry_auth=retry_auth, buffer_events=buffer_events, publish_batch=publish_batch, spool_dir=spool_dir,
             spool_max_mb=spool_max_mb, spool_policy=spool_policy,  # type: ignore[arg-type]  # validated below
             backfill=backfill, backfill_delay_s=backfill_delay_s, metrics_host=metrics_host,
-            metrics_port=metrics_port,
+            metrics_port=metrics_port, require_aof=require_aof,
         ).validate()
         rules = EntityFilter.from_settings(entity_filter, entity_filter_file)
         collector = Collector(settings, read_secret("HA_TOKEN"), rules)

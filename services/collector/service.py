@@ -32,6 +32,7 @@ from homeiq_collector.resume import ResumePoint
 from homeiq_collector.settings import CollectorSettings
 from homeiq_collector.spool import Spool
 from homeiq_shared.backoff import Backoff
+from homeiq_shared.broker import PersistenceCheck
 from homeiq_shared.events import NormalisedEvent, encode_event
 from homeiq_shared.health import HealthServer, Readiness
 from homeiq_shared.lifecycle import wait_or_stop
@@ -69,9 +70,10 @@ class Collector:
         self.readiness = Readiness(READY_HA, READY_REDIS)
         self.redis: aioredis.Redis = connect(settings.redis_url)
         spool = Spool(Path(settings.spool_dir), settings.spool_max_mb * 1024 * 1024)
+        self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness, self.registry)
         self.publisher = Publisher(self.redis, settings.redis_url, settings.names.stream, self.metrics,
                                    self.readiness, spool, settings.spool_policy, settings.buffer_events,
-                                   settings.publish_batch)
+                                   settings.publish_batch, durable=lambda: self.persistence.ok)
         self.ha_registry = Registry()
         self.gap = GapTracker()
         self.resume = ResumePoint(self.redis, settings.names, self.gap, settings.backfill)
@@ -120,6 +122,7 @@ class Collector:
             try:
                 await self.redis.ping()
                 self.readiness.ok(READY_REDIS)
+                await self.persistence.check(self.redis)  # until it holds, the publisher keeps events on disk
                 if not self._resumed.is_set():
                     await self.resume.read()
                     self._resumed.set()

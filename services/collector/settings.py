@@ -44,6 +44,7 @@ class CollectorSettings(msgspec.Struct, frozen=True):
     backfill_delay_s: float = 2.0
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other containers
     metrics_port: int = 8001
+    require_aof: bool = True
 
     def validate(self) -> CollectorSettings:
         """Raise ConfigError naming the variable that is wrong."""

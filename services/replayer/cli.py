@@ -35,6 +35,7 @@ from homeiq_shared.options import (
     MetricsHost,
     MetricsPort,
     RedisUrl,
+    RequireAof,
     StreamName,
 )
 from homeiq_shared.settings import ConfigError, check_positive, check_url, redact_url
@@ -223,6 +224,7 @@ def run(
     influxdb_timeout_s: InfluxTimeout = DEFAULTS.timeout_s,
     metrics_host: MetricsHost = "0.0.0.0",  # noqa: S104 - scraped from other containers
     metrics_port: MetricsPort = 8003,
+    require_aof: RequireAof = True,
     log_level: LogLevel = "INFO",
     log_format: LogFormat = "auto",
 ) -> None:
@@ -244,7 +246,7 @@ def run(
             ),
             consumer=consumer, min_idle_ms=min_idle_ms, interval_s=interval_s, count=count,
             max_deliveries=max_deliveries, max_crashes=max_crashes, trim=trim, prune_idle_s=prune_idle_s,
-            metrics_host=metrics_host, metrics_port=metrics_port,
+            metrics_host=metrics_host, metrics_port=metrics_port, require_aof=require_aof,
         ).validate()
         return Replayer(settings).run
 

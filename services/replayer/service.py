@@ -14,6 +14,7 @@ from homeiq_replayer.operations import prune_consumers, trim
 from homeiq_replayer.reclaim import reclaim_pass
 from homeiq_replayer.stream_metrics import StreamMetrics
 from homeiq_shared.backoff import Backoff
+from homeiq_shared.broker import PersistenceCheck
 from homeiq_shared.health import HealthServer, Readiness
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
@@ -44,6 +45,7 @@ class ReplayerSettings(msgspec.Struct, frozen=True):
     prune_idle_s: float = 86_400.0
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other containers
     metrics_port: int = 8003
+    require_aof: bool = True
 
     def validate(self) -> ReplayerSettings:
         """Raise ConfigError naming the variable that is wrong."""
@@ -75,6 +77,7 @@ class Replayer:
         # The replayer's readiness does not depend on InfluxDB; its write failures show in the metrics.
         self.batches = BatchWriter(self.redis, settings.names, self.sink, self.metrics,
                                    Readiness(READY_INFLUX), settings.consumer)
+        self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness, self.registry)
         self.ledger = CrashLedger(self.redis, settings.names, settings.consumer, settings.max_crashes)
         self.health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
 
@@ -106,6 +109,7 @@ class Replayer:
 
     async def _refresh_stream_metrics(self, _stop: asyncio.Event) -> None:
         await self.stream_metrics.refresh(self.redis, self.settings.names)
+        await self.persistence.check(self.redis)
 
     async def _repeat(self, stop: asyncio.Event, task: str,
                       action: Callable[[asyncio.Event], Awaitable[None]]) -> None:

@@ -17,6 +17,7 @@ from homeiq_shared.options import (
     MetricsHost,
     MetricsPort,
     RedisUrl,
+    RequireAof,
     StreamName,
 )
 from homeiq_shared.stream import DEFAULT_NAMES, DEFAULT_SOCKET_TIMEOUT_S, StreamNames
@@ -61,6 +62,7 @@ def run(
                           help="How long one read waits for new entries, ms (at least 1 s below the socket timeout).")
     ] = 1000,
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    require_aof: RequireAof = True,
     redis_socket_timeout_s: Annotated[
         float, typer.Option(envvar="REDIS_SOCKET_TIMEOUT_S",
                             help="How long any Redis command, a blocked read included, may take, seconds.")
@@ -90,7 +92,7 @@ def run(
                 timeout_s=influxdb_timeout_s,
             ),
             batch_size=batch_size, block_ms=block_ms, redis_socket_timeout_s=redis_socket_timeout_s,
-            metrics_host=metrics_host, metrics_port=metrics_port,
+            metrics_host=metrics_host, metrics_port=metrics_port, require_aof=require_aof,
         ).validate()
         return Writer(settings).run
 

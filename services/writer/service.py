@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from homeiq_shared.backoff import Backoff
+from homeiq_shared.broker import PersistenceCheck
 from homeiq_shared.health import HealthServer, Readiness
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
@@ -38,6 +39,7 @@ class Writer:
         self.batches = BatchWriter(
             self.redis, settings.names, self.sink, self.metrics, self.readiness, settings.consumer
         )
+        self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness, self.registry)
         self.health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -69,6 +71,7 @@ class Writer:
                     if not group_ready:
                         await ensure_group(self.redis, names)
                         group_ready = True
+                        await self.persistence.check(self.redis)
                         await self.batches.check()  # readiness says at once if InfluxDB refuses us
                         last_check = time.monotonic()
                     entries, batch = await (ahead if ahead is not None else self._read_and_prepare(cursor))
@@ -79,10 +82,12 @@ class Writer:
                         cursor = b">"
                         log.info("own_pending_drained", consumer=self.settings.consumer)
                         continue
-                    if not entries:
-                        if time.monotonic() - last_check > CHECK_INTERVAL_S:  # idle: is InfluxDB still there?
+                    if time.monotonic() - last_check > CHECK_INTERVAL_S:
+                        await self.persistence.check(self.redis)
+                        if not entries:  # idle: is InfluxDB still there?
                             await self.batches.check()
-                            last_check = time.monotonic()
+                        last_check = time.monotonic()
+                    if not entries:
                         continue
                     if cursor != b">":
                         cursor = entries[-1][0]  # continue through our pending list after the last seen id

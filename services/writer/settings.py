@@ -54,6 +54,7 @@ class WriterSettings(msgspec.Struct, frozen=True):
     redis_socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other containers
     metrics_port: int = 8002
+    require_aof: bool = True
 
     def validate(self) -> WriterSettings:
         """Raise ConfigError naming the variable that is wrong."""
