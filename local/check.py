@@ -32,7 +32,8 @@ async def group_lag(client: aioredis.Redis) -> dict[str, int]:
     return {"lag": int(group["lag"] or 0), "pending": int(group["pending"])}
 
 
-async def run_check(rate: float, duration_s: float, entities: int, writers: int, workdir: Path) -> dict[str, object]:
+async def run_check(rate: float, duration_s: float, entities: int, writers: int, workdir: Path,
+                    replayer_interval_s: float = 10.0) -> dict[str, object]:
     """Run the pipeline, emit `rate * duration_s` events, wait for InfluxDB, compare with the ground truth."""
     redis_server = RedisServer(workdir / "redis", None).start()
     influx = InfluxServer(workdir / "influxdb", None).start()
@@ -44,7 +45,8 @@ async def run_check(rate: float, duration_s: float, entities: int, writers: int,
            "METRICS_HOST": "127.0.0.1", "LOG_FORMAT": "json", "COLLECTOR_SPOOL_DIR": str(workdir / "spool")}
     children = [ScriptProcess("writer", {**env, "WRITER_CONSUMER": f"writer-{n}"}, workdir / f"writer-{n}.log",
                               f"writer-{n}") for n in range(writers)]
-    children.append(ScriptProcess("replayer", env, workdir / "replayer.log"))
+    children.append(ScriptProcess("replayer", {**env, "REPLAYER_INTERVAL_S": str(replayer_interval_s)},
+                                  workdir / "replayer.log"))
     children.append(ScriptProcess("collector", env, workdir / "collector.log"))
     client = aioredis.Redis.from_url(redis_server.url)
     try:
@@ -70,6 +72,7 @@ async def run_check(rate: float, duration_s: float, entities: int, writers: int,
     found = {(p["entity_id"], p["time"]): p["state_value"] for p in points}
     return {
         "rate_per_s": rate, "duration_s": round(emit_s, 1), "entities": entities, "writers": writers,
+        "replayer_interval_s": replayer_interval_s,
         "events_sent": sent, "events_published_to_stream": published, "points_found": len(points),
         "lost": len(expected.keys() - found.keys()),
         "duplicated": len(points) - len(found.keys() & expected.keys()),
@@ -85,9 +88,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of events")
     parser.add_argument("--entities", type=int, default=500)
     parser.add_argument("--writers", type=int, default=1)
+    parser.add_argument("--replayer-interval", type=float, default=10.0,
+                        help="seconds between the replayer's passes (each one trims the stream)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="homeiq-check-") as workdir:
-        report = asyncio.run(run_check(args.rate, args.duration, args.entities, args.writers, Path(workdir)))
+        report = asyncio.run(run_check(args.rate, args.duration, args.entities, args.writers, Path(workdir),
+                                       args.replayer_interval))
     print(json.dumps(report, indent=2))
 
 

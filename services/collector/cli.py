@@ -22,7 +22,7 @@ from homeiq_shared.settings import read_secret
 from homeiq_shared.stream import DEFAULT_NAMES, StreamNames
 
 app = typer.Typer(help="Keep the Home Assistant WebSocket connection and XADD every event to the stream.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
 @app.callback()

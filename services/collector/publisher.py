@@ -62,7 +62,7 @@ class Publisher:
         self._stop_taken = False
         self._draining: Segment | None = None  # the spool segment whose records are being XADDed
         self.settled = 0  # events taken from the buffer and made durable (or counted dropped), in order
-        self._backoff = Backoff(base_s=0.1, cap_s=2.0, reset_after_s=10.0)
+        self._backoff = Backoff(base_s=0.1, cap_s=2.0)
         self._redis_down_logged = False
         if spool:
             self._spool_ready.set()

@@ -12,7 +12,7 @@ from homeiq_shared.options import LogFormat, LogLevel
 from homeiq_shared.settings import ConfigError, check_positive, read_secret
 
 app = typer.Typer(help="A Home Assistant WebSocket simulator: realistic entities, exact protocol.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
 @app.callback()

@@ -57,8 +57,9 @@ if TYPE_CHECKING:
     from homeiq_writer.batch import BatchWriter
 
 app = typer.Typer(help="Reclaim entries left pending by dead or stuck writers; incident tools.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-dead_letter_app = typer.Typer(help="Inspect, re-drive and purge the dead-letter stream.", no_args_is_help=True)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+dead_letter_app = typer.Typer(help="Inspect, re-drive and purge the dead-letter stream.", no_args_is_help=True,
+                              rich_markup_mode=None)
 app.add_typer(dead_letter_app, name="dead-letter")
 
 out = Console()

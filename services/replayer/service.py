@@ -114,7 +114,7 @@ class Replayer:
     async def _repeat(self, stop: asyncio.Event, task: str,
                       action: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         """`action` every `interval_s` until `stop`; while Redis fails, not ready and back off."""
-        backoff = Backoff(base_s=0.5, cap_s=15.0, reset_after_s=30.0)
+        backoff = Backoff(base_s=0.5, cap_s=15.0)
         while not stop.is_set():
             try:
                 await action(stop)

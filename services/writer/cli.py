@@ -34,7 +34,7 @@ from homeiq_writer.options import (
 from homeiq_writer.settings import InfluxSettings, WriterSettings
 
 app = typer.Typer(help="Write stream entries to InfluxDB; ack only after InfluxDB accepted them.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
 @app.callback()

@@ -60,7 +60,7 @@ class Writer:
         then new ones (>).
         While a batch is being written the next one is read and encoded, but only while InfluxDB
         answers: during an outage one batch is retried and nothing more is read."""
-        names, backoff = self.settings.names, Backoff(base_s=0.5, cap_s=15.0, reset_after_s=30.0)
+        names, backoff = self.settings.names, Backoff(base_s=0.5, cap_s=15.0)
         group_ready = False
         cursor = b"0"
         last_check = 0.0
