@@ -8,7 +8,7 @@ import typer
 
 RedisUrl = Annotated[
     str,
-    typer.Option("--redis-url", envvar="REDIS_URL", help="Redis URL, redis://[:password@]host:port/db."),
+    typer.Option("--redis-url", envvar="REDIS_URL", help="Redis URL, redis://[:password@]host:port/db or unix:///path/redis.sock?db=0."),
 ]
 RequireAof = Annotated[
     bool,

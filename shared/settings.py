@@ -35,8 +35,12 @@ def read_secret(name: str, environ: Mapping[str, str] | None = None, *, required
 
 
 def check_url(name: str, url: str, schemes: tuple[str, ...]) -> str:
-    """Validate that `url` has one of `schemes` and a host; return it unchanged."""
+    """Validate that `url` has one of `schemes` and a host (a socket path for unix://); return it unchanged."""
     parts = urlsplit(url)
+    if parts.scheme == "unix" and "unix" in schemes:
+        if not parts.path.strip("/"):
+            raise ConfigError(f"{name}: a unix:// URL needs the socket path, e.g. unix:///run/redis/redis.sock?db=0")
+        return url
     if parts.scheme not in schemes or not parts.hostname:
         wanted = " or ".join(f"{s}://" for s in schemes)
         raise ConfigError(f"{name}: expected a {wanted} URL with a host, got {redact_url(url)!r}")
@@ -59,6 +63,10 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
 def redact_url(url: str) -> str:
     """Return `url` with any password replaced, safe to log."""
     parts = urlsplit(url)
+    if "password=" in parts.query:  # unix:///path?password=… (redis-py's form for sockets)
+        query = "&".join("password=***" if kv.startswith("password=") else kv for kv in parts.query.split("&"))
+        parts = parts._replace(query=query)
+        url = urlunsplit(parts)
     if parts.password is None:
         return url
     host = parts.hostname or ""

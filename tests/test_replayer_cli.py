@@ -118,7 +118,7 @@ def test_poison_goes_to_dead_letter_with_reasons_and_redrive_writes_it_once_fixe
                                      env=env(redis_server, influx.url, influx_db)).stdout)[0]["reason"]] == [
         "undecodable"]  # still broken after the redrive: back in dead-letter, once
 
-    purged = runner.invoke(app, ["dead-letter", "purge", "--all", "--json"], env=env(redis_server, influx.url,
+    purged = runner.invoke(app, ["dead-letter", "purge", "--all", "--yes", "--json"], env=env(redis_server, influx.url,
                                                                                      influx_db))
     assert json.loads(purged.stdout) == {"removed": 1}
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import time
@@ -21,6 +20,7 @@ from redis.exceptions import RedisError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from homeiq_shared.backoff import Backoff
 from homeiq_shared.cli import EXIT_FAILURE, EXIT_USAGE, ServiceMain, config_error, run_service
@@ -56,8 +56,37 @@ if TYPE_CHECKING:
     from homeiq_shared.health import Readiness
     from homeiq_writer.batch import BatchWriter
 
+
+
+class _ConnectionOptionsAnywhere(TyperGroup):
+    """`replayer pending --redis-url …` means `replayer --redis-url … pending`: the connection options belong to
+    the group (every command shares them), but operators type them after the command."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """Move the group's own options that follow the command name in front of it."""
+        names = {name for param in self.params for name in param.opts}
+        front: list[str] = []
+        rest: list[str] = []
+        words = iter(args)
+        seen_command = False
+        for word in words:
+            if word == "--":
+                rest.extend([word, *words])
+                break
+            name = word.split("=", 1)[0]
+            if seen_command and name in names:
+                front.append(word)
+                if "=" not in word and (value := next(words, None)) is not None:  # each one takes a value
+                    front.append(value)
+                continue
+            seen_command = seen_command or not word.startswith("-")
+            rest.append(word)
+        return super().parse_args(ctx, front + rest)
+
+
 app = typer.Typer(help="Reclaim entries left pending by dead or stuck writers; incident tools.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  cls=_ConnectionOptionsAnywhere)
 dead_letter_app = typer.Typer(help="Inspect, re-drive and purge the dead-letter stream.", no_args_is_help=True,
                               rich_markup_mode=None)
 app.add_typer(dead_letter_app, name="dead-letter")
@@ -264,10 +293,16 @@ def pending(ctx: typer.Context, as_json: Json = False) -> None:
     if as_json:
         _json(report)
         return
-    lag = "unknown" if report.lag is None else report.lag
-    out.print(f"stream {report.stream}: {report.length} entries; group {report.group}: lag {lag}, "
-              f"last delivered {report.last_delivered_id or '-'}, {report.pending} pending; "
-              f"{report.dead_letters} dead letters", highlight=False)
+    if report.state == "no_stream":
+        head = f"no stream {report.stream} yet: no collector has published to this Redis"
+    elif report.state == "no_group":
+        head = (f"stream {report.stream}: {report.length} entries; no group {report.group} yet: no writer has "
+                "started (the entries wait for one)")
+    else:
+        lag = "unknown (entries were trimmed before delivery)" if report.lag is None else report.lag
+        head = (f"stream {report.stream}: {report.length} entries; group {report.group}: lag {lag}, "
+                f"last delivered {report.last_delivered_id or '-'}, {report.pending} pending")
+    out.print(f"{head}; {report.dead_letters} dead letters", highlight=False)
     _table("pending by consumer", ["consumer", "pending", "oldest idle (s)", "max deliveries", "inactive (s)"],
            [[c.name, c.pending, round(c.oldest_idle_s, 1), c.max_deliveries, round(c.inactive_s, 1)]
             for c in report.consumers])
@@ -462,9 +497,11 @@ def dead_letter_purge(
     before: Annotated[str | None, typer.Option(
         help="Delete dead letters older than this: an ISO 8601 time or epoch milliseconds.")] = None,
     purge_all: Annotated[bool, typer.Option("--all", help="Delete every dead letter.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation (for scripts).")] = False,
+    dry_run: DryRun = False,
     as_json: Json = False,
 ) -> None:
-    """Delete dead letters for good."""
+    """Delete dead letters for good, after saying how many and asking (unless --yes)."""
     from homeiq_replayer.operations import purge  # noqa: PLC0415
 
     shared: Context = ctx.obj
@@ -472,9 +509,20 @@ def dead_letter_purge(
         err.print("error: give --before TIME or --all", highlight=False)
         raise typer.Exit(EXIT_USAGE)
     before_ms = None if before is None else _parse_time_ms(before)
+    count = _execute(shared, lambda client: purge(client, shared.names, before_ms, dry_run=True))
+    if dry_run:
+        if as_json:
+            _json({"would_remove": count})
+        else:
+            _table("purge (dry run: nothing changed)", ["would remove"], [[count]])
+        return
+    # Asked on stderr: stdout stays the table or the JSON. No terminal and no --yes: nothing is deleted.
+    if count and not yes and not typer.confirm(f"Delete {count} dead letters from {shared.names.dead} for good?",
+                                               err=True):
+        _fail("nothing deleted (give --yes to purge without asking)")
     removed = _execute(shared, lambda client: purge(client, shared.names, before_ms))
     if as_json:
-        out.print(json.dumps({"removed": removed}))
+        _json({"removed": removed})
         return
     _table("purge", ["removed"], [[removed]])
 

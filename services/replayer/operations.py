@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import redis.asyncio as aioredis
@@ -27,8 +27,9 @@ class ConsumerPending(msgspec.Struct):
 
 
 class PendingReport(msgspec.Struct):
-    """The group at a glance."""
+    """The group at a glance; `state` is `no_stream` before the first event, `no_group` before the first writer."""
 
+    state: Literal["ok", "no_stream", "no_group"]
     stream: str
     group: str
     length: int
@@ -54,6 +55,9 @@ async def group_info(client: aioredis.Redis, names: StreamNames) -> dict[str, An
 async def pending_report(client: aioredis.Redis, names: StreamNames) -> PendingReport:
     """Per consumer: pending count, oldest idle, highest delivery count; stream length, lag, last id."""
     group = await group_info(client, names)
+    state: Literal["ok", "no_stream", "no_group"] = "ok"
+    if group is None:
+        state = "no_group" if await client.exists(names.stream) else "no_stream"
     consumers: list[ConsumerPending] = []
     if group is not None:
         infos: Any = await client.xinfo_consumers(names.stream, names.group)
@@ -69,8 +73,7 @@ async def pending_report(client: aioredis.Redis, names: StreamNames) -> PendingR
                 inactive_s=int(info.get("inactive", info.get("idle", 0))) / 1000,
             ))
     return PendingReport(
-        stream=names.stream, group=names.group,
-        length=await client.xlen(names.stream) if group is not None else 0,
+        state=state, stream=names.stream, group=names.group, length=await client.xlen(names.stream),
         lag=None if group is None or group.get("lag") is None else int(group["lag"]),
         last_delivered_id=_id(group["last-delivered-id"]) if group else "",
         pending=int(group["pending"]) if group else 0, consumers=consumers,
@@ -185,8 +188,13 @@ async def redrive(client: aioredis.Redis, names: StreamNames, ids: list[str]) ->
     return results
 
 
-async def purge(client: aioredis.Redis, names: StreamNames, before_ms: int | None) -> int:
-    """Delete dead letters older than `before_ms` (all when None); returns how many."""
+async def purge(client: aioredis.Redis, names: StreamNames, before_ms: int | None, dry_run: bool = False) -> int:
+    """Delete dead letters older than `before_ms` (all when None); returns how many (would go, on a dry run)."""
+    if dry_run:
+        if before_ms is None:
+            return int(await client.xlen(names.dead))
+        older: Any = await client.xrange(names.dead, "-", f"({before_ms}-0")
+        return len(older)
     if before_ms is None:
         count = int(await client.xlen(names.dead))
         await client.delete(names.dead)
