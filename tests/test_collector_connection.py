@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import itertools
 import json
 import time
 from pathlib import Path
@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq_collector.service import Fatal
 from homeiq_local.services import RedisServer
 from tests.collector_harness import TOKEN, running_collector, simulator, stream_events
 from tests.helpers import wait_for
@@ -30,23 +29,31 @@ async def test_a_silent_server_never_hangs_the_collector(
             assert run.metric("homeiq_ha_disconnects_total", reason="closed") >= 2
 
 
-async def test_auth_invalid_is_fatal_without_retry_storm(
+async def test_a_rejected_token_keeps_the_collector_up_unready_and_retrying_only_after_a_long_wait(
     redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:
+    # Exiting made `restart:` a loop of failed logins, which HA's IP ban counts.
     async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path, token="wrong") as run:
-        with pytest.raises(Fatal, match="refused the token"):
-            await asyncio.wait_for(run.task, 10)
-        assert sim.hub.connects == 1
-        assert "wrong" not in str(run.task.exception())
+        await wait_for(lambda: run.metric("homeiq_ha_auth_rejected") == 1, 10, "the rejection counted")
+        reason = run.collector.readiness.reason or ""
+        assert "refused the token" in reason and "HA_TOKEN_FILE" in reason and "wrong" not in reason
+        assert "next attempt in 900 s" in reason
+        assert not run.task.done() and sim.hub.connects == 1
+        assert run.metric("homeiq_ha_connected") == 0
 
 
-async def test_auth_invalid_retried_when_the_operator_asks(
+async def test_after_a_rejected_token_each_retry_waits_twice_as_long(
     redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:
     async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path, token="wrong",
-                                                     retry_auth=True) as run:
-        await wait_for(lambda: sim.hub.connects >= 3, 10, "retries after auth_invalid")
-        assert run.metric("homeiq_ha_disconnects_total", reason="auth_invalid") >= 2
+                                                     auth_retry_s=0.4) as run:
+        times: list[float] = []
+        for attempt in range(1, 4):
+            await wait_for(lambda: sim.hub.connects >= attempt, 10, f"login attempt {attempt}")  # noqa: B023
+            times.append(time.monotonic())
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert 0.35 <= gaps[0] < 0.7 and 0.75 <= gaps[1] < 1.3, gaps
+        assert run.metric("homeiq_ha_disconnects_total", reason="auth_invalid") >= 3
 
 
 async def test_never_two_connections_at_once_under_overlapping_failures(

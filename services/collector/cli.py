@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import typer
 
-from homeiq_shared.cli import EXIT_FAILURE, ServiceMain, run_service
+from homeiq_shared.cli import ServiceMain, run_service
 from homeiq_shared.options import (
     DEFAULT_REDIS_URL,
     LogFormat,
@@ -59,9 +58,11 @@ def run(
     backoff_max_s: Annotated[
         float, typer.Option(envvar="HA_BACKOFF_MAX_S", help="Cap of the reconnect backoff, s.")
     ] = 60.0,
-    retry_auth: Annotated[
-        bool, typer.Option(envvar="HA_RETRY_AUTH", help="Keep retrying after auth_invalid instead of exiting.")
-    ] = False,
+    auth_retry_s: Annotated[
+        float, typer.Option(envvar="HA_AUTH_RETRY_S", help="After HA refused the token (auth_invalid), stay up and "
+                            "unready and log in again after this long, s; doubles each time, up to 6 h (HA's IP "
+                            "ban counts failed logins).")
+    ] = 900.0,
     buffer_events: Annotated[
         int, typer.Option(envvar="COLLECTOR_BUFFER_EVENTS", help="Events buffered in memory before XADD.")
     ] = 2_000,
@@ -103,7 +104,7 @@ def run(
     The token comes from HA_TOKEN or HA_TOKEN_FILE (a long-lived access token), never from a flag.
     """
     from homeiq_collector.entity_filter import EntityFilter  # noqa: PLC0415 - keep --help fast
-    from homeiq_collector.service import Collector, Fatal  # noqa: PLC0415
+    from homeiq_collector.service import Collector  # noqa: PLC0415
     from homeiq_collector.settings import CollectorSettings  # noqa: PLC0415
 
     def build() -> ServiceMain:
@@ -112,21 +113,12 @@ def run(
             connect_timeout_s=connect_timeout_s, auth_timeout_s=auth_timeout_s,
             command_timeout_s=command_timeout_s, ping_interval_s=ping_interval_s, ping_timeout_s=ping_timeout_s,
             max_message_mb=max_message_mb, backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s,
-            retry_auth=retry_auth, buffer_events=buffer_events, publish_batch=publish_batch, spool_dir=spool_dir,
+            auth_retry_s=auth_retry_s, buffer_events=buffer_events, publish_batch=publish_batch, spool_dir=spool_dir,
             spool_max_mb=spool_max_mb, spool_policy=spool_policy,  # type: ignore[arg-type]  # validated below
             backfill=backfill, backfill_delay_s=backfill_delay_s, metrics_host=metrics_host,
             metrics_port=metrics_port, require_aof=require_aof,
         ).validate()
         rules = EntityFilter.from_settings(entity_filter, entity_filter_file)
-        collector = Collector(settings, read_secret("HA_TOKEN"), rules)
-
-        async def main(stop: asyncio.Event) -> None:
-            try:
-                await collector.run(stop)
-            except Fatal as exc:
-                typer.echo(f"error: {exc}", err=True)
-                raise typer.Exit(EXIT_FAILURE) from None
-
-        return main
+        return Collector(settings, read_secret("HA_TOKEN"), rules).run
 
     run_service("collector", log_level, log_format, build)

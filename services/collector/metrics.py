@@ -28,6 +28,8 @@ class CollectorMetrics:
                                        registry=registry)
         self.connected = Gauge("homeiq_ha_connected", "1 while connected, authenticated and subscribed.",
                                registry=registry)
+        self.auth_rejected = Gauge("homeiq_ha_auth_rejected", "1 while HA refuses the token (auth_invalid).",
+                                   registry=registry)
         self.reconnects = Counter("homeiq_ha_reconnects_total", "Connection attempts after the first.",
                                   registry=registry)
         self.disconnects = Counter("homeiq_ha_disconnects_total", "Sessions ended, by reason.", ["reason"],

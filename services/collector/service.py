@@ -49,10 +49,7 @@ REGISTRY_EVENTS = {f"{kind}_registry_updated": kind for kind in REGISTRY_COMMAND
 BACKFILL_CHUNK = 50
 DRAIN_TIMEOUT_S = 5.0
 REDIS_CHECK_S = 2.0
-
-
-class Fatal(Exception):
-    """A failure that retrying cannot fix (the operator must act)."""
+AUTH_RETRY_CAP_S = 6 * 3600.0
 
 
 class _Stopped(Exception):
@@ -80,6 +77,7 @@ class Collector:
         self._resumed = asyncio.Event()
         self.point_times = PointTimes()
         self._offered = 0
+        self._auth_failures = 0
         self.sessions = 0
         self._stale: set[str] = set()
         self._stale_changed = asyncio.Event()
@@ -102,7 +100,7 @@ class Collector:
                 publishing.cancel()
                 watching.cancel()
         except BaseExceptionGroup as group:
-            if len(group.exceptions) == 1:  # one failure (Fatal, a spool bug): surfaces as itself
+            if len(group.exceptions) == 1:  # one failure (a spool bug): surfaces as itself
                 raise group.exceptions[0] from None
             raise
         finally:
@@ -147,10 +145,6 @@ class Collector:
                 break
             except AuthInvalid as exc:
                 reason, kind = f"auth_invalid: {exc}", "auth_invalid"
-                if not self.settings.retry_auth:
-                    self.metrics.disconnects.labels(kind).inc()
-                    raise Fatal(f"Home Assistant at {url} refused the token (auth_invalid). Create a new "
-                                "long-lived access token and set HA_TOKEN or HA_TOKEN_FILE.") from None
             except HeartbeatTimeout as exc:
                 reason, kind = str(exc), "heartbeat"
             except (ConnectionLost, CommandFailed) as exc:
@@ -162,8 +156,16 @@ class Collector:
             finally:
                 self.metrics.connected.set(0)
             self.metrics.disconnects.labels(kind).inc()
-            self.readiness.fail(READY_HA, f"disconnected from {url}: {reason}")
             delay_s = backoff.next_delay_s()
+            if kind == "auth_invalid":
+                # A refused token stays refused and HA's IP ban counts failed logins: stay up and unready (an exit
+                # would make `restart:` a loop of logins) and try again only after a long, doubling wait.
+                delay_s = min(self.settings.auth_retry_s * 2 ** self._auth_failures, AUTH_RETRY_CAP_S)
+                self._auth_failures += 1
+                self.metrics.auth_rejected.set(1)
+                reason = (f"Home Assistant refused the token ({reason}): create a new long-lived access token, set "
+                          f"HA_TOKEN or HA_TOKEN_FILE and restart the collector; next attempt in {delay_s:.0f} s")
+            self.readiness.fail(READY_HA, f"disconnected from {url}: {reason}")
             log.warning("ha_disconnected", url=url, reason=reason, retry_in_s=round(delay_s, 2))
             await wait_or_stop(stop, delay_s)
 
@@ -176,6 +178,8 @@ class Collector:
             async with ws:
                 conn = HAConnection(ws, self.metrics)
                 version = await conn.authenticate(self._token, s.auth_timeout_s)
+                self._auth_failures = 0
+                self.metrics.auth_rejected.set(0)
                 try:
                     async with asyncio.TaskGroup() as tasks:
                         tasks.create_task(conn.read_forever(), name="ha-reader")

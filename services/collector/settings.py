@@ -34,7 +34,7 @@ class CollectorSettings(msgspec.Struct, frozen=True):
     max_message_mb: int = 64
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
-    retry_auth: bool = False
+    auth_retry_s: float = 900.0
     buffer_events: int = 2_000
     publish_batch: int = 1_000
     spool_dir: str = "spool"
@@ -53,7 +53,8 @@ class CollectorSettings(msgspec.Struct, frozen=True):
             ("HA_CONNECT_TIMEOUT_S", self.connect_timeout_s), ("HA_AUTH_TIMEOUT_S", self.auth_timeout_s),
             ("HA_COMMAND_TIMEOUT_S", self.command_timeout_s), ("HA_PING_INTERVAL_S", self.ping_interval_s),
             ("HA_PING_TIMEOUT_S", self.ping_timeout_s), ("HA_BACKOFF_MAX_S", self.backoff_max_s),
-            ("HA_BACKOFF_BASE_S", self.backoff_base_s), ("COLLECTOR_BUFFER_EVENTS", self.buffer_events),
+            ("HA_BACKOFF_BASE_S", self.backoff_base_s), ("HA_AUTH_RETRY_S", self.auth_retry_s),
+            ("COLLECTOR_BUFFER_EVENTS", self.buffer_events),
             ("COLLECTOR_PUBLISH_BATCH", self.publish_batch), ("COLLECTOR_SPOOL_MAX_MB", self.spool_max_mb),
         ):
             check_positive(name, value)
