@@ -18,11 +18,12 @@ __all__ = ["DelayProxy", "FaultyHttp", "Service", "wait_for"]
 class Service(ScriptProcess):
     """A console script under test: JSON logs to a file in `log_dir`, metrics on a free loopback port."""
 
-    def __init__(self, script: str, env: dict[str, str], log_dir: Path, name: str | None = None) -> None:
+    def __init__(self, script: str, env: dict[str, str], log_dir: Path, name: str | None = None,
+                 metrics_port: int | None = None) -> None:
         name = name or script
         test_env = {"METRICS_HOST": "127.0.0.1", "LOG_FORMAT": "json", "LOG_LEVEL": "INFO",
                     "COLLECTOR_SPOOL_DIR": str(log_dir / f"{name}-spool"), **env}
-        super().__init__(script, test_env, log_dir / f"{name}.log", name)
+        super().__init__(script, test_env, log_dir / f"{name}.log", name, metrics_port)
 
 
 class DelayProxy:

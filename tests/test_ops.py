@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from homeiq_collector.metrics import CollectorMetrics
@@ -31,8 +33,28 @@ def run(*args: str, stdin: bytes | None = None) -> str:
 
 
 def test_alert_rules_check_and_their_unit_tests_pass() -> None:
-    assert "9 rules found" in run("promtool", "check", "rules", str(OPS / "alerts.yml"))
+    rules = alert_rules()
+    assert f"{len(rules)} rules found" in run("promtool", "check", "rules", str(OPS / "alerts.yml"))
     assert "SUCCESS" in run("promtool", "test", "rules", str(OPS / "tests" / "alerts_test.yml"))
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = yaml.safe_load((OPS / "alerts.yml").read_text())["groups"][0]["rules"]
+    return rules
+
+
+def test_every_alert_has_a_severity_a_runbook_and_tests_of_both_sides() -> None:
+    """Both sides: a promtool case where it fires and one (a near miss) where it must not."""
+    cases = [case for group in yaml.safe_load((OPS / "tests" / "alerts_test.yml").read_text())["tests"]
+             for case in group["alert_rule_test"]]
+    for rule in alert_rules():
+        name, job = rule["alert"], rule["labels"].get("job")
+        assert rule["labels"]["severity"] in ("critical", "warning"), name
+        assert rule["annotations"]["summary"] and rule["annotations"]["runbook"], name
+        fires = [c for c in cases if c["alertname"] == name
+                 and any(job in (None, a["exp_labels"].get("job")) for a in c["exp_alerts"])]
+        quiet = [c for c in cases if c["alertname"] == name and not c["exp_alerts"]]
+        assert fires and quiet, f"{name} {job or ''} needs a case that fires and a near miss that does not"
 
 
 def test_prometheus_and_alertmanager_configs_load(tmp_path: Path) -> None:
