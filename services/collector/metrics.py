@@ -42,6 +42,8 @@ class CollectorMetrics:
                                registry=registry)
         self.spool_bytes = Gauge("homeiq_spool_bytes", "Bytes in the disk spool not yet drained.",
                                  registry=registry)
+        self.spool_max_bytes = Gauge("homeiq_spool_max_bytes", "The spool's cap (COLLECTOR_SPOOL_MAX_MB) in bytes.",
+                                     registry=registry)
         self.publish_seconds = Histogram("homeiq_publish_duration_seconds", "One pipelined XADD batch.",
                                          registry=registry,
                                          buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))

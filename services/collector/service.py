@@ -67,6 +67,7 @@ class Collector:
         self.readiness = Readiness(READY_HA, READY_REDIS)
         self.redis: aioredis.Redis = connect(settings.redis_url)
         spool = Spool(Path(settings.spool_dir), settings.spool_max_mb * 1024 * 1024)
+        self.metrics.spool_max_bytes.set(spool.max_bytes)
         self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness, self.registry)
         self.publisher = Publisher(self.redis, settings.redis_url, settings.names.stream, self.metrics,
                                    self.readiness, spool, settings.spool_policy, settings.buffer_events,

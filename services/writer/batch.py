@@ -32,13 +32,14 @@ READY_INFLUX = "influxdb"
 
 
 class Encoded(msgspec.Struct, gc=False):
-    """An entry ready to write: its id and fields, its line, and the event time for the latency metric.
+    """An entry ready to write: its id and fields, its line, and the event time of a live event for the latency
+    metric (None for a backfilled or snapshot state: it is as old as the gap it fills, not late).
     Not tracked by the cyclic GC (it can be in no cycle): thousands live for a batch's lifetime."""
 
     entry_id: bytes
     fields: list[bytes]
     line: bytes
-    time_ns: int
+    live_time_ns: int | None
 
 
 class Batch:
@@ -92,7 +93,7 @@ def encode_entries(entries: list[Entry]) -> tuple[list[Encoded], list[Poison]]:
             log.error("reader_error", entry_id=entry_id.decode(), exc_info=True)
             poison.append(Poison(entry_id, fields, "reader_error", f"{type(exc).__name__}: {exc}"[:300]))
             continue
-        good.append(Encoded(entry_id, fields, line, event.time_ns))
+        good.append(Encoded(entry_id, fields, line, event.time_ns if event.source == "live" else None))
     return good, poison
 
 
@@ -201,7 +202,8 @@ class BatchWriter:
         self.written += len(batch)
         now_ns = time.time_ns()
         for item in batch.items:
-            self._metrics.event_age.observe(max(0.0, (now_ns - item.time_ns) / 1e9))
+            if item.live_time_ns is not None:
+                self._metrics.event_age.observe(max(0.0, (now_ns - item.live_time_ns) / 1e9))
 
     def totals(self) -> tuple[int, int]:
         """Points written and entries dead-lettered so far through this writer."""

@@ -29,7 +29,8 @@ class WriterMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.event_age = Histogram(
-            "homeiq_event_age_at_ack_seconds", "Event time to ack: end-to-end latency.", registry=registry,
+            "homeiq_event_age_at_ack_seconds", "Event time to ack of live events: end-to-end latency.",
+            registry=registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
         )
         self.dead_lettered = Counter(
