@@ -1,7 +1,5 @@
-"""compose.yaml: valid against the Compose specification, and consistent with what the code reads.
-
-No Docker engine runs on these machines, so this is as far as compose can be checked here.
-"""
+"""compose.yaml: valid against the Compose specification, consistent with what the code reads, and hardened.
+tests/test_stack.py runs it."""
 
 from __future__ import annotations
 
@@ -78,3 +76,21 @@ def _console_scripts() -> dict[str, str]:
     text = (ROOT / "pyproject.toml").read_text()
     section = text.split("[project.scripts]", 1)[1].split("\n[", 1)[0]
     return dict(re.findall(r'^([\w-]+) = "([^"]+)"', section, re.MULTILINE))
+
+
+def test_the_stack_is_hardened() -> None:
+    services = compose()["services"]
+    for name, service in services.items():
+        assert service["image"].startswith("${"), f"{name}: its image must be overridable"
+        for port in service.get("ports", []):
+            assert port.startswith("${BIND_ADDRESS:-127.0.0.1}:"), f"{name} publishes {port} beyond loopback"
+    redis = " ".join(services["redis"]["command"])
+    assert "--maxmemory-policy noeviction" in redis and "--maxmemory ${REDIS_MAXMEMORY:?" in redis
+    for name in ("writer", "replayer"):
+        env = services[name]["environment"]
+        assert "INFLUXDB_TOKEN" not in env and env["INFLUXDB_TOKEN_FILE"] == "/run/homeiq/influxdb-token"
+        assert services[name]["depends_on"]["influxdb-setup"] == {"condition": "service_completed_successfully"}
+        assert services[name]["depends_on"]["influxdb"] == {"condition": "service_healthy"}
+    assert "INFLUXDB_ADMIN_TOKEN" not in str(services["writer"]) + str(services["replayer"])
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "HEALTHCHECK" in dockerfile and "/readyz" in dockerfile

@@ -33,7 +33,8 @@ SERVICES = ["redis", "influxdb", "influxdb-setup", "ha-sim", "collector", "write
             "alertmanager"]
 
 
-def _engine_problem() -> str | None:
+def engine_problem() -> str | None:
+    """Why the stack cannot run here (None when a Docker engine answers and docker-compose is installed)."""
     if shutil.which("docker-compose") is None or shutil.which("docker") is None:
         return "docker and docker-compose are not installed (.ci/run installs docker.io and docker-compose)"
     done = subprocess.run(["docker", "info"], capture_output=True, text=True, check=False)
@@ -96,7 +97,7 @@ def http_json(url: str, params: dict[str, str], user: str | None = None, passwor
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    problem = _engine_problem()
+    problem = engine_problem()
     if problem:
         pytest.skip(problem)
     built = subprocess.run([str(ROOT / "scripts" / "stack-images")], capture_output=True, text=True, check=False)
