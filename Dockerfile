@@ -3,6 +3,7 @@
 # Debian's packages (scripts/stack-images) where no registry can be reached.
 ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE} AS build
+LABEL homeiq.stage=build
 RUN python3 -m venv /opt/homeiq
 # Dependencies first, at the locked versions with their hashes: this layer is rebuilt only when the lock changes.
 # EXTRA_CA_CERTS (PEM): CAs pip must trust behind a TLS-intercepting proxy; used in this build stage only.
