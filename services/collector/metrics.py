@@ -36,6 +36,8 @@ class CollectorMetrics:
                               registry=registry)
         self.backfilled = Counter("homeiq_events_backfilled_total",
                                   "Recorder states published after a reconnect (source=backfill).", registry=registry)
+        self.gap_open = Gauge("homeiq_backfill_gap_open", "1 while a gap in what HA sent is not yet backfilled "
+                              "(or a restarted collector does not yet know where it left off).", registry=registry)
         self.spooled = Counter("homeiq_events_spooled_total", "Events written to the disk spool.",
                                registry=registry)
         self.spool_bytes = Gauge("homeiq_spool_bytes", "Bytes in the disk spool not yet drained.",

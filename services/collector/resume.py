@@ -62,6 +62,11 @@ class ResumePoint:
                 return found
             start = "(" + page[-1][0].decode()
 
+    @property
+    def saved(self) -> bool:
+        """Whether Redis holds a watermark of this collector (read at start, or saved since)."""
+        return self._saved_ns > 0
+
     async def save(self, offered: int, settled: int) -> None:
         """Store the newest live state time whose event, and every one before it, is durable; never past
         a gap whose backfill has not completed, and never before the saved one was read."""
