@@ -46,6 +46,11 @@ class StreamNames(msgspec.Struct, frozen=True):
     dead: str = "homeiq:events:dead"
 
     @property
+    def watermark(self) -> str:
+        """String: the collector's durable watermark, the newest live state time (ns) it made durable."""
+        return f"{self.stream}:collector:last_live_ns"
+
+    @property
     def suspects(self) -> str:
         """Hash: replayer instance → the suspect entry it is reading now and until when (its crash marker)."""
         return f"{self.stream}:replayer:{self.group}:suspects"
@@ -57,6 +62,10 @@ class StreamNames(msgspec.Struct, frozen=True):
 
 
 DEFAULT_NAMES: Final = StreamNames()
+
+# A restarted collector reads the stream back from its watermark to skip the states already there; stream ids
+# carry Redis's clock and state times HA's, so it starts this far earlier, and trimming keeps that much.
+RESUME_MARGIN_MS: Final = 30_000
 
 
 DEFAULT_SOCKET_TIMEOUT_S: Final = 15.0

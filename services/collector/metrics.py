@@ -28,6 +28,11 @@ class CollectorMetrics:
                                        registry=registry)
         self.connected = Gauge("homeiq_ha_connected", "1 while connected, authenticated and subscribed.",
                                registry=registry)
+        self.unsubscribed_seconds = Counter(
+            "homeiq_ha_unsubscribed_seconds_total",
+            "Time between losing HA's event subscription and having it again. State changes of the time are "
+            "backfilled from the recorder; other events sent then are lost (HA keeps no history of them).",
+            registry=registry)
         self.reconnects = Counter("homeiq_ha_reconnects_total", "Connection attempts after the first.",
                                   registry=registry)
         self.disconnects = Counter("homeiq_ha_disconnects_total", "Sessions ended, by reason.", ["reason"],

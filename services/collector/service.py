@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -83,6 +84,7 @@ class Collector:
         self._resumed = asyncio.Event()
         self.point_times = PointTimes()
         self._offered = 0
+        self._unsubscribed_since: float | None = None
         self.sessions = 0
         self._stale: set[str] = set()
         self._stale_changed = asyncio.Event()
@@ -168,6 +170,8 @@ class Collector:
                 reason, kind = f"{type(exc).__name__}: {exc}", "error"
             finally:
                 self.metrics.connected.set(0)
+                if self._unsubscribed_since is None:  # since the first failure, not the last attempt
+                    self._unsubscribed_since = time.monotonic()
             self.metrics.disconnects.labels(kind).inc()
             self.readiness.fail(READY_HA, f"disconnected from {url}: {reason}")
             delay_s = backoff.next_delay_s()
@@ -204,6 +208,9 @@ class Collector:
         if s.backfill:
             self.gap.begin()
         await conn.subscribe(self._on_event, s.command_timeout_s)
+        if self._unsubscribed_since is not None:  # events other than state changes sent meanwhile are gone
+            self.metrics.unsubscribed_seconds.inc(time.monotonic() - self._unsubscribed_since)
+            self._unsubscribed_since = None
         self.metrics.connected.set(1)
         self.readiness.ok(READY_HA)
         log.info("ha_connected", url=redact_url(s.ha_url), ha_version=version, session=self.sessions,

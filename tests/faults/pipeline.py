@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from homeiq_hasim.hub import Hub
+from homeiq_hasim.messages import iso, ulid
 from homeiq_hasim.runner import SimServer
 from homeiq_local.processes import ScriptProcess
 from homeiq_local.services import InfluxServer, RedisServer, free_port
@@ -255,6 +256,34 @@ async def steady_traffic(hub: Hub, rate_per_s: float) -> AsyncIterator[asyncio.E
     task = asyncio.create_task(hub.emit(None, rate_per_s, stop))
     try:
         yield stop
+    finally:
+        stop.set()
+        await task
+
+
+@contextlib.asynccontextmanager
+async def service_calls(hub: Hub, every_s: float) -> AsyncIterator[dict[str, float]]:
+    """`call_service` events (no state, so no recorder history) every `every_s` in the background; yields
+    context id → the time it was fired (`time.time()`)."""
+    fired: dict[str, float] = {}
+    stop = asyncio.Event()
+
+    async def fire() -> None:
+        n = 0
+        while not stop.is_set():
+            now = time.time()
+            context_id = f"{ulid(now)}{n:06d}"
+            hub.broadcast("call_service", {
+                "event_type": "call_service", "data": {"domain": "light", "service": "toggle", "n": n},
+                "origin": "LOCAL", "time_fired": iso(now),
+                "context": {"id": context_id, "parent_id": None, "user_id": None}})
+            fired[context_id] = now
+            n += 1
+            await asyncio.sleep(every_s)
+
+    task = asyncio.create_task(fire())
+    try:
+        yield fired
     finally:
         stop.set()
         await task
