@@ -49,6 +49,7 @@ import msgspec
 
 from homeiq_shared.config import EntityFilter, EventTypes, Integration
 from homeiq_shared.events import NormalisedEvent
+from homeiq_writer.lineprotocol import escape_tag as _key
 from homeiq_writer.lineprotocol import tag_value
 
 # const.py
@@ -65,17 +66,8 @@ SKIP_REASONS: Final = ("event_type", "not_state_change", "removed", "entity_filt
 ATTRIBUTE_REASONS: Final = ("ignore_attributes", "non_finite")
 
 CACHE_SIZE: Final = 20_000
-_KEY_ESCAPES: Final = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
 _MEASUREMENT_ESCAPES: Final = str.maketrans({",": r"\,", " ": r"\ "})
 _attributes_decoder = msgspec.json.Decoder(dict[str, Any])
-
-
-def _key(name: str) -> str:
-    """A tag or field key as it goes in the line."""
-    name = tag_value(name)
-    if "," in name or "=" in name or " " in name:
-        return name.translate(_KEY_ESCAPES)
-    return name
 
 
 def _measurement(name: str) -> str:

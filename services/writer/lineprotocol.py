@@ -70,8 +70,8 @@ def tag_value(value: str) -> str:
     return value
 
 
-def _tag(value: str) -> str:
-    """A tag value as it goes in the line (plain values, the usual case, untouched)."""
+def escape_tag(value: str) -> str:
+    """A tag key or value (or a field key) as it goes in the line (plain values, the usual case, untouched)."""
     value = tag_value(value)
     if "," in value or "=" in value or " " in value:
         return value.translate(_TAG_ESCAPES)
@@ -103,7 +103,7 @@ def _tags(event: NormalisedEvent) -> str:
         ("event_type", event.event_type),
         ("platform", enrich.platform),
     )  # sorted by key, as InfluxDB wants them
-    return MEASUREMENT + "".join(f",{key}={escaped}" for key, value in tags if value and (escaped := _tag(value)))
+    return MEASUREMENT + "".join(f",{key}={escaped}" for key, value in tags if value and (escaped := escape_tag(value)))
 
 
 def _entity_fields(enrich: Enrichment) -> str:
