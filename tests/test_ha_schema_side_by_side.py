@@ -59,8 +59,8 @@ async def test_one_stream_two_groups_both_schemas(
 
         await wait_for(lambda: len(ha_points()) >= len(wanted), 60, "the ha side")
         # The comparison: the same states, one query per database; keyed by entity and time.
-        homeiq = rows(influx.query(
-            "SELECT entity_id, state_value, value FROM home_assistant_events WHERE event_type = 'state_changed'", homeiq_db))
+        homeiq = rows(influx.query("SELECT entity_id, state_value, value FROM home_assistant_events "
+                                   "WHERE event_type = 'state_changed'", homeiq_db))
         ha = ha_points()
         homeiq_by_key = {(p["entity_id"], p["time"]): p for p in homeiq if p["state_value"] not in SKIPPED_STATES}
         ha_by_key = {(f"{p['domain']}.{p['entity_id']}", p["time"]): p for p in ha}

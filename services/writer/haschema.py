@@ -114,7 +114,7 @@ class _Shape(msgspec.Struct, gc=False):
 class _Entity:
     """What stays the same for an entity: its filter verdict, its configuration, and its last shape."""
 
-    __slots__ = ("allowed", "attributes", "ignore", "object_id", "override", "shape", "shape_key")
+    __slots__ = ("allowed", "attributes", "has_state", "has_value", "ignore", "object_id", "override", "shape")
 
     def __init__(self, entity_id: str, allowed: bool, words: Integration) -> None:
         self.allowed = allowed
@@ -122,8 +122,9 @@ class _Entity:
         self.override = customize.override_measurement
         self.ignore = words.ignored_attributes(entity_id)
         self.object_id = entity_id.partition(".")[2]
+        # The shape below was made for these attributes and these state fields.
         self.attributes = b""
-        self.shape_key: tuple[bytes, bool, bool] | None = None
+        self.has_state = self.has_value = False
         self.shape: _Shape | None = None
 
 
@@ -167,38 +168,47 @@ class HaEncoder:
             self.skipped["entity_filter"] += 1
             return None
 
-        # float(state), else state_as_number, else the state as a string
+        # float(state), else state_as_number, else the state as a string. The mapped words are never floats, so
+        # looking them up first gives the same answer without the cost of float()'s exception.
         value: float | None
-        try:
-            value, include_state = float(state), False
-        except ValueError:
-            include_state = True
-            value = 1.0 if state in STATE_ONE else 0.0 if state in STATE_ZERO else None
-        if value is not None and not math.isfinite(value):
-            value = None  # what influxdb-client does with it; influxd 1.x refuses "nan"/"inf" outright
+        if state in STATE_ONE:
+            value, include_state = 1.0, True
+        elif state in STATE_ZERO:
+            value, include_state = 0.0, True
+        else:
+            try:
+                value, include_state = float(state), False
+            except ValueError:
+                value, include_state = None, True
+            if value is not None and not math.isfinite(value):
+                value = None  # what influxdb-client does with it; influxd 1.x refuses "nan"/"inf" outright
 
         raw = bytes(new.attributes)
-        key = (raw, include_state, value is not None)
-        if key != entity.shape_key or entity.shape is None:
-            entity.shape = self._shape(event, entity, raw, include_state, value is not None)
-            entity.shape_key = key
+        has_value = value is not None
         shape = entity.shape
-        self.attributes_dropped["ignore_attributes"] += shape.ignored
-        self.attributes_dropped["non_finite"] += shape.non_finite
+        if shape is None or raw != entity.attributes or include_state != entity.has_state \
+                or has_value != entity.has_value:
+            shape = entity.shape = self._shape(event, entity, raw, include_state, has_value)
+            entity.attributes, entity.has_state, entity.has_value = raw, include_state, has_value
+        if shape.ignored:
+            self.attributes_dropped["ignore_attributes"] += shape.ignored
+        if shape.non_finite:
+            self.attributes_dropped["non_finite"] += shape.non_finite
 
-        fields = []
-        if include_state:
-            fields.append("state=" + _string_field(state))
-        if value is not None:
-            fields.append(f"value={value!r}")
-        if not fields and not shape.field_count:
-            self.skipped["no_fields"] += 1
-            return None
-        field_set = ",".join(fields) + shape.fields if fields else shape.fields[1:]
         time_ns = event.time_fired_ns or event.time_ns
         if self._precision_ns != 1:
             time_ns -= time_ns % self._precision_ns
-        return f"{shape.head}{field_set} {time_ns}"
+        if include_state:
+            head = shape.head + "state=" + _string_field(state)
+            if has_value:
+                head += f",value={value!r}"
+            return f"{head}{shape.fields} {time_ns}"
+        if has_value:
+            return f"{shape.head}value={value!r}{shape.fields} {time_ns}"
+        if not shape.field_count:
+            self.skipped["no_fields"] += 1
+            return None
+        return f"{shape.head}{shape.fields[1:]} {time_ns}"
 
     def _shape(self, event: NormalisedEvent, entity: _Entity, raw: bytes, has_state: bool,
                has_value: bool) -> _Shape:
