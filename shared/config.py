@@ -481,8 +481,12 @@ def parse_config(text: str, where: str, secrets_path: Path | None = None) -> Con
     loader.secrets_path = secrets_path or Path("secrets.yaml")
     try:
         document = loader.get_single_data()
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{ENV_NAME} ({where}): not valid YAML: {exc}") from None
+    except yaml.MarkedYAMLError as exc:  # the position and the problem only: PyYAML's snippet may show a secret
+        mark = exc.problem_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{ENV_NAME} ({where}): not valid YAML{at}: {exc.problem or exc.context}") from None
+    except yaml.YAMLError:
+        raise ConfigError(f"{ENV_NAME} ({where}): not valid YAML") from None
     finally:
         loader.dispose()
     reader = _Reader(where)

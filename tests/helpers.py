@@ -95,7 +95,8 @@ class FaultyHttp:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.requests.append((request.path_qs, dict(request.headers), body))
-        if self.faults and "write" in request.path:  # writes only; readiness checks pass through
+        if self.faults and "write" in request.path and body:  # writes of lines only; readiness checks (writes of
+            # no points) pass through
             fault, retry_after = self.faults.pop(0)
             if fault == "hang":
                 await asyncio.sleep(self.hang_s)

@@ -128,6 +128,9 @@ def test_secrets_never_appear_in_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path)  # no bucket: an error, which must not echo the token
     assert "influxdb.bucket" in str(caught.value) and "s3cret" not in str(caught.value)
+    with pytest.raises(ConfigError) as caught:  # a YAML error shows where, never the line's text
+        parse_config('influxdb:\n  token: "s3cret-token-xyz\n  bucket: [\n', "t")
+    assert "line" in str(caught.value) and "s3cret" not in str(caught.value)
     with pytest.raises(ConfigError, match="!secret missing: not found"):
         load_config(write(tmp_path, "influxdb:\n  password: !secret missing\n  username: u\n"))
 
