@@ -295,7 +295,7 @@ async def test_reclaim_stops_promptly_on_a_signal_and_leaves_everything_pending(
         REPLAYER, "reclaim", "--min-idle", "0", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env=reclaim_env(redis_server, proxy.url, influx_db, "600"))
     try:
-        await wait_for(lambda: any(p.startswith("/write") for p, _, _ in proxy.requests), 30, "a write")
+        await wait_for(lambda: any(p.startswith("/write") and b for p, _, b in proxy.requests), 30, "a write")
         process.send_signal(sig)  # Ctrl-C or a stop, while InfluxDB keeps refusing
         started = time.monotonic()
         _, raw_stderr = await asyncio.wait_for(process.communicate(), 30)
