@@ -15,7 +15,7 @@ from homeiq_replayer.reclaim import reclaim_pass
 from homeiq_replayer.stream_metrics import StreamMetrics
 from homeiq_shared.backoff import Backoff
 from homeiq_shared.broker import PersistenceCheck
-from homeiq_shared.health import HealthServer, Readiness
+from homeiq_shared.health import HealthServer, Readiness, counters
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
 from homeiq_shared.settings import ConfigError, check_positive, check_url
@@ -95,7 +95,7 @@ class Replayer:
             await self.sink.close()
             await self.redis.aclose()
             await self.health.stop()
-            log.info("replayer_stopped")
+            log.info("replayer_stopped", counters=counters(self.registry))
 
     async def _reclaim(self, stop: asyncio.Event) -> None:
         s = self.settings

@@ -123,7 +123,7 @@ class BatchWriter:
         self._redis, self._names, self._sink = client, names, sink
         self.encoder = encoder or make_encoder("homeiq")
         self._metrics, self._readiness, self._consumer = metrics, readiness, consumer
-        self._backoff = backoff or Backoff(base_s=0.5, cap_s=30.0)
+        self._backoff = backoff or Backoff(base_s=0.5, cap_s=10.0)
         self.healthy = True  # the last answer was 2xx (or a rejection): safe to read ahead
         self._dead_letter = client.register_script(DEAD_LETTER_SCRIPT)
         self._acking: asyncio.Task[None] | None = None

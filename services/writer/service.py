@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 
 from homeiq_shared.backoff import Backoff
 from homeiq_shared.broker import PersistenceCheck
-from homeiq_shared.health import HealthServer, Readiness
+from homeiq_shared.health import HealthServer, Readiness, counters
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
 from homeiq_shared.stream import Entry, connect, describe_redis_error, ensure_group, read_group, read_pending
@@ -54,7 +54,7 @@ class Writer:
             await self.sink.close()
             await self.redis.aclose()
             await self.health.stop()
-            log.info("writer_stopped", consumer=self.settings.consumer)
+            log.info("writer_stopped", consumer=self.settings.consumer, counters=counters(self.registry))
 
     async def _consume(self, stop: asyncio.Event) -> None:
         """Own pending entries first (cursor 0…, read without re-delivery), at start and after Redis failed,
