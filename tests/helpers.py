@@ -99,14 +99,16 @@ class FaultyHttp:
         body = await request.read()
         self.requests.append((request.path_qs, dict(request.headers), body))
         client = f"{request.remote}:{request.transport.get_extra_info('peername')[1] if request.transport else 0}"
+        lines = "write" in request.path and bool(body)  # a readiness check is a write of no points
         if self.window and "write" in request.path and time.monotonic() < self.window[0]:
             _, status, retry_after = self.window
-            self.answered.append((time.monotonic(), client, status))
+            if lines:
+                self.answered.append((time.monotonic(), client, status))
             headers = {"Retry-After": retry_after} if retry_after else {}
             return web.json_response({"error": f"injected {status}"}, status=status, headers=headers)
-        if "write" in request.path:
+        if lines:
             self.answered.append((time.monotonic(), client, 0))
-        if self.faults and "write" in request.path:  # writes only; readiness checks pass through
+        if self.faults and lines:  # writes of lines only; readiness checks pass through
             fault, retry_after = self.faults.pop(0)
             if fault == "hang":
                 await asyncio.sleep(self.hang_s)

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from homeiq_collector import frames
 from homeiq_collector.backfill import backfill_events, history_command, history_decoder, states_decoder
-from homeiq_collector.entity_filter import EntityFilter
+from homeiq_collector.entity_filter import EntityRules
 from homeiq_collector.gap import GapTracker
 from homeiq_collector.ha_client import (
     AuthInvalid,
@@ -64,9 +64,10 @@ class _Stopped(Exception):
 class Collector:
     """Supervises exactly one connection loop; never two, never a task that spawns another."""
 
-    def __init__(self, settings: CollectorSettings, token: str, entity_filter: EntityFilter | None = None,
+    def __init__(self, settings: CollectorSettings, token: str, entity_filter: EntityRules | None = None,
                  registry: CollectorRegistry | None = None) -> None:
         self.settings, self._token, self._filter = settings, token, entity_filter
+        self._tls = settings.tls()  # built once: loading CA files per reconnect is wasted work
         self.registry = registry or CollectorRegistry()
         self.metrics = CollectorMetrics(self.registry)
         self.readiness = Readiness(READY_HA, READY_REDIS)
@@ -184,7 +185,8 @@ class Collector:
             async with asyncio.timeout(s.connect_timeout_s):
                 # A close handshake behind megabytes of unread events would hold a stop for 10 s: 2 s is enough.
                 ws = await http.ws_connect(s.ha_url, max_msg_size=s.max_message_mb * 1024 * 1024,
-                                           autoping=True, heartbeat=None, timeout=WS_TIMEOUT)
+                                           autoping=True, heartbeat=None, timeout=WS_TIMEOUT,
+                                           ssl=self._tls or True)
             async with ws:
                 conn = HAConnection(ws, self.metrics)
                 version = await conn.authenticate(self._token, s.auth_timeout_s)

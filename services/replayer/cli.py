@@ -42,13 +42,17 @@ from homeiq_shared.settings import ConfigError, check_positive, check_url, redac
 from homeiq_shared.stream import DEFAULT_NAMES, StreamNames, connect
 from homeiq_writer.options import (
     DEFAULTS,
+    HomeiqConfig,
     InfluxApi,
     InfluxBucket,
+    InfluxCaCert,
     InfluxOrg,
     InfluxRetentionPolicy,
+    InfluxSchema,
     InfluxTimeout,
     InfluxUrl,
     InfluxUsername,
+    InfluxVerifySsl,
 )
 from homeiq_writer.settings import InfluxSettings
 
@@ -216,13 +220,17 @@ def run(
         float, typer.Option(envvar="REPLAYER_PRUNE_IDLE_S",
                             help="Delete consumers idle this long with nothing pending, s.")
     ] = 86_400.0,
-    influxdb_url: InfluxUrl = DEFAULTS.url,
-    influxdb_api: InfluxApi = DEFAULTS.api,
-    influxdb_org: InfluxOrg = DEFAULTS.org,
-    influxdb_bucket: InfluxBucket = DEFAULTS.bucket,
+    influxdb_url: InfluxUrl = None,
+    influxdb_api: InfluxApi = None,
+    influxdb_org: InfluxOrg = None,
+    influxdb_bucket: InfluxBucket = None,
     influxdb_retention_policy: InfluxRetentionPolicy = DEFAULTS.retention_policy,
-    influxdb_username: InfluxUsername = DEFAULTS.username,
+    influxdb_username: InfluxUsername = None,
     influxdb_timeout_s: InfluxTimeout = DEFAULTS.timeout_s,
+    influxdb_schema: InfluxSchema = None,
+    influxdb_verify_ssl: InfluxVerifySsl = None,
+    influxdb_ssl_ca_cert: InfluxCaCert = None,
+    config: HomeiqConfig = "",
     metrics_host: MetricsHost = "0.0.0.0",  # noqa: S104 - scraped from other containers
     metrics_port: MetricsPort = 8003,
     require_aof: RequireAof = True,
@@ -240,10 +248,11 @@ def run(
     def build() -> ServiceMain:
         settings = ReplayerSettings(
             redis_url=shared.redis_url, names=shared.names,
-            influx=InfluxSettings(
+            influx=InfluxSettings.resolve(
                 url=influxdb_url, api=influxdb_api, org=influxdb_org, bucket=influxdb_bucket,
                 retention_policy=influxdb_retention_policy, username=influxdb_username,
-                timeout_s=influxdb_timeout_s,
+                timeout_s=influxdb_timeout_s, schema=influxdb_schema, verify_ssl=influxdb_verify_ssl,
+                ssl_ca_cert=influxdb_ssl_ca_cert, config_path=config,
             ),
             consumer=consumer, min_idle_ms=min_idle_ms, interval_s=interval_s, count=count,
             max_deliveries=max_deliveries, max_crashes=max_crashes, trim=trim, prune_idle_s=prune_idle_s,
@@ -284,13 +293,17 @@ def reclaim(
     consumer: Consumer = "replayer",
     dry_run: DryRun = False,
     as_json: Json = False,
-    influxdb_url: InfluxUrl = DEFAULTS.url,
-    influxdb_api: InfluxApi = DEFAULTS.api,
-    influxdb_org: InfluxOrg = DEFAULTS.org,
-    influxdb_bucket: InfluxBucket = DEFAULTS.bucket,
+    influxdb_url: InfluxUrl = None,
+    influxdb_api: InfluxApi = None,
+    influxdb_org: InfluxOrg = None,
+    influxdb_bucket: InfluxBucket = None,
     influxdb_retention_policy: InfluxRetentionPolicy = DEFAULTS.retention_policy,
-    influxdb_username: InfluxUsername = DEFAULTS.username,
+    influxdb_username: InfluxUsername = None,
     influxdb_timeout_s: InfluxTimeout = DEFAULTS.timeout_s,
+    influxdb_schema: InfluxSchema = None,
+    influxdb_verify_ssl: InfluxVerifySsl = None,
+    influxdb_ssl_ca_cert: InfluxCaCert = None,
+    config: HomeiqConfig = "",
 ) -> None:
     """One reclaim pass now, with progress and a summary (reclaimed, written, suspects, dead-lettered, lost).
 
@@ -311,9 +324,11 @@ def reclaim(
         check_positive("REPLAYER_MAX_DELIVERIES", max_deliveries)
         check_positive("REPLAYER_MAX_CRASHES", max_crashes)
         check_positive("REPLAYER_GIVE_UP_AFTER_S", give_up_after_s)
-        influx = InfluxSettings(url=influxdb_url, api=influxdb_api, org=influxdb_org, bucket=influxdb_bucket,
-                                retention_policy=influxdb_retention_policy, username=influxdb_username,
-                                timeout_s=influxdb_timeout_s).validate()
+        influx = InfluxSettings.resolve(
+            url=influxdb_url, api=influxdb_api, org=influxdb_org, bucket=influxdb_bucket,
+            retention_policy=influxdb_retention_policy, username=influxdb_username, timeout_s=influxdb_timeout_s,
+            schema=influxdb_schema, verify_ssl=influxdb_verify_ssl, ssl_ca_cert=influxdb_ssl_ca_cert,
+            config_path=config)
         sink = None if dry_run else influx.make_sink()
     except ConfigError as exc:
         config_error(exc)
@@ -329,7 +344,8 @@ def reclaim(
             return PassSummary(reclaimed=len(rows), suspects=suspects, dead_lettered=crashed, dry_run=True)
         assert sink is not None
         readiness = Readiness(READY_INFLUX)
-        writer = BatchWriter(client, shared.names, sink, WriterMetrics(CollectorRegistry()), readiness, consumer)
+        writer = BatchWriter(client, shared.names, sink, WriterMetrics(CollectorRegistry()), readiness, consumer,
+                             encoder=influx.make_encoder())
         try:
             async with _Guard(give_up_after_s) as guard:
                 if not await _influx_ready(writer, readiness, guard.stop):

@@ -76,7 +76,7 @@ class Replayer:
         self.sink = settings.influx.make_sink()
         # The replayer's readiness does not depend on InfluxDB; its write failures show in the metrics.
         self.batches = BatchWriter(self.redis, settings.names, self.sink, self.metrics,
-                                   Readiness(READY_INFLUX), settings.consumer)
+                                   Readiness(READY_INFLUX), settings.consumer, encoder=settings.influx.make_encoder())
         self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness, self.registry)
         self.ledger = CrashLedger(self.redis, settings.names, settings.consumer, settings.max_crashes)
         self.health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)

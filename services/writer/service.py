@@ -37,7 +37,8 @@ class Writer:
         self.redis: aioredis.Redis = connect(settings.redis_url, settings.redis_socket_timeout_s)
         self.sink = settings.influx.make_sink()
         self.batches = BatchWriter(
-            self.redis, settings.names, self.sink, self.metrics, self.readiness, settings.consumer
+            self.redis, settings.names, self.sink, self.metrics, self.readiness, settings.consumer,
+            encoder=settings.influx.make_encoder(),
         )
         self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness, self.registry)
         self.health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
@@ -46,7 +47,7 @@ class Writer:
         """Serve health, then consume until `stop`; the in-flight batch completes or stays pending."""
         await self.health.start()
         log.info("writer_started", consumer=self.settings.consumer, stream=self.settings.names.stream,
-                 group=self.settings.names.group, influxdb=self.sink.url)
+                 group=self.settings.names.group, influxdb=self.sink.url, schema=self.settings.influx.schema)
         try:
             await self._consume(stop)
         finally:
