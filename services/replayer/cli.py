@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from homeiq_replayer.audit_cli import audit_command
 from homeiq_shared.backoff import Backoff
 from homeiq_shared.cli import EXIT_FAILURE, EXIT_USAGE, ServiceMain, config_error, run_service
 from homeiq_shared.lifecycle import wait_or_stop
@@ -65,6 +66,7 @@ app = typer.Typer(help="Reclaim entries left pending by dead or stuck writers; i
 dead_letter_app = typer.Typer(help="Inspect, re-drive and purge the dead-letter stream.", no_args_is_help=True,
                               rich_markup_mode=None)
 app.add_typer(dead_letter_app, name="dead-letter")
+app.command("audit")(audit_command)
 
 out = Console()
 err = Console(stderr=True)

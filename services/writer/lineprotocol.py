@@ -70,6 +70,11 @@ def tag_value(value: str) -> str:
     return value
 
 
+def original_tag_value(stored: str) -> str:
+    """The value `tag_value` stored as `stored` (the inverse: readers use it)."""
+    return str(json.loads(stored)) if len(stored) > 1 and stored[0] == '"' == stored[-1] else stored
+
+
 def escape_tag(value: str) -> str:
     """A tag key or value (or a field key) as it goes in the line (plain values, the usual case, untouched)."""
     value = tag_value(value)

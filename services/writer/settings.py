@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 
 import msgspec
@@ -90,13 +91,21 @@ class InfluxSettings(msgspec.Struct, frozen=True):
     def make_sink(self) -> InfluxSink:
         """Build the sink; secrets are read from INFLUXDB_TOKEN / INFLUXDB_PASSWORD (or their *_FILE), else from
         the configuration file's `token` / `password`."""
-        words = self.config.words if self.config is not None else None
-        tls = ssl_context(self.verify_ssl, self.ssl_ca_cert) if self.url.startswith("https:") else None
+        secret, tls = self.secret(), self.tls()
         if self.api == "v2":
-            token = self._secret("INFLUXDB_TOKEN", words.token.value if words else "", True)
-            return V2Sink(self.url, self.org, self.bucket, token, self.timeout_s, tls)
-        password = self._secret("INFLUXDB_PASSWORD", words.password.value if words else "", bool(self.username))
-        return V1Sink(self.url, self.bucket, self.retention_policy, self.username, password, self.timeout_s, tls)
+            return V2Sink(self.url, self.org, self.bucket, secret, self.timeout_s, tls)
+        return V1Sink(self.url, self.bucket, self.retention_policy, self.username, secret, self.timeout_s, tls)
+
+    def secret(self) -> str:
+        """The v2 token, or the v1 user's password (empty without a user)."""
+        words = self.config.words if self.config is not None else None
+        if self.api == "v2":
+            return self._secret("INFLUXDB_TOKEN", words.token.value if words else "", True)
+        return self._secret("INFLUXDB_PASSWORD", words.password.value if words else "", bool(self.username))
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The TLS context for an https:// URL (verify_ssl, ssl_ca_cert), else None."""
+        return ssl_context(self.verify_ssl, self.ssl_ca_cert) if self.url.startswith("https:") else None
 
     def make_encoder(self) -> Encoder:
         """The encoder of the chosen schema, with the configuration file's rules."""
