@@ -178,3 +178,39 @@ def _write(url: str, database: str, line: str) -> None:
     request = urllib.request.Request(f"{url}/write?db={database}&precision=ns", data=line.encode())
     with urllib.request.urlopen(request, timeout=10):
         pass
+
+
+async def test_the_periodic_audit_exports_what_it_found_and_repairs_when_asked(
+    audited: Audited, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    from homeiq_replayer.audit_loop import AuditSettings  # noqa: PLC0415
+    from homeiq_replayer.service import Replayer, ReplayerSettings  # noqa: PLC0415
+    from homeiq_writer.settings import InfluxSettings  # noqa: PLC0415
+
+    for sent in audited.sim.hub.sent[10:12]:
+        audited.delete(sent.entity_id, sent.last_updated_us * 1000)
+    monkeypatch.setenv("HA_TOKEN", TOKEN)
+    settings = ReplayerSettings(
+        redis_url=audited.env["REDIS_URL"], names=DEFAULT_NAMES, metrics_host="127.0.0.1", metrics_port=0,
+        influx=InfluxSettings(url=audited.influx.url, api="v1", bucket=audited.database),
+        audit=AuditSettings(interval_s=3600, ha_url=audited.sim.url, repair=True, settle_s=0.5)).validate()
+    replayer = Replayer(settings, CollectorRegistry())
+    stop = asyncio.Event()
+    task = asyncio.create_task(replayer.run(stop))
+
+    def sample(name: str) -> float:
+        return replayer.registry.get_sample_value(name) or 0.0
+
+    # The window covers the last hour: the simulator's first states, from before the collector ran, too.
+    before = len(audited.sim.hub.population.entities)
+    try:
+        await wait_for(lambda: sample("homeiq_audit_last_complete_timestamp_seconds") > 0, 60, "one audit")
+        assert sample("homeiq_audit_missing_points") == 2 + before and sample("homeiq_audit_extra_points") == 0
+        assert sample("homeiq_audit_repaired_total") == 2 + before
+        assert sample("homeiq_audit_interval_seconds") == 3600
+        await wait_for(lambda: audited.influx.count(audited.database) >= 600 + before, 20, "the repaired points")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

@@ -236,6 +236,13 @@ def run(
     metrics_host: MetricsHost = "0.0.0.0",  # noqa: S104 - scraped from other containers
     metrics_port: MetricsPort = 8003,
     require_aof: RequireAof = True,
+    audit_interval_s: Annotated[float, typer.Option(
+        envvar="REPLAYER_AUDIT_INTERVAL_S",
+        help="Audit HA's recorder against InfluxDB this often, s (0: off); needs HA_URL and HA_TOKEN.")] = 0.0,
+    audit_repair: Annotated[bool, typer.Option(
+        envvar="REPLAYER_AUDIT_REPAIR", help="Publish what a periodic audit finds missing (never deletes).")] = False,
+    ha_url: Annotated[str, typer.Option(
+        envvar="HA_URL", help="HA base URL or its WebSocket URL, for the periodic audit.")] = "",
     log_level: LogLevel = "INFO",
     log_format: LogFormat = "auto",
 ) -> None:
@@ -243,7 +250,9 @@ def run(
 
     The InfluxDB token comes from INFLUXDB_TOKEN or INFLUXDB_TOKEN_FILE, never from a flag.
     """
-    from homeiq_replayer.service import Replayer, ReplayerSettings  # noqa: PLC0415 - keep --help fast
+    from homeiq_collector.settings import websocket_url  # noqa: PLC0415 - keep --help fast
+    from homeiq_replayer.audit_loop import AuditSettings  # noqa: PLC0415
+    from homeiq_replayer.service import Replayer, ReplayerSettings  # noqa: PLC0415
 
     shared: Context = ctx.obj
 
@@ -259,6 +268,8 @@ def run(
             consumer=consumer, min_idle_ms=min_idle_ms, interval_s=interval_s, count=count,
             max_deliveries=max_deliveries, max_crashes=max_crashes, trim=trim, prune_idle_s=prune_idle_s,
             metrics_host=metrics_host, metrics_port=metrics_port, require_aof=require_aof,
+            audit=AuditSettings(interval_s=audit_interval_s, ha_url=websocket_url(ha_url) if ha_url else "",
+                                repair=audit_repair),
         ).validate()
         return Replayer(settings).run
 
