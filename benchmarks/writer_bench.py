@@ -11,6 +11,7 @@ the writer rounds alike: what is left of the gap is then the writer's own, not t
 influxd on a small machine.
 
     python benchmarks/writer_bench.py --entries 500000 [--rounds 3] [--isolate-influxd]
+    python benchmarks/writer_bench.py --encoder-only --entries 200000   # both schemas' encoders, side by side
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from homeiq_local.services import InfluxServer, RedisServer
 from homeiq_local.waiting import wait_for
 from homeiq_shared.events import decode_event
 from homeiq_writer.influx import gzip_body
-from homeiq_writer.lineprotocol import LineEncoder
+from homeiq_writer.schemas import SCHEMAS, make_encoder
 
 sys.path.insert(0, str(Path(__file__).parent))
 from workload import payloads
@@ -49,18 +50,34 @@ end
 """
 
 
-def encoder_lines_per_s(entries: list[bytes]) -> tuple[float, float, list[bytes]]:
-    """Lines/s of the encoder alone, and of decode + encode, on this core."""
+def encoder_lines_per_s(entries: list[bytes], schema: str = "homeiq") -> tuple[float, float, list[bytes]]:
+    """Lines/s of the encoder alone, and of decode + encode, on this core (events per second: the ha schema
+    writes no line for unknown/unavailable states)."""
     events = [decode_event(p) for p in entries]
-    encoder = LineEncoder()
+    encoder = make_encoder(schema)
     started = time.perf_counter()
     for event in events:
         encoder.encode(event)
     encode_only = len(events) / (time.perf_counter() - started)
-    encoder = LineEncoder()
+    encoder = make_encoder(schema)
     started = time.perf_counter()
-    lines = [encoder.encode(decode_event(p)).encode() for p in entries]
+    lines = [line.encode() for p in entries if (line := encoder.encode(decode_event(p))) is not None]
     return encode_only, len(entries) / (time.perf_counter() - started), lines
+
+
+def encoders(count: int, rounds: int) -> dict[str, object]:
+    """Both schemas' encoders on the same entries, in alternating rounds; medians."""
+    entries = payloads(count)
+    runs: dict[str, list[tuple[float, float, float]]] = {schema: [] for schema in SCHEMAS}
+    for _ in range(rounds):
+        for schema in SCHEMAS:
+            encode_only, decode_encode, lines = encoder_lines_per_s(entries, schema)
+            runs[schema].append((encode_only, decode_encode, sum(map(len, lines)) / len(lines)))
+    return {"entries": count, "rounds": rounds, **{schema: {
+        "encoder_lines_per_s": round(statistics.median(r[0] for r in rows)),
+        "decode_and_encode_lines_per_s": round(statistics.median(r[1] for r in rows)),
+        "mean_line_bytes": round(statistics.median(r[2] for r in rows)),
+    } for schema, rows in runs.items()}}
 
 
 def cpu_s(pid: int) -> float:
@@ -197,7 +214,11 @@ if __name__ == "__main__":
     parser.add_argument("--entries", type=int, default=500_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--isolate-influxd", action="store_true")
+    parser.add_argument("--encoder-only", action="store_true", help="Only the encoders of both schemas.")
     args = parser.parse_args()
+    if args.encoder_only:
+        print(json.dumps(encoders(args.entries, args.rounds), indent=2))
+        sys.exit(0)
     if args.isolate_influxd and len(os.sched_getaffinity(0)) < 2:
         parser.error("--isolate-influxd needs at least two CPUs")
     with tempfile.TemporaryDirectory(prefix="homeiq-bench-") as tmp:

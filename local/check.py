@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -32,8 +33,35 @@ async def group_lag(client: aioredis.Redis) -> dict[str, int]:
     return {"lag": int(group["lag"] or 0), "pending": int(group["pending"])}
 
 
+async def audit_round(sim_url: str, influx_url: str, redis_url: str, since_ns: int, repair_too: bool
+                      ) -> dict[str, object]:
+    """One `replayer audit` over the run (in this process), and a repair when asked: its totals."""
+    from homeiq_replayer.audit import audit, repair  # noqa: PLC0415 - only with --audit-delete
+    from homeiq_replayer.ha_reader import ha_session  # noqa: PLC0415
+    from homeiq_replayer.influx_reader import InfluxReader  # noqa: PLC0415
+    from homeiq_shared.stream import connect  # noqa: PLC0415
+    from homeiq_writer.settings import InfluxSettings  # noqa: PLC0415
+
+    reader = InfluxReader(InfluxSettings(url=influx_url, api="v1", bucket="home_assistant_events"))
+    started = time.monotonic()
+    try:
+        async with ha_session(sim_url, TOKEN, 120, 4) as ha:
+            report = await audit(ha, reader, since_ns, time.time_ns())
+            if repair_too and not report.complete:
+                client = connect(redis_url)
+                try:
+                    report.repaired = await repair(ha, client, DEFAULT_NAMES, report)
+                finally:
+                    await client.aclose()
+    finally:
+        await reader.close()
+    return {"entities": len(report.entities), "in_ha": report.total("in_ha"), "found": report.total("found"),
+            "missing": report.total("missing"), "extra": report.total("extra"), "wrong": report.total("wrong"),
+            "repaired": report.repaired, "seconds": round(time.monotonic() - started, 1)}
+
+
 async def run_check(rate: float, duration_s: float, entities: int, writers: int, workdir: Path,
-                    replayer_interval_s: float = 10.0) -> dict[str, object]:
+                    replayer_interval_s: float = 10.0, audit_delete: int = 0) -> dict[str, object]:
     """Run the pipeline, emit `rate * duration_s` events, wait for InfluxDB, compare with the ground truth."""
     redis_server = RedisServer(workdir / "redis", None).start()
     influx = InfluxServer(workdir / "influxdb", None).start()
@@ -51,6 +79,7 @@ async def run_check(rate: float, duration_s: float, entities: int, writers: int,
     client = aioredis.Redis.from_url(redis_server.url)
     try:
         await wait_for(lambda: hub.subscribed, 30, "the collector to subscribe (see collector.log)")
+        since_ns = time.time_ns()
         started = time.monotonic()
         sent = await hub.emit(int(rate * duration_s), rate)
         emit_s = time.monotonic() - started
@@ -62,6 +91,15 @@ async def run_check(rate: float, duration_s: float, entities: int, writers: int,
         points = influx.points("home_assistant_events")
         published = int(children[-1].scrape("homeiq_events_published_total"))
         final = await group_lag(client)
+        audits: list[dict[str, object]] = []
+        if audit_delete:  # audit, delete some points, audit and repair, audit again
+            audits.append(await audit_round(env["HA_URL"], influx.url, redis_server.url, since_ns, False))
+            for sent_event in random.Random(5).sample(hub.sent, audit_delete):
+                influx.query(f"DELETE FROM home_assistant_events WHERE entity_id = '{sent_event.entity_id}' "  # noqa: S608
+                             f"AND time = {sent_event.last_updated_us * 1000}", "home_assistant_events", epoch=None)
+            audits.append(await audit_round(env["HA_URL"], influx.url, redis_server.url, since_ns, True))
+            await wait_for(lambda: influx.count("home_assistant_events") >= sent, 60, "the repaired points", 0.2)
+            audits.append(await audit_round(env["HA_URL"], influx.url, redis_server.url, since_ns, False))
     finally:
         codes = {child.name: child.terminate() for child in reversed(children)}
         await client.aclose()
@@ -78,6 +116,7 @@ async def run_check(rate: float, duration_s: float, entities: int, writers: int,
         "duplicated": len(points) - len(found.keys() & expected.keys()),
         "wrong_state": sum(1 for key, state in expected.items() if key in found and found[key] != state),
         "lag_at_end": lag_at_end, "drain_s": round(drain_s, 2), "final": final, "exit_codes": codes,
+        **({"audit_before_delete_after_delete_and_repair_after_repair": audits} if audits else {}),
     }
 
 
@@ -90,10 +129,12 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=1)
     parser.add_argument("--replayer-interval", type=float, default=10.0,
                         help="seconds between the replayer's passes (each one trims the stream)")
+    parser.add_argument("--audit-delete", type=int, default=0, metavar="N",
+                        help="afterwards: audit, delete N points, audit and repair, audit again")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="homeiq-check-") as workdir:
         report = asyncio.run(run_check(args.rate, args.duration, args.entities, args.writers, Path(workdir),
-                                       args.replayer_interval))
+                                       args.replayer_interval, args.audit_delete))
     print(json.dumps(report, indent=2))
 
 

@@ -34,13 +34,13 @@ class ScriptProcess:
         """Where its /metrics is served."""
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
-    def scrape(self, name: str) -> float:
-        """The value of sample `name` on its /metrics now (0 when absent)."""
+    def scrape(self, name: str, **labels: str) -> float:
+        """The value of sample `name` (with `labels`) on its /metrics now (0 when absent)."""
         with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:  # noqa: S310 - loopback
             text = resp.read().decode()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == name:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                     return float(sample.value)
         return 0.0
 

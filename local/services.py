@@ -62,6 +62,13 @@ class _Process:
             time.sleep(0.05)
         raise ServiceError(f"{self.name} did not become ready on port {self.port} within {timeout_s:g} s")
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or a power cut would (no shutdown work: a server loses what it did not sync)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
     def stop(self, timeout_s: float = 10.0) -> None:
         """Terminate and wait."""
         if self.process is not None and self.process.poll() is None:

@@ -10,6 +10,20 @@ from homeiq_shared.logs import Log
 log = Log(__name__)
 
 
+def counters(registry: CollectorRegistry) -> dict[str, float]:
+    """Every non-zero counter as `name{label="value",…}` → value: what a process logs when it stops, so its
+    totals outlive it (the last scrape may be seconds old)."""
+    out: dict[str, float] = {}
+    for family in registry.collect():
+        if family.type != "counter":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.value:
+                labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
 class Readiness:
     """Named conditions that must all hold for the process to be ready; each failing one has a reason."""
 

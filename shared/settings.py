@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -74,3 +75,13 @@ def redact_url(url: str) -> str:
         host = f"{host}:{parts.port}"
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def ssl_context(verify: bool, ca_file: str = "") -> ssl.SSLContext:
+    """TLS for a client: the system's CAs (or only `ca_file`'s), hostname checked; or no checks at all when
+    `verify` is false (Home Assistant's `verify_ssl: false`)."""
+    context = ssl.create_default_context(cafile=ca_file or None)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context

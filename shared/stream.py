@@ -8,6 +8,8 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
 from homeiq_shared.settings import redact_url
@@ -44,6 +46,11 @@ class StreamNames(msgspec.Struct, frozen=True):
     dead: str = "homeiq:events:dead"
 
     @property
+    def watermark(self) -> str:
+        """String: the collector's durable watermark, the newest live state time (ns) it made durable."""
+        return f"{self.stream}:collector:last_live_ns"
+
+    @property
     def suspects(self) -> str:
         """Hash: replayer instance → the suspect entry it is reading now and until when (its crash marker)."""
         return f"{self.stream}:replayer:{self.group}:suspects"
@@ -55,6 +62,10 @@ class StreamNames(msgspec.Struct, frozen=True):
 
 
 DEFAULT_NAMES: Final = StreamNames()
+
+# A restarted collector reads the stream back from its watermark to skip the states already there; stream ids
+# carry Redis's clock and state times HA's, so it starts this far earlier, and trimming keeps that much.
+RESUME_MARGIN_MS: Final = 30_000
 
 
 DEFAULT_SOCKET_TIMEOUT_S: Final = 15.0
@@ -92,9 +103,12 @@ def connect(url: str, socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S) -> aio
 
     RESP3, and XREADGROUP and XAUTOCLAIM replies as Redis sends them: redis-py would build a dict per
     entry, which costs a writer more than the read itself. `read_group` and `entries_of` read them.
-    `socket_timeout_s` bounds every command, a blocking read's BLOCK included."""
+    `socket_timeout_s` bounds every command, a blocking read's BLOCK included. One immediate retry (a pooled
+    connection that Redis closed on a restart), not redis-py's default of three with up to 10 s of backoff
+    each: every caller has a retry loop of its own, and hidden ones made a stop with Redis down take 15 s."""
     client = _CancelSafeRedis.from_url(url, decode_responses=False, health_check_interval=30, protocol=3,
-                                     socket_timeout=socket_timeout_s, socket_connect_timeout=5)
+                                       socket_timeout=socket_timeout_s, socket_connect_timeout=5,
+                                       retry=Retry(NoBackoff(), 1))
     for command in ("XREADGROUP", "XAUTOCLAIM"):
         client.set_response_callback(command, _as_sent)
     return client

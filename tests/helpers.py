@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 
 import aiohttp
@@ -35,9 +36,9 @@ class DelayProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> int:
-        """Listen on a free port; returns it."""
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+    async def start(self, port: int = 0) -> int:
+        """Listen on `port` (0: a free one); returns it."""
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
@@ -73,14 +74,16 @@ class DelayProxy:
 class FaultyHttp:
     """An HTTP proxy in front of a real influxd that answers the next writes with injected faults.
 
-    Each queued fault is a status (with optional Retry-After) or "hang" (answer after `hang_s`).
-    Requests with no fault queued are forwarded unchanged.
+    Each queued fault is a status (with optional Retry-After) or "hang" (answer after `hang_s`); a `window`
+    answers every write with one status until a deadline. Other requests are forwarded unchanged.
     """
 
     def __init__(self, upstream: str, hang_s: float = 5.0) -> None:
         self.upstream, self.hang_s = upstream, hang_s
         self.faults: list[tuple[int | str, str | None]] = []
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.window: tuple[float, int, str | None] | None = None  # (until, status, Retry-After) for every write
+        self.answered: list[tuple[float, str, int]] = []  # (monotonic time, client address, status) of writes
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -96,7 +99,17 @@ class FaultyHttp:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.requests.append((request.path_qs, dict(request.headers), body))
-        if self.faults and "write" in request.path:  # writes only; readiness checks pass through
+        client = f"{request.remote}:{request.transport.get_extra_info('peername')[1] if request.transport else 0}"
+        lines = "write" in request.path and bool(body)  # a readiness check is a write of no points
+        if self.window and "write" in request.path and time.monotonic() < self.window[0]:
+            _, status, retry_after = self.window
+            if lines:
+                self.answered.append((time.monotonic(), client, status))
+            headers = {"Retry-After": retry_after} if retry_after else {}
+            return web.json_response({"error": f"injected {status}"}, status=status, headers=headers)
+        if lines:
+            self.answered.append((time.monotonic(), client, 0))
+        if self.faults and lines:  # writes of lines only; readiness checks pass through
             fault, retry_after = self.faults.pop(0)
             if fault == "hang":
                 await asyncio.sleep(self.hang_s)

@@ -15,7 +15,7 @@ from homeiq_shared.stream import DEFAULT_NAMES
 from tests.collector_harness import TOKEN, running_collector, simulator, stream_events
 from tests.helpers import Service, wait_for
 
-WATERMARK_KEY = f"{DEFAULT_NAMES.stream}:collector:last_live_ns"
+WATERMARK_KEY = DEFAULT_NAMES.watermark
 
 
 def sent_keys(hub: Hub) -> set[tuple[str, int]]:

@@ -155,7 +155,7 @@ async def test_entries_delivered_too_often_are_written_one_at_a_time_not_dead_le
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert (summary["written"], summary["suspects"], summary["dead_lettered"]) == (5, 5, 0)
-    writes = [body for path, _, body in proxy.requests if path.startswith("/write")]
+    writes = [body for path, _, body in proxy.requests if path.startswith("/write") and body]  # not readiness
     assert len(writes) == 5 and all(body.count(b"\n") == 0 for body in writes)  # one entry per request
     assert await redis_client.xlen(DEFAULT_NAMES.dead) == 0
     assert influx.count(influx_db) == 5
@@ -295,7 +295,7 @@ async def test_reclaim_stops_promptly_on_a_signal_and_leaves_everything_pending(
         REPLAYER, "reclaim", "--min-idle", "0", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env=reclaim_env(redis_server, proxy.url, influx_db, "600"))
     try:
-        await wait_for(lambda: any(p.startswith("/write") for p, _, _ in proxy.requests), 30, "a write")
+        await wait_for(lambda: any(p.startswith("/write") and b for p, _, b in proxy.requests), 30, "a write")
         process.send_signal(sig)  # Ctrl-C or a stop, while InfluxDB keeps refusing
         started = time.monotonic()
         _, raw_stderr = await asyncio.wait_for(process.communicate(), 30)

@@ -7,6 +7,7 @@ import contextlib
 import time
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
@@ -177,6 +178,24 @@ async def test_block_with_a_full_spool_and_redis_down_closes_within_its_bound_an
         shutdown_drops = metrics.dropped.labels("shutdown_spool_full")._value.get()
         assert kept + shutdown_drops + unpublished == puts  # every event kept or counted
         assert shutdown_drops + unpublished > 0 and dropped(metrics) == 0
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.parametrize("policy", ["block", "drop_oldest", "drop_newest"])
+async def test_a_batch_larger_than_the_whole_spool_is_kept_in_parts(policy: Policy, tmp_path: Path) -> None:
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    metrics = CollectorMetrics(CollectorRegistry())
+    publisher = Publisher(client, "redis://down", "s", metrics, Readiness(), Spool(tmp_path, max_bytes=1100),
+                          policy, capacity=50, batch_max=20)
+    task = asyncio.create_task(publisher.run())
+    try:
+        for n in range(15):  # ~1,560 bytes, taken as one batch: more than the spool holds
+            publisher.offer(payload(n))
+        await wait_for(lambda: metrics.spooled._value.get() + dropped(metrics) >= 10, 10, "the batch spooled in parts")
+        assert metrics.spooled._value.get() >= 10
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

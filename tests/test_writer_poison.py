@@ -13,10 +13,9 @@ from homeiq_local.services import InfluxServer
 from homeiq_shared.events import NormalisedEvent, State, encode_event
 from homeiq_shared.health import Readiness
 from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, read_group
-from homeiq_writer import batch
 from homeiq_writer.batch import BatchWriter
 from homeiq_writer.influx import V1Sink
-from homeiq_writer.lineprotocol import encode_line
+from homeiq_writer.lineprotocol import LineEncoder
 from homeiq_writer.metrics import WriterMetrics
 
 
@@ -69,12 +68,15 @@ async def test_an_entry_whose_encoding_raises_is_dead_lettered_and_its_neighbour
     redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A bug in our own code that one entry triggers (not a decode error): its own fault, every time.
-    def encode_or_fail(event: NormalisedEvent) -> str:
+    encoder = LineEncoder()
+    encode = encoder.encode
+
+    def encode_or_fail(event: NormalisedEvent) -> str | None:
         if event.entity_id == "sensor.s5":
             raise KeyError("a key the encoder did not expect")
-        return encode_line(event)
+        return encode(event)
 
-    monkeypatch.setattr(batch, "encode_line", encode_or_fail)
+    monkeypatch.setattr(encoder, "encode", encode_or_fail)
     names = DEFAULT_NAMES
     await ensure_group(redis_client, names)
     ids = [await redis_client.xadd(names.stream, {b"v": b"1", b"e": event(n)}) for n in range(10)]
@@ -82,8 +84,8 @@ async def test_an_entry_whose_encoding_raises_is_dead_lettered_and_its_neighbour
     metrics = WriterMetrics(CollectorRegistry())
     sink = V1Sink(influx.url, influx_db, "", "", "", 10)
     try:
-        assert await BatchWriter(redis_client, names, sink, metrics, Readiness(), "w1").process(entries,
-                                                                                              asyncio.Event())
+        assert await BatchWriter(redis_client, names, sink, metrics, Readiness(), "w1",
+                                 encoder=encoder).process(entries, asyncio.Event())
     finally:
         await sink.close()
     assert influx.count(influx_db) == 9

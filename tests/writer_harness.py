@@ -74,7 +74,7 @@ async def group_state(client: aioredis.Redis) -> dict[str, int]:
 
 def write_requests(proxy: FaultyHttp) -> int:
     """How many write requests reached the proxy (readiness checks not counted)."""
-    return sum(1 for path, _, _ in proxy.requests if path.startswith("/write"))
+    return sum(1 for path, _, body in proxy.requests if path.startswith("/write") and body)  # readiness writes none
 
 
 async def restart_during_outage(redis_url: str, proxy: FaultyHttp, database: str, times: int) -> None:

@@ -85,11 +85,26 @@ def run(
     backfill_delay_s: Annotated[
         float, typer.Option(envvar="HA_BACKFILL_DELAY_S", help="Wait before the backfill (recorder commit), s.")
     ] = 2.0,
+    verify_ssl: Annotated[
+        bool, typer.Option("--ha-verify-ssl/--no-ha-verify-ssl", envvar="HA_VERIFY_SSL",
+                           help="With wss:// (https://): check HA's certificate and host name.")
+    ] = True,
+    ssl_ca_cert: Annotated[
+        str, typer.Option("--ha-ssl-ca-cert", envvar="HA_SSL_CA_CERT",
+                          help="With wss://: CA file that signs HA's certificate (instead of the system's).")
+    ] = "",
+    config: Annotated[
+        str, typer.Option("--config", envvar="HOMEIQ_CONFIG",
+                          help="YAML file whose influxdb: block's include/exclude (entities, entity_globs, domains: "
+                               "Home Assistant's own words) says which entities are published.")
+    ] = "",
     entity_filter: Annotated[
-        str, typer.Option(envvar="ENTITY_FILTER_CONFIG", help="Entity filter as JSON: mode, patterns, exceptions.")
+        str, typer.Option(envvar="ENTITY_FILTER_CONFIG",
+                          help="Deprecated (use HOMEIQ_CONFIG): entity filter as JSON: mode, patterns, exceptions.")
     ] = "",
     entity_filter_file: Annotated[
-        str, typer.Option(envvar="ENTITY_FILTER_CONFIG_FILE", help="Entity filter JSON file.")
+        str, typer.Option(envvar="ENTITY_FILTER_CONFIG_FILE",
+                          help="Deprecated (use HOMEIQ_CONFIG): entity filter JSON file.")
     ] = "",
     redis_url: RedisUrl = DEFAULT_REDIS_URL,
     require_aof: RequireAof = True,
@@ -106,6 +121,7 @@ def run(
     from homeiq_collector.entity_filter import EntityFilter  # noqa: PLC0415 - keep --help fast
     from homeiq_collector.service import Collector  # noqa: PLC0415
     from homeiq_collector.settings import CollectorSettings  # noqa: PLC0415
+    from homeiq_shared.config import load_config  # noqa: PLC0415
 
     def build() -> ServiceMain:
         settings = CollectorSettings(
@@ -116,9 +132,9 @@ def run(
             auth_retry_s=auth_retry_s, buffer_events=buffer_events, publish_batch=publish_batch, spool_dir=spool_dir,
             spool_max_mb=spool_max_mb, spool_policy=spool_policy,  # type: ignore[arg-type]  # validated below
             backfill=backfill, backfill_delay_s=backfill_delay_s, metrics_host=metrics_host,
-            metrics_port=metrics_port, require_aof=require_aof,
+            metrics_port=metrics_port, require_aof=require_aof, verify_ssl=verify_ssl, ssl_ca_cert=ssl_ca_cert,
         ).validate()
-        rules = EntityFilter.from_settings(entity_filter, entity_filter_file)
+        rules = EntityFilter.from_settings(entity_filter, entity_filter_file, load_config(config))
         return Collector(settings, read_secret("HA_TOKEN"), rules).run
 
     run_service("collector", log_level, log_format, build)

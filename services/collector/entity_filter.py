@@ -1,7 +1,13 @@
-"""The seed service's entity filter format (ENTITY_FILTER_CONFIG), with its quirks fixed.
+"""Which entities' events the collector publishes: Home Assistant's own words, or the seed's JSON (deprecated).
 
-`{"mode": "exclude"|"include", "patterns": [...], "exceptions": [...]}`; each pattern is an object with
-any of `entity_id` (a glob), `domain`, `device_class`, `area_id`. Fixed against the seed:
+The words are those of the `influxdb:` block in HOMEIQ_CONFIG: `include` / `exclude` with `entities`,
+`entity_globs` and `domains`, decided exactly as Home Assistant decides them (`homeiq_shared.config.EntityFilter`).
+A user who pastes the block from `configuration.yaml` gets the entities the integration wrote.
+
+The seed service's format (ENTITY_FILTER_CONFIG / ENTITY_FILTER_CONFIG_FILE) is still read, with a deprecation
+note at start; setting both is an error. `{"mode": "exclude"|"include", "patterns": [...], "exceptions": [...]}`;
+each pattern is an object with any of `entity_id` (a glob), `domain`, `device_class`, `area_id`. Fixed against
+the seed:
 - exceptions work with any key, not only `entity_id`;
 - `device_class` and `area_id` are matched against what live events carry (the state's attributes
   and the registries), not against fields the events never have;
@@ -14,12 +20,17 @@ from __future__ import annotations
 import fnmatch
 import re
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 import msgspec
 
+from homeiq_shared import config as homeiq_config
+from homeiq_shared.config import ConfigFile
 from homeiq_shared.events import NormalisedEvent
+from homeiq_shared.logs import Log
 from homeiq_shared.settings import ConfigError
+
+log = Log(__name__)
 
 KEYS: Final = ("entity_id", "domain", "device_class", "area_id")
 
@@ -55,8 +66,27 @@ class _Compiled:
         )
 
 
+class EntityRules(Protocol):
+    """Decides per event whether it is published."""
+
+    def allows(self, event: NormalisedEvent) -> bool:
+        """True when the event is to be published."""
+        ...
+
+
+class IntegrationFilter:
+    """The `influxdb:` block's include/exclude; events without an entity always pass."""
+
+    def __init__(self, words: homeiq_config.Integration) -> None:
+        self._decide = homeiq_config.EntityFilter(words.include, words.exclude)
+
+    def allows(self, event: NormalisedEvent) -> bool:
+        """True when the event is to be published."""
+        return event.entity_id is None or self._decide(event.entity_id)
+
+
 class EntityFilter:
-    """Decides per event; events without an entity (call_service, …) always pass."""
+    """The seed's format: decides per event; events without an entity (call_service, …) always pass."""
 
     def __init__(self, config: FilterConfig) -> None:
         self.mode = config.mode
@@ -65,8 +95,25 @@ class EntityFilter:
         self._cache: dict[tuple[str, str | None, str | None], bool] = {}
 
     @classmethod
-    def from_settings(cls, inline: str, path: str) -> EntityFilter | None:
-        """From ENTITY_FILTER_CONFIG (JSON) or ENTITY_FILTER_CONFIG_FILE; None when neither is set."""
+    def from_settings(cls, inline: str, path: str, config: ConfigFile | None = None) -> EntityRules | None:
+        """From the configuration file's include/exclude, or from ENTITY_FILTER_CONFIG (JSON) or
+        ENTITY_FILTER_CONFIG_FILE (deprecated); None when none is set."""
+        words = config.integration if config is not None else None
+        if words is not None and (words.include or words.exclude):
+            if inline or path:
+                raise ConfigError(f"{homeiq_config.ENV_NAME} ({config.path if config else ''}) has include/exclude "
+                                  "and ENTITY_FILTER_CONFIG(_FILE) is set too; set only one (the file's words are "
+                                  "the ones to keep)")
+            return IntegrationFilter(words)
+        legacy = cls._legacy(inline, path)
+        if legacy is not None:
+            log.warning("deprecated_setting", setting="ENTITY_FILTER_CONFIG_FILE" if path else "ENTITY_FILTER_CONFIG",
+                        note="use include/exclude (entities, entity_globs, domains) in the influxdb: block of "
+                             "HOMEIQ_CONFIG, Home Assistant's own words")
+        return legacy
+
+    @classmethod
+    def _legacy(cls, inline: str, path: str) -> EntityFilter | None:
         if inline and path:
             raise ConfigError("ENTITY_FILTER_CONFIG and ENTITY_FILTER_CONFIG_FILE are both set; set only one")
         name, text = "ENTITY_FILTER_CONFIG", inline

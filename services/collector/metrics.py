@@ -30,6 +30,11 @@ class CollectorMetrics:
                                registry=registry)
         self.auth_rejected = Gauge("homeiq_ha_auth_rejected", "1 while HA refuses the token (auth_invalid).",
                                    registry=registry)
+        self.unsubscribed_seconds = Counter(
+            "homeiq_ha_unsubscribed_seconds_total",
+            "Time between losing HA's event subscription and having it again. State changes of the time are "
+            "backfilled from the recorder; other events sent then are lost (HA keeps no history of them).",
+            registry=registry)
         self.reconnects = Counter("homeiq_ha_reconnects_total", "Connection attempts after the first.",
                                   registry=registry)
         self.disconnects = Counter("homeiq_ha_disconnects_total", "Sessions ended, by reason.", ["reason"],
@@ -38,6 +43,8 @@ class CollectorMetrics:
                               registry=registry)
         self.backfilled = Counter("homeiq_events_backfilled_total",
                                   "Recorder states published after a reconnect (source=backfill).", registry=registry)
+        self.gap_open = Gauge("homeiq_backfill_gap_open", "1 while a gap in what HA sent is not yet backfilled "
+                              "(or a restarted collector does not yet know where it left off).", registry=registry)
         self.spooled = Counter("homeiq_events_spooled_total", "Events written to the disk spool.",
                                registry=registry)
         self.spool_bytes = Gauge("homeiq_spool_bytes", "Bytes in the disk spool not yet drained.",

@@ -41,22 +41,24 @@ def event_time_ns(fired_ns: int, event_type: str, context: events.Context, data:
 class PointTimes:
     """Keeps the point times of recent events without a state of their own distinct within their series:
     the derived nanoseconds of two events can coincide (one chance in a thousand); then the later one
-    takes the next free nanosecond of its microsecond. Decided once, before XADD: re-deliveries of the
-    stream entry carry the same time."""
+    takes the next free nanosecond of its microsecond. The same event sent twice (same time, context id and
+    data) keeps its time: one point. Decided once, before XADD: re-deliveries of the entry carry it too."""
 
     def __init__(self, size: int = 100_000) -> None:
         self._size = size
-        self._recent: dict[tuple[str, str | None, int], None] = {}
+        self._recent: dict[tuple[str, str | None, int], tuple[int, bytes]] = {}
 
     def unique(self, event: events.NormalisedEvent) -> events.NormalisedEvent:
-        """`event`, moved to a free nanosecond of its microsecond if a recent event of its series holds its time."""
+        """`event`, moved to a free nanosecond of its microsecond if another recent event of its series holds
+        its time."""
         time_ns, key = event.time_ns, (event.event_type, event.entity_id, event.time_ns)
+        identity = (event.time_fired_ns, events.encode_event(event))
         microsecond, offset = time_ns - time_ns % 1000, time_ns % 1000
         for step in range(1, 1000):
-            if key not in self._recent:
+            if self._recent.get(key, identity) == identity:
                 break
             key = (event.event_type, event.entity_id, microsecond + (offset + step) % 1000)
-        self._recent[key] = None
+        self._recent[key] = identity
         if len(self._recent) > self._size:
             del self._recent[next(iter(self._recent))]
         return event if key[2] == time_ns else msgspec.structs.replace(event, time_ns=key[2])

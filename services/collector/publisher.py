@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from homeiq_collector.metrics import CollectorMetrics
-from homeiq_collector.spool import Policy, Segment, Spool
+from homeiq_collector.spool import Policy, Segment, Spool, record_bytes
 from homeiq_shared.backoff import Backoff
 from homeiq_shared.events import PAYLOAD_VERSION
 from homeiq_shared.health import Readiness
@@ -59,6 +59,7 @@ class Publisher:
         self._idle = asyncio.Event()
         self._flushed = asyncio.Event()
         self._closing = False
+        self._progress = asyncio.Event()  # a batch settled since the last `progressed()`
         self._stop_taken = False
         self._draining: Segment | None = None  # the spool segment whose records are being XADDed
         self.settled = 0  # events taken from the buffer and made durable (or counted dropped), in order
@@ -112,6 +113,7 @@ class Publisher:
             else:
                 self._metrics.published.inc(len(batch))
             self.settled += len(batch)  # in Redis, in the spool, or counted as dropped: no longer only in memory
+            self._progress.set()
             self._in_flight = 0
             self._update_idle()
             if closing:
@@ -138,7 +140,16 @@ class Publisher:
         return True
 
     async def _to_spool(self, batch: list[bytes]) -> None:
-        """Keep `batch` on disk, or count it dropped by the policy; never waits past `close()`."""
+        """Keep `batch` on disk, or count it dropped by the policy; never waits past `close()`. A batch
+        larger than a segment goes in parts (one larger than the whole spool would never fit)."""
+        if len(batch) > 1 and record_bytes(batch) > self._spool.segment_bytes:
+            middle = len(batch) // 2
+            await self._to_spool(batch[:middle])
+            await self._to_spool(batch[middle:])
+            return
+        if record_bytes(batch) > self._spool.max_bytes:  # one event larger than the spool: nowhere to keep it
+            self._drop(len(batch), "spool_full", "an event larger than the whole spool")
+            return
         async with self._spool_lock:
             while not self._spool.fits(batch):
                 if self._policy == "drop_oldest":
@@ -219,6 +230,12 @@ class Publisher:
             self._metrics.published.inc(len(chunk.records))
             if not self._spool:
                 log.info("spool_drained")
+
+    async def progressed(self, timeout_s: float) -> None:
+        """Wait until another batch settles, or `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._progress.wait(), timeout_s)
+        self._progress.clear()
 
     def _update_idle(self) -> None:
         if self._queue.empty() and not self._in_flight and not self._spool:

@@ -10,18 +10,11 @@ import redis.asyncio as aioredis
 from homeiq_collector.gap import GapTracker, Watermark
 from homeiq_shared.events import decode_event
 from homeiq_shared.logs import Log
-from homeiq_shared.stream import FIELD_EVENT, StreamNames
+from homeiq_shared.stream import FIELD_EVENT, RESUME_MARGIN_MS, StreamNames
 
 log = Log(__name__)
 
-# Stream ids carry Redis's clock, state times HA's: read back this far before the watermark.
-CLOCK_SKEW_MS: Final = 300_000
 SCAN_PAGE: Final = 10_000
-
-
-def watermark_key(names: StreamNames) -> str:
-    """The Redis key of the collector's durable watermark."""
-    return f"{names.stream}:collector:last_live_ns"
 
 
 class ResumePoint:
@@ -30,7 +23,7 @@ class ResumePoint:
 
     def __init__(self, client: aioredis.Redis, names: StreamNames, gap: GapTracker, enabled: bool) -> None:
         self._redis, self._names, self._gap, self._enabled = client, names, gap, enabled
-        self._key = watermark_key(names)
+        self._key = names.watermark
         self.watermark = Watermark()
         self._saved_ns = 0
 
@@ -48,7 +41,7 @@ class ResumePoint:
 
     async def _states_after(self, saved_ns: int) -> list[tuple[str, int]]:
         found: list[tuple[str, int]] = []
-        start = f"{max(0, saved_ns // 1_000_000 - CLOCK_SKEW_MS)}-0"
+        start = f"{max(0, saved_ns // 1_000_000 - RESUME_MARGIN_MS)}-0"
         while True:
             page: Any = await self._redis.xrange(self._names.stream, start, "+", count=SCAN_PAGE)
             for _, fields in page:
@@ -61,6 +54,11 @@ class ResumePoint:
             if len(page) < SCAN_PAGE:
                 return found
             start = "(" + page[-1][0].decode()
+
+    @property
+    def saved(self) -> bool:
+        """Whether Redis holds a watermark of this collector (read at start, or saved since)."""
+        return self._saved_ns > 0
 
     async def save(self, offered: int, settled: int) -> None:
         """Store the newest live state time whose event, and every one before it, is durable; never past

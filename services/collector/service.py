@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from redis.exceptions import RedisError
 
 from homeiq_collector import frames
 from homeiq_collector.backfill import backfill_events, history_command, history_decoder, states_decoder
-from homeiq_collector.entity_filter import EntityFilter
+from homeiq_collector.entity_filter import EntityRules
 from homeiq_collector.gap import GapTracker
 from homeiq_collector.ha_client import (
     AuthInvalid,
@@ -34,7 +35,7 @@ from homeiq_collector.spool import Spool
 from homeiq_shared.backoff import Backoff
 from homeiq_shared.broker import PersistenceCheck
 from homeiq_shared.events import NormalisedEvent, encode_event
-from homeiq_shared.health import HealthServer, Readiness
+from homeiq_shared.health import HealthServer, Readiness, counters
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
 from homeiq_shared.settings import redact_url
@@ -48,6 +49,7 @@ REGISTRY_COMMANDS = {"floor": "config/floor_registry/list", "area": "config/area
 REGISTRY_EVENTS = {f"{kind}_registry_updated": kind for kind in REGISTRY_COMMANDS}
 BACKFILL_CHUNK = 50
 DRAIN_TIMEOUT_S = 5.0
+WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_close=2.0)
 REDIS_CHECK_S = 2.0
 AUTH_RETRY_CAP_S = 6 * 3600.0
 
@@ -59,9 +61,10 @@ class _Stopped(Exception):
 class Collector:
     """Supervises exactly one connection loop; never two, never a task that spawns another."""
 
-    def __init__(self, settings: CollectorSettings, token: str, entity_filter: EntityFilter | None = None,
+    def __init__(self, settings: CollectorSettings, token: str, entity_filter: EntityRules | None = None,
                  registry: CollectorRegistry | None = None) -> None:
         self.settings, self._token, self._filter = settings, token, entity_filter
+        self._tls = settings.tls()  # built once: loading CA files per reconnect is wasted work
         self.registry = registry or CollectorRegistry()
         self.metrics = CollectorMetrics(self.registry)
         self.readiness = Readiness(READY_HA, READY_REDIS)
@@ -75,10 +78,13 @@ class Collector:
         self.ha_registry = Registry()
         self.gap = GapTracker()
         self.resume = ResumePoint(self.redis, settings.names, self.gap, settings.backfill)
+        self.metrics.gap_open.set_function(
+            lambda: float(settings.backfill and (self.gap.pending_start_ns is not None or not self.gap.resume_known)))
         self._resumed = asyncio.Event()
         self.point_times = PointTimes()
         self._offered = 0
         self._auth_failures = 0
+        self._unsubscribed_since: float | None = None
         self.sessions = 0
         self._stale: set[str] = set()
         self._stale_changed = asyncio.Event()
@@ -112,7 +118,8 @@ class Collector:
                 await self.resume.save(self._offered, self.publisher.settled)
             await self.redis.aclose()
             await self.health.stop()
-            log.info("collector_stopped", unpublished=unpublished, spooled=self.publisher.pending)
+            log.info("collector_stopped", unpublished=unpublished, spooled=self.publisher.pending,
+                     counters=counters(self.registry))
 
     async def _watch_redis(self) -> None:
         """Readiness needs Redis even while no event flows: PING it now and then. The first answer tells
@@ -128,7 +135,10 @@ class Collector:
                 await self.resume.save(self._offered, self.publisher.settled)
             except (RedisError, OSError) as exc:
                 self.readiness.fail(READY_REDIS, describe_redis_error(self.settings.redis_url, exc))
-            await asyncio.sleep(REDIS_CHECK_S)
+            if self.resume.saved:
+                await asyncio.sleep(REDIS_CHECK_S)
+            else:  # a first run: save as soon as its first events are durable (Redis may be gone in 2 s)
+                await self.publisher.progressed(REDIS_CHECK_S)
 
     async def _supervise(self, stop: asyncio.Event) -> None:
         backoff = Backoff(base_s=self.settings.backoff_base_s, cap_s=self.settings.backoff_max_s,
@@ -156,6 +166,8 @@ class Collector:
                 reason, kind = f"{type(exc).__name__}: {exc}", "error"
             finally:
                 self.metrics.connected.set(0)
+                if self._unsubscribed_since is None:  # since the first failure, not the last attempt
+                    self._unsubscribed_since = time.monotonic()
             self.metrics.disconnects.labels(kind).inc()
             delay_s = backoff.next_delay_s()
             if kind == "auth_invalid":
@@ -174,8 +186,10 @@ class Collector:
         s = self.settings
         async with aiohttp.ClientSession() as http:
             async with asyncio.timeout(s.connect_timeout_s):
+                # A close handshake behind megabytes of unread events would hold a stop for 10 s: 2 s is enough.
                 ws = await http.ws_connect(s.ha_url, max_msg_size=s.max_message_mb * 1024 * 1024,
-                                           autoping=True, heartbeat=None)
+                                           autoping=True, heartbeat=None, timeout=WS_TIMEOUT,
+                                           ssl=self._tls or True)
             async with ws:
                 conn = HAConnection(ws, self.metrics)
                 version = await conn.authenticate(self._token, s.auth_timeout_s)
@@ -201,6 +215,9 @@ class Collector:
         if s.backfill:
             self.gap.begin()
         await conn.subscribe(self._on_event, s.command_timeout_s)
+        if self._unsubscribed_since is not None:  # events other than state changes sent meanwhile are gone
+            self.metrics.unsubscribed_seconds.inc(time.monotonic() - self._unsubscribed_since)
+            self._unsubscribed_since = None
         self.metrics.connected.set(1)
         self.readiness.ok(READY_HA)
         log.info("ha_connected", url=redact_url(s.ha_url), ha_version=version, session=self.sessions,

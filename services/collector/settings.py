@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
 from homeiq_collector.spool import POLICIES, Policy
-from homeiq_shared.settings import ConfigError, check_choice, check_positive, check_url
+from homeiq_shared.settings import ConfigError, check_choice, check_positive, check_url, ssl_context
 from homeiq_shared.stream import StreamNames
 
 
@@ -45,6 +47,14 @@ class CollectorSettings(msgspec.Struct, frozen=True):
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other containers
     metrics_port: int = 8001
     require_aof: bool = True
+    verify_ssl: bool = True
+    ssl_ca_cert: str = ""
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The TLS settings of a wss:// connection (None for ws://)."""
+        if not self.ha_url.startswith("wss:"):
+            return None
+        return ssl_context(self.verify_ssl, self.ssl_ca_cert)
 
     def validate(self) -> CollectorSettings:
         """Raise ConfigError naming the variable that is wrong."""
@@ -63,6 +73,8 @@ class CollectorSettings(msgspec.Struct, frozen=True):
         check_choice("COLLECTOR_SPOOL_POLICY", self.spool_policy, POLICIES)
         if not self.spool_dir:
             raise ConfigError("COLLECTOR_SPOOL_DIR: must not be empty")
+        if self.ssl_ca_cert and not Path(self.ssl_ca_cert).is_file():
+            raise ConfigError(f"HA_SSL_CA_CERT: {self.ssl_ca_cert!r} is not a file")
         if self.max_message_mb < 16:
             raise ConfigError(f"HA_MAX_MESSAGE_MB: must be at least 16 (get_states on large installs), "
                               f"got {self.max_message_mb}")

@@ -43,6 +43,11 @@ class Chunk:
     records: list[bytes]
 
 
+def record_bytes(batch: list[bytes]) -> int:
+    """What `batch` takes on disk."""
+    return sum(_HEADER.size + len(p) for p in batch)
+
+
 class Spool:
     """Append batches, read them back in order; never more than `max_bytes` on disk."""
 
@@ -86,7 +91,7 @@ class Spool:
 
     def fits(self, batch: list[bytes]) -> bool:
         """Whether appending `batch` stays within `max_bytes`."""
-        return self.size_bytes + sum(_HEADER.size + len(p) for p in batch) <= self.max_bytes
+        return self.size_bytes + record_bytes(batch) <= self.max_bytes
 
     def append(self, batch: list[bytes]) -> None:
         """Append and fsync one batch (blocking I/O: call it from a thread)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 from aiohttp import web
 
 from homeiq_hasim.hub import Hub
@@ -11,19 +13,19 @@ from homeiq_hasim.server import make_app
 class SimServer:
     """An ha-sim listening on `host:port` (0: a free port); `url` is its WebSocket URL once started."""
 
-    def __init__(self, hub: Hub, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.hub, self._host, self._port = hub, host, port
+    def __init__(self, hub: Hub, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None) -> None:
+        self.hub, self._host, self._port, self._tls = hub, host, port, tls
         self._runner: web.AppRunner | None = None
         self.url = ""
 
     async def start(self) -> str:
-        """Listen; returns the ws:// URL of `/api/websocket`."""
+        """Listen; returns the ws:// (wss:// with `tls`) URL of `/api/websocket`."""
         self._runner = web.AppRunner(make_app(self.hub), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
+        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._tls)
         await site.start()
         port = self._runner.addresses[0][1]
-        self.url = f"ws://{self._host}:{port}/api/websocket"
+        self.url = f"{'wss' if self._tls else 'ws'}://{self._host}:{port}/api/websocket"
         return self.url
 
     def drop_connections(self) -> None:

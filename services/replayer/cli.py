@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
+from homeiq_replayer.audit_cli import audit_command
 from homeiq_shared.backoff import Backoff
 from homeiq_shared.cli import EXIT_FAILURE, EXIT_USAGE, ServiceMain, config_error, run_service
 from homeiq_shared.lifecycle import wait_or_stop
@@ -42,13 +43,17 @@ from homeiq_shared.settings import ConfigError, check_positive, check_url, redac
 from homeiq_shared.stream import DEFAULT_NAMES, StreamNames, connect
 from homeiq_writer.options import (
     DEFAULTS,
+    HomeiqConfig,
     InfluxApi,
     InfluxBucket,
+    InfluxCaCert,
     InfluxOrg,
     InfluxRetentionPolicy,
+    InfluxSchema,
     InfluxTimeout,
     InfluxUrl,
     InfluxUsername,
+    InfluxVerifySsl,
 )
 from homeiq_writer.settings import InfluxSettings
 
@@ -90,6 +95,7 @@ app = typer.Typer(help="Reclaim entries left pending by dead or stuck writers; i
 dead_letter_app = typer.Typer(help="Inspect, re-drive and purge the dead-letter stream.", no_args_is_help=True,
                               rich_markup_mode=None)
 app.add_typer(dead_letter_app, name="dead-letter")
+app.command("audit")(audit_command)
 
 out = Console()
 err = Console(stderr=True)
@@ -245,16 +251,27 @@ def run(
         float, typer.Option(envvar="REPLAYER_PRUNE_IDLE_S",
                             help="Delete consumers idle this long with nothing pending, s.")
     ] = 86_400.0,
-    influxdb_url: InfluxUrl = DEFAULTS.url,
-    influxdb_api: InfluxApi = DEFAULTS.api,
-    influxdb_org: InfluxOrg = DEFAULTS.org,
-    influxdb_bucket: InfluxBucket = DEFAULTS.bucket,
+    influxdb_url: InfluxUrl = None,
+    influxdb_api: InfluxApi = None,
+    influxdb_org: InfluxOrg = None,
+    influxdb_bucket: InfluxBucket = None,
     influxdb_retention_policy: InfluxRetentionPolicy = DEFAULTS.retention_policy,
-    influxdb_username: InfluxUsername = DEFAULTS.username,
+    influxdb_username: InfluxUsername = None,
     influxdb_timeout_s: InfluxTimeout = DEFAULTS.timeout_s,
+    influxdb_schema: InfluxSchema = None,
+    influxdb_verify_ssl: InfluxVerifySsl = None,
+    influxdb_ssl_ca_cert: InfluxCaCert = None,
+    config: HomeiqConfig = "",
     metrics_host: MetricsHost = "0.0.0.0",  # noqa: S104 - scraped from other containers
     metrics_port: MetricsPort = 8003,
     require_aof: RequireAof = True,
+    audit_interval_s: Annotated[float, typer.Option(
+        envvar="REPLAYER_AUDIT_INTERVAL_S",
+        help="Audit HA's recorder against InfluxDB this often, s (0: off); needs HA_URL and HA_TOKEN.")] = 0.0,
+    audit_repair: Annotated[bool, typer.Option(
+        envvar="REPLAYER_AUDIT_REPAIR", help="Publish what a periodic audit finds missing (never deletes).")] = False,
+    ha_url: Annotated[str, typer.Option(
+        envvar="HA_URL", help="HA base URL or its WebSocket URL, for the periodic audit.")] = "",
     log_level: LogLevel = "INFO",
     log_format: LogFormat = "auto",
 ) -> None:
@@ -262,21 +279,26 @@ def run(
 
     The InfluxDB token comes from INFLUXDB_TOKEN or INFLUXDB_TOKEN_FILE, never from a flag.
     """
-    from homeiq_replayer.service import Replayer, ReplayerSettings  # noqa: PLC0415 - keep --help fast
+    from homeiq_collector.settings import websocket_url  # noqa: PLC0415 - keep --help fast
+    from homeiq_replayer.audit_loop import AuditSettings  # noqa: PLC0415
+    from homeiq_replayer.service import Replayer, ReplayerSettings  # noqa: PLC0415
 
     shared: Context = ctx.obj
 
     def build() -> ServiceMain:
         settings = ReplayerSettings(
             redis_url=shared.redis_url, names=shared.names,
-            influx=InfluxSettings(
+            influx=InfluxSettings.resolve(
                 url=influxdb_url, api=influxdb_api, org=influxdb_org, bucket=influxdb_bucket,
                 retention_policy=influxdb_retention_policy, username=influxdb_username,
-                timeout_s=influxdb_timeout_s,
+                timeout_s=influxdb_timeout_s, schema=influxdb_schema, verify_ssl=influxdb_verify_ssl,
+                ssl_ca_cert=influxdb_ssl_ca_cert, config_path=config,
             ),
             consumer=consumer, min_idle_ms=min_idle_ms, interval_s=interval_s, count=count,
             max_deliveries=max_deliveries, max_crashes=max_crashes, trim=trim, prune_idle_s=prune_idle_s,
             metrics_host=metrics_host, metrics_port=metrics_port, require_aof=require_aof,
+            audit=AuditSettings(interval_s=audit_interval_s, ha_url=websocket_url(ha_url) if ha_url else "",
+                                repair=audit_repair),
         ).validate()
         return Replayer(settings).run
 
@@ -319,13 +341,17 @@ def reclaim(
     consumer: Consumer = "replayer",
     dry_run: DryRun = False,
     as_json: Json = False,
-    influxdb_url: InfluxUrl = DEFAULTS.url,
-    influxdb_api: InfluxApi = DEFAULTS.api,
-    influxdb_org: InfluxOrg = DEFAULTS.org,
-    influxdb_bucket: InfluxBucket = DEFAULTS.bucket,
+    influxdb_url: InfluxUrl = None,
+    influxdb_api: InfluxApi = None,
+    influxdb_org: InfluxOrg = None,
+    influxdb_bucket: InfluxBucket = None,
     influxdb_retention_policy: InfluxRetentionPolicy = DEFAULTS.retention_policy,
-    influxdb_username: InfluxUsername = DEFAULTS.username,
+    influxdb_username: InfluxUsername = None,
     influxdb_timeout_s: InfluxTimeout = DEFAULTS.timeout_s,
+    influxdb_schema: InfluxSchema = None,
+    influxdb_verify_ssl: InfluxVerifySsl = None,
+    influxdb_ssl_ca_cert: InfluxCaCert = None,
+    config: HomeiqConfig = "",
 ) -> None:
     """One reclaim pass now, with progress and a summary (reclaimed, written, suspects, dead-lettered, lost).
 
@@ -346,9 +372,11 @@ def reclaim(
         check_positive("REPLAYER_MAX_DELIVERIES", max_deliveries)
         check_positive("REPLAYER_MAX_CRASHES", max_crashes)
         check_positive("REPLAYER_GIVE_UP_AFTER_S", give_up_after_s)
-        influx = InfluxSettings(url=influxdb_url, api=influxdb_api, org=influxdb_org, bucket=influxdb_bucket,
-                                retention_policy=influxdb_retention_policy, username=influxdb_username,
-                                timeout_s=influxdb_timeout_s).validate()
+        influx = InfluxSettings.resolve(
+            url=influxdb_url, api=influxdb_api, org=influxdb_org, bucket=influxdb_bucket,
+            retention_policy=influxdb_retention_policy, username=influxdb_username, timeout_s=influxdb_timeout_s,
+            schema=influxdb_schema, verify_ssl=influxdb_verify_ssl, ssl_ca_cert=influxdb_ssl_ca_cert,
+            config_path=config)
         sink = None if dry_run else influx.make_sink()
     except ConfigError as exc:
         config_error(exc)
@@ -364,7 +392,8 @@ def reclaim(
             return PassSummary(reclaimed=len(rows), suspects=suspects, dead_lettered=crashed, dry_run=True)
         assert sink is not None
         readiness = Readiness(READY_INFLUX)
-        writer = BatchWriter(client, shared.names, sink, WriterMetrics(CollectorRegistry()), readiness, consumer)
+        writer = BatchWriter(client, shared.names, sink, WriterMetrics(CollectorRegistry()), readiness, consumer,
+                             encoder=influx.make_encoder())
         try:
             async with _Guard(give_up_after_s) as guard:
                 if not await _influx_ready(writer, readiness, guard.stop):

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from homeiq_replayer.scripts import PRUNE_SCRIPT, REDRIVE_SCRIPT, TRIM_SCRIPT
 from homeiq_shared.logs import Log
-from homeiq_shared.stream import DEAD_ORIGINAL_ID, DEAD_REASON, FIELD_EVENT, StreamNames
+from homeiq_shared.stream import DEAD_ORIGINAL_ID, DEAD_REASON, FIELD_EVENT, RESUME_MARGIN_MS, StreamNames
 
 log = Log(__name__)
 
@@ -108,15 +108,17 @@ async def trim(client: aioredis.Redis, names: StreamNames) -> tuple[TrimPlan, in
 
 async def _trim(client: aioredis.Redis, names: StreamNames, dry_run: bool) -> tuple[TrimPlan, int]:
     script = client.register_script(TRIM_SCRIPT)
-    reply: Any = await script(keys=[names.stream], args=[b"1" if dry_run else b"0"])
+    reply: Any = await script(keys=[names.stream, names.watermark],
+                              args=[b"1" if dry_run else b"0", RESUME_MARGIN_MS])
     cut, removed, group, why, why_id = reply
     if not cut:
         reason = ("the stream does not exist" if _id(why) == "no_stream"
                   else "no consumer group: nothing says which entries were written, so keep all")
         return TrimPlan(None, 0, reason), 0
     min_id, group, why_id = _id(cut), _id(group), _id(why_id)
-    because = (f"group {group} still has {why_id} pending" if _id(why) == "pending"
-               else f"group {group} has read up to {why_id}")
+    because = {"pending": f"group {group} still has {why_id} pending",
+               "resume": f"a restarted collector reads back from {why_id} (its watermark less "
+                         f"{RESUME_MARGIN_MS // 1000} s)"}.get(_id(why), f"group {group} has read up to {why_id}")
     reason = f"{because}; every group has been given, and has acked, every entry below {min_id}"
     return TrimPlan(min_id, 0, reason), int(removed)
 

@@ -47,8 +47,11 @@ end
 # claim or group creation can fall between the two. Each group needs its pending entries (ids >= its
 # oldest pending id) and what it has not been given yet (ids > its last-delivered id). A stream without
 # a group is never trimmed: nothing says what was written.
-# KEYS: stream. ARGV: '1' for a dry run (compute only).
-# Returns {cut id or false, removed, group, 'pending' | 'delivered' | 'no_stream' | 'no_group', that id}.
+# The entries a restarted collector reads back (from its watermark less a margin for clock skew) stay too:
+# without them it would publish again, with a newer registry, states that were already written.
+# KEYS: stream, the collector's watermark. ARGV: '1' for a dry run (compute only), the margin in ms.
+# Returns {cut id or false, removed, group, 'pending' | 'delivered' | 'resume' | 'no_stream' | 'no_group',
+# that id}.
 TRIM_SCRIPT: Final = _IDS + _FIELD + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {false, 0, '', 'no_stream', ''} end
 local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
@@ -65,6 +68,12 @@ for _, group in ipairs(groups) do
   if cut == nil or id_lt(needed, cut) then
     cut, why_group, why, why_id = needed, name, kind, id
   end
+end
+local watermark = redis.call('GET', KEYS[2])
+if watermark and #watermark > 6 then
+  local from_ms = tonumber(string.sub(watermark, 1, #watermark - 6)) - tonumber(ARGV[2])
+  local resume = string.format('%.0f', math.max(from_ms, 0)) .. '-0'
+  if id_lt(resume, cut) then cut, why_group, why, why_id = resume, '', 'resume', resume end
 end
 local removed = 0
 if ARGV[1] ~= '1' then removed = redis.call('XTRIM', KEYS[1], 'MINID', '=', cut) end

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import RedisError
 
+from homeiq_collector.entity_filter import EntityFilter
+from homeiq_replayer.audit_loop import AuditSettings, PeriodicAudit
 from homeiq_replayer.crashes import CrashLedger
+from homeiq_replayer.influx_reader import reader_for
 from homeiq_replayer.operations import prune_consumers, trim
 from homeiq_replayer.reclaim import reclaim_pass
 from homeiq_replayer.stream_metrics import StreamMetrics
 from homeiq_shared.backoff import Backoff
 from homeiq_shared.broker import PersistenceCheck
-from homeiq_shared.health import HealthServer, Readiness
+from homeiq_shared.health import HealthServer, Readiness, counters
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
-from homeiq_shared.settings import ConfigError, check_positive, check_url
+from homeiq_shared.settings import ConfigError, check_positive, check_url, read_secret
 from homeiq_shared.stream import StreamNames, connect, describe_redis_error, ensure_group
 from homeiq_writer.batch import READY_INFLUX, BatchWriter
 from homeiq_writer.metrics import WriterMetrics
@@ -46,6 +50,7 @@ class ReplayerSettings(msgspec.Struct, frozen=True):
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other containers
     metrics_port: int = 8003
     require_aof: bool = True
+    audit: AuditSettings = AuditSettings()
 
     def validate(self) -> ReplayerSettings:
         """Raise ConfigError naming the variable that is wrong."""
@@ -58,6 +63,7 @@ class ReplayerSettings(msgspec.Struct, frozen=True):
         if not 1 <= self.count <= 5000:
             raise ConfigError(f"REPLAYER_COUNT: must be between 1 and 5000, got {self.count}")
         self.influx.validate()
+        self.audit.validate()
         return self
 
 
@@ -76,9 +82,15 @@ class Replayer:
         self.sink = settings.influx.make_sink()
         # The replayer's readiness does not depend on InfluxDB; its write failures show in the metrics.
         self.batches = BatchWriter(self.redis, settings.names, self.sink, self.metrics,
-                                   Readiness(READY_INFLUX), settings.consumer)
+                                   Readiness(READY_INFLUX), settings.consumer, encoder=settings.influx.make_encoder())
         self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness, self.registry)
         self.ledger = CrashLedger(self.redis, settings.names, settings.consumer, settings.max_crashes)
+        self.audit: PeriodicAudit | None = None
+        if settings.audit.interval_s:
+            rules = EntityFilter.from_settings(os.environ.get("ENTITY_FILTER_CONFIG", ""),
+                                               os.environ.get("ENTITY_FILTER_CONFIG_FILE", ""), settings.influx.config)
+            self.audit = PeriodicAudit(settings.audit, read_secret("HA_TOKEN"), reader_for(settings.influx),
+                                       self.redis, settings.names, rules, self.registry)
         self.health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -91,11 +103,13 @@ class Replayer:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._repeat(stop, "reclaim", self._reclaim))
                 tasks.create_task(self._repeat(stop, "stream_metrics", self._refresh_stream_metrics))
+                if self.audit is not None:
+                    tasks.create_task(self.audit.run(stop), name="audit")
         finally:
             await self.sink.close()
             await self.redis.aclose()
             await self.health.stop()
-            log.info("replayer_stopped")
+            log.info("replayer_stopped", counters=counters(self.registry))
 
     async def _reclaim(self, stop: asyncio.Event) -> None:
         s = self.settings

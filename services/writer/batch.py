@@ -23,8 +23,8 @@ from homeiq_shared.stream import (
     payload_of,
 )
 from homeiq_writer.influx import InfluxSink, Outcome, WriteResult, compress
-from homeiq_writer.lineprotocol import encode_line
 from homeiq_writer.metrics import WriterMetrics
+from homeiq_writer.schemas import Encoder, make_encoder
 
 log = Log(__name__)
 
@@ -32,8 +32,9 @@ READY_INFLUX = "influxdb"
 
 
 class Encoded(msgspec.Struct, gc=False):
-    """An entry ready to write: its id and fields, its line, and the event time of a live event for the latency
-    metric (None for a backfilled or snapshot state: it is as old as the gap it fills, not late).
+    """An entry ready to write: its id and fields, its line (empty when the schema has no point for it: it is
+    acked with its batch), and the event time of a live event for the latency metric (None for a backfilled or
+    snapshot state: it is as old as the gap it fills, not late).
     Not tracked by the cyclic GC (it can be in no cycle): thousands live for a batch's lifetime."""
 
     entry_id: bytes
@@ -47,8 +48,12 @@ class Batch:
 
     def __init__(self, items: list[Encoded]) -> None:
         self.items = items
-        self.body = b"\n".join(item.line for item in items)
+        self.body = b"\n".join(item.line for item in items if item.line)
         self.gzipped: bytes | None = None
+
+    def points(self) -> int:
+        """How many of the entries have a line."""
+        return sum(1 for item in self.items if item.line)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -63,13 +68,14 @@ class Poison(msgspec.Struct):
     detail: str
 
 
-def encode_entries(entries: list[Entry]) -> tuple[list[Encoded], list[Poison]]:
-    """Split entries into encoded lines and poison; a pure function of the entries.
+def encode_entries(entries: list[Entry], encoder: Encoder | None = None) -> tuple[list[Encoded], list[Poison]]:
+    """Split entries into encoded lines and poison; a pure function of the entries (and the schema's rules).
 
     Any exception while decoding or encoding one entry is that entry's poison, never the batch's: the
     result depends on the entry alone, so a retry would raise it again. Only MemoryError passes through
     (it says as much about the process as about the entry); an entry that kills its reader outright is
     what the replayer's crash ledger catches."""
+    encode = (encoder or _homeiq).encode
     good: list[Encoded] = []
     poison: list[Poison] = []
     version_wanted = PAYLOAD_VERSION.encode()
@@ -83,7 +89,8 @@ def encode_entries(entries: list[Entry]) -> tuple[list[Encoded], list[Poison]]:
             continue
         try:
             event = decode_event(payload)
-            line = encode_line(event).encode()
+            text = encode(event)
+            line = b"" if text is None else text.encode()
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError) as exc:
             poison.append(Poison(entry_id, fields, "undecodable", f"{type(exc).__name__}: {exc}"[:300]))
             continue
@@ -95,6 +102,9 @@ def encode_entries(entries: list[Entry]) -> tuple[list[Encoded], list[Poison]]:
             continue
         good.append(Encoded(entry_id, fields, line, event.time_ns if event.source == "live" else None))
     return good, poison
+
+
+_homeiq = make_encoder("homeiq")
 
 
 class BatchWriter:
@@ -109,10 +119,12 @@ class BatchWriter:
         readiness: Readiness,
         consumer: str,
         backoff: Backoff | None = None,
+        encoder: Encoder | None = None,
     ) -> None:
         self._redis, self._names, self._sink = client, names, sink
+        self.encoder = encoder or make_encoder("homeiq")
         self._metrics, self._readiness, self._consumer = metrics, readiness, consumer
-        self._backoff = backoff or Backoff(base_s=0.5, cap_s=30.0)
+        self._backoff = backoff or Backoff(base_s=0.5, cap_s=10.0)
         self.healthy = True  # the last answer was 2xx (or a rejection): safe to read ahead
         self._dead_letter = client.register_script(DEAD_LETTER_SCRIPT)
         self._acking: asyncio.Task[None] | None = None
@@ -133,13 +145,25 @@ class BatchWriter:
             for eid, _ in lost:
                 await self.dead_letter(eid, [], "payload_trimmed", "entry pending but its payload was trimmed")
                 self.count_lost("payload_trimmed")
-        good, poison = encode_entries(entries)
+        good, poison = encode_entries(entries, self.encoder)
+        self._count_left_out()
         for bad in poison:
             await self.dead_letter(bad.entry_id, bad.fields, bad.reason, bad.detail)
         batch = Batch(good)
-        if good:
+        if batch.body:
             batch.gzipped = await compress(batch.body)
         return batch
+
+    def _count_left_out(self) -> None:
+        """Move the encoder's counts of what the schema and the filters left out to the metrics."""
+        for reason, count in self.encoder.skipped.items():
+            if count:
+                self._metrics.skipped.labels(reason).inc(count)
+                self.encoder.skipped[reason] = 0
+        for reason, count in self.encoder.attributes_dropped.items():
+            if count:
+                self._metrics.attributes_dropped.labels(reason).inc(count)
+                self.encoder.attributes_dropped[reason] = 0
 
     async def write(self, batch: Batch, stop: asyncio.Event) -> bool:
         """Write and ack an encoded batch, bisecting what InfluxDB rejects; False when `stop` cut retries.
@@ -147,14 +171,15 @@ class BatchWriter:
         Returns once InfluxDB has the points; their ack may still be on its way, so that the next write
         starts at once. `acked()` waits for it; every caller awaits it before it reports or stops."""
         while batch:
+            if not batch.body:  # nothing the schema writes: done, acked like any other
+                await self._ack_soon(batch)
+                return True
             result = await self._send(batch)
             self.healthy = result.outcome in (Outcome.OK, Outcome.BAD_DATA)
             if result.outcome is Outcome.OK:
                 self._readiness.ok(READY_INFLUX)
                 self._backoff.reset()
-                previous, self._acking = self._acking, asyncio.create_task(self._ack(batch), name="ack")
-                if previous is not None:  # one earlier ack on its way at most
-                    await asyncio.shield(previous)
+                await self._ack_soon(batch)
                 return True
             if result.outcome is Outcome.BAD_DATA:
                 self._readiness.ok(READY_INFLUX)
@@ -172,6 +197,12 @@ class BatchWriter:
             if await wait_or_stop(stop, delay_s):
                 return False
         return True
+
+    async def _ack_soon(self, batch: Batch) -> None:
+        """Start the batch's ack; wait for the one before it (one earlier ack on its way at most)."""
+        previous, self._acking = self._acking, asyncio.create_task(self._ack(batch), name="ack")
+        if previous is not None:
+            await asyncio.shield(previous)
 
     async def check(self) -> None:
         """Ask InfluxDB whether it takes our credentials and has our database; sets readiness."""
@@ -198,8 +229,8 @@ class BatchWriter:
     async def _ack(self, batch: Batch) -> None:
         ids = [item.entry_id for item in batch.items]
         await self._redis.xack(self._names.stream, self._names.group, *ids)
-        self._metrics.points_written.inc(len(batch))
-        self.written += len(batch)
+        self._metrics.points_written.inc(batch.points())
+        self.written += len(batch)  # entries done: written, or with no point in the schema
         now_ns = time.time_ns()
         for item in batch.items:
             if item.live_time_ns is not None:

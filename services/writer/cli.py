@@ -23,13 +23,17 @@ from homeiq_shared.options import (
 from homeiq_shared.stream import DEFAULT_NAMES, DEFAULT_SOCKET_TIMEOUT_S, StreamNames
 from homeiq_writer.options import (
     DEFAULTS,
+    HomeiqConfig,
     InfluxApi,
     InfluxBucket,
+    InfluxCaCert,
     InfluxOrg,
     InfluxRetentionPolicy,
+    InfluxSchema,
     InfluxTimeout,
     InfluxUrl,
     InfluxUsername,
+    InfluxVerifySsl,
 )
 from homeiq_writer.settings import InfluxSettings, WriterSettings
 
@@ -44,13 +48,17 @@ def _main() -> None:
 
 @app.command()
 def run(
-    influxdb_url: InfluxUrl = DEFAULTS.url,
-    influxdb_api: InfluxApi = DEFAULTS.api,
-    influxdb_org: InfluxOrg = DEFAULTS.org,
-    influxdb_bucket: InfluxBucket = DEFAULTS.bucket,
+    influxdb_url: InfluxUrl = None,
+    influxdb_api: InfluxApi = None,
+    influxdb_org: InfluxOrg = None,
+    influxdb_bucket: InfluxBucket = None,
     influxdb_retention_policy: InfluxRetentionPolicy = DEFAULTS.retention_policy,
-    influxdb_username: InfluxUsername = DEFAULTS.username,
+    influxdb_username: InfluxUsername = None,
     influxdb_timeout_s: InfluxTimeout = DEFAULTS.timeout_s,
+    influxdb_schema: InfluxSchema = None,
+    influxdb_verify_ssl: InfluxVerifySsl = None,
+    influxdb_ssl_ca_cert: InfluxCaCert = None,
+    config: HomeiqConfig = "",
     consumer: Annotated[
         str, typer.Option(envvar="WRITER_CONSUMER", help="Consumer name; stable per replica (default: hostname).")
     ] = "",
@@ -77,7 +85,7 @@ def run(
 ) -> None:
     """Consume the stream in the writers' group and write batches to InfluxDB.
 
-    The token comes from INFLUXDB_TOKEN or INFLUXDB_TOKEN_FILE, never from a flag.
+    The token comes from INFLUXDB_TOKEN or INFLUXDB_TOKEN_FILE (else the configuration file), never from a flag.
     """
     from homeiq_writer.service import Writer  # noqa: PLC0415 - keep --help fast
 
@@ -86,10 +94,11 @@ def run(
             redis_url=redis_url,
             names=StreamNames(stream=stream, group=group, dead=dead_stream),
             consumer=consumer or socket.gethostname(),
-            influx=InfluxSettings(
+            influx=InfluxSettings.resolve(
                 url=influxdb_url, api=influxdb_api, org=influxdb_org, bucket=influxdb_bucket,
                 retention_policy=influxdb_retention_policy, username=influxdb_username,
-                timeout_s=influxdb_timeout_s,
+                timeout_s=influxdb_timeout_s, schema=influxdb_schema, verify_ssl=influxdb_verify_ssl,
+                ssl_ca_cert=influxdb_ssl_ca_cert, config_path=config,
             ),
             batch_size=batch_size, block_ms=block_ms, redis_socket_timeout_s=redis_socket_timeout_s,
             metrics_host=metrics_host, metrics_port=metrics_port, require_aof=require_aof,

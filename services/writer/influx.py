@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import enum
+import ssl
 from collections.abc import Mapping
 from typing import Final, Protocol
 
@@ -96,6 +97,19 @@ async def compress(body: bytes) -> bytes:
     return await asyncio.to_thread(gzip_body, body)
 
 
+def _probe_answer(status: int, body: str, retry_after: str | None) -> WriteResult:
+    """The answer to a write of no points. Authentication, authorization and the database or bucket are checked
+    before the body in every version, so past those an answer about the (empty) lines means we may write:
+    InfluxDB 2.0 answers "writing requires points", later versions 204."""
+    result = classify(status, body, retry_after)
+    if result.outcome is Outcome.BAD_DATA:
+        return WriteResult(Outcome.OK, status)
+    message = _error_message(body) or ""
+    if status == 400 and message.lstrip().startswith("writing requires points"):
+        return WriteResult(Outcome.OK, status)
+    return result
+
+
 class InfluxSink(Protocol):
     """Where batches of line protocol go."""
 
@@ -106,7 +120,9 @@ class InfluxSink(Protocol):
         ...
 
     async def check(self) -> WriteResult:
-        """Whether InfluxDB is reachable, accepts our credentials and has our database or bucket."""
+        """Whether InfluxDB is reachable, accepts our credentials and has our database or bucket: a write of no
+        points, which every version answers (1.x, 2.x, 3.x's compatibility endpoints) and which needs nothing
+        but the permission to write."""
         ...
 
     async def close(self) -> None:
@@ -118,9 +134,11 @@ class V1Sink:
     """InfluxDB 1.x `/write` (also InfluxDB 2/3's v1 compatibility endpoint)."""
 
     def __init__(
-        self, url: str, database: str, retention_policy: str, username: str, password: str, timeout_s: float
+        self, url: str, database: str, retention_policy: str, username: str, password: str, timeout_s: float,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self._tls = tls
         self._params = {"db": database, "precision": "ns"}
         if retention_policy:
             self._params["rp"] = retention_policy
@@ -131,10 +149,15 @@ class V1Sink:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, connector=aiohttp.TCPConnector(ssl=self._tls) if self._tls else None)
+        return self._session
+
     async def write(self, body: bytes, gzipped: bytes | None = None) -> WriteResult:
         """POST the gzip-compressed batch."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        self._session = self._http()
         try:
             async with self._session.post(
                 f"{self.url}/write",
@@ -148,20 +171,14 @@ class V1Sink:
             return WriteResult(Outcome.RETRY, None, f"{type(exc).__name__} at {redact_url(self.url)}: {exc}")
 
     async def check(self) -> WriteResult:
-        """SHOW DATABASES with our credentials: 401 → refused; our database missing → refused."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        """An empty write with our credentials: 2xx → ready; 401/403 (credentials), 404 (no such database) →
+        refused. Needs only the permission to write, and InfluxDB 2 and 3 answer it on their /write too."""
         headers = {k: v for k, v in self._headers.items() if k == "Authorization"}
         try:
-            async with self._session.get(f"{self.url}/query", params={"q": "SHOW DATABASES"}, headers=headers) as resp:
-                text = await resp.text()
-                if resp.status != 200:
-                    return classify(resp.status, text, resp.headers.get("Retry-After"))
+            async with self._http().post(f"{self.url}/write", params=self._params, data=b"", headers=headers) as resp:
+                return _probe_answer(resp.status, await resp.text(), resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as exc:
             return WriteResult(Outcome.RETRY, None, f"{type(exc).__name__} at {redact_url(self.url)}: {exc}")
-        if f'["{self._params["db"]}"]' not in text:
-            return WriteResult(Outcome.REFUSED, 404, f'database "{self._params["db"]}" not found')
-        return WriteResult(Outcome.OK, 200)
 
     async def close(self) -> None:
         """Close the HTTP session."""
@@ -173,9 +190,11 @@ class V1Sink:
 class V2Sink:
     """InfluxDB 2.x `/api/v2/write` through influxdb-client's async write API (gzip, synchronous answer)."""
 
-    def __init__(self, url: str, org: str, bucket: str, token: str, timeout_s: float) -> None:
+    def __init__(self, url: str, org: str, bucket: str, token: str, timeout_s: float,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.url = url.rstrip("/")
         self._org, self._bucket, self._token = org, bucket, token
+        self._tls = tls
         self._timeout_ms = int(timeout_s * 1000)
         self._client: InfluxDBClientAsync | None = None
 
@@ -183,7 +202,8 @@ class V2Sink:
         """Write through WriteApiAsync (which compresses itself); its await returns after InfluxDB answered."""
         if self._client is None:
             self._client = InfluxDBClientAsync(
-                url=self.url, token=self._token, org=self._org, timeout=self._timeout_ms, enable_gzip=True
+                url=self.url, token=self._token, org=self._org, timeout=self._timeout_ms, enable_gzip=True,
+                **({"ssl_context": self._tls} if self._tls is not None else {}),
             )
         try:
             await self._client.write_api().write(
@@ -198,22 +218,20 @@ class V2Sink:
         return WriteResult(Outcome.OK, 204)
 
     async def check(self) -> WriteResult:
-        """The buckets API with our token: 401 → refused; our bucket missing → refused."""
-        # The async client has no buckets API: one plain GET of /api/v2/buckets with our token.
+        """An empty write to /api/v2/write with our token: 2xx (or 2.0's 400 "writing requires points") → ready;
+        401/403 (token) or 404 (org or bucket) → refused. Never /api/v2/buckets: InfluxDB 3 does not serve it,
+        and a write-only token may not read it."""
         timeout = aiohttp.ClientTimeout(total=self._timeout_ms / 1000)
         try:
-            async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
-                f"{self.url}/api/v2/buckets", params={"org": self._org, "name": self._bucket},
-                headers={"Authorization": f"Token {self._token}"},
+            async with aiohttp.ClientSession(
+                timeout=timeout, connector=aiohttp.TCPConnector(ssl=self._tls) if self._tls else None,
+            ) as session, session.post(
+                f"{self.url}/api/v2/write", params={"org": self._org, "bucket": self._bucket, "precision": "ns"},
+                data=b"", headers={"Authorization": f"Token {self._token}"},
             ) as resp:
-                text = await resp.text()
-                if resp.status != 200:
-                    return classify(resp.status, text, resp.headers.get("Retry-After"))
+                return _probe_answer(resp.status, await resp.text(), resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as exc:
             return WriteResult(Outcome.RETRY, None, f"{type(exc).__name__} at {redact_url(self.url)}: {exc}")
-        if f'"name":"{self._bucket}"' not in text.replace(" ", ""):
-            return WriteResult(Outcome.REFUSED, 404, f'bucket "{self._bucket}" not found in org "{self._org}"')
-        return WriteResult(Outcome.OK, 200)
 
     async def close(self) -> None:
         """Close the client."""

@@ -15,6 +15,9 @@ import json
 import math
 from typing import Final, get_args
 
+import msgspec
+
+from homeiq_shared.config import EntityFilter, EventTypes, Integration
 from homeiq_shared.events import NO_DATA, Enrichment, NormalisedEvent, Source
 
 MEASUREMENT: Final = "home_assistant_events"
@@ -67,8 +70,13 @@ def tag_value(value: str) -> str:
     return value
 
 
-def _tag(value: str) -> str:
-    """A tag value as it goes in the line (plain values, the usual case, untouched)."""
+def original_tag_value(stored: str) -> str:
+    """The value `tag_value` stored as `stored` (the inverse: readers use it)."""
+    return str(json.loads(stored)) if len(stored) > 1 and stored[0] == '"' == stored[-1] else stored
+
+
+def escape_tag(value: str) -> str:
+    """A tag key or value (or a field key) as it goes in the line (plain values, the usual case, untouched)."""
     value = tag_value(value)
     if "," in value or "=" in value or " " in value:
         return value.translate(_TAG_ESCAPES)
@@ -100,7 +108,7 @@ def _tags(event: NormalisedEvent) -> str:
         ("event_type", event.event_type),
         ("platform", enrich.platform),
     )  # sorted by key, as InfluxDB wants them
-    return MEASUREMENT + "".join(f",{key}={escaped}" for key, value in tags if value and (escaped := _tag(value)))
+    return MEASUREMENT + "".join(f",{key}={escaped}" for key, value in tags if value and (escaped := escape_tag(value)))
 
 
 def _entity_fields(enrich: Enrichment) -> str:
@@ -115,8 +123,20 @@ def _entity_fields(enrich: Enrichment) -> str:
     return "".join(f",{key}={_str(value)}" for key, value in strings if value is not None)
 
 
-def _attributes_field(raw: bytes) -> str:
-    return "" if raw == _EMPTY_OBJECT else "attributes=" + _str(raw.decode())
+_raw_attributes = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_raw_encoder = msgspec.json.Encoder()
+
+
+def _attributes_field(raw: bytes, ignore: frozenset[str]) -> tuple[str, int]:
+    """The `attributes` field, without the ignored attributes; and how many were left out. Each value kept
+    keeps HA's own bytes."""
+    if ignore:
+        attributes = _raw_attributes.decode(raw)
+        kept = {key: value for key, value in attributes.items() if key not in ignore}
+        if len(kept) != len(attributes):
+            raw = _raw_encoder.encode(kept)
+            return ("" if raw == _EMPTY_OBJECT else "attributes=" + _str(raw.decode())), len(attributes) - len(kept)
+    return ("" if raw == _EMPTY_OBJECT else "attributes=" + _str(raw.decode())), 0
 
 
 _SOURCE_FIELDS: Final = {source: "source=" + _str(source) for source in get_args(Source)}  # decoding checked it
@@ -125,31 +145,60 @@ _SOURCE_FIELDS: Final = {source: "source=" + _str(source) for source in get_args
 class _Entity:
     """The parts of a line that stay the same while an entity's registry facts and attributes do."""
 
-    __slots__ = ("attributes", "attributes_field", "enrichment", "event_type", "fields", "head")
+    __slots__ = ("allowed", "attributes", "attributes_field", "dropped", "enrichment", "event_type", "fields", "head",
+                 "ignore")
 
-    def __init__(self, event: NormalisedEvent) -> None:
+    def __init__(self, event: NormalisedEvent, allowed: bool, ignore: frozenset[str]) -> None:
         self.event_type = event.event_type
         self.enrichment = event.enrichment
         self.head = _tags(event) + " "
         self.fields = _entity_fields(event.enrichment)
         self.attributes = _EMPTY_OBJECT
         self.attributes_field = ""
+        self.allowed, self.ignore, self.dropped = allowed, ignore, 0
+
+
+SKIP_REASONS: Final = ("event_type", "entity_filter")
+ATTRIBUTE_REASONS: Final = ("ignore_attributes",)
+_NOTHING: Final[frozenset[str]] = frozenset()
 
 
 class LineEncoder:
     """Encodes events to lines; keeps the per-entity parts of recent entities (most events of an entity
-    differ from its last one only in states, times and context)."""
+    differ from its last one only in states, times and context).
 
-    def __init__(self) -> None:
+    Volume control from the configuration file: `event_types` (ours), and the integration's include/exclude
+    and `ignore_attributes` (global and per `component_config*`) applied to the `attributes` JSON. What they
+    leave out is counted in `skipped` and `attributes_dropped`."""
+
+    def __init__(self, words: Integration | None = None, event_types: EventTypes | None = None) -> None:
         self._cache: dict[str | None, _Entity] = {}
+        self._words = words
+        self._filter = EntityFilter(words.include, words.exclude) if words is not None else None
+        self._event_types = event_types if event_types and (event_types.include or event_types.exclude) else None
+        self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+        self.attributes_dropped = dict.fromkeys(ATTRIBUTE_REASONS, 0)
 
-    def encode(self, event: NormalisedEvent) -> str:
-        """One line of line protocol for `event` (no trailing newline)."""
+    def _entity(self, event: NormalisedEvent) -> _Entity:
+        allowed, ignore = True, _NOTHING
+        if self._words is not None and self._filter is not None and event.entity_id is not None:
+            allowed = self._filter(event.entity_id)
+            ignore = self._words.ignored_attributes(event.entity_id)
+        return _Entity(event, allowed, ignore)
+
+    def encode(self, event: NormalisedEvent) -> str | None:
+        """One line of line protocol for `event` (no trailing newline); None when a filter leaves it out."""
+        if self._event_types is not None and not self._event_types.allows(event.event_type):
+            self.skipped["event_type"] += 1
+            return None
         entity = self._cache.get(event.entity_id)
         if entity is None or entity.event_type != event.event_type or entity.enrichment != event.enrichment:
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.clear()
-            entity = self._cache[event.entity_id] = _Entity(event)
+            entity = self._cache[event.entity_id] = self._entity(event)
+        if not entity.allowed:
+            self.skipped["entity_filter"] += 1
+            return None
         new, old = event.new_state, event.old_state
         fields: list[str] = []
         if new is not None:
@@ -165,7 +214,10 @@ class LineEncoder:
         if shown is not None:
             attributes = bytes(shown.attributes)
             if attributes != entity.attributes:
-                entity.attributes, entity.attributes_field = attributes, _attributes_field(attributes)
+                entity.attributes = attributes
+                entity.attributes_field, entity.dropped = _attributes_field(attributes, entity.ignore)
+            if entity.dropped:
+                self.attributes_dropped["ignore_attributes"] += entity.dropped
             if entity.attributes_field:
                 fields.append(entity.attributes_field)
         if event.data != NO_DATA:
@@ -185,5 +237,7 @@ _default = LineEncoder()
 
 
 def encode_line(event: NormalisedEvent) -> str:
-    """One line for `event`, through a module-wide encoder."""
-    return _default.encode(event)
+    """One line for `event`, through a module-wide encoder (no filters: every event has a line)."""
+    line = _default.encode(event)
+    assert line is not None
+    return line

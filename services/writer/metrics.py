@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from homeiq_writer.influx import Outcome
+from homeiq_writer.schemas import ATTRIBUTE_REASONS, SKIP_REASONS
 
 DEAD_REASONS = ("undecodable", "unknown_version", "rejected", "reader_error", "crashed_reader")
 LOST_REASONS = ("payload_trimmed", "deleted_while_pending")
@@ -41,6 +42,20 @@ class WriterMetrics:
             "homeiq_entries_lost_total", "Entries whose payload was gone from the stream.", ["reason"],
             registry=registry,
         )
+        self.skipped = Counter(
+            "homeiq_writer_skipped_total",
+            "Entries acked without a point: the schema has none for them, or a filter of the configuration file "
+            "left them out, by reason.", ["reason"], registry=registry,
+        )
+        self.attributes_dropped = Counter(
+            "homeiq_writer_attributes_dropped_total",
+            "Attributes left out of points (ignore_attributes; NaN or infinite in the ha schema), by reason.",
+            ["reason"], registry=registry,
+        )
+        for reason in SKIP_REASONS:
+            self.skipped.labels(reason)
+        for reason in ATTRIBUTE_REASONS:
+            self.attributes_dropped.labels(reason)
         for outcome in Outcome:
             self.batches.labels(outcome.value)
         for reason in DEAD_REASONS:

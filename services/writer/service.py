@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 
 from homeiq_shared.backoff import Backoff
 from homeiq_shared.broker import PersistenceCheck
-from homeiq_shared.health import HealthServer, Readiness
+from homeiq_shared.health import HealthServer, Readiness, counters
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
 from homeiq_shared.stream import Entry, connect, describe_redis_error, ensure_group, read_group, read_pending
@@ -37,7 +37,8 @@ class Writer:
         self.redis: aioredis.Redis = connect(settings.redis_url, settings.redis_socket_timeout_s)
         self.sink = settings.influx.make_sink()
         self.batches = BatchWriter(
-            self.redis, settings.names, self.sink, self.metrics, self.readiness, settings.consumer
+            self.redis, settings.names, self.sink, self.metrics, self.readiness, settings.consumer,
+            encoder=settings.influx.make_encoder(),
         )
         self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness, self.registry)
         self.health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
@@ -46,14 +47,14 @@ class Writer:
         """Serve health, then consume until `stop`; the in-flight batch completes or stays pending."""
         await self.health.start()
         log.info("writer_started", consumer=self.settings.consumer, stream=self.settings.names.stream,
-                 group=self.settings.names.group, influxdb=self.sink.url)
+                 group=self.settings.names.group, influxdb=self.sink.url, schema=self.settings.influx.schema)
         try:
             await self._consume(stop)
         finally:
             await self.sink.close()
             await self.redis.aclose()
             await self.health.stop()
-            log.info("writer_stopped", consumer=self.settings.consumer)
+            log.info("writer_stopped", consumer=self.settings.consumer, counters=counters(self.registry))
 
     async def _consume(self, stop: asyncio.Event) -> None:
         """Own pending entries first (cursor 0…, read without re-delivery), at start and after Redis failed,

@@ -1,0 +1,184 @@
+"""`replayer audit`: is InfluxDB complete against Home Assistant's recorder? And `--repair` what is not."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import msgspec
+import typer
+from redis.exceptions import RedisError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from homeiq_shared.cli import EXIT_FAILURE, EXIT_USAGE
+from homeiq_shared.settings import ConfigError, read_secret, redact_url
+from homeiq_shared.stream import connect
+from homeiq_writer.options import (
+    DEFAULTS,
+    HomeiqConfig,
+    InfluxApi,
+    InfluxBucket,
+    InfluxCaCert,
+    InfluxOrg,
+    InfluxRetentionPolicy,
+    InfluxSchema,
+    InfluxTimeout,
+    InfluxUrl,
+    InfluxUsername,
+    InfluxVerifySsl,
+)
+from homeiq_writer.settings import InfluxSettings
+
+if TYPE_CHECKING:
+    from homeiq_replayer.audit import AuditReport
+
+out = Console()
+err = Console(stderr=True)
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_time_ns(value: str, now_ns: int, name: str) -> int:
+    """`24h`, `7d`, `90m` (that long before now) or an ISO 8601 time with its offset."""
+    if match := _DURATION.match(value):
+        return now_ns - int(float(match[1]) * _UNIT_S[match[2]] * 1e9)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a duration (24h, 7d, 90m) or an ISO 8601 time, got {value!r}") from None
+    if moment.tzinfo is None:
+        raise ConfigError(f"{name}: the time needs its UTC offset (e.g. +00:00), got {value!r}")
+    return int(moment.timestamp() * 1e9)
+
+
+def window(since: str, until: str | None, now_ns: int) -> tuple[int, int]:
+    """The audit window from the operator's words; ConfigError when empty."""
+    since_ns = parse_time_ns(since, now_ns, "--since")
+    until_ns = parse_time_ns(until, now_ns, "--until") if until else now_ns
+    if since_ns >= until_ns:
+        raise ConfigError("--since: must be before --until")
+    return since_ns, until_ns
+
+
+def audit_command(
+    ctx: typer.Context,
+    since: Annotated[str, typer.Option(help="Start of the window: 24h, 7d, 90m before now, or an ISO time.")] = "24h",
+    until: Annotated[str | None, typer.Option(help="End of the window (default: now), same forms.")] = None,
+    entities: Annotated[list[str] | None, typer.Option(
+        "--entities", help="Only entities matching this glob (repeat for several), e.g. 'sensor.*'.")] = None,
+    do_repair: Annotated[bool, typer.Option(
+        "--repair", help="Publish the missing states to the stream (as the backfill does); never deletes.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    concurrency: Annotated[int, typer.Option(help="History requests in flight at once.")] = 4,
+    ha_url: Annotated[str, typer.Option(envvar="HA_URL", help="HA base URL or its WebSocket URL; the token "
+                                        "comes from HA_TOKEN or HA_TOKEN_FILE.")] = "http://127.0.0.1:8123",
+    ha_timeout_s: Annotated[float, typer.Option(envvar="HA_COMMAND_TIMEOUT_S",
+                                                help="Timeout of one HA command, s.")] = 120.0,
+    entity_filter: Annotated[str, typer.Option(envvar="ENTITY_FILTER_CONFIG",
+                                               help="The collector's entity filter (JSON).")] = "",
+    entity_filter_file: Annotated[str, typer.Option(envvar="ENTITY_FILTER_CONFIG_FILE",
+                                                    help="The collector's entity filter file.")] = "",
+    influxdb_url: InfluxUrl = None,
+    influxdb_api: InfluxApi = None,
+    influxdb_org: InfluxOrg = None,
+    influxdb_bucket: InfluxBucket = None,
+    influxdb_retention_policy: InfluxRetentionPolicy = DEFAULTS.retention_policy,
+    influxdb_username: InfluxUsername = None,
+    influxdb_timeout_s: InfluxTimeout = 60.0,
+    influxdb_schema: InfluxSchema = None,
+    influxdb_verify_ssl: InfluxVerifySsl = None,
+    influxdb_ssl_ca_cert: InfluxCaCert = None,
+    config: HomeiqConfig = "",
+) -> None:
+    """Compare HA's recorder with InfluxDB per entity: states in HA, points found, missing, extra, wrong.
+
+    Exit 0 when complete, 1 when anything differs (or a service failed), 2 on usage errors. It cannot see
+    events other than state changes, entities the recorder excludes, or states older than its retention.
+    """
+    # Imported here: the collector's and writer's modules would make every `replayer --help` slow.
+    from homeiq_collector.entity_filter import EntityFilter  # noqa: PLC0415
+    from homeiq_collector.settings import websocket_url  # noqa: PLC0415
+    from homeiq_replayer.audit import RECORDER_KEEP_DAYS, audit, repair  # noqa: PLC0415
+    from homeiq_replayer.ha_reader import HAReadError, ha_session  # noqa: PLC0415
+    from homeiq_replayer.influx_reader import InfluxReadError, reader_for  # noqa: PLC0415
+
+    shared: Any = ctx.obj
+    now_ns = time.time_ns()
+    try:
+        since_ns, until_ns = window(since, until, now_ns)
+        url = websocket_url(ha_url)
+        token = read_secret("HA_TOKEN")
+        influx = InfluxSettings.resolve(
+            url=influxdb_url, api=influxdb_api, org=influxdb_org, bucket=influxdb_bucket,
+            retention_policy=influxdb_retention_policy, username=influxdb_username, timeout_s=influxdb_timeout_s,
+            schema=influxdb_schema, verify_ssl=influxdb_verify_ssl, ssl_ca_cert=influxdb_ssl_ca_cert,
+            config_path=config)
+        reader = reader_for(influx)
+        rules = EntityFilter.from_settings(entity_filter, entity_filter_file, influx.config)
+    except ConfigError as exc:
+        err.print(f"configuration error: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    if now_ns - since_ns > RECORDER_KEEP_DAYS * 86_400 * 10**9:
+        err.print(f"note: the window starts more than {RECORDER_KEEP_DAYS} days ago; states the recorder has "
+                  "purged count as extra, not as a difference of the pipeline", highlight=False)
+
+    async def work() -> AuditReport:
+        with Progress(TextColumn("auditing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=err, transient=as_json) as bar:
+            task = bar.add_task("entities", total=None)
+            async with ha_session(url, token, ha_timeout_s, concurrency) as ha:
+                bar.update(task, total=len(await ha.states()))
+                try:
+                    report = await audit(ha, reader, since_ns, until_ns, entities, rules,
+                                         lambda n: bar.advance(task, n))
+                finally:
+                    await reader.close()
+                if do_repair and not report.complete:
+                    client = connect(shared.redis_url)
+                    try:
+                        report.repaired = await repair(ha, client, shared.names, report)
+                    finally:
+                        await client.aclose()
+            return report
+
+    try:
+        report = asyncio.run(work())
+    except (HAReadError, InfluxReadError) as exc:
+        _fail(str(exc))
+    except (RedisError, OSError) as exc:
+        _fail(f"Redis at {redact_url(shared.redis_url)} failed: {exc}")
+    _print(report, as_json)
+    raise typer.Exit(0 if report.complete else EXIT_FAILURE)
+
+
+def _fail(message: str) -> NoReturn:
+    err.print(f"error: {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_FAILURE)
+
+
+def _print(report: AuditReport, as_json: bool) -> None:
+    if as_json:
+        out.print_json(msgspec.json.encode(report).decode())
+        return
+    since = datetime.fromtimestamp(report.since_ns / 1e9, UTC).isoformat(timespec="seconds")
+    until = datetime.fromtimestamp(report.until_ns / 1e9, UTC).isoformat(timespec="seconds")
+    table = Table(title=f"audit {since} .. {until}", title_justify="left")
+    for column in ("entity", "status", "in HA", "found", "missing", "extra", "wrong"):
+        table.add_column(column)
+    shown = [e for e in report.entities if e.status != "complete"]
+    for e in shown:
+        table.add_row(e.entity_id, e.status, str(e.in_ha), str(e.found), str(len(e.missing)), str(len(e.extra)),
+                      str(len(e.wrong)))
+    table.add_row("total", f"{len(report.entities) - len(shown)} complete", str(report.total("in_ha")),
+                  str(report.total("found")), str(report.total("missing")), str(report.total("extra")),
+                  str(report.total("wrong")))
+    out.print(table)
+    if report.repaired:
+        out.print(f"repaired: {report.repaired} missing states published to the stream; run the audit again "
+                  "once the writers have caught up", highlight=False)
+    out.print("cannot see: " + "; ".join(report.cannot_see), highlight=False)

@@ -1,0 +1,23 @@
+"""The fault suite: every test here is marked `faults` (`pytest -m faults` runs it alone) and adds a row to
+the report printed at the end of the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.faults.truth import ROWS, table
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.faults)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if ROWS:
+        terminalreporter.section("fault suite: InfluxDB against ha-sim's ground truth, point by point")
+        terminalreporter.write_line(table(ROWS))

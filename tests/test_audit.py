@@ -1,0 +1,216 @@
+"""`replayer audit` against ha-sim's recorder (raw float times, as current HA) and a real influxd."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from homeiq_hasim.messages import now_ts
+from homeiq_hasim.runner import SimServer
+from homeiq_local.services import InfluxServer, RedisServer
+from homeiq_shared.events import NormalisedEvent, decode_event
+from homeiq_shared.stream import DEFAULT_NAMES, FIELD_EVENT
+from homeiq_writer.lineprotocol import encode_line
+from tests.collector_harness import TOKEN, running_collector, simulator
+from tests.helpers import wait_for
+from tests.writer_harness import running_writer, writer_settings
+
+EXCLUDE_SWITCHES = json.dumps({"mode": "exclude", "patterns": [{"domain": "switch"}]})
+
+
+@dataclass
+class Audited:
+    """A pipeline that has written `events` state changes, and the time before the first one."""
+
+    sim: SimServer
+    influx: InfluxServer
+    database: str
+    env: dict[str, str]
+    since: str
+
+    async def audit(self, *args: str) -> tuple[int, dict[str, Any]]:
+        """`replayer audit --since … --json …` as an operator runs it; (exit code, report)."""
+        process = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "replayer"), "audit", "--since", self.since, "--json", *args,
+            env={**os.environ, **self.env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+        assert process.returncode in (0, 1), stderr.decode()
+        return process.returncode, json.loads(stdout)
+
+    async def stream_event(self, entity_id: str, time_ns: int) -> NormalisedEvent:
+        """The stream's entry of one state change (what the writer wrote for it)."""
+        client = aioredis.Redis.from_url(self.env["REDIS_URL"])
+        try:
+            entries = await client.xrange(DEFAULT_NAMES.stream)
+        finally:
+            await client.aclose()
+        events = [decode_event(fields[FIELD_EVENT]) for _, fields in entries]
+        return next(e for e in events if e.entity_id == entity_id and e.time_ns == time_ns)
+
+    def delete(self, entity_id: str, time_ns: int) -> None:
+        self.influx.query(f"DELETE FROM home_assistant_events WHERE entity_id = '{entity_id}' AND time = {time_ns}",
+                          self.database, epoch=None)
+
+
+@pytest.fixture
+async def audited(redis_server: RedisServer, redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str,
+                  tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Audited]:
+    """ha-sim → collector → Redis → writer → influxd with 600 state changes written, then still running."""
+    entity_filter = getattr(request, "param", "")
+    async with simulator(entity_count=30) as sim:
+        since = datetime.fromtimestamp(now_ts() + 0.001, UTC).isoformat()  # after the simulator's first states
+        filtered = {"ENTITY_FILTER_CONFIG": entity_filter} if entity_filter else {}
+        async with running_writer(writer_settings(redis_server.url, influx.url, influx_db)), \
+                running_collector(sim, redis_server.url, tmp_path, entity_filter=None if not entity_filter else
+                                  _filter(entity_filter)) as run:
+            await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
+            await sim.hub.emit(600, rate_per_s=1000)
+            published = 600 - run.metric("homeiq_events_filtered_total") if entity_filter else 600
+            await wait_for(lambda: influx.count(influx_db) >= published, 20, "every change written")
+            env = {"HA_URL": sim.url, "HA_TOKEN": TOKEN, "REDIS_URL": redis_server.url, "INFLUXDB_URL": influx.url,
+                   "INFLUXDB_API": "v1", "INFLUXDB_BUCKET": influx_db, **filtered}
+            yield Audited(sim, influx, influx_db, env, since)
+
+
+def _filter(config: str) -> Any:
+    from homeiq_collector.entity_filter import EntityFilter  # noqa: PLC0415
+
+    return EntityFilter.from_settings(config, "")
+
+
+def totals(report: dict[str, Any]) -> dict[str, int]:
+    entities = report["entities"]
+    return {"in_ha": sum(e["in_ha"] for e in entities), "found": sum(e["found"] for e in entities),
+            "missing": sum(len(e["missing"]) for e in entities), "extra": sum(len(e["extra"]) for e in entities),
+            "wrong": sum(len(e["wrong"]) for e in entities)}
+
+
+async def test_a_complete_run_audits_to_zero(audited: Audited) -> None:
+    code, report = await audited.audit()
+    assert code == 0
+    assert totals(report) == {"in_ha": 600, "found": 600, "missing": 0, "extra": 0, "wrong": 0}
+    assert {e["status"] for e in report["entities"]} == {"complete"}
+
+
+async def test_deleted_points_are_found_and_repaired(audited: Audited) -> None:
+    gone = audited.sim.hub.sent[100:105]
+    for sent in gone:
+        audited.delete(sent.entity_id, sent.last_updated_us * 1000)
+    code, report = await audited.audit()
+    assert code == 1 and totals(report)["missing"] == 5
+    missing = {(e["entity_id"], t) for e in report["entities"] for t in e["missing"]}
+    assert missing == {(s.entity_id, s.last_updated_us * 1000) for s in gone}
+
+    code, report = await audited.audit("--repair")
+    assert code == 1 and report["repaired"] == 5  # found again, and published as backfill
+    await wait_for(lambda: audited.influx.count(audited.database) >= 600, 20, "the repaired points written")
+    code, report = await audited.audit()
+    assert code == 0 and totals(report)["missing"] == 0
+    points = {(p["entity_id"], p["time"]): p for p in audited.influx.points(audited.database)}
+    for sent in gone:
+        point = points[(sent.entity_id, sent.last_updated_us * 1000)]
+        assert point["state_value"] == sent.state and point["source"] == "backfill" and point["device_id"]
+
+
+async def test_a_state_1_us_off_is_one_missing_and_one_extra_not_a_match(audited: Audited) -> None:
+    sent = audited.sim.hub.sent[300]
+    time_ns = sent.last_updated_us * 1000
+    off = msgspec.structs.replace(await audited.stream_event(sent.entity_id, time_ns), time_ns=time_ns + 1000)
+    audited.delete(sent.entity_id, time_ns)
+    await asyncio.to_thread(_write, audited.influx.url, audited.database, encode_line(off))
+    code, report = await audited.audit()
+    entity = next(e for e in report["entities"] if e["entity_id"] == sent.entity_id)
+    assert code == 1 and entity["missing"] == [time_ns] and entity["extra"] == [time_ns + 1000]
+    assert totals(report)["wrong"] == 0
+
+
+async def test_a_different_state_at_the_same_time_is_wrong(audited: Audited) -> None:
+    sent = audited.sim.hub.sent[200]
+    time_ns = sent.last_updated_us * 1000
+    event = await audited.stream_event(sent.entity_id, time_ns)
+    assert event.new_state is not None
+    changed = msgspec.structs.replace(event, new_state=msgspec.structs.replace(event.new_state, state="changed"))
+    await asyncio.to_thread(_write, audited.influx.url, audited.database, encode_line(changed))  # same point
+    code, report = await audited.audit()
+    entity = next(e for e in report["entities"] if e["entity_id"] == sent.entity_id)
+    assert code == 1 and entity["wrong"] == [[time_ns, sent.state, "changed"]] and not entity["extra"]
+
+
+@pytest.mark.parametrize("audited", [EXCLUDE_SWITCHES], indirect=True)
+async def test_an_entity_the_filter_excludes_is_reported_excluded_not_missing(audited: Audited) -> None:
+    code, report = await audited.audit()
+    statuses = {e["entity_id"]: e["status"] for e in report["entities"]}
+    assert code == 0
+    assert {s for e, s in statuses.items() if e.startswith("switch.")} == {"excluded"}
+    assert {s for e, s in statuses.items() if not e.startswith("switch.")} == {"complete"}
+
+
+async def test_only_the_entities_asked_for_are_audited(audited: Audited) -> None:
+    code, report = await audited.audit("--entities", "sensor.*", "--entities", "light.*")
+    assert code == 0 and report["entities"]
+    assert all(e["entity_id"].split(".")[0] in ("sensor", "light") for e in report["entities"])
+
+
+async def test_unreachable_home_assistant_exits_1_naming_the_url(audited: Audited) -> None:
+    audited.env["HA_URL"] = "ws://127.0.0.1:1/api/websocket"
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "replayer"), "audit", "--since", "1h",
+        env={**os.environ, **audited.env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1 and "ws://127.0.0.1:1/api/websocket" in stderr.decode()
+    assert TOKEN not in stderr.decode()
+
+
+def _write(url: str, database: str, line: str) -> None:
+    import urllib.request  # noqa: PLC0415
+
+    request = urllib.request.Request(f"{url}/write?db={database}&precision=ns", data=line.encode())
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+async def test_the_periodic_audit_exports_what_it_found_and_repairs_when_asked(
+    audited: Audited, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    from homeiq_replayer.audit_loop import AuditSettings  # noqa: PLC0415
+    from homeiq_replayer.service import Replayer, ReplayerSettings  # noqa: PLC0415
+    from homeiq_writer.settings import InfluxSettings  # noqa: PLC0415
+
+    for sent in audited.sim.hub.sent[10:12]:
+        audited.delete(sent.entity_id, sent.last_updated_us * 1000)
+    monkeypatch.setenv("HA_TOKEN", TOKEN)
+    settings = ReplayerSettings(
+        redis_url=audited.env["REDIS_URL"], names=DEFAULT_NAMES, metrics_host="127.0.0.1", metrics_port=0,
+        influx=InfluxSettings(url=audited.influx.url, api="v1", bucket=audited.database),
+        audit=AuditSettings(interval_s=3600, ha_url=audited.sim.url, repair=True, settle_s=0.5)).validate()
+    replayer = Replayer(settings, CollectorRegistry())
+    stop = asyncio.Event()
+    task = asyncio.create_task(replayer.run(stop))
+
+    def sample(name: str) -> float:
+        return replayer.registry.get_sample_value(name) or 0.0
+
+    # The window covers the last hour: the simulator's first states, from before the collector ran, too.
+    before = len(audited.sim.hub.population.entities)
+    try:
+        await wait_for(lambda: sample("homeiq_audit_last_complete_timestamp_seconds") > 0, 60, "one audit")
+        assert sample("homeiq_audit_missing_points") == 2 + before and sample("homeiq_audit_extra_points") == 0
+        assert sample("homeiq_audit_repaired_total") == 2 + before
+        assert sample("homeiq_audit_interval_seconds") == 3600
+        await wait_for(lambda: audited.influx.count(audited.database) >= 600 + before, 20, "the repaired points")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

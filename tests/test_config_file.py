@@ -1,0 +1,163 @@
+"""HOMEIQ_CONFIG: the integration's own keys as Home Assistant validates them, ours, and what wins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from homeiq_collector.entity_filter import EntityFilter
+from homeiq_shared.config import EntityWords, load_config, parse_config
+from homeiq_shared.events import NormalisedEvent, State
+from homeiq_shared.settings import ConfigError
+from homeiq_writer.settings import InfluxSettings
+
+# A block as people have it in configuration.yaml (home-assistant.io's examples, with !secret).
+PASTED = """
+influxdb:
+  api_version: 2
+  ssl: false
+  host: influx.local
+  port: 8086
+  token: !secret influx_token
+  organization: home
+  bucket: hass
+  max_retries: 3
+  precision: s
+  tags:
+    source: hass
+  tags_attributes:
+    - friendly_name
+  default_measurement: state
+  include:
+    domains: [sensor, binary_sensor]
+    entities: Switch.Kettle, switch.fan
+  exclude:
+    entity_globs: "sensor.*_battery"
+  ignore_attributes: icon
+  component_config:
+    sensor.kitchen:
+      override_measurement: kitchen
+  component_config_glob:
+    binary_sensor.*motion*:
+      override_measurement: motion
+      ignore_attributes: [friendly_name]
+homeiq:
+  schema: ha
+  event_types:
+    exclude: [call_service]
+"""
+
+
+def write(folder: Path, text: str, secrets: str = "influx_token: s3cret-token-xyz\n") -> str:
+    (folder / "secrets.yaml").write_text(secrets)
+    path = folder / "config.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_pasted_block_reads_as_home_assistant_reads_it(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, PASTED))
+    assert config is not None and config.integration is not None
+    words = config.integration
+    assert words.token.value == "s3cret-token-xyz"  # !secret from secrets.yaml beside the file
+    assert words.include == EntityWords(entities=("switch.kettle", "switch.fan"), domains=("sensor", "binary_sensor"))
+    assert words.exclude.entity_globs == ("sensor.*_battery",)  # one string is a list of one
+    assert words.ignore_attributes == ("icon",) and words.tags == (("source", "hass"),)
+    assert words.url() == "http://influx.local:8086"
+    assert config.homeiq.schema == "ha" and not config.homeiq.event_types.allows("call_service")
+    assert config.notes == ("influxdb.max_retries: ignored: nothing is ever dropped here, every write is retried "
+                            "until InfluxDB takes it",)
+    assert words.customize("binary_sensor.hall_motion").override_measurement == "motion"
+    assert words.ignored_attributes("binary_sensor.hall_motion") == {"friendly_name", "icon"}
+
+
+def test_settings_come_from_the_file_and_the_environment_overrides_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, PASTED)
+    settings = InfluxSettings.resolve(config_path=path)
+    assert (settings.url, settings.api, settings.org, settings.bucket, settings.schema) == (
+        "http://influx.local:8086", "v2", "home", "hass", "ha")
+    assert "s3cret" not in repr(settings)  # secrets never show in a settings repr (errors, logs)
+    overridden = InfluxSettings.resolve(config_path=path, url="http://other:8086", bucket="b2", schema="homeiq")
+    assert (overridden.url, overridden.bucket, overridden.schema, overridden.org) == (
+        "http://other:8086", "b2", "homeiq", "home")
+    monkeypatch.setenv("INFLUXDB_TOKEN", "from-env")
+    assert settings.make_sink()._token == "from-env"  # type: ignore[attr-defined]
+    monkeypatch.delenv("INFLUXDB_TOKEN")
+    assert settings.make_sink()._token == "s3cret-token-xyz"  # type: ignore[attr-defined]
+
+
+def test_v1_defaults_are_the_integrations() -> None:
+    words = parse_config("influxdb:\n  username: u\n  password: p\n", "t").integration
+    assert words is not None
+    assert (words.api_version, words.url(), words.database) == ("1", "http://localhost:8086", "home_assistant")
+    settings = InfluxSettings.resolve(config_path="")
+    assert (settings.url, settings.api, settings.schema) == ("http://127.0.0.1:8086", "v2", "homeiq")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("influxdb:\n  hots: x\n", r"influxdb\.hots: unknown key"),
+    ("influxdb:\n  include: {domain: [sensor]}\n", r"influxdb\.include\.domain: unknown key"),
+    ("influxdb:\n  component_config:\n    sensor.a: {override: x}\n",
+     r"influxdb\.component_config\.sensor\.a\.override: unknown key"),
+    ("homeiq:\n  scheme: ha\n", r"homeiq\.scheme: unknown key"),
+    ("influxdbb: {}\n", r"influxdbb: unknown key"),
+    ("influxdb:\n  include: {entities: [not an id]}\n",
+     r"influxdb\.include\.entities\[0\]: 'not an id' is not a valid"),
+    ("influxdb:\n  api_version: 3\n", r"influxdb\.api_version: must be one of 1, 2"),
+    ("influxdb:\n  api_version: 2\n  bucket: b\n", r"influxdb\.token: required when api_version is 2"),
+    ("influxdb:\n  token: t\n  organization: o\n", r"influxdb\.token: only allowed when api_version is 2"),
+    ("influxdb:\n  username: u\n", r"influxdb\.username: username and password must be given together"),
+    ("influxdb:\n  measurement_attr: area\n", r"influxdb\.measurement_attr: must be one of"),
+    ("influxdb:\n  precision: h\n", r"influxdb\.precision: must be one of ms, s, us, ns"),
+    ("influxdb:\n  port: 99999\n", r"influxdb\.port: expected a port between 1 and 65535"),
+    ("influxdb:\n  verify_ssl: maybe\n", r"influxdb\.verify_ssl: expected a boolean"),
+    ("influxdb:\n  ssl_ca_cert: /nonexistent.pem\n", r"influxdb\.ssl_ca_cert: '/nonexistent.pem' is not a file"),
+    ("homeiq:\n  schema: influx\n", r"homeiq\.schema: must be one of homeiq, ha"),
+    ("influxdb: [1\n", "not valid YAML"),
+])
+def test_a_wrong_key_or_value_is_an_error_naming_it(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(text, "config.yaml")
+
+
+def test_secrets_never_appear_in_errors(tmp_path: Path) -> None:
+    path = write(tmp_path, "influxdb:\n  api_version: 2\n  token: !secret influx_token\n  organization: o\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)  # no bucket: an error, which must not echo the token
+    assert "influxdb.bucket" in str(caught.value) and "s3cret" not in str(caught.value)
+    with pytest.raises(ConfigError) as caught:  # a YAML error shows where, never the line's text
+        parse_config('influxdb:\n  token: "s3cret-token-xyz\n  bucket: [\n', "t")
+    assert "line" in str(caught.value) and "s3cret" not in str(caught.value)
+    with pytest.raises(ConfigError, match="!secret missing: not found"):
+        load_config(write(tmp_path, "influxdb:\n  password: !secret missing\n  username: u\n"))
+
+
+def test_env_var_tag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFLUX_HOST", "db.example")
+    config = load_config(write(tmp_path, "influxdb:\n  host: !env_var INFLUX_HOST\n  database: !env_var NOPE hass\n"))
+    assert config is not None and config.integration is not None
+    assert (config.integration.host, config.integration.database) == ("db.example", "hass")
+
+
+def state(entity_id: str) -> NormalisedEvent:
+    return NormalisedEvent(event_type="state_changed", time_ns=1, entity_id=entity_id,
+                           domain=entity_id.partition(".")[0], new_state=State(state="1"))
+
+
+def test_the_collector_filters_in_the_integrations_words(tmp_path: Path) -> None:
+    rules = EntityFilter.from_settings("", "", load_config(write(tmp_path, PASTED)))
+    assert rules is not None
+    assert rules.allows(state("sensor.kitchen")) and rules.allows(state("switch.kettle"))
+    assert not rules.allows(state("sensor.phone_battery")) and not rules.allows(state("light.desk"))
+    assert rules.allows(NormalisedEvent(event_type="call_service", time_ns=1))
+
+
+def test_the_old_variable_still_works_but_not_both(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    legacy = EntityFilter.from_settings('{"patterns": [{"domain": "update"}]}', "", None)
+    assert legacy is not None and not legacy.allows(state("update.x"))
+    assert "deprecated_setting" in caplog.text
+    with pytest.raises(ConfigError, match="set only one"):
+        EntityFilter.from_settings('{"patterns": [{"domain": "update"}]}', "", load_config(write(tmp_path, PASTED)))
