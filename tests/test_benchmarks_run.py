@@ -18,3 +18,15 @@ def test_the_audit_benchmark_runs_and_finds_the_loaded_history_complete() -> Non
     report = json.loads(result.stdout)
     assert report["states"] == report["points"] == 20 * 24
     assert report["missing"] == report["extra"] == report["wrong"] == 0
+
+
+def test_the_pipeline_benchmark_runs_and_loses_nothing() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline_bench.py"), "--rates", "200,400",
+                             "--step-seconds", "2", "--backlog", "1000", "--entities", "50", "--ceiling-points",
+                             "5000"], capture_output=True, text=True, timeout=240, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["point_by_point"]["lost"] == report["point_by_point"]["duplicated"] == 0
+    assert [s["offered_per_s"] for s in report["steps"]] == [200, 400]
+    assert report["backlog_drain"]["backlog"] == 1000 and report["influxd_ceiling_points_per_s"] > 0
+    assert set(report["steps"][0]["cpu_us_per_event"]) >= {"collector", "writer-0", "redis", "influxd", "ha-sim"}

@@ -21,7 +21,7 @@ from homeiq_local.services import InfluxServer
 from homeiq_shared.config import parse_config
 from homeiq_shared.events import NormalisedEvent, State
 from homeiq_writer.haschema import HaEncoder
-from homeiq_writer.influx import Outcome, V1Sink
+from homeiq_writer.influx import Outcome, v1_sink
 
 T0 = 1_764_200_000_000_000_000  # ns, whole microseconds
 
@@ -254,9 +254,9 @@ async def test_ha_schema_case(case: Case, influx: InfluxServer, influx_db: str) 
     lines = [line for i, s in enumerate(case.states) if (line := encoder.encode(event(s, i))) is not None]
     assert {k: v for k, v in encoder.skipped.items() if v} == case.skipped
     if lines:
-        sink = V1Sink(influx.url, influx_db, "", "", "", 10)
+        sink = v1_sink(influx.url, influx_db, "", "", "", 10)
         try:
-            assert (await sink.write("\n".join(lines).encode())).outcome is Outcome.OK
+            assert (await sink.write(sink.prepare("\n".join(lines).encode()))).outcome is Outcome.OK
         finally:
             await sink.close()
 

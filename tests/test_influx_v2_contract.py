@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from homeiq_writer.influx import Outcome, V2Sink
+from homeiq_writer.influx import Outcome, v2_sink
 
 LINES = b'home_assistant_events,entity_id=sensor.a state_value="1",source="live" 1700000000000000000'
 
@@ -42,9 +42,9 @@ async def recorder() -> AsyncIterator[tuple[Recorder, str]]:
 
 async def test_request_has_org_bucket_precision_token_and_gzip(recorder: tuple[Recorder, str]) -> None:
     rec, url = recorder
-    sink = V2Sink(url, "homeiq", "home_assistant_events", "s3cret-token", timeout_s=5)
+    sink = v2_sink(url, "homeiq", "home_assistant_events", "s3cret-token", timeout_s=5)
     try:
-        result = await sink.write(LINES)
+        result = await sink.write(sink.prepare(LINES))
     finally:
         await sink.close()
     assert result.outcome is Outcome.OK
@@ -71,18 +71,18 @@ async def test_each_answer_is_classified(recorder: tuple[Recorder, str], status:
                                          body: str, outcome: Outcome, retry_after: float | None) -> None:
     rec, url = recorder
     rec.answer = (status, headers, body)
-    sink = V2Sink(url, "homeiq", "home_assistant_events", "t", timeout_s=5)
+    sink = v2_sink(url, "homeiq", "home_assistant_events", "t", timeout_s=5)
     try:
-        result = await sink.write(LINES)
+        result = await sink.write(sink.prepare(LINES))
     finally:
         await sink.close()
     assert (result.outcome, result.status, result.retry_after_s) == (outcome, status, retry_after)
 
 
 async def test_connection_refused_is_retried() -> None:
-    sink = V2Sink("http://127.0.0.1:9", "o", "b", "t", timeout_s=2)
+    sink = v2_sink("http://127.0.0.1:9", "o", "b", "t", timeout_s=2)
     try:
-        result = await sink.write(LINES)
+        result = await sink.write(sink.prepare(LINES))
     finally:
         await sink.close()
     assert result.outcome is Outcome.RETRY and "127.0.0.1:9" in result.detail
@@ -105,7 +105,7 @@ async def test_readiness_is_an_empty_write_never_the_buckets_api(
     # points, which needs exactly the permission the writer needs.
     rec, url = recorder
     rec.answer = answer
-    sink = V2Sink(url, "homeiq", "home_assistant_events", "write-only", timeout_s=5)
+    sink = v2_sink(url, "homeiq", "home_assistant_events", "write-only", timeout_s=5)
     try:
         result = await sink.check()
     finally:

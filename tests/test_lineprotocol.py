@@ -9,7 +9,7 @@ import pytest
 
 from homeiq_local.services import InfluxServer
 from homeiq_shared.events import Context, Enrichment, NormalisedEvent, State
-from homeiq_writer.influx import Outcome, V1Sink
+from homeiq_writer.influx import Outcome, v1_sink
 from homeiq_writer.lineprotocol import encode_line, event_category, numeric_value, tag_value
 
 
@@ -76,9 +76,9 @@ def test_tags_line_protocol_cannot_carry_are_stored_as_json_literals(value: str,
 async def test_awkward_strings_round_trip_through_influxd(influx: InfluxServer, influx_db: str) -> None:
     nasty = 'a "quoted", spaced=value \\ with\nnewline and ünïcode ✓'
     event = state_event(nasty, enrichment=Enrichment(area_id="living room,=x", friendly_name=nasty))
-    sink = V1Sink(influx.url, influx_db, "", "", "", 10)
+    sink = v1_sink(influx.url, influx_db, "", "", "", 10)
     try:
-        assert (await sink.write(encode_line(event).encode())).outcome is Outcome.OK
+        assert (await sink.write(sink.prepare(encode_line(event).encode()))).outcome is Outcome.OK
     finally:
         await sink.close()
     (point,) = influx.points(influx_db)

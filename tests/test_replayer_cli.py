@@ -23,7 +23,7 @@ from homeiq_replayer.reclaim import reclaim_pass
 from homeiq_shared.health import Readiness
 from homeiq_shared.stream import DEFAULT_NAMES, connect
 from homeiq_writer.batch import BatchWriter
-from homeiq_writer.influx import V1Sink
+from homeiq_writer.influx import v1_sink
 from homeiq_writer.metrics import WriterMetrics
 from tests.helpers import FaultyHttp, wait_for
 from tests.writer_harness import fill, state_payload
@@ -171,7 +171,7 @@ def test_two_replayers_at_once_never_double_dead_letter_or_lose(
 
     async def both() -> None:
         client = connect(redis_server.url)
-        sinks = [V1Sink(influx.url, influx_db, "", "", "", 10) for _ in range(2)]
+        sinks = [v1_sink(influx.url, influx_db, "", "", "", 10) for _ in range(2)]
         try:
             writers = [BatchWriter(client, DEFAULT_NAMES, sink, WriterMetrics(CollectorRegistry()), Readiness(),
                                    f"replayer-{i}") for i, sink in enumerate(sinks)]

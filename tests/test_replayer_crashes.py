@@ -21,7 +21,7 @@ from homeiq_shared.health import Readiness
 from homeiq_shared.stream import DEFAULT_NAMES
 from homeiq_writer import batch
 from homeiq_writer.batch import BatchWriter
-from homeiq_writer.influx import V1Sink
+from homeiq_writer.influx import v1_sink
 from homeiq_writer.metrics import WriterMetrics
 from tests.helpers import FaultyHttp, Service, wait_for
 from tests.writer_harness import fill, restart_during_outage, state_payload, write_requests
@@ -115,7 +115,7 @@ async def test_an_entry_that_kills_the_replayer_while_read_is_dead_lettered_as_c
         return events.decode_event(payload)
 
     monkeypatch.setattr(batch, "decode_event", decode_or_die)
-    sink = V1Sink(influx.url, influx_db, "", "", "", 10)
+    sink = v1_sink(influx.url, influx_db, "", "", "", 10)
     try:
         for crash in (1, 2):
             # Each pass is a fresh replayer process; lease 0: the dead one's marker counts at once.

@@ -83,7 +83,7 @@ async def test_influxdb_over_tls_with_a_ca_file_with_the_system_cas_and_unverifi
                                 (False, "", Outcome.OK)):
         sink = InfluxSettings.resolve(url=url, api=api, verify_ssl=verify, ssl_ca_cert=ca).make_sink()
         try:
-            check, write = await sink.check(), await sink.write(b"m x=1 1")
+            check, write = await sink.check(), await sink.write(sink.prepare(b"m x=1 1"))
         finally:
             await sink.close()
         assert (check.outcome, write.outcome) == (outcome, outcome), (verify, ca, write.detail)
@@ -103,7 +103,7 @@ async def test_the_configuration_file_words_verify_ssl_and_ssl_ca_cert(
     assert (settings.url, settings.api, settings.ssl_ca_cert) == (url, "v1", str(certs.ca))
     sink = settings.make_sink()
     try:
-        assert (await sink.write(b"m x=1 1")).outcome is Outcome.OK
+        assert (await sink.write(sink.prepare(b"m x=1 1"))).outcome is Outcome.OK
     finally:
         await sink.close()
 

@@ -20,7 +20,7 @@ from homeiq_shared.health import Readiness
 from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, read_group
 from homeiq_writer.batch import BatchWriter
 from homeiq_writer.haschema import HaEncoder
-from homeiq_writer.influx import V1Sink
+from homeiq_writer.influx import v1_sink
 from homeiq_writer.metrics import WriterMetrics
 from homeiq_writer.schemas import make_encoder
 
@@ -58,7 +58,7 @@ async def test_homeiq_schema_event_types_entities_and_attributes(
     for payload in payloads:
         await redis_client.xadd(names.stream, {b"v": b"1", b"e": payload})
     metrics = WriterMetrics(CollectorRegistry())
-    sink = V1Sink(influx.url, influx_db, "", "", "", 10)
+    sink = v1_sink(influx.url, influx_db, "", "", "", 10)
     writer = BatchWriter(redis_client, names, sink, metrics, Readiness(), "w1",
                          encoder=make_encoder("homeiq", parse_config(CONFIG, "t")))
     try:

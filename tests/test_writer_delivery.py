@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from homeiq_local.services import InfluxServer, RedisServer
 from homeiq_shared.stream import DEFAULT_NAMES, StreamNames, connect, read_group
 from homeiq_writer.batch import BatchWriter
-from homeiq_writer.influx import V1Sink
+from homeiq_writer.influx import v1_sink
 from tests.helpers import DelayProxy, FaultyHttp, Service, wait_for
 from tests.writer_harness import (
     fill,
@@ -40,7 +40,7 @@ async def test_the_same_entries_delivered_twice_leave_the_same_points(
     # A whole replay: a second group reads the stream from the start and writes it all again.
     await redis_client.xgroup_create(DEFAULT_NAMES.stream, "replay", id="0")
     entries = await read_group(redis_client, StreamNames(group="replay"), "r1", b">", 2000)
-    sink = V1Sink(influx.url, influx_db, "", "", "", 10)
+    sink = v1_sink(influx.url, influx_db, "", "", "", 10)
     replay = BatchWriter(redis_client, StreamNames(group="replay"), sink, writer.metrics, writer.readiness, "r1")
     try:
         assert await replay.process(entries, asyncio.Event())

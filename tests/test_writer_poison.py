@@ -14,7 +14,7 @@ from homeiq_shared.events import NormalisedEvent, State, encode_event
 from homeiq_shared.health import Readiness
 from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, read_group
 from homeiq_writer.batch import BatchWriter
-from homeiq_writer.influx import V1Sink
+from homeiq_writer.influx import v1_sink
 from homeiq_writer.lineprotocol import LineEncoder
 from homeiq_writer.metrics import WriterMetrics
 
@@ -44,7 +44,7 @@ async def test_poison_is_dead_lettered_and_good_neighbours_written(
             await redis_client.xadd(names.stream, bad[("undecodable", "unknown_version", "rejected")[n // 40]])
     entries = await read_group(redis_client, names, "w1", b">", 1000)
     metrics = WriterMetrics(CollectorRegistry())
-    sink = V1Sink(influx.url, influx_db, "", "", "", 10)
+    sink = v1_sink(influx.url, influx_db, "", "", "", 10)
     try:
         writer = BatchWriter(redis_client, names, sink, metrics, Readiness(), "w1")
         assert await writer.process(entries, asyncio.Event())
@@ -82,7 +82,7 @@ async def test_an_entry_whose_encoding_raises_is_dead_lettered_and_its_neighbour
     ids = [await redis_client.xadd(names.stream, {b"v": b"1", b"e": event(n)}) for n in range(10)]
     entries = await read_group(redis_client, names, "w1", b">", 100)
     metrics = WriterMetrics(CollectorRegistry())
-    sink = V1Sink(influx.url, influx_db, "", "", "", 10)
+    sink = v1_sink(influx.url, influx_db, "", "", "", 10)
     try:
         assert await BatchWriter(redis_client, names, sink, metrics, Readiness(), "w1",
                                  encoder=encoder).process(entries, asyncio.Event())

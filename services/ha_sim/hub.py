@@ -98,14 +98,14 @@ class Hub:
         """Entities by entity_id."""
         return {entity.entity_id: entity for entity in self.population.entities}
 
-    def state_dict(self, entity: Entity) -> dict[str, Any]:
-        """HA's `State.as_dict()` for the entity's current state."""
+    def state_dict(self, entity: Entity, last_changed: str | None = None) -> dict[str, Any]:
+        """HA's `State.as_dict()` for the entity's current state (`last_changed` when already rendered)."""
         updated = iso(entity.last_updated)
         return {
             "entity_id": entity.entity_id,
             "state": entity.state,
             "attributes": entity.attributes,
-            "last_changed": iso(entity.last_changed),
+            "last_changed": last_changed or iso(entity.last_changed),
             "last_reported": updated,
             "last_updated": updated,
             "context": entity.context,
@@ -116,16 +116,20 @@ class Hub:
     ) -> SentEvent:
         """Change one entity's state and fire `state_changed` to every matching subscription."""
         entity = entity or self.rng.choice(self.population.entities)
-        old = self.state_dict(entity)
+        old = entity.shown or self.state_dict(entity)
         state, attributes = forced or next_state(entity, self.rng)
         stamp = now_ts()
-        while rendered_us(stamp) <= rendered_us(entity.last_updated):  # one state per shown microsecond
+        shown_us = rendered_us(stamp)
+        while shown_us <= (entity.shown_us or rendered_us(entity.last_updated)):  # one state per shown µs
             stamp += 1e-6
-        if state != entity.state:
+            shown_us = rendered_us(stamp)
+        changed = state != entity.state
+        if changed:
             entity.last_changed = stamp
         entity.state, entity.attributes, entity.last_updated = state, attributes, stamp
         entity.context = self._context(entity, stamp)
-        new = self.state_dict(entity)
+        new = self.state_dict(entity, None if changed else old["last_changed"])
+        entity.shown, entity.shown_us = new, shown_us
         event = {
             "event_type": "state_changed",
             "data": {"entity_id": entity.entity_id, "old_state": old, "new_state": new},

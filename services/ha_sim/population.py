@@ -52,6 +52,8 @@ class Entity:
     last_changed: float = 0.0  # raw time.time() floats, as HA keeps them
     last_updated: float = 0.0
     context: dict[str, str | None] = field(default_factory=dict)
+    shown: dict[str, Any] | None = None  # the last State.as_dict() sent: the next event's old_state
+    shown_us: int = 0  # the microsecond HA showed for last_updated
     level: float = 0.0
 
 

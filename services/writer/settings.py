@@ -12,7 +12,7 @@ from homeiq_shared.config import ConfigFile, load_config
 from homeiq_shared.logs import Log
 from homeiq_shared.settings import ConfigError, check_choice, check_positive, check_url, read_secret, ssl_context
 from homeiq_shared.stream import DEFAULT_SOCKET_TIMEOUT_S, StreamNames
-from homeiq_writer.influx import InfluxSink, V1Sink, V2Sink
+from homeiq_writer.influx import InfluxSink, v1_sink, v2_sink
 from homeiq_writer.schemas import SCHEMAS, Encoder, make_encoder
 
 log = Log(__name__)
@@ -93,8 +93,8 @@ class InfluxSettings(msgspec.Struct, frozen=True):
         the configuration file's `token` / `password`."""
         secret, tls = self.secret(), self.tls()
         if self.api == "v2":
-            return V2Sink(self.url, self.org, self.bucket, secret, self.timeout_s, tls)
-        return V1Sink(self.url, self.bucket, self.retention_policy, self.username, secret, self.timeout_s, tls)
+            return v2_sink(self.url, self.org, self.bucket, secret, self.timeout_s, tls)
+        return v1_sink(self.url, self.bucket, self.retention_policy, self.username, secret, self.timeout_s, tls)
 
     def secret(self) -> str:
         """The v2 token, or the v1 user's password (empty without a user)."""

@@ -1,0 +1,304 @@
+"""The whole pipeline on this machine: ha-sim → collector → Redis → writers → influxd, the offered rate stepped
+up until the pipeline falls behind; then a backlog drain. Beside influxd's own ceiling, measured in the same run.
+
+Per step: offered, published and written events/s, the lag at the end of the step and its trend, HA
+disconnects, latency from `time_fired` to ack (p50, p99, from the writers' histogram), and the CPU µs per event
+of every process (collector, each writer, replayer, redis-server, influxd, ha-sim = this process), from /proc.
+A step is sustained when the lag stayed flat, HA never disconnected the collector, and every event of it is in
+InfluxDB, checked point by point. Not a test: numbers on a shared machine vary.
+
+    python benchmarks/pipeline_bench.py --rates 2000,5000,10000,15000,20000 --step-seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from homeiq_hasim.hub import Hub
+from homeiq_hasim.runner import SimServer
+from homeiq_local.processes import ScriptProcess
+from homeiq_local.services import InfluxServer, RedisServer
+from homeiq_local.waiting import wait_for
+from homeiq_shared.stream import DEFAULT_NAMES
+
+sys.path.insert(0, str(Path(__file__).parent))
+from workload import payloads
+from writer_bench import BATCH, ceiling, cpu_s
+
+from homeiq_writer.influx import gzip_body
+from homeiq_writer.schemas import make_encoder
+
+TOKEN = "bench-token"  # noqa: S105 - a private simulator
+DATABASE = "pipeline"
+
+
+def samples(process: ScriptProcess) -> dict[str, float]:
+    """Every sample of a process's /metrics, keyed `name{labels}`."""
+    import urllib.request  # noqa: PLC0415
+
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    with urllib.request.urlopen(process.metrics_url, timeout=5) as resp:  # noqa: S310 - loopback
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}"] = float(sample.value)
+    return out
+
+
+def _answers(process: ScriptProcess) -> bool:
+    try:
+        samples(process)
+    except OSError:
+        return False
+    return True
+
+
+def summed(processes: list[ScriptProcess], name: str) -> float:
+    return sum(value for p in processes for key, value in samples(p).items() if key.split("{")[0] == name)
+
+
+def latency_buckets(writers: list[ScriptProcess]) -> dict[float, float]:
+    """Cumulative counts of the end-to-end latency histogram, summed over the writers."""
+    buckets: dict[float, float] = {}
+    for writer in writers:
+        for key, value in samples(writer).items():
+            if key.startswith("homeiq_event_age_at_ack_seconds_bucket{"):
+                bound = key.split("le=")[1].split(",")[0].rstrip("}")
+                le = float("inf") if bound == "+Inf" else float(bound)
+                buckets[le] = buckets.get(le, 0.0) + value
+    return buckets
+
+
+def quantile(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
+    """A quantile of the observations between two snapshots (linear within a bucket)."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    if total <= 0:
+        return None
+    rank, lower, previous = q * total, 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - previous) / max(count - previous, 1e-9)
+        lower, previous = bound, count
+    return None
+
+
+class Pipeline:
+    """Private servers and the four services; the processes whose CPU is measured."""
+
+    def __init__(self, workdir: Path, entities: int, writers: int) -> None:
+        self.workdir = workdir
+        self.redis = RedisServer(workdir / "redis", None).start()
+        self.influx = InfluxServer(workdir / "influxdb", None).start()
+        self.influx.create_database(DATABASE)
+        self.hub = Hub.create(entities, TOKEN)
+        self.sim = SimServer(self.hub)
+        self.writers: list[ScriptProcess] = []
+        self.others: dict[str, ScriptProcess] = {}
+        self.writer_count = writers
+        self.env: dict[str, str] = {}
+
+    async def start(self) -> None:
+        self.env = {"REDIS_URL": self.redis.url, "INFLUXDB_URL": self.influx.url, "INFLUXDB_API": "v1",
+                    "INFLUXDB_BUCKET": DATABASE, "HA_TOKEN": TOKEN, "HA_URL": await self.sim.start(),
+                    "METRICS_HOST": "127.0.0.1", "LOG_FORMAT": "json", "LOG_LEVEL": "WARNING",
+                    "COLLECTOR_SPOOL_DIR": str(self.workdir / "spool")}
+        self.start_writers()
+        self.others["replayer"] = ScriptProcess("replayer", self.env, self.workdir / "replayer.log")
+        self.others["collector"] = ScriptProcess("collector", self.env, self.workdir / "collector.log")
+        await wait_for(lambda: self.hub.subscribed, 30, "the collector to subscribe")
+        await self.serving()
+
+    async def serving(self) -> None:
+        """Wait until every process answers on /metrics."""
+        for process in [*self.writers, *self.others.values()]:
+            await wait_for(lambda p=process: _answers(p), 30, f"{process.name}'s /metrics")
+
+    def start_writers(self) -> None:
+        self.writers = [ScriptProcess("writer", {**self.env, "WRITER_CONSUMER": f"writer-{n}"},
+                                      self.workdir / f"writer-{n}.log", f"writer-{n}")
+                        for n in range(self.writer_count)]
+
+    def pids(self) -> dict[str, int]:
+        pids = {name: p.process.pid for name, p in self.others.items()}
+        pids |= {w.name: w.process.pid for w in self.writers}
+        assert self.redis.process is not None and self.influx.process is not None
+        return pids | {"redis": self.redis.process.pid, "influxd": self.influx.process.pid, "ha-sim": os.getpid()}
+
+    async def lag(self, client: aioredis.Redis) -> int:
+        groups: Any = await client.xinfo_groups(DEFAULT_NAMES.stream)
+        group = next(g for g in groups if g["name"] == DEFAULT_NAMES.group.encode())
+        return int(group["lag"] or 0) + int(group["pending"])
+
+    def stop(self) -> None:
+        for process in [*self.writers, *self.others.values()]:
+            process.terminate()
+        self.influx.stop()
+        self.redis.stop()
+
+
+async def step(pipeline: Pipeline, client: aioredis.Redis, rate: float, seconds: float) -> dict[str, Any]:
+    """Offer `rate` events/s for `seconds`; everything one step reports."""
+    collector = pipeline.others["collector"]
+    cpu_before = {name: cpu_s(pid) for name, pid in pipeline.pids().items()}
+    published_before = summed([collector], "homeiq_events_published_total")
+    disconnects_before = summed([collector], "homeiq_ha_disconnects_total")
+    written_before = summed(pipeline.writers, "homeiq_points_written_total")
+    latency_before = latency_buckets(pipeline.writers)
+    lags: list[int] = []
+    stop = asyncio.Event()
+
+    async def sample_lag() -> None:
+        while not stop.is_set():
+            lags.append(await pipeline.lag(client))
+            await asyncio.sleep(1)
+
+    sampler = asyncio.create_task(sample_lag())
+    started = time.perf_counter()
+    sent = await pipeline.hub.emit(int(rate * seconds), rate)
+    elapsed = time.perf_counter() - started
+    stop.set()
+    await sampler
+    lag_end = await pipeline.lag(client)
+    cpu = {name: cpu_s(pid) - cpu_before[name] for name, pid in pipeline.pids().items()}
+    latency_after = latency_buckets(pipeline.writers)
+    third = max(1, len(lags) // 3)
+    growing = sum(lags[-third:]) / third > sum(lags[:third]) / third + rate  # > 1 s more behind at the end
+    disconnects = summed([collector], "homeiq_ha_disconnects_total") - disconnects_before
+    report = {
+        "offered_per_s": rate, "sent": sent, "seconds": round(elapsed, 1),
+        "published_per_s": round((summed([collector], "homeiq_events_published_total") - published_before) / elapsed),
+        "written_per_s": round((summed(pipeline.writers, "homeiq_points_written_total") - written_before) / elapsed),
+        "lag_end": lag_end, "lag_growing": growing, "ha_disconnects": int(disconnects),
+        "latency_p50_s": _round(quantile(latency_before, latency_after, 0.5)),
+        "latency_p99_s": _round(quantile(latency_before, latency_after, 0.99)),
+        "cpu_us_per_event": {name: round(seconds_used / max(sent, 1) * 1e6, 1) for name, seconds_used in cpu.items()},
+    }
+    report["sustained"] = not growing and not disconnects and sent >= rate * seconds * 0.98
+    return report
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+async def drained(pipeline: Pipeline, client: aioredis.Redis, timeout_s: float) -> bool:
+    try:
+        await wait_for(lambda: _zero(pipeline, client), timeout_s, "the lag to drain", interval_s=0.2)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def _zero(pipeline: Pipeline, client: aioredis.Redis) -> bool:
+    return await pipeline.lag(client) == 0
+
+
+async def backlog_drain(pipeline: Pipeline, client: aioredis.Redis, events: int, rate: float) -> dict[str, Any]:
+    """Writers stopped while `events` arrive, then started: points/s until the lag is 0."""
+    for writer in pipeline.writers:
+        writer.terminate()
+    await pipeline.hub.emit(events, rate)
+    await wait_for(lambda: _published(pipeline, len(pipeline.hub.sent)), 120, "the backlog in the stream")
+    pipeline.start_writers()
+    started = time.perf_counter()  # their start-up counts: a restart after an outage is what this measures
+    await wait_for(lambda: _zero(pipeline, client), 900, "the backlog to drain", interval_s=0.05)
+    elapsed = time.perf_counter() - started
+    return {"backlog": events, "seconds": round(elapsed, 1), "points_per_s": round(events / elapsed)}
+
+
+def _published(pipeline: Pipeline, total: int) -> bool:
+    return summed([pipeline.others["collector"]], "homeiq_events_published_total") >= total
+
+
+def exact(pipeline: Pipeline) -> dict[str, int]:
+    """Every event sent against InfluxDB, point by point."""
+    points = pipeline.influx.points(DATABASE)
+    expected = {(e.entity_id, e.last_updated_us * 1000) for e in pipeline.hub.sent}
+    found = [(p["entity_id"], p["time"]) for p in points]
+    return {"sent": len(expected), "points": len(found), "lost": len(expected - set(found)),
+            "duplicated": len(found) - len(set(found)), "unexpected": len(set(found) - expected)}
+
+
+async def main(rates: list[float], step_s: float, entities: int, writers: int, backlog: int,
+               workdir: Path, ceiling_points: int = 100_000) -> dict[str, Any]:
+    entries = payloads(ceiling_points)
+    encoder = make_encoder("homeiq")
+    from homeiq_shared.events import decode_event  # noqa: PLC0415
+
+    lines = [line.encode() for p in entries if (line := encoder.encode(decode_event(p))) is not None]
+    bodies = [gzip_body(b"\n".join(lines[i:i + BATCH])) for i in range(0, len(lines), BATCH)]
+    influx_ceiling = await ceiling(workdir / "ceiling", bodies, len(lines), False)
+    print(json.dumps({"influxd_ceiling": influx_ceiling}), file=sys.stderr)
+    pipeline = Pipeline(workdir / "pipeline", entities, writers)
+    steps: list[dict[str, Any]] = []
+    try:
+        await pipeline.start()
+        client = aioredis.Redis.from_url(pipeline.redis.url)
+        try:
+            for rate in rates:
+                result = await step(pipeline, client, rate, step_s)
+                result["drained"] = await drained(pipeline, client, 60)
+                steps.append(result)
+                print(json.dumps(result), file=sys.stderr)
+                if not (result["sustained"] and result["drained"]):
+                    break
+            check = await asyncio.to_thread(exact, pipeline)
+            sustained = [s["offered_per_s"] for s in steps if s["sustained"] and s["drained"]]
+            drain = await backlog_drain(pipeline, client, backlog, max(sustained or [rates[0]]))
+        finally:
+            await client.aclose()
+    finally:
+        pipeline.stop()
+        await pipeline.sim.stop()
+    ceiling_rate = influx_ceiling["points_per_s"]
+    best = max(sustained, default=0.0) if not (check["lost"] or check["duplicated"]) else 0.0
+    return {"influxd_ceiling_points_per_s": round(ceiling_rate), "steps": steps, "point_by_point": check,
+            "highest_sustained_per_s": best, "sustained_share_of_ceiling": round(best / ceiling_rate, 3),
+            "backlog_drain": drain, "drain_share_of_ceiling": round(drain["points_per_s"] / ceiling_rate, 3),
+            "entities": entities, "writers": writers, "step_seconds": step_s}
+
+
+def table(report: dict[str, Any]) -> str:
+    """The steps as text: one row per step, CPU µs per event per process."""
+    names = sorted({name for s in report["steps"] for name in s["cpu_us_per_event"]})
+    header = ["offered", "published", "written", "lag end", "growing", "disc.", "p50 s", "p99 s", *names]
+    rows = [header] + [[str(s["offered_per_s"]), str(s["published_per_s"]), str(s["written_per_s"]),
+                        str(s["lag_end"]), str(s["lag_growing"]), str(s["ha_disconnects"]), str(s["latency_p50_s"]),
+                        str(s["latency_p99_s"]), *(str(s["cpu_us_per_event"].get(n, "")) for n in names)]
+                       for s in report["steps"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", default="2000,5000,10000,15000,20000,25000",
+                        help="offered events/s, one step each, comma-separated")
+    parser.add_argument("--step-seconds", type=float, default=60)
+    parser.add_argument("--entities", type=int, default=2000)
+    parser.add_argument("--writers", type=int, default=2)
+    parser.add_argument("--backlog", type=int, default=200_000, help="events for the backlog drain")
+    parser.add_argument("--ceiling-points", type=int, default=100_000, help="points of the ceiling measurement")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="homeiq-pipeline-bench-") as tmp:
+        result = asyncio.run(main([float(r) for r in args.rates.split(",")], args.step_seconds, args.entities,
+                                  args.writers, args.backlog, Path(tmp), args.ceiling_points))
+    print(table(result), file=sys.stderr)
+    print(json.dumps(result, indent=2))
