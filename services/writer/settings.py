@@ -121,7 +121,7 @@ class WriterSettings(msgspec.Struct, frozen=True):
     influx: InfluxSettings
     batch_size: int = 5000
     block_ms: int = 1000
-    write_interval_ms: int = 100
+    write_interval_ms: int = 200
     redis_socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other containers
     metrics_port: int = 8002
