@@ -4,15 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from homeiq_hasim.hub import MATCH_ALL, Recorded
+from homeiq_hasim.hub import HA_VERSION, MATCH_ALL, Hub, Recorded
 from homeiq_hasim.messages import error_message, pong_message, result_message
 
-if TYPE_CHECKING:
-    from homeiq_hasim.server import Connection
 
-Handler = Callable[["Connection", int, dict[str, Any]], None]
+class Connection(Protocol):
+    """What a handler needs of the connection it answers (the server's, or a test's)."""
+
+    hub: Hub
+    subscriptions: dict[int, str]
+    coalesce: bool
+
+    def send(self, message: bytes) -> None:
+        """Queue one message for the client."""
+
+
+Handler = Callable[[Connection, int, dict[str, Any]], None]
 
 # Attribute-only changes of these domains count as significant (recorder/history/const.py).
 SIGNIFICANT_DOMAINS = frozenset({"climate", "device_tracker", "humidifier", "thermostat", "water_heater"})
@@ -59,8 +68,6 @@ def get_states(conn: Connection, msg_id: int, _: dict[str, Any]) -> None:
 
 def get_config(conn: Connection, msg_id: int, _: dict[str, Any]) -> None:
     """`get_config`: the fields clients read."""
-    from homeiq_hasim.hub import HA_VERSION  # noqa: PLC0415
-
     conn.send(result_message(msg_id, {"version": HA_VERSION, "state": "RUNNING", "time_zone": "UTC",
                                       "location_name": "ha-sim", "unit_system": {"temperature": "°C"}}))
 

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from homeiq_hasim.messages import event_message, iso, now_ts, partial_event_message, rendered_us, ulid
+from homeiq_hasim.messages import Standalone, event_message, iso, now_ts, partial_event_message, rendered_us, ulid
 from homeiq_hasim.population import Entity, Population, build_population, next_state
 
 HA_VERSION = "2025.11.2"
@@ -178,8 +178,6 @@ class Hub:
 
     def send_raw(self, message: bytes) -> None:
         """Send `message` as it is, in a frame of its own, to every authenticated connection (bad frames)."""
-        from homeiq_hasim.server import Standalone  # noqa: PLC0415 - the server imports the hub
-
         for connection in self.connections:
             connection.send(Standalone(message))
 

@@ -13,6 +13,10 @@ _CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _encode = msgspec.json.Encoder().encode
 
 
+class Standalone(bytes):
+    """A message sent in a frame of its own, never inside a coalesced array (a raw frame a test injects)."""
+
+
 def json_bytes(obj: Any) -> bytes:
     """Compact JSON, as HA's orjson writes it."""
     return _encode(obj)

@@ -12,7 +12,7 @@ from aiohttp import WSMsgType, web
 
 from homeiq_hasim import commands
 from homeiq_hasim.hub import HA_VERSION, Hub
-from homeiq_hasim.messages import error_message, json_bytes
+from homeiq_hasim.messages import Standalone, error_message, json_bytes
 from homeiq_shared.logs import Log
 
 log = Log(__name__)
@@ -24,10 +24,6 @@ PENDING_MSG_PEAK_TIME_S = 10.0
 MAX_COALESCE = 256
 _decode = msgspec.json.decode
 HUB = web.AppKey("hub", Hub)
-
-
-class Standalone(bytes):
-    """A message the writer sends in a frame of its own, never inside a coalesced array."""
 
 
 class Connection:
@@ -85,7 +81,7 @@ class Connection:
                         batch.append(self._queue.popleft())
                     if len(batch) > 1:
                         frame = b"[" + b",".join(batch) + b"]"
-                await self.ws.send_str(frame.decode())
+                await self.ws.send_frame(frame, WSMsgType.TEXT)  # JSON bytes are UTF-8 already: no decode, no encode
 
     def handle(self, message: Any) -> None:
         """Validate the envelope and id order, then run the command (HA's `async_handle`)."""
@@ -137,12 +133,7 @@ async def _serve(hub: Hub, ws: web.WebSocketResponse, request: web.Request) -> w
         await _drain_until_closed(ws)
         return ws
     auth = _parse(first)
-    if not isinstance(auth, dict) or auth.get("type") != "auth" or not isinstance(auth.get("access_token"), str):
-        await ws.send_str(json_bytes({"type": "auth_invalid", "message": "Invalid access token or password"})
-                          .decode())
-        await ws.close()
-        return ws
-    if auth["access_token"] != hub.token:
+    if not (isinstance(auth, dict) and auth.get("type") == "auth" and auth.get("access_token") == hub.token):
         await ws.send_str(json_bytes({"type": "auth_invalid", "message": "Invalid access token or password"})
                           .decode())
         await ws.close()

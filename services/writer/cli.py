@@ -65,6 +65,12 @@ def run(
     batch_size: Annotated[
         int, typer.Option(envvar="WRITER_BATCH_SIZE", help="Entries per read and per InfluxDB write (max 5000).")
     ] = 5000,
+    write_interval_ms: Annotated[
+        int, typer.Option(envvar="WRITER_WRITE_INTERVAL_MS",
+                          help="While the writer keeps up (its batches are not full), it lets each batch gather "
+                               "0.1 ms per entry/s arriving, up to this, ms (0: never): InfluxDB takes bigger batches "
+                               "for less CPU per point, and at low rates events stay fresh.")
+    ] = 200,
     block_ms: Annotated[
         int, typer.Option(envvar="WRITER_BLOCK_MS",
                           help="How long one read waits for new entries, ms (at least 1 s below the socket timeout).")
@@ -100,7 +106,8 @@ def run(
                 timeout_s=influxdb_timeout_s, schema=influxdb_schema, verify_ssl=influxdb_verify_ssl,
                 ssl_ca_cert=influxdb_ssl_ca_cert, config_path=config,
             ),
-            batch_size=batch_size, block_ms=block_ms, redis_socket_timeout_s=redis_socket_timeout_s,
+            batch_size=batch_size, block_ms=block_ms, write_interval_ms=write_interval_ms,
+            redis_socket_timeout_s=redis_socket_timeout_s,
             metrics_host=metrics_host, metrics_port=metrics_port, require_aof=require_aof,
         ).validate()
         return Writer(settings).run

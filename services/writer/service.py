@@ -24,6 +24,7 @@ log = Log(__name__)
 
 READY_REDIS = "redis"
 CHECK_INTERVAL_S = 15.0
+PACE_S_PER_RATE = 1e-4  # seconds a batch gathers per entry/s arriving
 
 
 class Writer:
@@ -41,6 +42,8 @@ class Writer:
             encoder=settings.influx.make_encoder(),
         )
         self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness, self.registry)
+        self._write_interval_s = settings.write_interval_ms / 1000
+        self._last_check = self._last_pace = 0.0
         self.health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -64,7 +67,6 @@ class Writer:
         names, backoff = self.settings.names, Backoff(base_s=0.5, cap_s=15.0)
         group_ready = False
         cursor = b"0"
-        last_check = 0.0
         ahead: asyncio.Task[tuple[list[Entry], Batch]] | None = None
         try:
             while not stop.is_set():
@@ -72,9 +74,7 @@ class Writer:
                     if not group_ready:
                         await ensure_group(self.redis, names)
                         group_ready = True
-                        await self.persistence.check(self.redis)
-                        await self.batches.check()  # readiness says at once if InfluxDB refuses us
-                        last_check = time.monotonic()
+                        await self._check(idle=True)  # readiness says at once if InfluxDB refuses us
                     entries, batch = await (ahead if ahead is not None else self._read_and_prepare(cursor))
                     ahead = None
                     self.readiness.ok(READY_REDIS)
@@ -83,18 +83,19 @@ class Writer:
                         cursor = b">"
                         log.info("own_pending_drained", consumer=self.settings.consumer)
                         continue
-                    if time.monotonic() - last_check > CHECK_INTERVAL_S:
-                        await self.persistence.check(self.redis)
-                        if not entries:  # idle: is InfluxDB still there?
-                            await self.batches.check()
-                        last_check = time.monotonic()
+                    if time.monotonic() - self._last_check > CHECK_INTERVAL_S:
+                        await self._check(idle=not entries)
                     if not entries:
                         continue
+                    keeping_up = cursor == b">" and len(entries) < self.settings.batch_size
                     if cursor != b">":
                         cursor = entries[-1][0]  # continue through our pending list after the last seen id
-                    elif self.batches.healthy:
+                    elif self.batches.healthy and not keeping_up:
                         ahead = asyncio.create_task(self._read_and_prepare(cursor), name="read-ahead")
+                    started = time.monotonic()
                     await self.batches.write(batch, stop)
+                    if keeping_up:  # paced: let the next batch grow (behind, the full batches go back to back)
+                        await wait_or_stop(stop, self._pace_s(len(entries)) - (time.monotonic() - started))
                 except (RedisError, OSError) as exc:
                     await _abandon(ahead)
                     # Acks may have been lost with Redis: start again from our own pending entries.
@@ -110,6 +111,22 @@ class Writer:
                 await self.batches.acked()
             except (RedisError, OSError) as exc:  # written but not acked: ours to re-read (and rewrite) at start
                 log.warning("ack_failed", error=describe_redis_error(self.settings.redis_url, exc))
+
+    def _pace_s(self, batch: int) -> float:
+        """How long to let the next batch gather: 0.1 ms per entry/s this writer sees, up to the write interval.
+        At 500 entries/s 50 ms (events stay fresh); from 2,000/s the 200 ms cap (batches of 400 and more, where
+        InfluxDB spends a fifth less CPU per point than on the ~200 a free-running writer sends)."""
+        now = time.monotonic()
+        elapsed, self._last_pace = now - self._last_pace, now
+        rate = batch / elapsed if elapsed > 0 else 0.0
+        return min(self._write_interval_s, rate * PACE_S_PER_RATE)
+
+    async def _check(self, idle: bool) -> None:
+        """Is Redis still persistent, and (when idle: no write says so) does InfluxDB still take our writes?"""
+        await self.persistence.check(self.redis)
+        if idle:
+            await self.batches.check()
+        self._last_check = time.monotonic()
 
     async def _read_and_prepare(self, cursor: bytes) -> tuple[list[Entry], Batch]:
         entries = await self._read(cursor)

@@ -121,6 +121,7 @@ class WriterSettings(msgspec.Struct, frozen=True):
     influx: InfluxSettings
     batch_size: int = 5000
     block_ms: int = 1000
+    write_interval_ms: int = 200
     redis_socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other containers
     metrics_port: int = 8002
@@ -134,6 +135,8 @@ class WriterSettings(msgspec.Struct, frozen=True):
         if not 1 <= self.batch_size <= 5000:
             raise ConfigError(f"WRITER_BATCH_SIZE: must be between 1 and 5000, got {self.batch_size}")
         check_positive("WRITER_BLOCK_MS", self.block_ms)
+        if not 0 <= self.write_interval_ms <= 10_000:
+            raise ConfigError(f"WRITER_WRITE_INTERVAL_MS: must be between 0 and 10000, got {self.write_interval_ms}")
         check_positive("REDIS_SOCKET_TIMEOUT_S", self.redis_socket_timeout_s)
         if self.block_ms + BLOCK_MARGIN_MS > self.redis_socket_timeout_s * 1000:
             # Otherwise every read of an idle stream times out as if Redis were down (unready, reconnects).
