@@ -84,9 +84,9 @@ def test_settings_come_from_the_file_and_the_environment_overrides_it(
     assert (overridden.url, overridden.bucket, overridden.schema, overridden.org) == (
         "http://other:8086", "b2", "homeiq", "home")
     monkeypatch.setenv("INFLUXDB_TOKEN", "from-env")
-    assert settings.make_sink()._token == "from-env"  # type: ignore[attr-defined]
+    assert settings.secret() == "from-env"
     monkeypatch.delenv("INFLUXDB_TOKEN")
-    assert settings.make_sink()._token == "s3cret-token-xyz"  # type: ignore[attr-defined]
+    assert settings.secret() == "s3cret-token-xyz"
 
 
 def test_v1_defaults_are_the_integrations() -> None:
