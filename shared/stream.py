@@ -12,6 +12,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
+from homeiq_shared.events import PAYLOAD_VERSION
 from homeiq_shared.settings import redact_url
 
 FIELD_VERSION: Final = b"v"
@@ -24,18 +25,9 @@ Entry = tuple[bytes, list[bytes]]
 DEAD_REASON: Final = b"reason"
 DEAD_DETAIL: Final = b"detail"
 DEAD_ORIGINAL_ID: Final = b"original_id"
+DEAD_CONSUMER: Final = b"consumer"
 
 
-# Ack an entry and copy it to the dead-letter stream in one step; a second caller finds it acked and
-# adds nothing (two replayers never dead-letter the same entry twice). `force` records ids whose entry
-# is already gone from the pending list (XAUTOCLAIM's deleted ids).
-# KEYS: stream, dead. ARGV: group, id, force, field, value, ...
-DEAD_LETTER_SCRIPT: Final = """
-local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-if acked == 0 and ARGV[3] ~= '1' then return 0 end
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
-return 1
-"""
 
 
 class StreamNames(msgspec.Struct, frozen=True):
@@ -152,6 +144,42 @@ async def fetch_entries(client: aioredis.Redis, names: StreamNames, ids: list[by
     # XRANGE's reply comes as (id, {field: value}): back to the field list Redis sent.
     return [(entry_id, [part for pair in entry[0][1].items() for part in pair] if entry else [])
             for entry_id, entry in zip(ids, found, strict=True)]
+
+
+def entry_fields(payload: bytes) -> dict[bytes, bytes]:
+    """The fields of one entry carrying `payload` (the `e` field: a normalised event, msgspec JSON)."""
+    return {FIELD_VERSION: PAYLOAD_VERSION.encode(), FIELD_EVENT: payload}
+
+
+def xadd_batch_args(payloads: list[bytes]) -> list[bytes]:
+    """The arguments of XADD_BATCH_SCRIPT for these payloads."""
+    return [FIELD_VERSION, PAYLOAD_VERSION.encode(), FIELD_EVENT, *payloads]
+
+
+def dead_letter_fields(fields: list[bytes], reason: str, detail: str, original_id: bytes, consumer: str
+                       ) -> list[bytes]:
+    """A dead letter: the entry's own fields (its payload, when it still had one), then why and by whom."""
+    return [*fields, DEAD_REASON, reason.encode(), DEAD_DETAIL, detail.encode(), DEAD_ORIGINAL_ID, original_id,
+            DEAD_CONSUMER, consumer.encode()]
+
+
+class DeadLetter(msgspec.Struct):
+    """One dead-lettered entry, as `dead_letter_fields` wrote it."""
+
+    id: str
+    original_id: str
+    reason: str
+    detail: str
+    consumer: str
+    has_payload: bool
+
+
+def dead_letter_of(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
+    """Parse an entry of the dead-letter stream (its detail cut to 200 characters)."""
+    text = {key: fields.get(key, b"").decode(errors="replace")
+            for key in (DEAD_ORIGINAL_ID, DEAD_REASON, DEAD_DETAIL, DEAD_CONSUMER)}
+    return DeadLetter(id=entry_id.decode(), original_id=text[DEAD_ORIGINAL_ID], reason=text[DEAD_REASON],
+                      detail=text[DEAD_DETAIL][:200], consumer=text[DEAD_CONSUMER], has_payload=FIELD_EVENT in fields)
 
 
 def payload_of(fields: list[bytes]) -> tuple[bytes | None, bytes | None]:

@@ -18,7 +18,7 @@ from homeiq_collector.settings import CollectorSettings
 from homeiq_hasim.hub import Hub
 from homeiq_hasim.runner import SimServer
 from homeiq_shared.events import NormalisedEvent, decode_event
-from homeiq_shared.stream import DEFAULT_NAMES
+from homeiq_shared.stream import DEFAULT_NAMES, FIELD_EVENT
 
 TOKEN = "collector-test-token-7f3a9c"
 
@@ -71,7 +71,7 @@ async def running_collector(
 async def stream_events(client: aioredis.Redis) -> list[NormalisedEvent]:
     """Every event in the stream, decoded, in order."""
     entries = await client.xrange(DEFAULT_NAMES.stream)
-    return [decode_event(fields[b"e"]) for _, fields in entries]
+    return [decode_event(fields[FIELD_EVENT]) for _, fields in entries]
 
 
 @contextlib.asynccontextmanager

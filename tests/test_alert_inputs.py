@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from homeiq_local.services import InfluxServer, RedisServer
 from homeiq_replayer.stream_metrics import StreamMetrics
-from homeiq_shared.stream import DEFAULT_NAMES, ensure_group
+from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, entry_fields
 from tests.collector_harness import running_collector, simulator
 from tests.helpers import wait_for
 from tests.writer_harness import metric, running_writer, state_payload, writer_settings
@@ -25,7 +25,7 @@ async def test_lag_is_the_age_of_the_oldest_undelivered_entry(
     await ensure_group(redis_client, DEFAULT_NAMES)
     now_ms = int(time.time() * 1000)
     for age_s in (120, 60, 5):
-        await redis_client.xadd(DEFAULT_NAMES.stream, {b"v": b"1", b"e": state_payload(age_s)},
+        await redis_client.xadd(DEFAULT_NAMES.stream, entry_fields(state_payload(age_s)),
                                 id=f"{now_ms - age_s * 1000}-0")
     await gauges.refresh(redis_client, DEFAULT_NAMES)
     assert 119 <= (registry.get_sample_value("homeiq_stream_lag_seconds") or 0) <= 125
@@ -63,7 +63,7 @@ async def test_latency_counts_live_events_only_a_backfilled_state_is_as_old_as_i
     hour_ago_ns = time.time_ns() - 3600 * 10**9
     for n, source in enumerate(("live", "backfill", "snapshot", "live")):
         payload = state_payload(n, time_ns=hour_ago_ns + n * 1000, source=source)
-        await redis_client.xadd(DEFAULT_NAMES.stream, {b"v": b"1", b"e": payload})
+        await redis_client.xadd(DEFAULT_NAMES.stream, entry_fields(payload))
     async with running_writer(writer_settings(redis_server.url, influx.url, influx_db)) as writer:
         await wait_for(lambda: metric(writer, "homeiq_points_written_total") == 4, 10, "4 points written")
         assert metric(writer, "homeiq_event_age_at_ack_seconds_count") == 2

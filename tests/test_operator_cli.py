@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from homeiq_local.services import RedisServer
 from homeiq_replayer.cli import app
 from homeiq_shared.settings import ConfigError, check_url
-from homeiq_shared.stream import DEFAULT_NAMES
+from homeiq_shared.stream import DEAD_REASON, DEFAULT_NAMES, FIELD_EVENT, FIELD_VERSION
 
 runner = CliRunner()
 
@@ -26,8 +26,8 @@ def test_connection_options_are_accepted_after_the_subcommand(
     redis_server: RedisServer, redis_client: aioredis.Redis
 ) -> None:
     client = redis.Redis.from_url(redis_server.url)
-    client.xadd("other:events", {b"v": b"1", b"e": b"{}"})
-    client.xadd("other:dead", {b"reason": b"rejected"})
+    client.xadd("other:events", {FIELD_VERSION: b"1", FIELD_EVENT: b"{}"})
+    client.xadd("other:dead", {DEAD_REASON: b"rejected"})
     result = runner.invoke(app, ["pending", "--redis-url", redis_server.url, "--stream", "other:events", "--json"],
                            env={"REDIS_URL": "redis://127.0.0.1:1/0"})
     assert result.exit_code == 0, result.output
@@ -43,7 +43,7 @@ def test_a_purge_asks_first_and_a_dry_run_changes_nothing(
 ) -> None:
     client = redis.Redis.from_url(redis_server.url)
     for n in range(3):
-        client.xadd(DEFAULT_NAMES.dead, {b"reason": b"rejected", b"n": str(n).encode()})
+        client.xadd(DEFAULT_NAMES.dead, {DEAD_REASON: b"rejected", b"n": str(n).encode()})
     env = {"REDIS_URL": redis_server.url}
     dry = runner.invoke(app, ["dead-letter", "purge", "--all", "--dry-run", "--json"], env=env)
     assert dry.exit_code == 0, dry.output
@@ -57,7 +57,7 @@ def test_a_purge_asks_first_and_a_dry_run_changes_nothing(
     assert confirmed.exit_code == 0, confirmed.output
     # The runner echoes the typed answer to stdout as a terminal would; the JSON follows it.
     assert json.loads(confirmed.stdout.split("\n", 1)[1]) == {"removed": 3}
-    client.xadd(DEFAULT_NAMES.dead, {b"reason": b"rejected"})
+    client.xadd(DEFAULT_NAMES.dead, {DEAD_REASON: b"rejected"})
     scripted = runner.invoke(app, ["dead-letter", "purge", "--before", str(int(time.time() * 1000) + 1000), "--yes",
                                    "--json"], env=env)
     assert json.loads(scripted.stdout) == {"removed": 1}
@@ -71,7 +71,7 @@ def test_pending_on_an_empty_redis_says_there_is_no_stream_then_no_group(
     assert empty.exit_code == 0, empty.output
     assert "no stream homeiq:events yet" in empty.stdout and "unknown" not in empty.stdout
     assert json.loads(runner.invoke(app, ["pending", "--json"], env=env).stdout)["state"] == "no_stream"
-    redis.Redis.from_url(redis_server.url).xadd(DEFAULT_NAMES.stream, {b"v": b"1", b"e": b"{}"})
+    redis.Redis.from_url(redis_server.url).xadd(DEFAULT_NAMES.stream, {FIELD_VERSION: b"1", FIELD_EVENT: b"{}"})
     no_group = runner.invoke(app, ["pending"], env=env)
     assert "no group writers yet" in no_group.stdout and "unknown" not in no_group.stdout
     assert json.loads(runner.invoke(app, ["pending", "--json"], env=env).stdout)["state"] == "no_group"

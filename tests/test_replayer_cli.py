@@ -21,7 +21,7 @@ from homeiq_local.services import InfluxServer, RedisServer, free_port
 from homeiq_replayer.cli import app
 from homeiq_replayer.reclaim import reclaim_pass
 from homeiq_shared.health import Readiness
-from homeiq_shared.stream import DEFAULT_NAMES, connect
+from homeiq_shared.stream import DEFAULT_NAMES, FIELD_EVENT, FIELD_VERSION, connect
 from homeiq_writer.batch import BatchWriter
 from homeiq_writer.influx import v1_sink
 from homeiq_writer.metrics import WriterMetrics
@@ -83,7 +83,7 @@ def test_poison_goes_to_dead_letter_with_reasons_and_redrive_writes_it_once_fixe
 ) -> None:
     asyncio.run(fill_sync(redis_server, [state_payload(n) for n in range(20)]))
     client = sync_client(redis_server)
-    client.xadd(STREAM, {b"v": b"1", b"e": b"{broken"})
+    client.xadd(STREAM, {FIELD_VERSION: b"1", FIELD_EVENT: b"{broken"})
     leave_pending(client, "dead-writer", 100)
     # InfluxDB refuses every line (say, a retention policy or a limit): all of it ends in dead-letter.
     proxy = FaultyHttp(influx.url)

@@ -18,7 +18,7 @@ from homeiq_replayer.crashes import CrashLedger
 from homeiq_replayer.reclaim import reclaim_pass
 from homeiq_shared import events
 from homeiq_shared.health import Readiness
-from homeiq_shared.stream import DEFAULT_NAMES
+from homeiq_shared.stream import DEAD_ORIGINAL_ID, DEAD_REASON, DEFAULT_NAMES, FIELD_EVENT
 from homeiq_writer import batch
 from homeiq_writer.batch import BatchWriter
 from homeiq_writer.influx import v1_sink
@@ -97,8 +97,8 @@ async def test_a_suspect_crashing_its_reader_is_dead_lettered_after_max_crashes_
             assert set(await deliveries(redis_client)) == {crasher, other}
     assert summary["dead_lettered"] == 1
     (dead,) = await redis_client.xrange(DEFAULT_NAMES.dead)
-    assert dead[1][b"reason"] == b"crashed_reader" and dead[1][b"original_id"] == crasher
-    assert dead[1][b"e"] == state_payload(0)  # the payload is kept for a redrive
+    assert dead[1][DEAD_REASON] == b"crashed_reader" and dead[1][DEAD_ORIGINAL_ID] == crasher
+    assert dead[1][FIELD_EVENT] == state_payload(0)  # the payload is kept for a redrive
     assert set(await deliveries(redis_client)) == {other}
     await alive.release()
 
@@ -136,7 +136,7 @@ async def test_an_entry_that_kills_the_replayer_while_read_is_dead_lettered_as_c
         await sink.close()
     assert summary.dead_lettered == 1 and summary.written == 1 and summary.suspects == 1
     (dead,) = await redis_client.xrange(DEFAULT_NAMES.dead)
-    assert dead[1][b"reason"] == b"crashed_reader" and dead[1][b"original_id"] == crasher
+    assert dead[1][DEAD_REASON] == b"crashed_reader" and dead[1][DEAD_ORIGINAL_ID] == crasher
     assert (await redis_client.xpending(STREAM, GROUP))["pending"] == 0
     assert influx.count(influx_db) == 1 and good not in await deliveries(redis_client)
 

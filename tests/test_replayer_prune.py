@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 
 from homeiq_local.services import RedisServer
 from homeiq_replayer import operations
-from homeiq_shared.stream import DEFAULT_NAMES, connect, ensure_group
+from homeiq_shared.stream import DEFAULT_NAMES, FIELD_EVENT, FIELD_VERSION, connect, ensure_group
 from tests.helpers import wait_for
 
 STREAM, GROUP = DEFAULT_NAMES.stream, DEFAULT_NAMES.group
@@ -25,10 +25,10 @@ async def consumers(client: aioredis.Redis) -> set[str]:
 
 async def test_idle_empty_consumers_are_pruned_and_busy_or_live_ones_kept(redis_client: aioredis.Redis) -> None:
     await ensure_group(redis_client, DEFAULT_NAMES)
-    first = await redis_client.xadd(STREAM, {b"v": b"1", b"e": b"{}"})
+    first = await redis_client.xadd(STREAM, {FIELD_VERSION: b"1", FIELD_EVENT: b"{}"})
     await redis_client.xreadgroup(GROUP, "gone", {STREAM: ">"}, count=1)
     await redis_client.xack(STREAM, GROUP, first)  # a writer that wrote its last entry and went away
-    await redis_client.xadd(STREAM, {b"v": b"1", b"e": b"{}"})
+    await redis_client.xadd(STREAM, {FIELD_VERSION: b"1", FIELD_EVENT: b"{}"})
     await redis_client.xreadgroup(GROUP, "stuck", {STREAM: ">"}, count=1)  # died holding an entry
 
     async def both_idle() -> bool:
@@ -36,7 +36,7 @@ async def test_idle_empty_consumers_are_pruned_and_busy_or_live_ones_kept(redis_
 
     await wait_for(both_idle, 10, "two consumers idle for 0.3 s")
     # A live writer that has just written and acked what it read: nothing pending, but not idle.
-    last = await redis_client.xadd(STREAM, {b"v": b"1", b"e": b"{}"})
+    last = await redis_client.xadd(STREAM, {FIELD_VERSION: b"1", FIELD_EVENT: b"{}"})
     await redis_client.xreadgroup(GROUP, "live", {STREAM: ">"}, count=1)
     await redis_client.xack(STREAM, GROUP, last)
 
@@ -49,11 +49,11 @@ async def test_a_consumer_given_an_entry_while_pruning_is_never_pruned(
     redis_client: aioredis.Redis, redis_server: RedisServer
 ) -> None:
     await ensure_group(redis_client, DEFAULT_NAMES)
-    first = await redis_client.xadd(STREAM, {b"v": b"1", b"e": b"{}"})
+    first = await redis_client.xadd(STREAM, {FIELD_VERSION: b"1", FIELD_EVENT: b"{}"})
     await redis_client.xreadgroup(GROUP, "w1", {STREAM: ">"}, count=1)
     await redis_client.xack(STREAM, GROUP, first)  # w1 has nothing pending
     await wait_for(lambda: _idle_over(redis_client, "w1", 300), 10, "w1 idle for 0.3 s")
-    entry_id = await redis_client.xadd(STREAM, {b"v": b"1", b"e": b"{}"})
+    entry_id = await redis_client.xadd(STREAM, {FIELD_VERSION: b"1", FIELD_EVENT: b"{}"})
 
     # The race, made deterministic: w1 reads the new entry just before the pruner's deleting command
     # reaches Redis (whatever form it takes), after every check the pruner made before it.

@@ -12,13 +12,19 @@ from redis.exceptions import ResponseError
 
 from homeiq_local.services import RedisServer
 from homeiq_replayer import operations
-from homeiq_shared.stream import DEFAULT_NAMES, RESUME_MARGIN_MS, connect, ensure_group
+from homeiq_shared.stream import (
+    DEFAULT_NAMES,
+    RESUME_MARGIN_MS,
+    connect,
+    ensure_group,
+    entry_fields,
+)
 
 STREAM, GROUP = DEFAULT_NAMES.stream, DEFAULT_NAMES.group
 
 
 async def add(client: aioredis.Redis, n: int) -> list[bytes]:
-    return [await client.xadd(STREAM, {b"v": b"1", b"e": str(i).encode()}) for i in range(n)]
+    return [await client.xadd(STREAM, entry_fields(str(i).encode())) for i in range(n)]
 
 
 async def stream_ids(client: aioredis.Redis) -> list[bytes]:
@@ -48,9 +54,8 @@ async def test_trim_keeps_what_a_restarted_collector_reads_back(redis_client: ai
     """Written and acked, but newer than the collector's watermark less the margin: a restarted collector
     must see these in the stream, or it publishes them again (with a newer registry: a second series)."""
     await ensure_group(redis_client, DEFAULT_NAMES)
-    old = [await redis_client.xadd(STREAM, {b"v": b"1", b"e": b"{}"}, id=f"{ms}-0") for ms in (1000, 2000)]
-    recent = [await redis_client.xadd(STREAM, {b"v": b"1", b"e": b"{}"}, id=f"{ms}-0")
-              for ms in (40_000, 41_000, 50_000)]
+    old = [await redis_client.xadd(STREAM, entry_fields(b"{}"), id=f"{ms}-0") for ms in (1000, 2000)]
+    recent = [await redis_client.xadd(STREAM, entry_fields(b"{}"), id=f"{ms}-0") for ms in (40_000, 41_000, 50_000)]
     await redis_client.xreadgroup(GROUP, "w1", {STREAM: ">"}, count=10)
     await redis_client.xack(STREAM, GROUP, *old, *recent)  # every entry written
     watermark_ms = 41_000 + RESUME_MARGIN_MS

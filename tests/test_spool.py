@@ -16,6 +16,7 @@ from homeiq_collector.publisher import Publisher
 from homeiq_collector.spool import Policy, Spool
 from homeiq_local.services import RedisServer, free_port
 from homeiq_shared.health import Readiness
+from homeiq_shared.stream import FIELD_EVENT
 from tests.helpers import DelayProxy, wait_for
 
 
@@ -143,7 +144,7 @@ async def test_drop_oldest_never_drops_what_the_drainer_is_publishing(tmp_path: 
             await asyncio.sleep(0.002)
         await wait_for(lambda: publisher.pending == 0 or task.done(), 60, "the spool drained")
         assert not task.done(), task.exception()
-        entries = [fields[b"e"] for _, fields in await reader.xrange("s")]
+        entries = [fields[FIELD_EVENT] for _, fields in await reader.xrange("s")]
         assert set(entries) <= {payload(n) for n in range(330)}  # no garbage from a misaligned read
         assert len(entries) == len(set(entries))  # nothing published twice
         assert dropped(metrics) > 0  # the spool really was full

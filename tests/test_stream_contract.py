@@ -10,9 +10,12 @@ import redis.asyncio as aioredis
 from homeiq_local.services import RedisServer
 from homeiq_shared.stream import (
     DEFAULT_NAMES,
+    FIELD_EVENT,
+    FIELD_VERSION,
     connect,
     ensure_group,
     entries_of,
+    entry_fields,
     payload_of,
     read_group,
     read_pending,
@@ -20,11 +23,11 @@ from homeiq_shared.stream import (
 
 
 @pytest.mark.parametrize(("fields", "expected"), [
-    ([b"v", b"1", b"e", b"{}"], (b"1", b"{}")),  # as the collector adds them
-    ([b"e", b"{}", b"v", b"1"], (b"1", b"{}")),
-    ([b"v", b"2", b"x", b"y", b"e", b"{}"], (b"2", b"{}")),
-    ([b"e", b"{}"], (None, b"{}")),
-    ([b"v", b"1"], (b"1", None)),
+    ([FIELD_VERSION, b"1", FIELD_EVENT, b"{}"], (b"1", b"{}")),  # as the collector adds them
+    ([FIELD_EVENT, b"{}", FIELD_VERSION, b"1"], (b"1", b"{}")),
+    ([FIELD_VERSION, b"2", b"x", b"y", FIELD_EVENT, b"{}"], (b"2", b"{}")),
+    ([FIELD_EVENT, b"{}"], (None, b"{}")),
+    ([FIELD_VERSION, b"1"], (b"1", None)),
     ([], (None, None)),
 ])
 def test_payload_of_finds_version_and_event_wherever_they_are(
@@ -34,27 +37,30 @@ def test_payload_of_finds_version_and_event_wherever_they_are(
 
 
 def test_a_trimmed_entry_has_no_fields() -> None:
-    assert entries_of([[b"1-0", [b"v", b"1"]], [b"2-0", None]]) == [(b"1-0", [b"v", b"1"]), (b"2-0", [])]
+    assert entries_of([[b"1-0", [FIELD_VERSION, b"1"]], [b"2-0", None]]) == [
+        (b"1-0", [FIELD_VERSION, b"1"]), (b"2-0", [])]
     assert entries_of(None) == []
 
 
 async def test_read_group_returns_ids_and_field_lists_in_stream_order(redis_client: aioredis.Redis) -> None:
     await ensure_group(redis_client, DEFAULT_NAMES)
-    ids = [await redis_client.xadd(DEFAULT_NAMES.stream, {b"v": b"1", b"e": str(n).encode()}) for n in range(3)]
+    ids = [await redis_client.xadd(DEFAULT_NAMES.stream, entry_fields(str(n).encode())) for n in range(3)]
     entries = await read_group(redis_client, DEFAULT_NAMES, "w1", b">", 10)
-    assert entries == [(entry_id, [b"v", b"1", b"e", str(n).encode()]) for n, entry_id in enumerate(ids)]
+    assert entries == [(entry_id, [FIELD_VERSION, b"1", FIELD_EVENT, str(n).encode()])
+                       for n, entry_id in enumerate(ids)]
     assert await read_group(redis_client, DEFAULT_NAMES, "w1", b">", 10, block_ms=10) == []
     assert [e[0] for e in await read_group(redis_client, DEFAULT_NAMES, "w1", b"0", 10)] == ids  # own pending
 
 
 async def test_read_pending_returns_own_entries_without_delivering_them_again(redis_client: aioredis.Redis) -> None:
     await ensure_group(redis_client, DEFAULT_NAMES)
-    ids = [await redis_client.xadd(DEFAULT_NAMES.stream, {b"v": b"1", b"e": str(n).encode()}) for n in range(4)]
+    ids = [await redis_client.xadd(DEFAULT_NAMES.stream, entry_fields(str(n).encode())) for n in range(4)]
     await read_group(redis_client, DEFAULT_NAMES, "w1", b">", 3)
     await read_group(redis_client, DEFAULT_NAMES, "w2", b">", 1)
     await redis_client.xdel(DEFAULT_NAMES.stream, ids[1])  # pending, payload gone
     assert await read_pending(redis_client, DEFAULT_NAMES, "w1", b"0", 10) == [
-        (ids[0], [b"v", b"1", b"e", b"0"]), (ids[1], []), (ids[2], [b"v", b"1", b"e", b"2"])]
+        (ids[0], [FIELD_VERSION, b"1", FIELD_EVENT, b"0"]), (ids[1], []),
+        (ids[2], [FIELD_VERSION, b"1", FIELD_EVENT, b"2"])]
     assert [e[0] for e in await read_pending(redis_client, DEFAULT_NAMES, "w1", ids[0], 1)] == [ids[1]]
     assert await read_pending(redis_client, DEFAULT_NAMES, "w1", ids[2], 10) == []
     rows = await redis_client.xpending_range(DEFAULT_NAMES.stream, DEFAULT_NAMES.group, "-", "+", 10)

@@ -17,7 +17,7 @@ from homeiq_local.services import InfluxServer
 from homeiq_shared.config import parse_config
 from homeiq_shared.events import NormalisedEvent, State, encode_event
 from homeiq_shared.health import Readiness
-from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, read_group
+from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, entry_fields, read_group
 from homeiq_writer.batch import BatchWriter
 from homeiq_writer.haschema import HaEncoder
 from homeiq_writer.influx import v1_sink
@@ -56,13 +56,14 @@ async def test_homeiq_schema_event_types_entities_and_attributes(
                                      data=msgspec.Raw(b'{"name":"x"}'))),
     ]
     for payload in payloads:
-        await redis_client.xadd(names.stream, {b"v": b"1", b"e": payload})
+        await redis_client.xadd(names.stream, entry_fields(payload))
     metrics = WriterMetrics(CollectorRegistry())
     sink = v1_sink(influx.url, influx_db, "", "", "", 10)
     writer = BatchWriter(redis_client, names, sink, metrics, Readiness(), "w1",
                          encoder=make_encoder("homeiq", parse_config(CONFIG, "t")))
     try:
-        assert await writer.process(await read_group(redis_client, names, "w1", b">", 100), asyncio.Event())
+        entries = await read_group(redis_client, names, "w1", b">", 100)
+        assert not (await writer.handle(entries, asyncio.Event())).given_up
     finally:
         await sink.close()
     points = {p.get("entity_id") or p["event_type"]: p for p in influx.points(influx_db)}

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from homeiq_local.services import InfluxServer, free_port
-from homeiq_shared.stream import DEFAULT_NAMES
+from homeiq_shared.stream import DEAD_DETAIL, DEAD_REASON, DEFAULT_NAMES, FIELD_EVENT
 from homeiq_writer.influx import Outcome, classify
 from tests.helpers import FaultyHttp, wait_for
 from tests.writer_harness import fill, group_state, metric, running_writer, state_payload, writer_settings
@@ -28,7 +28,7 @@ async def test_one_bad_line_in_5000_costs_only_that_entry(
         assert metric(writer, "homeiq_dead_lettered_total", reason="rejected") == 1
     assert influx.count(influx_db) == 4999
     (dead,) = await redis_client.xrange(DEFAULT_NAMES.dead)
-    assert dead[1][b"e"] == payloads[2500] and dead[1][b"reason"] == b"rejected"
+    assert dead[1][FIELD_EVENT] == payloads[2500] and dead[1][DEAD_REASON] == b"rejected"
 
 
 async def test_rejected_entry_whose_data_mentions_bucket_precision_gzip_is_dead_lettered_not_retried(
@@ -47,8 +47,8 @@ async def test_rejected_entry_whose_data_mentions_bucket_precision_gzip_is_dead_
         assert (await group_state(redis_client))["pending"] == 0
     assert influx.count(influx_db) == 299
     (dead,) = await redis_client.xrange(DEFAULT_NAMES.dead)
-    assert dead[1][b"e"] == payloads[150] and dead[1][b"reason"] == b"rejected"
-    assert words.encode() in dead[1][b"detail"]
+    assert dead[1][FIELD_EVENT] == payloads[150] and dead[1][DEAD_REASON] == b"rejected"
+    assert words.encode() in dead[1][DEAD_DETAIL]
 
 
 # What influxd 1.6.7 answered to each (tried here), and what InfluxDB 2.x answers (its http/write_handler.go,

@@ -43,7 +43,7 @@ async def test_the_same_entries_delivered_twice_leave_the_same_points(
     sink = v1_sink(influx.url, influx_db, "", "", "", 10)
     replay = BatchWriter(redis_client, StreamNames(group="replay"), sink, writer.metrics, writer.readiness, "r1")
     try:
-        assert await replay.process(entries, asyncio.Event())
+        assert not (await replay.handle(entries, asyncio.Event())).given_up
     finally:
         await sink.close()
     second = sorted(influx.points(influx_db), key=lambda p: (p["entity_id"], p["time"]))

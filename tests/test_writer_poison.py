@@ -12,8 +12,18 @@ from prometheus_client import CollectorRegistry
 from homeiq_local.services import InfluxServer
 from homeiq_shared.events import NormalisedEvent, State, encode_event
 from homeiq_shared.health import Readiness
-from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, read_group
-from homeiq_writer.batch import BatchWriter
+from homeiq_shared.stream import (
+    DEAD_DETAIL,
+    DEAD_ORIGINAL_ID,
+    DEAD_REASON,
+    DEFAULT_NAMES,
+    FIELD_EVENT,
+    FIELD_VERSION,
+    ensure_group,
+    entry_fields,
+    read_group,
+)
+from homeiq_writer.batch import BatchWriter, Handled
 from homeiq_writer.influx import v1_sink
 from homeiq_writer.lineprotocol import LineEncoder
 from homeiq_writer.metrics import WriterMetrics
@@ -33,31 +43,38 @@ async def test_poison_is_dead_lettered_and_good_neighbours_written(
     await ensure_group(redis_client, names)
     good = [event(n) for n in range(100)]
     bad = {
-        "undecodable": {b"v": b"1", b"e": b'{"event_type": 42'},
-        "unknown_version": {b"v": b"9", b"e": event(1000)},
+        "undecodable": {FIELD_VERSION: b"1", FIELD_EVENT: b'{"event_type": 42'},
+        "unknown_version": {FIELD_VERSION: b"9", FIELD_EVENT: event(1000)},
         # A timestamp InfluxDB cannot store: the batch is refused, bisected, and only this entry fails.
-        "rejected": {b"v": b"1", b"e": event(1001, time_ns=2**64)},
+        "rejected": entry_fields(event(1001, time_ns=2**64)),
     }
     for n, payload in enumerate(good):
-        await redis_client.xadd(names.stream, {b"v": b"1", b"e": payload})
+        await redis_client.xadd(names.stream, entry_fields(payload))
         if n in (10, 50, 90):
             await redis_client.xadd(names.stream, bad[("undecodable", "unknown_version", "rejected")[n // 40]])
+    trimmed = await redis_client.xadd(names.stream, entry_fields(event(2000)))
     entries = await read_group(redis_client, names, "w1", b">", 1000)
+    await redis_client.xdel(names.stream, trimmed)  # pending, its payload gone
+    entries = [(entry_id, [] if entry_id == trimmed else fields) for entry_id, fields in entries]
     metrics = WriterMetrics(CollectorRegistry())
     sink = v1_sink(influx.url, influx_db, "", "", "", 10)
     try:
         writer = BatchWriter(redis_client, names, sink, metrics, Readiness(), "w1")
-        assert await writer.process(entries, asyncio.Event())
+        handled = await writer.handle(entries, asyncio.Event())
     finally:
         await sink.close()
 
+    # What the write path did, said by its one entry point rather than counted by its caller.
+    assert handled == Handled(written=100, dead_lettered={"undecodable": 1, "unknown_version": 1, "rejected": 1},
+                              lost=1, given_up=False)
+
     assert influx.count(influx_db) == 100
     dead = await redis_client.xrange(names.dead)
-    reasons = sorted(fields[b"reason"].decode() for _, fields in dead)
-    assert reasons == ["rejected", "undecodable", "unknown_version"]
-    for _, fields in dead:
-        assert fields[b"e"] == bad[fields[b"reason"].decode()][b"e"]  # the original payload is kept
-        assert fields[b"detail"] and fields[b"original_id"]
+    reasons = sorted(fields[DEAD_REASON].decode() for _, fields in dead)
+    assert reasons == ["payload_trimmed", "rejected", "undecodable", "unknown_version"]
+    for _, fields in (d for d in dead if d[1][DEAD_REASON] != b"payload_trimmed"):
+        assert fields[FIELD_EVENT] == bad[fields[DEAD_REASON].decode()][FIELD_EVENT]  # the original payload is kept
+        assert fields[DEAD_DETAIL] and fields[DEAD_ORIGINAL_ID]
     assert (await redis_client.xpending(names.stream, names.group))["pending"] == 0
     assert metrics.points_written._value.get() == 100
     assert metrics.dead_lettered.labels("rejected")._value.get() == 1
@@ -79,18 +96,18 @@ async def test_an_entry_whose_encoding_raises_is_dead_lettered_and_its_neighbour
     monkeypatch.setattr(encoder, "encode", encode_or_fail)
     names = DEFAULT_NAMES
     await ensure_group(redis_client, names)
-    ids = [await redis_client.xadd(names.stream, {b"v": b"1", b"e": event(n)}) for n in range(10)]
+    ids = [await redis_client.xadd(names.stream, entry_fields(event(n))) for n in range(10)]
     entries = await read_group(redis_client, names, "w1", b">", 100)
     metrics = WriterMetrics(CollectorRegistry())
     sink = v1_sink(influx.url, influx_db, "", "", "", 10)
     try:
-        assert await BatchWriter(redis_client, names, sink, metrics, Readiness(), "w1",
-                                 encoder=encoder).process(entries, asyncio.Event())
+        writer = BatchWriter(redis_client, names, sink, metrics, Readiness(), "w1", encoder=encoder)
+        assert not (await writer.handle(entries, asyncio.Event())).given_up
     finally:
         await sink.close()
     assert influx.count(influx_db) == 9
     (dead,) = await redis_client.xrange(names.dead)
-    assert dead[1][b"reason"] == b"reader_error" and dead[1][b"original_id"] == ids[5]
-    assert b"KeyError" in dead[1][b"detail"] and dead[1][b"e"] == event(5)
+    assert dead[1][DEAD_REASON] == b"reader_error" and dead[1][DEAD_ORIGINAL_ID] == ids[5]
+    assert b"KeyError" in dead[1][DEAD_DETAIL] and dead[1][FIELD_EVENT] == event(5)
     assert (await redis_client.xpending(names.stream, names.group))["pending"] == 0
     assert metrics.dead_lettered.labels("reader_error")._value.get() == 1

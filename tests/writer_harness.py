@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from homeiq_shared.events import Enrichment, NormalisedEvent, State, encode_event
-from homeiq_shared.stream import DEFAULT_NAMES, ensure_group
+from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, entry_fields
 from homeiq_writer.service import Writer
 from homeiq_writer.settings import InfluxSettings, WriterSettings
 from tests.helpers import FaultyHttp, wait_for
@@ -38,7 +38,7 @@ async def fill(client: aioredis.Redis, payloads: list[bytes]) -> None:
     for first in range(0, len(payloads), 1000):
         async with client.pipeline(transaction=False) as pipe:
             for payload in payloads[first:first + 1000]:
-                pipe.xadd(DEFAULT_NAMES.stream, {b"v": b"1", b"e": payload})
+                pipe.xadd(DEFAULT_NAMES.stream, entry_fields(payload))
             await pipe.execute()
 
 

@@ -17,23 +17,16 @@ from redis.exceptions import RedisError
 from homeiq_collector.metrics import CollectorMetrics
 from homeiq_collector.spool import Policy, Segment, Spool, record_bytes
 from homeiq_shared.backoff import Backoff
-from homeiq_shared.events import PAYLOAD_VERSION
 from homeiq_shared.health import Readiness
 from homeiq_shared.logs import Log
-from homeiq_shared.stream import FIELD_EVENT, FIELD_VERSION, describe_redis_error
+from homeiq_shared.scripts import XADD_BATCH_SCRIPT
+from homeiq_shared.stream import describe_redis_error, xadd_batch_args
 
 log = Log(__name__)
 
 READY_REDIS = "redis"
 READY_SPOOL = "spool"
 REDIS_RECHECK_S = 0.5
-_VERSION = PAYLOAD_VERSION.encode()
-XADD_BATCH = """
-for i = 4, #ARGV do
-  redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2], ARGV[3], ARGV[i])
-end
-return #ARGV - 3
-"""
 _STOP = b"\x00"  # queued by close(); an event payload is a JSON object, never this
 
 
@@ -52,7 +45,7 @@ class Publisher:
         self._spool_lock = asyncio.Lock()
         self._spool_ready = asyncio.Event()
         # One EVALSHA per batch instead of one pipelined command per event: a third of the CPU per event.
-        self._xadd_batch = client.register_script(XADD_BATCH)
+        self._xadd_batch = client.register_script(XADD_BATCH_SCRIPT)
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(capacity)
         self._batch_max = batch_max
         self._in_flight = 0
@@ -124,7 +117,7 @@ class Publisher:
         """XADD the whole batch in one script call (atomic: all or none); False when Redis failed."""
         started = time.perf_counter()
         try:
-            await self._xadd_batch(keys=[self._stream], args=[FIELD_VERSION, _VERSION, FIELD_EVENT, *batch])
+            await self._xadd_batch(keys=[self._stream], args=xadd_batch_args(batch))
         except (RedisError, OSError) as exc:
             message = describe_redis_error(self._redis_url, exc)
             self._readiness.fail(READY_REDIS, message)

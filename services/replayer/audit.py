@@ -17,9 +17,9 @@ from homeiq_collector.entity_filter import EntityRules
 from homeiq_collector.registry import Registry
 from homeiq_replayer.ha_reader import HAReader, StateInfo
 from homeiq_replayer.influx_reader import InfluxReader
-from homeiq_shared.events import PAYLOAD_VERSION, NormalisedEvent, encode_event
+from homeiq_shared.events import NormalisedEvent, encode_event
 from homeiq_shared.logs import Log
-from homeiq_shared.stream import FIELD_EVENT, FIELD_VERSION, StreamNames
+from homeiq_shared.stream import StreamNames, entry_fields
 from homeiq_writer.haschema import SKIPPED_STATES
 
 log = Log(__name__)
@@ -188,9 +188,8 @@ async def repair(ha: HAReader, client: aioredis.Redis, names: StreamNames, repor
 
 
 async def _publish(client: aioredis.Redis, names: StreamNames, events: list[NormalisedEvent]) -> None:
-    version = PAYLOAD_VERSION.encode()
     for first in range(0, len(events), 1000):
         async with client.pipeline(transaction=False) as pipe:
             for event in events[first:first + 1000]:
-                pipe.xadd(names.stream, {FIELD_VERSION: version, FIELD_EVENT: encode_event(event)})
+                pipe.xadd(names.stream, entry_fields(encode_event(event)))  # type: ignore[arg-type]
             await pipe.execute()

@@ -412,7 +412,7 @@ def reclaim(
                                                 ledger=CrashLedger(client, shared.names, consumer, max_crashes))
         finally:
             await sink.close()
-        if guard.why is not None or not writer.healthy:
+        if guard.why is not None or not result.completed:
             answer = "" if writer.healthy else f"; InfluxDB did not take the batch: {readiness.reason}"
             _fail(f"{guard.why or 'stopped'}{answer}. {result.written} entries written and acked before that; "
                   "the rest stays pending, neither acked nor dead-lettered. Fix InfluxDB (URL, credentials, "

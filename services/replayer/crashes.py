@@ -22,8 +22,8 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from homeiq_replayer.scripts import MARK_SCRIPT, SETTLE_CRASHES_SCRIPT
 from homeiq_shared.logs import Log
+from homeiq_shared.scripts import MARK_SCRIPT, SETTLE_CRASHES_SCRIPT
 from homeiq_shared.stream import StreamNames, fetch_entries
 from homeiq_writer.batch import BatchWriter
 

@@ -7,9 +7,16 @@ from typing import Any, Literal
 import msgspec
 import redis.asyncio as aioredis
 
-from homeiq_replayer.scripts import PRUNE_SCRIPT, REDRIVE_SCRIPT, TRIM_SCRIPT
 from homeiq_shared.logs import Log
-from homeiq_shared.stream import DEAD_ORIGINAL_ID, DEAD_REASON, FIELD_EVENT, RESUME_MARGIN_MS, StreamNames
+from homeiq_shared.scripts import PRUNE_SCRIPT, REDRIVE_SCRIPT, TRIM_SCRIPT
+from homeiq_shared.stream import (
+    FIELD_EVENT,
+    FIELD_VERSION,
+    RESUME_MARGIN_MS,
+    DeadLetter,
+    StreamNames,
+    dead_letter_of,
+)
 
 log = Log(__name__)
 
@@ -144,25 +151,6 @@ async def prune_consumers(client: aioredis.Redis, names: StreamNames, idle_s: fl
     return pruned
 
 
-class DeadLetter(msgspec.Struct):
-    """One dead-lettered entry."""
-
-    id: str
-    original_id: str
-    reason: str
-    detail: str
-    consumer: str
-    has_payload: bool
-
-
-def _dead(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
-    return DeadLetter(
-        id=_id(entry_id), original_id=_id(fields.get(DEAD_ORIGINAL_ID, b"")),
-        reason=_id(fields.get(DEAD_REASON, b"")), detail=_id(fields.get(b"detail", b""))[:200],
-        consumer=_id(fields.get(b"consumer", b"")), has_payload=FIELD_EVENT in fields,
-    )
-
-
 async def dead_letters(client: aioredis.Redis, names: StreamNames, limit: int,
                        reason: str | None = None) -> list[DeadLetter]:
     """The oldest `limit` dead letters (of `reason` when given)."""
@@ -173,7 +161,7 @@ async def dead_letters(client: aioredis.Redis, names: StreamNames, limit: int,
         if not chunk:
             break
         for entry_id, fields in chunk:
-            letter = _dead(entry_id, fields)
+            letter = dead_letter_of(entry_id, fields)
             if reason is None or letter.reason == reason:
                 out.append(letter)
         start = "(" + _id(chunk[-1][0])
@@ -185,7 +173,7 @@ async def redrive(client: aioredis.Redis, names: StreamNames, ids: list[str]) ->
     script = client.register_script(REDRIVE_SCRIPT)
     results: list[tuple[str, str | None]] = []
     for dead_id in ids:
-        new_id = await script(keys=[names.dead, names.stream], args=[dead_id])
+        new_id = await script(keys=[names.dead, names.stream], args=[dead_id, FIELD_VERSION, FIELD_EVENT])
         results.append((dead_id, _id(new_id) if new_id else None))
     return results
 

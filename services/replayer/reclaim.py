@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from homeiq_replayer.crashes import CrashLedger
 from homeiq_shared.logs import Log
 from homeiq_shared.stream import Entry, StreamNames, entries_of
-from homeiq_writer.batch import BatchWriter
+from homeiq_writer.batch import BatchWriter, Handled
 
 log = Log(__name__)
 
@@ -71,15 +71,13 @@ async def reclaim_pass(
             deliveries = await delivery_counts(client, names, consumer, entries)
             suspects = [(eid, f) for eid, f in entries if deliveries.get(eid, 0) > max_deliveries]
             others = [(eid, f) for eid, f in entries if deliveries.get(eid, 0) <= max_deliveries]
-            written_before, dead_before = writer.totals()
-            completed = await writer.write(await writer.prepare(others), stop)
-            await writer.acked()
-            if completed:
-                completed = await _write_suspects(suspects, writer, ledger, stop, summary)
-            written_after, dead_after = writer.totals()
-            summary.written += written_after - written_before
-            summary.dead_lettered += dead_after - dead_before
-            if not completed:
+            handled = await writer.handle(others, stop)
+            if not handled.given_up:
+                handled = handled.add(await _write_suspects(suspects, writer, ledger, stop, summary))
+            summary.written += handled.written
+            summary.dead_lettered += sum(handled.dead_lettered.values())
+            summary.lost += handled.lost
+            if handled.given_up:
                 summary.completed = False
                 break
         if progress is not None:
@@ -96,22 +94,22 @@ async def reclaim_pass(
 
 
 async def _write_suspects(suspects: list[Entry], writer: BatchWriter, ledger: CrashLedger, stop: asyncio.Event,
-                          summary: PassSummary) -> bool:
-    """Write each suspect alone, decoded and encoded under the crash ledger's marker; False when `stop`
+                          summary: PassSummary) -> Handled:
+    """Write each suspect alone, decoded and encoded under the crash ledger's marker; given up when `stop`
     cut a write short (that suspect and the rest stay pending)."""
+    done = Handled()
     for entry_id, fields in suspects:
         if stop.is_set():
-            return False
+            return done.add(Handled(given_up=True))
         crashes = await ledger.crashes(entry_id)
         if crashes >= ledger.max_crashes:  # counted by another replayer since this pass began
-            await ledger.dead_letter(writer, entry_id, crashes)
+            if await ledger.dead_letter(writer, entry_id, crashes):
+                done.dead("crashed_reader")
             continue
-        async with ledger.reading(entry_id):
-            batch = await writer.prepare([(entry_id, fields)])
-        if not await writer.write(batch, stop):
-            await writer.acked()
-            return False
-        await writer.acked()
+        handled = await writer.handle([(entry_id, fields)], stop, reading=ledger.reading(entry_id))
+        done = done.add(handled)
+        if handled.given_up:
+            return done
         await ledger.forget(entry_id)
         summary.suspects += 1
-    return True
+    return done

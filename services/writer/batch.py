@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import msgspec
@@ -13,15 +14,8 @@ from homeiq_shared.events import PAYLOAD_VERSION, decode_event
 from homeiq_shared.health import Readiness
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
-from homeiq_shared.stream import (
-    DEAD_DETAIL,
-    DEAD_LETTER_SCRIPT,
-    DEAD_ORIGINAL_ID,
-    DEAD_REASON,
-    Entry,
-    StreamNames,
-    payload_of,
-)
+from homeiq_shared.scripts import DEAD_LETTER_SCRIPT
+from homeiq_shared.stream import Entry, StreamNames, dead_letter_fields, payload_of
 from homeiq_writer.influx import InfluxSink, Outcome, WriteResult
 from homeiq_writer.metrics import WriterMetrics
 from homeiq_writer.schemas import Encoder, make_encoder
@@ -43,11 +37,33 @@ class Encoded(msgspec.Struct, gc=False):
     live_time_ns: int | None
 
 
+class Handled(msgspec.Struct):
+    """What the write path did with the entries it was given."""
+
+    written: int = 0  # written (or with no point in the schema) and acked
+    dead_lettered: dict[str, int] = msgspec.field(default_factory=dict)  # poison, by reason
+    lost: int = 0  # pending entries whose payload was gone (kept in the dead-letter stream as payload_trimmed)
+    given_up: bool = False  # a stop cut the retries short: what was not written stays pending
+
+    def add(self, other: Handled) -> Handled:
+        """Both together."""
+        dead = dict(self.dead_lettered)
+        for reason, count in other.dead_lettered.items():
+            dead[reason] = dead.get(reason, 0) + count
+        return Handled(self.written + other.written, dead, self.lost + other.lost,
+                       self.given_up or other.given_up)
+
+    def dead(self, reason: str) -> None:
+        """Count one entry dead-lettered for `reason`."""
+        self.dead_lettered[reason] = self.dead_lettered.get(reason, 0) + 1
+
+
 class Batch:
     """Encoded entries and their request body; the first attempt's body is compressed ahead of time."""
 
-    def __init__(self, items: list[Encoded]) -> None:
+    def __init__(self, items: list[Encoded], handled: Handled | None = None) -> None:
         self.items = items
+        self.handled = handled or Handled()  # what preparing it did already (dead letters, lost payloads)
         self.body = b"\n".join(item.line for item in items if item.line)
         self.prepared: bytes | None = None  # the request body, as the sink sends it
 
@@ -128,28 +144,34 @@ class BatchWriter:
         self.healthy = True  # the last answer was 2xx (or a rejection): safe to read ahead
         self._dead_letter = client.register_script(DEAD_LETTER_SCRIPT)
         self._acking: asyncio.Task[None] | None = None
-        self.written = self.dead_lettered = 0
 
-    async def process(self, entries: list[Entry], stop: asyncio.Event) -> bool:
-        """Write and ack `entries`; False when `stop` interrupted retries (the rest stays pending)."""
-        done = await self.write(await self.prepare(entries), stop)
+    async def handle(self, entries: list[Entry], stop: asyncio.Event,
+                     reading: contextlib.AbstractAsyncContextManager[object] | None = None) -> Handled:
+        """The write path's one entry point: prepare (inside `reading`, the crash ledger's marker, when given),
+        write, and wait for the acks; what happened to the entries."""
+        async with reading or contextlib.nullcontext():
+            batch = await self.prepare(entries)
+        handled = await self.write(batch, stop)
         await self.acked()
-        return done
+        return handled
 
     async def prepare(self, entries: list[Entry]) -> Batch:
         """Dead-letter what can never be written (trimmed, undecodable); encode and compress the rest."""
         self._metrics.entries_read.inc(len(entries))
+        handled = Handled()
         lost = [(eid, f) for eid, f in entries if not f]
         if lost:
             entries = [(eid, f) for eid, f in entries if f]
             for eid, _ in lost:
-                await self.dead_letter(eid, [], "payload_trimmed", "entry pending but its payload was trimmed")
+                if await self.dead_letter(eid, [], "payload_trimmed", "entry pending but its payload was trimmed"):
+                    handled.lost += 1
                 self.count_lost("payload_trimmed")
         good, poison = encode_entries(entries, self.encoder)
         self._count_left_out()
         for bad in poison:
-            await self.dead_letter(bad.entry_id, bad.fields, bad.reason, bad.detail)
-        batch = Batch(good)
+            if await self.dead_letter(bad.entry_id, bad.fields, bad.reason, bad.detail):
+                handled.dead(bad.reason)
+        batch = Batch(good, handled)
         if batch.body:
             batch.prepared = await asyncio.to_thread(self._sink.prepare, batch.body)  # ISA-L frees the GIL
         return batch
@@ -165,38 +187,43 @@ class BatchWriter:
                 self._metrics.attributes_dropped.labels(reason).inc(count)
                 self.encoder.attributes_dropped[reason] = 0
 
-    async def write(self, batch: Batch, stop: asyncio.Event) -> bool:
-        """Write and ack an encoded batch, bisecting what InfluxDB rejects; False when `stop` cut retries.
-
-        Returns once InfluxDB has the points; their ack may still be on its way, so that the next write
-        starts at once. `acked()` waits for it; every caller awaits it before it reports or stops."""
+    async def write(self, batch: Batch, stop: asyncio.Event) -> Handled:
+        """Write and ack an encoded batch, bisecting what InfluxDB rejects; what happened (with what preparing
+        it did). Returns once InfluxDB has the points; their ack may still be on its way, so that the next
+        write starts at once. `acked()` waits for it; every caller awaits it before it reports or stops."""
+        done = batch.handled
         while batch:
             if not batch.body:  # nothing the schema writes: done, acked like any other
                 await self._ack_soon(batch)
-                return True
+                return done.add(Handled(written=len(batch)))
             result = await self._send(batch)
             self.healthy = result.outcome in (Outcome.OK, Outcome.BAD_DATA)
             if result.outcome is Outcome.OK:
                 self._readiness.ok(READY_INFLUX)
                 self._backoff.reset()
                 await self._ack_soon(batch)
-                return True
+                return done.add(Handled(written=len(batch)))
             if result.outcome is Outcome.BAD_DATA:
                 self._readiness.ok(READY_INFLUX)
                 items = batch.items
                 if len(items) == 1:
-                    await self.dead_letter(items[0].entry_id, items[0].fields, "rejected", result.detail)
-                    return True
+                    rejected = Handled()
+                    if await self.dead_letter(items[0].entry_id, items[0].fields, "rejected", result.detail):
+                        rejected.dead("rejected")
+                    return done.add(rejected)
                 middle = len(items) // 2
-                return await self.write(Batch(items[:middle]), stop) and await self.write(Batch(items[middle:]), stop)
+                first = await self.write(Batch(items[:middle]), stop)
+                if first.given_up:
+                    return done.add(first)
+                return done.add(first).add(await self.write(Batch(items[middle:]), stop))
             reason = f"InfluxDB at {self._sink.url} answered {result.status or 'nothing'}: {result.detail}"
             self._readiness.fail(READY_INFLUX, reason[:300])
             delay_s = max(result.retry_after_s or 0.0, self._backoff.next_delay_s())
             log.warning("write_retry", outcome=result.outcome.value, status=result.status,
                         detail=result.detail[:200], retry_in_s=round(delay_s, 2), batch=len(batch))
             if await wait_or_stop(stop, delay_s):
-                return False
-        return True
+                return done.add(Handled(given_up=True))
+        return done
 
     async def _ack_soon(self, batch: Batch) -> None:
         """Start the batch's ack; wait for the one before it (one earlier ack on its way at most)."""
@@ -232,15 +259,10 @@ class BatchWriter:
         ids = [item.entry_id for item in batch.items]
         await self._redis.xack(self._names.stream, self._names.group, *ids)
         self._metrics.points_written.inc(batch.points())
-        self.written += len(batch)  # entries done: written, or with no point in the schema
         now_ns = time.time_ns()
         for item in batch.items:
             if item.live_time_ns is not None:
                 self._metrics.event_age.observe(max(0.0, (now_ns - item.live_time_ns) / 1e9))
-
-    def totals(self) -> tuple[int, int]:
-        """Points written and entries dead-lettered so far through this writer."""
-        return self.written, self.dead_lettered
 
     def count_lost(self, reason: str) -> None:
         """Count one entry whose payload is gone (never silently acked: it is also dead-lettered)."""
@@ -251,8 +273,7 @@ class BatchWriter:
     ) -> bool:
         """Ack the entry and copy it to the dead-letter stream with its reason, atomically (once only);
         False when it was not pending any more (someone else wrote or dead-lettered it)."""
-        dead = [*fields, DEAD_REASON, reason.encode(), DEAD_DETAIL, detail.encode(), DEAD_ORIGINAL_ID, entry_id,
-                b"consumer", self._consumer.encode()]
+        dead = dead_letter_fields(fields, reason, detail, entry_id, self._consumer)
         force = b"1" if reason == "payload_trimmed" else b"0"
         args = [self._names.group.encode(), entry_id, force, *dead]
         done = await asyncio.shield(self._dead_letter(keys=[self._names.stream, self._names.dead], args=args))
@@ -263,6 +284,5 @@ class BatchWriter:
             log.error("entry_lost", entry_id=entry_id.decode(), reason=reason)
         else:
             self._metrics.dead_lettered.labels(reason).inc()
-            self.dead_lettered += 1
             log.warning("dead_lettered", entry_id=entry_id.decode(), reason=reason, detail=detail[:200])
         return True

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from homeiq_shared.events import decode_event
-from homeiq_shared.stream import DEFAULT_NAMES
+from homeiq_shared.stream import DEFAULT_NAMES, FIELD_EVENT
 from tests.faults.pipeline import FaultPipeline, steady_traffic
 from tests.faults.test_writer_faults import assert_exact
 
@@ -104,7 +104,7 @@ async def undecodable_entries(pipeline: FaultPipeline) -> list[bytes]:
     bad: list[bytes] = []
     for entry_id, fields in await pipeline.client.xrange(DEFAULT_NAMES.stream):
         try:
-            decode_event(fields[b"e"])
+            decode_event(fields[FIELD_EVENT])
         except (KeyError, msgspec.DecodeError):
             bad.append(entry_id)
     return bad

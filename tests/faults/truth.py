@@ -10,6 +10,7 @@ import msgspec
 
 from homeiq_hasim.hub import Hub, SentEvent
 from homeiq_shared.events import decode_event
+from homeiq_shared.stream import FIELD_EVENT
 
 Key = tuple[str, int]  # entity_id, point time in ns
 
@@ -81,7 +82,7 @@ def compare(hub: Hub, points: list[dict[str, Any]], dead: list[dict[bytes, bytes
             verdict.wrong[key] = diff
     for fields in dead:
         try:
-            event = decode_event(fields[b"e"])
+            event = decode_event(fields[FIELD_EVENT])
         except (KeyError, msgspec.DecodeError):
             continue
         if event.entity_id:

@@ -1,10 +1,30 @@
-"""The replayer's Lua scripts: each is one atomic step in Redis, where a check and the change it allows
-must not be separated by another client's command. (The dead-letter script, which writers use too, is
-in homeiq_shared.stream.)"""
+"""Every Lua script of the Redis contract: each is one atomic step in Redis, where a check and the change it
+allows must not be separated by another client's command. Field names come from `homeiq_shared.stream` as
+arguments, never as literals here."""
 
 from __future__ import annotations
 
 from typing import Final
+
+# A batch of entries added in one call (all or none), each with the same version and its own event.
+# KEYS: stream. ARGV: version field, version, event field, event, event, ...
+XADD_BATCH_SCRIPT: Final = """
+for i = 4, #ARGV do
+  redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2], ARGV[3], ARGV[i])
+end
+return #ARGV - 3
+"""
+
+# Ack an entry and copy it to the dead-letter stream in one step; a second caller finds it acked and
+# adds nothing (two replayers never dead-letter the same entry twice). `force` records ids whose entry
+# is already gone from the pending list (XAUTOCLAIM's deleted ids).
+# KEYS: stream, dead. ARGV: group, id, force, field, value, ...
+DEAD_LETTER_SCRIPT: Final = """
+local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if acked == 0 and ARGV[3] ~= '1' then return 0 end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+return 1
+"""
 
 # Stream ids compared and incremented as decimal strings: Lua numbers are doubles, ids are two uint64.
 _IDS: Final = """
@@ -104,17 +124,18 @@ return pruned
 """
 
 # Put a dead letter back on the main stream and remove it from the dead-letter stream, atomically.
-# KEYS: dead, stream. ARGV: dead id. Returns the new id, or false when the dead letter has no payload.
+# KEYS: dead, stream. ARGV: dead id, the version field's name, the event field's name.
+# Returns the new id, or false when the dead letter has no payload.
 REDRIVE_SCRIPT: Final = """
 local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #entry == 0 then return false end
 local fields = entry[1][2]
 local v, e
 for i = 1, #fields, 2 do
-  if fields[i] == 'v' then v = fields[i + 1] elseif fields[i] == 'e' then e = fields[i + 1] end
+  if fields[i] == ARGV[2] then v = fields[i + 1] elseif fields[i] == ARGV[3] then e = fields[i + 1] end
 end
 if not v or not e then return false end
-local new_id = redis.call('XADD', KEYS[2], '*', 'v', v, 'e', e)
+local new_id = redis.call('XADD', KEYS[2], '*', ARGV[2], v, ARGV[3], e)
 redis.call('XDEL', KEYS[1], ARGV[1])
 return new_id
 """
