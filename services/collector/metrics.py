@@ -9,7 +9,6 @@ from homeiq_shared.logs import Log, SampledLog
 DROP_REASONS = ("malformed_event", "spool_full", "spool_write_failed", "shutdown_spool_full", "shutdown_unpublished")
 REJECT_REASONS = ("malformed_json", "unknown_type", "binary_frame", "unknown_subscription",
                   "unexpected_result", "unexpected_auth")
-DISCONNECT_REASONS = ("closed", "heartbeat", "error", "auth_invalid", "timeout")
 
 
 class CollectorMetrics:
@@ -58,8 +57,6 @@ class CollectorMetrics:
             self.dropped.labels(reason)
         for reason in REJECT_REASONS:
             self.frames_rejected.labels(reason)
-        for reason in DISCONNECT_REASONS:
-            self.disconnects.labels(reason)
         self._sampled = SampledLog(Log("homeiq_collector.frames"))
 
     def log_sampled(self, reason: str, text: str, **fields: object) -> None:

@@ -19,17 +19,15 @@ from homeiq_collector.backfill import backfill_events, history_command, history_
 from homeiq_collector.entity_filter import EntityRules
 from homeiq_collector.gap import GapTracker
 from homeiq_collector.ha_client import (
-    AuthInvalid,
     CommandFailed,
-    ConnectionLost,
     HAConnection,
-    HeartbeatTimeout,
 )
 from homeiq_collector.metrics import CollectorMetrics
 from homeiq_collector.normalise import PointTimes, normalise, normalise_state_changed
 from homeiq_collector.publisher import READY_REDIS, Publisher
 from homeiq_collector.registry import Registry
 from homeiq_collector.resume import ResumePoint
+from homeiq_collector.session_end import DISCONNECT_LABELS, Stopped, why_ended
 from homeiq_collector.settings import CollectorSettings
 from homeiq_collector.spool import Spool
 from homeiq_shared.backoff import Backoff
@@ -54,10 +52,6 @@ REDIS_CHECK_S = 2.0
 AUTH_RETRY_CAP_S = 6 * 3600.0
 
 
-class _Stopped(Exception):
-    """Raised inside a session's task group when the process is asked to stop."""
-
-
 class Collector:
     """Supervises exactly one connection loop; never two, never a task that spawns another."""
 
@@ -67,6 +61,8 @@ class Collector:
         self._tls = settings.tls()  # built once: loading CA files per reconnect is wasted work
         self.registry = registry or CollectorRegistry()
         self.metrics = CollectorMetrics(self.registry)
+        for label in DISCONNECT_LABELS:
+            self.metrics.disconnects.labels(label)
         self.readiness = Readiness(READY_HA, READY_REDIS)
         self.redis: aioredis.Redis = connect(settings.redis_url)
         spool = Spool(Path(settings.spool_dir), settings.spool_max_mb * 1024 * 1024)
@@ -152,18 +148,13 @@ class Collector:
             try:
                 await self._session(stop)
                 break
-            except _Stopped:
-                break
-            except AuthInvalid as exc:
-                reason, kind = f"auth_invalid: {exc}", "auth_invalid"
-            except HeartbeatTimeout as exc:
-                reason, kind = str(exc), "heartbeat"
-            except (ConnectionLost, CommandFailed) as exc:
-                reason, kind = str(exc), "closed"
-            except TimeoutError:
-                reason, kind = f"no WebSocket within {self.settings.connect_timeout_s:g} s", "timeout"
-            except (aiohttp.ClientError, OSError) as exc:
-                reason, kind = f"{type(exc).__name__}: {exc}", "error"
+            except Exception as failure:  # every end is in SESSION_ENDS; anything else is a bug, re-raised
+                ended = why_ended(failure, self.settings.connect_timeout_s)
+                if ended is None:
+                    raise
+                kind, reason = ended
+                if kind is None:
+                    break
             finally:
                 self.metrics.connected.set(0)
                 if self._unsubscribed_since is None:  # since the first failure, not the last attempt
@@ -195,13 +186,10 @@ class Collector:
                 version = await conn.authenticate(self._token, s.auth_timeout_s)
                 self._auth_failures = 0
                 self.metrics.auth_rejected.set(0)
-                try:
-                    async with asyncio.TaskGroup() as tasks:
-                        tasks.create_task(conn.read_forever(), name="ha-reader")
-                        tasks.create_task(self._connected(conn, version, tasks), name="ha-setup")
-                        tasks.create_task(_raise_when_set(stop), name="stop")
-                except BaseExceptionGroup as group:
-                    raise _primary(group) from None
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(conn.read_forever(), name="ha-reader")
+                    tasks.create_task(self._connected(conn, version, tasks), name="ha-setup")
+                    tasks.create_task(_raise_when_set(stop), name="stop")
 
     async def _connected(self, conn: HAConnection, version: str, tasks: asyncio.TaskGroup) -> None:
         """Features, discovery, one subscription, then heartbeat, registry refreshes and the backfill."""
@@ -317,25 +305,4 @@ class Collector:
 
 async def _raise_when_set(stop: asyncio.Event) -> None:
     await stop.wait()
-    raise _Stopped
-
-
-_PRIORITY = (_Stopped, AuthInvalid, HeartbeatTimeout, ConnectionLost, CommandFailed, TimeoutError,
-             aiohttp.ClientError, OSError)
-
-
-def _primary(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The exception that explains why a session ended; anything unexpected is re-raised as it is."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        current = pending.pop()
-        if isinstance(current, BaseExceptionGroup):
-            pending.extend(current.exceptions)
-        else:
-            leaves.append(current)
-    for kind in _PRIORITY:
-        for exc in leaves:
-            if isinstance(exc, kind):
-                return exc
-    return leaves[0]
+    raise Stopped
