@@ -19,7 +19,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-from homeiq_collector.backfill import seconds_to_ns
 from homeiq_hasim.hub import Hub, Recorded
 from homeiq_hasim.population import next_state
 from homeiq_hasim.runner import SimServer
@@ -27,6 +26,7 @@ from homeiq_local.services import InfluxServer
 from homeiq_replayer.audit import audit
 from homeiq_replayer.ha_reader import ha_session
 from homeiq_replayer.influx_reader import InfluxReader
+from homeiq_shared.times import float_ns
 from homeiq_writer.settings import InfluxSettings
 
 TOKEN = "bench-token"  # noqa: S105 - a private simulator
@@ -49,7 +49,7 @@ def seed(hub: Hub, days: float, per_day: int, end: float) -> list[str]:
             rows.append(Recorded(state, attributes, ts, ts))
             value = state.replace("\\", "\\\\").replace('"', '\\"')
             lines.append(f'home_assistant_events,entity_id={entity.entity_id},event_type=state_changed '
-                         f'state_value="{value}" {seconds_to_ns(ts)}')
+                         f'state_value="{value}" {float_ns(ts)}')
     return lines
 
 

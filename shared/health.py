@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from homeiq_shared.logs import Log
 
 log = Log(__name__)
+
+READY_REDIS: Final = "redis"  # the readiness condition every process has: Redis answers
 
 
 def counters(registry: CollectorRegistry) -> dict[str, float]:

@@ -52,7 +52,8 @@ async def test_after_a_rejected_token_each_retry_waits_twice_as_long(
             await wait_for(lambda: sim.hub.connects >= attempt, 10, f"login attempt {attempt}")  # noqa: B023
             times.append(time.monotonic())
         gaps = [b - a for a, b in itertools.pairwise(times)]
-        assert 0.35 <= gaps[0] < 0.7 and 0.75 <= gaps[1] < 1.3, gaps
+        # 0.4 s, then 0.8 s (plus a connect and a refused login each, longer on a busy machine)
+        assert gaps[0] >= 0.35 and gaps[1] >= 0.75 and 1.4 <= gaps[1] / gaps[0] <= 3, gaps
         assert run.metric("homeiq_ha_disconnects_total", reason="auth_invalid") >= 3
 
 

@@ -12,10 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from homeiq_collector import frames
-from homeiq_collector.backfill import seconds_to_ns
-from homeiq_collector.normalise import PointTimes, normalise, to_ns
+from homeiq_collector.normalise import PointTimes, normalise
 from homeiq_collector.registry import Registry
 from homeiq_shared.events import decode_event, encode_event
+from homeiq_shared.times import datetime_ns, float_ns
 
 CAPTURES = Path(__file__).parent / "captures"
 STATE_CHANGED = (
@@ -80,7 +80,7 @@ def test_other_events_keep_their_data_and_time_fired() -> None:
     raw = ('{"event_type":"call_service","data":{"domain":"light","service":"turn_on"},"origin":"LOCAL",'
            '"time_fired":"2026-06-25T21:20:05.5+00:00","context":{"id":"X","parent_id":"P","user_id":null}}')
     event = normalise(frames.event_decoder.decode(raw), Registry())
-    assert to_ns(frames.event_decoder.decode(raw).time_fired) == 1782422405500000000
+    assert datetime_ns(frames.event_decoder.decode(raw).time_fired) == 1782422405500000000
     assert event.time_ns // 1000 == 1782422405500000 and event.time_fired_ns == 1782422405500000000
     assert normalise(frames.event_decoder.decode(raw), Registry()).time_ns == event.time_ns  # a re-delivery
     assert json.loads(bytes(event.data)) == {"domain": "light", "service": "turn_on"}
@@ -97,8 +97,8 @@ def test_malformed_state_data_raises_for_the_caller_to_count() -> None:
 @given(st.floats(min_value=1.6e9, max_value=2.2e9, allow_nan=False))
 def test_backfill_converts_recorder_floats_as_live_events_show_them(ts: float) -> None:
     """The recorder's raw float and the live event's ISO string of the same instant give the same point time."""
-    live = to_ns(datetime.fromisoformat(datetime.fromtimestamp(ts, UTC).isoformat()))
-    assert seconds_to_ns(ts) == live
+    live = datetime_ns(datetime.fromisoformat(datetime.fromtimestamp(ts, UTC).isoformat()))
+    assert float_ns(ts) == live
 
 
 def test_events_of_one_type_in_one_microsecond_get_distinct_point_times() -> None:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import msgspec
 
 from homeiq_collector.registry import Registry
 from homeiq_shared import events
-
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND: Final = timedelta(microseconds=1)
+from homeiq_shared.times import float_ns, iso_ns
 
 
 class HistoryRow(msgspec.Struct):
@@ -39,18 +36,6 @@ states_decoder = msgspec.json.Decoder(list[EntityId])
 QUERY_MARGIN_NS: Final = 1_000_000
 
 
-def seconds_to_ns(seconds: float) -> int:
-    """An HA epoch-second float as the live event shows the same instant: HA renders its raw `time.time()`
-    floats with `datetime.fromtimestamp(ts, UTC)`, which rounds to the microsecond (`round(ts * 1e6)` is 1 µs
-    off for about one state in eight, and then backfill and live would be two points)."""
-    return (datetime.fromtimestamp(seconds, UTC) - _EPOCH) // _MICROSECOND * 1000
-
-
-def iso_ns(time_ns: int) -> str:
-    """An ISO 8601 UTC time for a history command."""
-    return (_EPOCH + timedelta(microseconds=time_ns // 1000)).isoformat()
-
-
 def history_command(entity_ids: list[str], start_ns: int) -> dict[str, object]:
     """Every state change of the entities from `start_ns` until now, attribute-only changes included."""
     return {
@@ -72,9 +57,9 @@ def backfill_events(
         domain = entity_id.partition(".")[0]
         previous: events.State | None = None
         for row in rows:
-            updated_ns = seconds_to_ns(row.lu)
+            updated_ns = float_ns(row.lu)
             state = events.State(state=row.s, attributes=row.a,
-                                 last_changed_ns=seconds_to_ns(row.lc) if row.lc is not None else updated_ns,
+                                 last_changed_ns=float_ns(row.lc) if row.lc is not None else updated_ns,
                                  last_updated_ns=updated_ns)
             if updated_ns >= start_ns and (entity_id, updated_ns) not in seen:
                 yield events.NormalisedEvent(

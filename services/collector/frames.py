@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from homeiq_shared.events import Context
+
 
 class AuthRequired(msgspec.Struct, tag_field="type", tag="auth_required"):
     """First server message."""
@@ -66,14 +68,6 @@ raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 # HA sends every time with its UTC offset; one without is malformed (decoding refuses it, the event is counted)
 # rather than a naive datetime that would fail later, in arithmetic, outside the reader's error handling.
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
-
-
-class Context(msgspec.Struct):
-    """HA's context."""
-
-    id: str | None = None
-    parent_id: str | None = None
-    user_id: str | None = None
 
 
 class HAState(msgspec.Struct):

@@ -48,7 +48,6 @@ class HAConnection:
         self._send_lock = asyncio.Lock()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._subscriptions: dict[int, EventHandler] = {}
-        self.ha_version = ""
 
     async def authenticate(self, token: str, timeout_s: float) -> str:
         """auth_required → auth → auth_ok, every receive under `timeout_s`; returns HA's version."""
@@ -61,7 +60,6 @@ class HAConnection:
             raise AuthInvalid(answer.message or "auth_invalid")
         if not isinstance(answer, frames.AuthOk):
             raise ConnectionLost(f"expected auth_ok, got {type(answer).__name__}")
-        self.ha_version = answer.ha_version
         return answer.ha_version
 
     async def _receive_auth_frame(self, timeout_s: float, expected: str) -> frames.Frame:

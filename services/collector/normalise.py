@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Final
 
 import msgspec
 
 from homeiq_collector.frames import (
-    Context,
     HAEvent,
     HAState,
     StateChangedData,
@@ -17,15 +16,9 @@ from homeiq_collector.frames import (
 )
 from homeiq_collector.registry import Registry
 from homeiq_shared import events
+from homeiq_shared.times import datetime_ns
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND: Final = timedelta(microseconds=1)
 _NO_CONTEXT: Final = events.Context()
-
-
-def to_ns(moment: datetime) -> int:
-    """A timezone-aware datetime as integer nanoseconds since the epoch, whole microseconds."""
-    return ((moment - _EPOCH) // _MICROSECOND) * 1000
 
 
 def event_time_ns(fired_ns: int, event_type: str, context: events.Context, data: bytes) -> int:
@@ -68,26 +61,20 @@ def _state(state: HAState) -> events.State:
     return events.State(
         state=state.state,
         attributes=state.attributes,
-        last_changed_ns=to_ns(state.last_changed),
-        last_updated_ns=to_ns(state.last_updated),
+        last_changed_ns=datetime_ns(state.last_changed),
+        last_updated_ns=datetime_ns(state.last_updated),
     )
 
 
-def _context(context: Context | None) -> events.Context:
-    if context is None:
-        return _NO_CONTEXT
-    return events.Context(id=context.id, parent_id=context.parent_id, user_id=context.user_id)
-
-
 def normalise_state_changed(
-    data: StateChangedData, time_fired: datetime, origin: str | None, context: Context | None,
-    registry: Registry, source: events.Source = "live",
+    data: StateChangedData, time_fired: datetime, origin: str | None, context: events.Context | None,
+    registry: Registry,
 ) -> events.NormalisedEvent:
     """A `state_changed` event as the stream payload."""
-    fired_ns = to_ns(time_fired)
+    fired_ns = datetime_ns(time_fired)
     new = _state(data.new_state) if data.new_state else None
     shown = data.new_state or data.old_state
-    ctx = _context(context)
+    ctx = (context or _NO_CONTEXT)
     return events.NormalisedEvent(
         event_type="state_changed",
         # A state's point is stamped with its last_updated, so live, replayed and backfilled copies coincide.
@@ -100,18 +87,17 @@ def normalise_state_changed(
         new_state=new,
         old_state=_state(data.old_state) if data.old_state else None,
         enrichment=registry.enrichment(data.entity_id, shown.attributes if shown else None),
-        source=source,
     )
 
 
-def normalise(event: HAEvent, registry: Registry, source: events.Source = "live") -> events.NormalisedEvent:
+def normalise(event: HAEvent, registry: Registry) -> events.NormalisedEvent:
     """Build the stream payload of any event; raises msgspec errors when `state_changed` data is malformed."""
     if event.event_type == "state_changed":
         data = state_changed_decoder.decode(event.data)
-        return normalise_state_changed(data, event.time_fired, event.origin, event.context, registry, source)
-    fired_ns = to_ns(event.time_fired)
-    context = _context(event.context)
+        return normalise_state_changed(data, event.time_fired, event.origin, event.context, registry)
+    fired_ns = datetime_ns(event.time_fired)
+    context = (event.context or _NO_CONTEXT)
     return events.NormalisedEvent(
         event_type=event.event_type, time_ns=event_time_ns(fired_ns, event.event_type, context, bytes(event.data)),
-        time_fired_ns=fired_ns, origin=event.origin, context=context, data=event.data, source=source,
+        time_fired_ns=fired_ns, origin=event.origin, context=context, data=event.data,
     )

@@ -17,14 +17,13 @@ from redis.exceptions import RedisError
 from homeiq_collector.metrics import CollectorMetrics
 from homeiq_collector.spool import Policy, Segment, Spool, record_bytes
 from homeiq_shared.backoff import Backoff
-from homeiq_shared.health import Readiness
+from homeiq_shared.health import READY_REDIS, Readiness
 from homeiq_shared.logs import Log
 from homeiq_shared.scripts import XADD_BATCH_SCRIPT
 from homeiq_shared.stream import describe_redis_error, xadd_batch_args
 
 log = Log(__name__)
 
-READY_REDIS = "redis"
 READY_SPOOL = "spool"
 REDIS_RECHECK_S = 0.5
 _STOP = b"\x00"  # queued by close(); an event payload is a JSON object, never this

@@ -24,7 +24,7 @@ from homeiq_collector.ha_client import (
 )
 from homeiq_collector.metrics import CollectorMetrics
 from homeiq_collector.normalise import PointTimes, normalise, normalise_state_changed
-from homeiq_collector.publisher import READY_REDIS, Publisher
+from homeiq_collector.publisher import Publisher
 from homeiq_collector.registry import Registry
 from homeiq_collector.resume import ResumePoint
 from homeiq_collector.session_end import DISCONNECT_LABELS, Stopped, why_ended
@@ -33,7 +33,7 @@ from homeiq_collector.spool import Spool
 from homeiq_shared.backoff import Backoff
 from homeiq_shared.broker import PersistenceCheck
 from homeiq_shared.events import NormalisedEvent, encode_event
-from homeiq_shared.health import HealthServer, Readiness, counters
+from homeiq_shared.health import READY_REDIS, HealthServer, Readiness, counters
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
 from homeiq_shared.settings import redact_url

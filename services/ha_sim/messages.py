@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import msgspec
+
+from homeiq_shared.times import EPOCH, MICROSECOND
 
 _CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _encode = msgspec.json.Encoder().encode
@@ -48,8 +50,6 @@ def event_message(partial: bytes, subscription_id: int) -> bytes:
     return partial + b',"id":' + str(subscription_id).encode() + b"}"
 
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND: Final = timedelta(microseconds=1)
 
 
 def iso(ts: float) -> str:
@@ -60,7 +60,7 @@ def iso(ts: float) -> str:
 
 def rendered_us(ts: float) -> int:
     """The epoch microseconds of `iso(ts)`: what a live event says about a time HA keeps as a float."""
-    return (datetime.fromtimestamp(ts, UTC) - _EPOCH) // _MICROSECOND
+    return (datetime.fromtimestamp(ts, UTC) - EPOCH) // MICROSECOND
 
 
 def now_ts() -> float:

@@ -56,11 +56,6 @@ class Connection:
         else:
             self._peak_since = None
 
-    @property
-    def pending(self) -> int:
-        """Messages queued for the client."""
-        return len(self._queue)
-
     def abort(self, reason: str) -> None:
         """Drop the TCP connection without a close frame (close code 1006 at the client)."""
         self.closed_reason = reason

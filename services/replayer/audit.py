@@ -12,7 +12,7 @@ from typing import Final
 import msgspec
 import redis.asyncio as aioredis
 
-from homeiq_collector.backfill import backfill_events, seconds_to_ns
+from homeiq_collector.backfill import backfill_events
 from homeiq_collector.entity_filter import EntityRules
 from homeiq_collector.registry import Registry
 from homeiq_replayer.ha_reader import HAReader, StateInfo
@@ -20,6 +20,7 @@ from homeiq_replayer.influx_reader import InfluxReader
 from homeiq_shared.events import NormalisedEvent, encode_event
 from homeiq_shared.logs import Log
 from homeiq_shared.stream import StreamNames, entry_fields
+from homeiq_shared.times import float_ns
 from homeiq_writer.haschema import SKIPPED_STATES
 
 log = Log(__name__)
@@ -140,7 +141,7 @@ async def _audit_chunk(ha: HAReader, influx: InfluxReader, entity_ids: list[str]
         for entity_id, rows in history.items():
             times = in_ha.setdefault(entity_id, {})
             for row in rows:
-                time_ns = seconds_to_ns(row.lu)
+                time_ns = float_ns(row.lu)
                 if start <= time_ns < end and expected_in(influx.schema, row.s):
                     times[time_ns] = row.s
         for point in points:

@@ -11,12 +11,13 @@ import aiohttp
 import msgspec
 from prometheus_client import CollectorRegistry
 
-from homeiq_collector.backfill import HistoryRow, history_decoder, iso_ns
+from homeiq_collector.backfill import HistoryRow, history_decoder
 from homeiq_collector.ha_client import AuthInvalid, CommandFailed, ConnectionLost, HAConnection
 from homeiq_collector.metrics import CollectorMetrics
 from homeiq_collector.registry import Registry
 from homeiq_collector.service import REGISTRY_COMMANDS, WS_TIMEOUT
 from homeiq_shared.settings import redact_url
+from homeiq_shared.times import iso_ns
 
 MAX_MESSAGE_BYTES: Final = 256 * 1024 * 1024  # a day of history of 50 busy entities, attributes included
 

@@ -19,7 +19,7 @@ from homeiq_replayer.reclaim import reclaim_pass
 from homeiq_replayer.stream_metrics import StreamMetrics
 from homeiq_shared.backoff import Backoff
 from homeiq_shared.broker import PersistenceCheck
-from homeiq_shared.health import HealthServer, Readiness, counters
+from homeiq_shared.health import READY_REDIS, HealthServer, Readiness, counters
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
 from homeiq_shared.settings import ConfigError, check_positive, check_url, read_secret
@@ -30,7 +30,6 @@ from homeiq_writer.settings import InfluxSettings
 
 log = Log(__name__)
 
-READY_REDIS = "redis"
 
 
 class ReplayerSettings(msgspec.Struct, frozen=True):

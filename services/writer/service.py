@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 
 from homeiq_shared.backoff import Backoff
 from homeiq_shared.broker import PersistenceCheck
-from homeiq_shared.health import HealthServer, Readiness, counters
+from homeiq_shared.health import READY_REDIS, HealthServer, Readiness, counters
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
 from homeiq_shared.stream import Entry, connect, describe_redis_error, ensure_group, read_group, read_pending
@@ -22,7 +22,6 @@ from homeiq_writer.settings import WriterSettings
 
 log = Log(__name__)
 
-READY_REDIS = "redis"
 CHECK_INTERVAL_S = 15.0
 PACE_S_PER_RATE = 1e-4  # seconds a batch gathers per entry/s arriving
 
