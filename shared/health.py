@@ -49,10 +49,10 @@ class Readiness:
 
 
 class HealthServer:
-    """Serves /metrics from `registry`, /healthz always 200 while the loop runs, /readyz from `readiness`."""
+    """Serves /metrics from `metrics_registry`, /healthz always 200 while the loop runs, /readyz from `readiness`."""
 
-    def __init__(self, registry: CollectorRegistry, readiness: Readiness, host: str, port: int) -> None:
-        self.registry, self.readiness = registry, readiness
+    def __init__(self, metrics_registry: CollectorRegistry, readiness: Readiness, host: str, port: int) -> None:
+        self.metrics_registry, self.readiness = metrics_registry, readiness
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
 
@@ -82,7 +82,7 @@ class HealthServer:
             self._runner = None
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
+        body = generate_latest(self.metrics_registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _: web.Request) -> web.Response:

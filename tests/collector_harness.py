@@ -48,7 +48,7 @@ class Running:
 
     def metric(self, name: str, **labels: str) -> float:
         """The current value of one of the collector's metric samples."""
-        value = self.collector.registry.get_sample_value(name, labels or None)
+        value = self.collector.metrics_registry.get_sample_value(name, labels or None)
         return 0.0 if value is None else value
 
 

@@ -201,7 +201,7 @@ async def test_the_periodic_audit_exports_what_it_found_and_repairs_when_asked(
     task = asyncio.create_task(replayer.run(stop))
 
     def sample(name: str) -> float:
-        return replayer.registry.get_sample_value(name) or 0.0
+        return replayer.metrics_registry.get_sample_value(name) or 0.0
 
     # The window covers the last hour: the simulator's first states, from before the collector ran, too.
     before = len(audited.sim.hub.population.entities)

@@ -183,4 +183,4 @@ async def test_the_token_never_appears_in_debug_output(
 async def _metrics_text(collector: object) -> str:
     from prometheus_client import generate_latest  # noqa: PLC0415
 
-    return generate_latest(collector.registry).decode()  # type: ignore[attr-defined]
+    return generate_latest(collector.metrics_registry).decode()  # type: ignore[attr-defined]

@@ -114,12 +114,12 @@ async def test_stream_gauges_stay_fresh_while_a_reclaimed_batch_waits_for_influx
     task = asyncio.create_task(replayer.run(stop))
     try:  # the reclaimed batch is retried against a closed port; new entries still show in the gauges
         retries = {"outcome": "retry"}
-        await wait_for(lambda: replayer.registry.get_sample_value("homeiq_write_batches_total", retries), 10,
+        await wait_for(lambda: replayer.metrics_registry.get_sample_value("homeiq_write_batches_total", retries), 10,
                        "a failed write")
         await fill(redis_client, [state_payload(n) for n in range(20, 50)])
         gauges = ("homeiq_stream_length", "homeiq_stream_group_lag", "homeiq_stream_pending")
-        await wait_for(lambda: [replayer.registry.get_sample_value(name) for name in gauges] == [50, 30, 20], 10,
-                       "length 50, lag 30 and the 20 reclaimed entries pending")
+        await wait_for(lambda: [replayer.metrics_registry.get_sample_value(name) for name in gauges] == [50, 30, 20],
+                       10, "length 50, lag 30 and the 20 reclaimed entries pending")
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)

@@ -63,7 +63,7 @@ async def running_writer(settings: WriterSettings) -> AsyncIterator[Writer]:
 
 
 def metric(writer: Writer, name: str, **labels: str) -> float:
-    value = writer.registry.get_sample_value(name, labels or None)
+    value = writer.metrics_registry.get_sample_value(name, labels or None)
     return 0.0 if value is None else value
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import msgspec
 
 from homeiq_collector import frames
-from homeiq_collector.metrics import CollectorMetrics
 from homeiq_shared.logs import Log
+
+if TYPE_CHECKING:
+    from homeiq_collector.metrics import CollectorMetrics
 
 log = Log(__name__)
 

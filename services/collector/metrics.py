@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from homeiq_collector.session_end import DISCONNECT_LABELS
 from homeiq_shared.logs import Log, SampledLog
 
 DROP_REASONS = ("malformed_event", "spool_full", "spool_write_failed", "shutdown_spool_full", "shutdown_unpublished")
@@ -57,6 +58,8 @@ class CollectorMetrics:
             self.dropped.labels(reason)
         for reason in REJECT_REASONS:
             self.frames_rejected.labels(reason)
+        for label in DISCONNECT_LABELS:
+            self.disconnects.labels(label)
         self._sampled = SampledLog(Log("homeiq_collector.frames"))
 
     def log_sampled(self, reason: str, text: str, **fields: object) -> None:

@@ -27,7 +27,7 @@ from homeiq_collector.normalise import PointTimes, normalise, normalise_state_ch
 from homeiq_collector.publisher import Publisher
 from homeiq_collector.registry import Registry
 from homeiq_collector.resume import ResumePoint
-from homeiq_collector.session_end import DISCONNECT_LABELS, Stopped, why_ended
+from homeiq_collector.session_end import Stopped, why_ended
 from homeiq_collector.settings import CollectorSettings
 from homeiq_collector.spool import Spool
 from homeiq_shared.backoff import Backoff
@@ -56,18 +56,17 @@ class Collector:
     """Supervises exactly one connection loop; never two, never a task that spawns another."""
 
     def __init__(self, settings: CollectorSettings, token: str, entity_filter: EntityRules | None = None,
-                 registry: CollectorRegistry | None = None) -> None:
+                 metrics_registry: CollectorRegistry | None = None) -> None:
         self.settings, self._token, self._filter = settings, token, entity_filter
         self._tls = settings.tls()  # built once: loading CA files per reconnect is wasted work
-        self.registry = registry or CollectorRegistry()
-        self.metrics = CollectorMetrics(self.registry)
-        for label in DISCONNECT_LABELS:
-            self.metrics.disconnects.labels(label)
+        self.metrics_registry = metrics_registry or CollectorRegistry()
+        self.metrics = CollectorMetrics(self.metrics_registry)
         self.readiness = Readiness(READY_HA, READY_REDIS)
         self.redis: aioredis.Redis = connect(settings.redis_url)
         spool = Spool(Path(settings.spool_dir), settings.spool_max_mb * 1024 * 1024)
         self.metrics.spool_max_bytes.set(spool.max_bytes)
-        self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness, self.registry)
+        self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness,
+                                            self.metrics_registry)
         self.publisher = Publisher(self.redis, settings.redis_url, settings.names.stream, self.metrics,
                                    self.readiness, spool, settings.spool_policy, settings.buffer_events,
                                    settings.publish_batch, durable=lambda: self.persistence.ok)
@@ -85,7 +84,7 @@ class Collector:
         self._stale: set[str] = set()
         self._stale_changed = asyncio.Event()
         self._received = self.metrics.received  # bound once: the hot path counts every event
-        self.health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
+        self.health = HealthServer(self.metrics_registry, self.readiness, settings.metrics_host, settings.metrics_port)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, read and publish until `stop`; then publish (or spool) what is buffered and exit."""
@@ -115,7 +114,7 @@ class Collector:
             await self.redis.aclose()
             await self.health.stop()
             log.info("collector_stopped", unpublished=unpublished, spooled=self.publisher.pending,
-                     counters=counters(self.registry))
+                     counters=counters(self.metrics_registry))
 
     async def _watch_redis(self) -> None:
         """Readiness needs Redis even while no event flows: PING it now and then. The first answer tells

@@ -69,28 +69,29 @@ class ReplayerSettings(msgspec.Struct, frozen=True):
 class Replayer:
     """Reclaims entries idle longer than `min_idle_ms` and writes them like a writer would."""
 
-    def __init__(self, settings: ReplayerSettings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, settings: ReplayerSettings, metrics_registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
-        self.registry = registry or CollectorRegistry()
-        self.metrics = WriterMetrics(self.registry)
+        self.metrics_registry = metrics_registry or CollectorRegistry()
+        self.metrics = WriterMetrics(self.metrics_registry)
         self.reclaimed = Counter("homeiq_reclaimed_total", "Entries reclaimed from idle consumers.",
-                                 registry=self.registry)
-        self.stream_metrics = StreamMetrics(self.registry)
+                                 registry=self.metrics_registry)
+        self.stream_metrics = StreamMetrics(self.metrics_registry)
         self.readiness = Readiness(READY_REDIS)
         self.redis = connect(settings.redis_url)
         self.sink = settings.influx.make_sink()
         # The replayer's readiness does not depend on InfluxDB; its write failures show in the metrics.
         self.batches = BatchWriter(self.redis, settings.names, self.sink, self.metrics,
                                    Readiness(READY_INFLUX), settings.consumer, encoder=settings.influx.make_encoder())
-        self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness, self.registry)
+        self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness,
+                                            self.metrics_registry)
         self.ledger = CrashLedger(self.redis, settings.names, settings.consumer, settings.max_crashes)
         self.audit: PeriodicAudit | None = None
         if settings.audit.interval_s:
             rules = EntityFilter.from_settings(os.environ.get("ENTITY_FILTER_CONFIG", ""),
                                                os.environ.get("ENTITY_FILTER_CONFIG_FILE", ""), settings.influx.config)
             self.audit = PeriodicAudit(settings.audit, read_secret("HA_TOKEN"), reader_for(settings.influx),
-                                       self.redis, settings.names, rules, self.registry)
-        self.health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
+                                       self.redis, settings.names, rules, self.metrics_registry)
+        self.health = HealthServer(self.metrics_registry, self.readiness, settings.metrics_host, settings.metrics_port)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reclaim, and refresh the stream gauges, every `interval_s` until `stop`. Two loops: the gauges
@@ -108,7 +109,7 @@ class Replayer:
             await self.sink.close()
             await self.redis.aclose()
             await self.health.stop()
-            log.info("replayer_stopped", counters=counters(self.registry))
+            log.info("replayer_stopped", counters=counters(self.metrics_registry))
 
     async def _reclaim(self, stop: asyncio.Event) -> None:
         s = self.settings

@@ -29,10 +29,10 @@ PACE_S_PER_RATE = 1e-4  # seconds a batch gathers per entry/s arriving
 class Writer:
     """One writer replica: a consumer of the group with a stable name."""
 
-    def __init__(self, settings: WriterSettings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, settings: WriterSettings, metrics_registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
-        self.registry = registry or CollectorRegistry()
-        self.metrics = WriterMetrics(self.registry)
+        self.metrics_registry = metrics_registry or CollectorRegistry()
+        self.metrics = WriterMetrics(self.metrics_registry)
         self.readiness = Readiness(READY_REDIS, READY_INFLUX)
         self.redis: aioredis.Redis = connect(settings.redis_url, settings.redis_socket_timeout_s)
         self.sink = settings.influx.make_sink()
@@ -40,10 +40,11 @@ class Writer:
             self.redis, settings.names, self.sink, self.metrics, self.readiness, settings.consumer,
             encoder=settings.influx.make_encoder(),
         )
-        self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness, self.registry)
+        self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness,
+                                            self.metrics_registry)
         self._write_interval_s = settings.write_interval_ms / 1000
         self._last_check = self._last_pace = 0.0
-        self.health = HealthServer(self.registry, self.readiness, settings.metrics_host, settings.metrics_port)
+        self.health = HealthServer(self.metrics_registry, self.readiness, settings.metrics_host, settings.metrics_port)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve health, then consume until `stop`; the in-flight batch completes or stays pending."""
@@ -56,7 +57,7 @@ class Writer:
             await self.sink.close()
             await self.redis.aclose()
             await self.health.stop()
-            log.info("writer_stopped", consumer=self.settings.consumer, counters=counters(self.registry))
+            log.info("writer_stopped", consumer=self.settings.consumer, counters=counters(self.metrics_registry))
 
     async def _consume(self, stop: asyncio.Event) -> None:
         """Own pending entries first (cursor 0…, read without re-delivery), at start and after Redis failed,
