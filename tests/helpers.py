@@ -9,11 +9,22 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.metrics import MetricWrapperBase
 
 from homeiq_local.processes import ScriptProcess
 from homeiq_local.waiting import wait_for
 
-__all__ = ["DelayProxy", "FaultyHttp", "Service", "wait_for"]
+__all__ = ["DelayProxy", "FaultyHttp", "Service", "value", "wait_for"]
+
+
+def value(metric: MetricWrapperBase, **labels: str) -> float:
+    """A counter's or gauge's value through its public samples, summed over the label sets that match `labels`."""
+    total = 0.0
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name in (family.name, f"{family.name}_total") and labels.items() <= sample.labels.items():
+                total += sample.value
+    return total
 
 
 class Service(ScriptProcess):

@@ -13,8 +13,9 @@ from homeiq_local.services import InfluxServer, RedisServer
 from homeiq_replayer.stream_metrics import StreamMetrics
 from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, entry_fields
 from tests.collector_harness import running_collector, simulator
+from tests.events import state_payload
 from tests.helpers import wait_for
-from tests.writer_harness import metric, running_writer, state_payload, writer_settings
+from tests.writer_harness import metric, running_writer, writer_settings
 
 
 async def test_lag_is_the_age_of_the_oldest_undelivered_entry(

@@ -8,9 +8,10 @@ import pytest
 
 from homeiq_collector.entity_filter import EntityFilter
 from homeiq_shared.config import EntityWords, load_config, parse_config
-from homeiq_shared.events import NormalisedEvent, State
+from homeiq_shared.events import NormalisedEvent
 from homeiq_shared.settings import ConfigError
 from homeiq_writer.settings import InfluxSettings
+from tests.events import state_event
 
 # A block as people have it in configuration.yaml (home-assistant.io's examples, with !secret).
 PASTED = """
@@ -143,8 +144,7 @@ def test_env_var_tag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def state(entity_id: str) -> NormalisedEvent:
-    return NormalisedEvent(event_type="state_changed", time_ns=1, entity_id=entity_id,
-                           domain=entity_id.partition(".")[0], new_state=State(state="1"))
+    return state_event(entity_id=entity_id)
 
 
 def test_the_collector_filters_in_the_integrations_words(tmp_path: Path) -> None:

@@ -21,9 +21,10 @@ from homeiq_shared.broker import PersistenceCheck
 from homeiq_shared.health import Readiness
 from homeiq_shared.stream import DEFAULT_NAMES
 from homeiq_writer.metrics import WriterMetrics
+from tests.events import state_payload
 from tests.helpers import wait_for
 from tests.monitoring import OPS, Prometheus
-from tests.writer_harness import fill, metric, running_writer, state_payload, writer_settings
+from tests.writer_harness import fill, metric, running_writer, writer_settings
 
 DASHBOARD = OPS / "grafana" / "dashboards" / "homeiq-ingest.json"
 

@@ -10,16 +10,15 @@ import redis.asyncio as aioredis
 
 from homeiq_collector.entity_filter import EntityFilter
 from homeiq_local.services import RedisServer
-from homeiq_shared.events import Enrichment, NormalisedEvent, State
+from homeiq_shared.events import NormalisedEvent
 from homeiq_shared.settings import ConfigError
 from tests.collector_harness import running_collector, simulator, stream_events
+from tests.events import state_event
 from tests.helpers import wait_for
 
 
 def event(entity_id: str, device_class: str | None = None, area_id: str | None = None) -> NormalisedEvent:
-    return NormalisedEvent(event_type="state_changed", time_ns=1, entity_id=entity_id,
-                           domain=entity_id.split(".", maxsplit=1)[0], new_state=State(state="1"),
-                           enrichment=Enrichment(device_class=device_class, area_id=area_id))
+    return state_event(entity_id=entity_id, device_class=device_class, area_id=area_id)
 
 
 def rules(config: dict[str, object]) -> EntityFilter:

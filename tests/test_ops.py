@@ -20,8 +20,9 @@ from homeiq_replayer.stream_metrics import StreamMetrics
 from homeiq_shared.stream import DEFAULT_NAMES
 from homeiq_writer.metrics import WriterMetrics
 from homeiq_writer.settings import InfluxSettings
+from tests.events import state_payload
 from tests.helpers import wait_for
-from tests.writer_harness import fill, running_writer, state_payload, writer_settings
+from tests.writer_harness import fill, running_writer, writer_settings
 
 OPS = Path(__file__).resolve().parents[1] / "ops"
 

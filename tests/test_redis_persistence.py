@@ -12,8 +12,9 @@ import redis.asyncio as aioredis
 from homeiq_local.services import InfluxServer, RedisServer
 from homeiq_shared.stream import DEFAULT_NAMES
 from tests.collector_harness import running_collector, simulator
+from tests.events import state_payload
 from tests.helpers import wait_for
-from tests.writer_harness import fill, metric, running_writer, state_payload, writer_settings
+from tests.writer_harness import fill, metric, running_writer, writer_settings
 
 
 @pytest.fixture

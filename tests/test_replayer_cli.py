@@ -25,8 +25,9 @@ from homeiq_shared.stream import DEFAULT_NAMES, FIELD_EVENT, FIELD_VERSION, conn
 from homeiq_writer.batch import BatchWriter
 from homeiq_writer.influx import v1_sink
 from homeiq_writer.metrics import WriterMetrics
+from tests.events import state_payload
 from tests.helpers import FaultyHttp, wait_for
-from tests.writer_harness import fill, state_payload
+from tests.writer_harness import fill
 
 runner = CliRunner()
 STREAM = DEFAULT_NAMES.stream

@@ -23,8 +23,9 @@ from homeiq_writer import batch
 from homeiq_writer.batch import BatchWriter
 from homeiq_writer.influx import v1_sink
 from homeiq_writer.metrics import WriterMetrics
+from tests.events import state_payload
 from tests.helpers import FaultyHttp, Service, wait_for
-from tests.writer_harness import fill, restart_during_outage, state_payload, write_requests
+from tests.writer_harness import fill, restart_during_outage, write_requests
 
 runner = CliRunner()
 STREAM, GROUP = DEFAULT_NAMES.stream, DEFAULT_NAMES.group

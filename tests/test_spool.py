@@ -17,7 +17,7 @@ from homeiq_collector.spool import Policy, Spool
 from homeiq_local.services import RedisServer, free_port
 from homeiq_shared.health import Readiness
 from homeiq_shared.stream import FIELD_EVENT
-from tests.helpers import DelayProxy, wait_for
+from tests.helpers import DelayProxy, value, wait_for
 
 
 def payload(n: int) -> bytes:
@@ -77,14 +77,14 @@ async def run_full_spool(tmp_path: Path, policy: Policy, events: int) -> tuple[C
 
 
 def dropped(metrics: CollectorMetrics) -> float:
-    return metrics.dropped.labels("spool_full")._value.get()
+    return value(metrics.dropped, reason="spool_full")
 
 
 async def test_drop_newest_keeps_the_oldest_and_counts_every_drop(tmp_path: Path) -> None:
     metrics, task = await run_full_spool(tmp_path, "drop_newest", 30)
     try:
-        await wait_for(lambda: dropped(metrics) + metrics.spooled._value.get() >= 30, 20, "all 30 handled")
-        assert dropped(metrics) > 0 and metrics.spooled._value.get() + dropped(metrics) == 30
+        await wait_for(lambda: dropped(metrics) + value(metrics.spooled) >= 30, 20, "all 30 handled")
+        assert dropped(metrics) > 0 and value(metrics.spooled) + dropped(metrics) == 30
         kept = drain(Spool(tmp_path, max_bytes=1100))
         assert kept[0] == payload(0)
     finally:
@@ -96,7 +96,7 @@ async def test_drop_newest_keeps_the_oldest_and_counts_every_drop(tmp_path: Path
 async def test_drop_oldest_keeps_the_newest_and_counts_every_drop(tmp_path: Path) -> None:
     metrics, task = await run_full_spool(tmp_path, "drop_oldest", 30)
     try:
-        await wait_for(lambda: metrics.spooled._value.get() == 30, 20, "all 30 spooled")
+        await wait_for(lambda: value(metrics.spooled) == 30, 20, "all 30 spooled")
         kept = drain(Spool(tmp_path, max_bytes=1100))
         assert kept[-1] == payload(29) and payload(0) not in kept
         assert dropped(metrics) == 30 - len(kept)
@@ -149,7 +149,7 @@ async def test_drop_oldest_never_drops_what_the_drainer_is_publishing(tmp_path: 
         assert len(entries) == len(set(entries))  # nothing published twice
         assert dropped(metrics) > 0  # the spool really was full
         assert len(entries) + dropped(metrics) == 330  # published or counted as dropped, exactly
-        assert metrics.published._value.get() == len(entries)
+        assert value(metrics.published) == len(entries)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -176,7 +176,7 @@ async def test_block_with_a_full_spool_and_redis_down_closes_within_its_bound_an
         unpublished = await asyncio.wait_for(publisher.close(1.0), 5)
         assert time.monotonic() - started < 3
         kept = Spool(tmp_path, max_bytes=1100).records
-        shutdown_drops = metrics.dropped.labels("shutdown_spool_full")._value.get()
+        shutdown_drops = value(metrics.dropped, reason="shutdown_spool_full")
         assert kept + shutdown_drops + unpublished == puts  # every event kept or counted
         assert shutdown_drops + unpublished > 0 and dropped(metrics) == 0
     finally:
@@ -195,8 +195,8 @@ async def test_a_batch_larger_than_the_whole_spool_is_kept_in_parts(policy: Poli
     try:
         for n in range(15):  # ~1,560 bytes, taken as one batch: more than the spool holds
             publisher.offer(payload(n))
-        await wait_for(lambda: metrics.spooled._value.get() + dropped(metrics) >= 10, 10, "the batch spooled in parts")
-        assert metrics.spooled._value.get() >= 10
+        await wait_for(lambda: value(metrics.spooled) + dropped(metrics) >= 10, 10, "the batch spooled in parts")
+        assert value(metrics.spooled) >= 10
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from homeiq_local.services import InfluxServer
 from homeiq_shared.config import parse_config
-from homeiq_shared.events import NormalisedEvent, State, encode_event
+from homeiq_shared.events import NormalisedEvent, State
 from homeiq_shared.health import Readiness
 from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, entry_fields, read_group
 from homeiq_writer.batch import BatchWriter
@@ -23,6 +23,8 @@ from homeiq_writer.haschema import HaEncoder
 from homeiq_writer.influx import v1_sink
 from homeiq_writer.metrics import WriterMetrics
 from homeiq_writer.schemas import make_encoder
+from tests.events import other_payload, state_payload
+from tests.helpers import value
 
 CONFIG = """
 influxdb:
@@ -35,25 +37,18 @@ homeiq:
 """
 
 
-def state(entity_id: str, attributes: bytes, n: int) -> bytes:
-    return encode_event(NormalisedEvent(
-        event_type="state_changed", time_ns=1_700_000_000_000_000_000 + n * 1000, entity_id=entity_id,
-        domain=entity_id.partition(".")[0], new_state=State(state="1", attributes=msgspec.Raw(attributes))))
-
-
 async def test_homeiq_schema_event_types_entities_and_attributes(
     redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str
 ) -> None:
     names = DEFAULT_NAMES
     await ensure_group(redis_client, names)
     payloads = [
-        state("sensor.a", b'{"icon":"mdi:x","entity_picture":"/p.png","friendly_name":"A","unit":1.50}', 1),
-        state("light.b", b'{"icon":"mdi:y","entity_picture":"/q.png"}', 2),
-        state("update.core", b'{}', 3),
-        encode_event(NormalisedEvent(event_type="call_service", time_ns=1_700_000_000_000_004_000,
-                                     data=msgspec.Raw(b'{"domain":"light"}'))),
-        encode_event(NormalisedEvent(event_type="automation_triggered", time_ns=1_700_000_000_000_005_000,
-                                     data=msgspec.Raw(b'{"name":"x"}'))),
+        state_payload(1, entity_id="sensor.a", state="1",
+                      attributes=b'{"icon":"mdi:x","entity_picture":"/p.png","friendly_name":"A","unit":1.50}'),
+        state_payload(2, entity_id="light.b", state="1", attributes=b'{"icon":"mdi:y","entity_picture":"/q.png"}'),
+        state_payload(3, entity_id="update.core", state="1", attributes=b"{}"),
+        other_payload("call_service", 4, b'{"domain":"light"}'),
+        other_payload("automation_triggered", 5, b'{"name":"x"}'),
     ]
     for payload in payloads:
         await redis_client.xadd(names.stream, entry_fields(payload))
@@ -73,10 +68,10 @@ async def test_homeiq_schema_event_types_entities_and_attributes(
     assert '"unit":1.50' in points["sensor.a"]["attributes"]
     assert json.loads(points["light.b"]["attributes"]) == {"icon": "mdi:y"}
     assert (await redis_client.xpending(names.stream, names.group))["pending"] == 0  # left out is acked too
-    assert metrics.skipped.labels("event_type")._value.get() == 1
-    assert metrics.skipped.labels("entity_filter")._value.get() == 1
-    assert metrics.attributes_dropped.labels("ignore_attributes")._value.get() == 3
-    assert metrics.points_written._value.get() == 3
+    assert value(metrics.skipped, reason="event_type") == 1
+    assert value(metrics.skipped, reason="entity_filter") == 1
+    assert value(metrics.attributes_dropped, reason="ignore_attributes") == 3
+    assert value(metrics.points_written) == 3
 
 
 _values = st.recursive(
@@ -97,7 +92,7 @@ def test_ha_field_types_follow_their_names(state_text: str, attributes: dict[str
     if line is None:
         return
     field_set = line.split(" ", 1)[1].rsplit(" ", 1)[0]
-    for name, value in re.findall(r'(?:^|,)((?:[^=,\\]|\\.)+)=("(?:[^"\\]|\\.)*"|[^,]+)', field_set):
+    for name, field_value in re.findall(r'(?:^|,)((?:[^=,\\]|\\.)+)=("(?:[^"\\]|\\.)*"|[^,]+)', field_set):
         assert name != "time"
-        is_string = value.startswith('"')
-        assert is_string == (name == "state" or name.endswith("_str")), (name, value, line)
+        is_string = field_value.startswith('"')
+        assert is_string == (name == "state" or name.endswith("_str")), (name, field_value, line)

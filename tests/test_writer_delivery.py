@@ -13,6 +13,7 @@ from homeiq_local.services import InfluxServer, RedisServer
 from homeiq_shared.stream import DEFAULT_NAMES, StreamNames, connect, read_group
 from homeiq_writer.batch import BatchWriter
 from homeiq_writer.influx import v1_sink
+from tests.events import state_payload
 from tests.helpers import DelayProxy, FaultyHttp, Service, wait_for
 from tests.writer_harness import (
     fill,
@@ -20,7 +21,6 @@ from tests.writer_harness import (
     metric,
     restart_during_outage,
     running_writer,
-    state_payload,
     writer_settings,
 )
 

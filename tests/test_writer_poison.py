@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-import msgspec
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from homeiq_local.services import InfluxServer
-from homeiq_shared.events import NormalisedEvent, State, encode_event
+from homeiq_shared.events import NormalisedEvent
 from homeiq_shared.health import Readiness
 from homeiq_shared.stream import (
     DEAD_DETAIL,
@@ -27,13 +26,12 @@ from homeiq_writer.batch import BatchWriter, Handled
 from homeiq_writer.influx import v1_sink
 from homeiq_writer.lineprotocol import LineEncoder
 from homeiq_writer.metrics import WriterMetrics
+from tests.events import state_payload
+from tests.helpers import value
 
 
 def event(n: int, **changes: object) -> bytes:
-    base = NormalisedEvent(event_type="state_changed", time_ns=1_700_000_000_000_000_000 + n * 1000,
-                           entity_id=f"sensor.s{n}", domain="sensor",
-                           new_state=State(state=str(n), attributes=msgspec.Raw(b"{}")))
-    return encode_event(msgspec.structs.replace(base, **changes))
+    return state_payload(n, entity_id=f"sensor.s{n}", attributes=b"{}", **changes)
 
 
 async def test_poison_is_dead_lettered_and_good_neighbours_written(
@@ -76,9 +74,9 @@ async def test_poison_is_dead_lettered_and_good_neighbours_written(
         assert fields[FIELD_EVENT] == bad[fields[DEAD_REASON].decode()][FIELD_EVENT]  # the original payload is kept
         assert fields[DEAD_DETAIL] and fields[DEAD_ORIGINAL_ID]
     assert (await redis_client.xpending(names.stream, names.group))["pending"] == 0
-    assert metrics.points_written._value.get() == 100
-    assert metrics.dead_lettered.labels("rejected")._value.get() == 1
-    assert metrics.batches.labels("bad_data")._value.get() >= 1
+    assert value(metrics.points_written) == 100
+    assert value(metrics.dead_lettered, reason="rejected") == 1
+    assert value(metrics.batches, outcome="bad_data") >= 1
 
 
 async def test_an_entry_whose_encoding_raises_is_dead_lettered_and_its_neighbours_written(
@@ -110,4 +108,4 @@ async def test_an_entry_whose_encoding_raises_is_dead_lettered_and_its_neighbour
     assert dead[1][DEAD_REASON] == b"reader_error" and dead[1][DEAD_ORIGINAL_ID] == ids[5]
     assert b"KeyError" in dead[1][DEAD_DETAIL] and dead[1][FIELD_EVENT] == event(5)
     assert (await redis_client.xpending(names.stream, names.group))["pending"] == 0
-    assert metrics.dead_lettered.labels("reader_error")._value.get() == 1
+    assert value(metrics.dead_lettered, reason="reader_error") == 1

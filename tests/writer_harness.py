@@ -11,25 +11,10 @@ import msgspec
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from homeiq_shared.events import Enrichment, NormalisedEvent, State, encode_event
 from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, entry_fields
 from homeiq_writer.service import Writer
 from homeiq_writer.settings import InfluxSettings, WriterSettings
 from tests.helpers import FaultyHttp, wait_for
-
-BASE_NS = 1_700_000_000_000_000_000
-
-
-def state_payload(n: int, state: str | None = None, attributes: bytes = b'{"friendly_name":"S"}',
-                  **changes: Any) -> bytes:
-    """A state_changed payload for entity `sensor.s<n % 50>` at a time unique to `n`."""
-    event = NormalisedEvent(
-        event_type="state_changed", time_ns=BASE_NS + n * 1000, entity_id=f"sensor.s{n % 50}", domain="sensor",
-        new_state=State(state=state if state is not None else str(n), attributes=msgspec.Raw(attributes),
-                        last_updated_ns=BASE_NS + n * 1000),
-        enrichment=Enrichment(device_id=f"dev{n % 7}", area_id="kitchen"),
-    )
-    return encode_event(msgspec.structs.replace(event, **changes))
 
 
 async def fill(client: aioredis.Redis, payloads: list[bytes]) -> None:
