@@ -1,12 +1,96 @@
-"""Settings helpers: secrets from the environment or a file, validation errors that name the variable."""
+"""Settings: each one declared once (its variable, flag, default, help and check) on a `Settings` struct;
+secrets from the environment or a file; validation errors that name the variable."""
 
 from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+
+Check = Callable[[str, Any], Any]
+"""`check(variable, value)` returns the value (possibly normalised) or raises ConfigError naming the variable."""
+
+
+@dataclass(frozen=True)
+class Var:
+    """Where a setting comes from and what it must be: its environment variable, its help, its check; `flag`
+    when it is not `--<field-name>`, `default_text` when --help should say more than the default."""
+
+    env: str
+    help: str
+    check: Check | None = None
+    flag: str = ""
+    default_text: str = ""
+
+
+@dataclass(frozen=True)
+class Nested:
+    """On a field whose type is a `Settings`: its settings' flags start with `prefix`; `only` limits which
+    of them this command offers (the others keep their defaults)."""
+
+    prefix: str = ""
+    only: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a `Settings` struct: a setting (`var`), a nested `Settings` (`nested`), or neither."""
+
+    name: str
+    type: Any
+    default: Any
+    var: Var | None
+    nested: Nested | None
+
+
+def settings_fields(cls: type[Settings]) -> Iterator[Field]:
+    """The fields of `cls`, with what their annotations declare."""
+    for info in msgspec.structs.fields(cls):
+        kind, extras = info.type, []
+        if typing.get_origin(kind) is typing.Annotated:
+            kind, *extras = typing.get_args(kind)
+        var = next((x for x in extras if isinstance(x, Var)), None)
+        nested = next((x for x in extras if isinstance(x, Nested)), None)
+        if nested is None and isinstance(kind, type) and issubclass(kind, Settings):
+            nested = Nested()
+        yield Field(info.name, kind, info.default, var, nested)
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """A group of settings; `validate` runs every field's check (nested ones too), then `check_together`."""
+
+    @classmethod
+    def layered(cls, given: dict[str, Any]) -> Self:
+        """Build from the values given (flag or variable); what is not given takes the default. A subclass
+        may put another layer (a configuration file) between the two."""
+        return cls(**given)
+
+    def check_together(self) -> None:
+        """Checks that involve more than one setting; raise ConfigError naming the variables."""
+
+    def validate(self) -> Self:
+        """Raise ConfigError naming the variable that is wrong; return the settings with values normalised."""
+        changes: dict[str, Any] = {}
+        for field in settings_fields(type(self)):
+            value = getattr(self, field.name)
+            if isinstance(value, Settings):
+                checked = value.validate()
+            elif field.var is not None and field.var.check is not None:
+                checked = field.var.check(field.var.env, value)
+            else:
+                continue
+            if checked is not value:
+                changes[field.name] = checked
+        result = msgspec.structs.replace(self, **changes) if changes else self
+        result.check_together()
+        return result
 
 
 class ConfigError(Exception):
@@ -58,6 +142,57 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     """Raise ConfigError unless `value` is one of `choices`."""
     if value not in choices:
         raise ConfigError(f"{name}: must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def positive(name: str, value: float) -> float:
+    """Check: greater than 0."""
+    check_positive(name, value)
+    return value
+
+
+def at_least(low: float) -> Check:
+    """Check: `low` or more."""
+    def check(name: str, value: float) -> float:
+        if value < low:
+            raise ConfigError(f"{name}: must be {low:g} or more, got {value}")
+        return value
+    return check
+
+
+def between(low: float, high: float) -> Check:
+    """Check: from `low` to `high`, both included."""
+    def check(name: str, value: float) -> float:
+        if not low <= value <= high:
+            raise ConfigError(f"{name}: must be between {low:g} and {high:g}, got {value}")
+        return value
+    return check
+
+
+def one_of(*choices: str) -> Check:
+    """Check: one of `choices`."""
+    return lambda name, value: check_choice(name, value, choices)
+
+
+def url_of(*schemes: str) -> Check:
+    """Check: a URL of one of `schemes` with a host."""
+    return lambda name, value: check_url(name, value, schemes)
+
+
+REDIS_URL_CHECK: Check = url_of("redis", "rediss", "unix")
+
+
+def not_empty(name: str, value: str) -> str:
+    """Check: not an empty string."""
+    if not value:
+        raise ConfigError(f"{name}: must not be empty")
+    return value
+
+
+def a_file_or_empty(name: str, value: str) -> str:
+    """Check: empty, or the path of an existing file."""
+    if value and not Path(value).is_file():
+        raise ConfigError(f"{name}: {value!r} is not a file")
     return value
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from typing import Any, Final, TypeVar
+from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
@@ -13,7 +13,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
 from homeiq_shared.events import PAYLOAD_VERSION
-from homeiq_shared.settings import redact_url
+from homeiq_shared.settings import Settings, Var, not_empty, redact_url
 
 FIELD_VERSION: Final = b"v"
 FIELD_EVENT: Final = b"e"
@@ -30,12 +30,13 @@ DEAD_CONSUMER: Final = b"consumer"
 
 
 
-class StreamNames(msgspec.Struct, frozen=True):
+class StreamNames(Settings, frozen=True, kw_only=True):
     """All Redis key names the pipeline uses; the defaults are the contract."""
 
-    stream: str = "homeiq:events"
-    group: str = "writers"
-    dead: str = "homeiq:events:dead"
+    stream: Annotated[str, Var("STREAM_NAME", "The events stream.", not_empty)] = "homeiq:events"
+    group: Annotated[str, Var("STREAM_GROUP", "The writers' consumer group.", not_empty)] = "writers"
+    dead: Annotated[str, Var("STREAM_DEAD", "The dead-letter stream.", not_empty, flag="--dead-stream")] = (
+        "homeiq:events:dead")
 
     @property
     def watermark(self) -> str:

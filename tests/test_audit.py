@@ -185,8 +185,8 @@ async def test_the_periodic_audit_exports_what_it_found_and_repairs_when_asked(
 ) -> None:
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
-    from homeiq_replayer.audit_loop import AuditSettings  # noqa: PLC0415
-    from homeiq_replayer.service import Replayer, ReplayerSettings  # noqa: PLC0415
+    from homeiq_replayer.service import Replayer  # noqa: PLC0415
+    from homeiq_replayer.settings import AuditSettings, ReplayerSettings  # noqa: PLC0415
     from homeiq_writer.settings import InfluxSettings  # noqa: PLC0415
 
     for sent in audited.sim.hub.sent[10:12]:

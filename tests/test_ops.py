@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from homeiq_collector.metrics import CollectorMetrics
 from homeiq_local.services import InfluxServer, RedisServer, free_port
-from homeiq_replayer.service import Replayer, ReplayerSettings
+from homeiq_replayer.service import Replayer
+from homeiq_replayer.settings import ReclaimSettings, ReplayerSettings
 from homeiq_replayer.stream_metrics import StreamMetrics
 from homeiq_shared.stream import DEFAULT_NAMES
 from homeiq_writer.metrics import WriterMetrics
@@ -108,7 +109,7 @@ async def test_stream_gauges_stay_fresh_while_a_reclaimed_batch_waits_for_influx
     settings = ReplayerSettings(
         redis_url=redis_server.url, names=DEFAULT_NAMES, metrics_host="127.0.0.1", metrics_port=0,
         influx=InfluxSettings(url=f"http://127.0.0.1:{free_port()}", api="v1", bucket="db", timeout_s=1),
-        min_idle_ms=1, interval_s=0.2,
+        reclaim=ReclaimSettings(min_idle_ms=1), interval_s=0.2,
     ).validate()
     replayer = Replayer(settings, CollectorRegistry())
     stop = asyncio.Event()

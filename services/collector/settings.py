@@ -1,81 +1,93 @@
-"""Collector settings, validated once at start."""
+"""Collector settings: each declared once, with its variable, default, check and help; validated at start."""
 
 from __future__ import annotations
 
 import ssl
-from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
-import msgspec
-
 from homeiq_collector.spool import POLICIES, Policy
-from homeiq_shared.settings import ConfigError, check_choice, check_positive, check_url, ssl_context
+from homeiq_shared.options import ConfigPath, MetricsPort, ServiceSettings
+from homeiq_shared.settings import (
+    Nested,
+    Var,
+    a_file_or_empty,
+    at_least,
+    check_url,
+    not_empty,
+    one_of,
+    positive,
+    ssl_context,
+)
 from homeiq_shared.stream import StreamNames
 
 
-def websocket_url(url: str) -> str:
+def websocket_url(name: str, url: str) -> str:
     """Accept HA's base URL or its WebSocket URL; return the ws(s)://…/api/websocket URL."""
-    check_url("HA_URL", url, ("ws", "wss", "http", "https"))
+    check_url(name, url, ("ws", "wss", "http", "https"))
     parts = urlsplit(url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
     path = parts.path if parts.path.rstrip("/") else "/api/websocket"
     return urlunsplit(parts._replace(scheme=scheme, path=path))
 
 
-class CollectorSettings(msgspec.Struct, frozen=True):
-    """Everything `collector run` needs; the token is passed separately and never stored here."""
+HaUrl = Annotated[str, Var("HA_URL", "HA base URL or ws(s)://host:8123/api/websocket.", websocket_url)]
+HaCommandTimeout = Annotated[float, Var("HA_COMMAND_TIMEOUT_S", "Timeout of one command (registries, history), s.",
+                                        positive)]
+EntityFilterJson = Annotated[str, Var(
+    "ENTITY_FILTER_CONFIG", "Deprecated (use HOMEIQ_CONFIG): entity filter as JSON: mode, patterns, exceptions.")]
+EntityFilterFile = Annotated[str, Var(
+    "ENTITY_FILTER_CONFIG_FILE", "Deprecated (use HOMEIQ_CONFIG): entity filter JSON file.")]
 
-    ha_url: str
-    redis_url: str
-    names: StreamNames
-    connect_timeout_s: float = 10.0
-    auth_timeout_s: float = 10.0
-    command_timeout_s: float = 60.0
-    ping_interval_s: float = 30.0
-    ping_timeout_s: float = 10.0
-    max_message_mb: int = 64
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 60.0
-    auth_retry_s: float = 900.0
-    buffer_events: int = 2_000
-    publish_batch: int = 1_000
-    spool_dir: str = "spool"
-    spool_max_mb: int = 1024
-    spool_policy: Policy = "drop_oldest"
-    backfill: bool = True
-    backfill_delay_s: float = 2.0
-    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other containers
-    metrics_port: int = 8001
-    require_aof: bool = True
-    verify_ssl: bool = True
-    ssl_ca_cert: str = ""
+
+class CollectorSettings(ServiceSettings, frozen=True, kw_only=True):
+    """Everything `collector run` needs; the token is read separately and never stored here."""
+
+    ha_url: HaUrl = "ws://127.0.0.1:8123/api/websocket"
+    names: Annotated[StreamNames, Nested(only=("stream",))] = StreamNames()
+    connect_timeout_s: Annotated[float, Var(
+        "HA_CONNECT_TIMEOUT_S", "TCP + WebSocket handshake timeout, s.", positive)] = 10.0
+    auth_timeout_s: Annotated[float, Var(
+        "HA_AUTH_TIMEOUT_S", "Timeout of each receive during auth, s.", positive)] = 10.0
+    command_timeout_s: HaCommandTimeout = 60.0
+    ping_interval_s: Annotated[float, Var("HA_PING_INTERVAL_S", "App-level ping interval, s.", positive)] = 30.0
+    ping_timeout_s: Annotated[float, Var(
+        "HA_PING_TIMEOUT_S", "Reconnect when no pong within this, s.", positive)] = 10.0
+    max_message_mb: Annotated[int, Var(
+        "HA_MAX_MESSAGE_MB", "Largest WebSocket message accepted, MiB (at least 16: get_states on large installs).",
+        at_least(16))] = 64
+    backoff_base_s: Annotated[float, Var(
+        "HA_BACKOFF_BASE_S", "First reconnect backoff ceiling, s (doubles).", positive)] = 1.0
+    backoff_max_s: Annotated[float, Var("HA_BACKOFF_MAX_S", "Cap of the reconnect backoff, s.", positive)] = 60.0
+    auth_retry_s: Annotated[float, Var(
+        "HA_AUTH_RETRY_S", "After HA refused the token (auth_invalid), stay up and unready and log in again after "
+        "this long, s; doubles each time, up to 6 h (HA's IP ban counts failed logins).", positive)] = 900.0
+    buffer_events: Annotated[int, Var(
+        "COLLECTOR_BUFFER_EVENTS", "Events buffered in memory before XADD.", positive)] = 2_000
+    publish_batch: Annotated[int, Var("COLLECTOR_PUBLISH_BATCH", "Most XADDs in one pipeline.", positive)] = 1_000
+    spool_dir: Annotated[str, Var(
+        "COLLECTOR_SPOOL_DIR", "Directory of the disk spool used while Redis is down.", not_empty)] = "spool"
+    spool_max_mb: Annotated[int, Var("COLLECTOR_SPOOL_MAX_MB", "Most MiB the spool may hold.", positive)] = 1024
+    spool_policy: Annotated[Policy, Var(
+        "COLLECTOR_SPOOL_POLICY", "When the spool is full: drop_oldest, drop_newest or block (stop reading; HA then "
+        "drops us and backfill covers recorded entities).", one_of(*POLICIES))] = "drop_oldest"
+    backfill: Annotated[bool, Var(
+        "HA_BACKFILL", "After a reconnect, publish the recorder's states of the gap.")] = True
+    backfill_delay_s: Annotated[float, Var(
+        "HA_BACKFILL_DELAY_S", "Wait before the backfill (recorder commit), s.", at_least(0))] = 2.0
+    verify_ssl: Annotated[bool, Var(
+        "HA_VERIFY_SSL", "With wss:// (https://): check HA's certificate and host name.",
+        flag="--ha-verify-ssl/--no-ha-verify-ssl")] = True
+    ssl_ca_cert: Annotated[str, Var(
+        "HA_SSL_CA_CERT", "With wss://: CA file that signs HA's certificate (instead of the system's).",
+        a_file_or_empty, flag="--ha-ssl-ca-cert")] = ""
+    config_path: ConfigPath = ""
+    entity_filter: EntityFilterJson = ""
+    entity_filter_file: EntityFilterFile = ""
+    metrics_port: MetricsPort = 8001
 
     def tls(self) -> ssl.SSLContext | None:
         """The TLS settings of a wss:// connection (None for ws://)."""
         if not self.ha_url.startswith("wss:"):
             return None
         return ssl_context(self.verify_ssl, self.ssl_ca_cert)
-
-    def validate(self) -> CollectorSettings:
-        """Raise ConfigError naming the variable that is wrong."""
-        check_url("REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
-        for name, value in (
-            ("HA_CONNECT_TIMEOUT_S", self.connect_timeout_s), ("HA_AUTH_TIMEOUT_S", self.auth_timeout_s),
-            ("HA_COMMAND_TIMEOUT_S", self.command_timeout_s), ("HA_PING_INTERVAL_S", self.ping_interval_s),
-            ("HA_PING_TIMEOUT_S", self.ping_timeout_s), ("HA_BACKOFF_MAX_S", self.backoff_max_s),
-            ("HA_BACKOFF_BASE_S", self.backoff_base_s), ("HA_AUTH_RETRY_S", self.auth_retry_s),
-            ("COLLECTOR_BUFFER_EVENTS", self.buffer_events),
-            ("COLLECTOR_PUBLISH_BATCH", self.publish_batch), ("COLLECTOR_SPOOL_MAX_MB", self.spool_max_mb),
-        ):
-            check_positive(name, value)
-        if self.backfill_delay_s < 0:
-            raise ConfigError(f"HA_BACKFILL_DELAY_S: must be 0 or more, got {self.backfill_delay_s}")
-        check_choice("COLLECTOR_SPOOL_POLICY", self.spool_policy, POLICIES)
-        if not self.spool_dir:
-            raise ConfigError("COLLECTOR_SPOOL_DIR: must not be empty")
-        if self.ssl_ca_cert and not Path(self.ssl_ca_cert).is_file():
-            raise ConfigError(f"HA_SSL_CA_CERT: {self.ssl_ca_cert!r} is not a file")
-        if self.max_message_mb < 16:
-            raise ConfigError(f"HA_MAX_MESSAGE_MB: must be at least 16 (get_states on large installs), "
-                              f"got {self.max_message_mb}")
-        return msgspec.structs.replace(self, ha_url=websocket_url(self.ha_url))

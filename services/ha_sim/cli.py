@@ -9,9 +9,10 @@ from typing import Annotated
 
 import typer
 
+from homeiq_shared.binding import bind
 from homeiq_shared.cli import ServiceMain, run_service
-from homeiq_shared.options import LogFormat, LogLevel
-from homeiq_shared.settings import ConfigError, check_positive, read_secret
+from homeiq_shared.options import LogSettings
+from homeiq_shared.settings import Var, at_least, between, positive, read_secret
 
 app = typer.Typer(help="A Home Assistant WebSocket simulator: realistic entities, exact protocol.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -22,21 +23,24 @@ def _main() -> None:
     """A Home Assistant WebSocket simulator: realistic entities, exact protocol."""
 
 
+class SimSettings(LogSettings, frozen=True, kw_only=True):
+    """What `ha-sim run` serves and fires."""
+
+    host: Annotated[str, Var("HA_SIM_HOST", "Listen address.")] = "127.0.0.1"
+    port: Annotated[int, Var("HA_SIM_PORT", "Listen port.", between(0, 65535))] = 8123
+    entities: Annotated[int, Var("HA_SIM_ENTITIES", "Number of entities.", at_least(1))] = 200
+    rate: Annotated[float, Var("HA_SIM_RATE", "state_changed events per second.", positive)] = 20.0
+    seed: Annotated[int, Var("HA_SIM_SEED", "Seed of the population.")] = 1
+    events: Annotated[int, Var(
+        "HA_SIM_EVENTS", "Fire this many state_changed events, then only serve (0: until stopped).", at_least(0))] = 0
+    record: Annotated[str, Var(
+        "HA_SIM_RECORD", "After the last event, write every fired state here as JSON lines (entity_id, time_ns of its "
+        "point, state): the ground truth of a test.")] = ""
+
+
 @app.command()
-def run(
-    host: Annotated[str, typer.Option(envvar="HA_SIM_HOST", help="Listen address.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="HA_SIM_PORT", help="Listen port.")] = 8123,
-    entities: Annotated[int, typer.Option(envvar="HA_SIM_ENTITIES", help="Number of entities.")] = 200,
-    rate: Annotated[float, typer.Option(envvar="HA_SIM_RATE", help="state_changed events per second.")] = 20.0,
-    seed: Annotated[int, typer.Option(envvar="HA_SIM_SEED", help="Seed of the population.")] = 1,
-    events: Annotated[int, typer.Option(
-        envvar="HA_SIM_EVENTS", help="Fire this many state_changed events, then only serve (0: until stopped).")] = 0,
-    record: Annotated[str, typer.Option(
-        envvar="HA_SIM_RECORD", help="After the last event, write every fired state here as JSON lines (entity_id, "
-                                     "time_ns of its point, state): the ground truth of a test.")] = "",
-    log_level: LogLevel = "INFO",
-    log_format: LogFormat = "auto",
-) -> None:
+@bind()
+def run(settings: SimSettings) -> None:
     """Serve ws://HOST:PORT/api/websocket; clients authenticate with HA_TOKEN (or HA_TOKEN_FILE).
 
     Events start once a client has subscribed: none is fired into the void."""
@@ -45,14 +49,12 @@ def run(
     from homeiq_shared.lifecycle import wait_or_stop  # noqa: PLC0415
     from homeiq_shared.logs import Log  # noqa: PLC0415
 
+    s = settings
+    entities, rate, events, record = s.entities, s.rate, s.events, s.record
+
     def build() -> ServiceMain:
-        check_positive("HA_SIM_RATE", rate)
-        if events < 0:
-            raise ConfigError(f"HA_SIM_EVENTS: must be 0 or more, got {events}")
-        if entities < 1:
-            raise ConfigError(f"HA_SIM_ENTITIES: must be at least 1, got {entities}")
-        hub = Hub.create(entities, read_secret("HA_TOKEN"), seed)
-        server = SimServer(hub, host, port)
+        hub = Hub.create(entities, read_secret("HA_TOKEN"), s.seed)
+        server = SimServer(hub, s.host, s.port)
 
         async def main(stop: asyncio.Event) -> None:
             url = await server.start()
@@ -74,4 +76,4 @@ def run(
 
         return main
 
-    run_service("ha-sim", log_level, log_format, build)
+    run_service("ha-sim", s.log_level, s.log_format, build)

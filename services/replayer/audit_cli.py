@@ -15,24 +15,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from homeiq_shared.cli import EXIT_FAILURE, EXIT_USAGE
+from homeiq_replayer.settings import AuditCommandSettings
+from homeiq_shared.binding import bind
+from homeiq_shared.cli import EXIT_FAILURE, config_error
 from homeiq_shared.settings import ConfigError, read_secret, redact_url
 from homeiq_shared.stream import connect
-from homeiq_writer.options import (
-    DEFAULTS,
-    HomeiqConfig,
-    InfluxApi,
-    InfluxBucket,
-    InfluxCaCert,
-    InfluxOrg,
-    InfluxRetentionPolicy,
-    InfluxSchema,
-    InfluxTimeout,
-    InfluxUrl,
-    InfluxUsername,
-    InfluxVerifySsl,
-)
-from homeiq_writer.settings import InfluxSettings
 
 if TYPE_CHECKING:
     from homeiq_replayer.audit import AuditReport
@@ -65,8 +52,10 @@ def window(since: str, until: str | None, now_ns: int) -> tuple[int, int]:
     return since_ns, until_ns
 
 
+@bind()
 def audit_command(
     ctx: typer.Context,
+    settings: AuditCommandSettings,
     since: Annotated[str, typer.Option(help="Start of the window: 24h, 7d, 90m before now, or an ISO time.")] = "24h",
     until: Annotated[str | None, typer.Option(help="End of the window (default: now), same forms.")] = None,
     entities: Annotated[list[str] | None, typer.Option(
@@ -75,25 +64,6 @@ def audit_command(
         "--repair", help="Publish the missing states to the stream (as the backfill does); never deletes.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     concurrency: Annotated[int, typer.Option(help="History requests in flight at once.")] = 4,
-    ha_url: Annotated[str, typer.Option(envvar="HA_URL", help="HA base URL or its WebSocket URL; the token "
-                                        "comes from HA_TOKEN or HA_TOKEN_FILE.")] = "http://127.0.0.1:8123",
-    ha_timeout_s: Annotated[float, typer.Option(envvar="HA_COMMAND_TIMEOUT_S",
-                                                help="Timeout of one HA command, s.")] = 120.0,
-    entity_filter: Annotated[str, typer.Option(envvar="ENTITY_FILTER_CONFIG",
-                                               help="The collector's entity filter (JSON).")] = "",
-    entity_filter_file: Annotated[str, typer.Option(envvar="ENTITY_FILTER_CONFIG_FILE",
-                                                    help="The collector's entity filter file.")] = "",
-    influxdb_url: InfluxUrl = None,
-    influxdb_api: InfluxApi = None,
-    influxdb_org: InfluxOrg = None,
-    influxdb_bucket: InfluxBucket = None,
-    influxdb_retention_policy: InfluxRetentionPolicy = DEFAULTS.retention_policy,
-    influxdb_username: InfluxUsername = None,
-    influxdb_timeout_s: InfluxTimeout = 60.0,
-    influxdb_schema: InfluxSchema = None,
-    influxdb_verify_ssl: InfluxVerifySsl = None,
-    influxdb_ssl_ca_cert: InfluxCaCert = None,
-    config: HomeiqConfig = "",
 ) -> None:
     """Compare HA's recorder with InfluxDB per entity: states in HA, points found, missing, extra, wrong.
 
@@ -102,7 +72,6 @@ def audit_command(
     """
     # Imported here: the collector's and writer's modules would make every `replayer --help` slow.
     from homeiq_collector.entity_filter import EntityFilter  # noqa: PLC0415
-    from homeiq_collector.settings import websocket_url  # noqa: PLC0415
     from homeiq_replayer.audit import RECORDER_KEEP_DAYS, audit, repair  # noqa: PLC0415
     from homeiq_replayer.ha_reader import HAReadError, ha_session  # noqa: PLC0415
     from homeiq_replayer.influx_reader import InfluxReadError, reader_for  # noqa: PLC0415
@@ -111,18 +80,11 @@ def audit_command(
     now_ns = time.time_ns()
     try:
         since_ns, until_ns = window(since, until, now_ns)
-        url = websocket_url(ha_url)
         token = read_secret("HA_TOKEN")
-        influx = InfluxSettings.resolve(
-            url=influxdb_url, api=influxdb_api, org=influxdb_org, bucket=influxdb_bucket,
-            retention_policy=influxdb_retention_policy, username=influxdb_username, timeout_s=influxdb_timeout_s,
-            schema=influxdb_schema, verify_ssl=influxdb_verify_ssl, ssl_ca_cert=influxdb_ssl_ca_cert,
-            config_path=config)
-        reader = reader_for(influx)
-        rules = EntityFilter.from_settings(entity_filter, entity_filter_file, influx.config)
+        reader = reader_for(settings.influx)
+        rules = EntityFilter.from_settings(settings.entity_filter, settings.entity_filter_file, settings.influx.config)
     except ConfigError as exc:
-        err.print(f"configuration error: {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_USAGE) from None
+        config_error(exc)
     if now_ns - since_ns > RECORDER_KEEP_DAYS * 86_400 * 10**9:
         err.print(f"note: the window starts more than {RECORDER_KEEP_DAYS} days ago; states the recorder has "
                   "purged count as extra, not as a difference of the pipeline", highlight=False)
@@ -131,7 +93,7 @@ def audit_command(
         with Progress(TextColumn("auditing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=err, transient=as_json) as bar:
             task = bar.add_task("entities", total=None)
-            async with ha_session(url, token, ha_timeout_s, concurrency) as ha:
+            async with ha_session(settings.ha_url, token, settings.ha_timeout_s, concurrency) as ha:
                 bar.update(task, total=len(await ha.states()))
                 try:
                     report = await audit(ha, reader, since_ns, until_ns, entities, rules,

@@ -7,7 +7,6 @@ import asyncio
 import time
 from typing import Final
 
-import msgspec
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
@@ -16,34 +15,14 @@ from homeiq_collector.entity_filter import EntityRules
 from homeiq_replayer.audit import audit, repair
 from homeiq_replayer.ha_reader import HAReadError, ha_session
 from homeiq_replayer.influx_reader import InfluxReader, InfluxReadError
+from homeiq_replayer.settings import AuditSettings
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
-from homeiq_shared.settings import ConfigError, check_positive
 from homeiq_shared.stream import StreamNames
 
 log = Log(__name__)
 
 MARGIN_S: Final = 600.0  # windows overlap: a run that started late still covers what the last one did not
-
-
-class AuditSettings(msgspec.Struct, frozen=True):
-    """`interval_s` 0 turns the periodic audit off."""
-
-    interval_s: float = 0.0
-    ha_url: str = ""
-    repair: bool = False
-    settle_s: float = 120.0  # the newest states may still be on their way to InfluxDB
-    concurrency: int = 2
-    timeout_s: float = 120.0
-
-    def validate(self) -> AuditSettings:
-        """Raise ConfigError naming the variable that is wrong."""
-        if self.interval_s < 0:
-            raise ConfigError(f"REPLAYER_AUDIT_INTERVAL_S: must be 0 (off) or more, got {self.interval_s}")
-        if self.interval_s and not self.ha_url:
-            raise ConfigError("HA_URL: must be set when REPLAYER_AUDIT_INTERVAL_S turns the periodic audit on")
-        check_positive("REPLAYER_AUDIT_SETTLE_S", self.settle_s)
-        return self
 
 
 class PeriodicAudit:

@@ -23,39 +23,14 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from homeiq_replayer.audit_cli import audit_command
+from homeiq_replayer.settings import Connection, ReclaimCommandSettings, ReplayerSettings
 from homeiq_shared.backoff import Backoff
+from homeiq_shared.binding import bind
 from homeiq_shared.cli import EXIT_FAILURE, EXIT_USAGE, ServiceMain, config_error, run_service
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import setup_logging
-from homeiq_shared.options import (
-    DEFAULT_REDIS_URL,
-    DeadStreamName,
-    GroupName,
-    LogFormat,
-    LogLevel,
-    MetricsHost,
-    MetricsPort,
-    RedisUrl,
-    RequireAof,
-    StreamName,
-)
-from homeiq_shared.settings import ConfigError, check_positive, check_url, redact_url
-from homeiq_shared.stream import DEFAULT_NAMES, StreamNames, connect
-from homeiq_writer.options import (
-    DEFAULTS,
-    HomeiqConfig,
-    InfluxApi,
-    InfluxBucket,
-    InfluxCaCert,
-    InfluxOrg,
-    InfluxRetentionPolicy,
-    InfluxSchema,
-    InfluxTimeout,
-    InfluxUrl,
-    InfluxUsername,
-    InfluxVerifySsl,
-)
-from homeiq_writer.settings import InfluxSettings
+from homeiq_shared.settings import ConfigError, redact_url
+from homeiq_shared.stream import connect
 
 if TYPE_CHECKING:
     from homeiq_shared.health import Readiness
@@ -101,49 +76,15 @@ out = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
 
-MinIdleMs = Annotated[int, typer.Option(
-    "--min-idle", envvar="REPLAYER_MIN_IDLE_MS",
-    help="Reclaim entries idle longer than this, ms (above a writer's worst write + retry).")]
-MaxDeliveries = Annotated[int, typer.Option(
-    "--max-deliveries", envvar="REPLAYER_MAX_DELIVERIES",
-    help="An entry delivered (read or claimed) more often than this is a suspect: it is written alone, under "
-         "the crash ledger. Outages and restarts raise delivery counts too, so this alone dead-letters nothing.")]
-MaxCrashes = Annotated[int, typer.Option(
-    "--max-crashes", envvar="REPLAYER_MAX_CRASHES",
-    help="A suspect that replayers died (or hung) while decoding and encoding this many times goes to "
-         "dead-letter as crashed_reader.")]
-GiveUpAfter = Annotated[float, typer.Option(
-    "--give-up-after", envvar="REPLAYER_GIVE_UP_AFTER_S",
-    help="Give up (exit 1, everything not written stays pending) when InfluxDB has taken nothing for this "
-         "long, s; a request in flight may add up to INFLUXDB_TIMEOUT_S.")]
-Count = Annotated[int, typer.Option("--count", envvar="REPLAYER_COUNT", help="Entries per XAUTOCLAIM call.")]
-Consumer = Annotated[str, typer.Option(
-    "--consumer", envvar="REPLAYER_CONSUMER", help="Consumer name the reclaimed entries move to.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would happen; change nothing.")]
 
 
-class Context(msgspec.Struct):
-    """What the callback's options give every command."""
-
-    redis_url: str
-    names: StreamNames
-
-
 @app.callback()
-def _main(
-    ctx: typer.Context,
-    redis_url: RedisUrl = DEFAULT_REDIS_URL,
-    stream: StreamName = DEFAULT_NAMES.stream,
-    group: GroupName = DEFAULT_NAMES.group,
-    dead_stream: DeadStreamName = DEFAULT_NAMES.dead,
-) -> None:
+@bind()
+def _main(ctx: typer.Context, settings: Connection) -> None:
     """Reclaim entries left pending by dead or stuck writers; incident tools."""
-    try:
-        check_url("REDIS_URL", redis_url, ("redis", "rediss", "unix"))
-    except ConfigError as exc:
-        config_error(exc)
-    ctx.obj = Context(redis_url=redis_url, names=StreamNames(stream=stream, group=group, dead=dead_stream))
+    ctx.obj = settings
 
 
 def _fail(message: str) -> NoReturn:
@@ -203,7 +144,7 @@ class _Guard:
                 await self._watch
 
 
-def _execute(ctx: Context, work: Callable[[Any], Awaitable[T]]) -> T:
+def _execute(ctx: Connection, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run `work(client)`; a Redis failure exits 1 naming the URL and what to check."""
 
     async def _run() -> T:
@@ -234,75 +175,19 @@ def _table(title: str, columns: list[str], rows: list[list[object]]) -> None:
 
 
 @app.command()
-def run(
-    ctx: typer.Context,
-    min_idle_ms: MinIdleMs = 60_000,
-    max_deliveries: MaxDeliveries = 10,
-    max_crashes: MaxCrashes = 2,
-    count: Count = 500,
-    consumer: Consumer = "replayer",
-    interval_s: Annotated[
-        float, typer.Option(envvar="REPLAYER_INTERVAL_S", help="Pause between reclaim passes, s.")
-    ] = 10.0,
-    trim: Annotated[
-        bool, typer.Option(envvar="REPLAYER_TRIM", help="After each pass, XTRIM MINID below what is still needed.")
-    ] = True,
-    prune_idle_s: Annotated[
-        float, typer.Option(envvar="REPLAYER_PRUNE_IDLE_S",
-                            help="Delete consumers idle this long with nothing pending, s.")
-    ] = 86_400.0,
-    influxdb_url: InfluxUrl = None,
-    influxdb_api: InfluxApi = None,
-    influxdb_org: InfluxOrg = None,
-    influxdb_bucket: InfluxBucket = None,
-    influxdb_retention_policy: InfluxRetentionPolicy = DEFAULTS.retention_policy,
-    influxdb_username: InfluxUsername = None,
-    influxdb_timeout_s: InfluxTimeout = DEFAULTS.timeout_s,
-    influxdb_schema: InfluxSchema = None,
-    influxdb_verify_ssl: InfluxVerifySsl = None,
-    influxdb_ssl_ca_cert: InfluxCaCert = None,
-    config: HomeiqConfig = "",
-    metrics_host: MetricsHost = "0.0.0.0",  # noqa: S104 - scraped from other containers
-    metrics_port: MetricsPort = 8003,
-    require_aof: RequireAof = True,
-    audit_interval_s: Annotated[float, typer.Option(
-        envvar="REPLAYER_AUDIT_INTERVAL_S",
-        help="Audit HA's recorder against InfluxDB this often, s (0: off); needs HA_URL and HA_TOKEN.")] = 0.0,
-    audit_repair: Annotated[bool, typer.Option(
-        envvar="REPLAYER_AUDIT_REPAIR", help="Publish what a periodic audit finds missing (never deletes).")] = False,
-    ha_url: Annotated[str, typer.Option(
-        envvar="HA_URL", help="HA base URL or its WebSocket URL, for the periodic audit.")] = "",
-    log_level: LogLevel = "INFO",
-    log_format: LogFormat = "auto",
-) -> None:
+@bind(inherit=("redis_url", "names"))
+def run(settings: ReplayerSettings) -> None:
     """Reclaim idle pending entries periodically, write them through the writer's code, trim safely.
 
     The InfluxDB token comes from INFLUXDB_TOKEN or INFLUXDB_TOKEN_FILE, never from a flag.
     """
-    from homeiq_collector.settings import websocket_url  # noqa: PLC0415 - keep --help fast
-    from homeiq_replayer.audit_loop import AuditSettings  # noqa: PLC0415
-    from homeiq_replayer.service import Replayer, ReplayerSettings  # noqa: PLC0415
-
-    shared: Context = ctx.obj
+    from homeiq_replayer.service import Replayer  # noqa: PLC0415 - keep --help fast
 
     def build() -> ServiceMain:
-        settings = ReplayerSettings(
-            redis_url=shared.redis_url, names=shared.names,
-            influx=InfluxSettings.resolve(
-                url=influxdb_url, api=influxdb_api, org=influxdb_org, bucket=influxdb_bucket,
-                retention_policy=influxdb_retention_policy, username=influxdb_username,
-                timeout_s=influxdb_timeout_s, schema=influxdb_schema, verify_ssl=influxdb_verify_ssl,
-                ssl_ca_cert=influxdb_ssl_ca_cert, config_path=config,
-            ),
-            consumer=consumer, min_idle_ms=min_idle_ms, interval_s=interval_s, count=count,
-            max_deliveries=max_deliveries, max_crashes=max_crashes, trim=trim, prune_idle_s=prune_idle_s,
-            metrics_host=metrics_host, metrics_port=metrics_port, require_aof=require_aof,
-            audit=AuditSettings(interval_s=audit_interval_s, ha_url=websocket_url(ha_url) if ha_url else "",
-                                repair=audit_repair),
-        ).validate()
+        settings.influx.log_config_notes()
         return Replayer(settings).run
 
-    run_service("replayer", log_level, log_format, build)
+    run_service("replayer", settings.log_level, settings.log_format, build)
 
 
 @app.command()
@@ -310,7 +195,7 @@ def pending(ctx: typer.Context, as_json: Json = False) -> None:
     """Per consumer: pending count, oldest idle, highest delivery count; stream length, lag, last id."""
     from homeiq_replayer.operations import pending_report  # noqa: PLC0415
 
-    shared: Context = ctx.obj
+    shared: Connection = ctx.obj
     report = _execute(shared, lambda client: pending_report(client, shared.names))
     if as_json:
         _json(report)
@@ -331,28 +216,9 @@ def pending(ctx: typer.Context, as_json: Json = False) -> None:
 
 
 @app.command()
-def reclaim(
-    ctx: typer.Context,
-    min_idle_ms: MinIdleMs = 60_000,
-    max_deliveries: MaxDeliveries = 10,
-    max_crashes: MaxCrashes = 2,
-    give_up_after_s: GiveUpAfter = 60.0,
-    count: Count = 500,
-    consumer: Consumer = "replayer",
-    dry_run: DryRun = False,
-    as_json: Json = False,
-    influxdb_url: InfluxUrl = None,
-    influxdb_api: InfluxApi = None,
-    influxdb_org: InfluxOrg = None,
-    influxdb_bucket: InfluxBucket = None,
-    influxdb_retention_policy: InfluxRetentionPolicy = DEFAULTS.retention_policy,
-    influxdb_username: InfluxUsername = None,
-    influxdb_timeout_s: InfluxTimeout = DEFAULTS.timeout_s,
-    influxdb_schema: InfluxSchema = None,
-    influxdb_verify_ssl: InfluxVerifySsl = None,
-    influxdb_ssl_ca_cert: InfluxCaCert = None,
-    config: HomeiqConfig = "",
-) -> None:
+@bind()
+def reclaim(ctx: typer.Context, settings: ReclaimCommandSettings, dry_run: DryRun = False, as_json: Json = False,
+            ) -> None:
     """One reclaim pass now, with progress and a summary (reclaimed, written, suspects, dead-lettered, lost).
 
     Claims nothing until InfluxDB answers its readiness check. Gives up (exit 1) when InfluxDB has taken
@@ -366,17 +232,10 @@ def reclaim(
     from homeiq_writer.batch import READY_INFLUX, BatchWriter  # noqa: PLC0415
     from homeiq_writer.metrics import WriterMetrics  # noqa: PLC0415
 
-    shared: Context = ctx.obj
+    shared: Connection = ctx.obj
+    options, influx = settings.reclaim, settings.influx
     setup_logging("WARNING", "text", "replayer")
     try:
-        check_positive("REPLAYER_MAX_DELIVERIES", max_deliveries)
-        check_positive("REPLAYER_MAX_CRASHES", max_crashes)
-        check_positive("REPLAYER_GIVE_UP_AFTER_S", give_up_after_s)
-        influx = InfluxSettings.resolve(
-            url=influxdb_url, api=influxdb_api, org=influxdb_org, bucket=influxdb_bucket,
-            retention_policy=influxdb_retention_policy, username=influxdb_username, timeout_s=influxdb_timeout_s,
-            schema=influxdb_schema, verify_ssl=influxdb_verify_ssl, ssl_ca_cert=influxdb_ssl_ca_cert,
-            config_path=config)
         sink = None if dry_run else influx.make_sink()
     except ConfigError as exc:
         config_error(exc)
@@ -385,17 +244,18 @@ def reclaim(
         summary_all: Any = await client.xpending(shared.names.stream, shared.names.group)
         if dry_run:
             rows: Any = await client.xpending_range(shared.names.stream, shared.names.group, "-", "+",
-                                                    1_000_000, idle=min_idle_ms)
-            suspects = sum(1 for r in rows if int(r["times_delivered"]) + 1 > max_deliveries)
+                                                    1_000_000, idle=options.min_idle_ms)
+            suspects = sum(1 for r in rows if int(r["times_delivered"]) + 1 > options.max_deliveries)
             crashes: Any = await client.hvals(shared.names.crashes)
-            crashed = sum(1 for n in crashes if int(n) >= max_crashes)
+            crashed = sum(1 for n in crashes if int(n) >= options.max_crashes)
             return PassSummary(reclaimed=len(rows), suspects=suspects, dead_lettered=crashed, dry_run=True)
         assert sink is not None
         readiness = Readiness(READY_INFLUX)
-        writer = BatchWriter(client, shared.names, sink, WriterMetrics(CollectorRegistry()), readiness, consumer,
+        writer = BatchWriter(client, shared.names, sink, WriterMetrics(CollectorRegistry()), readiness,
+                             options.consumer,
                              encoder=influx.make_encoder())
         try:
-            async with _Guard(give_up_after_s) as guard:
+            async with _Guard(settings.give_up_after_s) as guard:
                 if not await _influx_ready(writer, readiness, guard.stop):
                     _fail(f"{guard.why}: {readiness.reason}. Nothing was claimed: every entry stays pending as it "
                           "was. Fix InfluxDB (URL, credentials, database) and run reclaim again.")
@@ -407,9 +267,10 @@ def reclaim(
                 with Progress(TextColumn("reclaiming"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                               console=err, transient=as_json) as bar:
                     task = bar.add_task("reclaim", total=int(summary_all["pending"]))
-                    result = await reclaim_pass(client, shared.names, consumer, writer, min_idle_ms, count,
-                                                guard.stop, max_deliveries, progress=advance,
-                                                ledger=CrashLedger(client, shared.names, consumer, max_crashes))
+                    result = await reclaim_pass(
+                        client, shared.names, options.consumer, writer, options.min_idle_ms, options.count,
+                        guard.stop, options.max_deliveries, progress=advance,
+                        ledger=CrashLedger(client, shared.names, options.consumer, options.max_crashes))
         finally:
             await sink.close()
         if guard.why is not None or not result.completed:
@@ -445,7 +306,7 @@ def trim(ctx: typer.Context, dry_run: DryRun = False, as_json: Json = False) -> 
     """XTRIM MINID at the oldest id any group still needs; shows what goes and why that is safe."""
     from homeiq_replayer import operations  # noqa: PLC0415
 
-    shared: Context = ctx.obj
+    shared: Connection = ctx.obj
 
     async def work(client: Any) -> dict[str, object]:
         if dry_run:
@@ -471,7 +332,7 @@ def dead_letter_list(
     """The oldest dead letters, with their reason."""
     from homeiq_replayer.operations import dead_letters  # noqa: PLC0415
 
-    shared: Context = ctx.obj
+    shared: Connection = ctx.obj
     letters = _execute(shared, lambda client: dead_letters(client, shared.names, limit, reason))
     if as_json:
         _json(letters)
@@ -491,7 +352,7 @@ def dead_letter_redrive(
     """Move dead letters back onto the stream (atomically out of dead-letter) once the cause is fixed."""
     from homeiq_replayer.operations import dead_letters, redrive  # noqa: PLC0415
 
-    shared: Context = ctx.obj
+    shared: Connection = ctx.obj
     if bool(ids) == redrive_all:
         err.print("error: give --id (one or more) or --all", highlight=False)
         raise typer.Exit(EXIT_USAGE)
@@ -533,7 +394,7 @@ def dead_letter_purge(
     """Delete dead letters for good, after saying how many and asking (unless --yes)."""
     from homeiq_replayer.operations import purge  # noqa: PLC0415
 
-    shared: Context = ctx.obj
+    shared: Connection = ctx.obj
     if (before is None) == (not purge_all):
         err.print("error: give --before TIME or --all", highlight=False)
         raise typer.Exit(EXIT_USAGE)

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import os
+import socket
 import ssl
-from pathlib import Path
-
-import msgspec
+from typing import Annotated, Any, Self
 
 from homeiq_shared.config import ConfigFile, load_config
 from homeiq_shared.logs import Log
-from homeiq_shared.settings import ConfigError, check_choice, check_positive, check_url, read_secret, ssl_context
+from homeiq_shared.options import ConfigPath, MetricsPort, ServiceSettings
+from homeiq_shared.settings import (
+    ConfigError,
+    Nested,
+    Settings,
+    Var,
+    a_file_or_empty,
+    between,
+    not_empty,
+    one_of,
+    positive,
+    read_secret,
+    ssl_context,
+    url_of,
+)
 from homeiq_shared.stream import DEFAULT_SOCKET_TIMEOUT_S, StreamNames
 from homeiq_writer.influx import InfluxSink, v1_sink, v2_sink
 from homeiq_writer.schemas import SCHEMAS, Encoder, make_encoder
@@ -21,66 +34,82 @@ log = Log(__name__)
 BLOCK_MARGIN_MS = 1000
 
 
-class InfluxSettings(msgspec.Struct, frozen=True):
-    """Where and how to write: `api` v2 (org, bucket, token) or v1 (db = bucket, rp, user/password), in which
-    `schema`; `config` is the HOMEIQ_CONFIG file (its rules, and secrets the environment does not set)."""
+InfluxTimeout = Annotated[float, Var("INFLUXDB_TIMEOUT_S", "Timeout of one request to InfluxDB, s.", positive)]
 
-    url: str
-    api: str = "v2"
-    org: str = "homeiq"
-    bucket: str = "home_assistant_events"
-    retention_policy: str = ""
-    username: str = ""
-    timeout_s: float = 10.0
-    schema: str = "homeiq"
-    verify_ssl: bool = True
-    ssl_ca_cert: str = ""
+
+def _from_file(config: ConfigFile | None) -> dict[str, Any]:
+    """The InfluxDB settings the configuration file sets."""
+    if config is None:
+        return {}
+    values: dict[str, Any] = {}
+    if config.integration is not None:
+        words = config.integration
+        v1 = words.api_version == "1"
+        values.update(url=words.url(), api="v1" if v1 else "v2", bucket=words.database if v1 else (words.bucket or ""),
+                      username=words.username or "", verify_ssl=words.verify_ssl, ssl_ca_cert=words.ssl_ca_cert or "")
+        if words.organization:
+            values["org"] = words.organization
+    if config.homeiq.schema is not None:
+        values["schema"] = config.homeiq.schema
+    return values
+
+
+class InfluxSettings(Settings, frozen=True, kw_only=True):
+    """Where and how to write: `api` v2 (org, bucket, token) or v1 (db = bucket, rp, user/password), in which
+    `schema`. Those the HOMEIQ_CONFIG file can set come from a flag or variable when given, else from the file's
+    `influxdb:` / `homeiq:` blocks, else the default; `config` is that file (its rules, and secrets the
+    environment does not set)."""
+
+    url: Annotated[str, Var(
+        "INFLUXDB_URL", "InfluxDB base URL.", url_of("http", "https"),
+        default_text="the file's host/port/ssl/path, else http://127.0.0.1:8086")] = "http://127.0.0.1:8086"
+    api: Annotated[str, Var(
+        "INFLUXDB_API", "v2 (org, bucket, token) or v1 (db, rp, user).", one_of("v1", "v2"),
+        default_text="the file's api_version, else v2")] = "v2"
+    org: Annotated[str, Var(
+        "INFLUXDB_ORG", "v2 organisation.", default_text="the file's organization, else homeiq")] = "homeiq"
+    bucket: Annotated[str, Var(
+        "INFLUXDB_BUCKET", "v2 bucket, or v1 database.", not_empty,
+        default_text="the file's bucket or database, else home_assistant_events")] = "home_assistant_events"
+    retention_policy: Annotated[str, Var(
+        "INFLUXDB_RETENTION_POLICY", "v1 retention policy (empty: the database's default).")] = ""
+    username: Annotated[str, Var(
+        "INFLUXDB_USERNAME", "v1 user; the password comes from INFLUXDB_PASSWORD or INFLUXDB_PASSWORD_FILE, else "
+        "the file's password.", default_text="the file's username")] = ""
+    timeout_s: InfluxTimeout = 10.0
+    schema: Annotated[str, Var(
+        "INFLUXDB_SCHEMA", "homeiq (one measurement, the HomeIQ services' schema) or ha (Home Assistant's influxdb "
+        "integration, point for point).", one_of(*SCHEMAS), default_text="the file's homeiq.schema, else homeiq",
+    )] = "homeiq"
+    verify_ssl: Annotated[bool, Var(
+        "INFLUXDB_VERIFY_SSL", "Check InfluxDB's TLS certificate and host name.",
+        default_text="the file's verify_ssl, else on")] = True
+    ssl_ca_cert: Annotated[str, Var(
+        "INFLUXDB_SSL_CA_CERT", "CA file that signs InfluxDB's certificate (instead of the system's).",
+        a_file_or_empty, default_text="the file's ssl_ca_cert")] = ""
+    config_path: ConfigPath = ""
     config: ConfigFile | None = None
 
     @classmethod
-    def resolve(
-        cls, *, url: str | None = None, api: str | None = None, org: str | None = None, bucket: str | None = None,
-        retention_policy: str = "", username: str | None = None, timeout_s: float = 10.0, schema: str | None = None,
-        verify_ssl: bool | None = None, ssl_ca_cert: str | None = None, config_path: str = "",
-    ) -> InfluxSettings:
-        """Each setting from its flag or environment variable when given (not None), else from the
-        HOMEIQ_CONFIG file's `influxdb:` / `homeiq:` blocks, else its default. Validated."""
-        config = load_config(config_path)
-        defaults = cls(url="http://127.0.0.1:8086")
-        file = cls(url=defaults.url)
-        if config is not None:
-            for note in config.notes:
-                log.info("config_note", file=config.path, note=note)
-            if config.integration is not None:
-                words = config.integration
-                v1 = words.api_version == "1"
-                file = cls(url=words.url(), api="v1" if v1 else "v2", org=words.organization or defaults.org,
-                           bucket=words.database if v1 else (words.bucket or ""), username=words.username or "",
-                           verify_ssl=words.verify_ssl, ssl_ca_cert=words.ssl_ca_cert or "")
-            if config.homeiq.schema is not None:
-                file = msgspec.structs.replace(file, schema=config.homeiq.schema)
-        return cls(
-            url=file.url if url is None else url, api=file.api if api is None else api,
-            org=file.org if org is None else org, bucket=file.bucket if bucket is None else bucket,
-            retention_policy=retention_policy, username=file.username if username is None else username,
-            timeout_s=timeout_s, schema=file.schema if schema is None else schema,
-            verify_ssl=file.verify_ssl if verify_ssl is None else verify_ssl,
-            ssl_ca_cert=file.ssl_ca_cert if ssl_ca_cert is None else ssl_ca_cert, config=config,
-        ).validate()
+    def layered(cls, given: dict[str, Any]) -> Self:
+        """What is given, over what the HOMEIQ_CONFIG file says, over the defaults."""
+        config = load_config(given.get("config_path", ""))
+        return cls(**{**_from_file(config), **given, "config": config})
 
-    def validate(self) -> InfluxSettings:
-        """Raise ConfigError naming the variable that is wrong."""
-        check_url("INFLUXDB_URL", self.url, ("http", "https"))
-        check_choice("INFLUXDB_API", self.api, ("v1", "v2"))
-        check_choice("INFLUXDB_SCHEMA", self.schema, SCHEMAS)
-        check_positive("INFLUXDB_TIMEOUT_S", self.timeout_s)
-        if not self.bucket:
-            raise ConfigError("INFLUXDB_BUCKET: must not be empty")
+    @classmethod
+    def resolve(cls, **given: Any) -> Self:
+        """Validated settings from keyword values (None: not given) over the file over the defaults."""
+        return cls.layered({name: value for name, value in given.items() if value is not None}).validate()
+
+    def check_together(self) -> None:
+        """v2 needs an organisation."""
         if self.api == "v2" and not self.org:
             raise ConfigError("INFLUXDB_ORG: must not be empty with INFLUXDB_API=v2")
-        if self.ssl_ca_cert and not Path(self.ssl_ca_cert).is_file():
-            raise ConfigError(f"INFLUXDB_SSL_CA_CERT: {self.ssl_ca_cert!r} is not a file")
-        return self
+
+    def log_config_notes(self) -> None:
+        """Log what the configuration file had that we take differently (once, at start)."""
+        for note in self.config.notes if self.config is not None else ():
+            log.info("config_note", file=self.config.path if self.config else "", note=note)
 
     def _secret(self, name: str, from_file: str, required: bool) -> str:
         """NAME or NAME_FILE from the environment; else the configuration file's value."""
@@ -112,37 +141,37 @@ class InfluxSettings(msgspec.Struct, frozen=True):
         return make_encoder(self.schema, self.config)
 
 
-class WriterSettings(msgspec.Struct, frozen=True):
+def _hostname_if_empty(name: str, value: str) -> str:
+    return value or socket.gethostname()
+
+
+class WriterSettings(ServiceSettings, frozen=True, kw_only=True):
     """Everything `writer run` needs."""
 
-    redis_url: str
-    names: StreamNames
-    consumer: str
-    influx: InfluxSettings
-    batch_size: int = 5000
-    block_ms: int = 1000
-    write_interval_ms: int = 200
-    redis_socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S
-    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other containers
-    metrics_port: int = 8002
-    require_aof: bool = True
+    names: StreamNames = StreamNames()
+    consumer: Annotated[str, Var(
+        "WRITER_CONSUMER", "Consumer name; stable per replica.", _hostname_if_empty,
+        default_text="the host name")] = ""
+    influx: Annotated[InfluxSettings, Nested(prefix="influxdb_")] = InfluxSettings()
+    batch_size: Annotated[int, Var(
+        "WRITER_BATCH_SIZE", "Entries per read and per InfluxDB write (max 5000).", between(1, 5000))] = 5000
+    block_ms: Annotated[int, Var(
+        "WRITER_BLOCK_MS", "How long one read waits for new entries, ms (at least 1 s below the socket timeout).",
+        positive)] = 1000
+    write_interval_ms: Annotated[int, Var(
+        "WRITER_WRITE_INTERVAL_MS", "While the writer keeps up (its batches are not full), it lets each batch "
+        "gather 0.1 ms per entry/s arriving, up to this, ms (0: never): InfluxDB takes bigger batches for less CPU "
+        "per point, and at low rates events stay fresh.", between(0, 10_000))] = 200
+    redis_socket_timeout_s: Annotated[float, Var(
+        "REDIS_SOCKET_TIMEOUT_S", "How long any Redis command, a blocked read included, may take, s.",
+        positive)] = DEFAULT_SOCKET_TIMEOUT_S
+    metrics_port: MetricsPort = 8002
 
-    def validate(self) -> WriterSettings:
-        """Raise ConfigError naming the variable that is wrong."""
-        check_url("REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
-        if not self.consumer:
-            raise ConfigError("WRITER_CONSUMER: must not be empty")
-        if not 1 <= self.batch_size <= 5000:
-            raise ConfigError(f"WRITER_BATCH_SIZE: must be between 1 and 5000, got {self.batch_size}")
-        check_positive("WRITER_BLOCK_MS", self.block_ms)
-        if not 0 <= self.write_interval_ms <= 10_000:
-            raise ConfigError(f"WRITER_WRITE_INTERVAL_MS: must be between 0 and 10000, got {self.write_interval_ms}")
-        check_positive("REDIS_SOCKET_TIMEOUT_S", self.redis_socket_timeout_s)
+    def check_together(self) -> None:
+        """A blocked read must end well before the socket timeout."""
         if self.block_ms + BLOCK_MARGIN_MS > self.redis_socket_timeout_s * 1000:
             # Otherwise every read of an idle stream times out as if Redis were down (unready, reconnects).
             raise ConfigError(
                 f"WRITER_BLOCK_MS ({self.block_ms}) must be at least {BLOCK_MARGIN_MS} ms below "
                 f"REDIS_SOCKET_TIMEOUT_S ({self.redis_socket_timeout_s:g} s): lower WRITER_BLOCK_MS or raise "
                 "REDIS_SOCKET_TIMEOUT_S")
-        self.influx.validate()
-        return self
