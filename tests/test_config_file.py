@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from homeiq_collector.entity_filter import EntityFilter
-from homeiq_shared.config import EntityWords, load_config, parse_config
+from homeiq_shared.config import EntityWords
+from homeiq_shared.config_reader import load_config, parse_config
 from homeiq_shared.events import NormalisedEvent
 from homeiq_shared.settings import ConfigError
 from homeiq_writer.settings import InfluxSettings

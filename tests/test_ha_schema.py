@@ -18,7 +18,7 @@ import msgspec
 import pytest
 
 from homeiq_local.services import InfluxServer
-from homeiq_shared.config import parse_config
+from homeiq_shared.config_reader import parse_config
 from homeiq_shared.events import NormalisedEvent, State
 from homeiq_writer.haschema import HaEncoder
 from homeiq_writer.influx import Outcome, v1_sink

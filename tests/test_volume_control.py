@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from homeiq_local.services import InfluxServer
-from homeiq_shared.config import parse_config
+from homeiq_shared.config_reader import parse_config
 from homeiq_shared.events import NormalisedEvent, State
 from homeiq_shared.health import Readiness
 from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, entry_fields, read_group

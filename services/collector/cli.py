@@ -27,7 +27,7 @@ def run(settings: CollectorSettings) -> None:
     """
     from homeiq_collector.entity_filter import EntityFilter  # noqa: PLC0415 - keep --help fast
     from homeiq_collector.service import Collector  # noqa: PLC0415
-    from homeiq_shared.config import load_config  # noqa: PLC0415
+    from homeiq_shared.config_reader import load_config  # noqa: PLC0415
 
     def build() -> ServiceMain:
         rules = EntityFilter.from_settings(settings.entity_filter, settings.entity_filter_file,

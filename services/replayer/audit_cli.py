@@ -6,15 +6,15 @@ import asyncio
 import re
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import typer
 from redis.exceptions import RedisError
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from homeiq_replayer.console import err, fail, out
 from homeiq_replayer.settings import AuditCommandSettings
 from homeiq_shared.binding import bind
 from homeiq_shared.cli import EXIT_FAILURE, config_error
@@ -24,8 +24,6 @@ from homeiq_shared.stream import connect
 if TYPE_CHECKING:
     from homeiq_replayer.audit import AuditReport
 
-out = Console()
-err = Console(stderr=True)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -111,16 +109,11 @@ def audit_command(
     try:
         report = asyncio.run(work())
     except (HAReadError, InfluxReadError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except (RedisError, OSError) as exc:
-        _fail(f"Redis at {redact_url(shared.redis_url)} failed: {exc}")
+        fail(f"Redis at {redact_url(shared.redis_url)} failed: {exc}")
     _print(report, as_json)
     raise typer.Exit(0 if report.complete else EXIT_FAILURE)
-
-
-def _fail(message: str) -> NoReturn:
-    err.print(f"error: {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_FAILURE)
 
 
 def _print(report: AuditReport, as_json: bool) -> None:

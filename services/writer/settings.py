@@ -7,7 +7,8 @@ import socket
 import ssl
 from typing import Annotated, Any, Self
 
-from homeiq_shared.config import ConfigFile, load_config
+from homeiq_shared.config import ConfigFile
+from homeiq_shared.config_reader import load_config
 from homeiq_shared.logs import Log
 from homeiq_shared.options import ConfigPath, MetricsPort, ServiceSettings
 from homeiq_shared.settings import (
