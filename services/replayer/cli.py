@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from typer.core import TyperGroup
 
 from homeiq_replayer.audit_cli import audit_command
-from homeiq_replayer.console import DryRun, Json, err, execute, fail, out, print_json, table
+from homeiq_replayer.console import DryRun, Json, err, execute, fail, out, print_json, report, table
 from homeiq_replayer.dead_letter_cli import dead_letter_app
 from homeiq_replayer.settings import Connection, ReclaimCommandSettings, ReplayerSettings
 from homeiq_shared.backoff import Backoff
@@ -208,7 +208,7 @@ def reclaim(ctx: typer.Context, settings: ReclaimCommandSettings, dry_run: DryRu
             async with _Guard(settings.give_up_after_s) as guard:
                 if not await _influx_ready(writer, readiness, guard.stop):
                     fail(f"{guard.why}: {readiness.reason}. Nothing was claimed: every entry stays pending as it "
-                          "was. Fix InfluxDB (URL, credentials, database) and run reclaim again.")
+                         "was. Fix InfluxDB (URL, credentials, database) and run reclaim again.")
 
                 def advance(n: int) -> None:
                     guard.progressed()
@@ -226,18 +226,14 @@ def reclaim(ctx: typer.Context, settings: ReclaimCommandSettings, dry_run: DryRu
         if guard.why is not None or not result.completed:
             answer = "" if writer.healthy else f"; InfluxDB did not take the batch: {readiness.reason}"
             fail(f"{guard.why or 'stopped'}{answer}. {result.written} entries written and acked before that; "
-                  "the rest stays pending, neither acked nor dead-lettered. Fix InfluxDB (URL, credentials, "
-                  "database) if it refuses, and run reclaim again.")
+                 "the rest stays pending, neither acked nor dead-lettered. Fix InfluxDB (URL, credentials, "
+                 "database) if it refuses, and run reclaim again.")
         return result
 
     summary = execute(shared, work)
-    if as_json:
-        print_json(summary)
-        return
-    title = "reclaim (dry run: nothing changed)" if dry_run else "reclaim"
-    table(title, ["reclaimed", "written", "suspects", "dead-lettered", "lost"],
+    report(summary, as_json, "reclaim", ["reclaimed", "written", "suspects", "dead-lettered", "lost"],
            [[summary.reclaimed, "-" if dry_run else summary.written, summary.suspects, summary.dead_lettered,
-             "-" if dry_run else summary.lost]])
+             "-" if dry_run else summary.lost]], dry_run)
 
 
 async def _influx_ready(writer: BatchWriter, readiness: Readiness, stop: asyncio.Event) -> bool:
@@ -266,7 +262,4 @@ def trim(ctx: typer.Context, dry_run: DryRun = False, as_json: Json = False) -> 
         return {"min_id": plan.min_id, "removed": removed, "why_safe": plan.reason}
 
     result = execute(shared, work)
-    if as_json:
-        print_json(result)
-        return
-    table("trim (dry run: nothing changed)" if dry_run else "trim", list(result), [list(result.values())])
+    report(result, as_json, "trim", list(result), [list(result.values())], dry_run)

@@ -44,7 +44,7 @@ def execute(ctx: Connection, work: Callable[[Any], Awaitable[T]]) -> T:
         return asyncio.run(_run())
     except (RedisError, OSError) as exc:
         fail(f"Redis at {redact_url(ctx.redis_url)} failed: {exc}. Check that Redis is running and that "
-              "REDIS_URL (or --redis-url) points at it.")
+             "REDIS_URL (or --redis-url) points at it.")
 
 
 def print_json(value: object) -> None:
@@ -58,3 +58,12 @@ def table(title: str, columns: list[str], rows: list[list[object]]) -> None:
     for row in rows:
         shown.add_row(*("" if cell is None else str(cell) for cell in row))
     out.print(shown)
+
+
+def report(value: object, as_json: bool, title: str, columns: list[str], rows: list[list[object]],
+           dry_run: bool = False) -> None:
+    """`value` as JSON, or the table of `rows` (its title says when nothing changed)."""
+    if as_json:
+        print_json(value)
+    else:
+        table(f"{title} (dry run: nothing changed)" if dry_run else title, columns, rows)

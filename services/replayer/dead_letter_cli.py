@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from homeiq_replayer.console import DryRun, Json, err, execute, fail, print_json, table
+from homeiq_replayer.console import DryRun, Json, err, execute, fail, print_json, report, table
 from homeiq_replayer.settings import Connection
 from homeiq_shared.cli import EXIT_USAGE
 
@@ -67,12 +67,8 @@ def dead_letter_redrive(
         return moved
 
     moved = execute(shared, work)
-    if as_json:
-        print_json(moved)
-        return
-    title = "redrive (dry run: nothing changed)" if dry_run else "redrive"
-    table(title, ["dead-letter id", "new stream id"],
-           [[m["dead_id"], m["new_id"] or ("-" if dry_run else "not found or no payload")] for m in moved])
+    report(moved, as_json, "redrive", ["dead-letter id", "new stream id"],
+           [[m["dead_id"], m["new_id"] or ("-" if dry_run else "not found or no payload")] for m in moved], dry_run)
 
 
 @dead_letter_app.command("purge")
@@ -95,20 +91,14 @@ def dead_letter_purge(
     before_ms = None if before is None else _parse_time_ms(before)
     count = execute(shared, lambda client: purge(client, shared.names, before_ms, dry_run=True))
     if dry_run:
-        if as_json:
-            print_json({"would_remove": count})
-        else:
-            table("purge (dry run: nothing changed)", ["would remove"], [[count]])
+        report({"would_remove": count}, as_json, "purge", ["would remove"], [[count]], dry_run)
         return
     # Asked on stderr: stdout stays the table or the JSON. No terminal and no --yes: nothing is deleted.
     if count and not yes and not typer.confirm(f"Delete {count} dead letters from {shared.names.dead} for good?",
                                                err=True):
         fail("nothing deleted (give --yes to purge without asking)")
     removed = execute(shared, lambda client: purge(client, shared.names, before_ms))
-    if as_json:
-        print_json({"removed": removed})
-        return
-    table("purge", ["removed"], [[removed]])
+    report({"removed": removed}, as_json, "purge", ["removed"], [[removed]])
 
 
 def _parse_time_ms(value: str) -> int:
