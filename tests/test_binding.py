@@ -104,3 +104,56 @@ def _variables(settings_type: type[Settings], skipped: set[str], only: tuple[str
         elif field.var is not None:
             found.append(field.var.env)
     return found
+
+
+def _declared() -> dict[str, Any]:
+    """Every variable any command reads, with its default (all declarations of one variable must agree)."""
+    found: dict[str, Any] = {}
+
+    def walk(settings_type: type[Settings], instance: Any) -> None:
+        for field in settings_fields(settings_type):
+            value = getattr(instance, field.name)
+            if field.nested is not None:
+                walk(field.type, value)
+            elif field.var is not None:
+                found.setdefault(field.var.env, set()).add(value)
+
+    for _, _, settings_type, _ in _commands():
+        walk(settings_type, settings_type())
+    return found
+
+
+def test_the_readmes_table_of_variables_matches_the_settings() -> None:
+    declared = _declared()
+    # One variable, one default: a variable read by several commands must not mean different things.
+    assert {name: values for name, values in declared.items() if len(values) > 1} == {
+        "INFLUXDB_TIMEOUT_S": {10.0, 60.0},  # an audit reads whole days back
+        "HA_COMMAND_TIMEOUT_S": {60.0, 120.0},  # the same: history over days
+        "HA_URL": {"", "ws://127.0.0.1:8123/api/websocket"},  # the daemon's audit is off without it
+        "METRICS_PORT": {8001, 8002, 8003},  # one port per service
+    }
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = [line.split("|")[1:3] for line in readme.splitlines() if line.startswith("| `") and "_" in line]
+    checked = 0
+    for names_cell, defaults_cell in rows:
+        names = [n.strip(" `") for n in names_cell.split(",")]
+        if not all(n in declared for n in names):
+            continue
+        defaults = [d.strip(" `") for d in defaults_cell.split(",")]
+        assert len(defaults) == len(names), names_cell
+        for name, default in zip(names, defaults, strict=True):
+            values = {str(v).lower() if isinstance(v, bool) else str(v) for v in declared[name]}
+            shown = "" if default == "none" else default
+            assert shown in values or any(_same_number(shown, v) for v in values), (name, default, values)
+            checked += 1
+    assert checked >= 20
+    unknown = [n for cell, _ in rows for n in (x.strip(" `") for x in cell.split(","))
+               if n.isupper() and n not in declared]
+    assert unknown == []
+
+
+def _same_number(text: str, value: str) -> bool:
+    try:
+        return float(text) == float(value)
+    except ValueError:
+        return False

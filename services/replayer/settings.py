@@ -104,7 +104,7 @@ class AuditInflux(InfluxSettings, frozen=True, kw_only=True):
 class AuditCommandSettings(Settings, frozen=True, kw_only=True):
     """What `replayer audit` reads: HA's recorder and InfluxDB, and the collector's entity filter."""
 
-    ha_url: HaUrl = "http://127.0.0.1:8123"
+    ha_url: HaUrl = "ws://127.0.0.1:8123/api/websocket"
     ha_timeout_s: HaCommandTimeout = 120.0
     entity_filter: EntityFilterJson = ""
     entity_filter_file: EntityFilterFile = ""
