@@ -20,6 +20,20 @@ log = Log(__name__)
 ServiceMain = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
+def console_app(help_text: str, with_commands_only: bool = True, **options: Any) -> typer.Typer:
+    """A console script: plain help, no shell completion, tracebacks as Python prints them. With
+    `with_commands_only`, the script always takes a command (`collector run`), even when it has one."""
+    app = typer.Typer(help=help_text, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                      rich_markup_mode=None, **options)
+    if with_commands_only:
+        app.callback(help=help_text)(_no_options)
+    return app
+
+
+def _no_options() -> None:
+    """The group itself takes no options."""
+
+
 def config_error(exc: ConfigError) -> NoReturn:
     """Print a configuration error and exit with the usage code."""
     typer.echo(f"configuration error: {exc}", err=True)

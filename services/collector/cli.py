@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import typer
-
 from homeiq_collector.settings import CollectorSettings
 from homeiq_shared.binding import bind
-from homeiq_shared.cli import ServiceMain, run_service
+from homeiq_shared.cli import ServiceMain, console_app, run_service
 from homeiq_shared.settings import read_secret
 
-app = typer.Typer(help="Keep the Home Assistant WebSocket connection and XADD every event to the stream.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-
-
-@app.callback()
-def _main() -> None:
-    """Keep the Home Assistant WebSocket connection and XADD every event to the stream."""
+app = console_app("Keep the Home Assistant WebSocket connection and XADD every event to the stream.")
 
 
 @app.command()

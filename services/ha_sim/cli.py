@@ -7,20 +7,12 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-import typer
-
 from homeiq_shared.binding import bind
-from homeiq_shared.cli import ServiceMain, run_service
+from homeiq_shared.cli import ServiceMain, console_app, run_service
 from homeiq_shared.options import LogSettings
 from homeiq_shared.settings import Var, at_least, between, positive, read_secret
 
-app = typer.Typer(help="A Home Assistant WebSocket simulator: realistic entities, exact protocol.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-
-
-@app.callback()
-def _main() -> None:
-    """A Home Assistant WebSocket simulator: realistic entities, exact protocol."""
+app = console_app("A Home Assistant WebSocket simulator: realistic entities, exact protocol.")
 
 
 class SimSettings(LogSettings, frozen=True, kw_only=True):

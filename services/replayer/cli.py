@@ -22,7 +22,7 @@ from homeiq_replayer.dead_letter_cli import dead_letter_app
 from homeiq_replayer.settings import Connection, ReclaimCommandSettings, ReplayerSettings
 from homeiq_shared.backoff import Backoff
 from homeiq_shared.binding import bind
-from homeiq_shared.cli import ServiceMain, config_error, run_service
+from homeiq_shared.cli import ServiceMain, config_error, console_app, run_service
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import setup_logging
 from homeiq_shared.settings import ConfigError
@@ -59,8 +59,7 @@ class _ConnectionOptionsAnywhere(TyperGroup):
         return super().parse_args(ctx, front + rest)
 
 
-app = typer.Typer(help="Reclaim entries left pending by dead or stuck writers; incident tools.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+app = console_app("Reclaim entries left pending by dead or stuck writers; incident tools.", False,
                   cls=_ConnectionOptionsAnywhere)
 app.add_typer(dead_letter_app, name="dead-letter")
 app.command("audit")(audit_command)

@@ -10,10 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from homeiq_replayer.console import DryRun, Json, err, execute, fail, print_json, report, table
 from homeiq_replayer.settings import Connection
-from homeiq_shared.cli import EXIT_USAGE
+from homeiq_shared.cli import EXIT_USAGE, console_app
 
-dead_letter_app = typer.Typer(help="Inspect, re-drive and purge the dead-letter stream.", no_args_is_help=True,
-                              rich_markup_mode=None)
+dead_letter_app = console_app("Inspect, re-drive and purge the dead-letter stream.", False)
 
 
 @dead_letter_app.command("list")

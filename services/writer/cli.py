@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import typer
-
 from homeiq_shared.binding import bind
-from homeiq_shared.cli import ServiceMain, run_service
+from homeiq_shared.cli import ServiceMain, console_app, run_service
 from homeiq_writer.settings import WriterSettings
 
-app = typer.Typer(help="Write stream entries to InfluxDB; ack only after InfluxDB accepted them.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-
-
-@app.callback()
-def _main() -> None:
-    """Write stream entries to InfluxDB; ack only after InfluxDB accepted them."""
+app = console_app("Write stream entries to InfluxDB; ack only after InfluxDB accepted them.")
 
 
 @app.command()
