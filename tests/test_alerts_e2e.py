@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 
 from homeiq_hasim.hub import Hub
@@ -15,6 +16,9 @@ from homeiq_hasim.runner import SimServer
 from homeiq_local.services import InfluxServer, RedisServer
 from tests.helpers import FaultyHttp, Service, wait_for
 from tests.monitoring import OPS, Alertmanager, Prometheus, Webhook
+
+# Prometheus and Alertmanager evaluate on their own clocks: ~40 s on a 2-core machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 TOKEN = "alerts-e2e-token"
 

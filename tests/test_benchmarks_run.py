@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# The benchmarks at a tiny size: ~15 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+
 ROOT = Path(__file__).parent.parent
 
 

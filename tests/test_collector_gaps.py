@@ -16,6 +16,9 @@ from tests.collector_harness import running_collector, simulator, stream_events
 from tests.helpers import wait_for
 from tests.writer_harness import running_writer, writer_settings
 
+# Outages of 10-20 s, each backfilled: up to ~25 s a test on a 2-core machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+
 
 def state_keys(hub: Hub) -> set[tuple[str, int]]:
     return {(sent.entity_id, sent.last_updated_us * 1000) for sent in hub.sent}
