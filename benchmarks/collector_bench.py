@@ -11,14 +11,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from workload import Recorder
+from writer_bench import cpu_s
 
-from homeiq_hasim.hub import MATCH_ALL, Hub
+from homeiq_hasim.hub import Hub
 from homeiq_hasim.messages import event_message
 from homeiq_hasim.runner import SimServer
 from homeiq_local.processes import ScriptProcess
@@ -26,26 +27,6 @@ from homeiq_local.services import RedisServer
 from homeiq_local.waiting import wait_for
 
 TOKEN = "bench-token"  # noqa: S105 - a private simulator
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-class Recorder:
-    """A stand-in subscriber that keeps each event's cached partial message instead of sending it."""
-
-    def __init__(self) -> None:
-        self.subscriptions = {1: MATCH_ALL}
-        self.partials: list[bytes] = []
-
-    def send(self, message: bytes) -> None:
-        self.partials.append(message[: message.rindex(b',"id":')])
-
-    def abort(self, reason: str) -> None:
-        """Never called."""
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -60,7 +41,7 @@ async def blast(sim: SimServer, partials: list[bytes]) -> None:
     (connection,) = sim.hub.connections
     (subscription,) = connection.subscriptions
     for partial in partials:
-        while connection.pending > 2048:  # noqa: ASYNC110 - the simulator's queue has no event to wait on
+        while connection.queued > 2048:  # noqa: ASYNC110 - the simulator's queue has no event to wait on
             await asyncio.sleep(0.001)
         connection.send(event_message(partial, subscription))
 
@@ -92,19 +73,23 @@ async def main(events: int, entities: int, workdir: Path) -> dict[str, object]:
     try:
         await wait_for(lambda: hub.subscribed, 30, "the collector to subscribe")
         idle_rss = peak_rss_mb(collector.process.pid)
-        cpu_before = cpu_seconds(collector.process.pid)
+        cpu_before = cpu_s(collector.process.pid)
         started = time.perf_counter()
-        sender = asyncio.create_task(blast(sim, recorder.partials))
+        partials = [message[: message.rindex(b',"id":')] for message in recorder.messages]  # the id is the client's
+        sender = asyncio.create_task(blast(sim, partials))
 
         async def all_in_redis() -> bool:
+            if sender.done():
+                sender.result()  # the sender's failure ends the run now, not at the timeout
             return bool(await client.xlen("homeiq:events") >= events)
 
         await wait_for(all_in_redis, 600, "every event in Redis", interval_s=0.01)
         elapsed = time.perf_counter() - started
         await sender
-        cpu = cpu_seconds(collector.process.pid) - cpu_before
+        cpu = cpu_s(collector.process.pid) - cpu_before
         peak_rss = peak_rss_mb(collector.process.pid)
-        payloads = [fields[b"e"] for _, fields in await client.xrange("homeiq:events")]
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = await client.xrange("homeiq:events")  # type: ignore[assignment]
+        payloads = [fields[b"e"] for _, fields in entries]
         baseline = await raw_xadd(client, payloads, 1000)
     finally:
         collector.terminate()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import sys
@@ -128,7 +129,7 @@ class Pipeline:
     async def serving(self) -> None:
         """Wait until every process answers on /metrics."""
         for process in [*self.writers, *self.others.values()]:
-            await wait_for(lambda p=process: _answers(p), 30, f"{process.name}'s /metrics")
+            await wait_for(functools.partial(_answers, process), 30, f"{process.name}'s /metrics")
 
     def start_writers(self) -> None:
         self.writers = [ScriptProcess("writer", {**self.env, "WRITER_CONSUMER": f"writer-{n}"},
@@ -183,7 +184,7 @@ async def step(pipeline: Pipeline, client: aioredis.Redis, rate: float, seconds:
     growing = sum(lags[-third:]) / third > sum(lags[:third]) / third + rate  # > 1 s more behind at the end
     disconnects = summed([collector], "homeiq_ha_disconnects_total") - disconnects_before
     writes = summed(pipeline.writers, "homeiq_write_batches_total") - writes_before
-    report = {
+    report: dict[str, Any] = {
         "offered_per_s": rate, "sent": sent, "seconds": round(elapsed, 1),
         "published_per_s": round((summed([collector], "homeiq_events_published_total") - published_before) / elapsed),
         "written_per_s": round((summed(pipeline.writers, "homeiq_points_written_total") - written_before) / elapsed),

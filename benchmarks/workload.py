@@ -13,10 +13,13 @@ from homeiq_hasim.hub import MATCH_ALL, Hub
 from homeiq_shared.events import encode_event
 
 
-class _Recorder:
+class Recorder:
+    """A stand-in subscriber of ha-sim's hub that keeps every message instead of sending it."""
+
     def __init__(self) -> None:
         self.subscriptions = {1: MATCH_ALL}
         self.messages: list[bytes] = []
+        self.queued = 0
 
     def send(self, message: bytes) -> None:
         self.messages.append(message)
@@ -43,7 +46,7 @@ def registry_of(hub: Hub) -> Registry:
 def payloads(count: int, entities: int = 2000) -> list[bytes]:
     """`count` stream payloads (`e` fields) of distinct state changes."""
     hub = Hub.create(entities, "unused")
-    recorder = _Recorder()
+    recorder = Recorder()
     hub.connections.add(recorder)
     registry = registry_of(hub)
     out: list[bytes] = []

@@ -35,3 +35,20 @@ def test_the_pipeline_benchmark_runs_and_loses_nothing() -> None:
     assert [s["offered_per_s"] for s in report["steps"]] == [200, 400]
     assert report["backlog_drain"]["backlog"] == 1000 and report["influxd_ceiling_points_per_s"] > 0
     assert set(report["steps"][0]["cpu_us_per_event"]) >= {"collector", "writer-0", "redis", "influxd", "ha-sim"}
+
+
+def test_the_collector_benchmark_runs_beside_its_raw_xadd_baseline() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "collector_bench.py"), "--events", "3000",
+                             "--entities", "50"], capture_output=True, text=True, timeout=80, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["events"] == 3000
+    assert report["collector_events_per_s"] > 0 and report["raw_pipelined_xadd_events_per_s"] > 0
+
+
+def test_the_writer_benchmark_runs_beside_influxds_ceiling() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "writer_bench.py"), "--entries", "5000",
+                             "--rounds", "1"], capture_output=True, text=True, timeout=80, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["writer_cpu_us_per_point"] > 0 and len(report["share_per_round"]) == 1

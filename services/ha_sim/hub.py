@@ -50,6 +50,10 @@ class Subscriber(Protocol):
 
     subscriptions: dict[int, str]
 
+    @property
+    def queued(self) -> int:
+        """Messages waiting to be sent."""
+
     def send(self, message: bytes) -> None:
         """Queue one message for the client."""
 

@@ -39,13 +39,18 @@ class Connection:
         self._peak_since: float | None = None
         self.closed_reason: str | None = None
 
+    @property
+    def queued(self) -> int:
+        """Messages waiting to be sent (HA drops the client at MAX_PENDING_MSG)."""
+        return len(self._queue)
+
     def send(self, message: bytes) -> None:
         """Queue a message; disconnect a client that cannot keep up, as HA does."""
         if self.closed_reason:
             return
         self._queue.append(message)
         self._wake.set()
-        pending = len(self._queue)
+        pending = self.queued
         if pending >= MAX_PENDING_MSG:
             self.abort(f"Client unable to keep up with pending messages. Reached {MAX_PENDING_MSG}")
         elif pending > PENDING_MSG_PEAK:
