@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,22 @@ class InfluxServer(_Process):
     def query(self, statement: str, database: str | None = None, epoch: str | None = "ns",
               authenticate: bool = True) -> dict[str, Any]:
         """Run an InfluxQL statement (POST /query) and return the decoded JSON answer."""
-        params = {"q": statement}
+        with urllib.request.urlopen(self._request(statement, database, epoch, authenticate),  # noqa: S310
+                                    timeout=60) as resp:
+            answer: dict[str, Any] = json.loads(resp.read())
+        return answer
+
+    def query_chunks(self, statement: str, database: str, chunk_size: int = 50_000) -> Iterator[dict[str, Any]]:
+        """Run a query whose answer comes in chunks of `chunk_size` rows (one JSON document a line)."""
+        request = self._request(statement, database, "ns", True, {"chunked": "true", "chunk_size": str(chunk_size)})
+        with urllib.request.urlopen(request, timeout=60) as resp:  # noqa: S310 - loopback; 60 s per chunk
+            for line in resp:
+                if line.strip():
+                    yield json.loads(line)
+
+    def _request(self, statement: str, database: str | None, epoch: str | None, authenticate: bool,
+                 extra: dict[str, str] | None = None) -> urllib.request.Request:
+        params = {"q": statement, **(extra or {})}
         headers = {}
         if self.admin_password and authenticate:  # influxd reads credentials from the URL or Basic auth only
             token = base64.b64encode(f"admin:{self.admin_password}".encode()).decode()
@@ -195,20 +211,18 @@ class InfluxServer(_Process):
         if epoch:
             params["epoch"] = epoch
         data = urllib.parse.urlencode(params).encode()
-        request = urllib.request.Request(f"{self.url}/query", data=data, headers=headers)  # noqa: S310
-        with urllib.request.urlopen(request, timeout=60) as resp:  # noqa: S310 - loopback
-            answer: dict[str, Any] = json.loads(resp.read())
-        return answer
+        return urllib.request.Request(f"{self.url}/query", data=data, headers=headers)  # noqa: S310
 
     def points(self, database: str) -> list[dict[str, Any]]:
-        """Every point of `home_assistant_events` as a dict of column → value (time in ns)."""
-        answer = self.query("SELECT * FROM home_assistant_events", database)
+        """Every point of `home_assistant_events` as a dict of column → value (time in ns). Read in chunks:
+        one answer of millions of points would outlast the request's timeout."""
         points: list[dict[str, Any]] = []
-        for result in answer.get("results", []):
-            if "error" in result:
-                raise ServiceError(f"query failed: {result['error']}")
-            for series in result.get("series", []):
-                points.extend(dict(zip(series["columns"], row, strict=True)) for row in series["values"])
+        for answer in self.query_chunks("SELECT * FROM home_assistant_events", database):
+            for result in answer.get("results", []):
+                if "error" in result:
+                    raise ServiceError(f"query failed: {result['error']}")
+                for series in result.get("series", []):
+                    points.extend(dict(zip(series["columns"], row, strict=True)) for row in series["values"])
         return points
 
     def count(self, database: str) -> int:

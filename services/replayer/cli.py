@@ -178,14 +178,15 @@ def reclaim(ctx: typer.Context, settings: ReclaimCommandSettings, dry_run: DryRu
     from homeiq_replayer.crashes import CrashLedger  # noqa: PLC0415
     from homeiq_replayer.reclaim import PassSummary, reclaim_pass  # noqa: PLC0415
     from homeiq_shared.health import Readiness  # noqa: PLC0415
-    from homeiq_writer.batch import READY_INFLUX, BatchWriter  # noqa: PLC0415
+    from homeiq_writer.batch import READY_INFLUX  # noqa: PLC0415
     from homeiq_writer.metrics import WriterMetrics  # noqa: PLC0415
 
     shared: Connection = ctx.obj
     options, influx = settings.reclaim, settings.influx
     setup_logging("WARNING", "text", "replayer")
     try:
-        sink = None if dry_run else influx.make_sink()
+        if not dry_run:
+            influx.secret()  # a missing token is a usage error, before anything is claimed
     except ConfigError as exc:
         config_error(exc)
 
@@ -198,11 +199,9 @@ def reclaim(ctx: typer.Context, settings: ReclaimCommandSettings, dry_run: DryRu
             crashes: Any = await client.hvals(shared.names.crashes)
             crashed = sum(1 for n in crashes if int(n) >= options.max_crashes)
             return PassSummary(reclaimed=len(rows), suspects=suspects, dead_lettered=crashed, dry_run=True)
-        assert sink is not None
         readiness = Readiness(READY_INFLUX)
-        writer = BatchWriter(client, shared.names, sink, WriterMetrics(CollectorRegistry()), readiness,
-                             options.consumer,
-                             encoder=influx.make_encoder())
+        writer = influx.make_batch_writer(client, shared.names, options.consumer, WriterMetrics(CollectorRegistry()),
+                                          readiness)
         try:
             async with _Guard(settings.give_up_after_s) as guard:
                 if not await _influx_ready(writer, readiness, guard.stop):
@@ -221,7 +220,7 @@ def reclaim(ctx: typer.Context, settings: ReclaimCommandSettings, dry_run: DryRu
                         guard.stop, options.max_deliveries, progress=advance,
                         ledger=CrashLedger(client, shared.names, options.consumer, options.max_crashes))
         finally:
-            await sink.close()
+            await writer.sink.close()
         if guard.why is not None or not result.completed:
             answer = "" if writer.healthy else f"; InfluxDB did not take the batch: {readiness.reason}"
             fail(f"{guard.why or 'stopped'}{answer}. {result.written} entries written and acked before that; "

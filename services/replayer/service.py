@@ -23,7 +23,7 @@ from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
 from homeiq_shared.settings import read_secret
 from homeiq_shared.stream import connect, describe_redis_error, ensure_group
-from homeiq_writer.batch import READY_INFLUX, BatchWriter
+from homeiq_writer.batch import READY_INFLUX
 from homeiq_writer.metrics import WriterMetrics
 
 log = Log(__name__)
@@ -42,10 +42,11 @@ class Replayer:
         self.stream_metrics = StreamMetrics(self.metrics_registry)
         self.readiness = Readiness(READY_REDIS)
         self.redis = connect(settings.redis_url)
-        self.sink = settings.influx.make_sink()
+
         # The replayer's readiness does not depend on InfluxDB; its write failures show in the metrics.
-        self.batches = BatchWriter(self.redis, settings.names, self.sink, self.metrics, Readiness(READY_INFLUX),
-                                   settings.reclaim.consumer, encoder=settings.influx.make_encoder())
+        self.batches = settings.influx.make_batch_writer(self.redis, settings.names, settings.reclaim.consumer,
+                                                         self.metrics, Readiness(READY_INFLUX))
+        self.sink = self.batches.sink
         self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness,
                                             self.metrics_registry)
         self.ledger = CrashLedger(self.redis, settings.names, settings.reclaim.consumer, settings.reclaim.max_crashes)

@@ -137,7 +137,7 @@ class BatchWriter:
         backoff: Backoff | None = None,
         encoder: Encoder | None = None,
     ) -> None:
-        self._redis, self._names, self._sink = client, names, sink
+        self._redis, self._names, self.sink = client, names, sink
         self.encoder = encoder or make_encoder("homeiq")
         self._metrics, self._readiness, self._consumer = metrics, readiness, consumer
         self._backoff = backoff or Backoff(base_s=0.5, cap_s=10.0)
@@ -173,7 +173,7 @@ class BatchWriter:
                 handled.dead(bad.reason)
         batch = Batch(good, handled)
         if batch.body:
-            batch.prepared = await asyncio.to_thread(self._sink.prepare, batch.body)  # ISA-L frees the GIL
+            batch.prepared = await asyncio.to_thread(self.sink.prepare, batch.body)  # ISA-L frees the GIL
         return batch
 
     def _count_left_out(self) -> None:
@@ -216,7 +216,7 @@ class BatchWriter:
                 if first.given_up:
                     return done.add(first)
                 return done.add(first).add(await self.write(Batch(items[middle:]), stop))
-            reason = f"InfluxDB at {self._sink.url} answered {result.status or 'nothing'}: {result.detail}"
+            reason = f"InfluxDB at {self.sink.url} answered {result.status or 'nothing'}: {result.detail}"
             self._readiness.fail(READY_INFLUX, reason[:300])
             delay_s = max(result.retry_after_s or 0.0, self._backoff.next_delay_s())
             log.warning("write_retry", outcome=result.outcome.value, status=result.status,
@@ -233,18 +233,18 @@ class BatchWriter:
 
     async def check(self) -> None:
         """Ask InfluxDB whether it takes our credentials and has our database; sets readiness."""
-        result = await self._sink.check()
+        result = await self.sink.check()
         if result.outcome is Outcome.OK:
             self._readiness.ok(READY_INFLUX)
         else:
-            reason = f"InfluxDB at {self._sink.url} answered {result.status or 'nothing'}: {result.detail}"
+            reason = f"InfluxDB at {self.sink.url} answered {result.status or 'nothing'}: {result.detail}"
             self._readiness.fail(READY_INFLUX, reason[:300])
 
     async def _send(self, batch: Batch) -> WriteResult:
         started = time.perf_counter()
         if batch.prepared is None:  # a half of a bisected batch
-            batch.prepared = await asyncio.to_thread(self._sink.prepare, batch.body)
-        result = await self._sink.write(batch.prepared)
+            batch.prepared = await asyncio.to_thread(self.sink.prepare, batch.body)
+        result = await self.sink.write(batch.prepared)
         self._metrics.write_seconds.observe(time.perf_counter() - started)
         self._metrics.batches.labels(result.outcome.value).inc()
         return result

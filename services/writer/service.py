@@ -16,7 +16,7 @@ from homeiq_shared.health import READY_REDIS, HealthServer, Readiness, counters
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
 from homeiq_shared.stream import Entry, connect, describe_redis_error, ensure_group, read_group, read_pending
-from homeiq_writer.batch import READY_INFLUX, Batch, BatchWriter
+from homeiq_writer.batch import READY_INFLUX, Batch
 from homeiq_writer.metrics import WriterMetrics
 from homeiq_writer.settings import WriterSettings
 
@@ -35,11 +35,9 @@ class Writer:
         self.metrics = WriterMetrics(self.metrics_registry)
         self.readiness = Readiness(READY_REDIS, READY_INFLUX)
         self.redis: aioredis.Redis = connect(settings.redis_url, settings.redis_socket_timeout_s)
-        self.sink = settings.influx.make_sink()
-        self.batches = BatchWriter(
-            self.redis, settings.names, self.sink, self.metrics, self.readiness, settings.consumer,
-            encoder=settings.influx.make_encoder(),
-        )
+        self.batches = settings.influx.make_batch_writer(self.redis, settings.names, settings.consumer, self.metrics,
+                                                         self.readiness)
+        self.sink = self.batches.sink
         self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness,
                                             self.metrics_registry)
         self._write_interval_s = settings.write_interval_ms / 1000

@@ -7,8 +7,11 @@ import socket
 import ssl
 from typing import Annotated, Any, Self
 
+import redis.asyncio as aioredis
+
 from homeiq_shared.config import ConfigFile
 from homeiq_shared.config_reader import load_config
+from homeiq_shared.health import Readiness
 from homeiq_shared.logs import Log
 from homeiq_shared.options import ConfigPath, MetricsPort, ServiceSettings
 from homeiq_shared.settings import (
@@ -26,7 +29,9 @@ from homeiq_shared.settings import (
     url_of,
 )
 from homeiq_shared.stream import DEFAULT_SOCKET_TIMEOUT_S, StreamNames
+from homeiq_writer.batch import BatchWriter
 from homeiq_writer.influx import InfluxSink, v1_sink, v2_sink
+from homeiq_writer.metrics import WriterMetrics
 from homeiq_writer.schemas import SCHEMAS, Encoder, make_encoder
 
 log = Log(__name__)
@@ -140,6 +145,12 @@ class InfluxSettings(Settings, frozen=True, kw_only=True):
     def make_encoder(self) -> Encoder:
         """The encoder of the chosen schema, with the configuration file's rules."""
         return make_encoder(self.schema, self.config)
+
+    def make_batch_writer(self, client: aioredis.Redis, names: StreamNames, consumer: str, metrics: WriterMetrics,
+                          readiness: Readiness) -> BatchWriter:
+        """The write path as the writer, the replayer daemon and `replayer reclaim` use it: this sink and
+        encoder; its owner closes `.sink`."""
+        return BatchWriter(client, names, self.make_sink(), metrics, readiness, consumer, encoder=self.make_encoder())
 
 
 def _hostname_if_empty(name: str, value: str) -> str:
