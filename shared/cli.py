@@ -11,6 +11,7 @@ import typer
 
 from homeiq_shared import lifecycle
 from homeiq_shared.logs import Log, setup_logging
+from homeiq_shared.options import LogSettings
 from homeiq_shared.settings import ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -40,12 +41,9 @@ def config_error(exc: ConfigError) -> NoReturn:
     raise typer.Exit(EXIT_USAGE)
 
 
-def run_service(service: str, log_level: str, log_format: str, build: Callable[[], ServiceMain]) -> None:
+def run_service(service: str, logging: LogSettings, build: Callable[[], ServiceMain]) -> None:
     """Set up logging, build the service (ConfigError → exit 2), run it until a signal, exit 0."""
-    try:
-        setup_logging(log_level, log_format, service)
-    except ValueError:
-        config_error(ConfigError(f"LOG_LEVEL: unknown level {log_level!r}"))
+    setup_logging(logging.log_level, logging.log_format, service)
     try:
         main = build()
     except ConfigError as exc:

@@ -78,11 +78,12 @@ def test_settings_come_from_the_file_and_the_environment_overrides_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write(tmp_path, PASTED)
-    settings = InfluxSettings.resolve(config_path=path)
+    settings = InfluxSettings.layered({"config_path": path}).validate()
     assert (settings.url, settings.api, settings.org, settings.bucket, settings.schema) == (
         "http://influx.local:8086", "v2", "home", "hass", "ha")
     assert "s3cret" not in repr(settings)  # secrets never show in a settings repr (errors, logs)
-    overridden = InfluxSettings.resolve(config_path=path, url="http://other:8086", bucket="b2", schema="homeiq")
+    overridden = InfluxSettings.layered(
+        {"config_path": path, "url": "http://other:8086", "bucket": "b2", "schema": "homeiq"}).validate()
     assert (overridden.url, overridden.bucket, overridden.schema, overridden.org) == (
         "http://other:8086", "b2", "homeiq", "home")
     monkeypatch.setenv("INFLUXDB_TOKEN", "from-env")
@@ -95,7 +96,7 @@ def test_v1_defaults_are_the_integrations() -> None:
     words = parse_config("influxdb:\n  username: u\n  password: p\n", "t").integration
     assert words is not None
     assert (words.api_version, words.url(), words.database) == ("1", "http://localhost:8086", "home_assistant")
-    settings = InfluxSettings.resolve(config_path="")
+    settings = InfluxSettings.layered({"config_path": ""}).validate()
     assert (settings.url, settings.api, settings.schema) == ("http://127.0.0.1:8086", "v2", "homeiq")
 
 

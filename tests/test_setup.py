@@ -33,7 +33,6 @@ def test_the_image_and_the_tests_install_the_same_pinned_and_hashed_versions() -
     assert "--require-hashes" in (ROOT / "scripts" / "bootstrap").read_text()
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_the_systemd_units_verify(tmp_path: Path) -> None:
     venv_bin = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
     for unit in (ROOT / "ops" / "systemd").glob("*.service"):  # checked where the console scripts exist

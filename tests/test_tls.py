@@ -81,7 +81,8 @@ async def test_influxdb_over_tls_with_a_ca_file_with_the_system_cas_and_unverifi
     monkeypatch.setenv("INFLUXDB_TOKEN", "t")
     for verify, ca, outcome in ((True, str(certs.ca), Outcome.OK), (True, "", Outcome.RETRY),
                                 (False, "", Outcome.OK)):
-        sink = InfluxSettings.resolve(url=url, api=api, verify_ssl=verify, ssl_ca_cert=ca).make_sink()
+        settings = InfluxSettings.layered({"url": url, "api": api, "verify_ssl": verify, "ssl_ca_cert": ca})
+        sink = settings.validate().make_sink()
         try:
             check, write = await sink.check(), await sink.write(sink.prepare(b"m x=1 1"))
         finally:
@@ -99,7 +100,7 @@ async def test_the_configuration_file_words_verify_ssl_and_ssl_ca_cert(
     port = url.rsplit(":", 1)[1]
     config = tmp_path / "config.yaml"
     config.write_text(f"influxdb:\n  host: 127.0.0.1\n  port: {port}\n  ssl: true\n  ssl_ca_cert: {certs.ca}\n")
-    settings = InfluxSettings.resolve(config_path=str(config))
+    settings = InfluxSettings.layered({"config_path": str(config)}).validate()
     assert (settings.url, settings.api, settings.ssl_ca_cert) == (url, "v1", str(certs.ca))
     sink = settings.make_sink()
     try:
@@ -134,4 +135,4 @@ def test_a_ca_file_that_is_not_there_is_an_error_naming_the_setting() -> None:
         CollectorSettings(ha_url="wss://h:1", redis_url="redis://r", names=DEFAULT_NAMES,
                           ssl_ca_cert="/nonexistent/ca.pem").validate()
     with pytest.raises(Exception, match="INFLUXDB_SSL_CA_CERT"):
-        InfluxSettings.resolve(url="https://h", ssl_ca_cert="/nonexistent/ca.pem")
+        InfluxSettings.layered({"url": "https://h", "ssl_ca_cert": "/nonexistent/ca.pem"}).validate()

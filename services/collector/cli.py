@@ -26,4 +26,4 @@ def run(settings: CollectorSettings) -> None:
                                            load_config(settings.config_path))
         return Collector(settings, read_secret("HA_TOKEN"), rules).run
 
-    run_service("collector", settings.log_level, settings.log_format, build)
+    run_service("collector", settings, build)

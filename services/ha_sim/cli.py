@@ -68,4 +68,4 @@ def run(settings: SimSettings) -> None:
 
         return main
 
-    run_service("ha-sim", s.log_level, s.log_format, build)
+    run_service("ha-sim", s, build)

@@ -6,7 +6,7 @@ import asyncio
 import re
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 import typer
@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from homeiq_replayer.console import err, fail, out
-from homeiq_replayer.settings import AuditCommandSettings
+from homeiq_replayer.settings import AuditCommandSettings, Connection
 from homeiq_shared.binding import bind
 from homeiq_shared.cli import EXIT_FAILURE, config_error
 from homeiq_shared.settings import ConfigError, read_secret, redact_url
@@ -74,7 +74,7 @@ def audit_command(
     from homeiq_replayer.ha_reader import HAReadError, ha_session  # noqa: PLC0415
     from homeiq_replayer.influx_reader import InfluxReadError, reader_for  # noqa: PLC0415
 
-    shared: Any = ctx.obj
+    shared: Connection = ctx.obj
     now_ns = time.time_ns()
     try:
         since_ns, until_ns = window(since, until, now_ns)

@@ -136,7 +136,7 @@ def run(settings: ReplayerSettings) -> None:
         settings.influx.log_config_notes()
         return Replayer(settings).run
 
-    run_service("replayer", settings.log_level, settings.log_format, build)
+    run_service("replayer", settings, build)
 
 
 @app.command()

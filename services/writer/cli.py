@@ -22,4 +22,4 @@ def run(settings: WriterSettings) -> None:
         settings.influx.log_config_notes()
         return Writer(settings).run
 
-    run_service("writer", settings.log_level, settings.log_format, build)
+    run_service("writer", settings, build)

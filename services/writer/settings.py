@@ -102,11 +102,6 @@ class InfluxSettings(Settings, frozen=True, kw_only=True):
         config = load_config(given.get("config_path", ""))
         return cls(**{**_from_file(config), **given, "config": config})
 
-    @classmethod
-    def resolve(cls, **given: Any) -> Self:
-        """Validated settings from keyword values (None: not given) over the file over the defaults."""
-        return cls.layered({name: value for name, value in given.items() if value is not None}).validate()
-
     def check_together(self) -> None:
         """v2 needs an organisation."""
         if self.api == "v2" and not self.org:
