@@ -15,7 +15,7 @@ Source = Literal["live", "backfill", "snapshot"]
 NO_DATA: Final = msgspec.Raw(b"null")
 
 
-class Context(msgspec.Struct, frozen=True, omit_defaults=True):
+class Context(msgspec.Struct, gc=False, frozen=True, omit_defaults=True):
     """HA's context: who or what caused the event."""
 
     id: str | None = None
@@ -23,7 +23,7 @@ class Context(msgspec.Struct, frozen=True, omit_defaults=True):
     user_id: str | None = None
 
 
-class State(msgspec.Struct, frozen=True, omit_defaults=True):
+class State(msgspec.Struct, gc=False, frozen=True, omit_defaults=True):
     """One entity state; times are integer nanoseconds since the epoch, whole microseconds."""
 
     state: str
@@ -32,7 +32,7 @@ class State(msgspec.Struct, frozen=True, omit_defaults=True):
     last_updated_ns: int = 0
 
 
-class Enrichment(msgspec.Struct, frozen=True, omit_defaults=True):
+class Enrichment(msgspec.Struct, gc=False, frozen=True, omit_defaults=True):
     """What the registries know about the entity at the time the collector saw the event."""
 
     device_id: str | None = None
@@ -51,7 +51,7 @@ class Enrichment(msgspec.Struct, frozen=True, omit_defaults=True):
     friendly_name: str | None = None
 
 
-class NormalisedEvent(msgspec.Struct, frozen=True, omit_defaults=True):
+class NormalisedEvent(msgspec.Struct, gc=False, frozen=True, omit_defaults=True):
     """One HA event, ready for the writer; `time_ns` is the point's timestamp (see point identity)."""
 
     event_type: str

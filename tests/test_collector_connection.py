@@ -6,10 +6,12 @@ import itertools
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
+from homeiq_hasim.runner import SimServer
 from homeiq_local.services import RedisServer
 from tests.collector_harness import TOKEN, running_collector, simulator, stream_events
 from tests.helpers import wait_for
@@ -54,7 +56,9 @@ async def test_after_a_rejected_token_each_retry_waits_twice_as_long(
         gaps = [b - a for a, b in itertools.pairwise(times)]
         # 0.4 s, then 0.8 s (plus a connect and a refused login each, longer on a busy machine)
         assert gaps[0] >= 0.35 and gaps[1] >= 0.75 and 1.4 <= gaps[1] / gaps[0] <= 3, gaps
-        assert run.metric("homeiq_ha_disconnects_total", reason="auth_invalid") >= 3
+        # the third connect is seen before the collector has read its refusal
+        await wait_for(lambda: run.metric("homeiq_ha_disconnects_total", reason="auth_invalid") >= 3, 5,
+                       "the third refusal counted")
 
 
 async def test_never_two_connections_at_once_under_overlapping_failures(
@@ -106,24 +110,54 @@ async def test_bad_frames_are_counted_and_the_connection_kept(
         assert run.collector.sessions == 1 and sim.hub.connects == 1
 
 
+FIRED = "2026-06-25T21:20:05.162552+00:00"
+
+
+def state_event(subscription: int, entity_id: str, value: str = "1", attributes: dict[str, str] | None = None,
+                **times: str) -> dict[str, Any]:
+    """A state_changed event message as HA sends it; `times` replaces time_fired, last_changed or last_updated."""
+    state = {"entity_id": entity_id, "state": value, "attributes": attributes or {},
+             "last_changed": "2026-06-25T21:20:05+00:00", "last_updated": FIRED, "context": {"id": "01KW0AF0"}}
+    state.update({name: value for name, value in times.items() if name != "time_fired"})
+    return {"id": subscription, "type": "event", "event": {
+        "event_type": "state_changed", "data": {"entity_id": entity_id, "old_state": None, "new_state": state},
+        "origin": "LOCAL", "time_fired": times.get("time_fired", FIRED), "context": {"id": "01KW0AF0"}}}
+
+
+def subscription_of(sim: SimServer) -> int:
+    (connection,) = sim.hub.connections
+    (subscription,) = connection.subscriptions
+    return subscription
+
+
+@pytest.mark.parametrize("where", ["state", "attributes"])
+async def test_bytes_that_are_not_utf8_cost_their_event_only(
+    where: str, redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """A text frame must be UTF-8; one that is not used to close the socket (1007) with every event behind it."""
+    async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path) as run:
+        await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
+        subscription = subscription_of(sim)
+        good = state_event(subscription, "sensor.good", attributes={"unit_of_measurement": "°C"})
+        bad = state_event(subscription, "sensor.bad", "BAD" if where == "state" else "1", {"friendly_name": "BAD"})
+        frame = json.dumps([good, bad], ensure_ascii=False).encode().replace(b'"BAD"', b'"\xff\xfe"')
+        sim.hub.send_raw(frame)
+        sim.hub.fire_state_change()
+        await wait_for(lambda: run.metric("homeiq_events_published_total") == 2, 5, "both good events")
+        assert run.metric("homeiq_events_dropped_total", reason="malformed_event") == 1
+        assert run.collector.sessions == 1 and sim.hub.connects == 1
+        entries = await redis_client.xrange("homeiq:events")
+        assert b"sensor.good" in entries[0][1][b"e"] and all(b"sensor.bad" not in e[b"e"] for _, e in entries)
+
+
 @pytest.mark.parametrize("naive", ["last_updated", "last_changed", "time_fired"])
 async def test_a_time_without_timezone_is_counted_malformed_and_the_reader_goes_on(
     naive: str, redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:
     async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path) as run:
         await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
-        connection = next(iter(sim.hub.connections))
-        subscription = next(iter(connection.subscriptions))
-        state = {"entity_id": "sensor.x", "state": "1", "attributes": {}, "last_changed": "2026-06-25T21:20:05+00:00",
-                 "last_updated": "2026-06-25T21:20:05.162552+00:00", "context": {"id": "01KW0AF0"}}
-        event = {"event_type": "state_changed", "data": {"entity_id": "sensor.x", "old_state": None,
-                                                         "new_state": state},
-                 "origin": "LOCAL", "time_fired": "2026-06-25T21:20:05.162552+00:00", "context": {"id": "01KW0AF0"}}
-        if naive == "time_fired":
-            event["time_fired"] = "2026-06-25T21:20:05.162552"
-        else:
-            state[naive] = "2026-06-25T21:20:05.162552"
-        sim.hub.send_raw(json.dumps({"id": subscription, "type": "event", "event": event}).encode())
+        message = state_event(subscription_of(sim), "sensor.x", **{naive: "2026-06-25T21:20:05.162552"})
+        sim.hub.send_raw(json.dumps(message).encode())
         sim.hub.fire_state_change()
         await wait_for(lambda: run.metric("homeiq_events_published_total") == 1, 5, "the good event")
         assert run.metric("homeiq_events_dropped_total", reason="malformed_event") == 1

@@ -10,32 +10,32 @@ import msgspec
 from homeiq_shared.events import Context
 
 
-class AuthRequired(msgspec.Struct, tag_field="type", tag="auth_required"):
+class AuthRequired(msgspec.Struct, gc=False, tag_field="type", tag="auth_required"):
     """First server message."""
 
     ha_version: str = ""
 
 
-class AuthOk(msgspec.Struct, tag_field="type", tag="auth_ok"):
+class AuthOk(msgspec.Struct, gc=False, tag_field="type", tag="auth_ok"):
     """Authentication accepted."""
 
     ha_version: str = ""
 
 
-class AuthInvalid(msgspec.Struct, tag_field="type", tag="auth_invalid"):
+class AuthInvalid(msgspec.Struct, gc=False, tag_field="type", tag="auth_invalid"):
     """Authentication refused; HA closes the socket next."""
 
     message: str = ""
 
 
-class ErrorInfo(msgspec.Struct):
+class ErrorInfo(msgspec.Struct, gc=False):
     """The `error` of a failed result."""
 
     code: str = ""
     message: str = ""
 
 
-class Result(msgspec.Struct, tag_field="type", tag="result"):
+class Result(msgspec.Struct, gc=False, tag_field="type", tag="result"):
     """The answer to one command."""
 
     id: int
@@ -44,14 +44,14 @@ class Result(msgspec.Struct, tag_field="type", tag="result"):
     error: ErrorInfo | None = None
 
 
-class EventFrame(msgspec.Struct, tag_field="type", tag="event"):
+class EventFrame(msgspec.Struct, gc=False, tag_field="type", tag="event"):
     """An event for subscription `id`; `event` is decoded later by its consumer."""
 
     id: int
     event: msgspec.Raw
 
 
-class Pong(msgspec.Struct, tag_field="type", tag="pong"):
+class Pong(msgspec.Struct, gc=False, tag_field="type", tag="pong"):
     """The answer to `ping`."""
 
     id: int
@@ -70,7 +70,7 @@ raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
-class HAState(msgspec.Struct):
+class HAState(msgspec.Struct, gc=False):
     """The fields of `State.as_dict()` the collector uses (`last_reported`, newer HA only, is not needed)."""
 
     state: str
@@ -79,7 +79,7 @@ class HAState(msgspec.Struct):
     attributes: msgspec.Raw = msgspec.Raw(b"{}")
 
 
-class StateChangedData(msgspec.Struct):
+class StateChangedData(msgspec.Struct, gc=False):
     """`data` of a `state_changed` event."""
 
     entity_id: str
@@ -87,7 +87,7 @@ class StateChangedData(msgspec.Struct):
     new_state: HAState | None = None
 
 
-class HAEvent(msgspec.Struct):
+class HAEvent(msgspec.Struct, gc=False):
     """An event as HA serialises it (`Event.as_dict()`)."""
 
     event_type: str
@@ -97,7 +97,7 @@ class HAEvent(msgspec.Struct):
     context: Context | None = None
 
 
-class StateChangedEvent(msgspec.Struct):
+class StateChangedEvent(msgspec.Struct, gc=False):
     """A `state_changed` event decoded in one pass (the fast path: almost every event is one)."""
 
     event_type: Literal["state_changed"]
@@ -107,7 +107,7 @@ class StateChangedEvent(msgspec.Struct):
     context: Context | None = None
 
 
-class StateEventFrame(msgspec.Struct, tag_field="type", tag="event"):
+class StateEventFrame(msgspec.Struct, gc=False, tag_field="type", tag="event"):
     """An event frame whose event is a `state_changed`."""
 
     id: int
@@ -120,7 +120,7 @@ FastFrame = AuthRequired | AuthOk | AuthInvalid | Result | StateEventFrame | Pon
 fast_frame_decoder = msgspec.json.Decoder(FastFrame | list[FastFrame])
 
 
-class KnownAttributes(msgspec.Struct):
+class KnownAttributes(msgspec.Struct, gc=False):
     """The attributes the collector reads for enrichment and filtering; all others pass through raw."""
 
     device_class: Any = None

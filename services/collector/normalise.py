@@ -57,12 +57,14 @@ class PointTimes:
         return event if key[2] == time_ns else msgspec.structs.replace(event, time_ns=key[2])
 
 
-def _state(state: HAState) -> events.State:
+def _state(state: HAState, fired: datetime, fired_ns: int) -> events.State:
+    # A new state is usually updated when its event fired, and changed when updated: one conversion, not three.
+    updated_ns = fired_ns if state.last_updated == fired else datetime_ns(state.last_updated)
     return events.State(
         state=state.state,
         attributes=state.attributes,
-        last_changed_ns=datetime_ns(state.last_changed),
-        last_updated_ns=datetime_ns(state.last_updated),
+        last_changed_ns=updated_ns if state.last_changed == state.last_updated else datetime_ns(state.last_changed),
+        last_updated_ns=updated_ns,
     )
 
 
@@ -72,7 +74,7 @@ def normalise_state_changed(
 ) -> events.NormalisedEvent:
     """A `state_changed` event as the stream payload."""
     fired_ns = datetime_ns(time_fired)
-    new = _state(data.new_state) if data.new_state else None
+    new = _state(data.new_state, time_fired, fired_ns) if data.new_state else None
     shown = data.new_state or data.old_state
     ctx = (context or _NO_CONTEXT)
     return events.NormalisedEvent(
@@ -85,7 +87,7 @@ def normalise_state_changed(
         entity_id=data.entity_id,
         domain=data.entity_id.partition(".")[0],
         new_state=new,
-        old_state=_state(data.old_state) if data.old_state else None,
+        old_state=_state(data.old_state, time_fired, fired_ns) if data.old_state else None,
         enrichment=registry.enrichment(data.entity_id, shown.attributes if shown else None),
     )
 

@@ -9,7 +9,7 @@ import msgspec
 from homeiq_collector.frames import attributes_decoder
 from homeiq_shared.events import Enrichment
 
-CACHE_SIZE = 10_000
+CACHE_SIZE = 50_000
 
 
 class EntityEntry(msgspec.Struct):
@@ -65,7 +65,8 @@ class Registry:
         self.devices: dict[str, DeviceEntry] = {}
         self.areas: dict[str, AreaEntry] = {}
         self.floors: dict[str, FloorEntry] = {}
-        self._cache: dict[tuple[str, bytes], Enrichment] = {}
+        self._cache: dict[str, tuple[bytes, Enrichment]] = {}  # entity → (its last attributes, their enrichment)
+        self._facts: dict[str, Enrichment] = {}  # entity → what the registries alone say
 
     def load(self, kind: str, raw: bytes) -> int:
         """Replace one registry (`entity`, `device`, `area`, `floor`) from its list result; returns its size."""
@@ -79,26 +80,35 @@ class Registry:
         else:
             self.floors = {f.floor_id: f for f in entries}
         self._cache.clear()
+        self._facts.clear()
         return len(entries)
 
     def enrichment(self, entity_id: str, attributes: msgspec.Raw | None = None) -> Enrichment:
         """Registry facts about `entity_id`, plus device_class, unit and friendly_name from `attributes`.
 
-        Cached by (entity, attributes): a sensor's attributes rarely change while its state does.
+        Kept per entity with the attributes it was made from: a sensor's attributes rarely change while its
+        state does, and a light's that do change cost one decode of three attributes, not a registry walk.
         """
-        key = (entity_id, bytes(attributes) if attributes is not None else b"")
-        cached = self._cache.get(key)
-        if cached is None:
-            if len(self._cache) >= CACHE_SIZE:
-                self._cache.clear()
-            cached = self._cache[key] = self._lookup(entity_id, key[1])
-        return cached
+        raw = bytes(attributes) if attributes is not None else b""
+        last = self._cache.get(entity_id)
+        if last is not None and last[0] == raw:
+            return last[1]
+        known = _known_attributes(raw)
+        facts = self._facts.get(entity_id)
+        if facts is None:
+            facts = self._facts[entity_id] = self._registry_facts(entity_id)
+        enrichment = msgspec.structs.replace(facts, device_class=known.device_class, unit=known.unit,
+                                             friendly_name=known.friendly_name)
+        if len(self._cache) >= CACHE_SIZE:  # more entities than any real home: start over rather than grow
+            self._cache.clear()
+            self._facts.clear()
+        self._cache[entity_id] = (raw, enrichment)
+        return enrichment
 
-    def _lookup(self, entity_id: str, attributes: bytes) -> Enrichment:
-        known = _known_attributes(attributes)
+    def _registry_facts(self, entity_id: str) -> Enrichment:
         entity = self.entities.get(entity_id)
         if entity is None:
-            return Enrichment(device_class=known.device_class, unit=known.unit, friendly_name=known.friendly_name)
+            return Enrichment()
         device = self.devices.get(entity.device_id) if entity.device_id else None
         area_id = entity.area_id or (device.area_id if device else None)
         area = self.areas.get(area_id) if area_id else None
@@ -115,9 +125,6 @@ class Registry:
             floor_name=floor.name if floor else None,
             platform=entity.platform,
             entity_category=entity.entity_category,
-            device_class=known.device_class,
-            unit=known.unit,
-            friendly_name=known.friendly_name,
         )
 
 

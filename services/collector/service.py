@@ -83,7 +83,6 @@ class Collector:
         self.sessions = 0
         self._stale: set[str] = set()
         self._stale_changed = asyncio.Event()
-        self._received = self.metrics.received  # bound once: the hot path counts every event
         self.health = HealthServer(self.metrics_registry, self.readiness, settings.metrics_host, settings.metrics_port)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -179,7 +178,7 @@ class Collector:
                 # A close handshake behind megabytes of unread events would hold a stop for 10 s: 2 s is enough.
                 ws = await http.ws_connect(s.ha_url, max_msg_size=s.max_message_mb * 1024 * 1024,
                                            autoping=True, heartbeat=None, timeout=WS_TIMEOUT,
-                                           ssl=self._tls or True)
+                                           ssl=self._tls or True, decode_text=False)
             async with ws:
                 conn = HAConnection(ws, self.metrics)
                 version = await conn.authenticate(self._token, s.auth_timeout_s)
@@ -271,7 +270,6 @@ class Collector:
 
     def _on_event(self, frame: frames.EventFrame | frames.StateEventFrame) -> Awaitable[None] | None:
         """Normalise, filter and buffer one event; returns an awaitable only when the buffer is full."""
-        self._received.inc()
         try:
             if isinstance(frame, frames.StateEventFrame):
                 typed = frame.event

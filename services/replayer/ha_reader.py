@@ -77,7 +77,8 @@ async def ha_session(url: str, token: str, timeout_s: float, concurrency: int) -
     try:
         async with aiohttp.ClientSession() as http:
             async with asyncio.timeout(timeout_s):
-                ws = await http.ws_connect(url, max_msg_size=MAX_MESSAGE_BYTES, timeout=WS_TIMEOUT)
+                ws = await http.ws_connect(url, max_msg_size=MAX_MESSAGE_BYTES, timeout=WS_TIMEOUT,
+                                           decode_text=False)
             async with ws:
                 conn = HAConnection(ws, CollectorMetrics(CollectorRegistry()))
                 await conn.authenticate(token, timeout_s)
