@@ -7,7 +7,19 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from homeiq_hasim.messages import Standalone, event_message, iso, now_ts, partial_event_message, rendered_us, ulid
+import msgspec
+
+from homeiq_hasim.messages import (
+    Standalone,
+    event_message,
+    iso,
+    json_bytes,
+    now_ts,
+    partial_event_message,
+    render,
+    rendered_us,
+    ulid,
+)
 from homeiq_hasim.population import Entity, Population, build_population, next_state
 
 HA_VERSION = "2025.11.2"
@@ -102,9 +114,10 @@ class Hub:
         """Entities by entity_id."""
         return {entity.entity_id: entity for entity in self.population.entities}
 
-    def state_dict(self, entity: Entity, last_changed: str | None = None) -> dict[str, Any]:
-        """HA's `State.as_dict()` for the entity's current state (`last_changed` when already rendered)."""
-        updated = iso(entity.last_updated)
+    def state_dict(self, entity: Entity, last_changed: str | None = None, last_updated: str | None = None
+                   ) -> dict[str, Any]:
+        """HA's `State.as_dict()` for the entity's current state (its times when already rendered)."""
+        updated = last_updated or iso(entity.last_updated)
         return {
             "entity_id": entity.entity_id,
             "state": entity.state,
@@ -121,24 +134,27 @@ class Hub:
         """Change one entity's state and fire `state_changed` to every matching subscription."""
         entity = entity or self.rng.choice(self.population.entities)
         old = entity.shown or self.state_dict(entity)
+        # HA serialises a State once (`as_dict_json`) and its next event's old_state reuses those bytes.
+        old_json = entity.shown_json or msgspec.Raw(json_bytes(old))
         state, attributes = forced or next_state(entity, self.rng)
         stamp = now_ts()
-        shown_us = rendered_us(stamp)
+        rendered, shown_us = render(stamp)
         while shown_us <= (entity.shown_us or rendered_us(entity.last_updated)):  # one state per shown µs
             stamp += 1e-6
-            shown_us = rendered_us(stamp)
+            rendered, shown_us = render(stamp)
         changed = state != entity.state
         if changed:
             entity.last_changed = stamp
         entity.state, entity.attributes, entity.last_updated = state, attributes, stamp
         entity.context = self._context(entity, stamp)
-        new = self.state_dict(entity, None if changed else old["last_changed"])
-        entity.shown, entity.shown_us = new, shown_us
+        new = self.state_dict(entity, rendered if changed else old["last_changed"], rendered)
+        new_json = msgspec.Raw(json_bytes(new))
+        entity.shown, entity.shown_json, entity.shown_us = new, new_json, shown_us
         event = {
             "event_type": "state_changed",
-            "data": {"entity_id": entity.entity_id, "old_state": old, "new_state": new},
+            "data": {"entity_id": entity.entity_id, "old_state": old_json, "new_state": new_json},
             "origin": "LOCAL",
-            "time_fired": new["last_updated"],
+            "time_fired": rendered,
             "context": entity.context,
         }
         self.broadcast("state_changed", event)

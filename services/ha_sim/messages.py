@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from datetime import UTC, datetime
@@ -58,6 +59,12 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
+def render(ts: float) -> tuple[str, int]:
+    """`iso(ts)` and `rendered_us(ts)` from one conversion."""
+    shown = datetime.fromtimestamp(ts, UTC)
+    return shown.isoformat(), (shown - EPOCH) // MICROSECOND
+
+
 def rendered_us(ts: float) -> int:
     """The epoch microseconds of `iso(ts)`: what a live event says about a time HA keeps as a float."""
     return (datetime.fromtimestamp(ts, UTC) - EPOCH) // MICROSECOND
@@ -73,5 +80,11 @@ _PAIRS: Final = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits → t
 
 def ulid(ts: float) -> str:
     """A ULID like HA's context ids: 48-bit milliseconds + 80 random bits, Crockford base32."""
-    value = (int(ts * 1000) << 80) | random.getrandbits(80)
-    return "".join([_PAIRS[(value >> shift) & 1023] for shift in range(120, -1, -10)])
+    random_bits = random.getrandbits(80)
+    return _ulid_time(int(ts * 1000)) + "".join([_PAIRS[(random_bits >> shift) & 1023] for shift in range(70, -1, -10)])
+
+
+@functools.lru_cache(maxsize=8)
+def _ulid_time(ms: int) -> str:
+    """The first 10 digits of the ULIDs of one millisecond (events in the same millisecond share them)."""
+    return "".join([_PAIRS[(ms >> shift) & 1023] for shift in range(40, -1, -10)])

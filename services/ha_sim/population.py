@@ -6,6 +6,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 FLOORS = (("ground_floor", "Ground Floor", 0), ("first_floor", "First Floor", 1))
 AREAS = (
     ("living_room", "Living Room", "ground_floor"),
@@ -53,6 +55,7 @@ class Entity:
     last_updated: float = 0.0
     context: dict[str, str | None] = field(default_factory=dict)
     shown: dict[str, Any] | None = None  # the last State.as_dict() sent: the next event's old_state
+    shown_json: msgspec.Raw | None = None  # `shown` as JSON, serialised once like HA's `State.as_dict_json`
     shown_us: int = 0  # the microsecond HA showed for last_updated
     level: float = 0.0
 
