@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from homeiq_hasim.runner import SimServer
 from homeiq_local.services import RedisServer
+from homeiq_writer.batch import encode_entries
 from tests.collector_harness import TOKEN, running_collector, simulator, stream_events
 from tests.helpers import wait_for
 
@@ -130,24 +131,29 @@ def subscription_of(sim: SimServer) -> int:
     return subscription
 
 
-@pytest.mark.parametrize("where", ["state", "attributes"])
 async def test_bytes_that_are_not_utf8_cost_their_event_only(
-    where: str, redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:
-    """A text frame must be UTF-8; one that is not used to close the socket (1007) with every event behind it."""
+    """A text frame must be UTF-8; one that is not used to close the socket (1007) with every event behind it.
+    A string the collector reads drops its event here; attributes pass through raw, and the writer dead-letters
+    the event (payload kept) instead of writing bytes that are not text."""
     async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path) as run:
         await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
         subscription = subscription_of(sim)
         good = state_event(subscription, "sensor.good", attributes={"unit_of_measurement": "°C"})
-        bad = state_event(subscription, "sensor.bad", "BAD" if where == "state" else "1", {"friendly_name": "BAD"})
-        frame = json.dumps([good, bad], ensure_ascii=False).encode().replace(b'"BAD"', b'"\xff\xfe"')
-        sim.hub.send_raw(frame)
+        bad_state = state_event(subscription, "sensor.bad_state", "BAD")
+        bad_attributes = state_event(subscription, "sensor.bad_attributes", attributes={"friendly_name": "BAD"})
+        frame = json.dumps([good, bad_state, bad_attributes], ensure_ascii=False).encode()
+        sim.hub.send_raw(frame.replace(b'"BAD"', b'"\xff\xfe"'))
         sim.hub.fire_state_change()
-        await wait_for(lambda: run.metric("homeiq_events_published_total") == 2, 5, "both good events")
+        await wait_for(lambda: run.metric("homeiq_events_published_total") == 3, 5, "the other events")
         assert run.metric("homeiq_events_dropped_total", reason="malformed_event") == 1
         assert run.collector.sessions == 1 and sim.hub.connects == 1
         entries = await redis_client.xrange("homeiq:events")
-        assert b"sensor.good" in entries[0][1][b"e"] and all(b"sensor.bad" not in e[b"e"] for _, e in entries)
+        written, poison = encode_entries([(entry_id, [x for pair in fields.items() for x in pair])
+                                          for entry_id, fields in entries])
+        assert b"sensor.good" in entries[0][1][b"e"] and len(written) == 2
+        assert [p.reason for p in poison] == ["undecodable"] and b"bad_attributes" in entries[1][1][b"e"]
 
 
 @pytest.mark.parametrize("naive", ["last_updated", "last_changed", "time_fired"])

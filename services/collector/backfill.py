@@ -7,6 +7,7 @@ from typing import Final
 
 import msgspec
 
+from homeiq_collector.frames import UNDECODABLE
 from homeiq_collector.registry import Registry
 from homeiq_shared import events
 from homeiq_shared.times import float_ns, iso_ns
@@ -28,7 +29,28 @@ class EntityId(msgspec.Struct):
 
 
 history_decoder = msgspec.json.Decoder(dict[str, list[HistoryRow]])
+_raw_history_decoder = msgspec.json.Decoder(dict[str, list[msgspec.Raw]])
+_row_decoder = msgspec.json.Decoder(HistoryRow)
 states_decoder = msgspec.json.Decoder(list[EntityId])
+
+
+def decode_history(raw: bytes) -> tuple[dict[str, list[HistoryRow]], list[bytes]]:
+    """A history answer's rows by entity, and the rows that cannot be read (left out, for the caller to count).
+    Raises UNDECODABLE only when the answer is not even entities with lists of rows."""
+    try:
+        return history_decoder.decode(raw), []
+    except UNDECODABLE:
+        pass
+    history: dict[str, list[HistoryRow]] = {}
+    unreadable: list[bytes] = []
+    for entity_id, rows in _raw_history_decoder.decode(raw).items():
+        kept = history[entity_id] = []
+        for row in rows:
+            try:
+                kept.append(_row_decoder.decode(row))
+            except UNDECODABLE:
+                unreadable.append(bytes(row))
+    return history, unreadable
 
 
 # HA's recorder compares the raw floats it stores with `start_time.timestamp()`; a state shown at exactly the

@@ -59,6 +59,9 @@ class Pong(msgspec.Struct, gc=False, tag_field="type", tag="pong"):
 
 Frame = AuthRequired | AuthOk | AuthInvalid | Result | EventFrame | Pong
 
+# What decoding a message can raise: text frames are UTF-8 bytes, checked where a string is decoded.
+UNDECODABLE = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+
 # A frame is one message or, with coalescing, an array of messages.
 frame_decoder = msgspec.json.Decoder(Frame | list[Frame])
 single_decoder: msgspec.json.Decoder[Frame] = msgspec.json.Decoder(Frame)
@@ -128,6 +131,13 @@ class KnownAttributes(msgspec.Struct, gc=False):
     friendly_name: Any = None
 
 
+class MessageId(msgspec.Struct):
+    """Only the `id` of a message (of one that cannot be read as a whole)."""
+
+    id: int
+
+
+id_decoder = msgspec.json.Decoder(MessageId)
 event_decoder = msgspec.json.Decoder(HAEvent)
 state_changed_decoder = msgspec.json.Decoder(StateChangedData)
 attributes_decoder = msgspec.json.Decoder(KnownAttributes)

@@ -45,7 +45,7 @@ class CommandFailed(Exception):
 # speed of a str, and decoding to str first is a second pass over every frame. msgspec checks the UTF-8 of every
 # string it decodes; a message whose strings are not UTF-8 is rejected on its own instead of closing the socket.
 FrameSocket = aiohttp.ClientWebSocketResponse[Literal[False]]
-_BAD_FRAME = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+_BAD_FRAME = frames.UNDECODABLE
 
 
 class HAConnection:
@@ -170,9 +170,21 @@ class HAConnection:
                 good.append(frames.single_decoder.decode(part))
             except msgspec.ValidationError:
                 self._reject("unknown_type", "message of unknown type or shape ignored", part)
+                self._fail_waiting(part)
             except (msgspec.DecodeError, UnicodeDecodeError):
                 self._reject("malformed_json", "malformed JSON ignored", part)
+                self._fail_waiting(part)
         return good
+
+    def _fail_waiting(self, part: msgspec.Raw) -> None:
+        """An unreadable answer still names the command it answers: fail that command now, not at its timeout."""
+        try:
+            msg_id = frames.id_decoder.decode(part).id
+        except frames.UNDECODABLE:
+            return
+        future = self._pending.get(msg_id)
+        if future is not None and not future.done():
+            future.set_exception(CommandFailed(f"command {msg_id}", "malformed_answer", "the answer cannot be read"))
 
     def _reject(self, reason: str, text: str, part: msgspec.Raw | None = None) -> None:
         self._metrics.frames_rejected.labels(reason).inc()

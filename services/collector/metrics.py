@@ -7,16 +7,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from homeiq_collector.session_end import DISCONNECT_LABELS
 from homeiq_shared.logs import Log, SampledLog
 
-DROP_REASONS = ("malformed_event", "spool_full", "spool_write_failed", "shutdown_spool_full", "shutdown_unpublished")
+DROP_REASONS = ("malformed_event", "backfill_malformed", "spool_full", "spool_write_failed", "shutdown_spool_full",
+                "shutdown_unpublished")
 REJECT_REASONS = ("malformed_json", "unknown_type", "binary_frame", "unknown_subscription",
-                  "unexpected_result", "unexpected_auth")
+                  "unexpected_result", "unexpected_auth", "malformed_registry")
 
 
 class CollectorMetrics:
     """Counters and gauges of one collector, registered in `registry`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.received = Counter("homeiq_events_received_total", "Events received from HA.", registry=registry)
+        self.received = Counter("homeiq_events_received_total",
+                                "Events received from HA (counted once their frame is read to the end).",
+                                registry=registry)
         self.filtered = Counter("homeiq_events_filtered_total", "Events the entity filter left out.",
                                 registry=registry)
         self.published = Counter("homeiq_events_published_total", "Events XADDed to the stream.",

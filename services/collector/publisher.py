@@ -62,12 +62,15 @@ class Buffer:
             await self._room.wait()
 
     async def take(self, most: int) -> list[bytes]:
-        """The oldest items, at least one (waiting for it) and at most `most`."""
+        """The oldest items, at least one (waiting for it) and at most `most`; `_STOP` ends a batch."""
         while not self._items:
             self._filled.clear()
             await self._filled.wait()
-        items = self._items
-        batch = [items.popleft() for _ in range(min(most, len(items)))]
+        items, batch = self._items, []
+        for _ in range(min(most, len(items))):
+            batch.append(item := items.popleft())
+            if item is _STOP:
+                break
         self._room.set()
         return batch
 
@@ -129,7 +132,7 @@ class Publisher:
     async def _flush_loop(self) -> None:
         while True:
             batch = await self._queue.take(self._batch_max)
-            closing = batch[-1] is _STOP  # close() queues it last: nothing follows it
+            closing = batch[-1] is _STOP
             if closing:
                 self._stop_taken = True
                 batch.pop()
@@ -288,5 +291,5 @@ class Publisher:
                 stop_queued = True
                 await self._flushed.wait()
         if self._flushed.is_set():
-            return 0
-        return self._in_flight + len(self._queue) - (1 if stop_queued and not self._stop_taken else 0)
+            return len(self._queue)  # nothing is queued behind the stop marker; were it, it was not published
+        return max(0, self._in_flight + len(self._queue) - (1 if stop_queued and not self._stop_taken else 0))

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from homeiq_collector.frames import attributes_decoder
+from homeiq_collector.frames import UNDECODABLE, attributes_decoder
 from homeiq_shared.events import Enrichment
 
 CACHE_SIZE = 50_000
@@ -144,6 +144,6 @@ def _known_attributes(raw: bytes) -> _Known:
         return _Known()
     try:
         known = attributes_decoder.decode(raw)
-    except msgspec.DecodeError:
+    except UNDECODABLE:
         return _Known()
     return _Known(_text(known.device_class), _text(known.unit_of_measurement), _text(known.friendly_name))

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from homeiq_collector import frames
-from homeiq_collector.backfill import backfill_events, history_command, history_decoder, states_decoder
+from homeiq_collector.backfill import backfill_events, decode_history, history_command, states_decoder
 from homeiq_collector.entity_filter import EntityRules
 from homeiq_collector.gap import GapTracker
 from homeiq_collector.ha_client import (
@@ -214,12 +214,17 @@ class Collector:
             tasks.create_task(self._backfills(conn), name="ha-backfill")
 
     async def _load_registry(self, conn: HAConnection, kind: str) -> None:
+        """Load one registry; one HA cannot answer or answers unreadably keeps what was loaded before."""
         try:
             raw = await conn.command({"type": REGISTRY_COMMANDS[kind]}, self.settings.command_timeout_s)
+            size = self.ha_registry.load(kind, bytes(raw))
         except CommandFailed as exc:
             log.warning("registry_unavailable", registry=kind, error=str(exc))
             return
-        size = self.ha_registry.load(kind, bytes(raw))
+        except frames.UNDECODABLE as exc:
+            self.metrics.frames_rejected.labels("malformed_registry").inc()
+            log.warning("registry_unavailable", registry=kind, error=f"{type(exc).__name__}: {exc}"[:200])
+            return
         log.debug("registry_loaded", registry=kind, entries=size)
 
     async def _refresh_registries(self, conn: HAConnection) -> None:
@@ -253,7 +258,15 @@ class Collector:
         for first in range(0, len(entity_ids), BACKFILL_CHUNK):
             chunk = entity_ids[first:first + BACKFILL_CHUNK]
             raw = await conn.command(history_command(chunk, start_ns), s.command_timeout_s)
-            for event in backfill_events(history_decoder.decode(raw), self.ha_registry, start_ns, self.gap.seen):
+            try:
+                history, unreadable = decode_history(bytes(raw))
+            except frames.UNDECODABLE as exc:  # not even rows by entity: end the session, the next one retries
+                raise CommandFailed("history/history_during_period", "malformed_answer", str(exc)[:200]) from None
+            if unreadable:
+                self.metrics.dropped.labels("backfill_malformed").inc(len(unreadable))
+                self.metrics.log_sampled("backfill_malformed", "recorder states dropped: cannot be decoded",
+                                         dropped=len(unreadable), sample=unreadable[0][:200].decode(errors="replace"))
+            for event in backfill_events(history, self.ha_registry, start_ns, self.gap.seen):
                 if self._passes_filter(event):
                     self._offered += 1
                     await self.publisher.put(encode_event(event))

@@ -12,6 +12,7 @@ import msgspec
 from prometheus_client import CollectorRegistry
 
 from homeiq_collector.backfill import HistoryRow, history_decoder
+from homeiq_collector.frames import UNDECODABLE
 from homeiq_collector.ha_client import AuthInvalid, CommandFailed, ConnectionLost, HAConnection
 from homeiq_collector.metrics import CollectorMetrics
 from homeiq_collector.registry import Registry
@@ -94,5 +95,8 @@ async def ha_session(url: str, token: str, timeout_s: float, concurrency: int) -
                           "HA_TOKEN_FILE to a long-lived access token of an admin user") from None
     except (ConnectionLost, CommandFailed) as exc:
         raise HAReadError(f"Home Assistant at {redact_url(url)}: {exc}") from None
+    except UNDECODABLE as exc:
+        raise HAReadError(f"Home Assistant at {redact_url(url)} sent an answer that cannot be read: "
+                          f"{type(exc).__name__}: {str(exc)[:200]}") from None
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise HAReadError(f"Home Assistant at {redact_url(url)} is unreachable: {exc}") from None
