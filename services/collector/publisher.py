@@ -27,6 +27,7 @@ log = Log(__name__)
 
 READY_SPOOL = "spool"
 REDIS_RECHECK_S = 0.5
+LINGER_S = 0.005
 _STOP = b"\x00"  # queued by close(); an event payload is a JSON object, never this
 
 
@@ -66,6 +67,10 @@ class Buffer:
         while not self._items:
             self._filled.clear()
             await self._filled.wait()
+        return self.take_ready(most)
+
+    def take_ready(self, most: int) -> list[bytes]:
+        """The oldest items there are, at most `most`, without waiting; `_STOP` ends a batch."""
         items, batch = self._items, []
         for _ in range(min(most, len(items))):
             batch.append(item := items.popleft())
@@ -132,14 +137,20 @@ class Publisher:
     async def _flush_loop(self) -> None:
         while True:
             batch = await self._queue.take(self._batch_max)
+            self._in_flight = len(batch)  # out of the buffer, not yet settled: still pending
+            if len(batch) < self._batch_max and batch[-1] is not _STOP:
+                # A few milliseconds for more to arrive: at a few thousand events/s a batch of tens, not of
+                # one or two, costs Redis and us a tenth per event; nothing waits on it but the event's age.
+                await asyncio.sleep(LINGER_S)
+                batch += self._queue.take_ready(self._batch_max - len(batch))
             closing = batch[-1] is _STOP
             if closing:
                 self._stop_taken = True
                 batch.pop()
+            self._in_flight = len(batch)
             if not batch:
                 self._flushed.set()
                 return
-            self._in_flight = len(batch)
             self._metrics.buffered.set(len(self._queue))
             if self._spool or not self._durable() or not await self._xadd(batch):
                 await self._to_spool(batch)
