@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import redis.asyncio as aioredis
 
@@ -72,12 +72,16 @@ def summed(processes: list[ScriptProcess], name: str) -> float:
     return sum(value for p in processes for key, value in samples(p).items() if key.split("{")[0] == name)
 
 
-def latency_buckets(writers: list[ScriptProcess]) -> dict[float, float]:
-    """Cumulative counts of the end-to-end latency histogram, summed over the writers."""
+LATENCY: Final = "homeiq_event_age_at_ack_seconds"
+WRITE_DURATION: Final = "homeiq_write_duration_seconds"
+
+
+def latency_buckets(writers: list[ScriptProcess], histogram: str = LATENCY) -> dict[float, float]:
+    """Cumulative counts of a writer histogram (the end-to-end latency by default), summed over the writers."""
     buckets: dict[float, float] = {}
     for writer in writers:
         for key, value in samples(writer).items():
-            if key.startswith("homeiq_event_age_at_ack_seconds_bucket{"):
+            if key.startswith(f"{histogram}_bucket{{"):
                 bound = key.split("le=")[1].split(",")[0].rstrip("}")
                 le = float("inf") if bound == "+Inf" else float(bound)
                 buckets[le] = buckets.get(le, 0.0) + value
@@ -164,6 +168,7 @@ async def step(pipeline: Pipeline, client: aioredis.Redis, rate: float, seconds:
     written_before = summed(pipeline.writers, "homeiq_points_written_total")
     writes_before = summed(pipeline.writers, "homeiq_write_batches_total")
     latency_before = latency_buckets(pipeline.writers)
+    writes_before_s = latency_buckets(pipeline.writers, WRITE_DURATION)
     lags: list[int] = []
     stop = asyncio.Event()
 
@@ -184,6 +189,7 @@ async def step(pipeline: Pipeline, client: aioredis.Redis, rate: float, seconds:
     lag_end = await pipeline.lag(client)
     cpu = {name: cpu_s(pid) - cpu_before[name] for name, pid in pipeline.pids().items()}
     latency_after = latency_buckets(pipeline.writers)
+    writes_after_s = latency_buckets(pipeline.writers, WRITE_DURATION)
     third = max(1, len(lags) // 3)
     growing = sum(lags[-third:]) / third > sum(lags[:third]) / third + rate  # > 1 s more behind at the end
     disconnects = summed([collector], "homeiq_ha_disconnects_total") - disconnects_before
@@ -196,6 +202,7 @@ async def step(pipeline: Pipeline, client: aioredis.Redis, rate: float, seconds:
         "ha_disconnects": int(disconnects),
         "latency_p50_s": _round(quantile(latency_before, latency_after, 0.5)),
         "latency_p99_s": _round(quantile(latency_before, latency_after, 0.99)),
+        "influx_write_p99_s": _round(quantile(writes_before_s, writes_after_s, 0.99)),  # one request's duration
         "cpu_us_per_event": {name: round(seconds_used / max(sent, 1) * 1e6, 1) for name, seconds_used in cpu.items()},
     }
     # Kept up: the source ran at the rate, the collector published it, the lag did not grow, HA never dropped us.
@@ -288,10 +295,10 @@ async def main(rates: list[float], step_s: float, entities: int, writers: int, b
 def table(report: dict[str, Any]) -> str:
     """The steps as text: one row per step, CPU µs per event per process."""
     names = sorted({name for s in report["steps"] for name in s["cpu_us_per_event"]})
-    header = ["offered", "published", "written", "lag end", "growing", "disc.", "p50 s", "p99 s", *names]
-    rows = [header] + [[str(s["offered_per_s"]), str(s["published_per_s"]), str(s["written_per_s"]),
-                        str(s["lag_end"]), str(s["lag_growing"]), str(s["ha_disconnects"]), str(s["latency_p50_s"]),
-                        str(s["latency_p99_s"]), *(str(s["cpu_us_per_event"].get(n, "")) for n in names)]
+    header = ["offered", "published", "written", "lag end", "growing", "disc.", "p50 s", "p99 s", "write p99 s", *names]
+    columns = ["offered_per_s", "published_per_s", "written_per_s", "lag_end", "lag_growing", "ha_disconnects",
+               "latency_p50_s", "latency_p99_s", "influx_write_p99_s"]
+    rows = [header] + [[*(str(s[c]) for c in columns), *(str(s["cpu_us_per_event"].get(n, "")) for n in names)]
                        for s in report["steps"]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
