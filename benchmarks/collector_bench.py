@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from workload import Recorder
+from workload import prerendered
 from writer_bench import cpu_s
 
 from homeiq_hasim.hub import Hub
@@ -82,11 +82,7 @@ async def main(events: int, entities: int, workdir: Path) -> dict[str, object]:
     redis_server = RedisServer(workdir / "redis", None).start()
     client = aioredis.Redis.from_url(redis_server.url)
     hub = Hub.create(entities, TOKEN)
-    recorder = Recorder()
-    hub.connections.add(recorder)
-    for _ in range(events):
-        hub.fire_state_change()
-    hub.connections.discard(recorder)
+    partials = prerendered(hub, events)
     gc.freeze()  # the pre-built events are kept for the whole run: no collection needs to scan them
     sim = SimServer(hub)
     env = {"REDIS_URL": redis_server.url, "HA_URL": await sim.start(), "HA_TOKEN": TOKEN, "LOG_FORMAT": "json",
@@ -98,7 +94,6 @@ async def main(events: int, entities: int, workdir: Path) -> dict[str, object]:
         pids = {"collector": collector.process.pid, "ha_sim": os.getpid(), "redis": redis_pid(redis_server)}
         cpu_before = {name: cpu_s(pid) for name, pid in pids.items()}
         started = time.perf_counter()
-        partials = [message[: message.rindex(b',"id":')] for message in recorder.messages]  # the id is the client's
         sender = asyncio.create_task(blast(sim, partials))
 
         async def all_in_redis() -> bool:

@@ -4,6 +4,8 @@ up until the pipeline falls behind; then a backlog drain. Beside influxd's own c
 Per step: offered, published and written events/s, the lag at the end of the step and its trend, HA
 disconnects, latency from `time_fired` to ack (p50, p99, from the writers' histogram), and the CPU µs per event
 of every process (collector, each writer, replayer, redis-server, influxd, ha-sim = this process), from /proc.
+A step's events are rendered before it starts, stamped with the times they will be sent at (HA's cost is not
+the pipeline's): ha-sim's column is the sending, and latency still counts from each event's `time_fired`.
 A step is sustained when the lag stayed flat, HA never disconnected the collector, and every event of it is in
 InfluxDB, checked point by point. Not a test: numbers on a shared machine vary.
 
@@ -26,7 +28,8 @@ from typing import Any, Final
 
 import redis.asyncio as aioredis
 
-from homeiq_hasim.hub import Hub
+from homeiq_hasim.hub import MAX_PER_TICK, TICK_S, Hub
+from homeiq_hasim.messages import event_message
 from homeiq_hasim.runner import SimServer
 from homeiq_local.processes import ScriptProcess
 from homeiq_local.services import InfluxServer, RedisServer
@@ -34,7 +37,7 @@ from homeiq_local.waiting import wait_for
 from homeiq_shared.stream import DEFAULT_NAMES
 
 sys.path.insert(0, str(Path(__file__).parent))
-from workload import payloads
+from workload import payloads, prerendered
 from writer_bench import BATCH, ceiling, cpu_s
 
 from homeiq_writer.influx import gzip_body
@@ -72,6 +75,9 @@ def summed(processes: list[ScriptProcess], name: str) -> float:
     return sum(value for p in processes for key, value in samples(p).items() if key.split("{")[0] == name)
 
 
+# Rendering runs before a step at ~15-20 µs an event; the step starts once it surely has.
+RENDER_LEAD_S: Final = 2.0
+RENDER_S_PER_EVENT: Final = 40e-6
 LATENCY: Final = "homeiq_event_age_at_ack_seconds"
 WRITE_DURATION: Final = "homeiq_write_duration_seconds"
 
@@ -159,8 +165,31 @@ class Pipeline:
         self.redis.stop()
 
 
+async def send_on_schedule(hub: Hub, partials: list[bytes], start: float, rate: float) -> int:
+    """Send each pre-rendered event when its time comes (its `time_fired`): `rate` a second from `start`."""
+    sent = 0
+    while sent < len(partials):
+        due = min(len(partials), int((time.time() - start) * rate) + 1, sent + MAX_PER_TICK)
+        for partial in partials[sent:due]:
+            for connection in hub.connections:  # the one there is now (a reconnect replaces it)
+                for subscription in connection.subscriptions:
+                    connection.send(event_message(partial, subscription))
+        sent = max(sent, due)
+        await asyncio.sleep(TICK_S)
+    return sent
+
+
 async def step(pipeline: Pipeline, client: aioredis.Redis, rate: float, seconds: float) -> dict[str, Any]:
-    """Offer `rate` events/s for `seconds`; everything one step reports."""
+    """Offer `rate` events/s for `seconds`; everything one step reports. The step's events are rendered
+    before it starts, stamped with the times they will be sent at: ha-sim's column is the sending."""
+    count = int(rate * seconds)
+    start = time.time() + RENDER_LEAD_S + count * RENDER_S_PER_EVENT
+    schedule = (start + n / rate for n in range(count))
+    partials = prerendered(pipeline.hub, count, lambda: next(schedule))
+    gc.freeze()  # ha-sim's record of what it sent (millions of objects) need not be scanned again and again
+    if (late_s := time.time() - start) > 0:
+        print(json.dumps({"rendering_late_s": round(late_s, 2)}), file=sys.stderr)
+    await asyncio.sleep(max(0.0, start - time.time()))  # the step, its clock and its CPU count from here
     collector = pipeline.others["collector"]
     cpu_before = {name: cpu_s(pid) for name, pid in pipeline.pids().items()}
     published_before = summed([collector], "homeiq_events_published_total")
@@ -175,14 +204,11 @@ async def step(pipeline: Pipeline, client: aioredis.Redis, rate: float, seconds:
     async def sample_lag() -> None:
         while not stop.is_set():
             lags.append(await pipeline.lag(client))
-            # ha-sim keeps every event it sent (for the point-by-point check): millions of objects that the
-            # collector would scan again and again; kept out of it, ha-sim costs a fifth less per event.
-            gc.freeze()
             await asyncio.sleep(1)
 
     sampler = asyncio.create_task(sample_lag())
     started = time.perf_counter()
-    sent = await pipeline.hub.emit(int(rate * seconds), rate)
+    sent = await send_on_schedule(pipeline.hub, partials, start, rate)
     elapsed = time.perf_counter() - started
     stop.set()
     await sampler

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -10,6 +11,7 @@ from homeiq_collector import frames
 from homeiq_collector.normalise import normalise_state_changed
 from homeiq_collector.registry import Registry
 from homeiq_hasim.hub import MATCH_ALL, Hub
+from homeiq_hasim.messages import now_ts
 from homeiq_shared.events import encode_event
 
 
@@ -26,6 +28,19 @@ class Recorder:
 
     def abort(self, reason: str) -> None:
         """Never called."""
+
+
+def prerendered(hub: Hub, count: int, clock: Callable[[], float] = now_ts) -> list[bytes]:
+    """Fire `count` state changes into the hub's record without sending them, at the times `clock` gives: the
+    messages without their subscription id (`event_message` completes one when it is sent)."""
+    recorder = Recorder()
+    live, hub.connections, hub.clock = hub.connections, {recorder}, clock
+    try:
+        for _ in range(count):
+            hub.fire_state_change()
+    finally:
+        hub.connections, hub.clock = live, now_ts
+    return [message[: message.rindex(b',"id":')] for message in recorder.messages]
 
 
 def registry_of(hub: Hub) -> Registry:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -94,6 +95,7 @@ class Hub:
     sent: list[SentEvent] = field(default_factory=list)
     recorder: dict[str, list[Recorded]] = field(default_factory=dict)
     rng: random.Random = field(default_factory=lambda: random.Random(7))
+    clock: Callable[[], float] = now_ts  # the time of the next state change (a benchmark schedules them ahead)
     connects: int = 0
     active: int = 0  # WebSocket connections open right now (authenticated or not)
     max_active: int = 0
@@ -137,7 +139,7 @@ class Hub:
         # HA serialises a State once (`as_dict_json`) and its next event's old_state reuses those bytes.
         old_json = entity.shown_json or msgspec.Raw(json_bytes(old))
         state, attributes = forced or next_state(entity, self.rng)
-        stamp = now_ts()
+        stamp = self.clock()
         rendered, shown_us = render(stamp)
         while shown_us <= (entity.shown_us or rendered_us(entity.last_updated)):  # one state per shown µs
             stamp += 1e-6
