@@ -29,7 +29,6 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 
 from homeiq_hasim.hub import MAX_PER_TICK, TICK_S, Hub
-from homeiq_hasim.messages import event_message
 from homeiq_hasim.runner import SimServer
 from homeiq_local.processes import ScriptProcess
 from homeiq_local.services import InfluxServer, RedisServer
@@ -171,9 +170,7 @@ async def send_on_schedule(hub: Hub, partials: list[bytes], start: float, rate: 
     while sent < len(partials):
         due = min(len(partials), int((time.time() - start) * rate) + 1, sent + MAX_PER_TICK)
         for partial in partials[sent:due]:
-            for connection in hub.connections:  # the one there is now (a reconnect replaces it)
-                for subscription in connection.subscriptions:
-                    connection.send(event_message(partial, subscription))
+            hub.broadcast_rendered("state_changed", partial)
         sent = max(sent, due)
         await asyncio.sleep(TICK_S)
     return sent

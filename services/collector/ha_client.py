@@ -45,7 +45,6 @@ class CommandFailed(Exception):
 # speed of a str, and decoding to str first is a second pass over every frame. msgspec checks the UTF-8 of every
 # string it decodes; a message whose strings are not UTF-8 is rejected on its own instead of closing the socket.
 FrameSocket = aiohttp.ClientWebSocketResponse[Literal[False]]
-_BAD_FRAME = frames.UNDECODABLE
 
 
 class HAConnection:
@@ -81,7 +80,7 @@ class HAConnection:
             raise ConnectionLost(f"connection closed while waiting for {expected} ({message.type.name})")
         try:
             return frames.single_decoder.decode(message.data)
-        except _BAD_FRAME:
+        except frames.UNDECODABLE:
             raise ConnectionLost(f"malformed frame while waiting for {expected}") from None
 
     async def command(self, payload: dict[str, Any], timeout_s: float,
@@ -142,10 +141,10 @@ class HAConnection:
         decoded: Any
         try:
             decoded = frames.fast_frame_decoder.decode(data)
-        except _BAD_FRAME:
+        except frames.UNDECODABLE:
             try:
                 decoded = frames.frame_decoder.decode(data)
-            except _BAD_FRAME:
+            except frames.UNDECODABLE:
                 decoded = self._split_bad_frame(data)
         try:
             if isinstance(decoded, list):
@@ -162,7 +161,7 @@ class HAConnection:
         """A frame that failed as a whole: keep each good message, count each bad one."""
         try:
             parts = frames.raw_list_decoder.decode(data)
-        except _BAD_FRAME:
+        except frames.UNDECODABLE:
             parts = [msgspec.Raw(data)]
         good: list[frames.Frame] = []
         for part in parts:

@@ -174,12 +174,17 @@ class Hub:
         return {"id": ulid(stamp), "parent_id": parent, "user_id": user}
 
     def broadcast(self, event_type: str, event: dict[str, Any]) -> None:
-        """Send one event to every subscription that matches it, serialised once like HA's cache."""
-        partial: bytes | None = None
+        """Send one event to every subscription that matches it, serialised once like HA's cache (and not at
+        all when none does)."""
+        if any(wanted in (MATCH_ALL, event_type)
+               for connection in self.connections for wanted in connection.subscriptions.values()):
+            self.broadcast_rendered(event_type, partial_event_message(event))
+
+    def broadcast_rendered(self, event_type: str, partial: bytes) -> None:
+        """Send an event serialised already (`partial_event_message`) to every subscription that matches it."""
         for connection in self.connections:
             for sub_id, wanted in connection.subscriptions.items():
                 if wanted in (MATCH_ALL, event_type):
-                    partial = partial or partial_event_message(event)
                     connection.send(event_message(partial, sub_id))
 
     def set_state(self, entity: Entity, state: str, attributes: dict[str, Any]) -> SentEvent:

@@ -67,7 +67,7 @@ def render(ts: float) -> tuple[str, int]:
 
 def rendered_us(ts: float) -> int:
     """The epoch microseconds of `iso(ts)`: what a live event says about a time HA keeps as a float."""
-    return (datetime.fromtimestamp(ts, UTC) - EPOCH) // MICROSECOND
+    return render(ts)[1]
 
 
 def now_ts() -> float:
