@@ -51,7 +51,9 @@ class Stack:
 
     def __init__(self, env: dict[str, str]) -> None:
         self.project = f"homeiq-stacktest-{os.getpid()}"
-        self.env = {**os.environ, **env}
+        # docker-compose v1 gives dockerd 60 s per API call; a vfs-backed dockerd creating ten containers on a
+        # busy 2-core machine took longer once (a prometheus container, "Read timed out").
+        self.env = {**os.environ, "COMPOSE_HTTP_TIMEOUT": "300", **env}
 
     def compose(self, *args: str, check: bool = True) -> str:
         done = subprocess.run(
