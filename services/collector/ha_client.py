@@ -110,6 +110,14 @@ class HAConnection:
             payload["event_type"] = event_type
         await self.command(payload, timeout_s, on_event=on_event)
 
+    async def unsubscribe_all(self, timeout_s: float) -> None:
+        """`unsubscribe_events` for every subscription, each handler kept until HA answers: HA sends a
+        subscription's events before the answer to its unsubscribe, so once answered, every event HA sent
+        has been routed and none follows."""
+        for sub_id in list(self._subscriptions):
+            await self.command({"type": "unsubscribe_events", "subscription": sub_id}, timeout_s)
+            del self._subscriptions[sub_id]
+
     async def ping(self, timeout_s: float) -> None:
         """App-level ping; HeartbeatTimeout when no pong within `timeout_s`."""
         try:

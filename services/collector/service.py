@@ -18,10 +18,7 @@ from homeiq_collector import frames
 from homeiq_collector.backfill import backfill_events, decode_history, history_command, states_decoder
 from homeiq_collector.entity_filter import EntityRules
 from homeiq_collector.gap import GapTracker
-from homeiq_collector.ha_client import (
-    CommandFailed,
-    HAConnection,
-)
+from homeiq_collector.ha_client import CommandFailed, ConnectionLost, HAConnection
 from homeiq_collector.metrics import CollectorMetrics
 from homeiq_collector.normalise import PointTimes, normalise, normalise_state_changed
 from homeiq_collector.publisher import Publisher
@@ -47,6 +44,7 @@ REGISTRY_COMMANDS = {"floor": "config/floor_registry/list", "area": "config/area
 REGISTRY_EVENTS = {f"{kind}_registry_updated": kind for kind in REGISTRY_COMMANDS}
 BACKFILL_CHUNK = 50
 DRAIN_TIMEOUT_S = 5.0
+UNSUBSCRIBE_TIMEOUT_S = 2.0
 WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_close=2.0)
 REDIS_CHECK_S = 2.0
 AUTH_RETRY_CAP_S = 6 * 3600.0
@@ -187,7 +185,18 @@ class Collector:
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(conn.read_forever(), name="ha-reader")
                     tasks.create_task(self._connected(conn, version, tasks), name="ha-setup")
-                    tasks.create_task(_raise_when_set(stop), name="stop")
+                    tasks.create_task(self._end_on_stop(conn, stop), name="stop")
+
+    async def _end_on_stop(self, conn: HAConnection, stop: asyncio.Event) -> None:
+        """On `stop`, unsubscribe before closing: what HA sent until its answer is read and published. Events
+        with no recorder history (service calls, automation triggers) still in the socket would be gone."""
+        await stop.wait()
+        try:
+            await conn.unsubscribe_all(UNSUBSCRIBE_TIMEOUT_S)
+        except (ConnectionLost, CommandFailed) as exc:  # a reader held by a full buffer reads no answer
+            log.warning("unsubscribe_unanswered", error=str(exc),
+                        consequence="events HA sent after the last one read are lost")
+        raise Stopped
 
     async def _connected(self, conn: HAConnection, version: str, tasks: asyncio.TaskGroup) -> None:
         """Features, discovery, one subscription, then heartbeat, registry refreshes and the backfill."""
@@ -311,8 +320,3 @@ class Collector:
         payload = encode_event(event)
         self._offered += 1
         return None if self.publisher.offer(payload) else self.publisher.put(payload)
-
-
-async def _raise_when_set(stop: asyncio.Event) -> None:
-    await stop.wait()
-    raise Stopped

@@ -262,10 +262,10 @@ async def steady_traffic(hub: Hub, rate_per_s: float) -> AsyncIterator[asyncio.E
 
 
 @contextlib.asynccontextmanager
-async def service_calls(hub: Hub, every_s: float) -> AsyncIterator[dict[str, float]]:
+async def service_calls(hub: Hub, every_s: float) -> AsyncIterator[dict[str, tuple[float, bool]]]:
     """`call_service` events (no state, so no recorder history) every `every_s` in the background; yields
-    context id → the time it was fired (`time.time()`)."""
-    fired: dict[str, float] = {}
+    context id → when it was fired (`time.time()`) and whether a subscriber was there to be sent it."""
+    fired: dict[str, tuple[float, bool]] = {}
     stop = asyncio.Event()
 
     async def fire() -> None:
@@ -277,7 +277,7 @@ async def service_calls(hub: Hub, every_s: float) -> AsyncIterator[dict[str, flo
                 "event_type": "call_service", "data": {"domain": "light", "service": "toggle", "n": n},
                 "origin": "LOCAL", "time_fired": iso(now),
                 "context": {"id": context_id, "parent_id": None, "user_id": None}})
-            fired[context_id] = now
+            fired[context_id] = now, bool(hub.subscribed)
             n += 1
             await asyncio.sleep(every_s)
 
