@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,10 @@ from homeiq_collector.service import Collector
 from homeiq_collector.settings import CollectorSettings
 from homeiq_hasim.hub import Hub
 from homeiq_hasim.runner import SimServer
+from homeiq_local.services import RedisServer
 from homeiq_shared.events import NormalisedEvent, decode_event
 from homeiq_shared.stream import DEFAULT_NAMES, FIELD_EVENT
+from tests.helpers import wait_for
 
 TOKEN = "collector-test-token-7f3a9c"
 
@@ -83,3 +87,31 @@ async def simulator(entity_count: int = 40) -> AsyncIterator[SimServer]:
         yield sim
     finally:
         await sim.stop()
+
+
+def service_calls(sim: SimServer, count: int) -> list[str]:
+    """Fire `count` service calls at once; their context ids."""
+    return [sim.hub.fire_service_call(n)[0] for n in range(count)]
+
+
+async def missing_calls(client: aioredis.Redis, sent: list[str]) -> list[str]:
+    stored = {event.context.id for event in await stream_events(client) if event.event_type == "call_service"}
+    return [context_id for context_id in sent if context_id not in stored]
+
+
+@contextlib.asynccontextmanager
+async def reader_held(sim: SimServer, run: Running, redis: RedisServer, count: int) -> AsyncIterator[list[str]]:
+    """Redis hung (SIGSTOP: commands neither answer nor fail, so nothing goes to the spool) while `count`
+    service calls arrive, until the buffer is full and the reader waits for room; yields their context ids.
+    Redis answers again when the block ends."""
+    await wait_for(lambda: sim.hub.subscribed and not run.metric("homeiq_backfill_gap_open"), 10,
+                   "a subscription, and the start's gap closed")
+    assert redis.process is not None
+    os.kill(redis.process.pid, signal.SIGSTOP)
+    try:
+        sent = service_calls(sim, count)
+        capacity = run.collector.settings.buffer_events
+        await wait_for(lambda: len(run.collector.publisher._queue) >= capacity, 5, "a full buffer")
+        yield sent
+    finally:
+        os.kill(redis.process.pid, signal.SIGCONT)

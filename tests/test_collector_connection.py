@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -14,8 +15,17 @@ import redis.asyncio as aioredis
 from homeiq_hasim.runner import SimServer
 from homeiq_local.services import RedisServer
 from homeiq_writer.batch import encode_entries
-from tests.collector_harness import TOKEN, running_collector, simulator, stream_events
+from tests.collector_harness import (
+    TOKEN,
+    missing_calls,
+    reader_held,
+    running_collector,
+    simulator,
+    stream_events,
+)
 from tests.helpers import wait_for
+
+BURST = 3000
 
 
 @pytest.mark.parametrize("fault", ["silent_after_connect", "silent_after_auth"])
@@ -224,3 +234,22 @@ async def _metrics_text(collector: object) -> str:
     from prometheus_client import generate_latest  # noqa: PLC0415
 
     return generate_latest(collector.metrics_registry).decode()  # type: ignore[attr-defined]
+
+
+async def test_a_reader_waiting_on_a_hung_redis_is_not_taken_for_a_dead_connection(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """The pong goes unread because the reader waits for room in our own buffer, not because HA is gone:
+    dropping the connection would throw away what HA queued for us (service calls have no recorder
+    history). Pings here time out after 0.3 s; Redis hangs for 2 s."""
+    async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path, buffer_events=200,
+                                                     publish_batch=100) as run:
+        async with reader_held(sim, run, redis_server, BURST) as sent:
+            await asyncio.sleep(2)
+        await wait_for(lambda: run.metric("homeiq_events_published_total") >= BURST
+                       or run.metric("homeiq_ha_disconnects_total", reason="heartbeat") > 0, 15,
+                       "every event published, or a heartbeat disconnect")
+        assert run.metric("homeiq_ha_disconnects_total", reason="heartbeat") == 0
+        assert sim.hub.connects == 1
+    missing = await missing_calls(redis_client, sent)
+    assert not missing, f"{len(missing)} of {BURST} events HA sent are not in the stream"

@@ -57,6 +57,8 @@ class HAConnection:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._subscriptions: dict[int, EventHandler] = {}
         self._events_routed = 0  # events of the current frame handed to a subscription
+        self._holds = 0  # times the reader waited for room in the buffer
+        self._holding = False  # waiting for room now
 
     async def authenticate(self, token: str, timeout_s: float) -> str:
         """auth_required → auth → auth_ok, every receive under `timeout_s`; returns HA's version."""
@@ -85,15 +87,8 @@ class HAConnection:
 
     async def command(self, payload: dict[str, Any], timeout_s: float,
                       on_event: EventHandler | None = None) -> msgspec.Raw:
-        """Send a command with the next id and wait for its result (or pong)."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        async with self._send_lock:
-            self._last_id += 1
-            msg_id = self._last_id
-            self._pending[msg_id] = future
-            if on_event is not None:
-                self._subscriptions[msg_id] = on_event
-            await self._ws.send_str(msgspec.json.encode({"id": msg_id, **payload}).decode())
+        """Send a command with the next id and wait for its result."""
+        msg_id, future = await self._send(payload, on_event)
         try:
             async with asyncio.timeout(timeout_s):
                 result: msgspec.Raw = await future
@@ -102,6 +97,19 @@ class HAConnection:
         finally:
             self._pending.pop(msg_id, None)
         return result
+
+    async def _send(self, payload: dict[str, Any],
+                    on_event: EventHandler | None = None) -> tuple[int, asyncio.Future[Any]]:
+        """Send a command with the next id; its id and the future its answer will settle."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        async with self._send_lock:
+            self._last_id += 1
+            msg_id = self._last_id
+            self._pending[msg_id] = future
+            if on_event is not None:
+                self._subscriptions[msg_id] = on_event
+            await self._ws.send_str(msgspec.json.encode({"id": msg_id, **payload}).decode())
+        return msg_id, future
 
     async def subscribe(self, on_event: EventHandler, timeout_s: float, event_type: str | None = None) -> None:
         """`subscribe_events`; the handler is in place before the command is sent."""
@@ -119,11 +127,23 @@ class HAConnection:
             del self._subscriptions[sub_id]
 
     async def ping(self, timeout_s: float) -> None:
-        """App-level ping; HeartbeatTimeout when no pong within `timeout_s`."""
+        """App-level ping; HeartbeatTimeout when no pong within `timeout_s` of reading. While the reader
+        waits for room in our own buffer (Redis slow), an unread pong says nothing about HA, and dropping
+        the connection would lose what HA queued for us: the wait starts again."""
+        msg_id, future = await self._send({"type": "ping"})
         try:
-            await self.command({"type": "ping"}, timeout_s)
+            while True:
+                holds = self._holds
+                done, _ = await asyncio.wait((future,), timeout=timeout_s)
+                if done:
+                    future.result()
+                    return
+                if holds == self._holds and not self._holding:
+                    raise HeartbeatTimeout(f"no answer to ping within {timeout_s:g} s")
         except ConnectionLost as exc:
             raise HeartbeatTimeout(str(exc)) from None
+        finally:
+            self._pending.pop(msg_id, None)
 
     async def read_forever(self) -> None:
         """Route every frame until the socket ends; then fail whatever still waits and raise ConnectionLost."""
@@ -205,7 +225,12 @@ class HAConnection:
             else:
                 self._events_routed += 1
                 if (waiting := handler(frame)) is not None:
-                    await waiting
+                    self._holds += 1
+                    self._holding = True
+                    try:
+                        await waiting
+                    finally:
+                        self._holding = False
         elif isinstance(frame, frames.Result | frames.Pong):
             future = self._pending.get(frame.id)
             if future is None or future.done():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import sys
 import time
 from collections.abc import Callable
 
@@ -55,6 +56,11 @@ class Buffer:
         self._items.append(item)
         self._filled.set()
         return True
+
+    def unbound(self) -> None:
+        """Take every item from now on, and wake whoever waits for room."""
+        self._capacity = sys.maxsize
+        self._room.set()
 
     async def put(self, item: bytes) -> None:
         """Append `item`, waiting for room."""
@@ -122,6 +128,11 @@ class Publisher:
         """Buffer one encoded event; waits only when the buffer is full."""
         self._idle.clear()
         await self._queue.put(payload)
+
+    def unbound(self) -> None:
+        """Never wait for room again: for a stopping collector, whose reader must read up to HA's answer to
+        its unsubscribe (HA queues at most 4,096 messages for a client before it drops the connection)."""
+        self._queue.unbound()
 
     @property
     def pending(self) -> int:

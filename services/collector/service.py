@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
@@ -48,6 +49,8 @@ UNSUBSCRIBE_TIMEOUT_S = 2.0
 WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_close=2.0)
 REDIS_CHECK_S = 2.0
 AUTH_RETRY_CAP_S = 6 * 3600.0
+
+T = TypeVar("T")
 
 
 class Collector:
@@ -174,12 +177,12 @@ class Collector:
         async with aiohttp.ClientSession() as http:
             async with asyncio.timeout(s.connect_timeout_s):
                 # A close handshake behind megabytes of unread events would hold a stop for 10 s: 2 s is enough.
-                ws = await http.ws_connect(s.ha_url, max_msg_size=s.max_message_mb * 1024 * 1024,
-                                           autoping=True, heartbeat=None, timeout=WS_TIMEOUT,
-                                           ssl=self._tls or True, decode_text=False)
+                ws = await unless_stopped(stop, http.ws_connect(
+                    s.ha_url, max_msg_size=s.max_message_mb * 1024 * 1024, autoping=True, heartbeat=None,
+                    timeout=WS_TIMEOUT, ssl=self._tls or True, decode_text=False))
             async with ws:
                 conn = HAConnection(ws, self.metrics)
-                version = await conn.authenticate(self._token, s.auth_timeout_s)
+                version = await unless_stopped(stop, conn.authenticate(self._token, s.auth_timeout_s))
                 self._auth_failures = 0
                 self.metrics.auth_rejected.set(0)
                 async with asyncio.TaskGroup() as tasks:
@@ -191,9 +194,10 @@ class Collector:
         """On `stop`, unsubscribe before closing: what HA sent until its answer is read and published. Events
         with no recorder history (service calls, automation triggers) still in the socket would be gone."""
         await stop.wait()
+        self.publisher.unbound()  # a reader waiting for room (Redis slow) would never read the answer
         try:
             await conn.unsubscribe_all(UNSUBSCRIBE_TIMEOUT_S)
-        except (ConnectionLost, CommandFailed) as exc:  # a reader held by a full buffer reads no answer
+        except (ConnectionLost, CommandFailed) as exc:
             log.warning("unsubscribe_unanswered", error=str(exc),
                         consequence="events HA sent after the last one read are lost")
         raise Stopped
@@ -320,3 +324,20 @@ class Collector:
         payload = encode_event(event)
         self._offered += 1
         return None if self.publisher.offer(payload) else self.publisher.put(payload)
+
+
+async def unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, T]) -> T:
+    """`work`'s result, or Stopped as soon as `stop` is set: connecting and logging in hold no event, so a
+    stop need not wait out their timeouts."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        raise Stopped
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait((task,))

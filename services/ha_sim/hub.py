@@ -203,6 +203,18 @@ class Hub:
             "context": {"id": ulid(stamp), "parent_id": None, "user_id": None},
         })
 
+    def fire_service_call(self, n: int) -> tuple[str, float]:
+        """A `call_service` event (HA records no state for it, so no backfill can recover it); its context id
+        (unique per `n`) and the time it was fired."""
+        stamp = now_ts()
+        context_id = f"{ulid(stamp)}{n:06d}"
+        self.broadcast("call_service", {
+            "event_type": "call_service", "data": {"domain": "light", "service": "toggle", "n": n},
+            "origin": "LOCAL", "time_fired": iso(stamp),
+            "context": {"id": context_id, "parent_id": None, "user_id": None},
+        })
+        return context_id, stamp
+
     def send_raw(self, message: bytes) -> None:
         """Send `message` as it is, in a frame of its own, to every authenticated connection (bad frames)."""
         for connection in self.connections:

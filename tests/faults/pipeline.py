@@ -18,7 +18,6 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from homeiq_hasim.hub import Hub
-from homeiq_hasim.messages import iso, ulid
 from homeiq_hasim.runner import SimServer
 from homeiq_local.processes import ScriptProcess
 from homeiq_local.services import InfluxServer, RedisServer, free_port
@@ -271,13 +270,8 @@ async def service_calls(hub: Hub, every_s: float) -> AsyncIterator[dict[str, tup
     async def fire() -> None:
         n = 0
         while not stop.is_set():
-            now = time.time()
-            context_id = f"{ulid(now)}{n:06d}"
-            hub.broadcast("call_service", {
-                "event_type": "call_service", "data": {"domain": "light", "service": "toggle", "n": n},
-                "origin": "LOCAL", "time_fired": iso(now),
-                "context": {"id": context_id, "parent_id": None, "user_id": None}})
-            fired[context_id] = now, bool(hub.subscribed)
+            context_id, stamp = hub.fire_service_call(n)
+            fired[context_id] = stamp, bool(hub.subscribed)
             n += 1
             await asyncio.sleep(every_s)
 
