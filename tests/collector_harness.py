@@ -100,16 +100,23 @@ async def missing_calls(client: aioredis.Redis, sent: list[str]) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def reader_held(sim: SimServer, run: Running, redis: RedisServer, count: int) -> AsyncIterator[list[str]]:
+async def reader_held(sim: SimServer, run: Running, redis: RedisServer, count: int,
+                      registry_change_after: int | None = None) -> AsyncIterator[list[str]]:
     """Redis hung (SIGSTOP: commands neither answer nor fail, so nothing goes to the spool) while `count`
     service calls arrive, until the buffer is full and the reader waits for room; yields their context ids.
-    Redis answers again when the block ends."""
+    With `registry_change_after`, an entity moves after that many calls: the collector reads it before the
+    buffer fills and asks for the registry while the reader waits. Redis answers again when the block ends."""
     await wait_for(lambda: sim.hub.subscribed and not run.metric("homeiq_backfill_gap_open"), 10,
                    "a subscription, and the start's gap closed")
     assert redis.process is not None
     os.kill(redis.process.pid, signal.SIGSTOP)
     try:
-        sent = service_calls(sim, count)
+        first = registry_change_after if registry_change_after is not None else count
+        sent = service_calls(sim, first)
+        if registry_change_after is not None:
+            entity = sim.hub.population.entities[0]
+            sim.hub.move_entity(entity, next(a for a, _, _ in sim.hub.population.areas if a != entity.area_id))
+            sent += [sim.hub.fire_service_call(n)[0] for n in range(first, count)]
         capacity = run.collector.settings.buffer_events
         await wait_for(lambda: len(run.collector.publisher._queue) >= capacity, 5, "a full buffer")
         yield sent

@@ -253,3 +253,31 @@ async def test_a_reader_waiting_on_a_hung_redis_is_not_taken_for_a_dead_connecti
         assert sim.hub.connects == 1
     missing = await missing_calls(redis_client, sent)
     assert not missing, f"{len(missing)} of {BURST} events HA sent are not in the stream"
+
+
+async def test_a_command_unanswered_while_the_reader_waits_for_room_keeps_the_connection(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """A registry refresh asked for while the reader waits (its answer is behind the events in the socket):
+    its timeout (1 s here, Redis hung for 3 s) says nothing about HA either."""
+    async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path, buffer_events=200,
+                                                     publish_batch=100, command_timeout_s=1) as run:
+        async with reader_held(sim, run, redis_server, BURST, registry_change_after=100) as sent:
+            await asyncio.sleep(3)
+        await wait_for(lambda: run.metric("homeiq_events_published_total") >= BURST + 1 or sim.hub.connects > 1, 15,
+                       "every event published, or a new connection")
+        assert sim.hub.connects == 1
+    missing = await missing_calls(redis_client, sent)
+    assert not missing, f"{len(missing)} of {BURST} events HA sent are not in the stream"
+
+
+async def test_a_dead_ha_is_still_found_once_the_reader_has_room_again(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path, buffer_events=200,
+                                                     publish_batch=100, ping_interval_s=1, ping_timeout_s=1) as run:
+        async with reader_held(sim, run, redis_server, BURST):
+            sim.hub.faults.ignore_pings = True  # and half-open from now on
+            await asyncio.sleep(3)
+        await wait_for(lambda: run.metric("homeiq_ha_disconnects_total", reason="heartbeat") == 1, 10,
+                       "the half-open connection found within ping interval + timeout of having room")

@@ -87,20 +87,10 @@ class HAConnection:
 
     async def command(self, payload: dict[str, Any], timeout_s: float,
                       on_event: EventHandler | None = None) -> msgspec.Raw:
-        """Send a command with the next id and wait for its result."""
-        msg_id, future = await self._send(payload, on_event)
-        try:
-            async with asyncio.timeout(timeout_s):
-                result: msgspec.Raw = await future
-        except TimeoutError:
-            raise ConnectionLost(f"no answer to {payload['type']} within {timeout_s:g} s") from None
-        finally:
-            self._pending.pop(msg_id, None)
-        return result
-
-    async def _send(self, payload: dict[str, Any],
-                    on_event: EventHandler | None = None) -> tuple[int, asyncio.Future[Any]]:
-        """Send a command with the next id; its id and the future its answer will settle."""
+        """Send a command with the next id and wait for its result (or pong): ConnectionLost when none came
+        within `timeout_s` of reading. While the reader waits for room in our own buffer (Redis slow), HA's
+        silence says nothing, and dropping the connection would lose what HA queued for us: the wait starts
+        again."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         async with self._send_lock:
             self._last_id += 1
@@ -109,7 +99,17 @@ class HAConnection:
             if on_event is not None:
                 self._subscriptions[msg_id] = on_event
             await self._ws.send_str(msgspec.json.encode({"id": msg_id, **payload}).decode())
-        return msg_id, future
+        try:
+            while True:
+                holds = self._holds
+                done, _ = await asyncio.wait((future,), timeout=timeout_s)
+                if done:
+                    result: msgspec.Raw = future.result()
+                    return result
+                if holds == self._holds and not self._holding:
+                    raise ConnectionLost(f"no answer to {payload['type']} within {timeout_s:g} s")
+        finally:
+            self._pending.pop(msg_id, None)
 
     async def subscribe(self, on_event: EventHandler, timeout_s: float, event_type: str | None = None) -> None:
         """`subscribe_events`; the handler is in place before the command is sent."""
@@ -127,23 +127,11 @@ class HAConnection:
             del self._subscriptions[sub_id]
 
     async def ping(self, timeout_s: float) -> None:
-        """App-level ping; HeartbeatTimeout when no pong within `timeout_s` of reading. While the reader
-        waits for room in our own buffer (Redis slow), an unread pong says nothing about HA, and dropping
-        the connection would lose what HA queued for us: the wait starts again."""
-        msg_id, future = await self._send({"type": "ping"})
+        """App-level ping; HeartbeatTimeout when no pong within `timeout_s` of reading."""
         try:
-            while True:
-                holds = self._holds
-                done, _ = await asyncio.wait((future,), timeout=timeout_s)
-                if done:
-                    future.result()
-                    return
-                if holds == self._holds and not self._holding:
-                    raise HeartbeatTimeout(f"no answer to ping within {timeout_s:g} s")
+            await self.command({"type": "ping"}, timeout_s)
         except ConnectionLost as exc:
             raise HeartbeatTimeout(str(exc)) from None
-        finally:
-            self._pending.pop(msg_id, None)
 
     async def read_forever(self) -> None:
         """Route every frame until the socket ends; then fail whatever still waits and raise ConnectionLost."""

@@ -87,7 +87,7 @@ class FaultPipeline:
 
     async def __aexit__(self, *_exc: object) -> None:
         for name in list(self.processes):
-            self.stop(name)
+            await self.stop(name)
         if self.client is not None:
             await self.client.aclose()
         await self.sim.stop()
@@ -110,12 +110,12 @@ class FaultPipeline:
             if metric.endswith("_total"):
                 self.totals[(name.split("-", maxsplit=1)[0], metric, labels)] += value
 
-    def stop(self, name: str) -> int:
-        """SIGTERM `name` and wait; returns its exit code. Its counters are those its stop line logs (what it
-        counted while stopping included), else its last scrape."""
+    async def stop(self, name: str) -> int:
+        """SIGTERM `name` and wait (ha-sim goes on serving meanwhile, as HA would); returns its exit code. Its
+        counters are those its stop line logs (what it counted while stopping included), else its last scrape."""
         process = self.processes.pop(name)
         last = _safe_scrape(process)
-        code = process.terminate()
+        code = await asyncio.to_thread(process.terminate)
         self._remember(name, _stop_counters(process) or last)
         return code
 

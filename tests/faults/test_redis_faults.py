@@ -81,7 +81,7 @@ async def test_a_full_spool_under_block_stops_within_its_bound_and_the_restart_b
             pipeline.redis.stop()
             await asyncio.sleep(12)  # the spool fills, the collector blocks, HA drops it as a slow client
             asked = time.monotonic()
-            code = pipeline.stop("collector")  # SIGTERM while blocked
+            code = await pipeline.stop("collector")  # SIGTERM while blocked
             stopped_in_s = time.monotonic() - asked
             pipeline.redis.start()
             pipeline.start("collector")
