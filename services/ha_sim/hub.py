@@ -195,22 +195,19 @@ class Hub:
         """Change the entity's area and fire `entity_registry_updated` as HA does: ids and `changes` only."""
         old_area = entity.area_id
         entity.area_id = area_id
-        stamp = now_ts()
-        self.broadcast("entity_registry_updated", {
-            "event_type": "entity_registry_updated",
-            "data": {"action": "update", "entity_id": entity.entity_id, "changes": {"area_id": old_area}},
-            "origin": "LOCAL", "time_fired": iso(stamp),
-            "context": {"id": ulid(stamp), "parent_id": None, "user_id": None},
-        })
+        self.fire_event("entity_registry_updated",
+                        {"action": "update", "entity_id": entity.entity_id, "changes": {"area_id": old_area}})
 
     def fire_service_call(self, n: int) -> tuple[str, float]:
-        """A `call_service` event (HA records no state for it, so no backfill can recover it); its context id
-        (unique per `n`) and the time it was fired."""
+        """A `call_service` event (HA records no state for it, so no backfill can recover it)."""
+        return self.fire_event("call_service", {"domain": "light", "service": "toggle", "service_data": {"n": n}})
+
+    def fire_event(self, event_type: str, data: dict[str, Any]) -> tuple[str, float]:
+        """Fire an event without a state of its own; its context id and the time it was fired."""
         stamp = now_ts()
-        context_id = f"{ulid(stamp)}{n:06d}"
-        self.broadcast("call_service", {
-            "event_type": "call_service", "data": {"domain": "light", "service": "toggle", "n": n},
-            "origin": "LOCAL", "time_fired": iso(stamp),
+        context_id = ulid(stamp)
+        self.broadcast(event_type, {
+            "event_type": event_type, "data": data, "origin": "LOCAL", "time_fired": iso(stamp),
             "context": {"id": context_id, "parent_id": None, "user_id": None},
         })
         return context_id, stamp

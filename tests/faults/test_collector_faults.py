@@ -46,7 +46,7 @@ async def test_collector_stopped_and_killed_loses_no_state_and_writes_no_duplica
         async with steady_traffic(pipeline.hub, 300), service_calls(pipeline.hub, 0.05) as calls:
             await asyncio.sleep(3)
             for n in range(2000):  # still in the socket when SIGTERM comes, and read before the collector closes
-                context_id, at = pipeline.hub.fire_service_call(500_000 + n)
+                context_id, at = pipeline.hub.fire_service_call(n)
                 calls[context_id] = at, bool(pipeline.hub.subscribed)
             assert await pipeline.stop("collector") == 0
             await asyncio.sleep(2)
