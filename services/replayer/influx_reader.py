@@ -4,7 +4,6 @@ v1-compatible endpoint with a token), one query per batch of entities and time w
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -88,19 +87,40 @@ class InfluxReader:
             self._session = None
 
 
+class _Series(msgspec.Struct):
+    columns: list[str]
+    values: list[list[Any]] = []
+
+
+class _Result(msgspec.Struct):
+    series: list[_Series] = []
+    error: str | None = None
+
+
+class _Answer(msgspec.Struct):
+    results: list[_Result] = []
+
+
+_answer_decoder = msgspec.json.Decoder(_Answer)
+
+
 def _parse(text: str, url: str) -> Iterator[StoredState]:
-    """The rows of a chunked answer: one JSON document per line."""
+    """The rows of a chunked answer: one JSON document per line. Anything else (a proxy's HTML page with a 200)
+    is InfluxDB not answering, not a bug of ours."""
     for line in text.splitlines():
         if not line.strip():
             continue
-        answer: dict[str, Any] = json.loads(line)
-        for result in answer.get("results", []):
-            if "error" in result:
-                raise InfluxReadError(f"InfluxDB at {redact_url(url)} refused the query: {result['error']}")
-            for series in result.get("series", []):
-                columns = series["columns"]
-                for row in series["values"]:
-                    yield from _state_of(dict(zip(columns, row, strict=True)))
+        try:
+            answer = _answer_decoder.decode(line)
+        except msgspec.DecodeError as exc:
+            raise InfluxReadError(f"InfluxDB at {redact_url(url)} answered 200 with something that is not JSON "
+                                  f"of a query ({exc}): {line[:200]!r}") from None
+        for result in answer.results:
+            if result.error is not None:
+                raise InfluxReadError(f"InfluxDB at {redact_url(url)} refused the query: {result.error}")
+            for series in result.series:
+                for row in series.values:
+                    yield from _state_of(dict(zip(series.columns, row, strict=True)))
 
 
 def _state_of(row: dict[str, Any]) -> Iterator[StoredState]:

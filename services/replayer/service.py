@@ -29,7 +29,6 @@ from homeiq_writer.metrics import WriterMetrics
 log = Log(__name__)
 
 
-
 class Replayer:
     """Reclaims entries idle longer than `min_idle_ms` and writes them like a writer would."""
 
@@ -73,6 +72,8 @@ class Replayer:
                     tasks.create_task(self.audit.run(stop), name="audit")
         finally:
             await self.sink.close()
+            if self.audit is not None:
+                await self.audit.close()
             await self.redis.aclose()
             await self.health.stop()
             log.info("replayer_stopped", counters=counters(self.metrics_registry))
