@@ -6,19 +6,28 @@ shape of InfluxDB's /write and ha-sim behind TLS.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import ssl
 import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from homeiq_collector.settings import CollectorSettings
 from homeiq_hasim.hub import Hub
 from homeiq_hasim.runner import SimServer
-from homeiq_local.services import RedisServer
+from homeiq_local.services import InfluxServer, RedisServer
+from homeiq_replayer.service import Replayer
+from homeiq_replayer.settings import AuditSettings, ReplayerSettings
 from homeiq_shared.stream import DEFAULT_NAMES
 from homeiq_writer.influx import Outcome
 from homeiq_writer.settings import InfluxSettings
@@ -136,3 +145,68 @@ def test_a_ca_file_that_is_not_there_is_an_error_naming_the_setting() -> None:
                           ssl_ca_cert="/nonexistent/ca.pem").validate()
     with pytest.raises(Exception, match="INFLUXDB_SSL_CA_CERT"):
         InfluxSettings.layered({"url": "https://h", "ssl_ca_cert": "/nonexistent/ca.pem"}).validate()
+
+
+@pytest.fixture
+async def wss_sim(certs: Certs) -> AsyncIterator[SimServer]:
+    """ha-sim behind TLS with a certificate of the test CA; 10 states changed after `since`."""
+    sim = SimServer(Hub.create(5, TOKEN), tls=certs.server_context())
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
+async def _audit_over_wss(sim: SimServer, influx: InfluxServer, database: str, redis_url: str,
+                          **tls: str) -> tuple[int, str, str]:
+    """`replayer audit --json` as an operator runs it, with these HA_* TLS variables; (exit code, stdout, stderr)."""
+    since = datetime.fromtimestamp(time.time(), UTC).isoformat()
+    await sim.hub.emit(10, rate_per_s=1000)
+    env = {**os.environ, "HA_URL": sim.url, "HA_TOKEN": TOKEN, "REDIS_URL": redis_url, "INFLUXDB_URL": influx.url,
+           "INFLUXDB_API": "v1", "INFLUXDB_BUCKET": database, **tls}
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "replayer"), "audit", "--since", since, "--json",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_the_audit_over_wss_takes_the_collectors_tls_settings(
+    certs: Certs, wss_sim: SimServer, redis_server: RedisServer, redis_client: aioredis.Redis, influx: InfluxServer,
+    influx_db: str,
+) -> None:
+    for tls in ({"HA_SSL_CA_CERT": str(certs.ca)}, {"HA_VERIFY_SSL": "false"}):
+        code, stdout, stderr = await _audit_over_wss(wss_sim, influx, influx_db, redis_server.url, **tls)
+        assert code == 1 and stdout, (tls, stderr)  # HA's 10 states read over TLS, none of them in InfluxDB
+        report = json.loads(stdout)
+        assert sum(len(e["missing"]) for e in report["entities"]) == 10, tls
+    code, stdout, stderr = await _audit_over_wss(wss_sim, influx, influx_db, redis_server.url)  # system CAs only
+    assert code == 1 and not stdout and "CERTIFICATE_VERIFY_FAILED" in stderr and TOKEN not in stderr
+
+
+async def test_the_periodic_audit_over_wss_takes_the_collectors_tls_settings(
+    certs: Certs, wss_sim: SimServer, redis_server: RedisServer, redis_client: aioredis.Redis, influx: InfluxServer,
+    influx_db: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HA_TOKEN", TOKEN)
+    audit = AuditSettings.layered({"interval_s": 3600, "ha_url": wss_sim.url, "ssl_ca_cert": str(certs.ca),
+                                   "settle_s": 0.0})
+    settings = ReplayerSettings(redis_url=redis_server.url, names=DEFAULT_NAMES, metrics_host="127.0.0.1",
+                                metrics_port=0, influx=InfluxSettings(url=influx.url, api="v1", bucket=influx_db),
+                                audit=audit).validate()
+    replayer = Replayer(settings, CollectorRegistry())
+    stop = asyncio.Event()
+    task = asyncio.create_task(replayer.run(stop))
+
+    def sample(name: str) -> float:
+        return replayer.metrics_registry.get_sample_value(name) or 0.0
+
+    try:
+        await wait_for(lambda: sample("homeiq_audit_last_complete_timestamp_seconds")
+                       or sample("homeiq_audit_last_failure_timestamp_seconds"), 30, "one audit")
+        assert sample("homeiq_audit_last_complete_timestamp_seconds") > 0  # HA's certificate checked with the CA
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

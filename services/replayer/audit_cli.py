@@ -18,7 +18,8 @@ from homeiq_replayer.console import err, fail, out
 from homeiq_replayer.settings import AuditCommandSettings, Connection
 from homeiq_shared.binding import bind
 from homeiq_shared.cli import EXIT_FAILURE, config_error
-from homeiq_shared.settings import ConfigError, read_secret, redact_url
+from homeiq_shared.ha_connection import read_ha_token
+from homeiq_shared.settings import ConfigError, redact_url
 from homeiq_shared.stream import connect
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ def audit_command(
     now_ns = time.time_ns()
     try:
         since_ns, until_ns = window(since, until, now_ns)
-        token = read_secret("HA_TOKEN")
+        token, tls = read_ha_token(), settings.tls()
         reader = reader_for(settings.influx)
         rules = EntityFilter.from_settings(settings.entity_filter, settings.entity_filter_file, settings.influx.config)
     except ConfigError as exc:
@@ -91,7 +92,7 @@ def audit_command(
         with Progress(TextColumn("auditing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=err, transient=as_json) as bar:
             task = bar.add_task("entities", total=None)
-            async with ha_session(settings.ha_url, token, settings.ha_timeout_s, concurrency) as ha:
+            async with ha_session(settings.ha_url, token, settings.ha_timeout_s, concurrency, tls) as ha:
                 bar.update(task, total=len(await ha.states()))
                 try:
                     report = await audit(ha, reader, since_ns, until_ns, entities, rules,

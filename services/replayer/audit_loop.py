@@ -35,6 +35,7 @@ class PeriodicAudit:
     def __init__(self, settings: AuditSettings, token: str, reader: InfluxReader, client: aioredis.Redis,
                  names: StreamNames, rules: EntityRules | None, registry: CollectorRegistry) -> None:
         self.settings, self._token, self._reader = settings, token, reader
+        self._tls = settings.tls()  # built once: loading a CA file per audit is wasted work
         self._redis, self._names, self._rules = client, names, rules
         self.missing = Gauge("homeiq_audit_missing_points", "States HA's recorder has that InfluxDB lacks (last "
                              "completed audit).", registry=registry)
@@ -89,7 +90,7 @@ class PeriodicAudit:
         s = self.settings
         until_ns = time.time_ns() - int(s.settle_s * 1e9)
         since_ns = until_ns - int((s.interval_s + MARGIN_S) * 1e9)
-        async with ha_session(s.ha_url, self._token, s.timeout_s, s.concurrency) as ha:
+        async with ha_session(s.ha_url, self._token, s.timeout_s, s.concurrency, self._tls) as ha:
             report = await audit(ha, self._reader, since_ns, until_ns, None, self._rules)
             repaired = await repair(ha, self._redis, self._names, report) if s.repair and not report.complete else 0
         return report, repaired

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -73,13 +74,15 @@ class HAReader:
 
 
 @contextlib.asynccontextmanager
-async def ha_session(url: str, token: str, timeout_s: float, concurrency: int) -> AsyncIterator[HAReader]:
-    """Connect and authenticate; the reader task routes answers until the block ends."""
+async def ha_session(url: str, token: str, timeout_s: float, concurrency: int,
+                     tls: ssl.SSLContext | None = None) -> AsyncIterator[HAReader]:
+    """Connect (with the collector's TLS settings for wss://) and authenticate; the reader task routes answers
+    until the block ends."""
     try:
         async with aiohttp.ClientSession() as http:
             async with asyncio.timeout(timeout_s):
                 ws = await http.ws_connect(url, max_msg_size=MAX_MESSAGE_BYTES, timeout=WS_TIMEOUT,
-                                           decode_text=False)
+                                           ssl=tls or True, decode_text=False)
             async with ws:
                 conn = HAConnection(ws, CollectorMetrics(CollectorRegistry()))
                 await conn.authenticate(token, timeout_s)

@@ -18,10 +18,10 @@ from homeiq_replayer.settings import ReplayerSettings
 from homeiq_replayer.stream_metrics import StreamMetrics
 from homeiq_shared.backoff import Backoff
 from homeiq_shared.broker import PersistenceCheck
+from homeiq_shared.ha_connection import read_ha_token
 from homeiq_shared.health import READY_REDIS, HealthServer, Readiness, counters
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
-from homeiq_shared.settings import read_secret
 from homeiq_shared.stream import connect, describe_redis_error, ensure_group
 from homeiq_writer.batch import READY_INFLUX
 from homeiq_writer.metrics import WriterMetrics
@@ -53,7 +53,7 @@ class Replayer:
         if settings.audit.interval_s:
             rules = EntityFilter.from_settings(settings.audit.entity_filter, settings.audit.entity_filter_file,
                                                settings.influx.config)
-            self.audit = PeriodicAudit(settings.audit, read_secret("HA_TOKEN"), reader_for(settings.influx),
+            self.audit = PeriodicAudit(settings.audit, read_ha_token(), reader_for(settings.influx),
                                        self.redis, settings.names, rules, self.metrics_registry)
         self.health = HealthServer(self.metrics_registry, self.readiness, settings.metrics_host, settings.metrics_port)
 

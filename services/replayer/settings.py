@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Annotated
 
-from homeiq_collector.settings import EntityFilterFile, EntityFilterJson, HaCommandTimeout, HaUrl, websocket_url
+from homeiq_collector.settings import EntityFilterFile, EntityFilterJson, HaCommandTimeout
+from homeiq_shared.ha_connection import DEFAULT_HA_URL, HaSslCaCert, HaUrl, HaVerifySsl, ha_tls, websocket_url
 from homeiq_shared.options import DEFAULT_REDIS_URL, MetricsPort, RedisUrl, ServiceSettings
 from homeiq_shared.settings import ConfigError, Nested, Settings, Var, at_least, between, not_empty, positive
 from homeiq_shared.stream import DEFAULT_NAMES, StreamNames
@@ -52,6 +54,8 @@ class AuditSettings(Settings, frozen=True, kw_only=True):
     ha_url: Annotated[str, Var(
         "HA_URL", "HA base URL or its WebSocket URL, for the periodic audit.", _websocket_url_or_empty,
         flag="--ha-url")] = ""
+    verify_ssl: HaVerifySsl = True
+    ssl_ca_cert: HaSslCaCert = ""
     entity_filter: EntityFilterJson = ""
     entity_filter_file: EntityFilterFile = ""
     settle_s: float = 120.0  # the newest states may still be on their way to InfluxDB
@@ -62,6 +66,10 @@ class AuditSettings(Settings, frozen=True, kw_only=True):
         """The audit needs HA."""
         if self.interval_s and not self.ha_url:
             raise ConfigError("HA_URL: must be set when REPLAYER_AUDIT_INTERVAL_S turns the periodic audit on")
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The TLS settings of a wss:// HA_URL, as the collector's."""
+        return ha_tls(self.ha_url, self.verify_ssl, self.ssl_ca_cert)
 
 
 class ReplayerSettings(ServiceSettings, frozen=True, kw_only=True):
@@ -104,8 +112,14 @@ class AuditInflux(InfluxSettings, frozen=True, kw_only=True):
 class AuditCommandSettings(Settings, frozen=True, kw_only=True):
     """What `replayer audit` reads: HA's recorder and InfluxDB, and the collector's entity filter."""
 
-    ha_url: HaUrl = "ws://127.0.0.1:8123/api/websocket"
+    ha_url: HaUrl = DEFAULT_HA_URL
+    verify_ssl: HaVerifySsl = True
+    ssl_ca_cert: HaSslCaCert = ""
     ha_timeout_s: HaCommandTimeout = 120.0
     entity_filter: EntityFilterJson = ""
     entity_filter_file: EntityFilterFile = ""
     influx: Annotated[AuditInflux, Nested(prefix="influxdb_")] = AuditInflux()
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The TLS settings of a wss:// HA_URL, as the collector's."""
+        return ha_tls(self.ha_url, self.verify_ssl, self.ssl_ca_cert)
