@@ -18,8 +18,10 @@ from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
 from homeiq_local.services import InfluxServer, RedisServer, free_port
+from homeiq_replayer import operations
 from homeiq_replayer.cli import app
 from homeiq_replayer.reclaim import reclaim_pass
+from homeiq_replayer.settings import ReplayerSettings
 from homeiq_shared.health import Readiness
 from homeiq_shared.stream import DEFAULT_NAMES, FIELD_EVENT, FIELD_VERSION, connect
 from homeiq_writer.batch import BatchWriter
@@ -312,3 +314,64 @@ async def test_reclaim_stops_promptly_on_a_signal_and_leaves_everything_pending(
     assert "interrupted" in stderr and "pending" in stderr
     assert [row[0] for row in pending_rows(client)] == [row[0] for row in before]
     assert client.xlen(DEFAULT_NAMES.dead) == 0
+
+
+def claimers(client: redis.Redis) -> set[str]:
+    """The consumers of the group, but the dead writer whose entries they claimed."""
+    return {c["name"].decode() for c in client.xinfo_consumers(STREAM, DEFAULT_NAMES.group)} - {"dead-writer"}
+
+
+def test_each_reclaim_run_claims_under_a_name_of_its_own_never_the_daemons(
+    redis_server: RedisServer, redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str
+) -> None:
+    asyncio.run(fill_sync(redis_server, [state_payload(n) for n in range(4)]))
+    client = sync_client(redis_server)
+    for _ in range(2):  # two runs, one after the other (in one process: even the pid is the same)
+        leave_pending(client, "dead-writer", 2)
+        result = runner.invoke(app, ["reclaim", "--min-idle", "0", "--json"],
+                               env=env(redis_server, influx.url, influx_db))
+        assert json.loads(result.stdout)["written"] == 2, result.output
+    daemon = ReplayerSettings().validate().reclaim.consumer
+    assert daemon == ReplayerSettings().validate().reclaim.consumer  # stable: a restart is the same consumer
+    names = claimers(client)
+    assert len(names) == 2 and daemon not in names, (daemon, names)
+
+
+async def test_what_a_reclaim_run_leaves_pending_the_daemon_reclaims_and_the_runs_consumer_is_pruned(
+    redis_server: RedisServer, redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str
+) -> None:
+    await fill(redis_client, [state_payload(n) for n in range(20)])
+    await redis_client.xreadgroup(DEFAULT_NAMES.group, "dead-writer", {STREAM: ">"}, count=20)
+    proxy = FaultyHttp(influx.url)  # its readiness check passes; every write is answered 503
+    proxy.faults = [(503, None)] * 1000
+    await proxy.start()
+    try:
+        result = await asyncio.to_thread(
+            subprocess.run, [REPLAYER, "reclaim", "--min-idle", "0"], capture_output=True, text=True, timeout=60,
+            env=reclaim_env(redis_server, proxy.url, influx_db, "2"), check=False)
+    finally:
+        await proxy.stop()
+    assert result.returncode == 1, result.stderr
+    client = sync_client(redis_server)
+    (run,) = claimers(client)  # the run gave up and exited: its claims are still pending under its name
+    assert {row[1].decode() for row in pending_rows(client)} == {run}
+
+    daemon = ReplayerSettings().validate().reclaim.consumer
+    sink = v1_sink(influx.url, influx_db, "", "", "", 10)
+    try:
+        writer = BatchWriter(redis_client, DEFAULT_NAMES, sink, WriterMetrics(CollectorRegistry()), Readiness(),
+                             daemon)
+        summary = await reclaim_pass(redis_client, DEFAULT_NAMES, daemon, writer, 0, 100, asyncio.Event())
+    finally:
+        await sink.close()
+    assert summary.written == 20 and influx.count(influx_db) == 20
+    assert client.xpending(STREAM, DEFAULT_NAMES.group)["pending"] == 0
+
+    await wait_for(lambda: _idle_over(client, run, 300), 10, "the run's consumer idle for 0.3 s")
+    assert run in await operations.prune_consumers(redis_client, DEFAULT_NAMES, idle_s=0.3)
+    assert run not in claimers(client)
+
+
+def _idle_over(client: redis.Redis, consumer: str, threshold_ms: int) -> bool:
+    infos = client.xinfo_consumers(STREAM, DEFAULT_NAMES.group)
+    return any(int(i["idle"]) > threshold_ms for i in infos if i["name"] == consumer.encode())

@@ -174,3 +174,26 @@ async def test_a_replayer_killed_while_influxdb_is_down_counts_no_crash(
 
 async def _none_pending(client: aioredis.Redis) -> bool:
     return int((await client.xpending(STREAM, GROUP))["pending"]) == 0
+
+
+async def test_every_entry_delivered_too_often_is_a_suspect_between_entries_its_replayer_already_holds(
+    redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str
+) -> None:
+    # A dead writer left five entries; three were claimed 50 times since and are idle for an hour. The other two
+    # were just claimed by this replayer's consumer name (a pass that gave up, or a replayer of the same name):
+    # not idle, so this pass does not claim them, but they lie between the three it does.
+    ids = await make_suspects(redis_client, 5, times_delivered=1)
+    redelivered, held = ids[::2], ids[1::2]
+    await redis_client.xclaim(STREAM, GROUP, "dead-writer", 0, redelivered, idle=3_600_000, retrycount=50)
+    await redis_client.xclaim(STREAM, GROUP, "replayer", 0, held)
+    sink = v1_sink(influx.url, influx_db, "", "", "", 10)
+    try:
+        writer = BatchWriter(redis_client, DEFAULT_NAMES, sink, WriterMetrics(CollectorRegistry()), Readiness(),
+                             "replayer")
+        summary = await reclaim_pass(redis_client, DEFAULT_NAMES, "replayer", writer, 60_000, 100, asyncio.Event(),
+                                     max_deliveries=10)
+    finally:
+        await sink.close()
+    assert (summary.reclaimed, summary.written) == (len(redelivered), len(redelivered))
+    assert summary.suspects == len(redelivered)  # each written alone, under the crash ledger
+    assert set(await deliveries(redis_client)) == set(held)

@@ -183,6 +183,7 @@ def reclaim(ctx: typer.Context, settings: ReclaimCommandSettings, dry_run: DryRu
 
     shared: Connection = ctx.obj
     options, influx = settings.reclaim, settings.influx
+    consumer = options.one_shot_consumer()  # beside a running daemon: each claims under its own name
     setup_logging("WARNING", "text", "replayer")
     try:
         if not dry_run:
@@ -200,7 +201,7 @@ def reclaim(ctx: typer.Context, settings: ReclaimCommandSettings, dry_run: DryRu
             crashed = sum(1 for n in crashes if int(n) >= options.max_crashes)
             return PassSummary(reclaimed=len(rows), suspects=suspects, dead_lettered=crashed, dry_run=True)
         readiness = Readiness(READY_INFLUX)
-        writer = influx.make_batch_writer(client, shared.names, options.consumer, WriterMetrics(CollectorRegistry()),
+        writer = influx.make_batch_writer(client, shared.names, consumer, WriterMetrics(CollectorRegistry()),
                                           readiness)
         try:
             async with _Guard(settings.give_up_after_s) as guard:
@@ -216,9 +217,9 @@ def reclaim(ctx: typer.Context, settings: ReclaimCommandSettings, dry_run: DryRu
                               console=err, transient=as_json) as bar:
                     task = bar.add_task("reclaim", total=int(summary_all["pending"]))
                     result = await reclaim_pass(
-                        client, shared.names, options.consumer, writer, options.min_idle_ms, options.count,
+                        client, shared.names, consumer, writer, options.min_idle_ms, options.count,
                         guard.stop, options.max_deliveries, progress=advance,
-                        ledger=CrashLedger(client, shared.names, options.consumer, options.max_crashes))
+                        ledger=CrashLedger(client, shared.names, consumer, options.max_crashes))
         finally:
             await writer.sink.close()
         if guard.why is not None or not result.completed:

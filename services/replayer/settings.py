@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import ssl
-from typing import Annotated
+from typing import Annotated, Final
 
 from homeiq_collector.settings import EntityFilterFile, EntityFilterJson, HaCommandTimeout
 from homeiq_shared.ha_connection import DEFAULT_HA_URL, HaSslCaCert, HaUrl, HaVerifySsl, ha_tls, websocket_url
@@ -11,6 +14,10 @@ from homeiq_shared.options import DEFAULT_REDIS_URL, MetricsPort, RedisUrl, Serv
 from homeiq_shared.settings import ConfigError, Nested, Settings, Var, at_least, between, not_empty, positive
 from homeiq_shared.stream import DEFAULT_NAMES, StreamNames
 from homeiq_writer.settings import InfluxSettings, InfluxTimeout
+
+# One per host (a container's host name is its own): daemons on two hosts never share a consumer, and a restart
+# keeps its name.
+DAEMON_CONSUMER: Final = f"{socket.gethostname()}-replayer"
 
 
 class Connection(Settings, frozen=True, kw_only=True):
@@ -36,7 +43,13 @@ class ReclaimSettings(Settings, frozen=True, kw_only=True):
     count: Annotated[int, Var(
         "REPLAYER_COUNT", "Entries per XAUTOCLAIM call.", between(1, 5000), flag="--count")] = 500
     consumer: Annotated[str, Var(
-        "REPLAYER_CONSUMER", "Consumer name the reclaimed entries move to.", not_empty, flag="--consumer")] = "replayer"
+        "REPLAYER_CONSUMER", "The daemon's consumer name, which the reclaimed entries move to; stable across "
+        "restarts. `replayer reclaim` claims as <this>-reclaim-<pid>-<random>, a name of its own per run.",
+        not_empty, flag="--consumer", default_text="<host>-replayer")] = DAEMON_CONSUMER
+
+    def one_shot_consumer(self) -> str:
+        """A consumer name for one `replayer reclaim` run: never the daemon's, nor another run's."""
+        return f"{self.consumer}-reclaim-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def _websocket_url_or_empty(name: str, url: str) -> str:
