@@ -16,13 +16,14 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from homeiq_hasim.hub import SentEvent
 from homeiq_hasim.messages import now_ts
 from homeiq_hasim.runner import SimServer
 from homeiq_local.services import InfluxServer, RedisServer
 from homeiq_shared.events import NormalisedEvent, decode_event
 from homeiq_shared.stream import DEFAULT_NAMES, FIELD_EVENT
 from homeiq_writer.lineprotocol import encode_line
-from tests.collector_harness import TOKEN, running_collector, simulator
+from tests.collector_harness import TOKEN, running_collector, simulator, stream_events
 from tests.helpers import wait_for
 from tests.writer_harness import running_writer, writer_settings
 
@@ -40,7 +41,9 @@ class Audited:
     since: str
 
     async def audit(self, *args: str) -> tuple[int, dict[str, Any]]:
-        """`replayer audit --since … --json …` as an operator runs it; (exit code, report)."""
+        """`replayer audit --since … --json …` as an operator runs it, once HA's recorder has committed what it
+        recorded; (exit code, report)."""
+        await committed(self.sim)
         process = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).parent / "replayer"), "audit", "--since", self.since, "--json", *args,
             env={**os.environ, **self.env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -191,6 +194,7 @@ async def test_the_periodic_audit_exports_what_it_found_and_repairs_when_asked(
 
     for sent in audited.sim.hub.sent[10:12]:
         audited.delete(sent.entity_id, sent.last_updated_us * 1000)
+    await committed(audited.sim)
     monkeypatch.setenv("HA_TOKEN", TOKEN)
     settings = ReplayerSettings(
         redis_url=audited.env["REDIS_URL"], names=DEFAULT_NAMES, metrics_host="127.0.0.1", metrics_port=0,
@@ -214,3 +218,67 @@ async def test_the_periodic_audit_exports_what_it_found_and_repairs_when_asked(
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def committed(sim: SimServer) -> None:
+    """Wait until HA's recorder has committed what it recorded (history shows nothing before its commit)."""
+    await wait_for(lambda: not getattr(sim.hub.recorder, "uncommitted", 0), 15, "the recorder's commit")
+
+
+async def _in_stream(client: aioredis.Redis, states: list[SentEvent]) -> bool:
+    """Whether the stream holds every one of these state changes."""
+    held = {(e.entity_id, e.time_ns) for e in await stream_events(client) if e.event_type == "state_changed"}
+    return {(s.entity_id, s.last_updated_us * 1000) for s in states} <= held
+
+
+async def _caught_up(client: aioredis.Redis) -> bool:
+    """Whether the writers' group has read and acknowledged every entry of the stream."""
+    group = (await client.xinfo_groups(DEFAULT_NAMES.stream))[0]
+    return group["lag"] == 0 and group["pending"] == 0
+
+
+async def test_repair_while_the_writers_are_behind_publishes_only_what_is_neither_in_influxdb_nor_in_the_stream(
+    redis_server: RedisServer, redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str, tmp_path: Path
+) -> None:
+    async with simulator(entity_count=30) as sim:
+        since = datetime.fromtimestamp(now_ts() + 0.001, UTC).isoformat()
+        env = {"HA_URL": sim.url, "HA_TOKEN": TOKEN, "REDIS_URL": redis_server.url, "INFLUXDB_URL": influx.url,
+               "INFLUXDB_API": "v1", "INFLUXDB_BUCKET": influx_db}
+        audited = Audited(sim, influx, influx_db, env, since)
+        writer = writer_settings(redis_server.url, influx.url, influx_db)
+        async with running_collector(sim, redis_server.url, tmp_path):
+            await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
+            async with running_writer(writer):
+                await sim.hub.emit(300, rate_per_s=1000)
+                await wait_for(lambda: influx.count(influx_db) >= 300, 20, "the first 300 written")
+            # The writers stopped: 200 states wait in the stream, 50 of them read by the writer and not yet written.
+            await sim.hub.emit(200, rate_per_s=1000)
+            backlog = sim.hub.sent[300:]
+            await wait_for(lambda: _in_stream(redis_client, backlog), 20, "the backlog in the stream")
+            await redis_client.xreadgroup(DEFAULT_NAMES.group, writer.consumer, {DEFAULT_NAMES.stream: ">"}, count=50)
+            moved = sim.hub.entities[backlog[0].entity_id]  # it moves before the writers catch up
+            first_queued = await audited.stream_event(moved.entity_id, backlog[0].last_updated_us * 1000)
+            old_area = first_queued.enrichment.area_id
+            sim.hub.move_entity(moved, next(a for a, _, _ in sim.hub.population.areas if a != old_area))
+            gone = sim.hub.sent[100:103]  # written, then lost: in neither InfluxDB nor the stream
+            for sent in gone:
+                audited.delete(sent.entity_id, sent.last_updated_us * 1000)
+
+            code, report = await audited.audit("--repair")
+            assert (code, report["repaired"]) == (1, len(gone))
+            assert totals(report)["missing"] == len(gone)
+            assert sum(len(e["queued"]) for e in report["entities"]) == len(backlog)
+
+            async with running_writer(writer):
+                await wait_for(lambda: _caught_up(redis_client), 20, "the backlog and the repair written")
+                code, report = await audited.audit()
+        assert code == 0 and totals(report)["found"] == 500
+
+    points = [p for p in influx.points(influx_db) if p["event_type"] == "state_changed"]
+    keys = [(p["entity_id"], p["time"]) for p in points]
+    assert len(keys) == len(set(keys)) == 500  # each state once: no second series for the moved entity
+    repaired = {(s.entity_id, s.last_updated_us * 1000) for s in gone}
+    assert {k for k, p in zip(keys, points, strict=True) if p["source"] == "backfill"} == repaired
+    moved_times = {s.last_updated_us * 1000 for s in backlog if s.entity_id == moved.entity_id}
+    assert moved_times and {p["area_id"] for p in points
+                            if p["entity_id"] == moved.entity_id and p["time"] in moved_times} == {old_area}

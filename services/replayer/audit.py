@@ -15,11 +15,12 @@ import redis.asyncio as aioredis
 from homeiq_collector.backfill import backfill_events
 from homeiq_collector.entity_filter import EntityRules
 from homeiq_collector.registry import Registry
+from homeiq_replayer.backlog import stream_backlog
 from homeiq_replayer.ha_reader import HAReader, StateInfo
 from homeiq_replayer.influx_reader import InfluxReader
 from homeiq_shared.events import NormalisedEvent, encode_event
 from homeiq_shared.logs import Log
-from homeiq_shared.stream import StreamNames, entry_fields
+from homeiq_shared.stream import DEFAULT_NAMES, StreamNames, entry_fields
 from homeiq_shared.times import float_ns
 from homeiq_writer.haschema import SKIPPED_STATES
 
@@ -42,10 +43,11 @@ class EntityAudit(msgspec.Struct):
     """One entity over the window."""
 
     entity_id: str
-    status: str  # complete | differs | excluded | not_recorded
+    status: str  # complete | differs | queued | excluded | not_recorded
     in_ha: int = 0
     found: int = 0
-    missing: list[int] = []  # point times (ns) HA has and InfluxDB lacks
+    missing: list[int] = []  # point times (ns) HA has, and neither InfluxDB nor the stream
+    queued: list[int] = []  # point times HA has and InfluxDB lacks, still in the stream: the writers are behind
     extra: list[int] = []  # point times InfluxDB has and HA does not, or has twice (in two series)
     wrong: list[tuple[int, str, str]] = []  # (time, state in HA, state in InfluxDB)
 
@@ -60,13 +62,13 @@ class AuditReport(msgspec.Struct):
     repaired: int = 0
 
     def total(self, what: str) -> int:
-        """Sum of `missing`, `extra`, `wrong` (counts) or `in_ha`, `found` over the entities."""
+        """Sum of `missing`, `queued`, `extra`, `wrong` (counts) or `in_ha`, `found` over the entities."""
         return sum(len(v) if isinstance(v := getattr(e, what), list) else int(v) for e in self.entities)
 
     @property
     def complete(self) -> bool:
-        """Nothing missing, extra or wrong."""
-        return not any(e.missing or e.extra or e.wrong for e in self.entities)
+        """Nothing missing, queued, extra or wrong."""
+        return not any(e.missing or e.queued or e.extra or e.wrong for e in self.entities)
 
 
 def expected_in(schema: str, state: str) -> bool:
@@ -110,8 +112,14 @@ def _excluded(state: StateInfo, rules: EntityRules | None, registry: Registry) -
 
 
 async def audit(ha: HAReader, influx: InfluxReader, since_ns: int, until_ns: int, globs: list[str] | None = None,
-                rules: EntityRules | None = None, progress: Progress | None = None) -> AuditReport:
-    """Compare every recorded state of the window with InfluxDB's points, entity by entity."""
+                rules: EntityRules | None = None, progress: Progress | None = None,
+                redis: aioredis.Redis | None = None, names: StreamNames = DEFAULT_NAMES) -> AuditReport:
+    """Compare every recorded state of the window with InfluxDB's points, entity by entity; with `redis`, a
+    state InfluxDB lacks that the stream still holds for the writers is `queued`, not missing."""
+    # The stream is read before InfluxDB: a state the writers write in between is then found in InfluxDB (they
+    # ack only after its 2xx). Read the other way round, it could be in neither read, and a repair would publish
+    # it again, enriched with today's registry (another series for an entity moved since).
+    backlog = await stream_backlog(redis, names) if redis is not None else set()
     registry = await ha.registry()
     states = sorted(_filtered(await ha.states(), globs or []), key=lambda s: s.entity_id)
     audited: list[EntityAudit] = []
@@ -122,7 +130,10 @@ async def audit(ha: HAReader, influx: InfluxReader, since_ns: int, until_ns: int
         else:
             compared.append(state.entity_id)
     chunks = [compared[i:i + CHUNK] for i in range(0, len(compared), CHUNK)]
-    results = await asyncio.gather(*(_audit_chunk(ha, influx, chunk, since_ns, until_ns, progress)
+    on_the_way: dict[str, set[int]] = {}
+    for entity_id, time_ns in backlog:
+        on_the_way.setdefault(entity_id, set()).add(time_ns)
+    results = await asyncio.gather(*(_audit_chunk(ha, influx, chunk, since_ns, until_ns, progress, on_the_way)
                                      for chunk in chunks))
     audited.extend(entity for chunk in results for entity in chunk)
     audited.sort(key=lambda e: e.entity_id)
@@ -130,7 +141,7 @@ async def audit(ha: HAReader, influx: InfluxReader, since_ns: int, until_ns: int
 
 
 async def _audit_chunk(ha: HAReader, influx: InfluxReader, entity_ids: list[str], since_ns: int, until_ns: int,
-                       progress: Progress | None) -> list[EntityAudit]:
+                       progress: Progress | None, on_the_way: dict[str, set[int]]) -> list[EntityAudit]:
     in_ha: dict[str, dict[int, str]] = {entity_id: {} for entity_id in entity_ids}
     stored: dict[str, dict[int, str]] = {entity_id: {} for entity_id in entity_ids}
     twice: dict[str, list[int]] = {}
@@ -149,27 +160,30 @@ async def _audit_chunk(ha: HAReader, influx: InfluxReader, entity_ids: list[str]
             if point.time_ns in times:  # the same state in two series (other tags): one point too many
                 twice.setdefault(point.entity_id, []).append(point.time_ns)
             times[point.time_ns] = point.state
-    out = [_entity(entity_id, in_ha[entity_id], stored[entity_id], twice.get(entity_id, []))
-           for entity_id in entity_ids]
+    out = [_entity(entity_id, in_ha[entity_id], stored[entity_id], twice.get(entity_id, []),
+                   on_the_way.get(entity_id, set())) for entity_id in entity_ids]
     if progress is not None:
         progress(len(entity_ids))
     return out
 
 
-def _entity(entity_id: str, in_ha: dict[int, str], stored: dict[int, str], twice: list[int]) -> EntityAudit:
-    missing = sorted(in_ha.keys() - stored.keys())
+def _entity(entity_id: str, in_ha: dict[int, str], stored: dict[int, str], twice: list[int],
+            on_the_way: set[int]) -> EntityAudit:
+    lacking = in_ha.keys() - stored.keys()
+    missing, queued = sorted(lacking - on_the_way), sorted(lacking & on_the_way)
     extra = sorted([*(stored.keys() - in_ha.keys()), *twice])
     wrong = sorted((t, in_ha[t], stored[t]) for t in in_ha.keys() & stored.keys() if not same(in_ha[t], stored[t]))
-    status = "differs" if missing or extra or wrong else "complete"
+    status = "differs" if missing or extra or wrong else "queued" if queued else "complete"
     if not in_ha and stored:
         status = "not_recorded"  # or older than the recorder keeps: nothing to compare with
-    return EntityAudit(entity_id, status, len(in_ha), len(stored) + len(twice), missing, extra, wrong)
+    return EntityAudit(entity_id, status, len(in_ha), len(stored) + len(twice), missing, queued, extra, wrong)
 
 
 async def repair(ha: HAReader, client: aioredis.Redis, names: StreamNames, report: AuditReport,
                  progress: Progress | None = None) -> int:
     """Publish every missing state to the stream as the collector's backfill would (same point identity,
-    today's registry); the writers write them. Never deletes. Returns how many were published."""
+    today's registry); the writers write them. Never deletes. Returns how many were published. `report` must
+    come from an audit that read the stream (`redis`), else states the writers have yet to write look missing."""
     registry = await ha.registry()
     wanted = [e for e in report.entities if e.missing]
     published = 0

@@ -89,23 +89,23 @@ def audit_command(
                   "purged count as extra, not as a difference of the pipeline", highlight=False)
 
     async def work() -> AuditReport:
-        with Progress(TextColumn("auditing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=err, transient=as_json) as bar:
-            task = bar.add_task("entities", total=None)
-            async with ha_session(settings.ha_url, token, settings.ha_timeout_s, concurrency, tls) as ha:
-                bar.update(task, total=len(await ha.states()))
-                try:
-                    report = await audit(ha, reader, since_ns, until_ns, entities, rules,
-                                         lambda n: bar.advance(task, n))
-                finally:
-                    await reader.close()
-                if do_repair and not report.complete:
-                    client = connect(shared.redis_url)
+        client = connect(shared.redis_url)  # the stream: what the writers have yet to write is not missing
+        try:
+            with Progress(TextColumn("auditing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=err, transient=as_json) as bar:
+                task = bar.add_task("entities", total=None)
+                async with ha_session(settings.ha_url, token, settings.ha_timeout_s, concurrency, tls) as ha:
+                    bar.update(task, total=len(await ha.states()))
                     try:
-                        report.repaired = await repair(ha, client, shared.names, report)
+                        report = await audit(ha, reader, since_ns, until_ns, entities, rules,
+                                             lambda n: bar.advance(task, n), client, shared.names)
                     finally:
-                        await client.aclose()
-            return report
+                        await reader.close()
+                    if do_repair and report.total("missing"):
+                        report.repaired = await repair(ha, client, shared.names, report)
+        finally:
+            await client.aclose()
+        return report
 
     try:
         report = asyncio.run(work())
@@ -124,16 +124,18 @@ def _print(report: AuditReport, as_json: bool) -> None:
     since = datetime.fromtimestamp(report.since_ns / 1e9, UTC).isoformat(timespec="seconds")
     until = datetime.fromtimestamp(report.until_ns / 1e9, UTC).isoformat(timespec="seconds")
     table = Table(title=f"audit {since} .. {until}", title_justify="left")
-    for column in ("entity", "status", "in HA", "found", "missing", "extra", "wrong"):
+    for column in ("entity", "status", "in HA", "found", "missing", "queued", "extra", "wrong"):
         table.add_column(column)
     shown = [e for e in report.entities if e.status != "complete"]
+    counts = ("missing", "queued", "extra", "wrong")
     for e in shown:
-        table.add_row(e.entity_id, e.status, str(e.in_ha), str(e.found), str(len(e.missing)), str(len(e.extra)),
-                      str(len(e.wrong)))
+        table.add_row(e.entity_id, e.status, str(e.in_ha), str(e.found), *(str(len(getattr(e, c))) for c in counts))
     table.add_row("total", f"{len(report.entities) - len(shown)} complete", str(report.total("in_ha")),
-                  str(report.total("found")), str(report.total("missing")), str(report.total("extra")),
-                  str(report.total("wrong")))
+                  str(report.total("found")), *(str(report.total(c)) for c in counts))
     out.print(table)
+    if report.total("queued"):
+        out.print(f"queued: {report.total('queued')} states are still in the stream for the writers (not missing, "
+                  "never repaired); run the audit again once the writers have caught up", highlight=False)
     if report.repaired:
         out.print(f"repaired: {report.repaired} missing states published to the stream; run the audit again "
                   "once the writers have caught up", highlight=False)

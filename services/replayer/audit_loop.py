@@ -91,8 +91,9 @@ class PeriodicAudit:
         until_ns = time.time_ns() - int(s.settle_s * 1e9)
         since_ns = until_ns - int((s.interval_s + MARGIN_S) * 1e9)
         async with ha_session(s.ha_url, self._token, s.timeout_s, s.concurrency, self._tls) as ha:
-            report = await audit(ha, self._reader, since_ns, until_ns, None, self._rules)
-            repaired = await repair(ha, self._redis, self._names, report) if s.repair and not report.complete else 0
+            report = await audit(ha, self._reader, since_ns, until_ns, None, self._rules, None, self._redis,
+                                 self._names)
+            repaired = await repair(ha, self._redis, self._names, report) if s.repair and report.total("missing") else 0
         return report, repaired
 
     def _scrubbed(self, text: str) -> str:
@@ -111,5 +112,5 @@ class PeriodicAudit:
         self.runs.labels("complete" if report.complete else "differs").inc()
         self.completed.set(time.time())
         log.info("audit_done", entities=len(report.entities), states=report.total("in_ha"),
-                 missing=report.total("missing"), extra=report.total("extra"), wrong=report.total("wrong"),
-                 repaired=repaired)
+                 missing=report.total("missing"), queued=report.total("queued"), extra=report.total("extra"),
+                 wrong=report.total("wrong"), repaired=repaired)
