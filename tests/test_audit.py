@@ -23,6 +23,7 @@ from homeiq_local.services import InfluxServer, RedisServer
 from homeiq_shared.events import NormalisedEvent, decode_event
 from homeiq_shared.stream import DEFAULT_NAMES, FIELD_EVENT
 from homeiq_writer.lineprotocol import encode_line
+from homeiq_writer.settings import InfluxSettings
 from tests.collector_harness import TOKEN, running_collector, simulator, stream_events
 from tests.helpers import wait_for
 from tests.writer_harness import running_writer, writer_settings
@@ -282,3 +283,56 @@ async def test_repair_while_the_writers_are_behind_publishes_only_what_is_neithe
     moved_times = {s.last_updated_us * 1000 for s in backlog if s.entity_id == moved.entity_id}
     assert moved_times and {p["area_id"] for p in points
                             if p["entity_id"] == moved.entity_id and p["time"] in moved_times} == {old_area}
+
+
+HA_SCHEMA_TO_THE_SECOND = "influxdb:\n  precision: s\nhomeiq:\n  schema: ha\n"
+SECOND_NS = 10**9
+
+
+def _by_second(sent: list[SentEvent]) -> dict[tuple[str, int], list[SentEvent]]:
+    """The states that have a point in the `ha` schema, by entity and the second their point is stamped with."""
+    units: dict[tuple[str, int], list[SentEvent]] = {}
+    for state in sent:
+        if state.state not in ("unknown", "unavailable", ""):
+            time_ns = state.last_updated_us * 1000
+            units.setdefault((state.entity_id, time_ns - time_ns % SECOND_NS), []).append(state)
+    return units
+
+
+async def test_with_a_precision_the_audit_compares_at_it_and_counts_states_a_later_one_overwrote_not_missing(
+    redis_server: RedisServer, redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "homeiq.yaml"
+    config.write_text(HA_SCHEMA_TO_THE_SECOND)
+    to_the_second = InfluxSettings.layered({"config_path": str(config), "url": influx.url, "api": "v1",
+                                            "bucket": influx_db, "timeout_s": 2})
+    writer = writer_settings(redis_server.url, influx.url, influx_db, influx=to_the_second)
+    async with simulator(entity_count=10) as sim:
+        since_s = int(now_ts()) + 1  # a whole second after the simulator's first states (never published)
+        env = {"HA_URL": sim.url, "HA_TOKEN": TOKEN, "REDIS_URL": redis_server.url, "INFLUXDB_URL": influx.url,
+               "INFLUXDB_API": "v1", "INFLUXDB_BUCKET": influx_db, "HOMEIQ_CONFIG": str(config)}
+        audited = Audited(sim, influx, influx_db, env, datetime.fromtimestamp(since_s, UTC).isoformat())
+        async with running_collector(sim, redis_server.url, tmp_path / "spool"), running_writer(writer):
+            await wait_for(lambda: sim.hub.subscribed and now_ts() > since_s, 10, "a subscription, and the second")
+            await sim.hub.emit(300, rate_per_s=100)  # ~10 states of each entity in 3 s: some share a second
+            await wait_for(lambda: _caught_up(redis_client), 20, "every state written")
+            units = _by_second(sim.hub.sent)
+            overwritten = sum(len(states) - 1 for states in units.values())
+            assert overwritten and len(units) > len(sim.hub.entities)
+
+            code, report = await audited.audit("--repair")
+            assert (code, report["repaired"]) == (0, 0), totals(report)
+            assert totals(report) == {"in_ha": len(units) + overwritten, "found": len(units), "missing": 0,
+                                      "extra": 0, "wrong": 0}
+            assert sum(len(e["collapsed"]) for e in report["entities"]) == overwritten
+
+            entity_id, second_ns = next(key for key, states in units.items() if len(states) > 1)
+            domain, _, object_id = entity_id.partition(".")
+            influx.query(f"DELETE FROM /.*/ WHERE \"domain\" = '{domain}' AND \"entity_id\" = '{object_id}' "
+                         f"AND time = {second_ns}", influx_db, epoch=None)
+            code, report = await audited.audit("--repair")  # the one point lost: its second's last state, once
+            entity = next(e for e in report["entities"] if e["entity_id"] == entity_id)
+            assert (code, entity["missing"], report["repaired"]) == (1, [second_ns], 1)
+            await wait_for(lambda: _caught_up(redis_client), 20, "the repair written")
+            code, report = await audited.audit()
+            assert code == 0 and totals(report)["found"] == len(units)  # the repaired point holds the last state

@@ -1,12 +1,13 @@
 """Audit: HA's recorder (the ground truth users trust) against InfluxDB, per entity; repair through the backfill
-path. HA's float times are compared as HA renders them, so a point 1 µs off is one missing and one extra."""
+path. HA's float times are compared as HA renders them, so a point 1 µs off is one missing and one extra; with
+a `precision` (the `ha` schema), as the writers cut them: one point per entity and unit, the unit's last state."""
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import msgspec
@@ -50,6 +51,9 @@ class EntityAudit(msgspec.Struct):
     queued: list[int] = []  # point times HA has and InfluxDB lacks, still in the stream: the writers are behind
     extra: list[int] = []  # point times InfluxDB has and HA does not, or has twice (in two series)
     wrong: list[tuple[int, str, str]] = []  # (time, state in HA, state in InfluxDB)
+    # HA's times of states a later state overwrote in InfluxDB (the same point at the schema's precision): what
+    # the configured precision keeps, not a loss of the pipeline; never repaired.
+    collapsed: list[int] = []
 
 
 class AuditReport(msgspec.Struct):
@@ -58,11 +62,14 @@ class AuditReport(msgspec.Struct):
     since_ns: int
     until_ns: int
     entities: list[EntityAudit]
+    schema: str = "homeiq"
+    precision_ns: int = 1  # points compared at this precision (the `ha` schema's `precision`)
     cannot_see: tuple[str, ...] = NOT_SEEN
     repaired: int = 0
 
     def total(self, what: str) -> int:
-        """Sum of `missing`, `queued`, `extra`, `wrong` (counts) or `in_ha`, `found` over the entities."""
+        """Sum of `missing`, `queued`, `extra`, `wrong`, `collapsed` (counts) or `in_ha`, `found` over the
+        entities."""
         return sum(len(v) if isinstance(v := getattr(e, what), list) else int(v) for e in self.entities)
 
     @property
@@ -79,6 +86,25 @@ def expected_in(schema: str, state: str) -> bool:
     if state in SKIPPED_STATES:
         return False
     return _number(state) is None or math.isfinite(_number(state) or 0.0)
+
+
+def cut(time_ns: int, precision_ns: int) -> int:
+    """A time as the writers stamp it at `precision_ns` (InfluxDB's `precision`: cut, not rounded)."""
+    return time_ns - time_ns % precision_ns
+
+
+def at_precision(states: dict[int, str], precision_ns: int) -> tuple[dict[int, str], list[int]]:
+    """HA's states (time → state) as InfluxDB keeps them: one point per unit of `precision_ns`, holding the unit's
+    last state (written last, it overwrote the others); and the times of the states it overwrote."""
+    points: dict[int, str] = {}
+    last: dict[int, int] = {}
+    overwritten: list[int] = []
+    for time_ns in sorted(states):
+        unit = cut(time_ns, precision_ns)
+        if unit in last:
+            overwritten.append(last[unit])
+        points[unit], last[unit] = states[time_ns], time_ns
+    return points, overwritten
 
 
 def same(in_ha: str, stored: str) -> bool:
@@ -120,6 +146,8 @@ async def audit(ha: HAReader, influx: InfluxReader, since_ns: int, until_ns: int
     # ack only after its 2xx). Read the other way round, it could be in neither read, and a repair would publish
     # it again, enriched with today's registry (another series for an entity moved since).
     backlog = await stream_backlog(redis, names) if redis is not None else set()
+    precision_ns = influx.precision_ns
+    since_ns, until_ns = cut(since_ns, precision_ns), cut(until_ns, precision_ns)  # whole units: whole points
     registry = await ha.registry()
     states = sorted(_filtered(await ha.states(), globs or []), key=lambda s: s.entity_id)
     audited: list[EntityAudit] = []
@@ -132,12 +160,12 @@ async def audit(ha: HAReader, influx: InfluxReader, since_ns: int, until_ns: int
     chunks = [compared[i:i + CHUNK] for i in range(0, len(compared), CHUNK)]
     on_the_way: dict[str, set[int]] = {}
     for entity_id, time_ns in backlog:
-        on_the_way.setdefault(entity_id, set()).add(time_ns)
+        on_the_way.setdefault(entity_id, set()).add(cut(time_ns, precision_ns))
     results = await asyncio.gather(*(_audit_chunk(ha, influx, chunk, since_ns, until_ns, progress, on_the_way)
                                      for chunk in chunks))
     audited.extend(entity for chunk in results for entity in chunk)
     audited.sort(key=lambda e: e.entity_id)
-    return AuditReport(since_ns, until_ns, audited)
+    return AuditReport(since_ns, until_ns, audited, influx.schema, precision_ns)
 
 
 async def _audit_chunk(ha: HAReader, influx: InfluxReader, entity_ids: list[str], since_ns: int, until_ns: int,
@@ -161,22 +189,25 @@ async def _audit_chunk(ha: HAReader, influx: InfluxReader, entity_ids: list[str]
                 twice.setdefault(point.entity_id, []).append(point.time_ns)
             times[point.time_ns] = point.state
     out = [_entity(entity_id, in_ha[entity_id], stored[entity_id], twice.get(entity_id, []),
-                   on_the_way.get(entity_id, set())) for entity_id in entity_ids]
+                   on_the_way.get(entity_id, set()), influx.precision_ns) for entity_id in entity_ids]
     if progress is not None:
         progress(len(entity_ids))
     return out
 
 
 def _entity(entity_id: str, in_ha: dict[int, str], stored: dict[int, str], twice: list[int],
-            on_the_way: set[int]) -> EntityAudit:
-    lacking = in_ha.keys() - stored.keys()
+            on_the_way: set[int], precision_ns: int) -> EntityAudit:
+    expected, collapsed = at_precision(in_ha, precision_ns)
+    lacking = expected.keys() - stored.keys()
     missing, queued = sorted(lacking - on_the_way), sorted(lacking & on_the_way)
-    extra = sorted([*(stored.keys() - in_ha.keys()), *twice])
-    wrong = sorted((t, in_ha[t], stored[t]) for t in in_ha.keys() & stored.keys() if not same(in_ha[t], stored[t]))
+    extra = sorted([*(stored.keys() - expected.keys()), *twice])
+    wrong = sorted((t, expected[t], stored[t]) for t in expected.keys() & stored.keys()
+                   if not same(expected[t], stored[t]))
     status = "differs" if missing or extra or wrong else "queued" if queued else "complete"
     if not in_ha and stored:
         status = "not_recorded"  # or older than the recorder keeps: nothing to compare with
-    return EntityAudit(entity_id, status, len(in_ha), len(stored) + len(twice), missing, queued, extra, wrong)
+    return EntityAudit(entity_id, status, len(in_ha), len(stored) + len(twice), missing, queued, extra, wrong,
+                       collapsed)
 
 
 async def repair(ha: HAReader, client: aioredis.Redis, names: StreamNames, report: AuditReport,
@@ -192,14 +223,25 @@ async def repair(ha: HAReader, client: aioredis.Redis, names: StreamNames, repor
         missing = {(e.entity_id, t) for e in chunk for t in e.missing}
         history = await ha.history([e.entity_id for e in chunk], report.since_ns - MARGIN_NS,
                                    report.until_ns + MARGIN_NS, attributes=True)
-        events = [event for event in backfill_events(history, registry, report.since_ns, set())
-                  if (event.entity_id, event.time_ns) in missing]
+        events = _missing_points(backfill_events(history, registry, report.since_ns, set()), missing, report)
         await _publish(client, names, events)
         published += len(events)
         if progress is not None:
             progress(len(chunk))
     log.info("audit_repaired", published=published, entities=len(wanted))
     return published
+
+
+def _missing_points(events: Iterable[NormalisedEvent], missing: set[tuple[str, int]],
+                    report: AuditReport) -> list[NormalisedEvent]:
+    """Of the recorded states, the one each missing point holds: its unit's last state that has a point (one
+    state per point: the others were overwritten in InfluxDB, and writing them again would be counted so)."""
+    last: dict[tuple[str, int], NormalisedEvent] = {}
+    for event in events:  # in the recorder's order, by time
+        key = (event.entity_id or "", cut(event.time_ns, report.precision_ns))
+        if key in missing and event.new_state is not None and expected_in(report.schema, event.new_state.state):
+            last[key] = event
+    return list(last.values())
 
 
 async def _publish(client: aioredis.Redis, names: StreamNames, events: list[NormalisedEvent]) -> None:

@@ -117,6 +117,10 @@ def audit_command(
     raise typer.Exit(0 if report.complete else EXIT_FAILURE)
 
 
+def _unit(precision_ns: int) -> str:
+    return {1_000_000_000: "1 s", 1_000_000: "1 ms", 1_000: "1 µs"}.get(precision_ns, f"{precision_ns} ns")
+
+
 def _print(report: AuditReport, as_json: bool) -> None:
     if as_json:
         out.print_json(msgspec.json.encode(report).decode())
@@ -133,6 +137,10 @@ def _print(report: AuditReport, as_json: bool) -> None:
     table.add_row("total", f"{len(report.entities) - len(shown)} complete", str(report.total("in_ha")),
                   str(report.total("found")), *(str(report.total(c)) for c in counts))
     out.print(table)
+    if report.total("collapsed"):
+        out.print(f"collapsed: {report.total('collapsed')} states were overwritten in InfluxDB by a later state of "
+                  f"the same entity within {_unit(report.precision_ns)} (the schema's precision keeps one point per "
+                  "entity and unit, the last); not missing, never repaired", highlight=False)
     if report.total("queued"):
         out.print(f"queued: {report.total('queued')} states are still in the stream for the writers (not missing, "
                   "never repaired); run the audit again once the writers have caught up", highlight=False)

@@ -43,6 +43,9 @@ class PeriodicAudit:
                            "completed audit).", registry=registry)
         self.wrong = Gauge("homeiq_audit_wrong_points", "Points whose state differs from HA's (last completed "
                            "audit).", registry=registry)
+        self.collapsed = Gauge("homeiq_audit_collapsed_states", "States HA's recorder has that a later state of the "
+                               "same entity overwrote in InfluxDB, within the schema's precision (last completed "
+                               "audit); not missing.", registry=registry)
         self.completed = Gauge("homeiq_audit_last_complete_timestamp_seconds", "When the last audit ran to its "
                                "end (Unix time; 0 before the first).", registry=registry)
         self.interval = Gauge("homeiq_audit_interval_seconds", "How often the audit runs (0: off).",
@@ -108,9 +111,10 @@ class PeriodicAudit:
         self.missing.set(report.total("missing"))
         self.extra.set(report.total("extra"))
         self.wrong.set(report.total("wrong"))
+        self.collapsed.set(report.total("collapsed"))
         self.repaired.inc(repaired)
         self.runs.labels("complete" if report.complete else "differs").inc()
         self.completed.set(time.time())
         log.info("audit_done", entities=len(report.entities), states=report.total("in_ha"),
                  missing=report.total("missing"), queued=report.total("queued"), extra=report.total("extra"),
-                 wrong=report.total("wrong"), repaired=repaired)
+                 wrong=report.total("wrong"), collapsed=report.total("collapsed"), repaired=repaired)

@@ -11,6 +11,7 @@ import aiohttp
 import msgspec
 
 from homeiq_shared.settings import redact_url
+from homeiq_writer.haschema import PRECISION_NS
 from homeiq_writer.lineprotocol import MEASUREMENT, original_tag_value, tag_value
 from homeiq_writer.settings import InfluxSettings
 
@@ -62,6 +63,7 @@ class InfluxReader:
         self._timeout = aiohttp.ClientTimeout(total=max(60.0, settings.timeout_s))
         self._tls = settings.tls()
         self.schema = settings.schema
+        self.precision_ns = point_precision_ns(settings)
         self._session: aiohttp.ClientSession | None = None
 
     async def states(self, entity_ids: list[str], start_ns: int, end_ns: int) -> list[StoredState]:
@@ -134,6 +136,14 @@ def _state_of(row: dict[str, Any]) -> Iterator[StoredState]:
     if state is not None:
         entity_id = f"{original_tag_value(row['domain'])}.{original_tag_value(row['entity_id'])}"
         yield StoredState(entity_id, int(row["time"]), state)
+
+
+def point_precision_ns(settings: InfluxSettings) -> int:
+    """How finely the writers stamp points: the `ha` schema cuts times to the file's `precision`, as HA's
+    integration does; the `homeiq` schema keeps nanoseconds."""
+    if settings.schema != "ha" or settings.config is None:
+        return 1
+    return PRECISION_NS[settings.config.words.precision]
 
 
 def reader_for(settings: InfluxSettings) -> InfluxReader:
