@@ -8,12 +8,13 @@ import time
 
 import msgspec
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 
 from homeiq_shared.backoff import Backoff
 from homeiq_shared.events import PAYLOAD_VERSION, decode_event
 from homeiq_shared.health import Readiness
 from homeiq_shared.lifecycle import wait_or_stop
-from homeiq_shared.logs import Log
+from homeiq_shared.logs import Log, SampledLog
 from homeiq_shared.scripts import DEAD_LETTER_SCRIPT
 from homeiq_shared.stream import Entry, StreamNames, dead_letter_fields, payload_of
 from homeiq_writer.influx import InfluxSink, Outcome, WriteResult
@@ -123,6 +124,15 @@ def encode_entries(entries: list[Entry], encoder: Encoder | None = None) -> tupl
 _homeiq = make_encoder("homeiq")
 
 
+def _move(counts: dict[str, int], counter: Counter) -> dict[str, int]:
+    """Add `counts` to `counter` by reason and zero them; the counts that were not zero."""
+    moved = {reason: count for reason, count in counts.items() if count}
+    for reason, count in moved.items():
+        counter.labels(reason).inc(count)
+        counts[reason] = 0
+    return moved
+
+
 class BatchWriter:
     """Writes decoded batches to InfluxDB and acks exactly what InfluxDB accepted."""
 
@@ -144,6 +154,7 @@ class BatchWriter:
         self.healthy = True  # the last answer was 2xx (or a rejection): safe to read ahead
         self._dead_letter = client.register_script(DEAD_LETTER_SCRIPT)
         self._acking: asyncio.Task[None] | None = None
+        self._overwrites_log = SampledLog(log)
 
     async def handle(self, entries: list[Entry], stop: asyncio.Event,
                      reading: contextlib.AbstractAsyncContextManager[object] | None = None) -> Handled:
@@ -177,15 +188,13 @@ class BatchWriter:
         return batch
 
     def _count_left_out(self) -> None:
-        """Move the encoder's counts of what the schema and the filters left out to the metrics."""
-        for reason, count in self.encoder.skipped.items():
-            if count:
-                self._metrics.skipped.labels(reason).inc(count)
-                self.encoder.skipped[reason] = 0
-        for reason, count in self.encoder.attributes_dropped.items():
-            if count:
-                self._metrics.attributes_dropped.labels(reason).inc(count)
-                self.encoder.attributes_dropped[reason] = 0
+        """Move the encoder's counts to the metrics: what the schema and the filters left out, and the points that
+        replace another state's point (logged, sampled)."""
+        _move(self.encoder.skipped, self._metrics.skipped)
+        _move(self.encoder.attributes_dropped, self._metrics.attributes_dropped)
+        for reason, count in _move(self.encoder.overwritten, self._metrics.points_overwritten).items():
+            self._overwrites_log.warning(reason, "points_overwritten", count=count,
+                                         example=self.encoder.overwrite_example)
 
     async def write(self, batch: Batch, stop: asyncio.Event) -> Handled:
         """Write and ack an encoded batch, bisecting what InfluxDB rejects; what happened (with what preparing

@@ -65,6 +65,9 @@ PRECISION_NS: Final = {None: 1, "ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_00
 SKIP_REASONS: Final = ("event_type", "not_state_change", "removed", "entity_filter", "state_unknown",
                        "state_unavailable", "state_empty", "no_fields")
 ATTRIBUTE_REASONS: Final = ("ignore_attributes", "non_finite")
+# A point with the series and time of another state's point replaces it in InfluxDB: two times made equal by
+# `precision`, or (no precision) two states at the very same nanosecond.
+OVERWRITE_REASONS: Final = ("precision", "same_time")
 
 CACHE_SIZE: Final = 20_000
 _MEASUREMENT_ESCAPES: Final = str.maketrans({",": r"\,", " ": r"\ "})
@@ -91,6 +94,12 @@ def _as_float(value: Any) -> float | None:
         return float(value)
     except (ValueError, TypeError, OverflowError):  # OverflowError: an integer beyond a double (HA would crash)
         return None
+
+
+def cut_to_precision(time_ns: int, precision: str | None) -> int:
+    """`time_ns` as the `ha` schema writes it under the integration's `precision` (None is ns): cut down to a
+    whole unit, as the integration's clients do."""
+    return time_ns - time_ns % PRECISION_NS[precision]
 
 
 def has_numeric_tail(text: str) -> bool:
@@ -129,7 +138,8 @@ class _Shape(msgspec.Struct, gc=False):
 class _Entity:
     """What stays the same for an entity: its filter verdict, its configuration, and its last shape."""
 
-    __slots__ = ("allowed", "attributes", "has_state", "has_value", "ignore", "object_id", "override", "shape")
+    __slots__ = ("allowed", "attributes", "has_state", "has_value", "ignore", "object_id", "override",
+                 "point_fired_ns", "point_head", "point_line", "point_others", "point_time_ns", "shape")
 
     def __init__(self, entity_id: str, allowed: bool, words: Integration) -> None:
         self.allowed = allowed
@@ -141,11 +151,17 @@ class _Entity:
         self.attributes = b""
         self.has_state = self.has_value = False
         self.shape: _Shape | None = None
+        # The series and time of the entity's newest point so far; the first state given that point (its time
+        # before the cut, its line), and the others (each replaced the one before).
+        self.point_head = self.point_line = ""
+        self.point_time_ns = self.point_fired_ns = 0
+        self.point_others: set[tuple[int, str]] | None = None
 
 
 class HaEncoder:
     """Encodes events to the `ha` schema; `encode` returns None for an event that has no point, and counts why
-    in `skipped` (and attributes left out in `attributes_dropped`)."""
+    in `skipped` (attributes left out in `attributes_dropped`, points that replace another state's point in
+    `overwritten`, the last of them in `overwrite_example`)."""
 
     def __init__(self, words: Integration | None = None, event_types: EventTypes | None = None) -> None:
         self.words = words or Integration()
@@ -157,6 +173,9 @@ class HaEncoder:
         self._cache: dict[str, _Entity] = {}
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
         self.attributes_dropped = dict.fromkeys(ATTRIBUTE_REASONS, 0)
+        self.overwritten = dict.fromkeys(OVERWRITE_REASONS, 0)
+        self.overwrite_example = ""
+        self._overwrite_reason = "precision" if self._precision_ns != 1 else "same_time"
 
     def encode(self, event: NormalisedEvent) -> str | None:
         """One line for `event`, or None (counted in `skipped`) when the integration writes no point for it."""
@@ -210,20 +229,34 @@ class HaEncoder:
         if shape.non_finite:
             self.attributes_dropped["non_finite"] += shape.non_finite
 
-        time_ns = event.time_fired_ns or event.time_ns
+        fired_ns = time_ns = event.time_fired_ns or event.time_ns
         if self._precision_ns != 1:
-            time_ns -= time_ns % self._precision_ns
-        if include_state:
-            head = shape.head + "state=" + _string_field(state)
-            if has_value:
-                head += f",value={value!r}"
-            return f"{head}{shape.fields} {time_ns}"
-        if has_value:
-            return f"{shape.head}value={value!r}{shape.fields} {time_ns}"
-        if not shape.field_count:
+            time_ns = cut_to_precision(fired_ns, self.words.precision)
+        line = _line(shape, state if include_state else None, value, time_ns)
+        if line is None:
             self.skipped["no_fields"] += 1
             return None
-        return f"{shape.head}{shape.fields[1:]} {time_ns}"
+        if time_ns > entity.point_time_ns or shape.head != entity.point_head:  # the entity's newest point
+            entity.point_head, entity.point_time_ns, entity.point_fired_ns, entity.point_line, entity.point_others = \
+                shape.head, time_ns, fired_ns, line, None
+        else:
+            self._count_overwrite(entity, time_ns, fired_ns, line)
+        return line
+
+    def _count_overwrite(self, entity: _Entity, time_ns: int, fired_ns: int, line: str) -> None:
+        """Count a state in `overwritten` when this encoder gave another state the series and time of the entity's
+        newest point before (in this batch or an earlier one)."""
+        if time_ns < entity.point_time_ns:
+            return  # older than the entity's newest point (a backfill, a re-delivery): what it met is not known
+        state = (fired_ns, line)
+        others = entity.point_others
+        if state == (entity.point_fired_ns, entity.point_line) or (others is not None and state in others):
+            return  # the same state again (a re-delivery, the backfill's copy) replaces nothing
+        if others is None:
+            others = entity.point_others = set()
+        others.add(state)
+        self.overwritten[self._overwrite_reason] += 1
+        self.overwrite_example = f"{entity.point_head}{time_ns}"
 
     def _shape(self, event: NormalisedEvent, entity: _Entity, raw: bytes, has_state: bool,
                has_value: bool) -> _Shape:
@@ -306,6 +339,20 @@ class HaEncoder:
                 else:
                     include_uom = attr != "unit_of_measurement"
         return str(measurement), include_uom, include_dc
+
+
+def _line(shape: _Shape, state: str | None, value: float | None, time_ns: int) -> str | None:
+    """The point's line: `state` as a field unless None, `value` unless None; None when it has no field."""
+    if state is not None:
+        head = shape.head + "state=" + _string_field(state)
+        if value is not None:
+            head += f",value={value!r}"
+        return f"{head}{shape.fields} {time_ns}"
+    if value is not None:
+        return f"{shape.head}value={value!r}{shape.fields} {time_ns}"
+    if not shape.field_count:
+        return None
+    return f"{shape.head}{shape.fields[1:]} {time_ns}"
 
 
 def _type_stable(fields: dict[str, Any], taken: set[str]) -> dict[str, Any]:

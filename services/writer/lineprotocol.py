@@ -178,6 +178,8 @@ class LineEncoder:
         self._event_types = event_types if event_types and (event_types.include or event_types.exclude) else None
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
         self.attributes_dropped = dict.fromkeys(ATTRIBUTE_REASONS, 0)
+        self.overwritten: dict[str, int] = {}  # none: every state keeps its own time, so no two share a point
+        self.overwrite_example = ""
 
     def _entity(self, event: NormalisedEvent) -> _Entity:
         allowed, ignore = True, _NOTHING

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from homeiq_writer.influx import Outcome
-from homeiq_writer.schemas import ATTRIBUTE_REASONS, SKIP_REASONS
+from homeiq_writer.schemas import ATTRIBUTE_REASONS, OVERWRITE_REASONS, SKIP_REASONS
 
 DEAD_REASONS = ("undecodable", "unknown_version", "rejected", "reader_error", "crashed_reader")
 LOST_REASONS = ("payload_trimmed", "deleted_while_pending")
@@ -52,6 +52,14 @@ class WriterMetrics:
             "Attributes left out of points (ignore_attributes; NaN or infinite in the ha schema), by reason.",
             ["reason"], registry=registry,
         )
+        self.points_overwritten = Counter(
+            "homeiq_writer_points_overwritten_total",
+            "Points written with the series and time of another state's point, which InfluxDB then holds no more: "
+            "times cut to the same ha-schema precision unit (precision) or equal to the nanosecond (same_time). Only "
+            "those this process wrote both of (README), by reason.", ["reason"], registry=registry,
+        )
+        for reason in OVERWRITE_REASONS:
+            self.points_overwritten.labels(reason)
         for reason in SKIP_REASONS:
             self.skipped.labels(reason)
         for reason in ATTRIBUTE_REASONS:
