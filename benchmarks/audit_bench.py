@@ -19,8 +19,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from homeiq_hasim.hub import Hub, Recorded
+from homeiq_hasim.hub import Hub
 from homeiq_hasim.population import next_state
+from homeiq_hasim.recorder import Recorded, Recorder
 from homeiq_hasim.runner import SimServer
 from homeiq_local.services import InfluxServer
 from homeiq_replayer.audit import audit
@@ -40,13 +41,13 @@ def seed(hub: Hub, days: float, per_day: int, end: float) -> list[str]:
     lines: list[str] = []
     start = end - days * 86_400
     count = int(days * per_day)
+    hub.recorder = Recorder(commit_interval_s=0)  # this history only, committed
     for entity in hub.population.entities:
-        rows = hub.recorder[entity.entity_id] = []
         for n in range(count):
             ts = start + (n + rng.random()) * (end - start) / count
             state, attributes = next_state(entity, rng)
             entity.state = state
-            rows.append(Recorded(state, attributes, ts, ts))
+            hub.recorder.record(entity.entity_id, Recorded(state, attributes, ts, ts))
             value = state.replace("\\", "\\\\").replace('"', '\\"')
             lines.append(f'home_assistant_events,entity_id={entity.entity_id},event_type=state_changed '
                          f'state_value="{value}" {float_ns(ts)}')

@@ -43,17 +43,15 @@ async def audit_round(sim_url: str, influx_url: str, redis_url: str, since_ns: i
     from homeiq_writer.settings import InfluxSettings  # noqa: PLC0415
 
     reader = InfluxReader(InfluxSettings(url=influx_url, api="v1", bucket="home_assistant_events"))
+    client = connect(redis_url)
     started = time.monotonic()
     try:
         async with ha_session(sim_url, TOKEN, 120, 4) as ha:
-            report = await audit(ha, reader, since_ns, time.time_ns())
+            report = await audit(ha, reader, since_ns, time.time_ns(), redis=client)  # what is queued is not missing
             if repair_too and not report.complete:
-                client = connect(redis_url)
-                try:
-                    report.repaired = await repair(ha, client, DEFAULT_NAMES, report)
-                finally:
-                    await client.aclose()
+                report.repaired = await repair(ha, client, DEFAULT_NAMES, report)
     finally:
+        await client.aclose()
         await reader.close()
     return {"entities": len(report.entities), "in_ha": report.total("in_ha"), "found": report.total("found"),
             "missing": report.total("missing"), "extra": report.total("extra"), "wrong": report.total("wrong"),

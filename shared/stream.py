@@ -44,6 +44,12 @@ class StreamNames(Settings, frozen=True, kw_only=True):
         return f"{self.stream}:collector:last_live_ns"
 
     @property
+    def collector_entities(self) -> str:
+        """Set: every entity id the collector has seen; a backfill asks the recorder for each (a removed entity's
+        rows stay there)."""
+        return f"{self.stream}:collector:entities"
+
+    @property
     def suspects(self) -> str:
         """Hash: replayer instance → the suspect entry it is reading now and until when (its crash marker)."""
         return f"{self.stream}:replayer:{self.group}:suspects"

@@ -32,7 +32,7 @@ def settings(ha_url: str, redis_url: str, spool_dir: Path, **changes: Any) -> Co
     base = CollectorSettings(
         ha_url=ha_url, redis_url=redis_url, names=DEFAULT_NAMES, connect_timeout_s=2, auth_timeout_s=0.5,
         command_timeout_s=5, ping_interval_s=0.3, ping_timeout_s=0.3, backoff_base_s=0.05, backoff_max_s=0.3,
-        spool_dir=str(spool_dir), backfill_delay_s=0.1, metrics_host="127.0.0.1", metrics_port=0,
+        spool_dir=str(spool_dir), metrics_host="127.0.0.1", metrics_port=0,
     )
     return msgspec.structs.replace(base, **changes).validate()
 
@@ -79,9 +79,9 @@ async def stream_events(client: aioredis.Redis) -> list[NormalisedEvent]:
 
 
 @contextlib.asynccontextmanager
-async def simulator(entity_count: int = 40) -> AsyncIterator[SimServer]:
-    """An ha-sim on a free port."""
-    sim = SimServer(Hub.create(entity_count, TOKEN))
+async def simulator(entity_count: int = 40, commit_interval_s: float = 5.0) -> AsyncIterator[SimServer]:
+    """An ha-sim on a free port; its recorder commits every `commit_interval_s`, as HA's does."""
+    sim = SimServer(Hub.create(entity_count, TOKEN, commit_interval_s=commit_interval_s))
     await sim.start()
     try:
         yield sim

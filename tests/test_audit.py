@@ -223,7 +223,7 @@ async def test_the_periodic_audit_exports_what_it_found_and_repairs_when_asked(
 
 async def committed(sim: SimServer) -> None:
     """Wait until HA's recorder has committed what it recorded (history shows nothing before its commit)."""
-    await wait_for(lambda: not getattr(sim.hub.recorder, "uncommitted", 0), 15, "the recorder's commit")
+    await wait_for(lambda: not sim.hub.recorder.uncommitted, 15, "the recorder's commit")
 
 
 async def _in_stream(client: aioredis.Redis, states: list[SentEvent]) -> bool:

@@ -34,10 +34,10 @@ async def test_exactly_one_entry_per_state_change_across_reconnects(
 ) -> None:
     async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path) as run:
         for connection in range(1, 5):
-            await wait_for(lambda n=connection: sim.hub.connects == n and sim.hub.subscribed, 10, "a subscription")
+            await wait_for(lambda n=connection: sim.hub.subscribes == n and sim.hub.subscribed, 10, "a subscription")
             await sim.hub.emit(200, rate_per_s=2000)
             sim.drop_connections()
-        await wait_for(lambda: sim.hub.connects == 5 and sim.hub.subscribed, 10, "the last subscription")
+        await wait_for(lambda: sim.hub.subscribes == 5 and sim.hub.subscribed, 10, "the last subscription")
         await sim.hub.emit(200, rate_per_s=2000)
         expected = state_keys(sim.hub)
 
@@ -49,7 +49,7 @@ async def test_exactly_one_entry_per_state_change_across_reconnects(
     counts = await stream_state_keys(redis_client)
     assert set(counts) == expected
     assert max(counts.values()) == 1, [k for k, n in counts.items() if n > 1][:5]
-    assert sim.hub.connects == 5 and run.collector.sessions == 5
+    assert sim.hub.subscribes == 5 and run.collector.sessions == 5
 
 
 async def test_ha_unreachable_for_10_s_is_backfilled_exactly_once(

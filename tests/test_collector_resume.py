@@ -44,7 +44,8 @@ async def test_a_restart_while_a_backfill_waits_still_backfills_the_gap(
     redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:
     async with simulator() as sim:
-        async with running_collector(sim, redis_server.url, tmp_path, backfill_delay_s=120) as first:
+        sim.hub.recorder.commit_interval_s = 3600  # a recorder that has not committed yet: the backfill waits
+        async with running_collector(sim, redis_server.url, tmp_path) as first:
             await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
             await sim.hub.emit(100, rate_per_s=500)
             await wait_for(lambda: first.metric("homeiq_events_published_total") == 100, 10, "the first 100")
@@ -52,11 +53,12 @@ async def test_a_restart_while_a_backfill_waits_still_backfills_the_gap(
             sim.drop_connections()
             await sim.hub.emit(30, rate_per_s=100)  # recorded by HA, received by nobody
             sim.hub.faults.refuse_connections = False
-            await wait_for(lambda: sim.hub.connects == 2 and sim.hub.subscribed, 10, "the reconnect")
+            await wait_for(lambda: sim.hub.subscribes == 2 and sim.hub.subscribed, 10, "the reconnect")
             await sim.hub.emit(300, rate_per_s=100)  # 3 s of live events: the watermark is saved meanwhile
             await wait_for(lambda: first.metric("homeiq_events_published_total") == 400, 10, "the live 300")
             assert first.collector.gap.pending_start_ns is not None  # the backfill still waits
-        async with running_collector(sim, redis_server.url, tmp_path, backfill_delay_s=0.1):
+        sim.hub.recorder.commit_interval_s = 0
+        async with running_collector(sim, redis_server.url, tmp_path):
             await every_change_once(redis_client, sim.hub)
 
 
@@ -90,7 +92,7 @@ async def test_a_killed_collector_backfills_without_republishing_what_is_in_the_
     stream, enriched with the registry of their time; publishing them again after a registry change would
     put them in a second series."""
     async with simulator() as sim:
-        env = {"HA_URL": sim.url, "HA_TOKEN": TOKEN, "REDIS_URL": redis_server.url, "HA_BACKFILL_DELAY_S": "0.1"}
+        env = {"HA_URL": sim.url, "HA_TOKEN": TOKEN, "REDIS_URL": redis_server.url, "HA_RECORDER_WAIT_S": "30"}
         moved = sim.hub.population.entities[0]
         emitting = asyncio.Event()
 

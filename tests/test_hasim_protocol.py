@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from homeiq_hasim.hub import Hub
+from homeiq_hasim.recorder import Recorded, Recorder
 from homeiq_hasim.runner import SimServer
 
 CAPTURES = Path(__file__).parent / "captures"
@@ -20,7 +21,7 @@ TOKEN = "sim-token"
 
 @pytest.fixture
 async def sim() -> AsyncIterator[SimServer]:
-    server = SimServer(Hub.create(entity_count=30, token=TOKEN))
+    server = SimServer(Hub.create(entity_count=30, token=TOKEN, commit_interval_s=0))  # the recorder's timing: below
     await server.start()
     yield server
     await server.stop()
@@ -172,3 +173,57 @@ async def test_times_are_raw_floats_rendered_as_ha_renders_them(
     assert live == [datetime.fromtimestamp(ts, UTC).isoformat() for ts in floats]
     off_by_one = sum(round(ts * 1e6) != s.last_updated_us for ts, s in zip(floats, sent, strict=True))
     assert off_by_one > 0  # sub-microsecond digits are really there, as in HA
+
+
+class FakeTimer:
+    """The recorder's timer clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_recorder_shows_a_state_only_from_its_next_commit_as_ha_s_does() -> None:
+    timer = FakeTimer()
+    recorder = Recorder(commit_interval_s=30, monotonic=timer)
+    timer.now += 29.0
+    recorder.record("sensor.a", Recorded("1", {}, 1.0, 1.0))
+    assert recorder.rows("sensor.a") == [] and recorder.uncommitted == 1
+    timer.now += 1.0  # the commit 30 s after the recorder started
+    assert [row.state for row in recorder.rows("sensor.a")] == ["1"]
+    timer.now += 0.1
+    recorder.record("sensor.a", Recorded("2", {}, 2.0, 2.0))
+    timer.now += 29.8
+    assert len(recorder.rows("sensor.a")) == 1
+    recorder.restart()  # HA's shutdown commits what the session holds; the timer starts over
+    assert len(recorder.rows("sensor.a")) == 2
+    recorder.record("sensor.a", Recorded("3", {}, 3.0, 3.0))
+    timer.now += 29.9
+    assert len(recorder.rows("sensor.a")) == 2
+
+
+async def test_history_follows_the_recorded_time_not_the_order_of_changes_when_ha_s_clock_steps_back() -> None:
+    hub = Hub.create(entity_count=3, token=TOKEN, commit_interval_s=0)
+    entity = hub.population.entities[0]
+    before = hub.fire_state_change(entity)
+    hub.clock_offset_s = -3600.0  # NTP steps HA's clock back an hour
+    after = hub.fire_state_change(entity)
+    assert after.last_updated < before.last_updated
+    rows = [row.last_updated for row in hub.recorder.rows(entity.entity_id)]
+    assert rows[-2:] == [before.last_updated, after.last_updated]  # stored in the order they happened
+    sim = SimServer(hub)
+    await sim.start()
+    try:
+        async with aiohttp.ClientSession() as http, http.ws_connect(sim.url) as ws:
+            await ws.receive_json()
+            await ws.send_json({"type": "auth", "access_token": TOKEN})
+            await ws.receive_json()
+            answer = await command(ws, {"id": 1, "type": "history/history_during_period",
+                                        "entity_ids": [entity.entity_id], "start_time": "2000-01-01T00:00:00+00:00",
+                                        "include_start_time_state": False, "significant_changes_only": False})
+    finally:
+        await sim.stop()
+    floats = [row["lu"] for row in answer["result"][entity.entity_id]]
+    assert floats == sorted(floats) and after.last_updated in floats and before.last_updated in floats

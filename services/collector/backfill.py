@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Final
 
 import msgspec
@@ -10,7 +11,7 @@ import msgspec
 from homeiq_collector.frames import UNDECODABLE
 from homeiq_collector.registry import Registry
 from homeiq_shared import events
-from homeiq_shared.times import float_ns, iso_ns
+from homeiq_shared.times import datetime_ns, float_ns, iso_ns
 
 
 class HistoryRow(msgspec.Struct):
@@ -22,16 +23,22 @@ class HistoryRow(msgspec.Struct):
     lc: float | None = None
 
 
-class EntityId(msgspec.Struct):
-    """The one field of a `get_states` entry backfill needs."""
+class CurrentState(msgspec.Struct):
+    """What the backfill needs of a `get_states` entry: which entity, and the time of its state."""
 
     entity_id: str
+    last_updated: datetime
 
 
 history_decoder = msgspec.json.Decoder(dict[str, list[HistoryRow]])
 _raw_history_decoder = msgspec.json.Decoder(dict[str, list[msgspec.Raw]])
 _row_decoder = msgspec.json.Decoder(HistoryRow)
-states_decoder = msgspec.json.Decoder(list[EntityId])
+states_decoder = msgspec.json.Decoder(list[CurrentState])
+
+
+def current_states(raw: bytes) -> dict[str, int]:
+    """A `get_states` answer as entity id → the time of its current state (ns, as a live event shows it)."""
+    return {state.entity_id: datetime_ns(state.last_updated) for state in states_decoder.decode(raw)}
 
 
 def decode_history(raw: bytes) -> tuple[dict[str, list[HistoryRow]], list[bytes]]:
@@ -58,17 +65,22 @@ def decode_history(raw: bytes) -> tuple[dict[str, list[HistoryRow]], list[bytes]
 QUERY_MARGIN_NS: Final = 1_000_000
 
 
-def history_command(entity_ids: list[str], start_ns: int) -> dict[str, object]:
-    """Every state change of the entities from `start_ns` until now, attribute-only changes included."""
-    return {
+def history_command(entity_ids: list[str], start_ns: int, end_ns: int | None = None, attributes: bool = True,
+                    ) -> dict[str, object]:
+    """Every state change of the entities from `start_ns` until `end_ns` (None: now), attribute-only changes
+    included; both ends a little wider, for the caller to cut exactly."""
+    command: dict[str, object] = {
         "type": "history/history_during_period",
         "start_time": iso_ns(start_ns - QUERY_MARGIN_NS),
         "entity_ids": entity_ids,
         "include_start_time_state": False,
         "significant_changes_only": False,
         "minimal_response": False,
-        "no_attributes": False,
+        "no_attributes": not attributes,
     }
+    if end_ns is not None:
+        command["end_time"] = iso_ns(end_ns + QUERY_MARGIN_NS)
+    return command
 
 
 def backfill_events(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from homeiq_collector.settings import CollectorSettings
 from homeiq_shared.binding import bind
 from homeiq_shared.cli import ServiceMain, console_app, run_service
-from homeiq_shared.settings import read_secret
+from homeiq_shared.ha_connection import read_ha_token
 
 app = console_app("Keep the Home Assistant WebSocket connection and XADD every event to the stream.")
 
@@ -24,6 +24,6 @@ def run(settings: CollectorSettings) -> None:
     def build() -> ServiceMain:
         rules = EntityFilter.from_settings(settings.entity_filter, settings.entity_filter_file,
                                            load_config(settings.config_path))
-        return Collector(settings, read_secret("HA_TOKEN"), rules).run
+        return Collector(settings, read_ha_token(), rules).run
 
     run_service("collector", settings, build)

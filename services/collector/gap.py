@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 MAX_SEEN: Final = 1_000_000  # past this, live keys are not recorded (a duplicate point is harmless)
+MAX_PROBES: Final = 64  # live states of distinct entities kept to see the recorder's progress
 
 
 class Watermark:
@@ -40,6 +41,19 @@ class GapTracker:
         self.pending_start_ns: int | None = None
         self.seen: set[tuple[str, int]] = set()
         self.resume_known = False  # the saved watermark has been read (or there is none to read)
+        # The first live state of each of a few entities since the subscription (entity id → its time): once the
+        # recorder's history holds one, it has committed everything HA fired before it, the gap included.
+        self.probes: dict[str, int] = {}
+
+    @property
+    def open(self) -> bool:
+        """A gap is waiting for its backfill, or a restart does not yet know where the last run stopped."""
+        return self.pending_start_ns is not None or not self.resume_known
+
+    def probe(self, entity_id: str, time_ns: int) -> None:
+        """A state arrived live (whether or not our filter keeps it: the recorder's progress is the point)."""
+        if self.open and len(self.probes) < MAX_PROBES and entity_id not in self.probes:
+            self.probes[entity_id] = time_ns
 
     def live(self, entity_id: str, time_ns: int) -> None:
         """A state change was published live."""
@@ -48,7 +62,7 @@ class GapTracker:
 
     def published(self, entity_id: str, time_ns: int) -> None:
         """A state is in the stream already: a backfill must not publish it again."""
-        if (self.pending_start_ns is not None or not self.resume_known) and len(self.seen) < MAX_SEEN:
+        if self.open and len(self.seen) < MAX_SEEN:
             self.seen.add((entity_id, time_ns))
 
     def resume(self, saved_ns: int | None) -> None:
@@ -61,11 +75,14 @@ class GapTracker:
 
     def begin(self) -> int | None:
         """Call before subscribing: the start of the time to backfill, or None when nothing is missing yet."""
+        self.probes = {}
         if self.last_live_ns:
             self._open(self.last_live_ns + 1000)  # the next microsecond
         return self.pending_start_ns
 
     def _open(self, start_ns: int) -> None:
+        if self.pending_start_ns is None:
+            self.probes = {}  # proof of the recorder's progress must come from after the gap
         if self.pending_start_ns is None or start_ns < self.pending_start_ns:
             self.pending_start_ns = start_ns
 

@@ -29,6 +29,11 @@ class HeartbeatTimeout(ConnectionLost):
     """No pong in time: the connection is presumed half-open."""
 
 
+class MessageTooBig(ConnectionLost):
+    """A message over the size limit (HA_MAX_MESSAGE_MB): aiohttp closed the socket (1009) without reading it, and
+    with it whatever HA had coalesced into that frame."""
+
+
 class AuthInvalid(Exception):
     """HA refused the token (`auth_invalid`)."""
 
@@ -135,6 +140,7 @@ class HAConnection:
 
     async def read_forever(self) -> None:
         """Route every frame until the socket ends; then fail whatever still waits and raise ConnectionLost."""
+        error: object = None
         try:
             async for message in self._ws:
                 if message.type is aiohttp.WSMsgType.TEXT:
@@ -144,10 +150,15 @@ class HAConnection:
                     await asyncio.sleep(0)
                 elif message.type is aiohttp.WSMsgType.BINARY:
                     self._reject("binary_frame", "binary frame ignored")
+                elif message.type is aiohttp.WSMsgType.ERROR:
+                    error = message.data
             reason = f"closed by server (code {self._ws.close_code})"
         except aiohttp.ClientError as exc:
             reason = f"{type(exc).__name__}: {exc}"
-        lost = ConnectionLost(reason)
+        if self._ws.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
+            lost: ConnectionLost = MessageTooBig(f"a message over the size limit: {error}")
+        else:
+            lost = ConnectionLost(reason)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(lost)

@@ -7,8 +7,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from homeiq_collector.session_end import DISCONNECT_LABELS
 from homeiq_shared.logs import Log, SampledLog
 
-DROP_REASONS = ("malformed_event", "backfill_malformed", "spool_full", "spool_write_failed", "shutdown_spool_full",
-                "shutdown_unpublished")
+DROP_REASONS = ("malformed_event", "backfill_malformed", "backfill_too_large", "spool_full", "spool_write_failed",
+                "shutdown_spool_full", "shutdown_unpublished")
 REJECT_REASONS = ("malformed_json", "unknown_type", "binary_frame", "unknown_subscription",
                   "unexpected_result", "unexpected_auth", "malformed_registry")
 
@@ -46,6 +46,13 @@ class CollectorMetrics:
                               registry=registry)
         self.backfilled = Counter("homeiq_events_backfilled_total",
                                   "Recorder states published after a reconnect (source=backfill).", registry=registry)
+        self.backfill_unconfirmed = Counter(
+            "homeiq_backfill_unconfirmed_total", "Backfills done after HA_RECORDER_WAIT_S without proof that HA's "
+            "recorder had committed the gap: states it committed later are missing (`replayer audit` finds them).",
+            registry=registry)
+        self.backfill_failures = Counter(
+            "homeiq_backfill_failures_total", "Backfills that could not read HA's recorder (tried again later; the "
+            "gap stays open).", registry=registry)
         self.gap_open = Gauge("homeiq_backfill_gap_open", "1 while a gap in what HA sent is not yet backfilled "
                               "(or a restarted collector does not yet know where it left off).", registry=registry)
         self.spooled = Counter("homeiq_events_spooled_total", "Events written to the disk spool.",

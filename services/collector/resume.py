@@ -17,6 +17,36 @@ log = Log(__name__)
 SCAN_PAGE: Final = 10_000
 
 
+class KnownEntities:
+    """Every entity id this collector has seen, kept in Redis: a backfill asks the recorder for each, so an entity
+    removed while no collector listened still has the states of its last moments backfilled."""
+
+    def __init__(self, client: aioredis.Redis, key: str) -> None:
+        self._redis, self._key = client, key
+        self.ids: set[str] = set()
+        self._unsaved: set[str] = set()
+
+    def saw(self, entity_id: str) -> None:
+        """Remember an entity id (the caller checked it is new: this is on the path of every event)."""
+        self.ids.add(entity_id)
+        self._unsaved.add(entity_id)
+
+    async def load(self) -> None:
+        """Add the ids an earlier run saw."""
+        stored: Any = await self._redis.smembers(self._key)
+        self.ids.update(entity_id.decode() for entity_id in stored)
+
+    async def save(self) -> None:
+        """Store the ids seen since the last save."""
+        if self._unsaved:
+            unsaved, self._unsaved = self._unsaved, set()
+            try:
+                await self._redis.sadd(self._key, *unsaved)
+            except BaseException:
+                self._unsaved |= unsaved
+                raise
+
+
 class ResumePoint:
     """Reads the saved watermark once (retried until Redis answers) and only then saves newer ones, so a
     collector that started while Redis was down never overwrites the point its downtime starts from."""

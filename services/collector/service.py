@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,15 +16,16 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from homeiq_collector import frames
-from homeiq_collector.backfill import backfill_events, decode_history, history_command, states_decoder
+from homeiq_collector.backfill import backfill_events, current_states
 from homeiq_collector.entity_filter import EntityRules
 from homeiq_collector.gap import GapTracker
-from homeiq_collector.ha_client import CommandFailed, ConnectionLost, HAConnection
+from homeiq_collector.ha_client import AuthInvalid, CommandFailed, ConnectionLost, FrameSocket, HAConnection
 from homeiq_collector.metrics import CollectorMetrics
 from homeiq_collector.normalise import PointTimes, normalise, normalise_state_changed
 from homeiq_collector.publisher import Publisher
+from homeiq_collector.recorder import History, Piece, RecorderReader
 from homeiq_collector.registry import Registry
-from homeiq_collector.resume import ResumePoint
+from homeiq_collector.resume import KnownEntities, ResumePoint
 from homeiq_collector.session_end import Stopped, why_ended
 from homeiq_collector.settings import CollectorSettings
 from homeiq_collector.spool import Spool
@@ -49,6 +50,15 @@ UNSUBSCRIBE_TIMEOUT_S = 2.0
 WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_close=2.0)
 REDIS_CHECK_S = 2.0
 AUTH_RETRY_CAP_S = 6 * 3600.0
+RECORDER_POLL_S = 1.0
+BACKFILL_RETRY_CAP_S = 300.0
+# What can go wrong with the backfill's own connection: it is retried later, and the live session goes on.
+RECORDER_FAILURES = (ConnectionLost, CommandFailed, AuthInvalid, TimeoutError, aiohttp.ClientError, OSError,
+                     *frames.UNDECODABLE)
+
+
+class BackfillFailed(Exception):
+    """The backfill could not read the recorder; the gap stays open and is tried again."""
 
 T = TypeVar("T")
 
@@ -74,6 +84,7 @@ class Collector:
         self.ha_registry = Registry()
         self.gap = GapTracker()
         self.resume = ResumePoint(self.redis, settings.names, self.gap, settings.backfill)
+        self.known = KnownEntities(self.redis, settings.names.collector_entities)
         self.metrics.gap_open.set_function(
             lambda: float(settings.backfill and (self.gap.pending_start_ns is not None or not self.gap.resume_known)))
         self._resumed = asyncio.Event()
@@ -126,8 +137,10 @@ class Collector:
                 await self.persistence.check(self.redis)  # until it holds, the publisher keeps events on disk
                 if not self._resumed.is_set():
                     await self.resume.read()
+                    await self.known.load()
                     self._resumed.set()
                 await self.resume.save(self._offered, self.publisher.settled)
+                await self.known.save()
             except (RedisError, OSError) as exc:
                 self.readiness.fail(READY_REDIS, describe_redis_error(self.settings.redis_url, exc))
             if self.resume.saved:
@@ -172,14 +185,18 @@ class Collector:
             log.warning("ha_disconnected", url=url, reason=reason, retry_in_s=round(delay_s, 2))
             await wait_or_stop(stop, delay_s)
 
+    async def _open_socket(self, http: aiohttp.ClientSession) -> FrameSocket:
+        s = self.settings
+        async with asyncio.timeout(s.connect_timeout_s):
+            # A close handshake behind megabytes of unread events would hold a stop for 10 s: 2 s is enough.
+            return await http.ws_connect(
+                s.ha_url, max_msg_size=s.max_message_mb * 1024 * 1024, autoping=True, heartbeat=None,
+                timeout=WS_TIMEOUT, ssl=self._tls or True, decode_text=False)
+
     async def _session(self, stop: asyncio.Event) -> None:
         s = self.settings
         async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(s.connect_timeout_s):
-                # A close handshake behind megabytes of unread events would hold a stop for 10 s: 2 s is enough.
-                ws = await unless_stopped(stop, http.ws_connect(
-                    s.ha_url, max_msg_size=s.max_message_mb * 1024 * 1024, autoping=True, heartbeat=None,
-                    timeout=WS_TIMEOUT, ssl=self._tls or True, decode_text=False))
+            ws = await unless_stopped(stop, self._open_socket(http))
             async with ws:
                 conn = HAConnection(ws, self.metrics)
                 version = await unless_stopped(stop, conn.authenticate(self._token, s.auth_timeout_s))
@@ -256,37 +273,100 @@ class Collector:
             await conn.ping(self.settings.ping_timeout_s)
 
     async def _backfills(self, conn: HAConnection) -> None:
-        """Close every open gap; a restart's own gap is known once Redis has told where the last run stopped."""
+        """Close every open gap; a restart's own gap is known once Redis has told where the last run stopped. A
+        recorder that cannot be read keeps the gap open (counted, logged) and is asked again later."""
         await self._resumed.wait()
+        backoff = Backoff(base_s=1.0, cap_s=BACKFILL_RETRY_CAP_S)
         while (start_ns := self.gap.pending_start_ns) is not None:
-            await self._backfill(conn, start_ns)
+            try:
+                await self._backfill(conn, start_ns)
+                backoff.reset()
+            except BackfillFailed as exc:
+                self.metrics.backfill_failures.inc()
+                delay_s = backoff.next_delay_s()
+                log.warning("backfill_failed", error=str(exc), since_ns=start_ns, retry_in_s=round(delay_s, 2))
+                await asyncio.sleep(delay_s)
 
     async def _backfill(self, conn: HAConnection, start_ns: int) -> None:
-        """Publish the recorder's states since the last live one that did not arrive live."""
+        """Once HA's recorder has committed the gap, publish its states since the last live one that did not arrive
+        live: of every entity HA has now and every one this collector has seen (one removed meanwhile too)."""
         s = self.settings
-        await asyncio.sleep(s.backfill_delay_s)  # let HA's recorder commit what happened before we subscribed
-        raw_states = await conn.command({"type": "get_states"}, s.command_timeout_s)
-        entity_ids = sorted(state.entity_id for state in states_decoder.decode(raw_states))
-        published = 0
-        for first in range(0, len(entity_ids), BACKFILL_CHUNK):
-            chunk = entity_ids[first:first + BACKFILL_CHUNK]
-            raw = await conn.command(history_command(chunk, start_ns), s.command_timeout_s)
-            try:
-                history, unreadable = decode_history(bytes(raw))
-            except frames.UNDECODABLE as exc:  # not even rows by entity: end the session, the next one retries
-                raise CommandFailed("history/history_during_period", "malformed_answer", str(exc)[:200]) from None
-            if unreadable:
-                self.metrics.dropped.labels("backfill_malformed").inc(len(unreadable))
-                self.metrics.log_sampled("backfill_malformed", "recorder states dropped: cannot be decoded",
-                                         dropped=len(unreadable), sample=unreadable[0][:200].decode(errors="replace"))
-            for event in backfill_events(history, self.ha_registry, start_ns, self.gap.seen):
-                if self._passes_filter(event):
-                    self._offered += 1
-                    await self.publisher.put(encode_event(event))
-                    published += 1
+        raw = await conn.command({"type": "get_states"}, s.command_timeout_s)
+        started = time.monotonic()
+        try:
+            current = current_states(bytes(raw))
+            async with RecorderReader(self._recorder_connection, s.command_timeout_s, self._too_large) as recorder:
+                confirmed = await self._recorder_committed(recorder, start_ns, current)
+                entity_ids = sorted(current.keys() | self.known.ids | self.ha_registry.entities.keys())
+                published = await self._publish_history(recorder, start_ns, entity_ids)
+        except RECORDER_FAILURES as exc:
+            raise BackfillFailed(f"{type(exc).__name__}: {exc}"[:300]) from None
         self.metrics.backfilled.inc(published)
         self.gap.end(start_ns)
-        log.info("backfill_done", events=published, entities=len(entity_ids), since_ns=start_ns)
+        if not confirmed:
+            self.metrics.backfill_unconfirmed.inc()
+            log.warning("backfill_unconfirmed", since_ns=start_ns, waited_s=s.recorder_wait_s,
+                        consequence="states the recorder commits later are not backfilled (`replayer audit` finds "
+                                    "them): it showed no state sent after the subscription, nor every current one")
+        log.info("backfill_done", events=published, entities=len(entity_ids), since_ns=start_ns, confirmed=confirmed,
+                 seconds=round(time.monotonic() - started, 2), splits=recorder.splits)
+
+    async def _recorder_committed(self, recorder: RecorderReader, start_ns: int, current: dict[str, int]) -> bool:
+        """Wait until the recorder holds every state of the gap: True then, False after HA_RECORDER_WAIT_S."""
+        deadline = time.monotonic() + self.settings.recorder_wait_s
+        asked = False
+        while True:
+            # With no live state yet, give one a moment to arrive: it is the cheaper proof in a busy home.
+            if (self.gap.probes or asked) and await recorder.has_committed(dict(self.gap.probes), current, start_ns):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(RECORDER_POLL_S)
+            asked = True
+
+    async def _publish_history(self, recorder: RecorderReader, start_ns: int, entity_ids: list[str]) -> int:
+        published = 0
+        for first in range(0, len(entity_ids), BACKFILL_CHUNK):
+            async for history, unreadable in recorder.pieces(entity_ids[first:first + BACKFILL_CHUNK], start_ns):
+                self._count_unreadable(unreadable)
+                published += await self._publish_rows(history, start_ns)
+        return published
+
+    async def _publish_rows(self, history: History, start_ns: int) -> int:
+        published = 0
+        for event in backfill_events(history, self.ha_registry, start_ns, self.gap.seen):
+            assert event.entity_id is not None  # a state change of a known entity
+            self.gap.published(event.entity_id, event.time_ns)  # a retry of this gap must not publish it twice
+            if self._passes_filter(event):
+                self._offered += 1
+                await self.publisher.put(encode_event(event))
+                published += 1
+        return published
+
+    def _count_unreadable(self, unreadable: list[bytes]) -> None:
+        if unreadable:
+            self.metrics.dropped.labels("backfill_malformed").inc(len(unreadable))
+            self.metrics.log_sampled("backfill_malformed", "recorder states dropped: cannot be decoded",
+                                     dropped=len(unreadable), sample=unreadable[0][:200].decode(errors="replace"))
+
+    def _too_large(self, piece: Piece, error: str) -> None:
+        """One entity's states of one millisecond do not fit in HA_MAX_MESSAGE_MB: they cannot be backfilled."""
+        self.metrics.dropped.labels("backfill_too_large").inc()
+        log.error("backfill_too_large", entity_ids=piece.entity_ids, start_ns=piece.start_ns, end_ns=piece.end_ns,
+                  error=error, consequence="the states of this millisecond are not backfilled: raise HA_MAX_MESSAGE_MB")
+
+    @contextlib.asynccontextmanager
+    async def _recorder_connection(self) -> AsyncIterator[HAConnection]:
+        """A connection of the backfill's own: an answer too large for one message closes it, not the live one."""
+        async with aiohttp.ClientSession() as http, await self._open_socket(http) as ws:
+            conn = HAConnection(ws, self.metrics)
+            await conn.authenticate(self._token, self.settings.auth_timeout_s)
+            reader = asyncio.create_task(conn.read_forever(), name="ha-recorder-reader")
+            try:
+                yield conn
+            finally:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
 
     def _passes_filter(self, event: NormalisedEvent) -> bool:
         if self._filter is None or self._filter.allows(event):
@@ -315,10 +395,16 @@ class Collector:
             if kind is not None:
                 self._stale.add(kind)
                 self._stale_changed.set()
+        entity_id = event.entity_id
+        if entity_id is not None:
+            if entity_id not in self.known.ids:
+                self.known.saw(entity_id)
+            if event.new_state is not None:
+                self.gap.probe(entity_id, event.time_ns)
         if self._filter is not None and not self._passes_filter(event):
             return None
-        if event.new_state is not None and event.entity_id is not None:
-            self.gap.live(event.entity_id, event.time_ns)
+        if event.new_state is not None and entity_id is not None:
+            self.gap.live(entity_id, event.time_ns)
         else:
             event = self.point_times.unique(event)
         payload = encode_event(event)

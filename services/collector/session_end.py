@@ -7,7 +7,7 @@ from typing import Final, NamedTuple
 
 import aiohttp
 
-from homeiq_collector.ha_client import AuthInvalid, CommandFailed, ConnectionLost, HeartbeatTimeout
+from homeiq_collector.ha_client import AuthInvalid, CommandFailed, ConnectionLost, HeartbeatTimeout, MessageTooBig
 
 
 class Stopped(Exception):
@@ -29,6 +29,8 @@ SESSION_ENDS: Final = (
     SessionEnd(Stopped, None, lambda _exc, _t: "stopping"),
     SessionEnd(AuthInvalid, "auth_invalid", lambda exc, _t: f"auth_invalid: {exc}"),
     SessionEnd(HeartbeatTimeout, "heartbeat", lambda exc, _t: str(exc)),
+    SessionEnd(MessageTooBig, "message_too_big", lambda exc, _t: f"{exc} (raise HA_MAX_MESSAGE_MB: the events in it "
+               "that have recorder history are backfilled, the others are lost)"),
     SessionEnd((ConnectionLost, CommandFailed), "closed", lambda exc, _t: str(exc)),
     SessionEnd(TimeoutError, "timeout", lambda _exc, timeout_s: f"no WebSocket within {timeout_s:g} s"),
     SessionEnd((aiohttp.ClientError, OSError), "error", lambda exc, _t: f"{type(exc).__name__}: {exc}"),

@@ -4,34 +4,13 @@ from __future__ import annotations
 
 import ssl
 from typing import Annotated
-from urllib.parse import urlsplit, urlunsplit
 
 from homeiq_collector.spool import POLICIES, Policy
+from homeiq_shared.ha_connection import DEFAULT_HA_URL, HaSslCaCert, HaUrl, HaVerifySsl, ha_tls
 from homeiq_shared.options import ConfigPath, MetricsPort, ServiceSettings
-from homeiq_shared.settings import (
-    Nested,
-    Var,
-    a_file_or_empty,
-    at_least,
-    check_url,
-    not_empty,
-    one_of,
-    positive,
-    ssl_context,
-)
+from homeiq_shared.settings import Nested, Var, at_least, not_empty, one_of, positive
 from homeiq_shared.stream import StreamNames
 
-
-def websocket_url(name: str, url: str) -> str:
-    """Accept HA's base URL or its WebSocket URL; return the ws(s)://…/api/websocket URL."""
-    check_url(name, url, ("ws", "wss", "http", "https"))
-    parts = urlsplit(url)
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    path = parts.path if parts.path.rstrip("/") else "/api/websocket"
-    return urlunsplit(parts._replace(scheme=scheme, path=path))
-
-
-HaUrl = Annotated[str, Var("HA_URL", "HA base URL or ws(s)://host:8123/api/websocket.", websocket_url)]
 HaCommandTimeout = Annotated[float, Var("HA_COMMAND_TIMEOUT_S", "Timeout of one command (registries, history), s.",
                                         positive)]
 EntityFilterJson = Annotated[str, Var(
@@ -43,7 +22,7 @@ EntityFilterFile = Annotated[str, Var(
 class CollectorSettings(ServiceSettings, frozen=True, kw_only=True):
     """Everything `collector run` needs; the token is read separately and never stored here."""
 
-    ha_url: HaUrl = "ws://127.0.0.1:8123/api/websocket"
+    ha_url: HaUrl = DEFAULT_HA_URL
     names: Annotated[StreamNames, Nested(only=("stream",))] = StreamNames()
     connect_timeout_s: Annotated[float, Var(
         "HA_CONNECT_TIMEOUT_S", "TCP + WebSocket handshake timeout, s.", positive)] = 10.0
@@ -73,14 +52,11 @@ class CollectorSettings(ServiceSettings, frozen=True, kw_only=True):
         "drops us and backfill covers recorded entities).", one_of(*POLICIES))] = "drop_oldest"
     backfill: Annotated[bool, Var(
         "HA_BACKFILL", "After a reconnect, publish the recorder's states of the gap.")] = True
-    backfill_delay_s: Annotated[float, Var(
-        "HA_BACKFILL_DELAY_S", "Wait before the backfill (recorder commit), s.", at_least(0))] = 2.0
-    verify_ssl: Annotated[bool, Var(
-        "HA_VERIFY_SSL", "With wss:// (https://): check HA's certificate and host name.",
-        flag="--ha-verify-ssl/--no-ha-verify-ssl")] = True
-    ssl_ca_cert: Annotated[str, Var(
-        "HA_SSL_CA_CERT", "With wss://: CA file that signs HA's certificate (instead of the system's).",
-        a_file_or_empty, flag="--ha-ssl-ca-cert")] = ""
+    recorder_wait_s: Annotated[float, Var(
+        "HA_RECORDER_WAIT_S", "Longest wait for HA's recorder to commit a gap before it is backfilled anyway (and "
+        "counted as unconfirmed); keep it above the recorder's commit_interval, s.", positive)] = 120.0
+    verify_ssl: HaVerifySsl = True
+    ssl_ca_cert: HaSslCaCert = ""
     config_path: ConfigPath = ""
     entity_filter: EntityFilterJson = ""
     entity_filter_file: EntityFilterFile = ""
@@ -88,6 +64,4 @@ class CollectorSettings(ServiceSettings, frozen=True, kw_only=True):
 
     def tls(self) -> ssl.SSLContext | None:
         """The TLS settings of a wss:// connection (None for ws://)."""
-        if not self.ha_url.startswith("wss:"):
-            return None
-        return ssl_context(self.verify_ssl, self.ssl_ca_cert)
+        return ha_tls(self.ha_url, self.verify_ssl, self.ssl_ca_cert)

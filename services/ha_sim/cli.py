@@ -25,6 +25,9 @@ class SimSettings(LogSettings, frozen=True, kw_only=True):
     seed: Annotated[int, Var("HA_SIM_SEED", "Seed of the population.")] = 1
     events: Annotated[int, Var(
         "HA_SIM_EVENTS", "Fire this many state_changed events, then only serve (0: until stopped).", at_least(0))] = 0
+    commit_interval_s: Annotated[float, Var(
+        "HA_SIM_RECORDER_COMMIT_INTERVAL_S", "The recorder's commit_interval: history shows a state from its next "
+        "commit on, s (0: at once).", at_least(0))] = 5.0
     record: Annotated[str, Var(
         "HA_SIM_RECORD", "After the last event, write every fired state here as JSON lines (entity_id, time_ns of its "
         "point, state): the ground truth of a test.")] = ""
@@ -45,7 +48,7 @@ def run(settings: SimSettings) -> None:
     entities, rate, events, record = s.entities, s.rate, s.events, s.record
 
     def build() -> ServiceMain:
-        hub = Hub.create(entities, read_secret("HA_TOKEN"), s.seed)
+        hub = Hub.create(entities, read_secret("HA_TOKEN"), s.seed, s.commit_interval_s)
         server = SimServer(hub, s.host, s.port)
 
         async def main(stop: asyncio.Event) -> None:

@@ -6,8 +6,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
-from homeiq_hasim.hub import HA_VERSION, MATCH_ALL, Hub, Recorded
+from homeiq_hasim.hub import HA_VERSION, MATCH_ALL, Hub
 from homeiq_hasim.messages import error_message, pong_message, result_message
+from homeiq_hasim.recorder import Recorded
 
 
 class Connection(Protocol):
@@ -50,6 +51,7 @@ def supported_features(conn: Connection, msg_id: int, message: dict[str, Any]) -
 def subscribe_events(conn: Connection, msg_id: int, message: dict[str, Any]) -> None:
     """`subscribe_events {event_type?}`: the subscription's id is this command's id."""
     conn.subscriptions[msg_id] = message.get("event_type") or MATCH_ALL
+    conn.hub.subscribes += 1
     conn.send(result_message(msg_id))
 
 
@@ -63,7 +65,7 @@ def unsubscribe_events(conn: Connection, msg_id: int, message: dict[str, Any]) -
 
 def get_states(conn: Connection, msg_id: int, _: dict[str, Any]) -> None:
     """`get_states`: every current state as `State.as_dict()`."""
-    conn.send(result_message(msg_id, [conn.hub.state_dict(e) for e in conn.hub.population.entities]))
+    conn.send(result_message(msg_id, [conn.hub.state_dict(e) for e in conn.hub.present]))
 
 
 def get_config(conn: Connection, msg_id: int, _: dict[str, Any]) -> None:
@@ -92,7 +94,7 @@ def entity_registry_list(conn: Connection, msg_id: int, _: dict[str, Any]) -> No
          "entity_id": e.entity_id, "has_entity_name": True, "hidden_by": None, "icon": None, "id": e.registry_id,
          "labels": [], "modified_at": 0.0, "name": None, "options": {}, "original_name": e.friendly_name,
          "platform": e.platform, "translation_key": None, "unique_id": e.registry_id[:16]}
-        for e in conn.hub.population.entities
+        for e in conn.hub.present
     ]))
 
 
@@ -137,7 +139,7 @@ def history_during_period(conn: Connection, msg_id: int, message: dict[str, Any]
                message.get("minimal_response", False), message.get("no_attributes", False))
     result = {}
     for entity_id in entity_ids:
-        rows = _history_rows(conn.hub.recorder.get(entity_id, []), entity_id, start_ts, end_ts, *options)
+        rows = _history_rows(conn.hub.recorder.rows(entity_id), entity_id, start_ts, end_ts, *options)
         if rows:
             result[entity_id] = rows
     conn.send(result_message(msg_id, result))
@@ -147,8 +149,10 @@ def _history_rows(
     recorded: list[Recorded], entity_id: str, start_ts: float, end_ts: float | None,
     include_start: bool, significant_only: bool, minimal: bool, no_attributes: bool,
 ) -> list[dict[str, Any]]:
-    """The recorder's query: `last_updated_ts > start` and `< end`, compared as the floats it stores."""
+    """The recorder's query: `last_updated_ts > start` and `< end`, compared as the floats it stores, in the order
+    of `last_updated_ts` (which a clock stepped back makes differ from the order of the changes)."""
     domain = entity_id.split(".", 1)[0]
+    recorded = sorted(recorded, key=lambda r: r.last_updated)
     before = [r for r in recorded if r.last_updated <= start_ts]
     window = [r for r in recorded if start_ts < r.last_updated and (end_ts is None or r.last_updated < end_ts)]
     if significant_only and domain not in SIGNIFICANT_DOMAINS:

@@ -22,6 +22,7 @@ from homeiq_hasim.messages import (
     ulid,
 )
 from homeiq_hasim.population import Entity, Population, build_population, next_state
+from homeiq_hasim.recorder import Recorded, Recorder
 
 HA_VERSION = "2025.11.2"
 MATCH_ALL = "*"
@@ -75,16 +76,6 @@ class Subscriber(Protocol):
 
 
 @dataclass
-class Recorded:
-    """One recorder row: HA stores the raw floats (`last_updated_ts`, `last_changed_ts`) as they are."""
-
-    state: str
-    attributes: dict[str, Any]
-    last_updated: float
-    last_changed: float
-
-
-@dataclass
 class Hub:
     """Everything a connection can ask for, and the event bus that feeds the subscriptions."""
 
@@ -93,28 +84,45 @@ class Hub:
     faults: Faults = field(default_factory=Faults)
     connections: set[Subscriber] = field(default_factory=set)
     sent: list[SentEvent] = field(default_factory=list)
-    recorder: dict[str, list[Recorded]] = field(default_factory=dict)
+    recorder: Recorder = field(default_factory=Recorder)
     rng: random.Random = field(default_factory=lambda: random.Random(7))
     clock: Callable[[], float] = now_ts  # the time of the next state change (a benchmark schedules them ahead)
+    clock_offset_s: float = 0.0  # HA's clock minus the real one: a host whose clock is off, or stepped by NTP
+    removed: set[str] = field(default_factory=set)  # entity ids removed from HA (the recorder keeps their rows)
     connects: int = 0
+    subscribes: int = 0  # `subscribe_events` answered: a collector's live sessions (its backfill has connections too)
     active: int = 0  # WebSocket connections open right now (authenticated or not)
     max_active: int = 0
 
     @classmethod
-    def create(cls, entity_count: int, token: str, seed: int = 1) -> Hub:
-        """A hub with `entity_count` entities, each with an initial recorded state."""
+    def create(cls, entity_count: int, token: str, seed: int = 1, commit_interval_s: float = 5.0) -> Hub:
+        """A hub with `entity_count` entities, each with an initial recorded state (committed), and a recorder that
+        commits every `commit_interval_s` as HA's does (5 s by default; 0: at once)."""
         hub = cls(population=build_population(entity_count, seed), token=token)
         start = now_ts()
         for entity in hub.population.entities:
             entity.last_changed = entity.last_updated = start
             entity.context = {"id": ulid(start), "parent_id": None, "user_id": None}
-            hub.recorder[entity.entity_id] = [Recorded(entity.state, entity.attributes, start, start)]
+            hub.recorder.record(entity.entity_id, Recorded(entity.state, entity.attributes, start, start))
+        hub.recorder.commit()
+        hub.recorder.commit_interval_s = commit_interval_s
         return hub
+
+    def now(self) -> float:
+        """HA's clock: the real one, off by `clock_offset_s`."""
+        return self.clock() + self.clock_offset_s
 
     @property
     def entities(self) -> dict[str, Entity]:
-        """Entities by entity_id."""
+        """Entities by entity_id, removed ones included (the ground truth still needs them)."""
         return {entity.entity_id: entity for entity in self.population.entities}
+
+    @property
+    def present(self) -> list[Entity]:
+        """The entities HA has now: `get_states` and the entity registry list these."""
+        if not self.removed:
+            return self.population.entities
+        return [entity for entity in self.population.entities if entity.entity_id not in self.removed]
 
     def state_dict(self, entity: Entity, last_changed: str | None = None, last_updated: str | None = None
                    ) -> dict[str, Any]:
@@ -134,14 +142,15 @@ class Hub:
         self, entity: Entity | None = None, forced: tuple[str, dict[str, Any]] | None = None
     ) -> SentEvent:
         """Change one entity's state and fire `state_changed` to every matching subscription."""
-        entity = entity or self.rng.choice(self.population.entities)
+        entity = entity or self.rng.choice(self.present)
         old = entity.shown or self.state_dict(entity)
         # HA serialises a State once (`as_dict_json`) and its next event's old_state reuses those bytes.
         old_json = entity.shown_json or msgspec.Raw(json_bytes(old))
         state, attributes = forced or next_state(entity, self.rng)
-        stamp = self.clock()
+        stamp = self.now()
         rendered, shown_us = render(stamp)
-        while shown_us <= (entity.shown_us or rendered_us(entity.last_updated)):  # one state per shown µs
+        # One state per shown µs (a clock stepped back may repeat an earlier one; HA's would not be this unlucky).
+        while shown_us == (entity.shown_us or rendered_us(entity.last_updated)):
             stamp += 1e-6
             rendered, shown_us = render(stamp)
         changed = state != entity.state
@@ -163,7 +172,7 @@ class Hub:
         record = SentEvent(entity.entity_id, state, attributes, stamp, entity.last_changed, old["state"],
                            entity.context["id"] or "")
         self.sent.append(record)
-        self.recorder[entity.entity_id].append(Recorded(state, attributes, stamp, entity.last_changed))
+        self.recorder.record(entity.entity_id, Recorded(state, attributes, stamp, entity.last_changed))
         return record
 
     def _context(self, entity: Entity, stamp: float) -> dict[str, str | None]:
@@ -191,6 +200,13 @@ class Hub:
         """Fire a state change to exactly `state` and `attributes` (for tests: huge or odd states)."""
         return self.fire_state_change(entity, forced=(state, attributes))
 
+    def remove_entity(self, entity: Entity) -> None:
+        """Remove the entity as HA does: `state_changed` with no new state; it leaves `get_states` and the registry,
+        and the recorder keeps its rows."""
+        self.removed.add(entity.entity_id)
+        old = msgspec.Raw(json_bytes(entity.shown or self.state_dict(entity)))
+        self.fire_event("state_changed", {"entity_id": entity.entity_id, "old_state": old, "new_state": None})
+
     def move_entity(self, entity: Entity, area_id: str) -> None:
         """Change the entity's area and fire `entity_registry_updated` as HA does: ids and `changes` only."""
         old_area = entity.area_id
@@ -204,7 +220,7 @@ class Hub:
 
     def fire_event(self, event_type: str, data: dict[str, Any]) -> tuple[str, float]:
         """Fire an event without a state of its own; its context id and the time it was fired."""
-        stamp = now_ts()
+        stamp = self.now()
         context_id = ulid(stamp)
         self.broadcast(event_type, {
             "event_type": event_type, "data": data, "origin": "LOCAL", "time_fired": iso(stamp),

@@ -19,7 +19,9 @@ class SimServer:
         self.url = ""
 
     async def start(self) -> str:
-        """Listen; returns the ws:// (wss:// with `tls`) URL of `/api/websocket`."""
+        """Listen (HA starting: its recorder's commit timer starts over); returns the ws:// (wss:// with `tls`) URL
+        of `/api/websocket`."""
+        self.hub.recorder.restart()
         self._runner = web.AppRunner(make_app(self.hub), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._tls)
@@ -34,8 +36,9 @@ class SimServer:
             connection.abort("dropped by the simulator")
 
     async def stop(self) -> None:
-        """Close every connection and stop listening."""
+        """Close every connection and stop listening; the recorder commits what it holds, as HA's does on shutdown."""
         self.drop_connections()
+        self.hub.recorder.commit()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

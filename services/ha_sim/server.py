@@ -21,7 +21,6 @@ AUTH_TIMEOUT_S = 10.0
 MAX_PENDING_MSG = 4096  # HA disconnects a client this far behind
 PENDING_MSG_PEAK = 1024  # … or one that stays above this for PENDING_MSG_PEAK_TIME_S
 PENDING_MSG_PEAK_TIME_S = 10.0
-MAX_COALESCE = 256
 _decode = msgspec.json.decode
 HUB = web.AppKey("hub", Hub)
 
@@ -77,7 +76,8 @@ class Connection:
                 frame = self._queue.popleft()
                 if self.coalesce and self._queue and not isinstance(frame, Standalone):
                     batch = [frame]
-                    while self._queue and len(batch) < MAX_COALESCE and not isinstance(self._queue[0], Standalone):
+                    # Everything queued goes in one frame, as HA's `_writer` sends it (a client behind gets a big one).
+                    while self._queue and not isinstance(self._queue[0], Standalone):
                         batch.append(self._queue.popleft())
                     if len(batch) > 1:
                         frame = b"[" + b",".join(batch) + b"]"

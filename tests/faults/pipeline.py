@@ -28,7 +28,7 @@ from tests.faults.truth import Row, Verdict, compare, record
 TOKEN = "fault-suite-token-5be1"
 DATABASE = "home_assistant_events"
 # Short enough for a suite that must finish in minutes, long enough to be realistic.
-FAST_ENV = {"HA_BACKFILL_DELAY_S": "0.5", "HA_PING_INTERVAL_S": "5", "HA_PING_TIMEOUT_S": "5",
+FAST_ENV = {"HA_PING_INTERVAL_S": "5", "HA_PING_TIMEOUT_S": "5",
             "HA_BACKOFF_BASE_S": "0.2", "HA_BACKOFF_MAX_S": "2", "REPLAYER_INTERVAL_S": "1",
             "REPLAYER_MIN_IDLE_MS": "5000", "WRITER_BLOCK_MS": "500", "INFLUXDB_TIMEOUT_S": "5",
             "LOG_FORMAT": "json", "METRICS_HOST": "127.0.0.1"}

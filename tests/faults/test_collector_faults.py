@@ -80,10 +80,12 @@ async def test_restarted_while_a_backfill_waits_and_started_while_redis_is_down_
             await asyncio.sleep(2)
             await pipeline.stop("collector")
             await asyncio.sleep(1)
-            pipeline.start("collector", env={"HA_BACKFILL_DELAY_S": "60"})  # its gap's backfill waits
+            pipeline.hub.recorder.commit_interval_s = 3600  # a recorder yet to commit: the gap's backfill waits
+            pipeline.start("collector")
             await asyncio.sleep(3)
             assert pipeline.gauge("collector", "homeiq_backfill_gap_open") == 1
             await pipeline.stop("collector")
+            pipeline.hub.recorder.commit_interval_s = 5
             pipeline.start("collector")
             await asyncio.sleep(3)
             await pipeline.stop("collector")

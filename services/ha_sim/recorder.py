@@ -1,0 +1,88 @@
+"""HA's recorder as history sees it: rows become visible only when the recorder commits its session.
+
+HA's recorder writes each state into a database session and commits it every `commit_interval` seconds (a
+timer from the recorder's start; 5 s by default, often 30 s on SD cards), or after every event when the
+interval is 0; on shutdown it commits what it holds (`recorder/core.py`: `_async_commit`, `_process_one_event`).
+`history/history_during_period` reads the database, so a state is invisible to it until the next commit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Recorded:
+    """One recorder row: HA stores the raw floats (`last_updated_ts`, `last_changed_ts`) as they are."""
+
+    state: str
+    attributes: dict[str, Any]
+    last_updated: float
+    last_changed: float
+
+
+class Recorder:
+    """Rows by entity, committed on HA's schedule; `monotonic` is the recorder's timer clock."""
+
+    def __init__(self, commit_interval_s: float = 5.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.commit_interval_s = commit_interval_s
+        self._monotonic = monotonic
+        self._started = monotonic()
+        self._committed: dict[str, list[Recorded]] = {}
+        self._session: list[tuple[float, str, Recorded]] = []  # recorded at (timer clock), entity, row
+
+    def record(self, entity_id: str, row: Recorded) -> None:
+        """Add a state to the open session (committed at once when the interval is 0)."""
+        if self.commit_interval_s <= 0:
+            self._committed.setdefault(entity_id, []).append(row)
+        else:
+            self._session.append((self._monotonic(), entity_id, row))
+
+    def rows(self, entity_id: str) -> list[Recorded]:
+        """What the database holds for `entity_id` now: every commit due so far has happened."""
+        self._commit_due()
+        return self._committed.get(entity_id, [])
+
+    @property
+    def entity_ids(self) -> list[str]:
+        """Every entity with a committed row."""
+        self._commit_due()
+        return list(self._committed)
+
+    @property
+    def uncommitted(self) -> int:
+        """Rows in the session, not yet visible to history."""
+        self._commit_due()
+        return len(self._session)
+
+    def commit(self) -> None:
+        """Commit the whole session now (HA does on shutdown)."""
+        self._commit_until(math.inf)
+
+    def restart(self) -> None:
+        """HA stopped (committing what it held) and started again: the commit timer starts over."""
+        self.commit()
+        self._started = self._monotonic()
+
+    def _commit_due(self) -> None:
+        if not self._session:
+            return
+        if self.commit_interval_s <= 0:  # the interval was changed to 0 by a test: what is due is everything
+            self.commit()
+            return
+        elapsed_s = self._monotonic() - self._started
+        last_commit = self._started + math.floor(elapsed_s / self.commit_interval_s) * self.commit_interval_s
+        self._commit_until(last_commit)
+
+    def _commit_until(self, moment: float) -> None:
+        committed = 0
+        for recorded_at, entity_id, row in self._session:
+            if recorded_at >= moment:  # recorded after that commit
+                break
+            self._committed.setdefault(entity_id, []).append(row)
+            committed += 1
+        del self._session[:committed]
