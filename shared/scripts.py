@@ -6,13 +6,19 @@ from __future__ import annotations
 
 from typing import Final
 
-# A batch of entries added in one call (all or none), each with the same version and its own event.
-# KEYS: stream. ARGV: version field, version, event field, event, event, ...
+# A batch of entries added in one call (all or none), each with the same version and its own event, and the id
+# of the last one kept in the same step: the tail. A caller that finds a tail other than the id it last got back
+# learns that Redis forgot what came after that tail (an older AOF, a failover to a replica that lagged).
+# KEYS: stream, tail. ARGV: the tail the caller expects ('' when it does not know), version field, version, event
+# field, event, event, ... Returns {the tail found (false: none), the id of the last entry added}.
 XADD_BATCH_SCRIPT: Final = """
-for i = 4, #ARGV do
-  redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2], ARGV[3], ARGV[i])
+local found = redis.call('GET', KEYS[2])
+local id
+for i = 5, #ARGV do
+  id = redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3], ARGV[4], ARGV[i])
 end
-return #ARGV - 3
+redis.call('SET', KEYS[2], id)
+return {found, id}
 """
 
 # Ack an entry and copy it to the dead-letter stream in one step; a second caller finds it acked and
@@ -67,9 +73,9 @@ end
 # claim or group creation can fall between the two. Each group needs its pending entries (ids >= its
 # oldest pending id) and what it has not been given yet (ids > its last-delivered id). A stream without
 # a group is never trimmed: nothing says what was written.
-# The entries a restarted collector reads back (from its watermark less a margin for clock skew) stay too:
-# without them it would publish again, with a newer registry, states that were already written.
-# KEYS: stream, the collector's watermark. ARGV: '1' for a dry run (compute only), the margin in ms.
+# The entries a restarted collector reads back (those after its resume id) stay too: without them it would
+# publish again, with a newer registry, states that were already written.
+# KEYS: stream, the collector's resume id. ARGV: '1' for a dry run (compute only).
 # Returns {cut id or false, removed, group, 'pending' | 'delivered' | 'resume' | 'no_stream' | 'no_group',
 # that id}.
 TRIM_SCRIPT: Final = _IDS + _FIELD + """
@@ -89,11 +95,10 @@ for _, group in ipairs(groups) do
     cut, why_group, why, why_id = needed, name, kind, id
   end
 end
-local watermark = redis.call('GET', KEYS[2])
-if watermark and #watermark > 6 then
-  local from_ms = tonumber(string.sub(watermark, 1, #watermark - 6)) - tonumber(ARGV[2])
-  local resume = string.format('%.0f', math.max(from_ms, 0)) .. '-0'
-  if id_lt(resume, cut) then cut, why_group, why, why_id = resume, '', 'resume', resume end
+local resume_from = redis.call('GET', KEYS[2])
+if resume_from and string.match(resume_from, '^%d+%-%d+$') then
+  local needed = successor(resume_from)
+  if id_lt(needed, cut) then cut, why_group, why, why_id = needed, '', 'resume', resume_from end
 end
 local removed = 0
 if ARGV[1] ~= '1' then removed = redis.call('XTRIM', KEYS[1], 'MINID', '=', cut) end

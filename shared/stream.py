@@ -44,6 +44,18 @@ class StreamNames(Settings, frozen=True, kw_only=True):
         return f"{self.stream}:collector:last_live_ns"
 
     @property
+    def resume_from(self) -> str:
+        """String: the stream id after which a restarted collector reads back the states it published past its
+        watermark (saved with it); trimming keeps everything after it. An id, so no clock is compared."""
+        return f"{self.stream}:collector:resume_from"
+
+    @property
+    def collector_tail(self) -> str:
+        """String: the id of the last entry the collector added, set in the same step as the XADDs: when it is not
+        the id the collector last got back, Redis has forgotten what came after it."""
+        return f"{self.stream}:collector:tail"
+
+    @property
     def collector_entities(self) -> str:
         """Set: every entity id the collector has seen; a backfill asks the recorder for each (a removed entity's
         rows stay there)."""
@@ -61,11 +73,6 @@ class StreamNames(Settings, frozen=True, kw_only=True):
 
 
 DEFAULT_NAMES: Final = StreamNames()
-
-# A restarted collector reads the stream back from its watermark to skip the states already there; stream ids
-# carry Redis's clock and state times HA's, so it starts this far earlier, and trimming keeps that much.
-RESUME_MARGIN_MS: Final = 30_000
-
 
 DEFAULT_SOCKET_TIMEOUT_S: Final = 15.0
 T = TypeVar("T")
@@ -158,9 +165,9 @@ def entry_fields(payload: bytes) -> dict[bytes, bytes]:
     return {FIELD_VERSION: PAYLOAD_VERSION.encode(), FIELD_EVENT: payload}
 
 
-def xadd_batch_args(payloads: list[bytes]) -> list[bytes]:
-    """The arguments of XADD_BATCH_SCRIPT for these payloads."""
-    return [FIELD_VERSION, PAYLOAD_VERSION.encode(), FIELD_EVENT, *payloads]
+def xadd_batch_args(expected_tail: bytes, payloads: list[bytes]) -> list[bytes]:
+    """The arguments of XADD_BATCH_SCRIPT for these payloads, after the entry id the caller added last (b"": none)."""
+    return [expected_tail, FIELD_VERSION, PAYLOAD_VERSION.encode(), FIELD_EVENT, *payloads]
 
 
 def dead_letter_fields(fields: list[bytes], reason: str, detail: str, original_id: bytes, consumer: str

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,40 @@ async def stream_events(client: aioredis.Redis) -> list[NormalisedEvent]:
     """Every event in the stream, decoded, in order."""
     entries = await client.xrange(DEFAULT_NAMES.stream)
     return [decode_event(fields[FIELD_EVENT]) for _, fields in entries]
+
+
+def sent_keys(hub: Hub) -> set[tuple[str, int]]:
+    """(entity, point time) of every state change the simulator fired."""
+    return {(sent.entity_id, sent.last_updated_us * 1000) for sent in hub.sent}
+
+
+async def stream_state_keys(client: aioredis.Redis) -> Counter[tuple[str, int]]:
+    """How often each state change is in the stream."""
+    return Counter((e.entity_id or "", e.time_ns) for e in await stream_events(client)
+                   if e.event_type == "state_changed" and e.new_state is not None)
+
+
+async def all_states_published(client: aioredis.Redis, hub: Hub, timeout_s: float = 30) -> Counter[tuple[str, int]]:
+    """Wait until the stream holds every state change fired (failing with how many are missing if it never does);
+    how often each is there."""
+
+    async def complete() -> bool:
+        return set(await stream_state_keys(client)) >= sent_keys(hub)
+
+    try:
+        await wait_for(complete, timeout_s, "every state change in the stream")
+    finally:
+        counts = await stream_state_keys(client)
+        missing = sent_keys(hub) - set(counts)
+        assert not missing, f"{len(missing)} of {len(hub.sent)} states missing"
+    return counts
+
+
+async def every_state_once(client: aioredis.Redis, hub: Hub, timeout_s: float = 30) -> None:
+    """Wait until the stream holds every state change fired; none may be there twice."""
+    counts = await all_states_published(client, hub, timeout_s)
+    twice = [key for key, n in counts.items() if n > 1]
+    assert not twice, f"{len(twice)} of {len(hub.sent)} states published twice, e.g. {twice[:3]}"
 
 
 @contextlib.asynccontextmanager

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq_hasim.hub import Hub
 from homeiq_local.services import InfluxServer, RedisServer
-from tests.collector_harness import running_collector, simulator, stream_events
+from tests.collector_harness import running_collector, sent_keys, simulator, stream_events, stream_state_keys
 from tests.helpers import wait_for
 from tests.writer_harness import running_writer, writer_settings
 
@@ -20,13 +19,6 @@ from tests.writer_harness import running_writer, writer_settings
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 
-def state_keys(hub: Hub) -> set[tuple[str, int]]:
-    return {(sent.entity_id, sent.last_updated_us * 1000) for sent in hub.sent}
-
-
-async def stream_state_keys(client: aioredis.Redis) -> Counter[tuple[str, int]]:
-    return Counter((e.entity_id or "", e.time_ns) for e in await stream_events(client)
-                   if e.event_type == "state_changed")
 
 
 async def test_exactly_one_entry_per_state_change_across_reconnects(
@@ -39,7 +31,7 @@ async def test_exactly_one_entry_per_state_change_across_reconnects(
             sim.drop_connections()
         await wait_for(lambda: sim.hub.subscribes == 5 and sim.hub.subscribed, 10, "the last subscription")
         await sim.hub.emit(200, rate_per_s=2000)
-        expected = state_keys(sim.hub)
+        expected = sent_keys(sim.hub)
 
         async def all_published() -> bool:
             return set(await stream_state_keys(redis_client)) >= expected
@@ -70,7 +62,7 @@ async def test_ha_unreachable_for_10_s_is_backfilled_exactly_once(
         assert run.metric("homeiq_events_backfilled_total") >= while_down
     points = influx.points(influx_db)
     keys = Counter((p["entity_id"], p["time"]) for p in points)
-    assert set(keys) == state_keys(sim.hub) and max(keys.values()) == 1
+    assert set(keys) == sent_keys(sim.hub) and max(keys.values()) == 1
     backfilled = [p for p in points if p["source"] == "backfill"]
     assert len(backfilled) >= while_down
     by_key = {(s.entity_id, s.last_updated_us * 1000): s for s in sim.hub.sent}
@@ -137,7 +129,7 @@ async def test_a_restarted_collector_backfills_the_time_it_was_down(
             await wait_for(lambda: sim.hub.subscribed, 10, "the second collector")
             await wait_for(lambda: second.metric("homeiq_events_backfilled_total") >= down, 20, "the backfill")
     counts = await stream_state_keys(redis_client)
-    assert set(counts) == state_keys(sim.hub) and max(counts.values()) == 1
+    assert set(counts) == sent_keys(sim.hub) and max(counts.values()) == 1
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ gap holds: nothing missed, nothing published twice."""
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,36 +13,14 @@ import redis.asyncio as aioredis
 from homeiq_hasim.hub import Hub
 from homeiq_hasim.runner import SimServer
 from homeiq_local.services import RedisServer
-from tests.collector_harness import Running, running_collector, simulator, stream_events
+from tests.collector_harness import Running, every_state_once, running_collector, simulator
 from tests.helpers import wait_for
 
 # Recorders committing every 30 s: up to a minute a test.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
-def sent_keys(hub: Hub) -> set[tuple[str, int]]:
-    return {(sent.entity_id, sent.last_updated_us * 1000) for sent in hub.sent}
 
-
-async def stream_state_keys(client: aioredis.Redis) -> Counter[tuple[str, int]]:
-    return Counter((e.entity_id or "", e.time_ns) for e in await stream_events(client)
-                   if e.event_type == "state_changed" and e.new_state is not None)
-
-
-async def assert_every_change_once(client: aioredis.Redis, hub: Hub, timeout_s: float) -> None:
-    """Wait until the stream holds every state change the simulator fired; none may be there twice."""
-
-    async def complete() -> bool:
-        return set(await stream_state_keys(client)) >= sent_keys(hub)
-
-    try:
-        await wait_for(complete, timeout_s, "every state change in the stream")
-    finally:
-        counts = await stream_state_keys(client)
-        missing = sent_keys(hub) - set(counts)
-        twice = [key for key, n in counts.items() if n > 1]
-        assert not missing and not twice, (f"{len(missing)} of {len(hub.sent)} states missing, "
-                                           f"{len(twice)} published twice")
 
 
 @pytest.mark.parametrize("commit_interval_s", [0, 5, 30])
@@ -59,7 +36,7 @@ async def test_a_restart_backfills_the_states_the_recorder_commits_after_it_subs
         async with running_collector(sim, redis_server.url, tmp_path) as second:
             await wait_for(lambda: sim.hub.subscribed, 10, "the second collector")
             await sim.hub.emit(int(commit_interval_s + 5) * 20, rate_per_s=20)  # a home goes on changing
-            await assert_every_change_once(redis_client, sim.hub, commit_interval_s + 15)
+            await every_state_once(redis_client, sim.hub, commit_interval_s + 15)
             assert second.metric("homeiq_backfill_unconfirmed_total") == 0
 
 
@@ -75,7 +52,7 @@ async def test_a_reconnect_backfills_what_the_recorder_commits_only_later(
         sim.hub.faults.refuse_connections = False
         await wait_for(lambda: sim.hub.subscribed, 10, "the reconnect")
         await sim.hub.emit(200, rate_per_s=20)
-        await assert_every_change_once(redis_client, sim.hub, 20)
+        await every_state_once(redis_client, sim.hub, 20)
         assert run.metric("homeiq_backfill_unconfirmed_total") == 0
 
 
@@ -91,7 +68,7 @@ async def test_an_idle_home_is_backfilled_once_the_recorder_commits(
             await wait_for(lambda: first.metric("homeiq_events_published_total") == 50, 10, "the first 50")
         await sim.hub.emit(100, rate_per_s=200)
         async with running_collector(sim, redis_server.url, tmp_path) as second:
-            await assert_every_change_once(redis_client, sim.hub, 20)
+            await every_state_once(redis_client, sim.hub, 20)
             assert second.metric("homeiq_backfill_unconfirmed_total") == 0
 
 
@@ -123,7 +100,7 @@ async def test_a_gap_larger_than_one_message_is_backfilled_in_pieces_and_the_liv
         sim.hub.faults.refuse_connections = False
         await wait_for(lambda: sim.hub.subscribed, 10, "the reconnect")
         await sim.hub.emit(60, rate_per_s=20)
-        await assert_every_change_once(redis_client, sim.hub, 60)
+        await every_state_once(redis_client, sim.hub, 60)
         assert sim.hub.subscribes == 2  # one drop, one resubscription: the backfill never closed the live connection
         assert run.metric("homeiq_events_dropped_total", reason="backfill_too_large") == 0
 
@@ -135,7 +112,7 @@ async def test_a_frame_over_the_message_limit_is_counted_and_its_states_are_back
         big_states(sim.hub, 900, 20_000)  # queued at once: HA coalesces them into one 18 MB frame
         await wait_for(lambda: sim.hub.subscribes == 2 and sim.hub.subscribed, 20, "the reconnect after the close")
         await sim.hub.emit(60, rate_per_s=20)
-        await assert_every_change_once(redis_client, sim.hub, 60)
+        await every_state_once(redis_client, sim.hub, 60)
         assert run.metric("homeiq_ha_disconnects_total", reason="message_too_big") == 1
 
 
@@ -156,4 +133,4 @@ async def test_an_entity_removed_while_no_collector_ran_has_its_last_states_back
         async with running_collector(sim, redis_server.url, tmp_path):
             await wait_for(lambda: sim.hub.subscribed, 10, "the second collector")
             await sim.hub.emit(60, rate_per_s=20)
-            await assert_every_change_once(redis_client, sim.hub, 30)
+            await every_state_once(redis_client, sim.hub, 30)

@@ -19,6 +19,7 @@ from homeiq_hasim import commands
 from homeiq_hasim.messages import Standalone
 from homeiq_local.services import RedisServer
 from homeiq_shared.health import Readiness
+from homeiq_shared.stream import StreamNames
 from tests.collector_harness import running_collector, simulator, stream_events
 from tests.helpers import wait_for
 
@@ -111,8 +112,9 @@ async def test_the_stop_marker_ends_the_last_batch_even_with_an_event_behind_it(
     redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:
     """Nothing is queued after close() today; were it, the marker must not reach the stream as an event."""
-    publisher = Publisher(redis_client, redis_server.url, "s", CollectorMetrics(CollectorRegistry()), Readiness(),
-                          Spool(tmp_path, max_bytes=1 << 20), "block", capacity=10, batch_max=10)
+    publisher = Publisher(redis_client, redis_server.url, StreamNames(stream="s"),
+                          CollectorMetrics(CollectorRegistry()), Readiness(), Spool(tmp_path, max_bytes=1 << 20),
+                          "block", capacity=10, batch_max=10)
     assert publisher.offer(b'{"first":1}')
     closing = asyncio.create_task(publisher.close(1.0))
     await asyncio.sleep(0)  # the marker is queued

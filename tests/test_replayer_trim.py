@@ -14,7 +14,6 @@ from homeiq_local.services import RedisServer
 from homeiq_replayer import operations
 from homeiq_shared.stream import (
     DEFAULT_NAMES,
-    RESUME_MARGIN_MS,
     connect,
     ensure_group,
     entry_fields,
@@ -51,20 +50,19 @@ async def test_trim_keeps_the_one_entry_in_flight(redis_client: aioredis.Redis) 
 
 
 async def test_trim_keeps_what_a_restarted_collector_reads_back(redis_client: aioredis.Redis) -> None:
-    """Written and acked, but newer than the collector's watermark less the margin: a restarted collector
-    must see these in the stream, or it publishes them again (with a newer registry: a second series)."""
+    """Written and acked, but after the id the collector reads back from: a restarted collector must see these
+    in the stream, or it publishes them again (with a newer registry: a second series)."""
     await ensure_group(redis_client, DEFAULT_NAMES)
     old = [await redis_client.xadd(STREAM, entry_fields(b"{}"), id=f"{ms}-0") for ms in (1000, 2000)]
     recent = [await redis_client.xadd(STREAM, entry_fields(b"{}"), id=f"{ms}-0") for ms in (40_000, 41_000, 50_000)]
     await redis_client.xreadgroup(GROUP, "w1", {STREAM: ">"}, count=10)
     await redis_client.xack(STREAM, GROUP, *old, *recent)  # every entry written
-    watermark_ms = 41_000 + RESUME_MARGIN_MS
-    await redis_client.set(DEFAULT_NAMES.watermark, watermark_ms * 1_000_000 + 123)
+    await redis_client.set(DEFAULT_NAMES.resume_from, recent[0])
 
     plan, removed = await operations.trim(redis_client, DEFAULT_NAMES)
-    assert removed == 3 and plan.min_id == "41000-0" and "restarted collector" in plan.reason
+    assert removed == 3 and plan.min_id == "40000-1" and "restarted collector" in plan.reason
     assert await stream_ids(redis_client) == recent[1:]
-    await redis_client.delete(DEFAULT_NAMES.watermark)  # no collector ever ran: only the groups decide
+    await redis_client.delete(DEFAULT_NAMES.resume_from)  # no collector ever ran: only the groups decide
     _, removed = await operations.trim(redis_client, DEFAULT_NAMES)
     assert removed == 2 and await stream_ids(redis_client) == []
 

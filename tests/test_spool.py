@@ -16,7 +16,7 @@ from homeiq_collector.publisher import Publisher
 from homeiq_collector.spool import Policy, Spool
 from homeiq_local.services import RedisServer, free_port
 from homeiq_shared.health import Readiness
-from homeiq_shared.stream import FIELD_EVENT
+from homeiq_shared.stream import FIELD_EVENT, StreamNames
 from tests.helpers import DelayProxy, value, wait_for
 
 
@@ -63,8 +63,8 @@ def start_publisher(tmp_path: Path, policy: Policy) -> tuple[Publisher, Collecto
     """A running publisher whose Redis is unreachable and whose spool holds about ten events."""
     client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
     metrics = CollectorMetrics(CollectorRegistry())
-    publisher = Publisher(client, "redis://down", "s", metrics, Readiness(), Spool(tmp_path, max_bytes=1100),
-                          policy, capacity=5, batch_max=2)
+    publisher = Publisher(client, "redis://down", StreamNames(stream="s"), metrics, Readiness(),
+                          Spool(tmp_path, max_bytes=1100), policy, capacity=5, batch_max=2)
     return publisher, metrics, asyncio.create_task(publisher.run())
 
 
@@ -135,7 +135,7 @@ async def test_drop_oldest_never_drops_what_the_drainer_is_publishing(tmp_path: 
     spool = Spool(tmp_path / "spool", max_bytes=3000, segment_bytes=600)
     spool.append([payload(n) for n in range(30)])  # left by an outage: the drainer starts on it at once
     metrics = CollectorMetrics(CollectorRegistry())
-    publisher = Publisher(client, "redis://slow", "s", metrics, Readiness(), spool, "drop_oldest",
+    publisher = Publisher(client, "redis://slow", StreamNames(stream="s"), metrics, Readiness(), spool, "drop_oldest",
                           capacity=5, batch_max=4)
     task = asyncio.create_task(publisher.run())
     try:
@@ -189,8 +189,8 @@ async def test_block_with_a_full_spool_and_redis_down_closes_within_its_bound_an
 async def test_a_batch_larger_than_the_whole_spool_is_kept_in_parts(policy: Policy, tmp_path: Path) -> None:
     client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
     metrics = CollectorMetrics(CollectorRegistry())
-    publisher = Publisher(client, "redis://down", "s", metrics, Readiness(), Spool(tmp_path, max_bytes=1100),
-                          policy, capacity=50, batch_max=20)
+    publisher = Publisher(client, "redis://down", StreamNames(stream="s"), metrics, Readiness(),
+                          Spool(tmp_path, max_bytes=1100), policy, capacity=50, batch_max=20)
     task = asyncio.create_task(publisher.run())
     try:
         for n in range(15):  # ~1,560 bytes, taken as one batch: more than the spool holds

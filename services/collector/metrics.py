@@ -8,7 +8,7 @@ from homeiq_collector.session_end import DISCONNECT_LABELS
 from homeiq_shared.logs import Log, SampledLog
 
 DROP_REASONS = ("malformed_event", "backfill_malformed", "backfill_too_large", "spool_full", "spool_write_failed",
-                "shutdown_spool_full", "shutdown_unpublished")
+                "shutdown_spool_full", "shutdown_unpublished", "redis_forgot")
 REJECT_REASONS = ("malformed_json", "unknown_type", "binary_frame", "unknown_subscription",
                   "unexpected_result", "unexpected_auth", "malformed_registry")
 
@@ -53,6 +53,22 @@ class CollectorMetrics:
         self.backfill_failures = Counter(
             "homeiq_backfill_failures_total", "Backfills that could not read HA's recorder (tried again later; the "
             "gap stays open).", registry=registry)
+        self.redis_forgot = Counter(
+            "homeiq_redis_forgot_total", "Times Redis was found without entries it had acknowledged (an older AOF, "
+            "a lagging replica promoted): the gap is backfilled, other events of it counted as dropped.",
+            registry=registry)
+        self.ha_clock_offset = Gauge(
+            "homeiq_ha_clock_offset_seconds", "HA's clock minus the collector's, from live state times (less the "
+            "shortest latency of the last 10 min); points carry HA's time.", registry=registry)
+        self.redis_clock_offset = Gauge("homeiq_redis_clock_offset_seconds",
+                                        "Redis's clock minus the collector's (stream ids carry Redis's).",
+                                        registry=registry)
+        self.ha_clock_steps = Counter("homeiq_ha_clock_steps_total", "Times HA's clock went back, or jumped ahead "
+                                      "(by more than a minute), as its state times show.", ["direction"],
+                                      registry=registry)
+        self.ha_clock_outliers = Counter(
+            "homeiq_ha_clock_outliers_total", "Live states stamped over a minute ahead of HA's clock as measured: "
+            "published, but they do not move the watermark.", registry=registry)
         self.gap_open = Gauge("homeiq_backfill_gap_open", "1 while a gap in what HA sent is not yet backfilled "
                               "(or a restarted collector does not yet know where it left off).", registry=registry)
         self.spooled = Counter("homeiq_events_spooled_total", "Events written to the disk spool.",
@@ -68,6 +84,8 @@ class CollectorMetrics:
             self.dropped.labels(reason)
         for reason in REJECT_REASONS:
             self.frames_rejected.labels(reason)
+        for direction in ("back", "ahead"):
+            self.ha_clock_steps.labels(direction)
         for label in DISCONNECT_LABELS:
             self.disconnects.labels(label)
         self._sampled = SampledLog(Log("homeiq_collector.frames"))

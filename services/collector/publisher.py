@@ -22,7 +22,7 @@ from homeiq_shared.backoff import Backoff
 from homeiq_shared.health import READY_REDIS, Readiness
 from homeiq_shared.logs import Log
 from homeiq_shared.scripts import XADD_BATCH_SCRIPT
-from homeiq_shared.stream import describe_redis_error, xadd_batch_args
+from homeiq_shared.stream import StreamNames, describe_redis_error, xadd_batch_args
 
 log = Log(__name__)
 
@@ -30,6 +30,49 @@ READY_SPOOL = "spool"
 REDIS_RECHECK_S = 0.5
 LINGER_S = 0.005
 _STOP = b"\x00"  # queued by close(); an event payload is a JSON object, never this
+# An encoded state change starts so (msgspec writes a Struct's fields in order); one with no new state (a removal)
+# has no `new_state`.
+_STATE_CHANGE = b'{"event_type":"state_changed",'
+_NEW_STATE = b'"new_state":'
+UNRECOVERABLE_BATCHES = 20_000
+
+
+def recoverable(payload: bytes) -> bool:
+    """Whether HA's recorder keeps this event (a state change with a new state) for a backfill to bring back."""
+    return payload.startswith(_STATE_CHANGE) and _NEW_STATE in payload
+
+
+def _id(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+class UnrecoverableLog:
+    """For each recent batch with events no backfill can bring back (service calls, automation triggers, removals),
+    its last id and how many: what is lost when Redis forgets the entries after an id."""
+
+    def __init__(self) -> None:
+        self._batches: collections.deque[tuple[tuple[int, int], int]] = collections.deque(maxlen=UNRECOVERABLE_BATCHES)
+        self._since: tuple[int, int] | None = None  # the first id remembered (older ones fell out)
+
+    def added(self, last_id: bytes, batch: list[bytes]) -> None:
+        """A batch ending at `last_id` is in Redis."""
+        entry_id = _id(last_id)
+        if self._since is None:
+            self._since = entry_id
+        count = sum(1 for payload in batch if not recoverable(payload))
+        if count:
+            if len(self._batches) == self._batches.maxlen:
+                self._since = self._batches[0][0]
+            self._batches.append((entry_id, count))
+
+    def after(self, kept: bytes | None) -> tuple[int, bool]:
+        """How many such events came after id `kept` (None: all remembered), and whether that is all of them."""
+        kept_id = _id(kept) if kept else (0, 0)
+        lost = sum(count for entry_id, count in self._batches if entry_id > kept_id)
+        self._batches = collections.deque(((i, c) for i, c in self._batches if i <= kept_id),
+                                          maxlen=UNRECOVERABLE_BATCHES)
+        return lost, self._since is not None and kept_id >= self._since
 
 
 class Buffer:
@@ -75,6 +118,10 @@ class Buffer:
             await self._filled.wait()
         return self.take_ready(most)
 
+    def items(self) -> list[bytes]:
+        """What is buffered, oldest first (the stop marker left out)."""
+        return [item for item in self._items if item is not _STOP]
+
     def take_ready(self, most: int) -> list[bytes]:
         """The oldest items there are, at most `most`, without waiting; `_STOP` ends a batch."""
         items, batch = self._items, []
@@ -90,14 +137,19 @@ class Publisher:
     """`put()` never touches Redis; `run()` XADDs what is buffered, or spools it while Redis is away."""
 
     def __init__(
-        self, client: aioredis.Redis, redis_url: str, stream: str, metrics: CollectorMetrics,
+        self, client: aioredis.Redis, redis_url: str, names: StreamNames, metrics: CollectorMetrics,
         readiness: Readiness, spool: Spool, policy: Policy, capacity: int = 2_000, batch_max: int = 1_000,
-        durable: Callable[[], bool] = lambda: True,
+        durable: Callable[[], bool] = lambda: True, forgotten: Callable[[], None] = lambda: None,
     ) -> None:
-        self._redis, self._redis_url, self._stream = client, redis_url, stream.encode()
+        self._redis, self._redis_url = client, redis_url
+        self._keys = [names.stream.encode(), names.collector_tail.encode()]
         self._metrics, self._readiness = metrics, readiness
         self._spool, self._policy = spool, policy
         self._durable = durable  # False while Redis would forget what it is given: keep events on disk then
+        self._forgotten = forgotten  # Redis lost entries it had acknowledged: where we left off must be read again
+        self.tail_id: bytes | None = None  # the id of the last entry added (None: none by this process yet)
+        self._unrecoverable = UnrecoverableLog()
+        self._in_flight_batch: list[bytes] = []
         self._spool_lock = asyncio.Lock()
         self._spool_ready = asyncio.Event()
         # One EVALSHA per batch instead of one pipelined command per event: a third of the CPU per event.
@@ -159,6 +211,7 @@ class Publisher:
                 self._stop_taken = True
                 batch.pop()
             self._in_flight = len(batch)
+            self._in_flight_batch = batch
             if not batch:
                 self._flushed.set()
                 return
@@ -170,6 +223,7 @@ class Publisher:
             self.settled += len(batch)  # in Redis, in the spool, or counted as dropped: no longer only in memory
             self._progress.set()
             self._in_flight = 0
+            self._in_flight_batch = []
             self._update_idle()
             if closing:
                 self._flushed.set()
@@ -179,7 +233,7 @@ class Publisher:
         """XADD the whole batch in one script call (atomic: all or none); False when Redis failed."""
         started = time.perf_counter()
         try:
-            await self._xadd_batch(keys=[self._stream], args=xadd_batch_args(batch))
+            found, last_id = await self._xadd_batch(keys=self._keys, args=xadd_batch_args(self.tail_id or b"", batch))
         except (RedisError, OSError) as exc:
             message = describe_redis_error(self._redis_url, exc)
             self._readiness.fail(READY_REDIS, message)
@@ -188,6 +242,9 @@ class Publisher:
                 self._redis_down_logged = True
             return False
         self._metrics.publish_seconds.observe(time.perf_counter() - started)
+        self.check_tail(found)
+        self.tail_id = last_id
+        self._unrecoverable.added(last_id, batch)
         self._readiness.ok(READY_REDIS)
         if self._redis_down_logged:
             log.info("redis_available")
@@ -285,6 +342,25 @@ class Publisher:
             self._metrics.published.inc(len(chunk.records))
             if not self._spool:
                 log.info("spool_drained")
+
+    def check_tail(self, found: bytes | None) -> None:
+        """`found`: the tail Redis holds. Older than the id we last got back (or gone), Redis forgot the entries
+        after it: count the events among them that no backfill can bring back, and have the gap reopened."""
+        if self.tail_id is None or found == self.tail_id or (found is not None and _id(found) > _id(self.tail_id)):
+            return  # first batch of this process, as expected, or a batch of ours in flight went further
+        lost, known = self._unrecoverable.after(found)
+        self.tail_id = found
+        self._metrics.redis_forgot.inc()
+        self._metrics.dropped.labels("redis_forgot").inc(lost)
+        log.error("redis_forgot", kept_up_to=(found or b"nothing").decode(), events_lost=lost, extent_known=known,
+                  consequence="state changes are backfilled from the recorder; these other events are lost")
+        self._forgotten()
+
+    async def held(self) -> list[bytes]:
+        """The events given to us that Redis does not hold yet: the spool, the batch in flight, the buffer."""
+        async with self._spool_lock:
+            spooled = await asyncio.to_thread(self._spool.undrained)
+        return [*spooled, *self._in_flight_batch, *self._queue.items()]
 
     async def progressed(self, timeout_s: float) -> None:
         """Wait until another batch settles, or `timeout_s`."""

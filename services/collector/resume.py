@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 import msgspec
 import redis.asyncio as aioredis
 
-from homeiq_collector.gap import GapTracker, Watermark
+from homeiq_collector.gap import GapTracker, Key, Watermark
 from homeiq_shared.events import decode_event
 from homeiq_shared.logs import Log
-from homeiq_shared.stream import FIELD_EVENT, RESUME_MARGIN_MS, StreamNames
+from homeiq_shared.stream import FIELD_EVENT, StreamNames
 
 log = Log(__name__)
 
@@ -48,55 +50,84 @@ class KnownEntities:
 
 
 class ResumePoint:
-    """Reads the saved watermark once (retried until Redis answers) and only then saves newer ones, so a
-    collector that started while Redis was down never overwrites the point its downtime starts from."""
+    """Reads the saved watermark (retried until Redis answers; again after Redis forgot what it had acknowledged)
+    and only then saves newer ones, so a collector that started while Redis was down never overwrites the point its
+    downtime starts from. `held` gives the events the publisher holds and Redis does not yet (spool, buffer)."""
 
-    def __init__(self, client: aioredis.Redis, names: StreamNames, gap: GapTracker, enabled: bool) -> None:
-        self._redis, self._names, self._gap, self._enabled = client, names, gap, enabled
-        self._key = names.watermark
+    def __init__(self, client: aioredis.Redis, names: StreamNames, gap: GapTracker, enabled: bool,
+                 held: Callable[[], Awaitable[list[bytes]]]) -> None:
+        self._redis, self._names, self._gap, self._enabled, self._held = client, names, gap, enabled, held
         self.watermark = Watermark()
-        self._saved_ns = 0
+        self._read_from = b""  # the resume id read at start: where a mark made before our first XADD reads back
+        self._saved: tuple[int, bytes] = (0, b"")
 
-    async def read(self) -> None:
-        """Learn where the last run left off and which later states the stream already holds (a killed
-        collector's watermark can be seconds old): the backfill starts there and skips those."""
-        saved = await self._redis.get(self._key) if self._enabled else None
-        saved_ns = int(saved) if saved else 0
+    async def read(self, fallback_ns: int = 0) -> None:
+        """Learn where the last run left off and which later states Redis or our spool already holds (a killed
+        collector's watermark can be seconds old): the backfill starts there and skips those. `fallback_ns`: where
+        to start when Redis holds no watermark although this process saved one (Redis lost it)."""
+        stored: Any = (await self._redis.mget(self._names.watermark, self._names.resume_from) if self._enabled
+                       else (None, None))
+        saved_ns = int(stored[0]) if stored[0] else 0
+        if not saved_ns and self.saved and fallback_ns:
+            log.error("watermark_lost", backfill_from_ns=fallback_ns,
+                      consequence="Redis lost the watermark too: states before this process's first are not backfilled")
+            saved_ns = fallback_ns
+        self._read_from = stored[1] or b""
+        self.watermark = Watermark(saved_ns, self._read_from)
+        self._saved = (saved_ns, self._read_from)
         if saved_ns:
-            for entity_id, time_ns in await self._states_after(saved_ns):
+            # What the publisher holds first, then the stream: an entry it hands over in between is in the stream by
+            # the time the stream is read.
+            keys = await asyncio.to_thread(state_keys, await self._held())
+            keys += await self._stream_states_after(self._read_from)
+            for entity_id, time_ns in keys:
                 self._gap.published(entity_id, time_ns)
-            self.watermark.durable_ns = self._saved_ns = saved_ns
-            log.info("resuming", backfill_from_ns=saved_ns, already_in_stream=len(self._gap.seen))
-        self._gap.resume(saved_ns or None)
+            log.info("resuming", backfill_from_ns=saved_ns, read_back_after=self._read_from.decode() or "the start",
+                     already_published=len(keys))
+        self._gap.resume(saved_ns or None, self._read_from)
 
-    async def _states_after(self, saved_ns: int) -> list[tuple[str, int]]:
-        found: list[tuple[str, int]] = []
-        start = f"{max(0, saved_ns // 1_000_000 - RESUME_MARGIN_MS)}-0"
+    async def _stream_states_after(self, resume_from: bytes) -> list[Key]:
+        found: list[Key] = []
+        start = b"(" + resume_from if resume_from else b"-"
         while True:
             page: Any = await self._redis.xrange(self._names.stream, start, "+", count=SCAN_PAGE)
-            for _, fields in page:
-                try:
-                    event = decode_event(fields[FIELD_EVENT])
-                except (KeyError, msgspec.DecodeError):
-                    continue  # not ours to judge here: the writers dead-letter it
-                if event.new_state is not None and event.entity_id and event.time_ns > saved_ns:
-                    found.append((event.entity_id, event.time_ns))
+            found += state_keys(fields.get(FIELD_EVENT, b"") for _, fields in page)
             if len(page) < SCAN_PAGE:
                 return found
-            start = "(" + page[-1][0].decode()
+            start = b"(" + page[-1][0]
+
+    def tail_or_read(self, tail: bytes | None) -> bytes:
+        """The id after which events offered from now on are: the last one added, or (none added by this process
+        yet) the one read back from at start."""
+        return tail or self._read_from
 
     @property
     def saved(self) -> bool:
         """Whether Redis holds a watermark of this collector (read at start, or saved since)."""
-        return self._saved_ns > 0
+        return self._saved[0] > 0
 
-    async def save(self, offered: int, settled: int) -> None:
-        """Store the newest live state time whose event, and every one before it, is durable; never past
-        a gap whose backfill has not completed, and never before the saved one was read."""
+    async def save(self, offered: int, settled: int, tail: bytes | None) -> None:
+        """Store the last live state time whose event, and every one before it, is durable, with the id of the
+        last entry added before it was reached (`tail`: None while this process added none); never past a gap whose
+        backfill has not completed, and never before the saved one was read."""
         if not self._gap.resume_known:
             return
-        self.watermark.mark(offered, self._gap.durable_until(self._gap.last_live_ns))
-        durable_ns = self.watermark.advance(settled)
-        if durable_ns > self._saved_ns:
-            await self._redis.set(self._key, durable_ns)
-            self._saved_ns = durable_ns
+        self.watermark.mark(offered, *self._gap.durable_until(self._gap.last_live_ns, self.tail_or_read(tail)))
+        durable = self.watermark.advance(settled)
+        if durable[0] and durable != self._saved:
+            await self._redis.mset({self._names.watermark: durable[0], self._names.resume_from: durable[1]})
+            self._saved = durable
+
+
+def state_keys(payloads: Iterable[bytes]) -> list[Key]:
+    """The (entity, time) of every state change among encoded events; what cannot be decoded is not ours to judge
+    here (the writers dead-letter it)."""
+    found: list[Key] = []
+    for payload in payloads:
+        try:
+            event = decode_event(payload)
+        except msgspec.DecodeError:
+            continue
+        if event.new_state is not None and event.entity_id:
+            found.append((event.entity_id, event.time_ns))
+    return found

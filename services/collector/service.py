@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from homeiq_collector import frames
 from homeiq_collector.backfill import backfill_events, current_states
+from homeiq_collector.clock import Finding, HaClock
 from homeiq_collector.entity_filter import EntityRules
 from homeiq_collector.gap import GapTracker
 from homeiq_collector.ha_client import AuthInvalid, CommandFailed, ConnectionLost, FrameSocket, HAConnection
@@ -78,16 +79,21 @@ class Collector:
         self.metrics.spool_max_bytes.set(spool.max_bytes)
         self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness,
                                             self.metrics_registry)
-        self.publisher = Publisher(self.redis, settings.redis_url, settings.names.stream, self.metrics,
+        self.publisher = Publisher(self.redis, settings.redis_url, settings.names, self.metrics,
                                    self.readiness, spool, settings.spool_policy, settings.buffer_events,
-                                   settings.publish_batch, durable=lambda: self.persistence.ok)
+                                   settings.publish_batch, durable=lambda: self.persistence.ok,
+                                   forgotten=self._redis_forgot)
         self.ha_registry = Registry()
         self.gap = GapTracker()
-        self.resume = ResumePoint(self.redis, settings.names, self.gap, settings.backfill)
+        self.ha_clock = HaClock(self._clock_finding)
+        self.metrics.ha_clock_offset.set_function(lambda: (self.ha_clock.offset_ns or 0) / 1e9)
+        self._first_live_ns = 0  # the first trusted live state of this process: the oldest time it can vouch for
+        self.resume = ResumePoint(self.redis, settings.names, self.gap, settings.backfill, self.publisher.held)
         self.known = KnownEntities(self.redis, settings.names.collector_entities)
         self.metrics.gap_open.set_function(
             lambda: float(settings.backfill and (self.gap.pending_start_ns is not None or not self.gap.resume_known)))
         self._resumed = asyncio.Event()
+        self._gap_opened = asyncio.Event()
         self.point_times = PointTimes()
         self._offered = 0
         self._auth_failures = 0
@@ -121,7 +127,7 @@ class Collector:
                 self.metrics.dropped.labels("shutdown_unpublished").inc(unpublished)
                 log.error("events_unpublished_at_exit", events=unpublished)
             with contextlib.suppress(RedisError, OSError):
-                await self.resume.save(self._offered, self.publisher.settled)
+                await self.resume.save(self._offered, self.publisher.settled, self.publisher.tail_id)
             await self.redis.aclose()
             await self.health.stop()
             log.info("collector_stopped", unpublished=unpublished, spooled=self.publisher.pending,
@@ -129,17 +135,22 @@ class Collector:
 
     async def _watch_redis(self) -> None:
         """Readiness needs Redis even while no event flows: PING it now and then. The first answer tells
-        where the last run left off (however long Redis takes to come); after that, save the watermark."""
+        where the last run left off (however long Redis takes to come); after that, save the watermark, and see
+        that Redis still holds what it acknowledged (else learn again where we left off)."""
         while True:
             try:
-                await self.redis.ping()
+                await self._measure_redis_clock()
                 self.readiness.ok(READY_REDIS)
                 await self.persistence.check(self.redis)  # until it holds, the publisher keeps events on disk
+                if self._resumed.is_set():
+                    tail: Any = await self.redis.get(self.settings.names.collector_tail)
+                    self.publisher.check_tail(tail)
                 if not self._resumed.is_set():
-                    await self.resume.read()
+                    await self.resume.read(self._first_live_ns)
                     await self.known.load()
                     self._resumed.set()
-                await self.resume.save(self._offered, self.publisher.settled)
+                    self._gap_opened.set()
+                await self.resume.save(self._offered, self.publisher.settled, self.publisher.tail_id)
                 await self.known.save()
             except (RedisError, OSError) as exc:
                 self.readiness.fail(READY_REDIS, describe_redis_error(self.settings.redis_url, exc))
@@ -147,6 +158,29 @@ class Collector:
                 await asyncio.sleep(REDIS_CHECK_S)
             else:  # a first run: save as soon as its first events are durable (Redis may be gone in 2 s)
                 await self.publisher.progressed(REDIS_CHECK_S)
+
+    async def _measure_redis_clock(self) -> None:
+        """PING by TIME: Redis's clock minus ours (stream ids carry Redis's, state times HA's)."""
+        before_ns = time.time_ns()
+        seconds, microseconds = await self.redis.time()
+        after_ns = time.time_ns()
+        self.metrics.redis_clock_offset.set((seconds * 10**9 + microseconds * 1000 - (before_ns + after_ns) // 2) / 1e9)
+
+    def _redis_forgot(self) -> None:
+        """Redis lost entries it had acknowledged: learn again, as a restart does, where we left off (the gap from
+        there is backfilled); meanwhile every state published is remembered, so none is published twice."""
+        self.gap.unknown()
+        self._resumed.clear()
+
+    def _clock_finding(self, finding: Finding, amount: int) -> None:
+        if finding == "outliers":
+            self.metrics.ha_clock_outliers.inc(amount)
+            self.metrics.log_sampled("ha_clock_outliers", "state times far ahead of HA's clock: they do not move "
+                                     "the watermark", states=amount, offset_s=(self.ha_clock.offset_ns or 0) / 1e9)
+        else:
+            direction = "back" if finding == "step_back" else "ahead"
+            self.metrics.ha_clock_steps.labels(direction).inc()
+            log.warning("ha_clock_stepped", direction=direction, step_s=round(amount / 1e9, 3))
 
     async def _supervise(self, stop: asyncio.Event) -> None:
         backoff = Backoff(base_s=self.settings.backoff_base_s, cap_s=self.settings.backoff_max_s,
@@ -229,7 +263,7 @@ class Collector:
         for kind in REGISTRY_COMMANDS:
             await self._load_registry(conn, kind)
         if s.backfill:
-            self.gap.begin()
+            self.gap.begin(self.resume.tail_or_read(self.publisher.tail_id))
         await conn.subscribe(self._on_event, s.command_timeout_s)
         if self._unsubscribed_since is not None:  # events other than state changes sent meanwhile are gone
             self.metrics.unsubscribed_seconds.inc(time.monotonic() - self._unsubscribed_since)
@@ -273,11 +307,17 @@ class Collector:
             await conn.ping(self.settings.ping_timeout_s)
 
     async def _backfills(self, conn: HAConnection) -> None:
-        """Close every open gap; a restart's own gap is known once Redis has told where the last run stopped. A
-        recorder that cannot be read keeps the gap open (counted, logged) and is asked again later."""
-        await self._resumed.wait()
+        """Close every gap as it opens; a restart's own gap is known once Redis has told where the last run stopped
+        (and again after Redis forgot). A recorder that cannot be read keeps the gap open (counted, logged) and is
+        asked again later."""
         backoff = Backoff(base_s=1.0, cap_s=BACKFILL_RETRY_CAP_S)
-        while (start_ns := self.gap.pending_start_ns) is not None:
+        while True:
+            await self._resumed.wait()
+            start_ns = self.gap.pending_start_ns
+            if start_ns is None:
+                self._gap_opened.clear()
+                await self._gap_opened.wait()
+                continue
             try:
                 await self._backfill(conn, start_ns)
                 backoff.reset()
@@ -404,7 +444,11 @@ class Collector:
         if self._filter is not None and not self._passes_filter(event):
             return None
         if event.new_state is not None and entity_id is not None:
-            self.gap.live(entity_id, event.time_ns)
+            if self.ha_clock.trust(event.time_ns, time.time_ns()):
+                self.gap.live(entity_id, event.time_ns)
+                self._first_live_ns = self._first_live_ns or event.time_ns
+            else:
+                self.gap.untrusted(entity_id, event.time_ns)
         else:
             event = self.point_times.unique(event)
         payload = encode_event(event)

@@ -12,7 +12,6 @@ from homeiq_shared.scripts import PRUNE_SCRIPT, REDRIVE_SCRIPT, TRIM_SCRIPT
 from homeiq_shared.stream import (
     FIELD_EVENT,
     FIELD_VERSION,
-    RESUME_MARGIN_MS,
     DeadLetter,
     StreamNames,
     dead_letter_of,
@@ -115,8 +114,7 @@ async def trim(client: aioredis.Redis, names: StreamNames) -> tuple[TrimPlan, in
 
 async def _trim(client: aioredis.Redis, names: StreamNames, dry_run: bool) -> tuple[TrimPlan, int]:
     script = client.register_script(TRIM_SCRIPT)
-    reply: Any = await script(keys=[names.stream, names.watermark],
-                              args=[b"1" if dry_run else b"0", RESUME_MARGIN_MS])
+    reply: Any = await script(keys=[names.stream, names.resume_from], args=[b"1" if dry_run else b"0"])
     cut, removed, group, why, why_id = reply
     if not cut:
         reason = ("the stream does not exist" if _id(why) == "no_stream"
@@ -124,8 +122,8 @@ async def _trim(client: aioredis.Redis, names: StreamNames, dry_run: bool) -> tu
         return TrimPlan(None, 0, reason), 0
     min_id, group, why_id = _id(cut), _id(group), _id(why_id)
     because = {"pending": f"group {group} still has {why_id} pending",
-               "resume": f"a restarted collector reads back from {why_id} (its watermark less "
-                         f"{RESUME_MARGIN_MS // 1000} s)"}.get(_id(why), f"group {group} has read up to {why_id}")
+               "resume": f"a restarted collector reads back what follows {why_id}"}.get(
+        _id(why), f"group {group} has read up to {why_id}")
     reason = f"{because}; every group has been given, and has acked, every entry below {min_id}"
     return TrimPlan(min_id, 0, reason), int(removed)
 
