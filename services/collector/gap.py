@@ -60,8 +60,11 @@ class GapTracker:
         return self.pending_start_ns is not None or not self.resume_known
 
     def probe(self, entity_id: str, time_ns: int) -> None:
-        """A state arrived live (whether or not our filter keeps it: the recorder's progress is the point)."""
-        if self.open and len(self.probes) < MAX_PROBES and entity_id not in self.probes:
+        """A state arrived live (whether or not our filter keeps it: the recorder's progress is the point). Full,
+        the oldest entity makes room: entities the recorder excludes never show, and must not hold every place."""
+        if self.open and entity_id not in self.probes:
+            if len(self.probes) >= MAX_PROBES:
+                del self.probes[next(iter(self.probes))]
             self.probes[entity_id] = time_ns
 
     def live(self, entity_id: str, time_ns: int) -> None:

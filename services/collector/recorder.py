@@ -118,10 +118,11 @@ class RecorderReader:
         return {entity_id: [row for row in rows if piece.holds(float_ns(row.lu))]
                 for entity_id, rows in history.items()}, unreadable
 
-    async def has_committed(self, probes: dict[str, int], current: dict[str, int], start_ns: int) -> bool:
+    async def has_committed(self, probes: dict[str, int], current: dict[str, int], start_ns: int,
+                            removed: set[str]) -> bool:
         """Whether the recorder holds every state since `start_ns`: one of the `probes` (states that arrived live
         after the subscription) is in its history; or, with no probe yet, the current state of every entity
-        changed since `start_ns` is."""
+        changed since `start_ns` is, and no entity was `removed` meanwhile (its states prove nothing)."""
         if probes:
             wanted = set(probes.items())
             async for history, _ in self.pieces(sorted(probes), min(probes.values()), attributes=False):
@@ -134,7 +135,7 @@ class RecorderReader:
             async for history, _ in self.pieces(sorted({entity_id for entity_id, _ in changed}), start_ns,
                                                 attributes=False):
                 found.update(_keys(history))
-        return changed <= found
+        return changed <= found and not removed
 
 
 def _keys(history: History) -> set[Key]:

@@ -27,19 +27,43 @@ class KnownEntities:
         self._redis, self._key = client, key
         self.ids: set[str] = set()
         self._unsaved: set[str] = set()
+        self._forgotten: set[str] = set()
 
     def saw(self, entity_id: str) -> None:
         """Remember an entity id (the caller checked it is new: this is on the path of every event)."""
         self.ids.add(entity_id)
         self._unsaved.add(entity_id)
+        self._forgotten.discard(entity_id)
+
+    def saw_all(self, entity_ids: Iterable[str]) -> None:
+        """Remember every id of these not known yet (the entities of `get_states` and of the registry)."""
+        for entity_id in entity_ids:
+            if entity_id not in self.ids:
+                self.saw(entity_id)
+
+    def forget(self, entity_ids: set[str]) -> None:
+        """These entities are gone and their last states published: no gap can hold any of theirs any more."""
+        gone = entity_ids & self.ids
+        if gone:
+            self.ids -= gone
+            self._unsaved -= gone
+            self._forgotten |= gone
 
     async def load(self) -> None:
-        """Add the ids an earlier run saw."""
+        """Add the ids an earlier run saw (and did not forget since)."""
         stored: Any = await self._redis.smembers(self._key)
         self.ids.update(entity_id.decode() for entity_id in stored)
+        self.ids -= self._forgotten
 
     async def save(self) -> None:
-        """Store the ids seen since the last save."""
+        """Store the ids seen, and drop the ids forgotten, since the last save."""
+        if self._forgotten:
+            forgotten, self._forgotten = self._forgotten, set()
+            try:
+                await self._redis.srem(self._key, *forgotten)
+            except BaseException:
+                self._forgotten |= forgotten - self.ids
+                raise
         if self._unsaved:
             unsaved, self._unsaved = self._unsaved, set()
             try:

@@ -61,6 +61,10 @@ RECORDER_FAILURES = (ConnectionLost, CommandFailed, AuthInvalid, TimeoutError, a
 class BackfillFailed(Exception):
     """The backfill could not read the recorder; the gap stays open and is tried again."""
 
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused  # HA refused the token
+
 T = TypeVar("T")
 
 
@@ -165,6 +169,10 @@ class Collector:
         seconds, microseconds = await self.redis.time()
         after_ns = time.time_ns()
         self.metrics.redis_clock_offset.set((seconds * 10**9 + microseconds * 1000 - (before_ns + after_ns) // 2) / 1e9)
+
+    def _ha_now_ns(self) -> int:
+        """Now on HA's clock, as far as its states tell."""
+        return time.time_ns() + (self.ha_clock.offset_ns or 0)
 
     def _redis_forgot(self) -> None:
         """Redis lost entries it had acknowledged: learn again, as a restart does, where we left off (the gap from
@@ -289,6 +297,8 @@ class Collector:
             self.metrics.frames_rejected.labels("malformed_registry").inc()
             log.warning("registry_unavailable", registry=kind, error=f"{type(exc).__name__}: {exc}"[:200])
             return
+        if kind == "entity":  # an entity removed during a later gap must still be asked for
+            self.known.saw_all(self.ha_registry.entities)
         log.debug("registry_loaded", registry=kind, entries=size)
 
     async def _refresh_registries(self, conn: HAConnection) -> None:
@@ -324,6 +334,9 @@ class Collector:
             except BackfillFailed as exc:
                 self.metrics.backfill_failures.inc()
                 delay_s = backoff.next_delay_s()
+                if exc.refused:  # HA's IP ban counts failed logins: as slowly as the live connection would
+                    self.metrics.auth_rejected.set(1)
+                    delay_s = max(delay_s, self.settings.auth_retry_s)
                 log.warning("backfill_failed", error=str(exc), since_ns=start_ns, retry_in_s=round(delay_s, 2))
                 await asyncio.sleep(delay_s)
 
@@ -335,14 +348,20 @@ class Collector:
         started = time.monotonic()
         try:
             current = current_states(bytes(raw))
-            async with RecorderReader(self._recorder_connection, s.command_timeout_s, self._too_large) as recorder:
-                confirmed = await self._recorder_committed(recorder, start_ns, current)
-                entity_ids = sorted(current.keys() | self.known.ids | self.ha_registry.entities.keys())
-                published = await self._publish_history(recorder, start_ns, entity_ids)
+            self.known.saw_all(current)
+            present = current.keys() | self.ha_registry.entities.keys()
+            async with RecorderReader(self._recorder_connection, s.command_timeout_s, self._too_large,
+                                      self._ha_now_ns) as recorder:
+                confirmed = await self._recorder_committed(recorder, start_ns, current, self.known.ids - present)
+                entity_ids = sorted(present | self.known.ids)
+                published = await self._publish_history(conn, recorder, start_ns, entity_ids)
         except RECORDER_FAILURES as exc:
-            raise BackfillFailed(f"{type(exc).__name__}: {exc}"[:300]) from None
+            raise BackfillFailed(f"{type(exc).__name__}: {exc}"[:300], refused=isinstance(exc, AuthInvalid)) from None
         self.metrics.backfilled.inc(published)
         self.gap.end(start_ns)
+        # Removed entities' last states are published (or, unconfirmed, all the recorder showed after waiting at least
+        # its commit interval): no later gap holds any of theirs.
+        self.known.forget(self.known.ids - present)
         if not confirmed:
             self.metrics.backfill_unconfirmed.inc()
             log.warning("backfill_unconfirmed", since_ns=start_ns, waited_s=s.recorder_wait_s,
@@ -351,24 +370,30 @@ class Collector:
         log.info("backfill_done", events=published, entities=len(entity_ids), since_ns=start_ns, confirmed=confirmed,
                  seconds=round(time.monotonic() - started, 2), splits=recorder.splits)
 
-    async def _recorder_committed(self, recorder: RecorderReader, start_ns: int, current: dict[str, int]) -> bool:
+    async def _recorder_committed(self, recorder: RecorderReader, start_ns: int, current: dict[str, int],
+                                  removed: set[str]) -> bool:
         """Wait until the recorder holds every state of the gap: True then, False after HA_RECORDER_WAIT_S."""
         deadline = time.monotonic() + self.settings.recorder_wait_s
         asked = False
         while True:
             # With no live state yet, give one a moment to arrive: it is the cheaper proof in a busy home.
-            if (self.gap.probes or asked) and await recorder.has_committed(dict(self.gap.probes), current, start_ns):
+            if (self.gap.probes or asked) and await recorder.has_committed(dict(self.gap.probes), current, start_ns,
+                                                                           removed):
                 return True
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(RECORDER_POLL_S)
             asked = True
 
-    async def _publish_history(self, recorder: RecorderReader, start_ns: int, entity_ids: list[str]) -> int:
+    async def _publish_history(self, conn: HAConnection, recorder: RecorderReader, start_ns: int,
+                               entity_ids: list[str]) -> int:
         published = 0
         for first in range(0, len(entity_ids), BACKFILL_CHUNK):
             async for history, unreadable in recorder.pieces(entity_ids[first:first + BACKFILL_CHUNK], start_ns):
                 self._count_unreadable(unreadable)
+                # The answer came on another connection: the live reader may not have read yet states HA sent it
+                # before. HA answers a ping after them, and our reader routes in order: after the pong they are seen.
+                await conn.ping(self.settings.ping_timeout_s)
                 published += await self._publish_rows(history, start_ns)
         return published
 
@@ -376,11 +401,12 @@ class Collector:
         published = 0
         for event in backfill_events(history, self.ha_registry, start_ns, self.gap.seen):
             assert event.entity_id is not None  # a state change of a known entity
-            self.gap.published(event.entity_id, event.time_ns)  # a retry of this gap must not publish it twice
             if self._passes_filter(event):
                 self._offered += 1
                 await self.publisher.put(encode_event(event))
                 published += 1
+            # Only once buffered: a cancelled put (the session ended) must leave it to the retry of this gap.
+            self.gap.published(event.entity_id, event.time_ns)
         return published
 
     def _count_unreadable(self, unreadable: list[bytes]) -> None:
@@ -437,10 +463,12 @@ class Collector:
                 self._stale_changed.set()
         entity_id = event.entity_id
         if entity_id is not None:
-            if entity_id not in self.known.ids:
-                self.known.saw(entity_id)
             if event.new_state is not None:
+                if entity_id not in self.known.ids:
+                    self.known.saw(entity_id)
                 self.gap.probe(entity_id, event.time_ns)
+            elif event.event_type == "state_changed":  # removed, and its last moments arrived live
+                self.known.forget({entity_id})
         if self._filter is not None and not self._passes_filter(event):
             return None
         if event.new_state is not None and entity_id is not None:

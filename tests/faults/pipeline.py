@@ -49,11 +49,11 @@ class FaultPipeline:
     (they are read before each stop) in `totals`."""
 
     def __init__(self, workdir: Path, entities: int = 100, writers: int = 2, env: dict[str, str] | None = None,
-                 influx_port: int | None = None) -> None:
+                 influx_port: int | None = None, commit_interval_s: float = 5.0) -> None:
         self.workdir = workdir
         self.redis = RedisServer(workdir / "redis", None)
         self.influx = InfluxServer(workdir / "influxdb", None)
-        self.hub = Hub.create(entities, TOKEN)
+        self.hub = Hub.create(entities, TOKEN, commit_interval_s=commit_interval_s)  # HA's recorder: 5 s by default
         self.sim_port = free_port()
         self.sim = SimServer(self.hub, port=self.sim_port)
         self.writer_names = [f"writer-{n}" for n in range(writers)]
@@ -206,10 +206,10 @@ class FaultPipeline:
                    for k, v in self.by_reason(role, "homeiq_entries_lost_total").items()}}
 
     async def verdict(self, scenario: str, fault_ended: float, explained: str = "",
-                      ignore: frozenset[str] = frozenset()) -> tuple[Verdict, Row]:
+                      ignore: frozenset[str] = frozenset(), drain_timeout_s: float = 60.0) -> tuple[Verdict, Row]:
         """Drain, compare InfluxDB with the ground truth, and add the scenario's row to the report;
         the recovery time counts from `fault_ended` (a `time.monotonic()`)."""
-        await self.drained()
+        await self.drained(drain_timeout_s)
         recovery_s = time.monotonic() - fault_ended
         verdict = compare(self.hub, await self.points(), await self.dead_letters(), ignore)
         return verdict, record(scenario, verdict, self.dropped(), recovery_s, explained)
