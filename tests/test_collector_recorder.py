@@ -4,6 +4,7 @@ gap holds: nothing missed, nothing published twice."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import redis.asyncio as aioredis
 from homeiq_hasim.hub import Hub
 from homeiq_hasim.runner import SimServer
 from homeiq_local.services import RedisServer
-from tests.collector_harness import Running, every_state_once, running_collector, simulator
+from tests.collector_harness import Running, every_state_once, running_collector, simulator, stream_events
 from tests.helpers import wait_for
 
 # Recorders committing every 30 s: up to a minute a test.
@@ -134,3 +135,25 @@ async def test_an_entity_removed_while_no_collector_ran_has_its_last_states_back
             await wait_for(lambda: sim.hub.subscribed, 10, "the second collector")
             await sim.hub.emit(60, rate_per_s=20)
             await every_state_once(redis_client, sim.hub, 30)
+
+
+async def test_states_split_by_time_keep_their_previous_state(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """One entity's gap over the message limit is read in pieces of time; each backfilled state still says which
+    state it replaced, across the cut too."""
+    async with at_the_message_limit(redis_server.url, tmp_path) as (sim, _run):
+        entity = sim.hub.population.entities[0]
+        sim.hub.faults.refuse_connections = True
+        sim.drop_connections()
+        for n in range(900):  # 18 MB of one entity's history
+            sim.hub.set_state(entity, str(n), {"blob": "x" * 20_000})
+        sim.hub.faults.refuse_connections = False
+        await wait_for(lambda: sim.hub.subscribed, 10, "the reconnect")
+        await sim.hub.emit(40, rate_per_s=20)
+        await every_state_once(redis_client, sim.hub, 60)
+        backfilled = sorted((e for e in await stream_events(redis_client)
+                             if e.source == "backfill" and e.entity_id == entity.entity_id), key=lambda e: e.time_ns)
+    assert len(backfilled) == 900
+    assert all(event.old_state is not None and event.old_state.last_updated_ns == before.time_ns
+               for before, event in itertools.pairwise(backfilled))

@@ -84,12 +84,15 @@ def history_command(entity_ids: list[str], start_ns: int, end_ns: int | None = N
 
 
 def backfill_events(
-    history: dict[str, list[HistoryRow]], registry: Registry, start_ns: int, seen: set[tuple[str, int]]
+    history: dict[str, list[HistoryRow]], registry: Registry, start_ns: int, seen: set[tuple[str, int]],
+    previous_states: dict[str, events.State] | None = None,
 ) -> Iterator[events.NormalisedEvent]:
-    """The rows at or after `start_ns` that were not received live, with the point keys live events have."""
+    """The rows at or after `start_ns` that were not received live, with the point keys live events have; each
+    with the row before it as its old state (`previous_states`: each entity's last row of an earlier piece, updated)."""
+    previous_states = {} if previous_states is None else previous_states
     for entity_id, rows in history.items():
         domain = entity_id.partition(".")[0]
-        previous: events.State | None = None
+        previous = previous_states.get(entity_id)
         for row in rows:
             updated_ns = float_ns(row.lu)
             state = events.State(state=row.s, attributes=row.a,
@@ -102,3 +105,5 @@ def backfill_events(
                     enrichment=registry.enrichment(entity_id, row.a), source="backfill",
                 )
             previous = state
+        if previous is not None:
+            previous_states[entity_id] = previous

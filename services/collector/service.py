@@ -32,7 +32,7 @@ from homeiq_collector.settings import CollectorSettings
 from homeiq_collector.spool import Spool
 from homeiq_shared.backoff import Backoff
 from homeiq_shared.broker import PersistenceCheck
-from homeiq_shared.events import NormalisedEvent, encode_event
+from homeiq_shared.events import NormalisedEvent, State, encode_event
 from homeiq_shared.health import READY_REDIS, HealthServer, Readiness, counters
 from homeiq_shared.lifecycle import wait_or_stop
 from homeiq_shared.logs import Log
@@ -388,18 +388,19 @@ class Collector:
     async def _publish_history(self, conn: HAConnection, recorder: RecorderReader, start_ns: int,
                                entity_ids: list[str]) -> int:
         published = 0
+        previous_states: dict[str, State] = {}  # a piece cut by time continues its entity's last one
         for first in range(0, len(entity_ids), BACKFILL_CHUNK):
             async for history, unreadable in recorder.pieces(entity_ids[first:first + BACKFILL_CHUNK], start_ns):
                 self._count_unreadable(unreadable)
                 # The answer came on another connection: the live reader may not have read yet states HA sent it
                 # before. HA answers a ping after them, and our reader routes in order: after the pong they are seen.
                 await conn.ping(self.settings.ping_timeout_s)
-                published += await self._publish_rows(history, start_ns)
+                published += await self._publish_rows(history, start_ns, previous_states)
         return published
 
-    async def _publish_rows(self, history: History, start_ns: int) -> int:
+    async def _publish_rows(self, history: History, start_ns: int, previous_states: dict[str, State]) -> int:
         published = 0
-        for event in backfill_events(history, self.ha_registry, start_ns, self.gap.seen):
+        for event in backfill_events(history, self.ha_registry, start_ns, self.gap.seen, previous_states):
             assert event.entity_id is not None  # a state change of a known entity
             if self._passes_filter(event):
                 self._offered += 1
