@@ -91,6 +91,8 @@ async def run_check(rate: float, duration_s: float, entities: int, writers: int,
         final = await group_lag(client)
         audits: list[dict[str, object]] = []
         if audit_delete:  # audit, delete some points, audit and repair, audit again
+            # HA's recorder shows a state from its next commit on (every 5 s): audit what it holds.
+            await wait_for(lambda: not hub.recorder.uncommitted, 15, "the recorder's commit")
             audits.append(await audit_round(env["HA_URL"], influx.url, redis_server.url, since_ns, False))
             for sent_event in random.Random(5).sample(hub.sent, audit_delete):
                 influx.query(f"DELETE FROM home_assistant_events WHERE entity_id = '{sent_event.entity_id}' "  # noqa: S608
