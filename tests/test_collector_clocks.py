@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from homeiq_collector.clock import HaClock
 from homeiq_hasim.runner import SimServer
 from homeiq_local.services import RedisServer
 from tests.collector_harness import Running, all_states_published, running_collector, simulator
@@ -81,3 +82,50 @@ async def test_the_offsets_of_ha_s_and_redis_s_clocks_are_exported(
         assert 119 < run.metric("homeiq_ha_clock_offset_seconds") < 120.5  # HA ahead, less the latency
         assert abs(run.metric("homeiq_redis_clock_offset_seconds")) < 0.5  # Redis on this machine
         assert run.metric("homeiq_ha_clock_outliers_total") == 0  # a steady offset is not an outlier
+
+
+async def test_a_first_state_a_year_ahead_does_not_move_the_watermark_either(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """No offset is known before the first state: the collector's own clock is the reference then."""
+    async with simulator(commit_interval_s=0) as sim, running_collector(sim, redis_server.url, tmp_path) as run:
+        await wait_for(lambda: sim.hub.subscribed and not run.metric("homeiq_backfill_gap_open"), 10, "a subscription")
+        sim.hub.clock_offset_s = YEAR_S
+        sim.hub.fire_state_change()
+        sim.hub.clock_offset_s = 0
+        await wait_for(lambda: run.metric("homeiq_events_published_total") == 1, 10, "the first state")
+        await gap(sim, 30)
+        counts = await all_states_published(redis_client, sim.hub)
+        assert max(counts.values()) == 1
+
+
+async def test_a_state_far_ahead_recorded_during_a_gap_is_backfilled_once(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    async with simulator(commit_interval_s=0) as sim, running_collector(sim, redis_server.url, tmp_path) as run:
+        await wait_for(lambda: sim.hub.subscribed and not run.metric("homeiq_backfill_gap_open"), 10, "a subscription")
+        await sim.hub.emit(50, rate_per_s=500)
+        sim.hub.faults.refuse_connections = True
+        sim.drop_connections()
+        sim.hub.clock_offset_s = YEAR_S
+        sim.hub.fire_state_change()  # recorded a year ahead, received by nobody
+        sim.hub.clock_offset_s = 0
+        sim.hub.faults.refuse_connections = False
+        await wait_for(lambda: sim.hub.subscribes == 2 and sim.hub.subscribed, 10, "the reconnect")
+        await sim.hub.emit(40, rate_per_s=20)
+        await gap(sim, 10)
+        await gap(sim, 10)
+        counts = await all_states_published(redis_client, sim.hub)
+        assert max(counts.values()) == 1
+
+
+def test_the_offset_is_of_the_last_ten_minutes_and_a_step_is_measured_by_it() -> None:
+    found: list[tuple[str, int]] = []
+    clock = HaClock(lambda finding, amount: found.append((finding, amount)))
+    start, second = 1_800_000_000 * 10**9, 10**9
+    assert clock.trust(start, start)
+    for k in range(1, 10):  # a quiet home: one state every 10 minutes, HA's clock an hour back from the first on
+        now = start + k * 600 * second
+        assert clock.trust(now - 3600 * second, now)
+    assert clock.offset_ns == -3600 * second
+    assert found == [("step_back", -3600 * second)]

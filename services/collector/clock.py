@@ -40,13 +40,14 @@ class HaClock:
         """Whether a live state stamped `time_ns`, received at `received_ns` (our clock), may move the watermark."""
         offset = time_ns - received_ns
         known = self.offset_ns
-        if known is not None and offset > known + AHEAD_TOLERANCE_NS and not self._step_ahead(offset):
+        # Before any offset is known, ours is the reference: a first state far ahead of it needs confirming too.
+        if offset > (known or 0) + AHEAD_TOLERANCE_NS and not self._step_ahead(offset):
             return False
         if self._candidates:  # a normal state after a few far ahead: those were outliers
             self._found("outliers", len(self._candidates))
             self._candidates.clear()
         if self._last_ns is not None and time_ns < self._last_ns - BACK_STEP_NS:
-            self._found("step_back", time_ns - self._last_ns)
+            self._found("step_back", offset - (known or 0))
         self._last_ns = time_ns
         self._note(offset, received_ns)
         return True
@@ -66,6 +67,8 @@ class HaClock:
 
     def _note(self, offset: int, received_ns: int) -> None:
         bucket = received_ns - received_ns % BUCKET_NS
+        while self._buckets and self._buckets[0][0] <= bucket - BUCKETS * BUCKET_NS:  # older than ten minutes
+            self._buckets.popleft()
         if self._buckets and self._buckets[-1][0] == bucket:
             if offset > self._buckets[-1][1]:
                 self._buckets[-1] = (bucket, offset)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from typing import Final
+
+import msgspec
+
+from homeiq_shared.events import decode_event
 
 MAX_SEEN: Final = 1_000_000  # past this, live keys are not recorded (a duplicate point is harmless)
 MAX_PROBES: Final = 64  # live states of distinct entities kept to see the recorder's progress
@@ -85,8 +90,10 @@ class GapTracker:
 
     def unknown(self) -> None:
         """Where the collector left off must be read again (Redis forgot what it had acknowledged): states
-        published from now on are recorded, as after a restart, until `resume`."""
+        published from now on are recorded, as after a restart, until `resume`. What was recorded before may be
+        what Redis lost: the read-back tells again what it holds."""
         self.resume_known = False
+        self.seen = set(self._untrusted)
 
     def resume(self, saved_ns: int | None, read_from: bytes = b"") -> None:
         """Where the last run left off is known (and after which stream id it read back): a gap from there, unless
@@ -97,12 +104,14 @@ class GapTracker:
         elif self.pending_start_ns is None:
             self.seen = set()
 
-    def begin(self, tail: bytes) -> int | None:
-        """Call before subscribing, with the id of the last entry added so far: the start of the time to
-        backfill, or None when nothing is missing yet."""
+    def begin(self, tail: bytes, subscribed_ns: int = 0) -> int | None:
+        """Call before subscribing, with the id of the last entry added so far and, after an earlier subscription,
+        the time it began (used when no state since was trusted): the start of the time to backfill, or None when
+        nothing is missing yet."""
         self.probes = {}
-        if self.last_live_ns:
-            self._open(self.last_live_ns + 1000, tail)  # the next microsecond
+        start_ns = self.last_live_ns or subscribed_ns
+        if start_ns:
+            self._open(start_ns + 1000, tail)  # the next microsecond
         return self.pending_start_ns
 
     def _open(self, start_ns: int, read_from: bytes) -> None:
@@ -125,3 +134,17 @@ class GapTracker:
             self.pending_start_ns = None
             if self.resume_known:  # else it holds what was published since Redis forgot: still needed
                 self.seen = set()
+
+
+def state_keys(payloads: Iterable[bytes]) -> list[Key]:
+    """The (entity, time) of every state change among encoded events; what cannot be decoded is not ours to judge
+    here (the writers dead-letter it)."""
+    found: list[Key] = []
+    for payload in payloads:
+        try:
+            event = decode_event(payload)
+        except msgspec.DecodeError:
+            continue
+        if event.new_state is not None and event.entity_id:
+            found.append((event.entity_id, event.time_ns))
+    return found

@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from homeiq_collector.gap import Key, state_keys
 from homeiq_collector.metrics import CollectorMetrics
 from homeiq_collector.spool import Policy, Segment, Spool, record_bytes
 from homeiq_shared.backoff import Backoff
@@ -148,6 +151,7 @@ class Publisher:
         self._durable = durable  # False while Redis would forget what it is given: keep events on disk then
         self._forgotten = forgotten  # Redis lost entries it had acknowledged: where we left off must be read again
         self.tail_id: bytes | None = None  # the id of the last entry added (None: none by this process yet)
+        self._tail_lock = asyncio.Lock()
         self._unrecoverable = UnrecoverableLog()
         self._in_flight_batch: list[bytes] = []
         self._spool_lock = asyncio.Lock()
@@ -201,6 +205,7 @@ class Publisher:
         while True:
             batch = await self._queue.take(self._batch_max)
             self._in_flight = len(batch)  # out of the buffer, not yet settled: still pending
+            self._in_flight_batch = batch  # and still ours to account for (`held`)
             if len(batch) < self._batch_max and batch[-1] is not _STOP:
                 # A few milliseconds for more to arrive: at a few thousand events/s a batch of tens, not of
                 # one or two, costs Redis and us a tenth per event; nothing waits on it but the event's age.
@@ -233,7 +238,11 @@ class Publisher:
         """XADD the whole batch in one script call (atomic: all or none); False when Redis failed."""
         started = time.perf_counter()
         try:
-            found, last_id = await self._xadd_batch(keys=self._keys, args=xadd_batch_args(self.tail_id or b"", batch))
+            async with self._tail_lock:  # the tail check of `check_tail_now` must not fall between script and reply
+                found, last_id = await self._xadd_batch(keys=self._keys,
+                                                        args=xadd_batch_args(self.tail_id or b"", batch))
+                self.check_tail(found)
+                self.tail_id = last_id
         except (RedisError, OSError) as exc:
             message = describe_redis_error(self._redis_url, exc)
             self._readiness.fail(READY_REDIS, message)
@@ -242,8 +251,6 @@ class Publisher:
                 self._redis_down_logged = True
             return False
         self._metrics.publish_seconds.observe(time.perf_counter() - started)
-        self.check_tail(found)
-        self.tail_id = last_id
         self._unrecoverable.added(last_id, batch)
         self._readiness.ok(READY_REDIS)
         if self._redis_down_logged:
@@ -343,6 +350,12 @@ class Publisher:
             if not self._spool:
                 log.info("spool_drained")
 
+    async def check_tail_now(self) -> None:
+        """Ask Redis for the tail now, while no batch is on its way (see `check_tail`)."""
+        async with self._tail_lock:
+            found: Any = await self._redis.get(self._keys[1])
+            self.check_tail(found)
+
     def check_tail(self, found: bytes | None) -> None:
         """`found`: the tail Redis holds. Older than the id we last got back (or gone), Redis forgot the entries
         after it: count the events among them that no backfill can bring back, and have the gap reopened."""
@@ -356,11 +369,12 @@ class Publisher:
                   consequence="state changes are backfilled from the recorder; these other events are lost")
         self._forgotten()
 
-    async def held(self) -> list[bytes]:
-        """The events given to us that Redis does not hold yet: the spool, the batch in flight, the buffer."""
+    async def held_states(self) -> list[Key]:
+        """The state changes given to us that Redis does not hold yet: in the spool, the batch in flight, the
+        buffer (decoded in a thread, the spool a record at a time)."""
+        in_memory = [*self._in_flight_batch, *self._queue.items()]
         async with self._spool_lock:
-            spooled = await asyncio.to_thread(self._spool.undrained)
-        return [*spooled, *self._in_flight_batch, *self._queue.items()]
+            return await asyncio.to_thread(state_keys, itertools.chain(self._spool.undrained(), in_memory))
 
     async def progressed(self, timeout_s: float) -> None:
         """Wait until another batch settles, or `timeout_s`."""

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
-import msgspec
 import redis.asyncio as aioredis
 
-from homeiq_collector.gap import GapTracker, Key, Watermark
-from homeiq_shared.events import decode_event
+from homeiq_collector.gap import GapTracker, Key, Watermark, state_keys
 from homeiq_shared.logs import Log
 from homeiq_shared.stream import FIELD_EVENT, StreamNames
 
@@ -79,7 +76,7 @@ class ResumePoint:
     downtime starts from. `held` gives the events the publisher holds and Redis does not yet (spool, buffer)."""
 
     def __init__(self, client: aioredis.Redis, names: StreamNames, gap: GapTracker, enabled: bool,
-                 held: Callable[[], Awaitable[list[bytes]]]) -> None:
+                 held: Callable[[], Awaitable[list[Key]]]) -> None:
         self._redis, self._names, self._gap, self._enabled, self._held = client, names, gap, enabled, held
         self.watermark = Watermark()
         self._read_from = b""  # the resume id read at start: where a mark made before our first XADD reads back
@@ -102,7 +99,7 @@ class ResumePoint:
         if saved_ns:
             # What the publisher holds first, then the stream: an entry it hands over in between is in the stream by
             # the time the stream is read.
-            keys = await asyncio.to_thread(state_keys, await self._held())
+            keys = await self._held()
             keys += await self._stream_states_after(self._read_from)
             for entity_id, time_ns in keys:
                 self._gap.published(entity_id, time_ns)
@@ -141,17 +138,3 @@ class ResumePoint:
         if durable[0] and durable != self._saved:
             await self._redis.mset({self._names.watermark: durable[0], self._names.resume_from: durable[1]})
             self._saved = durable
-
-
-def state_keys(payloads: Iterable[bytes]) -> list[Key]:
-    """The (entity, time) of every state change among encoded events; what cannot be decoded is not ours to judge
-    here (the writers dead-letter it)."""
-    found: list[Key] = []
-    for payload in payloads:
-        try:
-            event = decode_event(payload)
-        except msgspec.DecodeError:
-            continue
-        if event.new_state is not None and event.entity_id:
-            found.append((event.entity_id, event.time_ns))
-    return found

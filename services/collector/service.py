@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from homeiq_collector import frames
 from homeiq_collector.backfill import backfill_events, current_states
-from homeiq_collector.clock import Finding, HaClock
+from homeiq_collector.clock import AHEAD_TOLERANCE_NS, Finding, HaClock
 from homeiq_collector.entity_filter import EntityRules
 from homeiq_collector.gap import GapTracker
 from homeiq_collector.ha_client import AuthInvalid, CommandFailed, ConnectionLost, FrameSocket, HAConnection
@@ -92,7 +92,9 @@ class Collector:
         self.ha_clock = HaClock(self._clock_finding)
         self.metrics.ha_clock_offset.set_function(lambda: (self.ha_clock.offset_ns or 0) / 1e9)
         self._first_live_ns = 0  # the first trusted live state of this process: the oldest time it can vouch for
-        self.resume = ResumePoint(self.redis, settings.names, self.gap, settings.backfill, self.publisher.held)
+        self._subscribed_ns = 0  # when the last subscription began, on our clock
+        self.resume = ResumePoint(self.redis, settings.names, self.gap, settings.backfill,
+                                  self.publisher.held_states)
         self.known = KnownEntities(self.redis, settings.names.collector_entities)
         self.metrics.gap_open.set_function(
             lambda: float(settings.backfill and (self.gap.pending_start_ns is not None or not self.gap.resume_known)))
@@ -147,8 +149,7 @@ class Collector:
                 self.readiness.ok(READY_REDIS)
                 await self.persistence.check(self.redis)  # until it holds, the publisher keeps events on disk
                 if self._resumed.is_set():
-                    tail: Any = await self.redis.get(self.settings.names.collector_tail)
-                    self.publisher.check_tail(tail)
+                    await self.publisher.check_tail_now()
                 if not self._resumed.is_set():
                     await self.resume.read(self._first_live_ns)
                     await self.known.load()
@@ -270,8 +271,10 @@ class Collector:
         # buffer while a registry answer is still to be read.
         for kind in REGISTRY_COMMANDS:
             await self._load_registry(conn, kind)
-        if s.backfill:
-            self.gap.begin(self.resume.tail_or_read(self.publisher.tail_id))
+        if s.backfill:  # HA's clock is not known to differ from ours by more than the tolerance: else a state says so
+            since_ns = self._subscribed_ns and self._subscribed_ns - AHEAD_TOLERANCE_NS
+            self.gap.begin(self.resume.tail_or_read(self.publisher.tail_id), since_ns)
+        self._subscribed_ns = time.time_ns()
         await conn.subscribe(self._on_event, s.command_timeout_s)
         if self._unsubscribed_since is not None:  # events other than state changes sent meanwhile are gone
             self.metrics.unsubscribed_seconds.inc(time.monotonic() - self._unsubscribed_since)
@@ -400,14 +403,19 @@ class Collector:
 
     async def _publish_rows(self, history: History, start_ns: int, previous_states: dict[str, State]) -> int:
         published = 0
+        ahead_ns = self._ha_now_ns() + AHEAD_TOLERANCE_NS
         for event in backfill_events(history, self.ha_registry, start_ns, self.gap.seen, previous_states):
             assert event.entity_id is not None  # a state change of a known entity
             if self._passes_filter(event):
                 self._offered += 1
                 await self.publisher.put(encode_event(event))
                 published += 1
-            # Only once buffered: a cancelled put (the session ended) must leave it to the retry of this gap.
-            self.gap.published(event.entity_id, event.time_ns)
+            # Only once buffered: a cancelled put (the session ended) must leave it to the retry of this gap. One far
+            # ahead of HA's clock is after every later gap's start too: no backfill may publish it again.
+            if event.time_ns > ahead_ns:
+                self.gap.untrusted(event.entity_id, event.time_ns)
+            else:
+                self.gap.published(event.entity_id, event.time_ns)
         return published
 
     def _count_unreadable(self, unreadable: list[bytes]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -142,19 +143,18 @@ class Spool:
             offset += _HEADER.size + length
         return Chunk(segment, segment.read_offset, out) if out else None
 
-    def undrained(self) -> list[bytes]:
-        """Every record not yet drained, oldest first (blocking I/O: call it from a thread)."""
-        records: list[bytes] = []
-        for segment in self.segments:
+    def undrained(self) -> Iterator[bytes]:
+        """Every record not yet drained, oldest first, a segment in memory at a time (blocking I/O: iterate it in
+        a thread, with the segments left alone meanwhile)."""
+        for segment in list(self.segments):
             with segment.path.open("rb") as handle:
                 handle.seek(segment.read_offset)
                 data = handle.read(segment.size - segment.read_offset)
             offset = 0
             while offset + _HEADER.size <= len(data):
                 (length,) = _HEADER.unpack_from(data, offset)
-                records.append(data[offset + _HEADER.size: offset + _HEADER.size + length])
+                yield data[offset + _HEADER.size: offset + _HEADER.size + length]
                 offset += _HEADER.size + length
-        return records
 
     def consumed(self, chunk: Chunk) -> None:
         """Mark a chunk `read` returned as published; delete what is fully drained."""
