@@ -45,6 +45,27 @@ async def test_a_restart_while_redis_is_down_publishes_each_spooled_state_once(t
         redis_server.stop()
 
 
+class OlderAof:
+    """A copy of a Redis's append-only file, to start it from again later (a Redis that forgot)."""
+
+    def __init__(self, redis_server: RedisServer, copy: Path) -> None:
+        self.redis_server, self.copy = redis_server, copy
+        self.live = redis_server.workdir / "appendonlydir"
+
+    def take(self) -> None:
+        """Stop Redis, copy its AOF, start it again."""
+        self.redis_server.stop()
+        shutil.copytree(self.live, self.copy)
+        self.redis_server.start()
+
+    def restore(self) -> None:
+        """Stop Redis and start it from the copy: it forgets everything acknowledged since."""
+        self.redis_server.stop()
+        shutil.rmtree(self.live)
+        shutil.copytree(self.copy, self.live)
+        self.redis_server.start()
+
+
 async def test_a_redis_back_from_an_older_append_only_file_is_a_gap_backfilled_and_its_other_events_counted(
     tmp_path: Path,
 ) -> None:
@@ -53,23 +74,18 @@ async def test_a_redis_back_from_an_older_append_only_file_is_a_gap_backfilled_a
     gap would open. The states Redis forgot are backfilled; the service calls cannot be, and are counted."""
     redis_server = RedisServer(tmp_path / "redis", None).start()
     client = aioredis.Redis.from_url(redis_server.url)
-    older = tmp_path / "older-aof"
+    older = OlderAof(redis_server, tmp_path / "older-aof")
     try:
         async with simulator(commit_interval_s=0) as sim, running_collector(
                 sim, redis_server.url, tmp_path / "spool") as run:
             await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
             await sim.hub.emit(100, rate_per_s=500)
             await wait_for(lambda: run.metric("homeiq_events_published_total") == 100, 10, "the first 100")
-            redis_server.stop()
-            shutil.copytree(tmp_path / "redis" / "appendonlydir", older)
-            redis_server.start()
+            older.take()
             await sim.hub.emit(200, rate_per_s=200)
             forgotten_calls = service_calls(sim, 7)
             await wait_for(lambda: run.metric("homeiq_events_published_total") == 307, 20, "the next 207 in Redis")
-            redis_server.stop()
-            shutil.rmtree(tmp_path / "redis" / "appendonlydir")
-            shutil.copytree(older, tmp_path / "redis" / "appendonlydir")
-            redis_server.start()  # without the last 207 events it had acknowledged
+            older.restore()  # without the last 207 events it had acknowledged
             await sim.hub.emit(100, rate_per_s=20)
             await every_state_once(client, sim.hub)
             assert run.metric("homeiq_redis_forgot_total") == 1
@@ -84,16 +100,14 @@ async def test_redis_forgetting_while_a_gap_waits_for_its_backfill_loses_nothing
     backfill would skip them; Redis does not hold them any more."""
     redis_server = RedisServer(tmp_path / "redis", None).start()
     client = aioredis.Redis.from_url(redis_server.url)
-    older = tmp_path / "older-aof"
+    older = OlderAof(redis_server, tmp_path / "older-aof")
     try:
         async with simulator(commit_interval_s=0) as sim, running_collector(
                 sim, redis_server.url, tmp_path / "spool") as run:
             await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
             await sim.hub.emit(100, rate_per_s=500)
             await wait_for(lambda: run.metric("homeiq_events_published_total") == 100, 10, "the first 100")
-            redis_server.stop()
-            shutil.copytree(tmp_path / "redis" / "appendonlydir", older)
-            redis_server.start()
+            older.take()
             sim.hub.recorder.commit_interval_s = 3600  # the reconnect's backfill waits for the recorder
             sim.hub.faults.refuse_connections = True
             sim.drop_connections()
@@ -102,10 +116,7 @@ async def test_redis_forgetting_while_a_gap_waits_for_its_backfill_loses_nothing
             await wait_for(lambda: sim.hub.subscribes == 2 and sim.hub.subscribed, 10, "the reconnect")
             await sim.hub.emit(200, rate_per_s=200)
             await wait_for(lambda: run.metric("homeiq_events_published_total") == 300, 20, "200 live in Redis")
-            redis_server.stop()
-            shutil.rmtree(tmp_path / "redis" / "appendonlydir")
-            shutil.copytree(older, tmp_path / "redis" / "appendonlydir")
-            redis_server.start()
+            older.restore()
             await wait_for(lambda: run.metric("homeiq_redis_forgot_total") == 1, 20, "Redis found forgetful")
             sim.hub.recorder.commit_interval_s = 0
             await sim.hub.emit(50, rate_per_s=50)
