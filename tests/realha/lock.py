@@ -1,0 +1,70 @@
+"""`scripts/lock-ha VERSION PYTHON`: the hash-locked requirements of a Home Assistant release for tests/realha.
+
+Home Assistant sets up a set of default integrations (frontend, backup, person, ...) besides those configured, and
+pip-installs their requirements at its first start. So the lock is made by doing exactly that once, in a scratch
+environment with the tests' own configuration, and freezing what is then installed: every package with the sha256
+of the file pip chose for this platform (`pip install --report`). The tests install from it and start HA with
+`--skip-pip`: nothing unpinned is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.realha.install import Installed, Release, interpreter
+
+# A release's own pins that PyPI broke since (acme, which hass-nabucasa imports, predates josepy 2).
+EXTRA = {"2024.3.3": ["josepy<2"]}
+FIRST_START_S = 900.0  # HA installs the requirements of every integration it sets up
+
+
+def lock(release: Release) -> str:
+    """The lock file's text."""
+    python = interpreter(release.python)
+    if python is None:
+        raise SystemExit(f"no Python {release.python} here")
+    with tempfile.TemporaryDirectory() as scratch:
+        venv = Path(scratch) / "venv"
+        subprocess.run([python, "-m", "venv", venv], check=True)
+        pip = [venv / "bin" / "python", "-m", "pip"]
+        subprocess.run([*pip, "install", "-q", f"homeassistant=={release.version}", *EXTRA.get(release.version, [])],
+                       check=True)
+        first_start(Installed(release, venv, 0.0), Path(scratch) / "config")
+        frozen = subprocess.run([*pip, "freeze", "--exclude-editable"], check=True, capture_output=True,
+                                text=True).stdout.split()
+        report = Path(scratch) / "report.json"
+        subprocess.run([*pip, "install", "-q", "--dry-run", "--ignore-installed", "--no-deps", "--report", report,
+                        *frozen], check=True)
+        chosen = json.loads(report.read_text())["install"]
+    lines = sorted(f"{item['metadata']['name']}=={item['metadata']['version']} "
+                   f"--hash=sha256:{item['download_info']['archive_info']['hashes']['sha256']}" for item in chosen)
+    return (f"# Home Assistant {release.version} on Python {release.python}, with what its first start with the tests' "
+            f"configuration installed: scripts/lock-ha {release.version} {release.python}\n" + "\n".join(lines) + "\n")
+
+
+def first_start(installed: Installed, config_dir: Path) -> None:
+    """Start HA once with the tests' configuration (HA's own `influxdb:` block included), letting it install what
+    it needs, until its API answers; then stop it."""
+    from tests.realha.home import HomeAssistant, influxdb_block  # noqa: PLC0415 - home imports this package too
+
+    home = HomeAssistant(installed, config_dir, influxdb=influxdb_block(8086, "unused"), skip_pip=False)
+    try:
+        home.start(FIRST_START_S)
+    finally:
+        home.stop()
+
+
+def main() -> None:
+    """Write the lock of the release named on the command line."""
+    release = Release(sys.argv[1], sys.argv[2])
+    release.lock.parent.mkdir(parents=True, exist_ok=True)
+    release.lock.write_text(lock(release))
+    print(release.lock)
+
+
+if __name__ == "__main__":
+    main()
