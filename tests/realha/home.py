@@ -136,13 +136,22 @@ class HomeAssistant:
         self.process = subprocess.Popen([self.installed.hass, "-c", self.config_dir,
                                          *(["--skip-pip"] if self._skip_pip else [])],
                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self._wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"hass exited {self.process.returncode}: see {self.config_dir / 'hass.out'}")
             try:
                 if any(s["entity_id"] == f"sensor.level_{NUMBERS - 1}_band" for s in self.api("GET", "states")):
-                    return self
+                    return
             except (OSError, urllib.error.URLError):
                 pass
             time.sleep(0.5)

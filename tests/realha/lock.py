@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from tests.realha.install import Installed, Release, interpreter
@@ -20,6 +21,7 @@ from tests.realha.install import Installed, Release, interpreter
 # A release's own pins that PyPI broke since (acme, which hass-nabucasa imports, predates josepy 2).
 EXTRA = {"2024.3.3": ["josepy<2"]}
 FIRST_START_S = 900.0  # HA installs the requirements of every integration it sets up
+SETTLED_S = 30.0  # ... some of them (HA's own influxdb) after its API answers: until nothing more comes this long
 
 
 def lock(release: Release) -> str:
@@ -54,8 +56,18 @@ def first_start(installed: Installed, config_dir: Path) -> None:
     home = HomeAssistant(installed, config_dir, influxdb=influxdb_block(8086, "unused"), skip_pip=False)
     try:
         home.start(FIRST_START_S)
+        installed_now, steady_since = _frozen(installed), time.monotonic()
+        while time.monotonic() - steady_since < SETTLED_S:
+            time.sleep(2)
+            if (now := _frozen(installed)) != installed_now:
+                installed_now, steady_since = now, time.monotonic()
     finally:
         home.stop()
+
+
+def _frozen(installed: Installed) -> list[str]:
+    return subprocess.run([installed.python, "-m", "pip", "freeze"], check=True, capture_output=True,
+                          text=True).stdout.split()
 
 
 def main() -> None:

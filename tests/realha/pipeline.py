@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +38,7 @@ class Comparison:
 
 @dataclass
 class RealRow:
-    """One line of the lane's report."""
+    """One line of the lane's report: states (and custom events) the recorder holds, points."""
 
     scenario: str
     version: str
@@ -103,6 +108,18 @@ class RealPipeline(FaultPipeline):
         await wait_for(lambda: self.gauge("collector", "homeiq_ha_connected") == 1, timeout_s,
                        "the collector to subscribe to Home Assistant (see collector.log)")
 
+    async def audit(self, *args: str) -> tuple[int, dict[str, Any]]:
+        """`replayer audit --json` over this run, as an operator runs it: its exit code and its report."""
+        since = datetime.fromtimestamp(self.since_ns / 1e9, UTC).isoformat()
+        done = await asyncio.to_thread(
+            subprocess.run, [Path(sys.executable).parent / "replayer", "audit", "--json", "--since", since, *args],
+            env={**os.environ, **self.env}, capture_output=True, text=True, timeout=300, check=False)
+        try:
+            return done.returncode, json.loads(done.stdout)
+        except json.JSONDecodeError:
+            raise AssertionError(f"replayer audit exited {done.returncode}: {done.stdout[-500:]} {done.stderr[-2000:]}"
+                                 ) from None
+
     async def compare(self, scenario: str, explained: str = "", custom_event: str = "",
                       drain_timeout_s: float = 120.0) -> Comparison:
         """Drain; stop HA (its recorder commits on shutdown); compare InfluxDB with its database; add the row."""
@@ -110,12 +127,14 @@ class RealPipeline(FaultPipeline):
         await asyncio.to_thread(self.home.stop)
         points = await self.points()
         result = compare(await asyncio.to_thread(self.home.recorded_states), points, self.since_ns)
+        written: set[str] = set()
         if custom_event:
-            written = {p.get("context_id") for p in points if p.get("event_type") == custom_event}
+            written = {p["context_id"] for p in points if p.get("event_type") == custom_event and p.get("context_id")}
             fired = await asyncio.to_thread(self.home.recorded_events, custom_event)
             result.events_in_ha, result.events_missing = len(fired), set(fired) - written
-        ROWS.append(RealRow(scenario, self.home.installed.release.version, result.states_in_ha, result.points,
-                            len(result.missing), len(result.extra), len(result.wrong), explained))
+        ROWS.append(RealRow(scenario, self.home.installed.release.version, result.states_in_ha + result.events_in_ha,
+                            result.points + len(written), len(result.missing) + len(result.events_missing),
+                            len(result.extra), len(result.wrong), explained))
         return result
 
 
@@ -143,7 +162,7 @@ async def steady_changes(home: HomeAssistant, rate_per_s: float) -> AsyncIterato
 
 def table(rows: list[RealRow]) -> str:
     """The lane's report as a plain-text table."""
-    header = ("scenario", "HA", "states in HA", "points", "missing", "extra", "wrong", "explained")
+    header = ("scenario", "HA", "in HA", "points", "missing", "extra", "wrong", "explained")
     lines = [header] + [(r.scenario, r.version, str(r.states_in_ha), str(r.points), str(r.missing), str(r.extra),
                          str(r.wrong), r.explained or "-") for r in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
