@@ -98,8 +98,9 @@ def configuration(port: int, commit_interval_s: int, influxdb: str = "") -> str:
 
 
 def influxdb_block(port: int, database: str, extra: str = "") -> str:
-    """HA's own `influxdb:` integration writing `database` on a local influxd (v1), with more of its words."""
-    return (f"influxdb:\n  host: 127.0.0.1\n  port: {port}\n  database: {database}\n  max_retries: 3\n{extra}")
+    """HA's own `influxdb:` integration writing `database` on a local influxd (v1), with more of its words (its
+    `max_retries` is 0 unless they say otherwise, as in HA)."""
+    return f"influxdb:\n  host: 127.0.0.1\n  port: {port}\n  database: {database}\n{extra}"
 
 
 class HomeAssistant:
@@ -112,13 +113,17 @@ class HomeAssistant:
         self.commit_interval_s = commit_interval_s
         self.process: subprocess.Popen[bytes] | None = None
         config_dir.mkdir(parents=True, exist_ok=True)
-        (config_dir / "configuration.yaml").write_text(configuration(self.port, commit_interval_s, influxdb))
+        self.write_configuration(influxdb)
         storage, self.token = auth_storage(installed.release.version)
         (config_dir / ".storage").mkdir(exist_ok=True)
         (config_dir / ".storage" / "auth").write_text(json.dumps(storage))
         (config_dir / ".storage" / "onboarding").write_text(json.dumps(
             {"version": 4, "minor_version": 1, "key": "onboarding",
              "data": {"done": ["user", "core_config", "analytics", "integration"]}}))
+
+    def write_configuration(self, influxdb: str = "") -> None:
+        """configuration.yaml, with HA's own `influxdb:` block when given (taken up at the next start)."""
+        (self.config_dir / "configuration.yaml").write_text(configuration(self.port, self.commit_interval_s, influxdb))
 
     @property
     def url(self) -> str:

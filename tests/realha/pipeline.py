@@ -70,9 +70,11 @@ def compare(recorded: list[RecordedState], points: list[dict[str, Any]], since_n
 class RealPipeline(FaultPipeline):
     """FaultPipeline's processes and their faults, with `home` as the source."""
 
-    def __init__(self, workdir: Path, home: HomeAssistant, env: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, home: HomeAssistant, env: dict[str, str] | None = None,
+                 databases: tuple[str, ...] = ()) -> None:
         super().__init__(workdir, env=env)
         self.home = home
+        self._databases = (DATABASE, *databases)  # created before HA starts (its own integration checks them)
         self.since_ns = 0
 
     @property
@@ -83,7 +85,8 @@ class RealPipeline(FaultPipeline):
     async def __aenter__(self) -> RealPipeline:
         self.redis.start()
         self.influx.start()
-        self.influx.create_database(DATABASE)
+        for database in self._databases:
+            self.influx.create_database(database)
         await asyncio.to_thread(self.home.start)
         self.client = aioredis.Redis.from_url(self.redis.url)
         for name in self.writer_names:
