@@ -15,9 +15,7 @@ RUN if [ -n "$EXTRA_CA_CERTS" ]; then \
     fi \
     && /opt/homeiq/bin/pip install --no-cache-dir --disable-pip-version-check --require-hashes -r /tmp/requirements.lock
 COPY pyproject.toml README.md /src/
-COPY shared /src/shared
-COPY services /src/services
-COPY local /src/local
+COPY src /src/src
 # The build backend is the locked setuptools installed above: nothing unpinned is downloaded.
 RUN /opt/homeiq/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps --no-build-isolation /src
 

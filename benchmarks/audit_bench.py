@@ -19,16 +19,16 @@ import time
 import urllib.request
 from pathlib import Path
 
-from homeiq_hasim.hub import Hub
-from homeiq_hasim.population import next_state
-from homeiq_hasim.recorder import Recorded, Recorder
-from homeiq_hasim.runner import SimServer
-from homeiq_local.services import InfluxServer
-from homeiq_replayer.audit import audit
-from homeiq_replayer.ha_reader import ha_session
-from homeiq_replayer.influx_reader import InfluxReader
-from homeiq_shared.times import float_ns
-from homeiq_writer.settings import InfluxSettings
+from homeiq.ha_sim.hub import Hub
+from homeiq.ha_sim.population import next_state
+from homeiq.ha_sim.recorder import Recorded, Recorder
+from homeiq.ha_sim.runner import SimServer
+from homeiq.local.services import InfluxServer
+from homeiq.replayer.audit import audit
+from homeiq.replayer.ha_reader import ha_session
+from homeiq.replayer.influx_reader import InfluxReader
+from homeiq.shared.times import float_ns
+from homeiq.writer.settings import InfluxSettings
 
 TOKEN = "bench-token"  # noqa: S105 - a private simulator
 DATABASE = "audit_bench"

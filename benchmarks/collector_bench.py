@@ -21,12 +21,12 @@ import redis.asyncio as aioredis
 from workload import prerendered
 from writer_bench import cpu_s
 
-from homeiq_hasim.hub import Hub
-from homeiq_hasim.messages import event_message
-from homeiq_hasim.runner import SimServer
-from homeiq_local.processes import ScriptProcess
-from homeiq_local.services import RedisServer
-from homeiq_local.waiting import wait_for
+from homeiq.ha_sim.hub import Hub
+from homeiq.ha_sim.messages import event_message
+from homeiq.ha_sim.runner import SimServer
+from homeiq.local.processes import ScriptProcess
+from homeiq.local.services import RedisServer
+from homeiq.local.waiting import wait_for
 
 TOKEN = "bench-token"  # noqa: S105 - a private simulator
 

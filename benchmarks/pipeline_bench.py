@@ -28,19 +28,19 @@ from typing import Any, Final
 
 import redis.asyncio as aioredis
 
-from homeiq_hasim.hub import MAX_PER_TICK, TICK_S, Hub
-from homeiq_hasim.runner import SimServer
-from homeiq_local.processes import ScriptProcess
-from homeiq_local.services import InfluxServer, RedisServer
-from homeiq_local.waiting import wait_for
-from homeiq_shared.stream import DEFAULT_NAMES
+from homeiq.ha_sim.hub import MAX_PER_TICK, TICK_S, Hub
+from homeiq.ha_sim.runner import SimServer
+from homeiq.local.processes import ScriptProcess
+from homeiq.local.services import InfluxServer, RedisServer
+from homeiq.local.waiting import wait_for
+from homeiq.shared.stream import DEFAULT_NAMES
 
 sys.path.insert(0, str(Path(__file__).parent))
 from workload import payloads, prerendered
 from writer_bench import BATCH, ceiling, cpu_s
 
-from homeiq_writer.influx import gzip_body
-from homeiq_writer.schemas import make_encoder
+from homeiq.writer.influx import gzip_body
+from homeiq.writer.schemas import make_encoder
 
 TOKEN = "bench-token"  # noqa: S105 - a private simulator
 DATABASE = "pipeline"
@@ -280,7 +280,7 @@ async def main(rates: list[float], step_s: float, entities: int, writers: int, b
                workdir: Path, ceiling_points: int = 100_000) -> dict[str, Any]:
     entries = payloads(ceiling_points)
     encoder = make_encoder("homeiq")
-    from homeiq_shared.events import decode_event  # noqa: PLC0415
+    from homeiq.shared.events import decode_event  # noqa: PLC0415
 
     lines = [line.encode() for p in entries if (line := encoder.encode(decode_event(p))) is not None]
     bodies = [gzip_body(b"\n".join(lines[i:i + BATCH])) for i in range(0, len(lines), BATCH)]

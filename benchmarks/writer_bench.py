@@ -31,12 +31,12 @@ from pathlib import Path
 import aiohttp
 import redis.asyncio as aioredis
 
-from homeiq_local.processes import ScriptProcess
-from homeiq_local.services import InfluxServer, RedisServer
-from homeiq_local.waiting import wait_for
-from homeiq_shared.events import decode_event
-from homeiq_writer.influx import gzip_body
-from homeiq_writer.schemas import SCHEMAS, make_encoder
+from homeiq.local.processes import ScriptProcess
+from homeiq.local.services import InfluxServer, RedisServer
+from homeiq.local.waiting import wait_for
+from homeiq.shared.events import decode_event
+from homeiq.writer.influx import gzip_body
+from homeiq.writer.schemas import SCHEMAS, make_encoder
 
 sys.path.insert(0, str(Path(__file__).parent))
 from workload import payloads

@@ -15,14 +15,14 @@ import msgspec
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from homeiq_collector.entity_filter import EntityFilter
-from homeiq_collector.service import Collector
-from homeiq_collector.settings import CollectorSettings
-from homeiq_hasim.hub import Hub
-from homeiq_hasim.runner import SimServer
-from homeiq_local.services import RedisServer
-from homeiq_shared.events import NormalisedEvent, decode_event
-from homeiq_shared.stream import DEFAULT_NAMES, FIELD_EVENT
+from homeiq.collector.entity_filter import EntityFilter
+from homeiq.collector.service import Collector
+from homeiq.collector.settings import CollectorSettings
+from homeiq.ha_sim.hub import Hub
+from homeiq.ha_sim.runner import SimServer
+from homeiq.local.services import RedisServer
+from homeiq.shared.events import NormalisedEvent, decode_event
+from homeiq.shared.stream import DEFAULT_NAMES, FIELD_EVENT
 from tests.helpers import wait_for
 
 TOKEN = "collector-test-token-7f3a9c"

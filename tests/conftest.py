@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq_local.services import InfluxServer, RedisServer
-from homeiq_shared.stream import connect
+from homeiq.local.services import InfluxServer, RedisServer
+from homeiq.shared.stream import connect
 
 _databases = itertools.count(1)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from homeiq_shared.events import Enrichment, NormalisedEvent, State, encode_event
+from homeiq.shared.events import Enrichment, NormalisedEvent, State, encode_event
 
 BASE_NS = 1_700_000_000_000_000_000
 

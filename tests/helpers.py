@@ -11,8 +11,8 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.metrics import MetricWrapperBase
 
-from homeiq_local.processes import ScriptProcess
-from homeiq_local.waiting import wait_for
+from homeiq.local.processes import ScriptProcess
+from homeiq.local.waiting import wait_for
 
 __all__ = ["DelayProxy", "FaultyHttp", "Service", "value", "wait_for"]
 

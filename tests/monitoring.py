@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from homeiq_local.services import free_port
+from homeiq.local.services import free_port
 
 OPS = Path(__file__).resolve().parents[1] / "ops"
 WEBHOOK_IN_CONFIG = "http://alert-webhook:8080/homeiq"

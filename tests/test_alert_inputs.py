@@ -9,9 +9,9 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from homeiq_local.services import InfluxServer, RedisServer
-from homeiq_replayer.stream_metrics import StreamMetrics
-from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, entry_fields
+from homeiq.local.services import InfluxServer, RedisServer
+from homeiq.replayer.stream_metrics import StreamMetrics
+from homeiq.shared.stream import DEFAULT_NAMES, ensure_group, entry_fields
 from tests.collector_harness import running_collector, simulator
 from tests.events import state_payload
 from tests.helpers import wait_for

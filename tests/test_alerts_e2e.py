@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq_hasim.hub import Hub
-from homeiq_hasim.runner import SimServer
-from homeiq_local.services import InfluxServer, RedisServer
+from homeiq.ha_sim.hub import Hub
+from homeiq.ha_sim.runner import SimServer
+from homeiq.local.services import InfluxServer, RedisServer
 from tests.helpers import FaultyHttp, Service, wait_for
 from tests.monitoring import OPS, Alertmanager, Prometheus, Webhook
 

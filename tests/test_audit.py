@@ -16,14 +16,14 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq_hasim.hub import SentEvent
-from homeiq_hasim.messages import now_ts
-from homeiq_hasim.runner import SimServer
-from homeiq_local.services import InfluxServer, RedisServer
-from homeiq_shared.events import NormalisedEvent, decode_event
-from homeiq_shared.stream import DEFAULT_NAMES, FIELD_EVENT
-from homeiq_writer.lineprotocol import encode_line
-from homeiq_writer.settings import InfluxSettings
+from homeiq.ha_sim.hub import SentEvent
+from homeiq.ha_sim.messages import now_ts
+from homeiq.ha_sim.runner import SimServer
+from homeiq.local.services import InfluxServer, RedisServer
+from homeiq.shared.events import NormalisedEvent, decode_event
+from homeiq.shared.stream import DEFAULT_NAMES, FIELD_EVENT
+from homeiq.writer.lineprotocol import encode_line
+from homeiq.writer.settings import InfluxSettings
 from tests.collector_harness import TOKEN, running_collector, simulator, stream_events
 from tests.helpers import wait_for
 from tests.writer_harness import running_writer, writer_settings
@@ -88,7 +88,7 @@ async def audited(redis_server: RedisServer, redis_client: aioredis.Redis, influ
 
 
 def _filter(config: str) -> Any:
-    from homeiq_collector.entity_filter import EntityFilter  # noqa: PLC0415
+    from homeiq.collector.entity_filter import EntityFilter  # noqa: PLC0415
 
     return EntityFilter.from_settings(config, "")
 
@@ -189,9 +189,9 @@ async def test_the_periodic_audit_exports_what_it_found_and_repairs_when_asked(
 ) -> None:
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
-    from homeiq_replayer.service import Replayer  # noqa: PLC0415
-    from homeiq_replayer.settings import AuditSettings, ReplayerSettings  # noqa: PLC0415
-    from homeiq_writer.settings import InfluxSettings  # noqa: PLC0415
+    from homeiq.replayer.service import Replayer  # noqa: PLC0415
+    from homeiq.replayer.settings import AuditSettings, ReplayerSettings  # noqa: PLC0415
+    from homeiq.writer.settings import InfluxSettings  # noqa: PLC0415
 
     for sent in audited.sim.hub.sent[10:12]:
         audited.delete(sent.entity_id, sent.last_updated_us * 1000)

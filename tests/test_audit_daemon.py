@@ -14,12 +14,12 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from homeiq_hasim.runner import SimServer
-from homeiq_local.services import InfluxServer, RedisServer
-from homeiq_replayer.service import Replayer
-from homeiq_replayer.settings import AuditSettings, ReclaimSettings, ReplayerSettings
-from homeiq_shared.stream import DEFAULT_NAMES
-from homeiq_writer.settings import InfluxSettings
+from homeiq.ha_sim.runner import SimServer
+from homeiq.local.services import InfluxServer, RedisServer
+from homeiq.replayer.service import Replayer
+from homeiq.replayer.settings import AuditSettings, ReclaimSettings, ReplayerSettings
+from homeiq.shared.stream import DEFAULT_NAMES
+from homeiq.writer.settings import InfluxSettings
 from tests.collector_harness import TOKEN, simulator
 from tests.events import state_payload
 from tests.helpers import FaultyHttp, wait_for
@@ -125,13 +125,13 @@ async def test_an_error_of_ours_in_the_audit_is_logged_with_its_traceback_and_th
     redis_server: RedisServer, redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str, sim: SimServer,
     proxy: ProxyAnsweringQueriesWithHtml, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    import homeiq_replayer.audit_loop  # noqa: PLC0415
+    import homeiq.replayer.audit_loop  # noqa: PLC0415
 
     async def broken_audit(*_args: object, **_kwargs: object) -> None:
         raise ZeroDivisionError(f"a bug of ours, next to the token {TOKEN}")
 
     caplog.set_level(logging.INFO)
-    monkeypatch.setattr(homeiq_replayer.audit_loop, "audit", broken_audit)
+    monkeypatch.setattr(homeiq.replayer.audit_loop, "audit", broken_audit)
     monkeypatch.setenv("HA_TOKEN", TOKEN)
     async with running_daemon(redis_server.url, proxy.url, influx_db, sim.url) as daemon:
         await wait_for(lambda: daemon.task.done() or daemon.sample("homeiq_audit_runs_total", outcome="crashed") == 1,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from homeiq_shared import backoff as backoff_module
-from homeiq_shared.backoff import Backoff
+from homeiq.shared import backoff as backoff_module
+from homeiq.shared.backoff import Backoff
 
 
 class Clock:

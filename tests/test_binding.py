@@ -9,14 +9,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from homeiq_collector.cli import app as collector_app
-from homeiq_collector.settings import CollectorSettings
-from homeiq_hasim.cli import app as sim_app
-from homeiq_replayer.cli import app as replayer_app
-from homeiq_shared.binding import bind
-from homeiq_shared.settings import Settings, settings_fields
-from homeiq_writer.cli import app as writer_app
-from homeiq_writer.settings import WriterSettings
+from homeiq.collector.cli import app as collector_app
+from homeiq.collector.settings import CollectorSettings
+from homeiq.ha_sim.cli import app as sim_app
+from homeiq.replayer.cli import app as replayer_app
+from homeiq.shared.binding import bind
+from homeiq.shared.settings import Settings, settings_fields
+from homeiq.writer.cli import app as writer_app
+from homeiq.writer.settings import WriterSettings
 
 runner = CliRunner()
 
@@ -73,8 +73,8 @@ def test_values_are_checked_and_normalised_by_their_setting() -> None:
 
 
 def _commands() -> list[tuple[typer.Typer, str, type[Settings], set[str]]]:
-    from homeiq_hasim.cli import SimSettings  # noqa: PLC0415
-    from homeiq_replayer.settings import AuditCommandSettings, ReclaimCommandSettings, ReplayerSettings  # noqa: PLC0415
+    from homeiq.ha_sim.cli import SimSettings  # noqa: PLC0415
+    from homeiq.replayer.settings import AuditCommandSettings, ReclaimCommandSettings, ReplayerSettings  # noqa: PLC0415
 
     return [(collector_app, "run", CollectorSettings, set()), (writer_app, "run", WriterSettings, set()),
             (replayer_app, "run", ReplayerSettings, {"redis_url", "names"}),

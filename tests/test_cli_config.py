@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from homeiq_collector.cli import app as collector_app
-from homeiq_hasim.cli import app as hasim_app
-from homeiq_local.services import free_port
-from homeiq_replayer.cli import app as replayer_app
-from homeiq_shared.settings import ConfigError, read_secret, redact_url
-from homeiq_shared.stream import DEFAULT_NAMES
-from homeiq_writer.cli import app as writer_app
-from homeiq_writer.service import Writer
-from homeiq_writer.settings import InfluxSettings, WriterSettings
+from homeiq.collector.cli import app as collector_app
+from homeiq.ha_sim.cli import app as hasim_app
+from homeiq.local.services import free_port
+from homeiq.replayer.cli import app as replayer_app
+from homeiq.shared.settings import ConfigError, read_secret, redact_url
+from homeiq.shared.stream import DEFAULT_NAMES
+from homeiq.writer.cli import app as writer_app
+from homeiq.writer.service import Writer
+from homeiq.writer.settings import InfluxSettings, WriterSettings
 
 runner = CliRunner()
 SECRET = "s3cr3t-token-value"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq_hasim.runner import SimServer
-from homeiq_local.services import RedisServer
+from homeiq.ha_sim.runner import SimServer
+from homeiq.local.services import RedisServer
 from tests.collector_harness import Running, every_state_once, running_collector, simulator
 from tests.helpers import wait_for
 

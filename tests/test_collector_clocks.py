@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq_collector.clock import HaClock
-from homeiq_hasim.runner import SimServer
-from homeiq_local.services import RedisServer
+from homeiq.collector.clock import HaClock
+from homeiq.ha_sim.runner import SimServer
+from homeiq.local.services import RedisServer
 from tests.collector_harness import Running, all_states_published, running_collector, simulator
 from tests.helpers import wait_for
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq_hasim.runner import SimServer
-from homeiq_local.services import RedisServer
-from homeiq_writer.batch import encode_entries
+from homeiq.ha_sim.runner import SimServer
+from homeiq.local.services import RedisServer
+from homeiq.writer.batch import encode_entries
 from tests.collector_harness import (
     TOKEN,
     missing_calls,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq_collector import service
-from homeiq_local.services import RedisServer
+from homeiq.collector import service
+from homeiq.local.services import RedisServer
 from tests.collector_harness import every_state_once, running_collector, service_calls, simulator
 from tests.helpers import wait_for
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq_local.services import InfluxServer, RedisServer
+from homeiq.local.services import InfluxServer, RedisServer
 from tests.collector_harness import running_collector, sent_keys, simulator, stream_events, stream_state_keys
 from tests.helpers import wait_for
 from tests.writer_harness import running_writer, writer_settings

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq_hasim.hub import Hub
-from homeiq_hasim.runner import SimServer
-from homeiq_local.services import RedisServer
+from homeiq.ha_sim.hub import Hub
+from homeiq.ha_sim.runner import SimServer
+from homeiq.local.services import RedisServer
 from tests.collector_harness import Running, every_state_once, running_collector, simulator, stream_events
 from tests.helpers import wait_for
 

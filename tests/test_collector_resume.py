@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq_local.services import RedisServer
-from homeiq_shared.stream import DEFAULT_NAMES
+from homeiq.local.services import RedisServer
+from homeiq.shared.stream import DEFAULT_NAMES
 from tests.collector_harness import TOKEN, every_state_once, running_collector, simulator, stream_state_keys
 from tests.helpers import Service, wait_for
 

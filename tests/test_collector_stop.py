@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq_hasim import commands
-from homeiq_local.services import RedisServer
+from homeiq.ha_sim import commands
+from homeiq.local.services import RedisServer
 from tests.collector_harness import Running, missing_calls, reader_held, running_collector, service_calls, simulator
 from tests.helpers import wait_for
 

@@ -12,14 +12,14 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from homeiq_collector.metrics import CollectorMetrics
-from homeiq_collector.publisher import _STOP, Publisher
-from homeiq_collector.spool import Spool
-from homeiq_hasim import commands
-from homeiq_hasim.messages import Standalone
-from homeiq_local.services import RedisServer
-from homeiq_shared.health import Readiness
-from homeiq_shared.stream import StreamNames
+from homeiq.collector.metrics import CollectorMetrics
+from homeiq.collector.publisher import _STOP, Publisher
+from homeiq.collector.spool import Spool
+from homeiq.ha_sim import commands
+from homeiq.ha_sim.messages import Standalone
+from homeiq.local.services import RedisServer
+from homeiq.shared.health import Readiness
+from homeiq.shared.stream import StreamNames
 from tests.collector_harness import running_collector, simulator, stream_events
 from tests.helpers import wait_for
 

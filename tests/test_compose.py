@@ -12,9 +12,9 @@ from typing import Any
 import yaml
 from typer.main import get_command
 
-from homeiq_collector.cli import app as collector_app
-from homeiq_replayer.cli import app as replayer_app
-from homeiq_writer.cli import app as writer_app
+from homeiq.collector.cli import app as collector_app
+from homeiq.replayer.cli import app as replayer_app
+from homeiq.writer.cli import app as writer_app
 
 ROOT = Path(__file__).resolve().parents[1]
 APPS = {"collector": collector_app, "writer": writer_app, "replayer": replayer_app}

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from homeiq_collector.entity_filter import EntityFilter
-from homeiq_shared.config import EntityWords
-from homeiq_shared.config_reader import load_config, parse_config
-from homeiq_shared.events import NormalisedEvent
-from homeiq_shared.settings import ConfigError
-from homeiq_writer.settings import InfluxSettings
+from homeiq.collector.entity_filter import EntityFilter
+from homeiq.shared.config import EntityWords
+from homeiq.shared.config_reader import load_config, parse_config
+from homeiq.shared.events import NormalisedEvent
+from homeiq.shared.settings import ConfigError
+from homeiq.writer.settings import InfluxSettings
 from tests.events import state_event
 
 # A block as people have it in configuration.yaml (home-assistant.io's examples, with !secret).

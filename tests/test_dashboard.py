@@ -14,13 +14,13 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from homeiq_collector.metrics import CollectorMetrics
-from homeiq_local.services import InfluxServer, RedisServer
-from homeiq_replayer.stream_metrics import StreamMetrics
-from homeiq_shared.broker import PersistenceCheck
-from homeiq_shared.health import Readiness
-from homeiq_shared.stream import DEFAULT_NAMES
-from homeiq_writer.metrics import WriterMetrics
+from homeiq.collector.metrics import CollectorMetrics
+from homeiq.local.services import InfluxServer, RedisServer
+from homeiq.replayer.stream_metrics import StreamMetrics
+from homeiq.shared.broker import PersistenceCheck
+from homeiq.shared.health import Readiness
+from homeiq.shared.stream import DEFAULT_NAMES
+from homeiq.writer.metrics import WriterMetrics
 from tests.events import state_payload
 from tests.helpers import wait_for
 from tests.monitoring import OPS, Prometheus

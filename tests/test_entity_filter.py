@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq_collector.entity_filter import EntityFilter
-from homeiq_local.services import RedisServer
-from homeiq_shared.events import NormalisedEvent
-from homeiq_shared.settings import ConfigError
+from homeiq.collector.entity_filter import EntityFilter
+from homeiq.local.services import RedisServer
+from homeiq.shared.events import NormalisedEvent
+from homeiq.shared.settings import ConfigError
 from tests.collector_harness import running_collector, simulator, stream_events
 from tests.events import state_event
 from tests.helpers import wait_for

@@ -17,11 +17,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from homeiq_local.services import InfluxServer
-from homeiq_shared.config_reader import parse_config
-from homeiq_shared.events import NormalisedEvent, State
-from homeiq_writer.haschema import HaEncoder
-from homeiq_writer.influx import Outcome, v1_sink
+from homeiq.local.services import InfluxServer
+from homeiq.shared.config_reader import parse_config
+from homeiq.shared.events import NormalisedEvent, State
+from homeiq.writer.haschema import HaEncoder
+from homeiq.writer.influx import Outcome, v1_sink
 
 T0 = 1_764_200_000_000_000_000  # ns, whole microseconds
 

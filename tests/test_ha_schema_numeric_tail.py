@@ -20,8 +20,8 @@ import msgspec
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from homeiq_shared.events import NormalisedEvent, State
-from homeiq_writer.haschema import HaEncoder, has_numeric_tail
+from homeiq.shared.events import NormalisedEvent, State
+from homeiq.writer.haschema import HaEncoder, has_numeric_tail
 
 HA_RE_DIGIT_TAIL = re.compile(r"^[^\.]*\d+\.?\d+[^\.]*$")
 

@@ -11,11 +11,11 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq_local.services import InfluxServer, RedisServer
-from homeiq_shared.config_reader import parse_config
-from homeiq_writer.haschema import cut_to_precision
-from homeiq_writer.service import Writer
-from homeiq_writer.settings import WriterSettings
+from homeiq.local.services import InfluxServer, RedisServer
+from homeiq.shared.config_reader import parse_config
+from homeiq.writer.haschema import cut_to_precision
+from homeiq.writer.service import Writer
+from homeiq.writer.settings import WriterSettings
 from tests.events import BASE_NS, state_payload
 from tests.helpers import wait_for
 from tests.writer_harness import fill, group_state, metric, running_writer, writer_settings
@@ -95,7 +95,7 @@ async def test_overwrites_are_logged_once_with_how_many_and_an_example(
     caplog: pytest.LogCaptureFixture
 ) -> None:
     payloads = [state(n, "sensor.kitchen", str(n), n * 1000) for n in range(50)]
-    caplog.set_level(logging.WARNING, logger="homeiq_writer")
+    caplog.set_level(logging.WARNING, logger="homeiq.writer")
     async with running_writer(ha_writer(redis_server, influx, influx_db, "s")) as writer:
         for first in range(0, 50, 10):  # five batches, each overwriting the one before
             await fill(redis_client, payloads[first:first + 10])

@@ -12,9 +12,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from homeiq_hasim.hub import Hub
-from homeiq_hasim.runner import SimServer
-from homeiq_local.services import InfluxServer, RedisServer
+from homeiq.ha_sim.hub import Hub
+from homeiq.ha_sim.runner import SimServer
+from homeiq.local.services import InfluxServer, RedisServer
 from tests.helpers import Service, wait_for
 
 TOKEN = "test-token-side-by-side-42"

@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from homeiq_hasim.hub import Hub
-from homeiq_hasim.recorder import Recorded, Recorder
-from homeiq_hasim.runner import SimServer
+from homeiq.ha_sim.hub import Hub
+from homeiq.ha_sim.recorder import Recorded, Recorder
+from homeiq.ha_sim.runner import SimServer
 
 CAPTURES = Path(__file__).parent / "captures"
 TOKEN = "sim-token"

@@ -7,10 +7,10 @@ import re
 import msgspec
 import pytest
 
-from homeiq_local.services import InfluxServer
-from homeiq_shared.events import Context, Enrichment, NormalisedEvent, State
-from homeiq_writer.influx import Outcome, v1_sink
-from homeiq_writer.lineprotocol import encode_line, event_category, numeric_value, tag_value
+from homeiq.local.services import InfluxServer
+from homeiq.shared.events import Context, Enrichment, NormalisedEvent, State
+from homeiq.writer.influx import Outcome, v1_sink
+from homeiq.writer.lineprotocol import encode_line, event_category, numeric_value, tag_value
 
 
 def state_event(state: str = "21.5", **changes: object) -> NormalisedEvent:

@@ -15,9 +15,9 @@ import msgspec
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from homeiq_local.services import InfluxServer
-from homeiq_shared.events import Context, Enrichment, NormalisedEvent, State
-from homeiq_writer.lineprotocol import encode_line, event_category, numeric_value
+from homeiq.local.services import InfluxServer
+from homeiq.shared.events import Context, Enrichment, NormalisedEvent, State
+from homeiq.writer.lineprotocol import encode_line, event_category, numeric_value
 
 # Any unicode but surrogates (not UTF-8, so never in HA's JSON), with what line protocol treats specially
 # drawn often: line breaks, tabs, backslashes, the separators, quotes, emoji, NUL.

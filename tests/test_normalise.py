@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from homeiq_collector import frames
-from homeiq_collector.normalise import PointTimes, normalise
-from homeiq_collector.registry import Registry
-from homeiq_shared.events import decode_event, encode_event
-from homeiq_shared.times import datetime_ns, float_ns
+from homeiq.collector import frames
+from homeiq.collector.normalise import PointTimes, normalise
+from homeiq.collector.registry import Registry
+from homeiq.shared.events import decode_event, encode_event
+from homeiq.shared.times import datetime_ns, float_ns
 
 CAPTURES = Path(__file__).parent / "captures"
 STATE_CHANGED = (

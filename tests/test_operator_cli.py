@@ -14,10 +14,10 @@ import redis
 import redis.asyncio as aioredis
 from typer.testing import CliRunner
 
-from homeiq_local.services import RedisServer
-from homeiq_replayer.cli import app
-from homeiq_shared.settings import ConfigError, check_url
-from homeiq_shared.stream import DEAD_REASON, DEFAULT_NAMES, FIELD_EVENT, FIELD_VERSION
+from homeiq.local.services import RedisServer
+from homeiq.replayer.cli import app
+from homeiq.shared.settings import ConfigError, check_url
+from homeiq.shared.stream import DEAD_REASON, DEFAULT_NAMES, FIELD_EVENT, FIELD_VERSION
 
 runner = CliRunner()
 

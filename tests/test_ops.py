@@ -13,14 +13,14 @@ import redis.asyncio as aioredis
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from homeiq_collector.metrics import CollectorMetrics
-from homeiq_local.services import InfluxServer, RedisServer, free_port
-from homeiq_replayer.service import Replayer
-from homeiq_replayer.settings import ReclaimSettings, ReplayerSettings
-from homeiq_replayer.stream_metrics import StreamMetrics
-from homeiq_shared.stream import DEFAULT_NAMES
-from homeiq_writer.metrics import WriterMetrics
-from homeiq_writer.settings import InfluxSettings
+from homeiq.collector.metrics import CollectorMetrics
+from homeiq.local.services import InfluxServer, RedisServer, free_port
+from homeiq.replayer.service import Replayer
+from homeiq.replayer.settings import ReclaimSettings, ReplayerSettings
+from homeiq.replayer.stream_metrics import StreamMetrics
+from homeiq.shared.stream import DEFAULT_NAMES
+from homeiq.writer.metrics import WriterMetrics
+from homeiq.writer.settings import InfluxSettings
 from tests.events import state_payload
 from tests.helpers import wait_for
 from tests.writer_harness import fill, running_writer, writer_settings

@@ -8,9 +8,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from homeiq_hasim.hub import Hub, SentEvent
-from homeiq_hasim.runner import SimServer
-from homeiq_local.services import InfluxServer, RedisServer
+from homeiq.ha_sim.hub import Hub, SentEvent
+from homeiq.ha_sim.runner import SimServer
+from homeiq.local.services import InfluxServer, RedisServer
 from tests.helpers import DelayProxy, Service, wait_for
 
 TOKEN = "test-token-e2e-0123456789"

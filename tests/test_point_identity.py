@@ -6,9 +6,9 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from homeiq_hasim.messages import iso, now_ts, ulid
-from homeiq_local.services import InfluxServer, RedisServer
-from homeiq_shared.stream import DEFAULT_NAMES
+from homeiq.ha_sim.messages import iso, now_ts, ulid
+from homeiq.local.services import InfluxServer, RedisServer
+from homeiq.shared.stream import DEFAULT_NAMES
 from tests.collector_harness import running_collector, simulator
 from tests.helpers import wait_for
 from tests.writer_harness import running_writer, writer_settings

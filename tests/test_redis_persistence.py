@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq_local.services import InfluxServer, RedisServer
-from homeiq_shared.stream import DEFAULT_NAMES
+from homeiq.local.services import InfluxServer, RedisServer
+from homeiq.shared.stream import DEFAULT_NAMES
 from tests.collector_harness import running_collector, simulator
 from tests.events import state_payload
 from tests.helpers import wait_for

@@ -17,16 +17,16 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
-from homeiq_local.services import InfluxServer, RedisServer, free_port
-from homeiq_replayer import operations
-from homeiq_replayer.cli import app
-from homeiq_replayer.reclaim import reclaim_pass
-from homeiq_replayer.settings import ReplayerSettings
-from homeiq_shared.health import Readiness
-from homeiq_shared.stream import DEFAULT_NAMES, FIELD_EVENT, FIELD_VERSION, connect
-from homeiq_writer.batch import BatchWriter
-from homeiq_writer.influx import v1_sink
-from homeiq_writer.metrics import WriterMetrics
+from homeiq.local.services import InfluxServer, RedisServer, free_port
+from homeiq.replayer import operations
+from homeiq.replayer.cli import app
+from homeiq.replayer.reclaim import reclaim_pass
+from homeiq.replayer.settings import ReplayerSettings
+from homeiq.shared.health import Readiness
+from homeiq.shared.stream import DEFAULT_NAMES, FIELD_EVENT, FIELD_VERSION, connect
+from homeiq.writer.batch import BatchWriter
+from homeiq.writer.influx import v1_sink
+from homeiq.writer.metrics import WriterMetrics
 from tests.events import state_payload
 from tests.helpers import FaultyHttp, wait_for
 from tests.writer_harness import fill

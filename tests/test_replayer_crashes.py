@@ -12,17 +12,17 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
-from homeiq_local.services import InfluxServer, RedisServer
-from homeiq_replayer.cli import app
-from homeiq_replayer.crashes import CrashLedger
-from homeiq_replayer.reclaim import reclaim_pass
-from homeiq_shared import events
-from homeiq_shared.health import Readiness
-from homeiq_shared.stream import DEAD_ORIGINAL_ID, DEAD_REASON, DEFAULT_NAMES, FIELD_EVENT
-from homeiq_writer import batch
-from homeiq_writer.batch import BatchWriter
-from homeiq_writer.influx import v1_sink
-from homeiq_writer.metrics import WriterMetrics
+from homeiq.local.services import InfluxServer, RedisServer
+from homeiq.replayer.cli import app
+from homeiq.replayer.crashes import CrashLedger
+from homeiq.replayer.reclaim import reclaim_pass
+from homeiq.shared import events
+from homeiq.shared.health import Readiness
+from homeiq.shared.stream import DEAD_ORIGINAL_ID, DEAD_REASON, DEFAULT_NAMES, FIELD_EVENT
+from homeiq.writer import batch
+from homeiq.writer.batch import BatchWriter
+from homeiq.writer.influx import v1_sink
+from homeiq.writer.metrics import WriterMetrics
 from tests.events import state_payload
 from tests.helpers import FaultyHttp, Service, wait_for
 from tests.writer_harness import fill, restart_during_outage, write_requests

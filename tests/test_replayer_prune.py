@@ -6,9 +6,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from homeiq_local.services import RedisServer
-from homeiq_replayer import operations
-from homeiq_shared.stream import DEFAULT_NAMES, FIELD_EVENT, FIELD_VERSION, connect, ensure_group
+from homeiq.local.services import RedisServer
+from homeiq.replayer import operations
+from homeiq.shared.stream import DEFAULT_NAMES, FIELD_EVENT, FIELD_VERSION, connect, ensure_group
 from tests.helpers import wait_for
 
 STREAM, GROUP = DEFAULT_NAMES.stream, DEFAULT_NAMES.group

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.exceptions import ResponseError
 
-from homeiq_local.services import RedisServer
-from homeiq_replayer import operations
-from homeiq_shared.stream import (
+from homeiq.local.services import RedisServer
+from homeiq.replayer import operations
+from homeiq.shared.stream import (
     DEFAULT_NAMES,
     connect,
     ensure_group,

@@ -63,7 +63,7 @@ def test_bootstrap_on_a_bare_debian_12(tmp_path: Path) -> None:
     # pip trusts what this host trusts (a TLS-intercepting proxy's CA, where there is one); nothing else is given.
     ca = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")
     script = ("set -e; python3 --version 2>&1 || echo 'no python3 yet'; scripts/bootstrap; "
-              ".venv/bin/collector --help >/dev/null; .venv/bin/python -c 'import homeiq_writer, redis, msgspec'; "
+              ".venv/bin/collector --help >/dev/null; .venv/bin/python -c 'import homeiq.writer, redis, msgspec'; "
               "echo BOOTSTRAPPED")
     done = subprocess.run(
         ["docker", "run", "--rm", "-v", f"{source}:/src", "-v", f"{ca}:/host-ca.pem:ro", "-e", "PIP_CERT=/host-ca.pem",

@@ -11,12 +11,12 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from homeiq_collector.metrics import CollectorMetrics
-from homeiq_collector.publisher import Publisher
-from homeiq_collector.spool import Policy, Spool
-from homeiq_local.services import RedisServer, free_port
-from homeiq_shared.health import Readiness
-from homeiq_shared.stream import FIELD_EVENT, StreamNames
+from homeiq.collector.metrics import CollectorMetrics
+from homeiq.collector.publisher import Publisher
+from homeiq.collector.spool import Policy, Spool
+from homeiq.local.services import RedisServer, free_port
+from homeiq.shared.health import Readiness
+from homeiq.shared.stream import FIELD_EVENT, StreamNames
 from tests.helpers import DelayProxy, value, wait_for
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from homeiq_local.services import free_port
+from homeiq.local.services import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS, RATE = 4000, 100

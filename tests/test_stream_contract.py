@@ -7,8 +7,8 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq_local.services import RedisServer
-from homeiq_shared.stream import (
+from homeiq.local.services import RedisServer
+from homeiq.shared.stream import (
     DEFAULT_NAMES,
     FIELD_EVENT,
     FIELD_VERSION,

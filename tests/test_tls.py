@@ -22,15 +22,15 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from homeiq_collector.settings import CollectorSettings
-from homeiq_hasim.hub import Hub
-from homeiq_hasim.runner import SimServer
-from homeiq_local.services import InfluxServer, RedisServer
-from homeiq_replayer.service import Replayer
-from homeiq_replayer.settings import AuditSettings, ReplayerSettings
-from homeiq_shared.stream import DEFAULT_NAMES
-from homeiq_writer.influx import Outcome
-from homeiq_writer.settings import InfluxSettings
+from homeiq.collector.settings import CollectorSettings
+from homeiq.ha_sim.hub import Hub
+from homeiq.ha_sim.runner import SimServer
+from homeiq.local.services import InfluxServer, RedisServer
+from homeiq.replayer.service import Replayer
+from homeiq.replayer.settings import AuditSettings, ReplayerSettings
+from homeiq.shared.stream import DEFAULT_NAMES
+from homeiq.writer.influx import Outcome
+from homeiq.writer.settings import InfluxSettings
 from tests.collector_harness import TOKEN, running_collector
 from tests.helpers import wait_for
 

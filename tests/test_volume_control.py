@@ -13,16 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from homeiq_local.services import InfluxServer
-from homeiq_shared.config_reader import parse_config
-from homeiq_shared.events import NormalisedEvent, State
-from homeiq_shared.health import Readiness
-from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, entry_fields, read_group
-from homeiq_writer.batch import BatchWriter
-from homeiq_writer.haschema import HaEncoder
-from homeiq_writer.influx import v1_sink
-from homeiq_writer.metrics import WriterMetrics
-from homeiq_writer.schemas import make_encoder
+from homeiq.local.services import InfluxServer
+from homeiq.shared.config_reader import parse_config
+from homeiq.shared.events import NormalisedEvent, State
+from homeiq.shared.health import Readiness
+from homeiq.shared.stream import DEFAULT_NAMES, ensure_group, entry_fields, read_group
+from homeiq.writer.batch import BatchWriter
+from homeiq.writer.haschema import HaEncoder
+from homeiq.writer.influx import v1_sink
+from homeiq.writer.metrics import WriterMetrics
+from homeiq.writer.schemas import make_encoder
 from tests.events import other_payload, state_payload
 from tests.helpers import value
 

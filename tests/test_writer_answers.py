@@ -9,9 +9,9 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq_local.services import InfluxServer, free_port
-from homeiq_shared.stream import DEAD_DETAIL, DEAD_REASON, DEFAULT_NAMES, FIELD_EVENT
-from homeiq_writer.influx import Outcome, classify
+from homeiq.local.services import InfluxServer, free_port
+from homeiq.shared.stream import DEAD_DETAIL, DEAD_REASON, DEFAULT_NAMES, FIELD_EVENT
+from homeiq.writer.influx import Outcome, classify
 from tests.events import state_payload
 from tests.helpers import FaultyHttp, wait_for
 from tests.writer_harness import fill, group_state, metric, running_writer, writer_settings

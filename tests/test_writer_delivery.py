@@ -9,10 +9,10 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from homeiq_local.services import InfluxServer, RedisServer
-from homeiq_shared.stream import DEFAULT_NAMES, StreamNames, connect, read_group
-from homeiq_writer.batch import BatchWriter
-from homeiq_writer.influx import v1_sink
+from homeiq.local.services import InfluxServer, RedisServer
+from homeiq.shared.stream import DEFAULT_NAMES, StreamNames, connect, read_group
+from homeiq.writer.batch import BatchWriter
+from homeiq.writer.influx import v1_sink
 from tests.events import state_payload
 from tests.helpers import DelayProxy, FaultyHttp, Service, wait_for
 from tests.writer_harness import (

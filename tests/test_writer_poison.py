@@ -8,10 +8,10 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from homeiq_local.services import InfluxServer
-from homeiq_shared.events import NormalisedEvent
-from homeiq_shared.health import Readiness
-from homeiq_shared.stream import (
+from homeiq.local.services import InfluxServer
+from homeiq.shared.events import NormalisedEvent
+from homeiq.shared.health import Readiness
+from homeiq.shared.stream import (
     DEAD_DETAIL,
     DEAD_ORIGINAL_ID,
     DEAD_REASON,
@@ -22,10 +22,10 @@ from homeiq_shared.stream import (
     entry_fields,
     read_group,
 )
-from homeiq_writer.batch import BatchWriter, Handled
-from homeiq_writer.influx import v1_sink
-from homeiq_writer.lineprotocol import LineEncoder
-from homeiq_writer.metrics import WriterMetrics
+from homeiq.writer.batch import BatchWriter, Handled
+from homeiq.writer.influx import v1_sink
+from homeiq.writer.lineprotocol import LineEncoder
+from homeiq.writer.metrics import WriterMetrics
 from tests.events import state_payload
 from tests.helpers import value
 

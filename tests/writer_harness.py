@@ -11,9 +11,9 @@ import msgspec
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from homeiq_shared.stream import DEFAULT_NAMES, ensure_group, entry_fields
-from homeiq_writer.service import Writer
-from homeiq_writer.settings import InfluxSettings, WriterSettings
+from homeiq.shared.stream import DEFAULT_NAMES, ensure_group, entry_fields
+from homeiq.writer.service import Writer
+from homeiq.writer.settings import InfluxSettings, WriterSettings
 from tests.helpers import FaultyHttp, wait_for
 
 

@@ -17,12 +17,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
-from homeiq_hasim.hub import Hub
-from homeiq_hasim.runner import SimServer
-from homeiq_local.processes import ScriptProcess
-from homeiq_local.services import InfluxServer, RedisServer, free_port
-from homeiq_local.waiting import wait_for
-from homeiq_shared.stream import DEFAULT_NAMES
+from homeiq.ha_sim.hub import Hub
+from homeiq.ha_sim.runner import SimServer
+from homeiq.local.processes import ScriptProcess
+from homeiq.local.services import InfluxServer, RedisServer, free_port
+from homeiq.local.waiting import wait_for
+from homeiq.shared.stream import DEFAULT_NAMES
 from tests.faults.truth import Row, Verdict, compare, record
 
 TOKEN = "fault-suite-token-5be1"

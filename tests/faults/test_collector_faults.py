@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from homeiq_shared.stream import DEFAULT_NAMES
+from homeiq.shared.stream import DEFAULT_NAMES
 from tests.faults.pipeline import DATABASE, FaultPipeline, service_calls, steady_traffic
 from tests.faults.test_writer_faults import assert_exact
 from tests.helpers import wait_for

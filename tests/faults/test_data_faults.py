@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from homeiq_hasim.messages import iso, now_ts, ulid
+from homeiq.ha_sim.messages import iso, now_ts, ulid
 from tests.faults.pipeline import DATABASE, FaultPipeline, steady_traffic
 from tests.faults.test_writer_faults import assert_exact
 from tests.helpers import wait_for

@@ -9,9 +9,9 @@ import shutil
 import time
 from pathlib import Path
 
-from homeiq_hasim.hub import Hub
-from homeiq_hasim.messages import rendered_us
-from homeiq_hasim.population import next_state
+from homeiq.ha_sim.hub import Hub
+from homeiq.ha_sim.messages import rendered_us
+from homeiq.ha_sim.population import next_state
 from tests.faults.pipeline import FaultPipeline, service_calls, steady_traffic
 from tests.faults.test_collector_faults import lost_calls
 from tests.faults.test_writer_faults import assert_exact

@@ -10,8 +10,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from homeiq_shared.events import decode_event
-from homeiq_shared.stream import DEFAULT_NAMES, FIELD_EVENT
+from homeiq.shared.events import decode_event
+from homeiq.shared.stream import DEFAULT_NAMES, FIELD_EVENT
 from tests.faults.pipeline import FaultPipeline, steady_traffic
 from tests.faults.test_writer_faults import assert_exact
 

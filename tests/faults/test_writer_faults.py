@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from homeiq_local.services import free_port
+from homeiq.local.services import free_port
 from tests.faults.pipeline import FaultPipeline, steady_traffic
 from tests.faults.truth import Verdict
 from tests.helpers import DelayProxy, FaultyHttp

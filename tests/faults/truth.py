@@ -8,9 +8,9 @@ from typing import Any
 
 import msgspec
 
-from homeiq_hasim.hub import Hub, SentEvent
-from homeiq_shared.events import decode_event
-from homeiq_shared.stream import FIELD_EVENT
+from homeiq.ha_sim.hub import Hub, SentEvent
+from homeiq.shared.events import decode_event
+from homeiq.shared.stream import FIELD_EVENT
 
 Key = tuple[str, int]  # entity_id, point time in ns
 

@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from homeiq_local.services import free_port
-from homeiq_shared.times import float_ns
+from homeiq.local.services import free_port
+from homeiq.shared.times import float_ns
 from tests.realha.install import Installed
 
 BOOLEANS = 12

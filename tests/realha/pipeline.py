@@ -18,7 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from homeiq_local.waiting import wait_for
+from homeiq.local.waiting import wait_for
 from tests.faults.pipeline import DATABASE, FaultPipeline
 from tests.realha.home import HomeAssistant, RecordedState
 

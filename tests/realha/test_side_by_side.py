@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from homeiq_local.waiting import wait_for
-from homeiq_shared.stream import DEFAULT_NAMES
+from homeiq.local.waiting import wait_for
+from homeiq.shared.stream import DEFAULT_NAMES
 from tests.realha.home import HomeAssistant, influxdb_block
 from tests.realha.install import Installed
 from tests.realha.pipeline import ROWS, RealPipeline, RealRow, steady_changes

@@ -1,0 +1,243 @@
+"""One authenticated HA WebSocket session. Only the reader reads; it routes every frame by id."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+import aiohttp
+import msgspec
+
+from homeiq.collector import frames
+from homeiq.shared.logs import Log
+
+if TYPE_CHECKING:
+    from homeiq.collector.metrics import CollectorMetrics
+
+log = Log(__name__)
+
+# Returns an awaitable only when it must wait (a full buffer), so the reader awaits nothing per event.
+EventHandler = Callable[[frames.EventFrame | frames.StateEventFrame], Awaitable[None] | None]
+
+
+class ConnectionLost(Exception):
+    """The WebSocket closed or broke; the message says how."""
+
+
+class HeartbeatTimeout(ConnectionLost):
+    """No pong in time: the connection is presumed half-open."""
+
+
+class MessageTooBig(ConnectionLost):
+    """A message over the size limit (HA_MAX_MESSAGE_MB): aiohttp closed the socket (1009) without reading it, and
+    with it whatever HA had coalesced into that frame."""
+
+
+class AuthInvalid(Exception):
+    """HA refused the token (`auth_invalid`)."""
+
+
+class CommandFailed(Exception):
+    """HA answered a command with `success: false`."""
+
+    def __init__(self, command: str, code: str, message: str) -> None:
+        super().__init__(f"{command} failed: {code}: {message}")
+        self.code = code
+
+
+# Text frames arrive as bytes (`ws_connect(..., decode_text=False)`): msgspec decodes UTF-8 bytes at twice the
+# speed of a str, and decoding to str first is a second pass over every frame. msgspec checks the UTF-8 of every
+# string it decodes; a message whose strings are not UTF-8 is rejected on its own instead of closing the socket.
+FrameSocket = aiohttp.ClientWebSocketResponse[Literal[False]]
+
+
+class HAConnection:
+    """Command ids are per connection and strictly increasing on the wire."""
+
+    def __init__(self, ws: FrameSocket, metrics: CollectorMetrics) -> None:
+        self._ws, self._metrics = ws, metrics
+        self._last_id = 0
+        self._send_lock = asyncio.Lock()
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._subscriptions: dict[int, EventHandler] = {}
+        self._events_routed = 0  # events of the current frame handed to a subscription
+        self._holds = 0  # times the reader waited for room in the buffer
+        self._holding = False  # waiting for room now
+
+    async def authenticate(self, token: str, timeout_s: float) -> str:
+        """auth_required → auth → auth_ok, every receive under `timeout_s`; returns HA's version."""
+        first = await self._receive_auth_frame(timeout_s, "auth_required")
+        if not isinstance(first, frames.AuthRequired):
+            raise ConnectionLost(f"expected auth_required, got {type(first).__name__}")
+        await self._ws.send_str(msgspec.json.encode({"type": "auth", "access_token": token}).decode())
+        answer = await self._receive_auth_frame(timeout_s, "auth_ok")
+        if isinstance(answer, frames.AuthInvalid):
+            raise AuthInvalid(answer.message or "auth_invalid")
+        if not isinstance(answer, frames.AuthOk):
+            raise ConnectionLost(f"expected auth_ok, got {type(answer).__name__}")
+        return answer.ha_version
+
+    async def _receive_auth_frame(self, timeout_s: float, expected: str) -> frames.Frame:
+        try:
+            message = await self._ws.receive(timeout=timeout_s)
+        except TimeoutError:
+            raise ConnectionLost(f"no {expected} within {timeout_s:g} s") from None
+        if message.type is not aiohttp.WSMsgType.TEXT:
+            raise ConnectionLost(f"connection closed while waiting for {expected} ({message.type.name})")
+        try:
+            return frames.single_decoder.decode(message.data)
+        except frames.UNDECODABLE:
+            raise ConnectionLost(f"malformed frame while waiting for {expected}") from None
+
+    async def command(self, payload: dict[str, Any], timeout_s: float,
+                      on_event: EventHandler | None = None) -> msgspec.Raw:
+        """Send a command with the next id and wait for its result (or pong): ConnectionLost when none came
+        within `timeout_s` of reading. While the reader waits for room in our own buffer (Redis slow), HA's
+        silence says nothing, and dropping the connection would lose what HA queued for us: the wait starts
+        again."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        async with self._send_lock:
+            self._last_id += 1
+            msg_id = self._last_id
+            self._pending[msg_id] = future
+            if on_event is not None:
+                self._subscriptions[msg_id] = on_event
+            await self._ws.send_str(msgspec.json.encode({"id": msg_id, **payload}).decode())
+        try:
+            while True:
+                holds = self._holds
+                done, _ = await asyncio.wait((future,), timeout=timeout_s)
+                if done:
+                    result: msgspec.Raw = future.result()
+                    return result
+                if holds == self._holds and not self._holding:
+                    raise ConnectionLost(f"no answer to {payload['type']} within {timeout_s:g} s")
+        finally:
+            self._pending.pop(msg_id, None)
+
+    async def subscribe(self, on_event: EventHandler, timeout_s: float, event_type: str | None = None) -> None:
+        """`subscribe_events`; the handler is in place before the command is sent."""
+        payload: dict[str, Any] = {"type": "subscribe_events"}
+        if event_type:
+            payload["event_type"] = event_type
+        await self.command(payload, timeout_s, on_event=on_event)
+
+    async def unsubscribe_all(self, timeout_s: float) -> None:
+        """`unsubscribe_events` for every subscription, each handler kept until HA answers: HA sends a
+        subscription's events before the answer to its unsubscribe, so once answered, every event HA sent
+        has been routed and none follows."""
+        for sub_id in list(self._subscriptions):
+            await self.command({"type": "unsubscribe_events", "subscription": sub_id}, timeout_s)
+            del self._subscriptions[sub_id]
+
+    async def ping(self, timeout_s: float) -> None:
+        """App-level ping; HeartbeatTimeout when no pong within `timeout_s` of reading."""
+        try:
+            await self.command({"type": "ping"}, timeout_s)
+        except ConnectionLost as exc:
+            raise HeartbeatTimeout(str(exc)) from None
+
+    async def read_forever(self) -> None:
+        """Route every frame until the socket ends; then fail whatever still waits and raise ConnectionLost."""
+        error: object = None
+        try:
+            async for message in self._ws:
+                if message.type is aiohttp.WSMsgType.TEXT:
+                    await self._route_frame(message.data)
+                    # aiohttp hands over queued frames without yielding: let the loop read sockets (Redis's
+                    # answer to the publisher, more of this one) between frames, or the stages take turns.
+                    await asyncio.sleep(0)
+                elif message.type is aiohttp.WSMsgType.BINARY:
+                    self._reject("binary_frame", "binary frame ignored")
+                elif message.type is aiohttp.WSMsgType.ERROR:
+                    error = message.data
+            reason = f"closed by server (code {self._ws.close_code})"
+        except aiohttp.ClientError as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        if self._ws.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
+            lost: ConnectionLost = MessageTooBig(f"a message over the size limit: {error}")
+        else:
+            lost = ConnectionLost(reason)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(lost)
+        raise lost
+
+    async def _route_frame(self, data: bytes) -> None:
+        decoded: Any
+        try:
+            decoded = frames.fast_frame_decoder.decode(data)
+        except frames.UNDECODABLE:
+            try:
+                decoded = frames.frame_decoder.decode(data)
+            except frames.UNDECODABLE:
+                decoded = self._split_bad_frame(data)
+        try:
+            if isinstance(decoded, list):
+                for single in decoded:
+                    await self._route(single)
+            else:
+                await self._route(decoded)
+        finally:  # counted once a frame: a Counter takes a lock, which per event is a tenth of the reader's time
+            if self._events_routed:
+                self._metrics.received.inc(self._events_routed)
+                self._events_routed = 0
+
+    def _split_bad_frame(self, data: bytes) -> list[frames.Frame]:
+        """A frame that failed as a whole: keep each good message, count each bad one."""
+        try:
+            parts = frames.raw_list_decoder.decode(data)
+        except frames.UNDECODABLE:
+            parts = [msgspec.Raw(data)]
+        good: list[frames.Frame] = []
+        for part in parts:
+            try:
+                good.append(frames.single_decoder.decode(part))
+            except msgspec.ValidationError:
+                self._reject("unknown_type", "message of unknown type or shape ignored", part)
+                self._fail_waiting(part)
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                self._reject("malformed_json", "malformed JSON ignored", part)
+                self._fail_waiting(part)
+        return good
+
+    def _fail_waiting(self, part: msgspec.Raw) -> None:
+        """An unreadable answer still names the command it answers: fail that command now, not at its timeout."""
+        try:
+            msg_id = frames.id_decoder.decode(part).id
+        except frames.UNDECODABLE:
+            return
+        future = self._pending.get(msg_id)
+        if future is not None and not future.done():
+            future.set_exception(CommandFailed(f"command {msg_id}", "malformed_answer", "the answer cannot be read"))
+
+    def _reject(self, reason: str, text: str, part: msgspec.Raw | None = None) -> None:
+        self._metrics.frames_rejected.labels(reason).inc()
+        self._metrics.log_sampled(reason, text, sample=bytes(part)[:200].decode(errors="replace") if part else "")
+
+    async def _route(self, frame: frames.Frame | frames.FastFrame) -> None:
+        if isinstance(frame, frames.StateEventFrame | frames.EventFrame):
+            handler = self._subscriptions.get(frame.id)
+            if handler is None:
+                self._reject("unknown_subscription", f"event for unknown subscription {frame.id}")
+            else:
+                self._events_routed += 1
+                if (waiting := handler(frame)) is not None:
+                    self._holds += 1
+                    self._holding = True
+                    try:
+                        await waiting
+                    finally:
+                        self._holding = False
+        elif isinstance(frame, frames.Result | frames.Pong):
+            future = self._pending.get(frame.id)
+            if future is None or future.done():
+                self._reject("unexpected_result", f"answer to unknown id {frame.id}")
+            elif isinstance(frame, frames.Result) and not frame.success:
+                error = frame.error or frames.ErrorInfo()
+                future.set_exception(CommandFailed(f"command {frame.id}", error.code, error.message))
+            else:
+                future.set_result(frame.result if isinstance(frame, frames.Result) else msgspec.Raw(b"null"))
+        else:
+            self._reject("unexpected_auth", f"unexpected {type(frame).__name__} after auth")

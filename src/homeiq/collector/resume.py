@@ -1,0 +1,140 @@
+"""Where a restarted collector resumes: the durable watermark in Redis, and the states already in the stream."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+
+from homeiq.collector.gap import GapTracker, Key, Watermark, state_keys
+from homeiq.shared.logs import Log
+from homeiq.shared.stream import FIELD_EVENT, StreamNames
+
+log = Log(__name__)
+
+SCAN_PAGE: Final = 10_000
+
+
+class KnownEntities:
+    """Every entity id this collector has seen, kept in Redis: a backfill asks the recorder for each, so an entity
+    removed while no collector listened still has the states of its last moments backfilled."""
+
+    def __init__(self, client: aioredis.Redis, key: str) -> None:
+        self._redis, self._key = client, key
+        self.ids: set[str] = set()
+        self._unsaved: set[str] = set()
+        self._forgotten: set[str] = set()
+
+    def saw(self, entity_id: str) -> None:
+        """Remember an entity id (the caller checked it is new: this is on the path of every event)."""
+        self.ids.add(entity_id)
+        self._unsaved.add(entity_id)
+        self._forgotten.discard(entity_id)
+
+    def saw_all(self, entity_ids: Iterable[str]) -> None:
+        """Remember every id of these not known yet (the entities of `get_states` and of the registry)."""
+        for entity_id in entity_ids:
+            if entity_id not in self.ids:
+                self.saw(entity_id)
+
+    def forget(self, entity_ids: set[str]) -> None:
+        """These entities are gone and their last states published: no gap can hold any of theirs any more."""
+        gone = entity_ids & self.ids
+        if gone:
+            self.ids -= gone
+            self._unsaved -= gone
+            self._forgotten |= gone
+
+    async def load(self) -> None:
+        """Add the ids an earlier run saw (and did not forget since)."""
+        stored: Any = await self._redis.smembers(self._key)
+        self.ids.update(entity_id.decode() for entity_id in stored)
+        self.ids -= self._forgotten
+
+    async def save(self) -> None:
+        """Store the ids seen, and drop the ids forgotten, since the last save."""
+        if self._forgotten:
+            forgotten, self._forgotten = self._forgotten, set()
+            try:
+                await self._redis.srem(self._key, *forgotten)
+            except BaseException:
+                self._forgotten |= forgotten - self.ids
+                raise
+        if self._unsaved:
+            unsaved, self._unsaved = self._unsaved, set()
+            try:
+                await self._redis.sadd(self._key, *unsaved)
+            except BaseException:
+                self._unsaved |= unsaved
+                raise
+
+
+class ResumePoint:
+    """Reads the saved watermark (retried until Redis answers; again after Redis forgot what it had acknowledged)
+    and only then saves newer ones, so a collector that started while Redis was down never overwrites the point its
+    downtime starts from. `held` gives the events the publisher holds and Redis does not yet (spool, buffer)."""
+
+    def __init__(self, client: aioredis.Redis, names: StreamNames, gap: GapTracker, enabled: bool,
+                 held: Callable[[], Awaitable[list[Key]]]) -> None:
+        self._redis, self._names, self._gap, self._enabled, self._held = client, names, gap, enabled, held
+        self.watermark = Watermark()
+        self._read_from = b""  # the resume id read at start: where a mark made before our first XADD reads back
+        self._saved: tuple[int, bytes] = (0, b"")
+
+    async def read(self, fallback_ns: int = 0) -> None:
+        """Learn where the last run left off and which later states Redis or our spool already holds (a killed
+        collector's watermark can be seconds old): the backfill starts there and skips those. `fallback_ns`: where
+        to start when Redis holds no watermark although this process saved one (Redis lost it)."""
+        stored: Any = (await self._redis.mget(self._names.watermark, self._names.resume_from) if self._enabled
+                       else (None, None))
+        saved_ns = int(stored[0]) if stored[0] else 0
+        if not saved_ns and self.saved and fallback_ns:
+            log.error("watermark_lost", backfill_from_ns=fallback_ns,
+                      consequence="Redis lost the watermark too: states before this process's first are not backfilled")
+            saved_ns = fallback_ns
+        self._read_from = stored[1] or b""
+        self.watermark = Watermark(saved_ns, self._read_from)
+        self._saved = (saved_ns, self._read_from)
+        if saved_ns:
+            # What the publisher holds first, then the stream: an entry it hands over in between is in the stream by
+            # the time the stream is read.
+            keys = await self._held()
+            keys += await self._stream_states_after(self._read_from)
+            for entity_id, time_ns in keys:
+                self._gap.published(entity_id, time_ns)
+            log.info("resuming", backfill_from_ns=saved_ns, read_back_after=self._read_from.decode() or "the start",
+                     already_published=len(keys))
+        self._gap.resume(saved_ns or None, self._read_from)
+
+    async def _stream_states_after(self, resume_from: bytes) -> list[Key]:
+        found: list[Key] = []
+        start = b"(" + resume_from if resume_from else b"-"
+        while True:
+            page: Any = await self._redis.xrange(self._names.stream, start, "+", count=SCAN_PAGE)
+            found += state_keys(fields.get(FIELD_EVENT, b"") for _, fields in page)
+            if len(page) < SCAN_PAGE:
+                return found
+            start = b"(" + page[-1][0]
+
+    def tail_or_read(self, tail: bytes | None) -> bytes:
+        """The id after which events offered from now on are: the last one added, or (none added by this process
+        yet) the one read back from at start."""
+        return tail or self._read_from
+
+    @property
+    def saved(self) -> bool:
+        """Whether Redis holds a watermark of this collector (read at start, or saved since)."""
+        return self._saved[0] > 0
+
+    async def save(self, offered: int, settled: int, tail: bytes | None) -> None:
+        """Store the last live state time whose event, and every one before it, is durable, with the id of the
+        last entry added before it was reached (`tail`: None while this process added none); never past a gap whose
+        backfill has not completed, and never before the saved one was read."""
+        if not self._gap.resume_known:
+            return
+        self.watermark.mark(offered, *self._gap.durable_until(self._gap.last_live_ns, self.tail_or_read(tail)))
+        durable = self.watermark.advance(settled)
+        if durable[0] and durable != self._saved:
+            await self._redis.mset({self._names.watermark: durable[0], self._names.resume_from: durable[1]})
+            self._saved = durable

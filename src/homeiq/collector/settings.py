@@ -1,0 +1,67 @@
+"""Collector settings: each declared once, with its variable, default, check and help; validated at start."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Annotated
+
+from homeiq.collector.spool import POLICIES, Policy
+from homeiq.shared.ha_connection import DEFAULT_HA_URL, HaSslCaCert, HaUrl, HaVerifySsl, ha_tls
+from homeiq.shared.options import ConfigPath, MetricsPort, ServiceSettings
+from homeiq.shared.settings import Nested, Var, at_least, not_empty, one_of, positive
+from homeiq.shared.stream import StreamNames
+
+HaCommandTimeout = Annotated[float, Var("HA_COMMAND_TIMEOUT_S", "Timeout of one command (registries, history), s.",
+                                        positive)]
+EntityFilterJson = Annotated[str, Var(
+    "ENTITY_FILTER_CONFIG", "Deprecated (use HOMEIQ_CONFIG): entity filter as JSON: mode, patterns, exceptions.")]
+EntityFilterFile = Annotated[str, Var(
+    "ENTITY_FILTER_CONFIG_FILE", "Deprecated (use HOMEIQ_CONFIG): entity filter JSON file.")]
+
+
+class CollectorSettings(ServiceSettings, frozen=True, kw_only=True):
+    """Everything `collector run` needs; the token is read separately and never stored here."""
+
+    ha_url: HaUrl = DEFAULT_HA_URL
+    names: Annotated[StreamNames, Nested(only=("stream",))] = StreamNames()
+    connect_timeout_s: Annotated[float, Var(
+        "HA_CONNECT_TIMEOUT_S", "TCP + WebSocket handshake timeout, s.", positive)] = 10.0
+    auth_timeout_s: Annotated[float, Var(
+        "HA_AUTH_TIMEOUT_S", "Timeout of each receive during auth, s.", positive)] = 10.0
+    command_timeout_s: HaCommandTimeout = 60.0
+    ping_interval_s: Annotated[float, Var("HA_PING_INTERVAL_S", "App-level ping interval, s.", positive)] = 30.0
+    ping_timeout_s: Annotated[float, Var(
+        "HA_PING_TIMEOUT_S", "Reconnect when no pong within this, s.", positive)] = 10.0
+    max_message_mb: Annotated[int, Var(
+        "HA_MAX_MESSAGE_MB", "Largest WebSocket message accepted, MiB (at least 16: get_states on large installs).",
+        at_least(16))] = 64
+    backoff_base_s: Annotated[float, Var(
+        "HA_BACKOFF_BASE_S", "First reconnect backoff ceiling, s (doubles).", positive)] = 1.0
+    backoff_max_s: Annotated[float, Var("HA_BACKOFF_MAX_S", "Cap of the reconnect backoff, s.", positive)] = 60.0
+    auth_retry_s: Annotated[float, Var(
+        "HA_AUTH_RETRY_S", "After HA refused the token (auth_invalid), stay up and unready and log in again after "
+        "this long, s; doubles each time, up to 6 h (HA's IP ban counts failed logins).", positive)] = 900.0
+    buffer_events: Annotated[int, Var(
+        "COLLECTOR_BUFFER_EVENTS", "Events buffered in memory before XADD.", positive)] = 2_000
+    publish_batch: Annotated[int, Var("COLLECTOR_PUBLISH_BATCH", "Most XADDs in one pipeline.", positive)] = 1_000
+    spool_dir: Annotated[str, Var(
+        "COLLECTOR_SPOOL_DIR", "Directory of the disk spool used while Redis is down.", not_empty)] = "spool"
+    spool_max_mb: Annotated[int, Var("COLLECTOR_SPOOL_MAX_MB", "Most MiB the spool may hold.", positive)] = 1024
+    spool_policy: Annotated[Policy, Var(
+        "COLLECTOR_SPOOL_POLICY", "When the spool is full: drop_oldest, drop_newest or block (stop reading; HA then "
+        "drops us and backfill covers recorded entities).", one_of(*POLICIES))] = "drop_oldest"
+    backfill: Annotated[bool, Var(
+        "HA_BACKFILL", "After a reconnect, publish the recorder's states of the gap.")] = True
+    recorder_wait_s: Annotated[float, Var(
+        "HA_RECORDER_WAIT_S", "Longest wait for HA's recorder to commit a gap before it is backfilled anyway (and "
+        "counted as unconfirmed); keep it above the recorder's commit_interval, s.", positive)] = 120.0
+    verify_ssl: HaVerifySsl = True
+    ssl_ca_cert: HaSslCaCert = ""
+    config_path: ConfigPath = ""
+    entity_filter: EntityFilterJson = ""
+    entity_filter_file: EntityFilterFile = ""
+    metrics_port: MetricsPort = 8001
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The TLS settings of a wss:// connection (None for ws://)."""
+        return ha_tls(self.ha_url, self.verify_ssl, self.ssl_ca_cert)

@@ -1,0 +1,130 @@
+"""`python -m homeiq.local`: the whole pipeline on this machine, stopped cleanly by Ctrl-C.
+
+Redis and InfluxDB are private processes with their data under HOMEIQ_DATA_DIR (default ./.data)
+unless REDIS_URL / INFLUXDB_URL point elsewhere. Without HA_URL, ha-sim is the source.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from homeiq.local.processes import ScriptProcess
+from homeiq.local.services import InfluxServer, RedisServer, ServiceError
+from homeiq.shared.logs import Log, setup_logging
+from homeiq.shared.settings import ConfigError, read_secret, redact_url
+
+log = Log("homeiq.local")
+
+DEFAULT_PORTS = {"HOMEIQ_REDIS_PORT": 16379, "HOMEIQ_INFLUXDB_PORT": 18086, "HA_SIM_PORT": 18123}
+METRICS_PORTS = {"collector": 9101, "writer": 9102, "replayer": 9103}
+
+
+def _port(name: str) -> int:
+    raw = os.environ.get(name, str(DEFAULT_PORTS[name]))
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a port number, got {raw!r}") from None
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", port)) == 0:
+            raise ConfigError(f"{name}: port {port} is already in use; set {name} to a free port")
+    return port
+
+
+class LocalPipeline:
+    """Starts everything in dependency order and stops it in reverse."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.redis: RedisServer | None = None
+        self.influx: InfluxServer | None = None
+        self.children: list[ScriptProcess] = []
+
+    def start(self) -> dict[str, str]:
+        """Start services and the pipeline's processes; returns the environment they share."""
+        env: dict[str, str] = {}
+        if not os.environ.get("REDIS_URL"):
+            self.redis = RedisServer(self.data_dir / "redis", _port("HOMEIQ_REDIS_PORT")).start()
+            env["REDIS_URL"] = self.redis.url
+            log.info("redis_started", url=self.redis.url, data_dir=str(self.redis.workdir))
+        if not os.environ.get("INFLUXDB_URL"):
+            self.influx = InfluxServer(self.data_dir / "influxdb", _port("HOMEIQ_INFLUXDB_PORT")).start()
+            database = os.environ.get("INFLUXDB_BUCKET", "home_assistant_events")
+            self.influx.create_database(database)
+            env.update(INFLUXDB_URL=self.influx.url, INFLUXDB_API="v1", INFLUXDB_BUCKET=database)
+            log.info("influxdb_started", url=self.influx.url, database=database, data_dir=str(self.influx.workdir))
+        if not os.environ.get("HA_URL"):
+            token = secrets.token_urlsafe(24)
+            port = _port("HA_SIM_PORT")
+            self._spawn("ha-sim", {"HA_TOKEN": token, "HA_SIM_PORT": str(port)}, metrics_port=None)
+            env.update(HA_URL=f"ws://127.0.0.1:{port}/api/websocket", HA_TOKEN=token)
+            log.info("ha_sim_started", url=env["HA_URL"], note="set HA_URL and HA_TOKEN to use a real Home Assistant")
+        else:
+            read_secret("HA_TOKEN")  # fail now, naming the variable, rather than in the collector
+            log.info("home_assistant", url=redact_url(os.environ["HA_URL"]))
+        for name in ("writer", "replayer", "collector"):
+            port = int(os.environ.get(f"HOMEIQ_{name.upper()}_METRICS_PORT", METRICS_PORTS[name]))
+            spool = {"COLLECTOR_SPOOL_DIR": os.environ.get("COLLECTOR_SPOOL_DIR", str(self.data_dir / "spool"))}
+            child = self._spawn(name, {**env, **spool, "METRICS_HOST": "127.0.0.1"}, metrics_port=port)
+            log.info("process_started", child=name, metrics=child.metrics_url)
+        return env
+
+    def _spawn(self, script: str, env: dict[str, str], metrics_port: int | None) -> ScriptProcess:
+        child = ScriptProcess(script, env, None, metrics_port=metrics_port)
+        self.children.append(child)
+        return child
+
+    def exited(self) -> ScriptProcess | None:
+        """A child that exited on its own, if any."""
+        return next((child for child in self.children if child.poll() is not None), None)
+
+    def stop(self) -> bool:
+        """Stop children newest first (the collector flushes before the writers stop), then the services."""
+        clean = True
+        for child in reversed(self.children):
+            code = child.terminate()
+            if code != 0:
+                clean = False
+                log.warning("process_exit", child=child.name, code=code)
+        for service in (self.influx, self.redis):
+            if service is not None:
+                service.stop()
+        return clean
+
+
+def main() -> int:
+    """Run until Ctrl-C (or SIGTERM); 0 when everything stopped cleanly."""
+    setup_logging(os.environ.get("LOG_LEVEL", "INFO"), os.environ.get("LOG_FORMAT", "auto"), "local")
+    stopping = False
+
+    def _on_signal(signum: int, _: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        log.info("stopping", signal=signal.Signals(signum).name)
+
+    pipeline = LocalPipeline(Path(os.environ.get("HOMEIQ_DATA_DIR", ".data")).resolve())
+    try:
+        pipeline.start()
+    except (ConfigError, ServiceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        pipeline.stop()
+        return 2 if isinstance(exc, ConfigError) else 1
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    log.info("pipeline_running", stop="press Ctrl-C to stop everything")
+    crashed = None
+    while not stopping and crashed is None:
+        crashed = pipeline.exited()
+        time.sleep(0.2)
+    if crashed is not None:
+        log.error("process_exited", child=crashed.name, code=crashed.poll())
+    clean = pipeline.stop() and crashed is None
+    log.info("pipeline_stopped", clean=clean)
+    return 0 if clean else 1

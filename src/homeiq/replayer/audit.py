@@ -1,0 +1,252 @@
+"""Audit: HA's recorder (the ground truth users trust) against InfluxDB, per entity; repair through the backfill
+path. HA's float times are compared as HA renders them, so a point 1 µs off is one missing and one extra; with
+a `precision` (the `ha` schema), as the writers cut them: one point per entity and unit, the unit's last state."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import math
+from collections.abc import Callable, Iterable
+from typing import Final
+
+import msgspec
+import redis.asyncio as aioredis
+
+from homeiq.collector.backfill import backfill_events
+from homeiq.collector.entity_filter import EntityRules
+from homeiq.collector.registry import Registry
+from homeiq.replayer.backlog import stream_backlog
+from homeiq.replayer.ha_reader import HAReader, StateInfo
+from homeiq.replayer.influx_reader import InfluxReader
+from homeiq.shared.events import NormalisedEvent, encode_event
+from homeiq.shared.logs import Log
+from homeiq.shared.stream import DEFAULT_NAMES, StreamNames, entry_fields
+from homeiq.shared.times import float_ns
+from homeiq.writer.haschema import SKIPPED_STATES
+
+log = Log(__name__)
+
+CHUNK: Final = 50  # entities per HA history request and per InfluxDB query
+WINDOW_NS: Final = 86_400 * 10**9  # one request per entity chunk and day: HA answers a day quickly
+MARGIN_NS: Final = 1_000_000  # HA compares its floats; ask a little wider and cut exactly here
+RECORDER_KEEP_DAYS: Final = 10
+NOT_SEEN: Final = (
+    "events other than state changes (HA keeps no history of them)",
+    "entities the recorder excludes, and states older than its retention (10 days by default)",
+    "entities HA no longer has",
+)
+
+Progress = Callable[[int], None]
+
+
+class EntityAudit(msgspec.Struct):
+    """One entity over the window."""
+
+    entity_id: str
+    status: str  # complete | differs | queued | excluded | not_recorded
+    in_ha: int = 0
+    found: int = 0
+    missing: list[int] = []  # point times (ns) HA has, and neither InfluxDB nor the stream
+    queued: list[int] = []  # point times HA has and InfluxDB lacks, still in the stream: the writers are behind
+    extra: list[int] = []  # point times InfluxDB has and HA does not, or has twice (in two series)
+    wrong: list[tuple[int, str, str]] = []  # (time, state in HA, state in InfluxDB)
+    # HA's times of states a later state overwrote in InfluxDB (the same point at the schema's precision): what
+    # the configured precision keeps, not a loss of the pipeline; never repaired.
+    collapsed: list[int] = []
+
+
+class AuditReport(msgspec.Struct):
+    """The whole audit."""
+
+    since_ns: int
+    until_ns: int
+    entities: list[EntityAudit]
+    schema: str = "homeiq"
+    precision_ns: int = 1  # points compared at this precision (the `ha` schema's `precision`)
+    cannot_see: tuple[str, ...] = NOT_SEEN
+    repaired: int = 0
+
+    def total(self, what: str) -> int:
+        """Sum of `missing`, `queued`, `extra`, `wrong`, `collapsed` (counts) or `in_ha`, `found` over the
+        entities."""
+        return sum(len(v) if isinstance(v := getattr(e, what), list) else int(v) for e in self.entities)
+
+    @property
+    def complete(self) -> bool:
+        """Nothing missing, queued, extra or wrong."""
+        return not any(e.missing or e.queued or e.extra or e.wrong for e in self.entities)
+
+
+def expected_in(schema: str, state: str) -> bool:
+    """Whether a recorded state has a point: the `ha` schema, as HA's integration, writes none for unknown,
+    unavailable and empty states, nor for a non-finite number (the integration's client leaves it out)."""
+    if schema != "ha":
+        return True
+    if state in SKIPPED_STATES:
+        return False
+    return _number(state) is None or math.isfinite(_number(state) or 0.0)
+
+
+def cut(time_ns: int, precision_ns: int) -> int:
+    """A time as the writers stamp it at `precision_ns` (InfluxDB's `precision`: cut, not rounded)."""
+    return time_ns - time_ns % precision_ns
+
+
+def at_precision(states: dict[int, str], precision_ns: int) -> tuple[dict[int, str], list[int]]:
+    """HA's states (time → state) as InfluxDB keeps them: one point per unit of `precision_ns`, holding the unit's
+    last state (written last, it overwrote the others); and the times of the states it overwrote."""
+    points: dict[int, str] = {}
+    last: dict[int, int] = {}
+    overwritten: list[int] = []
+    for time_ns in sorted(states):
+        unit = cut(time_ns, precision_ns)
+        if unit in last:
+            overwritten.append(last[unit])
+        points[unit], last[unit] = states[time_ns], time_ns
+    return points, overwritten
+
+
+def same(in_ha: str, stored: str) -> bool:
+    """A stored state equals HA's: the same text, or (the `ha` schema's `value`) the same number."""
+    if in_ha == stored:
+        return True
+    number, stored_number = _number(in_ha), _number(stored)
+    return number is not None and number == stored_number
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _filtered(states: list[StateInfo], globs: list[str]) -> list[StateInfo]:
+    if not globs:
+        return states
+    return [s for s in states if any(fnmatch.fnmatchcase(s.entity_id, glob) for glob in globs)]
+
+
+def _excluded(state: StateInfo, rules: EntityRules | None, registry: Registry) -> bool:
+    if rules is None:
+        return False
+    event = NormalisedEvent(event_type="state_changed", time_ns=0, entity_id=state.entity_id,
+                            domain=state.entity_id.partition(".")[0],
+                            enrichment=registry.enrichment(state.entity_id, state.attributes))
+    return not rules.allows(event)
+
+
+async def audit(ha: HAReader, influx: InfluxReader, since_ns: int, until_ns: int, globs: list[str] | None = None,
+                rules: EntityRules | None = None, progress: Progress | None = None,
+                redis: aioredis.Redis | None = None, names: StreamNames = DEFAULT_NAMES) -> AuditReport:
+    """Compare every recorded state of the window with InfluxDB's points, entity by entity; with `redis`, a
+    state InfluxDB lacks that the stream still holds for the writers is `queued`, not missing."""
+    # The stream is read before InfluxDB: a state the writers write in between is then found in InfluxDB (they
+    # ack only after its 2xx). Read the other way round, it could be in neither read, and a repair would publish
+    # it again, enriched with today's registry (another series for an entity moved since).
+    backlog = await stream_backlog(redis, names) if redis is not None else set()
+    precision_ns = influx.precision_ns
+    since_ns, until_ns = cut(since_ns, precision_ns), cut(until_ns, precision_ns)  # whole units: whole points
+    registry = await ha.registry()
+    states = sorted(_filtered(await ha.states(), globs or []), key=lambda s: s.entity_id)
+    audited: list[EntityAudit] = []
+    compared: list[str] = []
+    for state in states:
+        if _excluded(state, rules, registry):
+            audited.append(EntityAudit(state.entity_id, "excluded"))
+        else:
+            compared.append(state.entity_id)
+    chunks = [compared[i:i + CHUNK] for i in range(0, len(compared), CHUNK)]
+    on_the_way: dict[str, set[int]] = {}
+    for entity_id, time_ns in backlog:
+        on_the_way.setdefault(entity_id, set()).add(cut(time_ns, precision_ns))
+    results = await asyncio.gather(*(_audit_chunk(ha, influx, chunk, since_ns, until_ns, progress, on_the_way)
+                                     for chunk in chunks))
+    audited.extend(entity for chunk in results for entity in chunk)
+    audited.sort(key=lambda e: e.entity_id)
+    return AuditReport(since_ns, until_ns, audited, influx.schema, precision_ns)
+
+
+async def _audit_chunk(ha: HAReader, influx: InfluxReader, entity_ids: list[str], since_ns: int, until_ns: int,
+                       progress: Progress | None, on_the_way: dict[str, set[int]]) -> list[EntityAudit]:
+    in_ha: dict[str, dict[int, str]] = {entity_id: {} for entity_id in entity_ids}
+    stored: dict[str, dict[int, str]] = {entity_id: {} for entity_id in entity_ids}
+    twice: dict[str, list[int]] = {}
+    for start in range(since_ns, until_ns, WINDOW_NS):
+        end = min(start + WINDOW_NS, until_ns)
+        history, points = await asyncio.gather(ha.history(entity_ids, start - MARGIN_NS, end + MARGIN_NS),
+                                               influx.states(entity_ids, start, end))
+        for entity_id, rows in history.items():
+            times = in_ha.setdefault(entity_id, {})
+            for row in rows:
+                time_ns = float_ns(row.lu)
+                if start <= time_ns < end and expected_in(influx.schema, row.s):
+                    times[time_ns] = row.s
+        for point in points:
+            times = stored.setdefault(point.entity_id, {})
+            if point.time_ns in times:  # the same state in two series (other tags): one point too many
+                twice.setdefault(point.entity_id, []).append(point.time_ns)
+            times[point.time_ns] = point.state
+    out = [_entity(entity_id, in_ha[entity_id], stored[entity_id], twice.get(entity_id, []),
+                   on_the_way.get(entity_id, set()), influx.precision_ns) for entity_id in entity_ids]
+    if progress is not None:
+        progress(len(entity_ids))
+    return out
+
+
+def _entity(entity_id: str, in_ha: dict[int, str], stored: dict[int, str], twice: list[int],
+            on_the_way: set[int], precision_ns: int) -> EntityAudit:
+    expected, collapsed = at_precision(in_ha, precision_ns)
+    lacking = expected.keys() - stored.keys()
+    missing, queued = sorted(lacking - on_the_way), sorted(lacking & on_the_way)
+    extra = sorted([*(stored.keys() - expected.keys()), *twice])
+    wrong = sorted((t, expected[t], stored[t]) for t in expected.keys() & stored.keys()
+                   if not same(expected[t], stored[t]))
+    status = "differs" if missing or extra or wrong else "queued" if queued else "complete"
+    if not in_ha and stored:
+        status = "not_recorded"  # or older than the recorder keeps: nothing to compare with
+    return EntityAudit(entity_id, status, len(in_ha), len(stored) + len(twice), missing, queued, extra, wrong,
+                       collapsed)
+
+
+async def repair(ha: HAReader, client: aioredis.Redis, names: StreamNames, report: AuditReport,
+                 progress: Progress | None = None) -> int:
+    """Publish every missing state to the stream as the collector's backfill would (same point identity,
+    today's registry); the writers write them. Never deletes. Returns how many were published. `report` must
+    come from an audit that read the stream (`redis`), else states the writers have yet to write look missing."""
+    registry = await ha.registry()
+    wanted = [e for e in report.entities if e.missing]
+    published = 0
+    for first in range(0, len(wanted), CHUNK):
+        chunk = wanted[first:first + CHUNK]
+        missing = {(e.entity_id, t) for e in chunk for t in e.missing}
+        history = await ha.history([e.entity_id for e in chunk], report.since_ns - MARGIN_NS,
+                                   report.until_ns + MARGIN_NS, attributes=True)
+        events = _missing_points(backfill_events(history, registry, report.since_ns, set()), missing, report)
+        await _publish(client, names, events)
+        published += len(events)
+        if progress is not None:
+            progress(len(chunk))
+    log.info("audit_repaired", published=published, entities=len(wanted))
+    return published
+
+
+def _missing_points(events: Iterable[NormalisedEvent], missing: set[tuple[str, int]],
+                    report: AuditReport) -> list[NormalisedEvent]:
+    """Of the recorded states, the one each missing point holds: its unit's last state that has a point (one
+    state per point: the others were overwritten in InfluxDB, and writing them again would be counted so)."""
+    last: dict[tuple[str, int], NormalisedEvent] = {}
+    for event in events:  # in the recorder's order, by time
+        key = (event.entity_id or "", cut(event.time_ns, report.precision_ns))
+        if key in missing and event.new_state is not None and expected_in(report.schema, event.new_state.state):
+            last[key] = event
+    return list(last.values())
+
+
+async def _publish(client: aioredis.Redis, names: StreamNames, events: list[NormalisedEvent]) -> None:
+    for first in range(0, len(events), 1000):
+        async with client.pipeline(transaction=False) as pipe:
+            for event in events[first:first + 1000]:
+                pipe.xadd(names.stream, entry_fields(encode_event(event)))  # type: ignore[arg-type]
+            await pipe.execute()

@@ -1,0 +1,150 @@
+"""`replayer audit`: is InfluxDB complete against Home Assistant's recorder? And `--repair` what is not."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated
+
+import msgspec
+import typer
+from redis.exceptions import RedisError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from homeiq.replayer.console import err, fail, out
+from homeiq.replayer.settings import AuditCommandSettings, Connection
+from homeiq.shared.binding import bind
+from homeiq.shared.cli import EXIT_FAILURE, config_error
+from homeiq.shared.ha_connection import read_ha_token
+from homeiq.shared.settings import ConfigError, redact_url
+from homeiq.shared.stream import connect
+
+if TYPE_CHECKING:
+    from homeiq.replayer.audit import AuditReport
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_time_ns(value: str, now_ns: int, name: str) -> int:
+    """`24h`, `7d`, `90m` (that long before now) or an ISO 8601 time with its offset."""
+    if match := _DURATION.match(value):
+        return now_ns - int(float(match[1]) * _UNIT_S[match[2]] * 1e9)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a duration (24h, 7d, 90m) or an ISO 8601 time, got {value!r}") from None
+    if moment.tzinfo is None:
+        raise ConfigError(f"{name}: the time needs its UTC offset (e.g. +00:00), got {value!r}")
+    return int(moment.timestamp() * 1e9)
+
+
+def window(since: str, until: str | None, now_ns: int) -> tuple[int, int]:
+    """The audit window from the operator's words; ConfigError when empty."""
+    since_ns = parse_time_ns(since, now_ns, "--since")
+    until_ns = parse_time_ns(until, now_ns, "--until") if until else now_ns
+    if since_ns >= until_ns:
+        raise ConfigError("--since: must be before --until")
+    return since_ns, until_ns
+
+
+@bind()
+def audit_command(
+    ctx: typer.Context,
+    settings: AuditCommandSettings,
+    since: Annotated[str, typer.Option(help="Start of the window: 24h, 7d, 90m before now, or an ISO time.")] = "24h",
+    until: Annotated[str | None, typer.Option(help="End of the window (default: now), same forms.")] = None,
+    entities: Annotated[list[str] | None, typer.Option(
+        "--entities", help="Only entities matching this glob (repeat for several), e.g. 'sensor.*'.")] = None,
+    do_repair: Annotated[bool, typer.Option(
+        "--repair", help="Publish the missing states to the stream (as the backfill does); never deletes.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    concurrency: Annotated[int, typer.Option(help="History requests in flight at once.")] = 4,
+) -> None:
+    """Compare HA's recorder with InfluxDB per entity: states in HA, points found, missing, extra, wrong.
+
+    Exit 0 when complete, 1 when anything differs (or a service failed), 2 on usage errors. It cannot see
+    events other than state changes, entities the recorder excludes, or states older than its retention.
+    """
+    # Imported here: the collector's and writer's modules would make every `replayer --help` slow.
+    from homeiq.collector.entity_filter import EntityFilter  # noqa: PLC0415
+    from homeiq.replayer.audit import RECORDER_KEEP_DAYS, audit, repair  # noqa: PLC0415
+    from homeiq.replayer.ha_reader import HAReadError, ha_session  # noqa: PLC0415
+    from homeiq.replayer.influx_reader import InfluxReadError, reader_for  # noqa: PLC0415
+
+    shared: Connection = ctx.obj
+    now_ns = time.time_ns()
+    try:
+        since_ns, until_ns = window(since, until, now_ns)
+        token, tls = read_ha_token(), settings.tls()
+        reader = reader_for(settings.influx)
+        rules = EntityFilter.from_settings(settings.entity_filter, settings.entity_filter_file, settings.influx.config)
+    except ConfigError as exc:
+        config_error(exc)
+    if now_ns - since_ns > RECORDER_KEEP_DAYS * 86_400 * 10**9:
+        err.print(f"note: the window starts more than {RECORDER_KEEP_DAYS} days ago; states the recorder has "
+                  "purged count as extra, not as a difference of the pipeline", highlight=False)
+
+    async def work() -> AuditReport:
+        client = connect(shared.redis_url)  # the stream: what the writers have yet to write is not missing
+        try:
+            with Progress(TextColumn("auditing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=err, transient=as_json) as bar:
+                task = bar.add_task("entities", total=None)
+                async with ha_session(settings.ha_url, token, settings.ha_timeout_s, concurrency, tls) as ha:
+                    bar.update(task, total=len(await ha.states()))
+                    try:
+                        report = await audit(ha, reader, since_ns, until_ns, entities, rules,
+                                             lambda n: bar.advance(task, n), client, shared.names)
+                    finally:
+                        await reader.close()
+                    if do_repair and report.total("missing"):
+                        report.repaired = await repair(ha, client, shared.names, report)
+        finally:
+            await client.aclose()
+        return report
+
+    try:
+        report = asyncio.run(work())
+    except (HAReadError, InfluxReadError) as exc:
+        fail(str(exc))
+    except (RedisError, OSError) as exc:
+        fail(f"Redis at {redact_url(shared.redis_url)} failed: {exc}")
+    _print(report, as_json)
+    raise typer.Exit(0 if report.complete else EXIT_FAILURE)
+
+
+def _unit(precision_ns: int) -> str:
+    return {1_000_000_000: "1 s", 1_000_000: "1 ms", 1_000: "1 µs"}.get(precision_ns, f"{precision_ns} ns")
+
+
+def _print(report: AuditReport, as_json: bool) -> None:
+    if as_json:
+        out.print_json(msgspec.json.encode(report).decode())
+        return
+    since = datetime.fromtimestamp(report.since_ns / 1e9, UTC).isoformat(timespec="seconds")
+    until = datetime.fromtimestamp(report.until_ns / 1e9, UTC).isoformat(timespec="seconds")
+    table = Table(title=f"audit {since} .. {until}", title_justify="left")
+    for column in ("entity", "status", "in HA", "found", "missing", "queued", "extra", "wrong"):
+        table.add_column(column)
+    shown = [e for e in report.entities if e.status != "complete"]
+    counts = ("missing", "queued", "extra", "wrong")
+    for e in shown:
+        table.add_row(e.entity_id, e.status, str(e.in_ha), str(e.found), *(str(len(getattr(e, c))) for c in counts))
+    table.add_row("total", f"{len(report.entities) - len(shown)} complete", str(report.total("in_ha")),
+                  str(report.total("found")), *(str(report.total(c)) for c in counts))
+    out.print(table)
+    if report.total("collapsed"):
+        out.print(f"collapsed: {report.total('collapsed')} states were overwritten in InfluxDB by a later state of "
+                  f"the same entity within {_unit(report.precision_ns)} (the schema's precision keeps one point per "
+                  "entity and unit, the last); not missing, never repaired", highlight=False)
+    if report.total("queued"):
+        out.print(f"queued: {report.total('queued')} states are still in the stream for the writers (not missing, "
+                  "never repaired); run the audit again once the writers have caught up", highlight=False)
+    if report.repaired:
+        out.print(f"repaired: {report.repaired} missing states published to the stream; run the audit again "
+                  "once the writers have caught up", highlight=False)
+    out.print("cannot see: " + "; ".join(report.cannot_see), highlight=False)

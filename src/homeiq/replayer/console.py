@@ -1,0 +1,69 @@
+"""What every replayer command prints with: the table or JSON on stdout, errors and progress on stderr."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import msgspec
+import typer
+from redis.exceptions import RedisError
+from rich.console import Console
+from rich.table import Table
+
+from homeiq.replayer.settings import Connection
+from homeiq.shared.cli import EXIT_FAILURE
+from homeiq.shared.settings import redact_url
+from homeiq.shared.stream import connect
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would happen; change nothing.")]
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)  # one line: URLs stay whole
+    raise typer.Exit(EXIT_FAILURE)
+
+
+def execute(ctx: Connection, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work(client)`; a Redis failure exits 1 naming the URL and what to check."""
+
+    async def _run() -> T:
+        client = connect(ctx.redis_url)
+        try:
+            return await work(client)
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(_run())
+    except (RedisError, OSError) as exc:
+        fail(f"Redis at {redact_url(ctx.redis_url)} failed: {exc}. Check that Redis is running and that "
+             "REDIS_URL (or --redis-url) points at it.")
+
+
+def print_json(value: object) -> None:
+    out.print_json(msgspec.json.encode(value).decode())
+
+
+def table(title: str, columns: list[str], rows: list[list[object]]) -> None:
+    shown = Table(title=title, title_justify="left")
+    for column in columns:
+        shown.add_column(column)
+    for row in rows:
+        shown.add_row(*("" if cell is None else str(cell) for cell in row))
+    out.print(shown)
+
+
+def report(value: object, as_json: bool, title: str, columns: list[str], rows: list[list[object]],
+           dry_run: bool = False) -> None:
+    """`value` as JSON, or the table of `rows` (its title says when nothing changed)."""
+    if as_json:
+        print_json(value)
+    else:
+        table(f"{title} (dry run: nothing changed)" if dry_run else title, columns, rows)

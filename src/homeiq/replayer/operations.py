@@ -1,0 +1,191 @@
+"""What the operator's commands read and change in Redis: pending lists, trimming, the dead-letter stream."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+import redis.asyncio as aioredis
+
+from homeiq.shared.logs import Log
+from homeiq.shared.scripts import PRUNE_SCRIPT, REDRIVE_SCRIPT, TRIM_SCRIPT
+from homeiq.shared.stream import (
+    FIELD_EVENT,
+    FIELD_VERSION,
+    DeadLetter,
+    StreamNames,
+    dead_letter_of,
+)
+
+log = Log(__name__)
+
+SCAN = 10_000  # pending entries read per consumer to find the oldest idle and the most deliveries
+
+
+class ConsumerPending(msgspec.Struct):
+    """One consumer's share of the pending list."""
+
+    name: str
+    pending: int
+    oldest_idle_s: float
+    max_deliveries: int
+    inactive_s: float
+
+
+class PendingReport(msgspec.Struct):
+    """The group at a glance; `state` is `no_stream` before the first event, `no_group` before the first writer."""
+
+    state: Literal["ok", "no_stream", "no_group"]
+    stream: str
+    group: str
+    length: int
+    lag: int | None
+    last_delivered_id: str
+    pending: int
+    consumers: list[ConsumerPending]
+    dead_letters: int
+
+
+def _id(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def group_info(client: aioredis.Redis, names: StreamNames) -> dict[str, Any] | None:
+    """XINFO GROUPS' entry for our group, or None when the stream or group does not exist."""
+    if not await client.exists(names.stream):
+        return None
+    groups: Any = await client.xinfo_groups(names.stream)
+    return next((g for g in groups if _id(g["name"]) == names.group), None)
+
+
+async def pending_report(client: aioredis.Redis, names: StreamNames) -> PendingReport:
+    """Per consumer: pending count, oldest idle, highest delivery count; stream length, lag, last id."""
+    group = await group_info(client, names)
+    state: Literal["ok", "no_stream", "no_group"] = "ok"
+    if group is None:
+        state = "no_group" if await client.exists(names.stream) else "no_stream"
+    consumers: list[ConsumerPending] = []
+    if group is not None:
+        infos: Any = await client.xinfo_consumers(names.stream, names.group)
+        for info in infos:
+            name = _id(info["name"])
+            rows: Any = []
+            if info["pending"]:
+                rows = await client.xpending_range(names.stream, names.group, "-", "+", SCAN, name)
+            consumers.append(ConsumerPending(
+                name=name, pending=int(info["pending"]),
+                oldest_idle_s=max((r["time_since_delivered"] for r in rows), default=0) / 1000,
+                max_deliveries=max((int(r["times_delivered"]) for r in rows), default=0),
+                inactive_s=int(info.get("inactive", info.get("idle", 0))) / 1000,
+            ))
+    return PendingReport(
+        state=state, stream=names.stream, group=names.group, length=await client.xlen(names.stream),
+        lag=None if group is None or group.get("lag") is None else int(group["lag"]),
+        last_delivered_id=_id(group["last-delivered-id"]) if group else "",
+        pending=int(group["pending"]) if group else 0, consumers=consumers,
+        dead_letters=await client.xlen(names.dead),
+    )
+
+
+class TrimPlan(msgspec.Struct):
+    """Where `XTRIM MINID` may cut, and why that is safe."""
+
+    min_id: str | None
+    entries_before: int
+    reason: str
+
+
+async def trim_plan(client: aioredis.Redis, names: StreamNames) -> TrimPlan:
+    """Where a trim would cut now and how many entries lie below (a dry run: nothing changes)."""
+    plan, _ = await _trim(client, names, dry_run=True)
+    if plan.min_id is not None:
+        plan.entries_before = await _count_below(client, names, plan.min_id)
+    return plan
+
+
+async def trim(client: aioredis.Redis, names: StreamNames) -> tuple[TrimPlan, int]:
+    """XTRIM MINID at the lowest id any group still needs, in one atomic step; the plan and how many went."""
+    plan, removed = await _trim(client, names, dry_run=False)
+    if plan.min_id is not None:
+        plan.entries_before = removed
+        log.info("stream_trimmed", min_id=plan.min_id, removed=removed)
+    return plan, removed
+
+
+async def _trim(client: aioredis.Redis, names: StreamNames, dry_run: bool) -> tuple[TrimPlan, int]:
+    script = client.register_script(TRIM_SCRIPT)
+    reply: Any = await script(keys=[names.stream, names.resume_from], args=[b"1" if dry_run else b"0"])
+    cut, removed, group, why, why_id = reply
+    if not cut:
+        reason = ("the stream does not exist" if _id(why) == "no_stream"
+                  else "no consumer group: nothing says which entries were written, so keep all")
+        return TrimPlan(None, 0, reason), 0
+    min_id, group, why_id = _id(cut), _id(group), _id(why_id)
+    because = {"pending": f"group {group} still has {why_id} pending",
+               "resume": f"a restarted collector reads back what follows {why_id}"}.get(
+        _id(why), f"group {group} has read up to {why_id}")
+    reason = f"{because}; every group has been given, and has acked, every entry below {min_id}"
+    return TrimPlan(min_id, 0, reason), int(removed)
+
+
+async def _count_below(client: aioredis.Redis, names: StreamNames, min_id: str) -> int:
+    count, start = 0, "-"
+    while True:
+        chunk: Any = await client.xrange(names.stream, start, f"({min_id}", count=10_000)
+        count += len(chunk)
+        if len(chunk) < 10_000:
+            return count
+        start = "(" + _id(chunk[-1][0])
+
+
+async def prune_consumers(client: aioredis.Redis, names: StreamNames, idle_s: float) -> list[str]:
+    """Delete consumers idle longer than `idle_s` with nothing pending; the check and the delete are one step."""
+    script = client.register_script(PRUNE_SCRIPT)
+    reply: Any = await script(keys=[names.stream], args=[names.group, int(idle_s * 1000)])
+    pruned: list[str] = []
+    for name, idle_ms in zip(reply[::2], reply[1::2], strict=True):
+        pruned.append(_id(name))
+        log.info("consumer_pruned", consumer=_id(name), idle_s=round(int(idle_ms) / 1000))
+    return pruned
+
+
+async def dead_letters(client: aioredis.Redis, names: StreamNames, limit: int,
+                       reason: str | None = None) -> list[DeadLetter]:
+    """The oldest `limit` dead letters (of `reason` when given)."""
+    out: list[DeadLetter] = []
+    start = "-"
+    while len(out) < limit:
+        chunk: Any = await client.xrange(names.dead, start, "+", count=1000)
+        if not chunk:
+            break
+        for entry_id, fields in chunk:
+            letter = dead_letter_of(entry_id, fields)
+            if reason is None or letter.reason == reason:
+                out.append(letter)
+        start = "(" + _id(chunk[-1][0])
+    return out[:limit]
+
+
+async def redrive(client: aioredis.Redis, names: StreamNames, ids: list[str]) -> list[tuple[str, str | None]]:
+    """Move each dead letter back onto the stream; (dead id, new id or None when it had no payload)."""
+    script = client.register_script(REDRIVE_SCRIPT)
+    results: list[tuple[str, str | None]] = []
+    for dead_id in ids:
+        new_id = await script(keys=[names.dead, names.stream], args=[dead_id, FIELD_VERSION, FIELD_EVENT])
+        results.append((dead_id, _id(new_id) if new_id else None))
+    return results
+
+
+async def purge(client: aioredis.Redis, names: StreamNames, before_ms: int | None, dry_run: bool = False) -> int:
+    """Delete dead letters older than `before_ms` (all when None); returns how many (would go, on a dry run)."""
+    if dry_run:
+        if before_ms is None:
+            return int(await client.xlen(names.dead))
+        older: Any = await client.xrange(names.dead, "-", f"({before_ms}-0")
+        return len(older)
+    if before_ms is None:
+        count = int(await client.xlen(names.dead))
+        await client.delete(names.dead)
+        return count
+    return int(await client.xtrim(names.dead, minid=f"{before_ms}-0", approximate=False))
+

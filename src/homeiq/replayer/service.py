@@ -1,0 +1,111 @@
+"""`replayer run`: periodic reclaim passes; safe to run twice."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry, Counter
+from redis.exceptions import RedisError
+
+from homeiq.collector.entity_filter import EntityFilter
+from homeiq.replayer.audit_loop import PeriodicAudit
+from homeiq.replayer.crashes import CrashLedger
+from homeiq.replayer.influx_reader import reader_for
+from homeiq.replayer.operations import prune_consumers, trim
+from homeiq.replayer.reclaim import reclaim_pass
+from homeiq.replayer.settings import ReplayerSettings
+from homeiq.replayer.stream_metrics import StreamMetrics
+from homeiq.shared.backoff import Backoff
+from homeiq.shared.broker import PersistenceCheck
+from homeiq.shared.ha_connection import read_ha_token
+from homeiq.shared.health import READY_REDIS, HealthServer, Readiness, counters
+from homeiq.shared.lifecycle import wait_or_stop
+from homeiq.shared.logs import Log
+from homeiq.shared.stream import connect, describe_redis_error, ensure_group
+from homeiq.writer.batch import READY_INFLUX
+from homeiq.writer.metrics import WriterMetrics
+
+log = Log(__name__)
+
+
+class Replayer:
+    """Reclaims entries idle longer than `min_idle_ms` and writes them like a writer would."""
+
+    def __init__(self, settings: ReplayerSettings, metrics_registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.metrics_registry = metrics_registry or CollectorRegistry()
+        self.metrics = WriterMetrics(self.metrics_registry)
+        self.reclaimed = Counter("homeiq_reclaimed_total", "Entries reclaimed from idle consumers.",
+                                 registry=self.metrics_registry)
+        self.stream_metrics = StreamMetrics(self.metrics_registry)
+        self.readiness = Readiness(READY_REDIS)
+        self.redis = connect(settings.redis_url)
+
+        # The replayer's readiness does not depend on InfluxDB; its write failures show in the metrics.
+        self.batches = settings.influx.make_batch_writer(self.redis, settings.names, settings.reclaim.consumer,
+                                                         self.metrics, Readiness(READY_INFLUX))
+        self.sink = self.batches.sink
+        self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness,
+                                            self.metrics_registry)
+        self.ledger = CrashLedger(self.redis, settings.names, settings.reclaim.consumer, settings.reclaim.max_crashes)
+        self.audit: PeriodicAudit | None = None
+        if settings.audit.interval_s:
+            rules = EntityFilter.from_settings(settings.audit.entity_filter, settings.audit.entity_filter_file,
+                                               settings.influx.config)
+            self.audit = PeriodicAudit(settings.audit, read_ha_token(), reader_for(settings.influx),
+                                       self.redis, settings.names, rules, self.metrics_registry)
+        self.health = HealthServer(self.metrics_registry, self.readiness, settings.metrics_host, settings.metrics_port)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Reclaim, and refresh the stream gauges, every `interval_s` until `stop`. Two loops: the gauges
+        alerts read stay fresh while a reclaimed batch waits for InfluxDB."""
+        await self.health.start()
+        s = self.settings
+        log.info("replayer_started", consumer=s.reclaim.consumer, min_idle_ms=s.reclaim.min_idle_ms,
+                 interval_s=s.interval_s)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._repeat(stop, "reclaim", self._reclaim))
+                tasks.create_task(self._repeat(stop, "stream_metrics", self._refresh_stream_metrics))
+                if self.audit is not None:
+                    tasks.create_task(self.audit.run(stop), name="audit")
+        finally:
+            await self.sink.close()
+            if self.audit is not None:
+                await self.audit.close()
+            await self.redis.aclose()
+            await self.health.stop()
+            log.info("replayer_stopped", counters=counters(self.metrics_registry))
+
+    async def _reclaim(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        await ensure_group(self.redis, s.names)
+        options = s.reclaim
+        summary = await reclaim_pass(self.redis, s.names, options.consumer, self.batches, options.min_idle_ms,
+                                     options.count, stop, options.max_deliveries, ledger=self.ledger)
+        self.reclaimed.inc(summary.reclaimed)
+        if s.trim:
+            await trim(self.redis, s.names)
+        await prune_consumers(self.redis, s.names, s.prune_idle_s)
+
+    async def _refresh_stream_metrics(self, _stop: asyncio.Event) -> None:
+        await self.stream_metrics.refresh(self.redis, self.settings.names)
+        await self.persistence.check(self.redis)
+
+    async def _repeat(self, stop: asyncio.Event, task: str,
+                      action: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+        """`action` every `interval_s` until `stop`; while Redis fails, not ready and back off."""
+        backoff = Backoff(base_s=0.5, cap_s=15.0)
+        while not stop.is_set():
+            try:
+                await action(stop)
+                self.readiness.ok(READY_REDIS)
+                backoff.reset()
+                delay_s = self.settings.interval_s
+            except (RedisError, OSError) as exc:
+                message = describe_redis_error(self.settings.redis_url, exc)
+                self.readiness.fail(READY_REDIS, message)
+                delay_s = backoff.next_delay_s()
+                log.warning("redis_unavailable", task=task, error=message, retry_in_s=round(delay_s, 2))
+            await wait_or_stop(stop, delay_s)

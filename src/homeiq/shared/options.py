@@ -1,0 +1,43 @@
+"""Settings every process shares, declared once; services subclass these."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from homeiq.shared.settings import REDIS_URL_CHECK, Settings, Var, between, check_choice, one_of
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(name: str, value: str) -> str:
+    return check_choice(name, value.upper(), LOG_LEVELS)
+
+
+RedisUrl = Annotated[str, Var(
+    "REDIS_URL", "Redis URL, redis://[:password@]host:port/db or unix:///path/redis.sock?db=0.", REDIS_URL_CHECK)]
+ConfigPath = Annotated[str, Var(
+    "HOMEIQ_CONFIG", "YAML file with Home Assistant's `influxdb:` block (the integration's keys: connection, "
+    "include/exclude) and our `homeiq:` block; flags and environment variables override it.", flag="--config")]
+MetricsPort = Annotated[int, Var(
+    "METRICS_PORT", "Port of /metrics, /healthz, /readyz (0: any free port).", between(0, 65535))]
+
+
+class LogSettings(Settings, frozen=True, kw_only=True):
+    """How a process logs."""
+
+    log_level: Annotated[str, Var("LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR.", _log_level)] = "INFO"
+    log_format: Annotated[str, Var(
+        "LOG_FORMAT", "json, text, or auto (json unless a terminal).", one_of("json", "text", "auto"))] = "auto"
+
+
+class ServiceSettings(LogSettings, frozen=True, kw_only=True):
+    """What every pipeline service shares: logging, Redis, the address of its metrics and health."""
+
+    redis_url: RedisUrl = DEFAULT_REDIS_URL
+    require_aof: Annotated[bool, Var(
+        "REDIS_REQUIRE_AOF", "Refuse a Redis whose append-only file is off (a restart would lose the stream). Turn "
+        "off only for a Redis that persists every write another way.", flag="--require-aof/--no-require-aof")] = True
+    metrics_host: Annotated[str, Var(
+        "METRICS_HOST", "Address of /metrics, /healthz, /readyz.")] = "0.0.0.0"  # noqa: S104 - scraped from others
+    metrics_port: MetricsPort = 8000

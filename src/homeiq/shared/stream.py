@@ -1,0 +1,220 @@
+"""The stream contract: key names, entry fields, the consumer group, and the Redis connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Annotated, Any, Final, TypeVar
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ResponseError
+
+from homeiq.shared.events import PAYLOAD_VERSION
+from homeiq.shared.settings import Settings, Var, not_empty, redact_url
+
+FIELD_VERSION: Final = b"v"
+FIELD_EVENT: Final = b"e"
+
+Entry = tuple[bytes, list[bytes]]
+"""An entry id and its fields as Redis sends them, `[field, value, ...]`; empty when the payload was trimmed."""
+
+# Dead-letter entries carry these fields besides the original `v` and `e`.
+DEAD_REASON: Final = b"reason"
+DEAD_DETAIL: Final = b"detail"
+DEAD_ORIGINAL_ID: Final = b"original_id"
+DEAD_CONSUMER: Final = b"consumer"
+
+
+
+
+class StreamNames(Settings, frozen=True, kw_only=True):
+    """All Redis key names the pipeline uses; the defaults are the contract."""
+
+    stream: Annotated[str, Var("STREAM_NAME", "The events stream.", not_empty)] = "homeiq:events"
+    group: Annotated[str, Var("STREAM_GROUP", "The writers' consumer group.", not_empty)] = "writers"
+    dead: Annotated[str, Var("STREAM_DEAD", "The dead-letter stream.", not_empty, flag="--dead-stream")] = (
+        "homeiq:events:dead")
+
+    @property
+    def watermark(self) -> str:
+        """String: the collector's durable watermark, the newest live state time (ns) it made durable."""
+        return f"{self.stream}:collector:last_live_ns"
+
+    @property
+    def resume_from(self) -> str:
+        """String: the stream id after which a restarted collector reads back the states it published past its
+        watermark (saved with it); trimming keeps everything after it. An id, so no clock is compared."""
+        return f"{self.stream}:collector:resume_from"
+
+    @property
+    def collector_tail(self) -> str:
+        """String: the id of the last entry the collector added, set in the same step as the XADDs: when it is not
+        the id the collector last got back, Redis has forgotten what came after it."""
+        return f"{self.stream}:collector:tail"
+
+    @property
+    def collector_entities(self) -> str:
+        """Set: every entity id the collector has seen; a backfill asks the recorder for each (a removed entity's
+        rows stay there)."""
+        return f"{self.stream}:collector:entities"
+
+    @property
+    def suspects(self) -> str:
+        """Hash: replayer instance → the suspect entry it is reading now and until when (its crash marker)."""
+        return f"{self.stream}:replayer:{self.group}:suspects"
+
+    @property
+    def crashes(self) -> str:
+        """Hash: entry id → how many replayers died while reading it (the crash ledger)."""
+        return f"{self.stream}:replayer:{self.group}:crashes"
+
+
+DEFAULT_NAMES: Final = StreamNames()
+
+DEFAULT_SOCKET_TIMEOUT_S: Final = 15.0
+T = TypeVar("T")
+
+
+class _CancelSafeRedis(aioredis.Redis):
+    """redis-py's asyncio client can swallow a cancellation that arrives in the middle of a command (redis-py
+    5 to 8, here 1 to 30 % of the cancels of a task busy with PING; redis/redis-py#2028): the task goes on as
+    if nothing happened, and a shutdown or a TaskGroup waiting for it hangs. So each command runs in a task
+    that is never cancelled, and the caller's cancellation takes effect at once; the abandoned command
+    finishes (or fails with its connection) on its own."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        return await uncancelled(super().execute_command(*args, **options))  # type: ignore[no-untyped-call]
+
+
+async def uncancelled(command: Coroutine[Any, Any, T]) -> T:
+    """Run a redis-py call in a task that is never cancelled; cancelling the caller takes effect at once."""
+    running = asyncio.ensure_future(command)
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        running.add_done_callback(_ignore_outcome)
+        raise
+
+
+def _ignore_outcome(command: asyncio.Future[Any]) -> None:
+    if not command.cancelled():
+        command.exception()  # retrieved: an abandoned command's failure is nobody's to report
+
+
+def connect(url: str, socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S) -> aioredis.Redis:
+    """Return a client for `url` (bytes in and out); connection errors surface on first use.
+
+    RESP3, and XREADGROUP and XAUTOCLAIM replies as Redis sends them: redis-py would build a dict per
+    entry, which costs a writer more than the read itself. `read_group` and `entries_of` read them.
+    `socket_timeout_s` bounds every command, a blocking read's BLOCK included. One immediate retry (a pooled
+    connection that Redis closed on a restart), not redis-py's default of three with up to 10 s of backoff
+    each: every caller has a retry loop of its own, and hidden ones made a stop with Redis down take 15 s."""
+    client = _CancelSafeRedis.from_url(url, decode_responses=False, health_check_interval=30, protocol=3,
+                                       socket_timeout=socket_timeout_s, socket_connect_timeout=5,
+                                       retry=Retry(NoBackoff(), 1))
+    for command in ("XREADGROUP", "XAUTOCLAIM"):
+        client.set_response_callback(command, _as_sent)
+    return client
+
+
+def _as_sent(response: Any, **_options: Any) -> Any:
+    return response
+
+
+def entries_of(raw: list[list[Any]] | None) -> list[Entry]:
+    """Entries of a reply as Redis sends it (a trimmed entry has no fields: Redis 6.2 gives nil)."""
+    return [(entry_id, fields or []) for entry_id, fields in raw or ()]
+
+
+async def read_group(client: aioredis.Redis, names: StreamNames, consumer: str, cursor: bytes, count: int,
+                     block_ms: int | None = None) -> list[Entry]:
+    """XREADGROUP for `consumer` from `cursor` (`>` for new entries, an id for its own pending ones)."""
+    reply: Any = await client.xreadgroup(names.group, consumer, {names.stream: cursor}, count=count, block=block_ms)
+    return entries_of(reply[names.stream.encode()]) if reply else []  # RESP3: a map of stream → entries
+
+
+async def read_pending(client: aioredis.Redis, names: StreamNames, consumer: str, after: bytes,
+                       count: int) -> list[Entry]:
+    """`consumer`'s own pending entries after id `after` (`0`: from the first), without delivering them again.
+
+    XPENDING for the ids, then their payloads: unlike XREADGROUP from an id, this neither raises the
+    entries' delivery counts nor resets their idle time."""
+    start = "-" if after == b"0" else b"(" + after
+    rows: Any = await client.xpending_range(names.stream, names.group, start, "+", count, consumer)
+    return await fetch_entries(client, names, [row["message_id"] for row in rows])
+
+
+async def fetch_entries(client: aioredis.Redis, names: StreamNames, ids: list[bytes]) -> list[Entry]:
+    """The entries with these ids, in one round trip; an entry whose payload was trimmed has no fields."""
+    if not ids:
+        return []
+    async with client.pipeline(transaction=False) as pipe:
+        for entry_id in ids:
+            pipe.xrange(names.stream, entry_id, entry_id)
+        found: list[Any] = await uncancelled(pipe.execute())
+    # XRANGE's reply comes as (id, {field: value}): back to the field list Redis sent.
+    return [(entry_id, [part for pair in entry[0][1].items() for part in pair] if entry else [])
+            for entry_id, entry in zip(ids, found, strict=True)]
+
+
+def entry_fields(payload: bytes) -> dict[bytes, bytes]:
+    """The fields of one entry carrying `payload` (the `e` field: a normalised event, msgspec JSON)."""
+    return {FIELD_VERSION: PAYLOAD_VERSION.encode(), FIELD_EVENT: payload}
+
+
+def xadd_batch_args(expected_tail: bytes, payloads: list[bytes]) -> list[bytes]:
+    """The arguments of XADD_BATCH_SCRIPT for these payloads, after the entry id the caller added last (b"": none)."""
+    return [expected_tail, FIELD_VERSION, PAYLOAD_VERSION.encode(), FIELD_EVENT, *payloads]
+
+
+def dead_letter_fields(fields: list[bytes], reason: str, detail: str, original_id: bytes, consumer: str
+                       ) -> list[bytes]:
+    """A dead letter: the entry's own fields (its payload, when it still had one), then why and by whom."""
+    return [*fields, DEAD_REASON, reason.encode(), DEAD_DETAIL, detail.encode(), DEAD_ORIGINAL_ID, original_id,
+            DEAD_CONSUMER, consumer.encode()]
+
+
+class DeadLetter(msgspec.Struct):
+    """One dead-lettered entry, as `dead_letter_fields` wrote it."""
+
+    id: str
+    original_id: str
+    reason: str
+    detail: str
+    consumer: str
+    has_payload: bool
+
+
+def dead_letter_of(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
+    """Parse an entry of the dead-letter stream (its detail cut to 200 characters)."""
+    text = {key: fields.get(key, b"").decode(errors="replace")
+            for key in (DEAD_ORIGINAL_ID, DEAD_REASON, DEAD_DETAIL, DEAD_CONSUMER)}
+    return DeadLetter(id=entry_id.decode(), original_id=text[DEAD_ORIGINAL_ID], reason=text[DEAD_REASON],
+                      detail=text[DEAD_DETAIL][:200], consumer=text[DEAD_CONSUMER], has_payload=FIELD_EVENT in fields)
+
+
+def payload_of(fields: list[bytes]) -> tuple[bytes | None, bytes | None]:
+    """The version (`v`) and event (`e`) values of an entry's fields; None where missing."""
+    if len(fields) == 4 and fields[0] == FIELD_VERSION and fields[2] == FIELD_EVENT:  # as the collector adds them
+        return fields[1], fields[3]
+    pairs = dict(zip(fields[::2], fields[1::2], strict=False))
+    return pairs.get(FIELD_VERSION), pairs.get(FIELD_EVENT)
+
+
+async def ensure_group(client: aioredis.Redis, names: StreamNames) -> bool:
+    """Create the consumer group (and the stream) if missing; True when this call created it."""
+    try:
+        await client.xgroup_create(names.stream, names.group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" in str(exc):
+            return False
+        raise
+    return True
+
+
+def describe_redis_error(url: str, exc: BaseException) -> str:
+    """A one-line explanation of a Redis failure naming the (redacted) URL tried."""
+    return f"Redis at {redact_url(url)} is unreachable or failed: {exc}"

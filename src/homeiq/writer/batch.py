@@ -1,0 +1,297 @@
+"""Decode → encode → write → classify → ack: the one write path, shared by the writer and the replayer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import msgspec
+import redis.asyncio as aioredis
+from prometheus_client import Counter
+
+from homeiq.shared.backoff import Backoff
+from homeiq.shared.events import PAYLOAD_VERSION, decode_event
+from homeiq.shared.health import Readiness
+from homeiq.shared.lifecycle import wait_or_stop
+from homeiq.shared.logs import Log, SampledLog
+from homeiq.shared.scripts import DEAD_LETTER_SCRIPT
+from homeiq.shared.stream import Entry, StreamNames, dead_letter_fields, payload_of
+from homeiq.writer.influx import InfluxSink, Outcome, WriteResult
+from homeiq.writer.metrics import WriterMetrics
+from homeiq.writer.schemas import Encoder, make_encoder
+
+log = Log(__name__)
+
+READY_INFLUX = "influxdb"
+
+
+class Encoded(msgspec.Struct, gc=False):
+    """An entry ready to write: its id and fields, its line (empty when the schema has no point for it: it is
+    acked with its batch), and the event time of a live event for the latency metric (None for a backfilled or
+    snapshot state: it is as old as the gap it fills, not late).
+    Not tracked by the cyclic GC (it can be in no cycle): thousands live for a batch's lifetime."""
+
+    entry_id: bytes
+    fields: list[bytes]
+    line: bytes
+    live_time_ns: int | None
+
+
+class Handled(msgspec.Struct):
+    """What the write path did with the entries it was given."""
+
+    written: int = 0  # written (or with no point in the schema) and acked
+    dead_lettered: dict[str, int] = msgspec.field(default_factory=dict)  # poison, by reason
+    lost: int = 0  # pending entries whose payload was gone (kept in the dead-letter stream as payload_trimmed)
+    given_up: bool = False  # a stop cut the retries short: what was not written stays pending
+
+    def add(self, other: Handled) -> Handled:
+        """Both together."""
+        dead = dict(self.dead_lettered)
+        for reason, count in other.dead_lettered.items():
+            dead[reason] = dead.get(reason, 0) + count
+        return Handled(self.written + other.written, dead, self.lost + other.lost,
+                       self.given_up or other.given_up)
+
+    def dead(self, reason: str) -> None:
+        """Count one entry dead-lettered for `reason`."""
+        self.dead_lettered[reason] = self.dead_lettered.get(reason, 0) + 1
+
+
+class Batch:
+    """Encoded entries and their request body; the first attempt's body is compressed ahead of time."""
+
+    def __init__(self, items: list[Encoded], handled: Handled | None = None) -> None:
+        self.items = items
+        self.handled = handled or Handled()  # what preparing it did already (dead letters, lost payloads)
+        self.body = b"\n".join(item.line for item in items if item.line)
+        self.prepared: bytes | None = None  # the request body, as the sink sends it
+
+    def points(self) -> int:
+        """How many of the entries have a line."""
+        return sum(1 for item in self.items if item.line)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class Poison(msgspec.Struct):
+    """An entry that can never be written, and why."""
+
+    entry_id: bytes
+    fields: list[bytes]
+    reason: str
+    detail: str
+
+
+def encode_entries(entries: list[Entry], encoder: Encoder | None = None) -> tuple[list[Encoded], list[Poison]]:
+    """Split entries into encoded lines and poison; a pure function of the entries (and the schema's rules).
+
+    Any exception while decoding or encoding one entry is that entry's poison, never the batch's: the
+    result depends on the entry alone, so a retry would raise it again. Only MemoryError passes through
+    (it says as much about the process as about the entry); an entry that kills its reader outright is
+    what the replayer's crash ledger catches."""
+    encode = (encoder or _homeiq).encode
+    good: list[Encoded] = []
+    poison: list[Poison] = []
+    version_wanted = PAYLOAD_VERSION.encode()
+    for entry_id, fields in entries:
+        version, payload = payload_of(fields)
+        if version != version_wanted:
+            poison.append(Poison(entry_id, fields, "unknown_version", f"payload version {version!r}"))
+            continue
+        if payload is None:
+            poison.append(Poison(entry_id, fields, "undecodable", "no event field `e`"))
+            continue
+        try:
+            event = decode_event(payload)
+            text = encode(event)
+            line = b"" if text is None else text.encode()
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError) as exc:
+            poison.append(Poison(entry_id, fields, "undecodable", f"{type(exc).__name__}: {exc}"[:300]))
+            continue
+        except MemoryError:
+            raise
+        except Exception as exc:  # a bug of ours this entry triggers: it must not stop its neighbours
+            log.error("reader_error", entry_id=entry_id.decode(), exc_info=True)
+            poison.append(Poison(entry_id, fields, "reader_error", f"{type(exc).__name__}: {exc}"[:300]))
+            continue
+        good.append(Encoded(entry_id, fields, line, event.time_ns if event.source == "live" else None))
+    return good, poison
+
+
+_homeiq = make_encoder("homeiq")
+
+
+def _move(counts: dict[str, int], counter: Counter) -> dict[str, int]:
+    """Add `counts` to `counter` by reason and zero them; the counts that were not zero."""
+    moved = {reason: count for reason, count in counts.items() if count}
+    for reason, count in moved.items():
+        counter.labels(reason).inc(count)
+        counts[reason] = 0
+    return moved
+
+
+class BatchWriter:
+    """Writes decoded batches to InfluxDB and acks exactly what InfluxDB accepted."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        names: StreamNames,
+        sink: InfluxSink,
+        metrics: WriterMetrics,
+        readiness: Readiness,
+        consumer: str,
+        backoff: Backoff | None = None,
+        encoder: Encoder | None = None,
+    ) -> None:
+        self._redis, self._names, self.sink = client, names, sink
+        self.encoder = encoder or make_encoder("homeiq")
+        self._metrics, self._readiness, self._consumer = metrics, readiness, consumer
+        self._backoff = backoff or Backoff(base_s=0.5, cap_s=10.0)
+        self.healthy = True  # the last answer was 2xx (or a rejection): safe to read ahead
+        self._dead_letter = client.register_script(DEAD_LETTER_SCRIPT)
+        self._acking: asyncio.Task[None] | None = None
+        self._overwrites_log = SampledLog(log)
+
+    async def handle(self, entries: list[Entry], stop: asyncio.Event,
+                     reading: contextlib.AbstractAsyncContextManager[object] | None = None) -> Handled:
+        """The write path's one entry point: prepare (inside `reading`, the crash ledger's marker, when given),
+        write, and wait for the acks; what happened to the entries."""
+        async with reading or contextlib.nullcontext():
+            batch = await self.prepare(entries)
+        handled = await self.write(batch, stop)
+        await self.acked()
+        return handled
+
+    async def prepare(self, entries: list[Entry]) -> Batch:
+        """Dead-letter what can never be written (trimmed, undecodable); encode and compress the rest."""
+        self._metrics.entries_read.inc(len(entries))
+        handled = Handled()
+        lost = [(eid, f) for eid, f in entries if not f]
+        if lost:
+            entries = [(eid, f) for eid, f in entries if f]
+            for eid, _ in lost:
+                if await self.dead_letter(eid, [], "payload_trimmed", "entry pending but its payload was trimmed"):
+                    handled.lost += 1
+                self.count_lost("payload_trimmed")
+        good, poison = encode_entries(entries, self.encoder)
+        self._count_left_out()
+        for bad in poison:
+            if await self.dead_letter(bad.entry_id, bad.fields, bad.reason, bad.detail):
+                handled.dead(bad.reason)
+        batch = Batch(good, handled)
+        if batch.body:
+            batch.prepared = await asyncio.to_thread(self.sink.prepare, batch.body)  # ISA-L frees the GIL
+        return batch
+
+    def _count_left_out(self) -> None:
+        """Move the encoder's counts to the metrics: what the schema and the filters left out, and the points that
+        replace another state's point (logged, sampled)."""
+        _move(self.encoder.skipped, self._metrics.skipped)
+        _move(self.encoder.attributes_dropped, self._metrics.attributes_dropped)
+        for reason, count in _move(self.encoder.overwritten, self._metrics.points_overwritten).items():
+            self._overwrites_log.warning(reason, "points_overwritten", count=count,
+                                         example=self.encoder.overwrite_example)
+
+    async def write(self, batch: Batch, stop: asyncio.Event) -> Handled:
+        """Write and ack an encoded batch, bisecting what InfluxDB rejects; what happened (with what preparing
+        it did). Returns once InfluxDB has the points; their ack may still be on its way, so that the next
+        write starts at once. `acked()` waits for it; every caller awaits it before it reports or stops."""
+        done = batch.handled
+        while batch:
+            if not batch.body:  # nothing the schema writes: done, acked like any other
+                await self._ack_soon(batch)
+                return done.add(Handled(written=len(batch)))
+            result = await self._send(batch)
+            self.healthy = result.outcome in (Outcome.OK, Outcome.BAD_DATA)
+            if result.outcome is Outcome.OK:
+                self._readiness.ok(READY_INFLUX)
+                self._backoff.reset()
+                await self._ack_soon(batch)
+                return done.add(Handled(written=len(batch)))
+            if result.outcome is Outcome.BAD_DATA:
+                self._readiness.ok(READY_INFLUX)
+                items = batch.items
+                if len(items) == 1:
+                    rejected = Handled()
+                    if await self.dead_letter(items[0].entry_id, items[0].fields, "rejected", result.detail):
+                        rejected.dead("rejected")
+                    return done.add(rejected)
+                middle = len(items) // 2
+                first = await self.write(Batch(items[:middle]), stop)
+                if first.given_up:
+                    return done.add(first)
+                return done.add(first).add(await self.write(Batch(items[middle:]), stop))
+            reason = f"InfluxDB at {self.sink.url} answered {result.status or 'nothing'}: {result.detail}"
+            self._readiness.fail(READY_INFLUX, reason[:300])
+            delay_s = max(result.retry_after_s or 0.0, self._backoff.next_delay_s())
+            log.warning("write_retry", outcome=result.outcome.value, status=result.status,
+                        detail=result.detail[:200], retry_in_s=round(delay_s, 2), batch=len(batch))
+            if await wait_or_stop(stop, delay_s):
+                return done.add(Handled(given_up=True))
+        return done
+
+    async def _ack_soon(self, batch: Batch) -> None:
+        """Start the batch's ack; wait for the one before it (one earlier ack on its way at most)."""
+        previous, self._acking = self._acking, asyncio.create_task(self._ack(batch), name="ack")
+        if previous is not None:
+            await asyncio.shield(previous)
+
+    async def check(self) -> None:
+        """Ask InfluxDB whether it takes our credentials and has our database; sets readiness."""
+        result = await self.sink.check()
+        if result.outcome is Outcome.OK:
+            self._readiness.ok(READY_INFLUX)
+        else:
+            reason = f"InfluxDB at {self.sink.url} answered {result.status or 'nothing'}: {result.detail}"
+            self._readiness.fail(READY_INFLUX, reason[:300])
+
+    async def _send(self, batch: Batch) -> WriteResult:
+        started = time.perf_counter()
+        if batch.prepared is None:  # a half of a bisected batch
+            batch.prepared = await asyncio.to_thread(self.sink.prepare, batch.body)
+        result = await self.sink.write(batch.prepared)
+        self._metrics.write_seconds.observe(time.perf_counter() - started)
+        self._metrics.batches.labels(result.outcome.value).inc()
+        return result
+
+    async def acked(self) -> None:
+        """Wait for the ack of the last written batch; raises what the ack raised (a RedisError)."""
+        acking, self._acking = self._acking, None
+        if acking is not None:
+            await asyncio.shield(acking)  # a cancelled caller must not cut an ack: InfluxDB has the points
+
+    async def _ack(self, batch: Batch) -> None:
+        ids = [item.entry_id for item in batch.items]
+        await self._redis.xack(self._names.stream, self._names.group, *ids)
+        self._metrics.points_written.inc(batch.points())
+        now_ns = time.time_ns()
+        for item in batch.items:
+            if item.live_time_ns is not None:
+                self._metrics.event_age.observe(max(0.0, (now_ns - item.live_time_ns) / 1e9))
+
+    def count_lost(self, reason: str) -> None:
+        """Count one entry whose payload is gone (never silently acked: it is also dead-lettered)."""
+        self._metrics.lost.labels(reason).inc()
+
+    async def dead_letter(
+        self, entry_id: bytes, fields: list[bytes], reason: str, detail: str
+    ) -> bool:
+        """Ack the entry and copy it to the dead-letter stream with its reason, atomically (once only);
+        False when it was not pending any more (someone else wrote or dead-lettered it)."""
+        dead = dead_letter_fields(fields, reason, detail, entry_id, self._consumer)
+        force = b"1" if reason == "payload_trimmed" else b"0"
+        args = [self._names.group.encode(), entry_id, force, *dead]
+        done = await asyncio.shield(self._dead_letter(keys=[self._names.stream, self._names.dead], args=args))
+        if not done:
+            log.info("already_handled", entry_id=entry_id.decode(), reason=reason)
+            return False
+        if reason == "payload_trimmed":
+            log.error("entry_lost", entry_id=entry_id.decode(), reason=reason)
+        else:
+            self._metrics.dead_lettered.labels(reason).inc()
+            log.warning("dead_lettered", entry_id=entry_id.decode(), reason=reason, detail=detail[:200])
+        return True

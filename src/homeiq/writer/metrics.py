@@ -1,0 +1,72 @@
+"""Writer metrics (also used by the replayer, which writes through the same code)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from homeiq.writer.influx import Outcome
+from homeiq.writer.schemas import ATTRIBUTE_REASONS, OVERWRITE_REASONS, SKIP_REASONS
+
+DEAD_REASONS = ("undecodable", "unknown_version", "rejected", "reader_error", "crashed_reader")
+LOST_REASONS = ("payload_trimmed", "deleted_while_pending")
+
+
+class WriterMetrics:
+    """Counters and histograms of one writing process, registered in `registry`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.entries_read = Counter(
+            "homeiq_writer_entries_read_total", "Stream entries delivered to this process.", registry=registry
+        )
+        self.points_written = Counter(
+            "homeiq_points_written_total", "Points InfluxDB accepted (2xx) and that were acked.",
+            registry=registry,
+        )
+        self.batches = Counter(
+            "homeiq_write_batches_total", "Write requests by outcome.", ["outcome"], registry=registry
+        )
+        self.write_seconds = Histogram(
+            "homeiq_write_duration_seconds", "Duration of one InfluxDB write request.", registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.event_age = Histogram(
+            "homeiq_event_age_at_ack_seconds", "Event time to ack of live events: end-to-end latency.",
+            registry=registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+        )
+        self.dead_lettered = Counter(
+            "homeiq_dead_lettered_total", "Entries moved to the dead-letter stream.", ["reason"],
+            registry=registry,
+        )
+        self.lost = Counter(
+            "homeiq_entries_lost_total", "Entries whose payload was gone from the stream.", ["reason"],
+            registry=registry,
+        )
+        self.skipped = Counter(
+            "homeiq_writer_skipped_total",
+            "Entries acked without a point: the schema has none for them, or a filter of the configuration file "
+            "left them out, by reason.", ["reason"], registry=registry,
+        )
+        self.attributes_dropped = Counter(
+            "homeiq_writer_attributes_dropped_total",
+            "Attributes left out of points (ignore_attributes; NaN or infinite in the ha schema), by reason.",
+            ["reason"], registry=registry,
+        )
+        self.points_overwritten = Counter(
+            "homeiq_writer_points_overwritten_total",
+            "Points written with the series and time of another state's point, which InfluxDB then holds no more: "
+            "times cut to the same ha-schema precision unit (precision) or equal to the nanosecond (same_time). Only "
+            "those this process wrote both of (README), by reason.", ["reason"], registry=registry,
+        )
+        for reason in OVERWRITE_REASONS:
+            self.points_overwritten.labels(reason)
+        for reason in SKIP_REASONS:
+            self.skipped.labels(reason)
+        for reason in ATTRIBUTE_REASONS:
+            self.attributes_dropped.labels(reason)
+        for outcome in Outcome:
+            self.batches.labels(outcome.value)
+        for reason in DEAD_REASONS:
+            self.dead_lettered.labels(reason)
+        for reason in LOST_REASONS:
+            self.lost.labels(reason)
