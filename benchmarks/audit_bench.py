@@ -25,10 +25,10 @@ from homeiq.ha_sim.recorder import Recorded, Recorder
 from homeiq.ha_sim.runner import SimServer
 from homeiq.local.services import InfluxServer
 from homeiq.replayer.audit import audit
-from homeiq.replayer.ha_reader import ha_session
-from homeiq.replayer.influx_reader import InfluxReader
+from homeiq.shared.ha.reader import ha_session
+from homeiq.shared.influx.reader import InfluxReader
+from homeiq.shared.influx.settings import InfluxSettings
 from homeiq.shared.times import float_ns
-from homeiq.writer.settings import InfluxSettings
 
 TOKEN = "bench-token"  # noqa: S105 - a private simulator
 DATABASE = "audit_bench"

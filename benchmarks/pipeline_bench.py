@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from workload import payloads, prerendered
 from writer_bench import BATCH, ceiling, cpu_s
 
-from homeiq.writer.influx import gzip_body
-from homeiq.writer.schemas import make_encoder
+from homeiq.shared.influx.schemas import make_encoder
+from homeiq.shared.influx.sink import gzip_body
 
 TOKEN = "bench-token"  # noqa: S105 - a private simulator
 DATABASE = "pipeline"

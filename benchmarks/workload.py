@@ -7,12 +7,12 @@ from typing import Any
 
 import msgspec
 
-from homeiq.collector import frames
 from homeiq.collector.normalise import normalise_state_changed
-from homeiq.collector.registry import Registry
 from homeiq.ha_sim.hub import MATCH_ALL, Hub
 from homeiq.ha_sim.messages import now_ts
 from homeiq.shared.events import encode_event
+from homeiq.shared.ha import frames
+from homeiq.shared.ha.registry import Registry
 
 
 class Recorder:

@@ -35,8 +35,8 @@ from homeiq.local.processes import ScriptProcess
 from homeiq.local.services import InfluxServer, RedisServer
 from homeiq.local.waiting import wait_for
 from homeiq.shared.events import decode_event
-from homeiq.writer.influx import gzip_body
-from homeiq.writer.schemas import SCHEMAS, make_encoder
+from homeiq.shared.influx.schemas import SCHEMAS, make_encoder
+from homeiq.shared.influx.sink import gzip_body
 
 sys.path.insert(0, str(Path(__file__).parent))
 from workload import payloads

@@ -15,12 +15,12 @@ import msgspec
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from homeiq.collector.entity_filter import EntityFilter
 from homeiq.collector.service import Collector
 from homeiq.collector.settings import CollectorSettings
 from homeiq.ha_sim.hub import Hub
 from homeiq.ha_sim.runner import SimServer
 from homeiq.local.services import RedisServer
+from homeiq.shared.entity_filter import PatternFilter
 from homeiq.shared.events import NormalisedEvent, decode_event
 from homeiq.shared.stream import DEFAULT_NAMES, FIELD_EVENT
 from tests.helpers import wait_for
@@ -60,7 +60,7 @@ class Running:
 @contextlib.asynccontextmanager
 async def running_collector(
     sim: SimServer, redis_url: str, spool_dir: Path, token: str = TOKEN,
-    entity_filter: EntityFilter | None = None, **changes: Any,
+    entity_filter: PatternFilter | None = None, **changes: Any,
 ) -> AsyncIterator[Running]:
     """Run a collector until the block ends."""
     collector = Collector(settings(sim.url, redis_url, spool_dir, **changes), token, entity_filter,

@@ -21,9 +21,9 @@ from homeiq.ha_sim.messages import now_ts
 from homeiq.ha_sim.runner import SimServer
 from homeiq.local.services import InfluxServer, RedisServer
 from homeiq.shared.events import NormalisedEvent, decode_event
+from homeiq.shared.influx.lineprotocol import encode_line
+from homeiq.shared.influx.settings import InfluxSettings
 from homeiq.shared.stream import DEFAULT_NAMES, FIELD_EVENT
-from homeiq.writer.lineprotocol import encode_line
-from homeiq.writer.settings import InfluxSettings
 from tests.collector_harness import TOKEN, running_collector, simulator, stream_events
 from tests.helpers import wait_for
 from tests.writer_harness import running_writer, writer_settings
@@ -88,9 +88,9 @@ async def audited(redis_server: RedisServer, redis_client: aioredis.Redis, influ
 
 
 def _filter(config: str) -> Any:
-    from homeiq.collector.entity_filter import EntityFilter  # noqa: PLC0415
+    from homeiq.shared.entity_filter import PatternFilter  # noqa: PLC0415
 
-    return EntityFilter.from_settings(config, "")
+    return PatternFilter.from_settings(config, "")
 
 
 def totals(report: dict[str, Any]) -> dict[str, int]:
@@ -191,7 +191,7 @@ async def test_the_periodic_audit_exports_what_it_found_and_repairs_when_asked(
 
     from homeiq.replayer.service import Replayer  # noqa: PLC0415
     from homeiq.replayer.settings import AuditSettings, ReplayerSettings  # noqa: PLC0415
-    from homeiq.writer.settings import InfluxSettings  # noqa: PLC0415
+    from homeiq.shared.influx.settings import InfluxSettings  # noqa: PLC0415
 
     for sent in audited.sim.hub.sent[10:12]:
         audited.delete(sent.entity_id, sent.last_updated_us * 1000)

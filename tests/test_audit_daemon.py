@@ -18,8 +18,8 @@ from homeiq.ha_sim.runner import SimServer
 from homeiq.local.services import InfluxServer, RedisServer
 from homeiq.replayer.service import Replayer
 from homeiq.replayer.settings import AuditSettings, ReclaimSettings, ReplayerSettings
+from homeiq.shared.influx.settings import InfluxSettings
 from homeiq.shared.stream import DEFAULT_NAMES
-from homeiq.writer.settings import InfluxSettings
 from tests.collector_harness import TOKEN, simulator
 from tests.events import state_payload
 from tests.helpers import FaultyHttp, wait_for

@@ -14,11 +14,12 @@ from homeiq.collector.cli import app as collector_app
 from homeiq.ha_sim.cli import app as hasim_app
 from homeiq.local.services import free_port
 from homeiq.replayer.cli import app as replayer_app
+from homeiq.shared.influx.settings import InfluxSettings
 from homeiq.shared.settings import ConfigError, read_secret, redact_url
 from homeiq.shared.stream import DEFAULT_NAMES
 from homeiq.writer.cli import app as writer_app
 from homeiq.writer.service import Writer
-from homeiq.writer.settings import InfluxSettings, WriterSettings
+from homeiq.writer.settings import WriterSettings
 
 runner = CliRunner()
 SECRET = "s3cr3t-token-value"

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from homeiq.ha_sim.runner import SimServer
 from homeiq.local.services import RedisServer
-from homeiq.writer.batch import encode_entries
+from homeiq.shared.influx.batch import encode_entries
 from tests.collector_harness import (
     TOKEN,
     missing_calls,

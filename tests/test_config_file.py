@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from homeiq.collector.entity_filter import EntityFilter
 from homeiq.shared.config import EntityWords
 from homeiq.shared.config_reader import load_config, parse_config
+from homeiq.shared.entity_filter import PatternFilter
 from homeiq.shared.events import NormalisedEvent
+from homeiq.shared.influx.settings import InfluxSettings
 from homeiq.shared.settings import ConfigError
-from homeiq.writer.settings import InfluxSettings
 from tests.events import state_event
 
 # A block as people have it in configuration.yaml (home-assistant.io's examples, with !secret).
@@ -150,7 +150,7 @@ def state(entity_id: str) -> NormalisedEvent:
 
 
 def test_the_collector_filters_in_the_integrations_words(tmp_path: Path) -> None:
-    rules = EntityFilter.from_settings("", "", load_config(write(tmp_path, PASTED)))
+    rules = PatternFilter.from_settings("", "", load_config(write(tmp_path, PASTED)))
     assert rules is not None
     assert rules.allows(state("sensor.kitchen")) and rules.allows(state("switch.kettle"))
     assert not rules.allows(state("sensor.phone_battery")) and not rules.allows(state("light.desk"))
@@ -158,8 +158,8 @@ def test_the_collector_filters_in_the_integrations_words(tmp_path: Path) -> None
 
 
 def test_the_old_variable_still_works_but_not_both(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    legacy = EntityFilter.from_settings('{"patterns": [{"domain": "update"}]}', "", None)
+    legacy = PatternFilter.from_settings('{"patterns": [{"domain": "update"}]}', "", None)
     assert legacy is not None and not legacy.allows(state("update.x"))
     assert "deprecated_setting" in caplog.text
     with pytest.raises(ConfigError, match="set only one"):
-        EntityFilter.from_settings('{"patterns": [{"domain": "update"}]}', "", load_config(write(tmp_path, PASTED)))
+        PatternFilter.from_settings('{"patterns": [{"domain": "update"}]}', "", load_config(write(tmp_path, PASTED)))

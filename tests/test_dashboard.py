@@ -19,8 +19,8 @@ from homeiq.local.services import InfluxServer, RedisServer
 from homeiq.replayer.stream_metrics import StreamMetrics
 from homeiq.shared.broker import PersistenceCheck
 from homeiq.shared.health import Readiness
+from homeiq.shared.influx.metrics import WriterMetrics
 from homeiq.shared.stream import DEFAULT_NAMES
-from homeiq.writer.metrics import WriterMetrics
 from tests.events import state_payload
 from tests.helpers import wait_for
 from tests.monitoring import OPS, Prometheus

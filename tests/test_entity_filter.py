@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq.collector.entity_filter import EntityFilter
 from homeiq.local.services import RedisServer
+from homeiq.shared.entity_filter import PatternFilter
 from homeiq.shared.events import NormalisedEvent
 from homeiq.shared.settings import ConfigError
 from tests.collector_harness import running_collector, simulator, stream_events
@@ -21,8 +21,8 @@ def event(entity_id: str, device_class: str | None = None, area_id: str | None =
     return state_event(entity_id=entity_id, device_class=device_class, area_id=area_id)
 
 
-def rules(config: dict[str, object]) -> EntityFilter:
-    built = EntityFilter.from_settings(json.dumps(config), "")
+def rules(config: dict[str, object]) -> PatternFilter:
+    built = PatternFilter.from_settings(json.dumps(config), "")
     assert built is not None
     return built
 
@@ -67,16 +67,16 @@ def test_events_without_an_entity_always_pass() -> None:
 ])
 def test_bad_config_is_an_error_naming_the_variable(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        EntityFilter.from_settings(text, "")
+        PatternFilter.from_settings(text, "")
 
 
 def test_config_from_file(tmp_path: Path) -> None:
     path = tmp_path / "filter.json"
     path.write_text('{"patterns": [{"domain": "update"}]}')
-    built = EntityFilter.from_settings("", str(path))
+    built = PatternFilter.from_settings("", str(path))
     assert built is not None and not built.allows(event("update.x"))
     with pytest.raises(ConfigError, match="ENTITY_FILTER_CONFIG_FILE"):
-        EntityFilter.from_settings("", str(tmp_path / "missing.json"))
+        PatternFilter.from_settings("", str(tmp_path / "missing.json"))
 
 
 async def test_filtered_events_are_counted_not_published(

@@ -20,8 +20,8 @@ import pytest
 from homeiq.local.services import InfluxServer
 from homeiq.shared.config_reader import parse_config
 from homeiq.shared.events import NormalisedEvent, State
-from homeiq.writer.haschema import HaEncoder
-from homeiq.writer.influx import Outcome, v1_sink
+from homeiq.shared.influx.haschema import HaEncoder
+from homeiq.shared.influx.sink import Outcome, v1_sink
 
 T0 = 1_764_200_000_000_000_000  # ns, whole microseconds
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from homeiq.shared.events import NormalisedEvent, State
-from homeiq.writer.haschema import HaEncoder, has_numeric_tail
+from homeiq.shared.influx.haschema import HaEncoder, has_numeric_tail
 
 HA_RE_DIGIT_TAIL = re.compile(r"^[^\.]*\d+\.?\d+[^\.]*$")
 

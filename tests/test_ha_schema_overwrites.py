@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from homeiq.local.services import InfluxServer, RedisServer
 from homeiq.shared.config_reader import parse_config
-from homeiq.writer.haschema import cut_to_precision
+from homeiq.shared.influx.haschema import cut_to_precision
 from homeiq.writer.service import Writer
 from homeiq.writer.settings import WriterSettings
 from tests.events import BASE_NS, state_payload

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from homeiq.writer.influx import Outcome, v2_sink
+from homeiq.shared.influx.sink import Outcome, v2_sink
 
 LINES = b'home_assistant_events,entity_id=sensor.a state_value="1",source="live" 1700000000000000000'
 

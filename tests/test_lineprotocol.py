@@ -9,8 +9,8 @@ import pytest
 
 from homeiq.local.services import InfluxServer
 from homeiq.shared.events import Context, Enrichment, NormalisedEvent, State
-from homeiq.writer.influx import Outcome, v1_sink
-from homeiq.writer.lineprotocol import encode_line, event_category, numeric_value, tag_value
+from homeiq.shared.influx.lineprotocol import encode_line, event_category, numeric_value, tag_value
+from homeiq.shared.influx.sink import Outcome, v1_sink
 
 
 def state_event(state: str = "21.5", **changes: object) -> NormalisedEvent:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from homeiq.local.services import InfluxServer
 from homeiq.shared.events import Context, Enrichment, NormalisedEvent, State
-from homeiq.writer.lineprotocol import encode_line, event_category, numeric_value
+from homeiq.shared.influx.lineprotocol import encode_line, event_category, numeric_value
 
 # Any unicode but surrogates (not UTF-8, so never in HA's JSON), with what line protocol treats specially
 # drawn often: line breaks, tabs, backslashes, the separators, quotes, emoji, NUL.

@@ -18,9 +18,9 @@ from homeiq.local.services import InfluxServer, RedisServer, free_port
 from homeiq.replayer.service import Replayer
 from homeiq.replayer.settings import ReclaimSettings, ReplayerSettings
 from homeiq.replayer.stream_metrics import StreamMetrics
+from homeiq.shared.influx.metrics import WriterMetrics
+from homeiq.shared.influx.settings import InfluxSettings
 from homeiq.shared.stream import DEFAULT_NAMES
-from homeiq.writer.metrics import WriterMetrics
-from homeiq.writer.settings import InfluxSettings
 from tests.events import state_payload
 from tests.helpers import wait_for
 from tests.writer_harness import fill, running_writer, writer_settings

@@ -23,10 +23,10 @@ from homeiq.replayer.cli import app
 from homeiq.replayer.reclaim import reclaim_pass
 from homeiq.replayer.settings import ReplayerSettings
 from homeiq.shared.health import Readiness
+from homeiq.shared.influx.batch import BatchWriter
+from homeiq.shared.influx.metrics import WriterMetrics
+from homeiq.shared.influx.sink import v1_sink
 from homeiq.shared.stream import DEFAULT_NAMES, FIELD_EVENT, FIELD_VERSION, connect
-from homeiq.writer.batch import BatchWriter
-from homeiq.writer.influx import v1_sink
-from homeiq.writer.metrics import WriterMetrics
 from tests.events import state_payload
 from tests.helpers import FaultyHttp, wait_for
 from tests.writer_harness import fill

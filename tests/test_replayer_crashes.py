@@ -18,11 +18,11 @@ from homeiq.replayer.crashes import CrashLedger
 from homeiq.replayer.reclaim import reclaim_pass
 from homeiq.shared import events
 from homeiq.shared.health import Readiness
+from homeiq.shared.influx import batch
+from homeiq.shared.influx.batch import BatchWriter
+from homeiq.shared.influx.metrics import WriterMetrics
+from homeiq.shared.influx.sink import v1_sink
 from homeiq.shared.stream import DEAD_ORIGINAL_ID, DEAD_REASON, DEFAULT_NAMES, FIELD_EVENT
-from homeiq.writer import batch
-from homeiq.writer.batch import BatchWriter
-from homeiq.writer.influx import v1_sink
-from homeiq.writer.metrics import WriterMetrics
 from tests.events import state_payload
 from tests.helpers import FaultyHttp, Service, wait_for
 from tests.writer_harness import fill, restart_during_outage, write_requests

@@ -28,9 +28,9 @@ from homeiq.ha_sim.runner import SimServer
 from homeiq.local.services import InfluxServer, RedisServer
 from homeiq.replayer.service import Replayer
 from homeiq.replayer.settings import AuditSettings, ReplayerSettings
+from homeiq.shared.influx.settings import InfluxSettings
+from homeiq.shared.influx.sink import Outcome, sink_for
 from homeiq.shared.stream import DEFAULT_NAMES
-from homeiq.writer.influx import Outcome
-from homeiq.writer.settings import InfluxSettings
 from tests.collector_harness import TOKEN, running_collector
 from tests.helpers import wait_for
 
@@ -91,7 +91,7 @@ async def test_influxdb_over_tls_with_a_ca_file_with_the_system_cas_and_unverifi
     for verify, ca, outcome in ((True, str(certs.ca), Outcome.OK), (True, "", Outcome.RETRY),
                                 (False, "", Outcome.OK)):
         settings = InfluxSettings.layered({"url": url, "api": api, "verify_ssl": verify, "ssl_ca_cert": ca})
-        sink = settings.validate().make_sink()
+        sink = sink_for(settings.validate())
         try:
             check, write = await sink.check(), await sink.write(sink.prepare(b"m x=1 1"))
         finally:
@@ -111,7 +111,7 @@ async def test_the_configuration_file_words_verify_ssl_and_ssl_ca_cert(
     config.write_text(f"influxdb:\n  host: 127.0.0.1\n  port: {port}\n  ssl: true\n  ssl_ca_cert: {certs.ca}\n")
     settings = InfluxSettings.layered({"config_path": str(config)}).validate()
     assert (settings.url, settings.api, settings.ssl_ca_cert) == (url, "v1", str(certs.ca))
-    sink = settings.make_sink()
+    sink = sink_for(settings)
     try:
         assert (await sink.write(sink.prepare(b"m x=1 1"))).outcome is Outcome.OK
     finally:

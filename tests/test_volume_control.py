@@ -17,12 +17,12 @@ from homeiq.local.services import InfluxServer
 from homeiq.shared.config_reader import parse_config
 from homeiq.shared.events import NormalisedEvent, State
 from homeiq.shared.health import Readiness
+from homeiq.shared.influx.batch import BatchWriter
+from homeiq.shared.influx.haschema import HaEncoder
+from homeiq.shared.influx.metrics import WriterMetrics
+from homeiq.shared.influx.schemas import make_encoder
+from homeiq.shared.influx.sink import v1_sink
 from homeiq.shared.stream import DEFAULT_NAMES, ensure_group, entry_fields, read_group
-from homeiq.writer.batch import BatchWriter
-from homeiq.writer.haschema import HaEncoder
-from homeiq.writer.influx import v1_sink
-from homeiq.writer.metrics import WriterMetrics
-from homeiq.writer.schemas import make_encoder
 from tests.events import other_payload, state_payload
 from tests.helpers import value
 

@@ -1,4 +1,5 @@
-"""Each row of the design's answer table, against a real influxd (faults injected in front of it)."""
+"""Each Outcome of an InfluxDB answer (homeiq.shared.influx.sink), against a real influxd (faults injected in front
+of it)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from homeiq.local.services import InfluxServer, free_port
+from homeiq.shared.influx.sink import Outcome, classify
 from homeiq.shared.stream import DEAD_DETAIL, DEAD_REASON, DEFAULT_NAMES, FIELD_EVENT
-from homeiq.writer.influx import Outcome, classify
 from tests.events import state_payload
 from tests.helpers import FaultyHttp, wait_for
 from tests.writer_harness import fill, group_state, metric, running_writer, writer_settings

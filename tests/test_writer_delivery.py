@@ -10,9 +10,9 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from homeiq.local.services import InfluxServer, RedisServer
+from homeiq.shared.influx.batch import BatchWriter
+from homeiq.shared.influx.sink import v1_sink
 from homeiq.shared.stream import DEFAULT_NAMES, StreamNames, connect, read_group
-from homeiq.writer.batch import BatchWriter
-from homeiq.writer.influx import v1_sink
 from tests.events import state_payload
 from tests.helpers import DelayProxy, FaultyHttp, Service, wait_for
 from tests.writer_harness import (

@@ -11,6 +11,10 @@ from prometheus_client import CollectorRegistry
 from homeiq.local.services import InfluxServer
 from homeiq.shared.events import NormalisedEvent
 from homeiq.shared.health import Readiness
+from homeiq.shared.influx.batch import BatchWriter, Handled
+from homeiq.shared.influx.lineprotocol import LineEncoder
+from homeiq.shared.influx.metrics import WriterMetrics
+from homeiq.shared.influx.sink import v1_sink
 from homeiq.shared.stream import (
     DEAD_DETAIL,
     DEAD_ORIGINAL_ID,
@@ -22,10 +26,6 @@ from homeiq.shared.stream import (
     entry_fields,
     read_group,
 )
-from homeiq.writer.batch import BatchWriter, Handled
-from homeiq.writer.influx import v1_sink
-from homeiq.writer.lineprotocol import LineEncoder
-from homeiq.writer.metrics import WriterMetrics
 from tests.events import state_payload
 from tests.helpers import value
 

@@ -11,9 +11,10 @@ import msgspec
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
+from homeiq.shared.influx.settings import InfluxSettings
 from homeiq.shared.stream import DEFAULT_NAMES, ensure_group, entry_fields
 from homeiq.writer.service import Writer
-from homeiq.writer.settings import InfluxSettings, WriterSettings
+from homeiq.writer.settings import WriterSettings
 from tests.helpers import FaultyHttp, wait_for
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from homeiq.collector.settings import CollectorSettings
 from homeiq.shared.binding import bind
 from homeiq.shared.cli import ServiceMain, console_app, run_service
-from homeiq.shared.ha_connection import read_ha_token
+from homeiq.shared.ha.settings import read_ha_token
 
 app = console_app("Keep the Home Assistant WebSocket connection and XADD every event to the stream.")
 
@@ -17,12 +17,12 @@ def run(settings: CollectorSettings) -> None:
 
     The token comes from HA_TOKEN or HA_TOKEN_FILE (a long-lived access token), never from a flag.
     """
-    from homeiq.collector.entity_filter import EntityFilter  # noqa: PLC0415 - keep --help fast
     from homeiq.collector.service import Collector  # noqa: PLC0415
     from homeiq.shared.config_reader import load_config  # noqa: PLC0415
+    from homeiq.shared.entity_filter import PatternFilter  # noqa: PLC0415 - keep --help fast
 
     def build() -> ServiceMain:
-        rules = EntityFilter.from_settings(settings.entity_filter, settings.entity_filter_file,
+        rules = PatternFilter.from_settings(settings.entity_filter, settings.entity_filter_file,
                                            load_config(settings.config_path))
         return Collector(settings, read_ha_token(), rules).run
 

@@ -77,7 +77,7 @@ class CollectorMetrics:
                                  registry=registry)
         self.spool_max_bytes = Gauge("homeiq_spool_max_bytes", "The spool's cap (COLLECTOR_SPOOL_MAX_MB) in bytes.",
                                      registry=registry)
-        self.publish_seconds = Histogram("homeiq_publish_duration_seconds", "One pipelined XADD batch.",
+        self.publish_seconds = Histogram("homeiq_publish_duration_seconds", "One batch XADDed (one script call).",
                                          registry=registry,
                                          buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
         for reason in DROP_REASONS:
@@ -88,7 +88,16 @@ class CollectorMetrics:
             self.ha_clock_steps.labels(direction)
         for label in DISCONNECT_LABELS:
             self.disconnects.labels(label)
-        self._sampled = SampledLog(Log("homeiq.collector.frames"))
+        self._sampled = SampledLog(Log("homeiq.shared.ha.frames"))
+
+    def events_received(self, count: int) -> None:
+        """`count` events of one frame reached their subscription (ClientMetrics)."""
+        self.received.inc(count)
+
+    def frame_rejected(self, reason: str, text: str, sample: str) -> None:
+        """An unusable HA message: counted by reason, logged sampled (ClientMetrics)."""
+        self.frames_rejected.labels(reason).inc()
+        self.log_sampled(reason, text, sample=sample)
 
     def log_sampled(self, reason: str, text: str, **fields: object) -> None:
         """Log a rejected frame or dropped event, at most once per interval per reason."""

@@ -8,14 +8,14 @@ from typing import Final
 
 import msgspec
 
-from homeiq.collector.frames import (
+from homeiq.shared import events
+from homeiq.shared.ha.frames import (
     HAEvent,
     HAState,
     StateChangedData,
     state_changed_decoder,
 )
-from homeiq.collector.registry import Registry
-from homeiq.shared import events
+from homeiq.shared.ha.registry import Registry
 from homeiq.shared.times import datetime_ns
 
 _NO_CONTEXT: Final = events.Context()

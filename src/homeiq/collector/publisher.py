@@ -1,4 +1,5 @@
-"""A bounded in-memory buffer flushed by one task with pipelined XADD, and a disk spool for Redis outages.
+"""A bounded in-memory buffer flushed by one task, one publish script call (XADDs and the watermark) per batch,
+and a disk spool for Redis outages.
 
 Order is kept: once a batch goes to the spool, every later batch follows it there until the spool has
 drained back into the stream.

@@ -15,9 +15,9 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Final, Self
 
-from homeiq.collector import frames
-from homeiq.collector.backfill import HistoryRow, decode_history, history_command
-from homeiq.collector.ha_client import CommandFailed, HAConnection, MessageTooBig
+from homeiq.shared.ha import frames
+from homeiq.shared.ha.client import CommandFailed, HAConnection, MessageTooBig
+from homeiq.shared.ha.history import HistoryRow, decode_history, history_command
 from homeiq.shared.times import float_ns
 
 MIN_SPAN_NS: Final = 1_000_000  # a piece of one entity and one millisecond is not split further

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from homeiq.collector.gap import GapTracker, Key, Watermark, state_keys
 from homeiq.shared.logs import Log
-from homeiq.shared.stream import FIELD_EVENT, StreamNames
+from homeiq.shared.stream import FIELD_EVENT, StreamNames, xrange_pages
 
 log = Log(__name__)
 
@@ -110,12 +110,9 @@ class ResumePoint:
     async def _stream_states_after(self, resume_from: bytes) -> list[Key]:
         found: list[Key] = []
         start = b"(" + resume_from if resume_from else b"-"
-        while True:
-            page: Any = await self._redis.xrange(self._names.stream, start, "+", count=SCAN_PAGE)
+        async for page in xrange_pages(self._redis, self._names.stream, start, page=SCAN_PAGE):
             found += state_keys(fields.get(FIELD_EVENT, b"") for _, fields in page)
-            if len(page) < SCAN_PAGE:
-                return found
-            start = b"(" + page[-1][0]
+        return found
 
     def tail_or_read(self, tail: bytes | None) -> bytes:
         """The id after which events offered from now on are: the last one added, or (none added by this process

@@ -15,24 +15,24 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
-from homeiq.collector import frames
-from homeiq.collector.backfill import backfill_events, current_states
 from homeiq.collector.clock import AHEAD_TOLERANCE_NS, Finding, HaClock
-from homeiq.collector.entity_filter import EntityRules
 from homeiq.collector.gap import GapTracker
-from homeiq.collector.ha_client import AuthInvalid, CommandFailed, ConnectionLost, FrameSocket, HAConnection
 from homeiq.collector.metrics import CollectorMetrics
 from homeiq.collector.normalise import PointTimes, normalise, normalise_state_changed
 from homeiq.collector.publisher import Publisher
 from homeiq.collector.recorder import History, Piece, RecorderReader
-from homeiq.collector.registry import Registry
 from homeiq.collector.resume import KnownEntities, ResumePoint
 from homeiq.collector.session_end import Stopped, why_ended
 from homeiq.collector.settings import CollectorSettings
 from homeiq.collector.spool import Spool
 from homeiq.shared.backoff import Backoff
 from homeiq.shared.broker import PersistenceCheck
+from homeiq.shared.entity_filter import EntityRules
 from homeiq.shared.events import NormalisedEvent, State, encode_event
+from homeiq.shared.ha import frames
+from homeiq.shared.ha.client import WS_TIMEOUT, AuthInvalid, CommandFailed, ConnectionLost, FrameSocket, HAConnection
+from homeiq.shared.ha.history import HISTORY_CHUNK, backfill_events, current_states
+from homeiq.shared.ha.registry import REGISTRY_COMMANDS, Registry
 from homeiq.shared.health import READY_REDIS, HealthServer, Readiness, counters
 from homeiq.shared.lifecycle import wait_or_stop
 from homeiq.shared.logs import Log
@@ -42,13 +42,9 @@ from homeiq.shared.stream import connect, describe_redis_error
 log = Log(__name__)
 
 READY_HA = "home_assistant"
-REGISTRY_COMMANDS = {"floor": "config/floor_registry/list", "area": "config/area_registry/list",
-                     "device": "config/device_registry/list", "entity": "config/entity_registry/list"}
 REGISTRY_EVENTS = {f"{kind}_registry_updated": kind for kind in REGISTRY_COMMANDS}
-BACKFILL_CHUNK = 50
 DRAIN_TIMEOUT_S = 5.0
 UNSUBSCRIBE_TIMEOUT_S = 2.0
-WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_close=2.0)
 REDIS_CHECK_S = 2.0
 AUTH_RETRY_CAP_S = 6 * 3600.0
 RECORDER_POLL_S = 1.0
@@ -392,8 +388,8 @@ class Collector:
                                entity_ids: list[str]) -> int:
         published = 0
         previous_states: dict[str, State] = {}  # a piece cut by time continues its entity's last one
-        for first in range(0, len(entity_ids), BACKFILL_CHUNK):
-            async for history, unreadable in recorder.pieces(entity_ids[first:first + BACKFILL_CHUNK], start_ns):
+        for first in range(0, len(entity_ids), HISTORY_CHUNK):
+            async for history, unreadable in recorder.pieces(entity_ids[first:first + HISTORY_CHUNK], start_ns):
                 self._count_unreadable(unreadable)
                 # The answer came on another connection: the live reader may not have read yet states HA sent it
                 # before. HA answers a ping after them, and our reader routes in order: after the pong they are seen.

@@ -7,7 +7,7 @@ from typing import Final, NamedTuple
 
 import aiohttp
 
-from homeiq.collector.ha_client import AuthInvalid, CommandFailed, ConnectionLost, HeartbeatTimeout, MessageTooBig
+from homeiq.shared.ha.client import AuthInvalid, CommandFailed, ConnectionLost, HeartbeatTimeout, MessageTooBig
 
 
 class Stopped(Exception):

@@ -6,17 +6,11 @@ import ssl
 from typing import Annotated
 
 from homeiq.collector.spool import POLICIES, Policy
-from homeiq.shared.ha_connection import DEFAULT_HA_URL, HaSslCaCert, HaUrl, HaVerifySsl, ha_tls
+from homeiq.shared.entity_filter import EntityFilterFile, EntityFilterJson
+from homeiq.shared.ha.settings import DEFAULT_HA_URL, HaCommandTimeout, HaSslCaCert, HaUrl, HaVerifySsl, ha_tls
 from homeiq.shared.options import ConfigPath, MetricsPort, ServiceSettings
 from homeiq.shared.settings import Nested, Var, at_least, not_empty, one_of, positive
 from homeiq.shared.stream import StreamNames
-
-HaCommandTimeout = Annotated[float, Var("HA_COMMAND_TIMEOUT_S", "Timeout of one command (registries, history), s.",
-                                        positive)]
-EntityFilterJson = Annotated[str, Var(
-    "ENTITY_FILTER_CONFIG", "Deprecated (use HOMEIQ_CONFIG): entity filter as JSON: mode, patterns, exceptions.")]
-EntityFilterFile = Annotated[str, Var(
-    "ENTITY_FILTER_CONFIG_FILE", "Deprecated (use HOMEIQ_CONFIG): entity filter JSON file.")]
 
 
 class CollectorSettings(ServiceSettings, frozen=True, kw_only=True):
@@ -43,7 +37,8 @@ class CollectorSettings(ServiceSettings, frozen=True, kw_only=True):
         "this long, s; doubles each time, up to 6 h (HA's IP ban counts failed logins).", positive)] = 900.0
     buffer_events: Annotated[int, Var(
         "COLLECTOR_BUFFER_EVENTS", "Events buffered in memory before XADD.", positive)] = 2_000
-    publish_batch: Annotated[int, Var("COLLECTOR_PUBLISH_BATCH", "Most XADDs in one pipeline.", positive)] = 1_000
+    publish_batch: Annotated[int, Var("COLLECTOR_PUBLISH_BATCH", "Most events XADDed by one script call.",
+                                      positive)] = 1_000
     spool_dir: Annotated[str, Var(
         "COLLECTOR_SPOOL_DIR", "Directory of the disk spool used while Redis is down.", not_empty)] = "spool"
     spool_max_mb: Annotated[int, Var("COLLECTOR_SPOOL_MAX_MB", "Most MiB the spool may hold.", positive)] = 1024

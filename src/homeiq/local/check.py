@@ -37,10 +37,10 @@ async def audit_round(sim_url: str, influx_url: str, redis_url: str, since_ns: i
                       ) -> dict[str, object]:
     """One `replayer audit` over the run (in this process), and a repair when asked: its totals."""
     from homeiq.replayer.audit import audit, repair  # noqa: PLC0415 - only with --audit-delete
-    from homeiq.replayer.ha_reader import ha_session  # noqa: PLC0415
-    from homeiq.replayer.influx_reader import InfluxReader  # noqa: PLC0415
+    from homeiq.shared.ha.reader import ha_session  # noqa: PLC0415
+    from homeiq.shared.influx.reader import InfluxReader  # noqa: PLC0415
+    from homeiq.shared.influx.settings import InfluxSettings  # noqa: PLC0415
     from homeiq.shared.stream import connect  # noqa: PLC0415
-    from homeiq.writer.settings import InfluxSettings  # noqa: PLC0415
 
     reader = InfluxReader(InfluxSettings(url=influx_url, api="v1", bucket="home_assistant_events"))
     client = connect(redis_url)

@@ -13,23 +13,21 @@ from typing import Final
 import msgspec
 import redis.asyncio as aioredis
 
-from homeiq.collector.backfill import backfill_events
-from homeiq.collector.entity_filter import EntityRules
-from homeiq.collector.registry import Registry
 from homeiq.replayer.backlog import stream_backlog
-from homeiq.replayer.ha_reader import HAReader, StateInfo
-from homeiq.replayer.influx_reader import InfluxReader
+from homeiq.shared.entity_filter import EntityRules
 from homeiq.shared.events import NormalisedEvent, encode_event
+from homeiq.shared.ha.history import HISTORY_CHUNK, backfill_events
+from homeiq.shared.ha.reader import HAReader, StateInfo
+from homeiq.shared.ha.registry import Registry
+from homeiq.shared.influx.haschema import SKIPPED_STATES
+from homeiq.shared.influx.reader import InfluxReader
 from homeiq.shared.logs import Log
 from homeiq.shared.stream import DEFAULT_NAMES, StreamNames, entry_fields
 from homeiq.shared.times import float_ns
-from homeiq.writer.haschema import SKIPPED_STATES
 
 log = Log(__name__)
 
-CHUNK: Final = 50  # entities per HA history request and per InfluxDB query
 WINDOW_NS: Final = 86_400 * 10**9  # one request per entity chunk and day: HA answers a day quickly
-MARGIN_NS: Final = 1_000_000  # HA compares its floats; ask a little wider and cut exactly here
 RECORDER_KEEP_DAYS: Final = 10
 NOT_SEEN: Final = (
     "events other than state changes (HA keeps no history of them)",
@@ -157,7 +155,7 @@ async def audit(ha: HAReader, influx: InfluxReader, since_ns: int, until_ns: int
             audited.append(EntityAudit(state.entity_id, "excluded"))
         else:
             compared.append(state.entity_id)
-    chunks = [compared[i:i + CHUNK] for i in range(0, len(compared), CHUNK)]
+    chunks = [compared[i:i + HISTORY_CHUNK] for i in range(0, len(compared), HISTORY_CHUNK)]
     on_the_way: dict[str, set[int]] = {}
     for entity_id, time_ns in backlog:
         on_the_way.setdefault(entity_id, set()).add(cut(time_ns, precision_ns))
@@ -175,7 +173,7 @@ async def _audit_chunk(ha: HAReader, influx: InfluxReader, entity_ids: list[str]
     twice: dict[str, list[int]] = {}
     for start in range(since_ns, until_ns, WINDOW_NS):
         end = min(start + WINDOW_NS, until_ns)
-        history, points = await asyncio.gather(ha.history(entity_ids, start - MARGIN_NS, end + MARGIN_NS),
+        history, points = await asyncio.gather(ha.history(entity_ids, start, end),
                                                influx.states(entity_ids, start, end))
         for entity_id, rows in history.items():
             times = in_ha.setdefault(entity_id, {})
@@ -218,11 +216,11 @@ async def repair(ha: HAReader, client: aioredis.Redis, names: StreamNames, repor
     registry = await ha.registry()
     wanted = [e for e in report.entities if e.missing]
     published = 0
-    for first in range(0, len(wanted), CHUNK):
-        chunk = wanted[first:first + CHUNK]
+    for first in range(0, len(wanted), HISTORY_CHUNK):
+        chunk = wanted[first:first + HISTORY_CHUNK]
         missing = {(e.entity_id, t) for e in chunk for t in e.missing}
-        history = await ha.history([e.entity_id for e in chunk], report.since_ns - MARGIN_NS,
-                                   report.until_ns + MARGIN_NS, attributes=True)
+        history = await ha.history([e.entity_id for e in chunk], report.since_ns, report.until_ns,
+                                   attributes=True)
         events = _missing_points(backfill_events(history, registry, report.since_ns, set()), missing, report)
         await _publish(client, names, events)
         published += len(events)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
@@ -18,34 +17,18 @@ from homeiq.replayer.console import err, fail, out
 from homeiq.replayer.settings import AuditCommandSettings, Connection
 from homeiq.shared.binding import bind
 from homeiq.shared.cli import EXIT_FAILURE, config_error
-from homeiq.shared.ha_connection import read_ha_token
+from homeiq.shared.ha.settings import read_ha_token
 from homeiq.shared.settings import ConfigError, redact_url
 from homeiq.shared.stream import connect
+from homeiq.shared.times import operator_time_ns
 
 if TYPE_CHECKING:
     from homeiq.replayer.audit import AuditReport
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_time_ns(value: str, now_ns: int, name: str) -> int:
-    """`24h`, `7d`, `90m` (that long before now) or an ISO 8601 time with its offset."""
-    if match := _DURATION.match(value):
-        return now_ns - int(float(match[1]) * _UNIT_S[match[2]] * 1e9)
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ConfigError(f"{name}: expected a duration (24h, 7d, 90m) or an ISO 8601 time, got {value!r}") from None
-    if moment.tzinfo is None:
-        raise ConfigError(f"{name}: the time needs its UTC offset (e.g. +00:00), got {value!r}")
-    return int(moment.timestamp() * 1e9)
-
-
 def window(since: str, until: str | None, now_ns: int) -> tuple[int, int]:
     """The audit window from the operator's words; ConfigError when empty."""
-    since_ns = parse_time_ns(since, now_ns, "--since")
-    until_ns = parse_time_ns(until, now_ns, "--until") if until else now_ns
+    since_ns = operator_time_ns(since, now_ns, "--since")
+    until_ns = operator_time_ns(until, now_ns, "--until") if until else now_ns
     if since_ns >= until_ns:
         raise ConfigError("--since: must be before --until")
     return since_ns, until_ns
@@ -70,10 +53,10 @@ def audit_command(
     events other than state changes, entities the recorder excludes, or states older than its retention.
     """
     # Imported here: the collector's and writer's modules would make every `replayer --help` slow.
-    from homeiq.collector.entity_filter import EntityFilter  # noqa: PLC0415
     from homeiq.replayer.audit import RECORDER_KEEP_DAYS, audit, repair  # noqa: PLC0415
-    from homeiq.replayer.ha_reader import HAReadError, ha_session  # noqa: PLC0415
-    from homeiq.replayer.influx_reader import InfluxReadError, reader_for  # noqa: PLC0415
+    from homeiq.shared.entity_filter import PatternFilter  # noqa: PLC0415
+    from homeiq.shared.ha.reader import HAReadError, ha_session  # noqa: PLC0415
+    from homeiq.shared.influx.reader import InfluxReadError, reader_for  # noqa: PLC0415
 
     shared: Connection = ctx.obj
     now_ns = time.time_ns()
@@ -81,7 +64,7 @@ def audit_command(
         since_ns, until_ns = window(since, until, now_ns)
         token, tls = read_ha_token(), settings.tls()
         reader = reader_for(settings.influx)
-        rules = EntityFilter.from_settings(settings.entity_filter, settings.entity_filter_file, settings.influx.config)
+        rules = PatternFilter.from_settings(settings.entity_filter, settings.entity_filter_file, settings.influx.config)
     except ConfigError as exc:
         config_error(exc)
     if now_ns - since_ns > RECORDER_KEEP_DAYS * 86_400 * 10**9:

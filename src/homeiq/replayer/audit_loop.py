@@ -12,11 +12,11 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
 
-from homeiq.collector.entity_filter import EntityRules
 from homeiq.replayer.audit import AuditReport, audit, repair
-from homeiq.replayer.ha_reader import HAReadError, ha_session
-from homeiq.replayer.influx_reader import InfluxReader, InfluxReadError
 from homeiq.replayer.settings import AuditSettings
+from homeiq.shared.entity_filter import EntityRules
+from homeiq.shared.ha.reader import HAReadError, ha_session
+from homeiq.shared.influx.reader import InfluxReader, InfluxReadError
 from homeiq.shared.lifecycle import wait_or_stop
 from homeiq.shared.logs import Log
 from homeiq.shared.stream import StreamNames

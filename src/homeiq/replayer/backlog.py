@@ -10,7 +10,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from homeiq.replayer.operations import group_info
-from homeiq.shared.stream import FIELD_EVENT, StreamNames, fetch_entries, payload_of
+from homeiq.shared.stream import FIELD_EVENT, StreamNames, fetch_entries, payload_of, xrange_pages
 
 PAGE: Final = 10_000
 
@@ -57,12 +57,9 @@ async def _pending_ids(client: aioredis.Redis, names: StreamNames) -> list[bytes
 
 async def _payloads_after(client: aioredis.Redis, names: StreamNames, start: bytes) -> list[bytes | None]:
     payloads: list[bytes | None] = []
-    while True:
-        chunk: Any = await client.xrange(names.stream, start, "+", count=PAGE)
+    async for chunk in xrange_pages(client, names.stream, start, page=PAGE):
         payloads += [fields.get(FIELD_EVENT) for _, fields in chunk]
-        if len(chunk) < PAGE:
-            return payloads
-        start = b"(" + chunk[-1][0]
+    return payloads
 
 
 def _keys(payloads: list[bytes | None]) -> set[PointKey]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import time
 from typing import TYPE_CHECKING, Any
@@ -23,13 +22,13 @@ from homeiq.replayer.settings import Connection, ReclaimCommandSettings, Replaye
 from homeiq.shared.backoff import Backoff
 from homeiq.shared.binding import bind
 from homeiq.shared.cli import ServiceMain, config_error, console_app, run_service
-from homeiq.shared.lifecycle import wait_or_stop
+from homeiq.shared.lifecycle import stop_on_signals, wait_or_stop
 from homeiq.shared.logs import setup_logging
 from homeiq.shared.settings import ConfigError
 
 if TYPE_CHECKING:
     from homeiq.shared.health import Readiness
-    from homeiq.writer.batch import BatchWriter
+    from homeiq.shared.influx.batch import BatchWriter
 
 
 
@@ -81,17 +80,14 @@ class _Guard:
         self._give_up_after_s = give_up_after_s
         self._last_progress = time.monotonic()
         self._watch: asyncio.Task[None] | None = None
-        self._signals: list[signal.Signals] = []
+        self._signals = contextlib.ExitStack()
 
     def progressed(self) -> None:
         """InfluxDB took something: the give-up clock starts again."""
         self._last_progress = time.monotonic()
 
     def _interrupt(self, sig: signal.Signals) -> None:
-        if self.stop.is_set():
-            os._exit(130)
         self.why = f"interrupted by {sig.name}"
-        self.stop.set()
 
     async def _watch_progress(self) -> None:
         while not self.stop.is_set():
@@ -103,20 +99,12 @@ class _Guard:
             await wait_or_stop(self.stop, left_s)
 
     async def __aenter__(self) -> _Guard:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, self._interrupt, sig)
-            except (RuntimeError, ValueError):  # not the main thread (a test runner's): the deadline still holds
-                break
-            self._signals.append(sig)
+        self._signals.enter_context(stop_on_signals(self.stop, self._interrupt))
         self._watch = asyncio.create_task(self._watch_progress(), name="give-up")
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in self._signals:
-            loop.remove_signal_handler(sig)
+        self._signals.close()
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -178,8 +166,8 @@ def reclaim(ctx: typer.Context, settings: ReclaimCommandSettings, dry_run: DryRu
     from homeiq.replayer.crashes import CrashLedger  # noqa: PLC0415
     from homeiq.replayer.reclaim import PassSummary, reclaim_pass  # noqa: PLC0415
     from homeiq.shared.health import Readiness  # noqa: PLC0415
-    from homeiq.writer.batch import READY_INFLUX  # noqa: PLC0415
-    from homeiq.writer.metrics import WriterMetrics  # noqa: PLC0415
+    from homeiq.shared.influx.batch import READY_INFLUX, batch_writer_for  # noqa: PLC0415
+    from homeiq.shared.influx.metrics import WriterMetrics  # noqa: PLC0415
 
     shared: Connection = ctx.obj
     options, influx = settings.reclaim, settings.influx
@@ -201,8 +189,8 @@ def reclaim(ctx: typer.Context, settings: ReclaimCommandSettings, dry_run: DryRu
             crashed = sum(1 for n in crashes if int(n) >= options.max_crashes)
             return PassSummary(reclaimed=len(rows), suspects=suspects, dead_lettered=crashed, dry_run=True)
         readiness = Readiness(READY_INFLUX)
-        writer = influx.make_batch_writer(client, shared.names, consumer, WriterMetrics(CollectorRegistry()),
-                                          readiness)
+        writer = batch_writer_for(influx, client, shared.names, consumer, WriterMetrics(CollectorRegistry()),
+                                  readiness)
         try:
             async with _Guard(settings.give_up_after_s) as guard:
                 if not await _influx_ready(writer, readiness, guard.stop):

@@ -22,10 +22,10 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from homeiq.shared.influx.batch import BatchWriter
 from homeiq.shared.logs import Log
 from homeiq.shared.scripts import MARK_SCRIPT, SETTLE_CRASHES_SCRIPT
 from homeiq.shared.stream import StreamNames, fetch_entries
-from homeiq.writer.batch import BatchWriter
 
 log = Log(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
 from typing import Annotated, Any
 
 import typer
@@ -11,6 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from homeiq.replayer.console import DryRun, Json, err, execute, fail, print_json, report, table
 from homeiq.replayer.settings import Connection
 from homeiq.shared.cli import EXIT_USAGE, console_app
+from homeiq.shared.settings import ConfigError
+from homeiq.shared.times import operator_time_ns
 
 dead_letter_app = console_app("Inspect, re-drive and purge the dead-letter stream.", False)
 
@@ -101,14 +103,8 @@ def dead_letter_purge(
 
 
 def _parse_time_ms(value: str) -> int:
-    if value.isdigit():
-        return int(value)
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        err.print(f"error: --before: expected ISO 8601 or epoch milliseconds, got {value!r}", highlight=False)
+        return operator_time_ns(value, time.time_ns(), "--before") // 1_000_000
+    except ConfigError as exc:
+        err.print(f"error: {exc}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
-    if moment.tzinfo is None:
-        err.print("error: --before: give a time zone (e.g. 2026-11-26T10:00:00+00:00)", highlight=False)
-        raise typer.Exit(EXIT_USAGE)
-    return int(moment.timestamp() * 1000)

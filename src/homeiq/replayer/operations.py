@@ -15,6 +15,7 @@ from homeiq.shared.stream import (
     DeadLetter,
     StreamNames,
     dead_letter_of,
+    xrange_pages,
 )
 
 log = Log(__name__)
@@ -129,13 +130,10 @@ async def _trim(client: aioredis.Redis, names: StreamNames, dry_run: bool) -> tu
 
 
 async def _count_below(client: aioredis.Redis, names: StreamNames, min_id: str) -> int:
-    count, start = 0, "-"
-    while True:
-        chunk: Any = await client.xrange(names.stream, start, f"({min_id}", count=10_000)
+    count = 0
+    async for chunk in xrange_pages(client, names.stream, end=f"({min_id}".encode()):
         count += len(chunk)
-        if len(chunk) < 10_000:
-            return count
-        start = "(" + _id(chunk[-1][0])
+    return count
 
 
 async def prune_consumers(client: aioredis.Redis, names: StreamNames, idle_s: float) -> list[str]:
@@ -153,16 +151,13 @@ async def dead_letters(client: aioredis.Redis, names: StreamNames, limit: int,
                        reason: str | None = None) -> list[DeadLetter]:
     """The oldest `limit` dead letters (of `reason` when given)."""
     out: list[DeadLetter] = []
-    start = "-"
-    while len(out) < limit:
-        chunk: Any = await client.xrange(names.dead, start, "+", count=1000)
-        if not chunk:
-            break
+    async for chunk in xrange_pages(client, names.dead, page=1000):
         for entry_id, fields in chunk:
             letter = dead_letter_of(entry_id, fields)
             if reason is None or letter.reason == reason:
                 out.append(letter)
-        start = "(" + _id(chunk[-1][0])
+        if len(out) >= limit:
+            break
     return out[:limit]
 
 

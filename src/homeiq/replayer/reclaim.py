@@ -10,9 +10,9 @@ import msgspec
 import redis.asyncio as aioredis
 
 from homeiq.replayer.crashes import CrashLedger
+from homeiq.shared.influx.batch import BatchWriter, Handled
 from homeiq.shared.logs import Log
 from homeiq.shared.stream import Entry, StreamNames, entries_of
-from homeiq.writer.batch import BatchWriter, Handled
 
 log = Log(__name__)
 

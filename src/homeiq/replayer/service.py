@@ -8,23 +8,23 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import RedisError
 
-from homeiq.collector.entity_filter import EntityFilter
 from homeiq.replayer.audit_loop import PeriodicAudit
 from homeiq.replayer.crashes import CrashLedger
-from homeiq.replayer.influx_reader import reader_for
 from homeiq.replayer.operations import prune_consumers, trim
 from homeiq.replayer.reclaim import reclaim_pass
 from homeiq.replayer.settings import ReplayerSettings
 from homeiq.replayer.stream_metrics import StreamMetrics
 from homeiq.shared.backoff import Backoff
 from homeiq.shared.broker import PersistenceCheck
-from homeiq.shared.ha_connection import read_ha_token
+from homeiq.shared.entity_filter import PatternFilter
+from homeiq.shared.ha.settings import read_ha_token
 from homeiq.shared.health import READY_REDIS, HealthServer, Readiness, counters
+from homeiq.shared.influx.batch import READY_INFLUX, batch_writer_for
+from homeiq.shared.influx.metrics import WriterMetrics
+from homeiq.shared.influx.reader import reader_for
 from homeiq.shared.lifecycle import wait_or_stop
 from homeiq.shared.logs import Log
 from homeiq.shared.stream import connect, describe_redis_error, ensure_group
-from homeiq.writer.batch import READY_INFLUX
-from homeiq.writer.metrics import WriterMetrics
 
 log = Log(__name__)
 
@@ -43,15 +43,15 @@ class Replayer:
         self.redis = connect(settings.redis_url)
 
         # The replayer's readiness does not depend on InfluxDB; its write failures show in the metrics.
-        self.batches = settings.influx.make_batch_writer(self.redis, settings.names, settings.reclaim.consumer,
-                                                         self.metrics, Readiness(READY_INFLUX))
+        self.batches = batch_writer_for(settings.influx, self.redis, settings.names, settings.reclaim.consumer,
+                                        self.metrics, Readiness(READY_INFLUX))
         self.sink = self.batches.sink
         self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness,
                                             self.metrics_registry)
         self.ledger = CrashLedger(self.redis, settings.names, settings.reclaim.consumer, settings.reclaim.max_crashes)
         self.audit: PeriodicAudit | None = None
         if settings.audit.interval_s:
-            rules = EntityFilter.from_settings(settings.audit.entity_filter, settings.audit.entity_filter_file,
+            rules = PatternFilter.from_settings(settings.audit.entity_filter, settings.audit.entity_filter_file,
                                                settings.influx.config)
             self.audit = PeriodicAudit(settings.audit, read_ha_token(), reader_for(settings.influx),
                                        self.redis, settings.names, rules, self.metrics_registry)

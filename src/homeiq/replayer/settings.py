@@ -8,12 +8,20 @@ import socket
 import ssl
 from typing import Annotated, Final
 
-from homeiq.collector.settings import EntityFilterFile, EntityFilterJson, HaCommandTimeout
-from homeiq.shared.ha_connection import DEFAULT_HA_URL, HaSslCaCert, HaUrl, HaVerifySsl, ha_tls, websocket_url
+from homeiq.shared.entity_filter import EntityFilterFile, EntityFilterJson
+from homeiq.shared.ha.settings import (
+    DEFAULT_HA_URL,
+    HaCommandTimeout,
+    HaSslCaCert,
+    HaUrl,
+    HaVerifySsl,
+    ha_tls,
+    websocket_url,
+)
+from homeiq.shared.influx.settings import InfluxSettings, InfluxTimeout
 from homeiq.shared.options import DEFAULT_REDIS_URL, MetricsPort, RedisUrl, ServiceSettings
 from homeiq.shared.settings import ConfigError, Nested, Settings, Var, at_least, between, not_empty, positive
 from homeiq.shared.stream import DEFAULT_NAMES, StreamNames
-from homeiq.writer.settings import InfluxSettings, InfluxTimeout
 
 # One per host (a container's host name is its own): daemons on two hosts never share a consumer, and a restart
 # keeps its name.

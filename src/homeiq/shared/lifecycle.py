@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from homeiq.shared.logs import Log
@@ -13,23 +14,41 @@ from homeiq.shared.logs import Log
 log = Log(__name__)
 
 
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event, on_signal: Callable[[signal.Signals], None] | None = None) -> Iterator[None]:
+    """For the length of the block, SIGINT/SIGTERM set `stop` (after `on_signal`); a second one exits at once (130).
+    Outside the main thread (a test runner's) no handler can be set: the block runs without."""
+    loop = asyncio.get_running_loop()
+
+    def _on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("forced_exit", signal=sig.name)
+            os._exit(130)
+        if on_signal is not None:
+            on_signal(sig)
+        stop.set()
+
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, _on_signal, sig)
+        except (RuntimeError, ValueError):
+            break
+        installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
 def run(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
     """Run `main(stop)` in a fresh loop; SIGINT/SIGTERM set `stop`, a second one exits at once."""
 
     async def _wrapper() -> int:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def _on_signal(sig: signal.Signals) -> None:
-            if stop.is_set():
-                log.warning("forced_exit", signal=sig.name)
-                os._exit(130)
-            log.info("stopping", signal=sig.name)
-            stop.set()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, _on_signal, sig)
-        return await main(stop)
+        with stop_on_signals(stop, lambda sig: log.info("stopping", signal=sig.name)):
+            return await main(stop)
 
     return asyncio.run(_wrapper())
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Annotated, Any, Final, TypeVar
+import typing
+from collections.abc import AsyncIterator, Coroutine
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
@@ -170,7 +171,17 @@ def xadd_batch_args(expected_tail: bytes, payloads: list[bytes]) -> list[bytes]:
     return [expected_tail, FIELD_VERSION, PAYLOAD_VERSION.encode(), FIELD_EVENT, *payloads]
 
 
-def dead_letter_fields(fields: list[bytes], reason: str, detail: str, original_id: bytes, consumer: str
+# Why an entry went to the dead-letter stream: it cannot be read (`undecodable`), is of a payload version this code
+# does not know, InfluxDB refused its point (`rejected`), reading it raised (`reader_error`), or a writer died while
+# holding it more than once (`crashed_reader`, the replayer's crash isolation): counted as dead-lettered. Or it was
+# trimmed while pending (`payload_trimmed`): counted as lost, by LostReason.
+PoisonReason = Literal["undecodable", "unknown_version", "rejected", "reader_error", "crashed_reader"]
+DeadReason = PoisonReason | Literal["payload_trimmed"]
+LostReason = Literal["payload_trimmed", "deleted_while_pending"]
+POISON_REASONS: Final[tuple[PoisonReason, ...]] = typing.get_args(PoisonReason)
+LOST_REASONS: Final[tuple[LostReason, ...]] = typing.get_args(LostReason)
+
+def dead_letter_fields(fields: list[bytes], reason: DeadReason, detail: str, original_id: bytes, consumer: str
                        ) -> list[bytes]:
     """A dead letter: the entry's own fields (its payload, when it still had one), then why and by whom."""
     return [*fields, DEAD_REASON, reason.encode(), DEAD_DETAIL, detail.encode(), DEAD_ORIGINAL_ID, original_id,
@@ -218,3 +229,15 @@ async def ensure_group(client: aioredis.Redis, names: StreamNames) -> bool:
 def describe_redis_error(url: str, exc: BaseException) -> str:
     """A one-line explanation of a Redis failure naming the (redacted) URL tried."""
     return f"Redis at {redact_url(url)} is unreachable or failed: {exc}"
+
+
+async def xrange_pages(client: aioredis.Redis, key: str, start: bytes = b"-", end: bytes = b"+",
+                       page: int = 10_000) -> AsyncIterator[list[tuple[bytes, dict[bytes, bytes]]]]:
+    """The entries of stream `key` from `start` to `end` (XRANGE's syntax, `(` for exclusive), a page at a time."""
+    while True:
+        chunk: Any = await client.xrange(key, start, end, count=page)
+        if chunk:
+            yield chunk
+        if len(chunk) < page:
+            return
+        start = b"(" + chunk[-1][0]

@@ -13,11 +13,11 @@ from redis.exceptions import RedisError
 from homeiq.shared.backoff import Backoff
 from homeiq.shared.broker import PersistenceCheck
 from homeiq.shared.health import READY_REDIS, HealthServer, Readiness, counters
+from homeiq.shared.influx.batch import READY_INFLUX, Batch, batch_writer_for
+from homeiq.shared.influx.metrics import WriterMetrics
 from homeiq.shared.lifecycle import wait_or_stop
 from homeiq.shared.logs import Log
 from homeiq.shared.stream import Entry, connect, describe_redis_error, ensure_group, read_group, read_pending
-from homeiq.writer.batch import READY_INFLUX, Batch
-from homeiq.writer.metrics import WriterMetrics
 from homeiq.writer.settings import WriterSettings
 
 log = Log(__name__)
@@ -35,8 +35,8 @@ class Writer:
         self.metrics = WriterMetrics(self.metrics_registry)
         self.readiness = Readiness(READY_REDIS, READY_INFLUX)
         self.redis: aioredis.Redis = connect(settings.redis_url, settings.redis_socket_timeout_s)
-        self.batches = settings.influx.make_batch_writer(self.redis, settings.names, settings.consumer, self.metrics,
-                                                         self.readiness)
+        self.batches = batch_writer_for(settings.influx, self.redis, settings.names, settings.consumer, self.metrics,
+                                        self.readiness)
         self.sink = self.batches.sink
         self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness,
                                             self.metrics_registry)

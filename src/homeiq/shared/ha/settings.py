@@ -7,7 +7,7 @@ import ssl
 from typing import Annotated, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from homeiq.shared.settings import Var, a_file_or_empty, check_url, read_secret, ssl_context
+from homeiq.shared.settings import Var, a_file_or_empty, check_url, positive, read_secret, ssl_context
 
 DEFAULT_HA_URL: Final = "ws://127.0.0.1:8123/api/websocket"
 
@@ -28,6 +28,9 @@ HaVerifySsl = Annotated[bool, Var(
 HaSslCaCert = Annotated[str, Var(
     "HA_SSL_CA_CERT", "With wss://: CA file that signs HA's certificate (instead of the system's).",
     a_file_or_empty, flag="--ha-ssl-ca-cert")]
+
+HaCommandTimeout = Annotated[float, Var("HA_COMMAND_TIMEOUT_S", "Timeout of one command (registries, history), s.",
+                                        positive)]
 
 
 def ha_tls(url: str, verify_ssl: bool, ssl_ca_cert: str) -> ssl.SSLContext | None:

@@ -4,18 +4,42 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import aiohttp
 import msgspec
 
-from homeiq.collector import frames
-from homeiq.shared.logs import Log
-
-if TYPE_CHECKING:
-    from homeiq.collector.metrics import CollectorMetrics
+from homeiq.shared.ha import frames
+from homeiq.shared.logs import Log, SampledLog
 
 log = Log(__name__)
+
+# aiohttp's closing handshake waits this long for HA's close frame.
+WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_close=2.0)
+
+
+class ClientMetrics(Protocol):
+    """What a connection counts: the events it routed, and the messages it could not use (each logged, sampled)."""
+
+    def events_received(self, count: int) -> None:
+        """`count` events of one frame were handed to their subscriptions."""
+
+    def frame_rejected(self, reason: str, text: str, sample: str) -> None:
+        """A message was not usable: count it under `reason` and log it."""
+
+
+class LoggedOnly:
+    """ClientMetrics for a short session outside a service (the audit's): rejected messages are logged, sampled."""
+
+    def __init__(self) -> None:
+        self._sampled = SampledLog(log, interval_s=60.0)
+
+    def events_received(self, count: int) -> None:
+        """Not counted: a short session subscribes to nothing."""
+
+    def frame_rejected(self, reason: str, text: str, sample: str) -> None:
+        """Logged at most once a minute per reason."""
+        self._sampled.warning(reason, text, sample=sample)
 
 # Returns an awaitable only when it must wait (a full buffer), so the reader awaits nothing per event.
 EventHandler = Callable[[frames.EventFrame | frames.StateEventFrame], Awaitable[None] | None]
@@ -55,7 +79,7 @@ FrameSocket = aiohttp.ClientWebSocketResponse[Literal[False]]
 class HAConnection:
     """Command ids are per connection and strictly increasing on the wire."""
 
-    def __init__(self, ws: FrameSocket, metrics: CollectorMetrics) -> None:
+    def __init__(self, ws: FrameSocket, metrics: ClientMetrics) -> None:
         self._ws, self._metrics = ws, metrics
         self._last_id = 0
         self._send_lock = asyncio.Lock()
@@ -181,7 +205,7 @@ class HAConnection:
                 await self._route(decoded)
         finally:  # counted once a frame: a Counter takes a lock, which per event is a tenth of the reader's time
             if self._events_routed:
-                self._metrics.received.inc(self._events_routed)
+                self._metrics.events_received(self._events_routed)
                 self._events_routed = 0
 
     def _split_bad_frame(self, data: bytes) -> list[frames.Frame]:
@@ -213,8 +237,7 @@ class HAConnection:
             future.set_exception(CommandFailed(f"command {msg_id}", "malformed_answer", "the answer cannot be read"))
 
     def _reject(self, reason: str, text: str, part: msgspec.Raw | None = None) -> None:
-        self._metrics.frames_rejected.labels(reason).inc()
-        self._metrics.log_sampled(reason, text, sample=bytes(part)[:200].decode(errors="replace") if part else "")
+        self._metrics.frame_rejected(reason, text, bytes(part)[:200].decode(errors="replace") if part else "")
 
     async def _route(self, frame: frames.Frame | frames.FastFrame) -> None:
         if isinstance(frame, frames.StateEventFrame | frames.EventFrame):

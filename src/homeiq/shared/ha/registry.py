@@ -6,10 +6,15 @@ from typing import Any
 
 import msgspec
 
-from homeiq.collector.frames import UNDECODABLE, attributes_decoder
 from homeiq.shared.events import Enrichment
+from homeiq.shared.ha.frames import UNDECODABLE, attributes_decoder
 
 CACHE_SIZE = 50_000
+
+
+# The command that lists each registry HA keeps.
+REGISTRY_COMMANDS = {"floor": "config/floor_registry/list", "area": "config/area_registry/list",
+                     "device": "config/device_registry/list", "entity": "config/entity_registry/list"}
 
 
 class EntityEntry(msgspec.Struct):

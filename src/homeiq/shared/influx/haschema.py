@@ -49,8 +49,8 @@ import msgspec
 
 from homeiq.shared.config import EntityFilter, EventTypes, Integration
 from homeiq.shared.events import NormalisedEvent
-from homeiq.writer.lineprotocol import escape_tag as _key
-from homeiq.writer.lineprotocol import tag_value
+from homeiq.shared.influx.lineprotocol import escape_tag as _key
+from homeiq.shared.influx.lineprotocol import tag_value
 
 # const.py. Its RE_DIGIT_TAIL, r"^[^\.]*\d+\.?\d+[^\.]*$", backtracks in time polynomial in the text's length
 # (1,000 digits and two dots: minutes); `has_numeric_tail` gives its answers in linear time.

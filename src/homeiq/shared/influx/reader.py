@@ -10,10 +10,10 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from homeiq.shared.influx.haschema import PRECISION_NS
+from homeiq.shared.influx.lineprotocol import MEASUREMENT, original_tag_value, tag_value
+from homeiq.shared.influx.settings import InfluxSettings
 from homeiq.shared.settings import redact_url
-from homeiq.writer.haschema import PRECISION_NS
-from homeiq.writer.lineprotocol import MEASUREMENT, original_tag_value, tag_value
-from homeiq.writer.settings import InfluxSettings
 
 
 class InfluxReadError(Exception):

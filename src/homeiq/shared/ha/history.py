@@ -8,9 +8,9 @@ from typing import Final
 
 import msgspec
 
-from homeiq.collector.frames import UNDECODABLE
-from homeiq.collector.registry import Registry
 from homeiq.shared import events
+from homeiq.shared.ha.frames import UNDECODABLE
+from homeiq.shared.ha.registry import Registry
 from homeiq.shared.times import datetime_ns, float_ns, iso_ns
 
 
@@ -63,6 +63,8 @@ def decode_history(raw: bytes) -> tuple[dict[str, list[HistoryRow]], list[bytes]
 # HA's recorder compares the raw floats it stores with `start_time.timestamp()`; a state shown at exactly the
 # start microsecond may be stored a fraction below it. Ask from a little earlier and filter here, exactly.
 QUERY_MARGIN_NS: Final = 1_000_000
+# Entities per history request: one answer stays well under a message limit, and HA answers it quickly.
+HISTORY_CHUNK: Final = 50
 
 
 def history_command(entity_ids: list[str], start_ns: int, end_ns: int | None = None, attributes: bool = True,

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from homeiq.writer.influx import Outcome
-from homeiq.writer.schemas import ATTRIBUTE_REASONS, OVERWRITE_REASONS, SKIP_REASONS
-
-DEAD_REASONS = ("undecodable", "unknown_version", "rejected", "reader_error", "crashed_reader")
-LOST_REASONS = ("payload_trimmed", "deleted_while_pending")
+from homeiq.shared.influx.schemas import ATTRIBUTE_REASONS, OVERWRITE_REASONS, SKIP_REASONS
+from homeiq.shared.influx.sink import Outcome
+from homeiq.shared.stream import LOST_REASONS, POISON_REASONS
 
 
 class WriterMetrics:
@@ -66,7 +64,7 @@ class WriterMetrics:
             self.attributes_dropped.labels(reason)
         for outcome in Outcome:
             self.batches.labels(outcome.value)
-        for reason in DEAD_REASONS:
+        for reason in POISON_REASONS:
             self.dead_lettered.labels(reason)
         for reason in LOST_REASONS:
             self.lost.labels(reason)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import enum
 import ssl
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import aiohttp
 import msgspec
@@ -13,9 +13,12 @@ from isal import igzip
 
 from homeiq.shared.settings import redact_url
 
+if TYPE_CHECKING:
+    from homeiq.shared.influx.settings import InfluxSettings
+
 
 class Outcome(enum.Enum):
-    """What the writer must do after an answer (the design's answer table)."""
+    """What the writer must do after an answer: each member names the answers it stands for."""
 
     OK = "ok"
     BAD_DATA = "bad_data"  # 400 about lines / 413 / 422: bisect, dead-letter a single entry that still fails
@@ -188,3 +191,12 @@ def v2_sink(url: str, org: str, bucket: str, token: str, timeout_s: float,
     writer's own 0.6 ms in a thread), and cannot send a body compressed already."""
     return HttpSink(url, "/api/v2/write", {"org": org, "bucket": bucket, "precision": "ns"}, f"Token {token}",
                     timeout_s, tls)
+
+
+def sink_for(settings: InfluxSettings) -> InfluxSink:
+    """The sink these settings describe; secrets are read from INFLUXDB_TOKEN / INFLUXDB_PASSWORD (or their *_FILE),
+    else from the configuration file's `token` / `password`."""
+    secret, tls, s = settings.secret(), settings.tls(), settings
+    if s.api == "v2":
+        return v2_sink(s.url, s.org, s.bucket, secret, s.timeout_s, tls)
+    return v1_sink(s.url, s.bucket, s.retention_policy, s.username, secret, s.timeout_s, tls)

@@ -13,13 +13,22 @@ from prometheus_client import Counter
 from homeiq.shared.backoff import Backoff
 from homeiq.shared.events import PAYLOAD_VERSION, decode_event
 from homeiq.shared.health import Readiness
+from homeiq.shared.influx.metrics import WriterMetrics
+from homeiq.shared.influx.schemas import Encoder, make_encoder
+from homeiq.shared.influx.settings import InfluxSettings
+from homeiq.shared.influx.sink import InfluxSink, Outcome, WriteResult, sink_for
 from homeiq.shared.lifecycle import wait_or_stop
 from homeiq.shared.logs import Log, SampledLog
 from homeiq.shared.scripts import DEAD_LETTER_SCRIPT
-from homeiq.shared.stream import Entry, StreamNames, dead_letter_fields, payload_of
-from homeiq.writer.influx import InfluxSink, Outcome, WriteResult
-from homeiq.writer.metrics import WriterMetrics
-from homeiq.writer.schemas import Encoder, make_encoder
+from homeiq.shared.stream import (
+    DeadReason,
+    Entry,
+    LostReason,
+    PoisonReason,
+    StreamNames,
+    dead_letter_fields,
+    payload_of,
+)
 
 log = Log(__name__)
 
@@ -54,7 +63,7 @@ class Handled(msgspec.Struct):
         return Handled(self.written + other.written, dead, self.lost + other.lost,
                        self.given_up or other.given_up)
 
-    def dead(self, reason: str) -> None:
+    def dead(self, reason: PoisonReason) -> None:
         """Count one entry dead-lettered for `reason`."""
         self.dead_lettered[reason] = self.dead_lettered.get(reason, 0) + 1
 
@@ -81,7 +90,7 @@ class Poison(msgspec.Struct):
 
     entry_id: bytes
     fields: list[bytes]
-    reason: str
+    reason: PoisonReason
     detail: str
 
 
@@ -273,12 +282,12 @@ class BatchWriter:
             if item.live_time_ns is not None:
                 self._metrics.event_age.observe(max(0.0, (now_ns - item.live_time_ns) / 1e9))
 
-    def count_lost(self, reason: str) -> None:
+    def count_lost(self, reason: LostReason) -> None:
         """Count one entry whose payload is gone (never silently acked: it is also dead-lettered)."""
         self._metrics.lost.labels(reason).inc()
 
     async def dead_letter(
-        self, entry_id: bytes, fields: list[bytes], reason: str, detail: str
+        self, entry_id: bytes, fields: list[bytes], reason: DeadReason, detail: str
     ) -> bool:
         """Ack the entry and copy it to the dead-letter stream with its reason, atomically (once only);
         False when it was not pending any more (someone else wrote or dead-lettered it)."""
@@ -295,3 +304,11 @@ class BatchWriter:
             self._metrics.dead_lettered.labels(reason).inc()
             log.warning("dead_lettered", entry_id=entry_id.decode(), reason=reason, detail=detail[:200])
         return True
+
+
+def batch_writer_for(settings: InfluxSettings, client: aioredis.Redis, names: StreamNames, consumer: str,
+                     metrics: WriterMetrics, readiness: Readiness) -> BatchWriter:
+    """The write path as the writer, the replayer daemon and `replayer reclaim` use it: the sink and encoder these
+    settings describe; its owner closes `.sink`."""
+    return BatchWriter(client, names, sink_for(settings), metrics, readiness, consumer,
+                       encoder=make_encoder(settings.schema, settings.config))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from pathlib import Path
-from typing import Final, Literal, Protocol
+from typing import Annotated, Final, Literal, Protocol
 
 import msgspec
 
@@ -28,12 +28,17 @@ from homeiq.shared import config as homeiq_config
 from homeiq.shared.config import ConfigFile
 from homeiq.shared.events import NormalisedEvent
 from homeiq.shared.logs import Log
-from homeiq.shared.settings import ConfigError
+from homeiq.shared.settings import ConfigError, Var
 
 log = Log(__name__)
 
 KEYS: Final = ("entity_id", "domain", "device_class", "area_id")
 
+
+EntityFilterJson = Annotated[str, Var(
+    "ENTITY_FILTER_CONFIG", "Deprecated (use HOMEIQ_CONFIG): entity filter as JSON: mode, patterns, exceptions.")]
+EntityFilterFile = Annotated[str, Var(
+    "ENTITY_FILTER_CONFIG_FILE", "Deprecated (use HOMEIQ_CONFIG): entity filter JSON file.")]
 
 class Pattern(msgspec.Struct, forbid_unknown_fields=True):
     """One rule; every key given must match."""
@@ -85,8 +90,9 @@ class IntegrationFilter:
         return event.entity_id is None or self._decide(event.entity_id)
 
 
-class EntityFilter:
-    """The seed's format: decides per event; events without an entity (call_service, …) always pass."""
+class PatternFilter:
+    """The seed's pattern format (ENTITY_FILTER_CONFIG): decides per event; events without an entity
+    (call_service, …) always pass."""
 
     def __init__(self, config: FilterConfig) -> None:
         self.mode = config.mode
@@ -113,7 +119,7 @@ class EntityFilter:
         return legacy
 
     @classmethod
-    def _legacy(cls, inline: str, path: str) -> EntityFilter | None:
+    def _legacy(cls, inline: str, path: str) -> PatternFilter | None:
         if inline and path:
             raise ConfigError("ENTITY_FILTER_CONFIG and ENTITY_FILTER_CONFIG_FILE are both set; set only one")
         name, text = "ENTITY_FILTER_CONFIG", inline

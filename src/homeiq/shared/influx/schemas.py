@@ -6,7 +6,7 @@ from typing import Final, Protocol
 
 from homeiq.shared.config import ConfigFile
 from homeiq.shared.events import NormalisedEvent
-from homeiq.writer import haschema, lineprotocol
+from homeiq.shared.influx import haschema, lineprotocol
 
 SCHEMAS: Final = ("homeiq", "ha")
 SKIP_REASONS: Final = tuple(dict.fromkeys((*lineprotocol.SKIP_REASONS, *haschema.SKIP_REASONS)))

@@ -1,4 +1,5 @@
-"""A short Home Assistant session for the audit: the collector's connection code, a few commands at a time."""
+"""A short Home Assistant session (the audit's): the same connection code as the collector's, a few commands at a
+time."""
 
 from __future__ import annotations
 
@@ -10,16 +11,12 @@ from typing import Any, Final
 
 import aiohttp
 import msgspec
-from prometheus_client import CollectorRegistry
 
-from homeiq.collector.backfill import HistoryRow, history_decoder
-from homeiq.collector.frames import UNDECODABLE
-from homeiq.collector.ha_client import AuthInvalid, CommandFailed, ConnectionLost, HAConnection
-from homeiq.collector.metrics import CollectorMetrics
-from homeiq.collector.registry import Registry
-from homeiq.collector.service import REGISTRY_COMMANDS, WS_TIMEOUT
+from homeiq.shared.ha.client import WS_TIMEOUT, AuthInvalid, CommandFailed, ConnectionLost, HAConnection, LoggedOnly
+from homeiq.shared.ha.frames import UNDECODABLE
+from homeiq.shared.ha.history import HistoryRow, history_command, history_decoder
+from homeiq.shared.ha.registry import REGISTRY_COMMANDS, Registry
 from homeiq.shared.settings import redact_url
-from homeiq.shared.times import iso_ns
 
 MAX_MESSAGE_BYTES: Final = 256 * 1024 * 1024  # a day of history of 50 busy entities, attributes included
 
@@ -64,13 +61,9 @@ class HAReader:
 
     async def history(self, entity_ids: list[str], start_ns: int, end_ns: int,
                       attributes: bool = False) -> dict[str, list[HistoryRow]]:
-        """Every recorded state of these entities in (start, end): all changes, attribute-only ones included."""
-        raw = await self.command({
-            "type": "history/history_during_period", "start_time": iso_ns(start_ns), "end_time": iso_ns(end_ns),
-            "entity_ids": entity_ids, "include_start_time_state": False, "significant_changes_only": False,
-            "minimal_response": False, "no_attributes": not attributes,
-        })
-        return history_decoder.decode(raw)
+        """Every recorded state of these entities from `start_ns` to `end_ns`, attribute-only changes included;
+        both ends a little wider (QUERY_MARGIN_NS), for the caller to cut exactly."""
+        return history_decoder.decode(await self.command(history_command(entity_ids, start_ns, end_ns, attributes)))
 
 
 @contextlib.asynccontextmanager
@@ -84,7 +77,7 @@ async def ha_session(url: str, token: str, timeout_s: float, concurrency: int,
                 ws = await http.ws_connect(url, max_msg_size=MAX_MESSAGE_BYTES, timeout=WS_TIMEOUT,
                                            ssl=tls or True, decode_text=False)
             async with ws:
-                conn = HAConnection(ws, CollectorMetrics(CollectorRegistry()))
+                conn = HAConnection(ws, LoggedOnly())
                 await conn.authenticate(token, timeout_s)
                 reading = asyncio.create_task(conn.read_forever(), name="audit-ha-reader")
                 try:

@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from homeiq.collector import frames
 from homeiq.collector.normalise import PointTimes, normalise
-from homeiq.collector.registry import Registry
 from homeiq.shared.events import decode_event, encode_event
+from homeiq.shared.ha import frames
+from homeiq.shared.ha.registry import Registry
 from homeiq.shared.times import datetime_ns, float_ns
 
-CAPTURES = Path(__file__).parent / "captures"
+CAPTURES = Path(__file__).parents[1] / "captures"
 STATE_CHANGED = (
     '{"event_type":"state_changed","data":{"entity_id":"sensor.kitchen_temp","old_state":null,'
     '"new_state":{"entity_id":"sensor.kitchen_temp","state":"21.5","attributes":{"unit_of_measurement":"°C",'

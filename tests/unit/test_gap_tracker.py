@@ -1,0 +1,107 @@
+"""The gap tracker: which span a backfill must cover, and which states in it arrived live already. Each case is an
+edge the fault suite found against real processes, checked here in microseconds."""
+
+from __future__ import annotations
+
+from homeiq.collector.gap import MAX_PROBES, GapTracker
+
+US = 1000  # one microsecond in ns: a gap starts at the microsecond after the last live state
+
+
+def started(saved_ns: int | None = None, read_from: bytes = b"") -> GapTracker:
+    gap = GapTracker()
+    gap.resume(saved_ns, read_from)
+    return gap
+
+
+def test_a_fresh_collector_has_no_gap_once_it_knows_there_was_no_last_run() -> None:
+    gap = GapTracker()
+    assert gap.open  # it does not know yet where it left off
+    gap.resume(None)
+    assert not gap.open
+    assert gap.begin(b"") is None  # no live state, no earlier session: nothing to backfill
+
+
+def test_a_restart_opens_the_gap_at_the_microsecond_after_the_saved_watermark() -> None:
+    gap = started(5_000_000, b"7-0")
+    assert gap.open and gap.pending_start_ns == 5_000_000 + US
+    assert gap.durable_until(9_000_000, b"9-0") == (5_000_000, b"7-0")  # the watermark waits before the gap
+
+
+def test_a_reconnect_opens_the_gap_after_the_last_live_state_and_its_end_closes_it() -> None:
+    gap = started()
+    gap.live("sensor.a", 10_000)
+    start = gap.begin(b"3-0")
+    assert start == 10_000 + US
+    gap.published("sensor.a", 12_000)
+    assert ("sensor.a", 12_000) in gap.seen  # a backfill must not publish it again
+    gap.end(start)
+    assert not gap.open and gap.seen == set()
+    assert gap.durable_until(12_000, b"4-0") == (12_000, b"4-0")
+
+
+def test_the_watermark_follows_the_last_live_state_not_the_largest_when_ha_steps_back() -> None:
+    gap = started()
+    gap.live("sensor.a", 3_600_000_000_000)
+    gap.live("sensor.a", 1_000)  # HA's clock stepped back an hour
+    assert gap.begin(b"") == 1_000 + US  # the gap starts after the state received last, so nothing is hidden
+
+
+def test_a_backfill_cut_short_by_a_second_reconnect_is_retried_whole() -> None:
+    gap = started()
+    gap.live("sensor.a", 10_000)
+    first = gap.begin(b"1-0")
+    gap.live("sensor.a", 50_000)  # live again, then disconnected before the backfill completed
+    second = gap.begin(b"2-0")
+    assert second == first  # the earlier start stays
+    assert gap.durable_until(50_000, b"3-0") == (10_000, b"1-0")
+
+
+def test_ending_an_older_backfill_leaves_a_gap_opened_earlier_meanwhile() -> None:
+    gap = started()
+    gap.live("sensor.a", 50_000)
+    later = gap.begin(b"2-0")
+    gap.unknown()  # Redis forgot: where we left off is read again, from an older watermark
+    gap.resume(10_000, b"1-0")
+    gap.end(later)  # the backfill that was running completes, but the gap it covered is not the earliest
+    assert gap.open and gap.pending_start_ns == 10_000 + US
+
+
+def test_after_redis_forgot_the_states_published_since_are_kept_until_the_read_back() -> None:
+    gap = started()
+    gap.unknown()
+    gap.published("sensor.a", 7_000)
+    assert ("sensor.a", 7_000) in gap.seen
+    gap.resume(None)
+    assert not gap.open
+
+
+def test_untrusted_states_are_never_backfilled_again_even_by_a_later_gap() -> None:
+    gap = started()
+    gap.live("sensor.a", 10_000)
+    gap.untrusted("sensor.a", 10**18)  # a year ahead: published, moves nothing
+    assert gap.last_live_ns == 10_000
+    gap.begin(b"")
+    assert ("sensor.a", 10**18) in gap.seen
+
+
+def test_probes_are_the_first_live_state_of_each_entity_and_the_oldest_makes_room() -> None:
+    gap = started(1_000)
+    for n in range(MAX_PROBES):
+        gap.probe(f"sensor.{n}", n)
+    gap.probe("sensor.0", 999)  # not its first
+    assert gap.probes["sensor.0"] == 0
+    gap.probe("sensor.new", 5)
+    assert len(gap.probes) == MAX_PROBES and "sensor.0" not in gap.probes and gap.probes["sensor.new"] == 5
+
+
+def test_no_probes_or_seen_states_are_kept_while_no_gap_is_open() -> None:
+    gap = started()
+    gap.probe("sensor.a", 1)
+    gap.published("sensor.a", 1)
+    assert gap.probes == {} and gap.seen == set()
+
+
+def test_a_reconnect_before_any_trusted_state_backfills_from_the_session_start() -> None:
+    gap = started()
+    assert gap.begin(b"5-0", subscribed_ns=40_000) == 40_000 + US
