@@ -95,7 +95,7 @@ async def test_overwrites_are_logged_once_with_how_many_and_an_example(
     caplog: pytest.LogCaptureFixture
 ) -> None:
     payloads = [state(n, "sensor.kitchen", str(n), n * 1000) for n in range(50)]
-    caplog.set_level(logging.WARNING, logger="homeiq.writer")
+    caplog.set_level(logging.WARNING, logger="homeiq")
     async with running_writer(ha_writer(redis_server, influx, influx_db, "s")) as writer:
         for first in range(0, 50, 10):  # five batches, each overwriting the one before
             await fill(redis_client, payloads[first:first + 10])

@@ -78,7 +78,7 @@ async def test_a_running_writer_serves_metrics_health_and_readiness(
     redis_server: RedisServer, redis_client: object, influx: InfluxServer, influx_db: str
 ) -> None:
     async with running_writer(writer_settings(redis_server.url, influx.url, influx_db)) as writer:
-        port = await wait_for(lambda: writer.health.port, 10, "the health server")
+        port = await wait_for(lambda: writer.runtime.health.port, 10, "the health server")
         async with aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
                 body = await resp.read()
@@ -93,7 +93,7 @@ async def test_a_running_writer_serves_metrics_health_and_readiness(
 
 async def test_readyz_says_why_not_ready(redis_server: RedisServer, redis_client: object, influx: InfluxServer) -> None:
     async with running_writer(writer_settings(redis_server.url, influx.url, "missing_db")) as writer:
-        port = await wait_for(lambda: writer.health.port, 10, "the health server")
+        port = await wait_for(lambda: writer.runtime.health.port, 10, "the health server")
         await wait_for(lambda: "missing_db" in (writer.readiness.reason or ""), 10, "the first InfluxDB check")
         async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/readyz") as resp:
             assert resp.status == 503

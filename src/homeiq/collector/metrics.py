@@ -17,6 +17,23 @@ class CollectorMetrics:
     """Counters and gauges of one collector, registered in `registry`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self._events(registry)
+        self._session(registry)
+        self._delivery(registry)
+        self._clocks(registry)
+        self._spool(registry)
+        for reason in DROP_REASONS:
+            self.dropped.labels(reason)
+        for reason in REJECT_REASONS:
+            self.frames_rejected.labels(reason)
+        for direction in ("back", "ahead"):
+            self.ha_clock_steps.labels(direction)
+        for label in DISCONNECT_LABELS:
+            self.disconnects.labels(label)
+        self._sampled = SampledLog(Log("homeiq.collector.frames"))
+
+    def _events(self, registry: CollectorRegistry) -> None:
+        """What happened to the events HA sent."""
         self.received = Counter("homeiq_events_received_total",
                                 "Events received from HA (counted once their frame is read to the end).",
                                 registry=registry)
@@ -29,6 +46,9 @@ class CollectorMetrics:
         self.frames_rejected = Counter("homeiq_frames_rejected_total",
                                        "HA messages that were not usable, by reason.", ["reason"],
                                        registry=registry)
+
+    def _session(self, registry: CollectorRegistry) -> None:
+        """The HA session."""
         self.connected = Gauge("homeiq_ha_connected", "1 while connected, authenticated and subscribed.",
                                registry=registry)
         self.auth_rejected = Gauge("homeiq_ha_auth_rejected", "1 while HA refuses the token (auth_invalid).",
@@ -42,6 +62,9 @@ class CollectorMetrics:
                                   registry=registry)
         self.disconnects = Counter("homeiq_ha_disconnects_total", "Sessions ended, by reason.", ["reason"],
                                    registry=registry)
+
+    def _delivery(self, registry: CollectorRegistry) -> None:
+        """The buffer, the backfill, and a Redis that forgot."""
         self.buffered = Gauge("homeiq_collector_buffered_events", "Events waiting for XADD in memory.",
                               registry=registry)
         self.backfilled = Counter("homeiq_events_backfilled_total",
@@ -57,6 +80,9 @@ class CollectorMetrics:
             "homeiq_redis_forgot_total", "Times Redis was found without entries it had acknowledged (an older AOF, "
             "a lagging replica promoted): the gap is backfilled, other events of it counted as dropped.",
             registry=registry)
+
+    def _clocks(self, registry: CollectorRegistry) -> None:
+        """HA's and Redis's clocks, and the open gap."""
         self.ha_clock_offset = Gauge(
             "homeiq_ha_clock_offset_seconds", "HA's clock minus the collector's, from live state times (less the "
             "shortest latency of the last 10 min); points carry HA's time.", registry=registry)
@@ -71,6 +97,9 @@ class CollectorMetrics:
             "published, but they do not move the watermark.", registry=registry)
         self.gap_open = Gauge("homeiq_backfill_gap_open", "1 while a gap in what HA sent is not yet backfilled "
                               "(or a restarted collector does not yet know where it left off).", registry=registry)
+
+    def _spool(self, registry: CollectorRegistry) -> None:
+        """The disk spool and the publish script."""
         self.spooled = Counter("homeiq_events_spooled_total", "Events written to the disk spool.",
                                registry=registry)
         self.spool_bytes = Gauge("homeiq_spool_bytes", "Bytes in the disk spool not yet drained.",
@@ -80,15 +109,6 @@ class CollectorMetrics:
         self.publish_seconds = Histogram("homeiq_publish_duration_seconds", "One batch XADDed (one script call).",
                                          registry=registry,
                                          buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
-        for reason in DROP_REASONS:
-            self.dropped.labels(reason)
-        for reason in REJECT_REASONS:
-            self.frames_rejected.labels(reason)
-        for direction in ("back", "ahead"):
-            self.ha_clock_steps.labels(direction)
-        for label in DISCONNECT_LABELS:
-            self.disconnects.labels(label)
-        self._sampled = SampledLog(Log("homeiq.shared.ha.frames"))
 
     def events_received(self, count: int) -> None:
         """`count` events of one frame reached their subscription (ClientMetrics)."""

@@ -1,5 +1,5 @@
-"""A bounded in-memory buffer flushed by one task, one publish script call (XADDs and the watermark) per batch,
-and a disk spool for Redis outages.
+"""A bounded in-memory buffer flushed by one task, one publish script call (XADDs and the stream's tail) per batch;
+the disk spool for Redis outages is kept beside it (`spool_keeper`).
 
 Order is kept: once a batch goes to the spool, every later batch follows it there until the spool has
 drained back into the stream.
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import itertools
 import sys
 import time
 from collections.abc import Callable
@@ -19,10 +18,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from homeiq.collector.gap import Key, state_keys
+from homeiq.collector.gap import Key
 from homeiq.collector.metrics import CollectorMetrics
-from homeiq.collector.spool import Policy, Segment, Spool, record_bytes
-from homeiq.shared.backoff import Backoff
+from homeiq.collector.spool import Policy, Spool
+from homeiq.collector.spool_keeper import SpoolKeeper
 from homeiq.shared.health import READY_REDIS, Readiness
 from homeiq.shared.logs import Log
 from homeiq.shared.scripts import XADD_BATCH_SCRIPT
@@ -30,8 +29,6 @@ from homeiq.shared.stream import StreamNames, describe_redis_error, xadd_batch_a
 
 log = Log(__name__)
 
-READY_SPOOL = "spool"
-REDIS_RECHECK_S = 0.5
 LINGER_S = 0.005
 _STOP = b"\x00"  # queued by close(); an event payload is a JSON object, never this
 # An encoded state change starts so (msgspec writes a Struct's fields in order); one with no new state (a removal)
@@ -148,15 +145,12 @@ class Publisher:
         self._redis, self._redis_url = client, redis_url
         self._keys = [names.stream.encode(), names.collector_tail.encode()]
         self._metrics, self._readiness = metrics, readiness
-        self._spool, self._policy = spool, policy
         self._durable = durable  # False while Redis would forget what it is given: keep events on disk then
         self._forgotten = forgotten  # Redis lost entries it had acknowledged: where we left off must be read again
         self.tail_id: bytes | None = None  # the id of the last entry added (None: none by this process yet)
         self._tail_lock = asyncio.Lock()
         self._unrecoverable = UnrecoverableLog()
         self._in_flight_batch: list[bytes] = []
-        self._spool_lock = asyncio.Lock()
-        self._spool_ready = asyncio.Event()
         # One EVALSHA per batch instead of one pipelined command per event: a third of the CPU per event.
         self._xadd_batch = client.register_script(XADD_BATCH_SCRIPT)
         self._queue = Buffer(capacity)
@@ -164,16 +158,11 @@ class Publisher:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._flushed = asyncio.Event()
-        self._closing = False
         self._progress = asyncio.Event()  # a batch settled since the last `progressed()`
         self._stop_taken = False
-        self._draining: Segment | None = None  # the spool segment whose records are being XADDed
         self.settled = 0  # events taken from the buffer and made durable (or counted dropped), in order
-        self._backoff = Backoff(base_s=0.1, cap_s=2.0)
         self._redis_down_logged = False
-        if spool:
-            self._spool_ready.set()
-            log.info("spool_found", records=spool.records, bytes=spool.size_bytes, torn_records=spool.torn_records)
+        self._spool = SpoolKeeper(spool, policy, metrics, readiness, self._xadd, durable, batch_max, self._update_idle)
         self._update_idle()
 
     def offer(self, payload: bytes) -> bool:
@@ -200,7 +189,7 @@ class Publisher:
         """Flush forever, and drain the spool beside it."""
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._flush_loop(), name="publisher-flush")
-            tasks.create_task(self._drain_loop(), name="publisher-drain")
+            tasks.create_task(self._spool.drain_forever(), name="publisher-drain")
 
     async def _flush_loop(self) -> None:
         while True:
@@ -223,7 +212,7 @@ class Publisher:
                 return
             self._metrics.buffered.set(len(self._queue))
             if self._spool or not self._durable() or not await self._xadd(batch):
-                await self._to_spool(batch)
+                await self._spool.keep(batch)
             else:
                 self._metrics.published.inc(len(batch))
             self.settled += len(batch)  # in Redis, in the spool, or counted as dropped: no longer only in memory
@@ -259,98 +248,6 @@ class Publisher:
             self._redis_down_logged = False
         return True
 
-    async def _to_spool(self, batch: list[bytes]) -> None:
-        """Keep `batch` on disk, or count it dropped by the policy; never waits past `close()`. A batch
-        larger than a segment goes in parts (one larger than the whole spool would never fit)."""
-        if len(batch) > 1 and record_bytes(batch) > self._spool.segment_bytes:
-            middle = len(batch) // 2
-            await self._to_spool(batch[:middle])
-            await self._to_spool(batch[middle:])
-            return
-        if record_bytes(batch) > self._spool.max_bytes:  # one event larger than the spool: nowhere to keep it
-            self._drop(len(batch), "spool_full", "an event larger than the whole spool")
-            return
-        async with self._spool_lock:
-            while not self._spool.fits(batch):
-                if self._policy == "drop_oldest":
-                    # Never the segment the drainer is publishing: its events are not ours to count as dropped.
-                    freed = self._spool.drop_oldest(keep=self._draining)
-                    if freed:
-                        self._drop(freed, "spool_full", "the oldest spool segment")
-                        continue
-                if self._policy != "block":  # drop_newest, or nothing older that can go
-                    self._drop(len(batch), "spool_full", "the newest batch")
-                    return
-                if self._closing:
-                    self._drop(len(batch), "shutdown_spool_full", "a batch the full spool could not take at exit")
-                    return
-                # block: wait for the drainer to make room; the reader backs up behind the buffer.
-                await self._unlocked_sleep(0.1)
-            while True:
-                try:
-                    await asyncio.to_thread(self._spool.append, batch)
-                    self._readiness.ok(READY_SPOOL)
-                    break
-                except OSError as exc:  # a full disk, a read-only one, permissions: not the events' fault
-                    self._spool_failed(exc)
-                    if self._policy != "block" or self._closing:
-                        self._drop(len(batch), "spool_write_failed", "a batch the spool's disk refused")
-                        return
-                    await self._unlocked_sleep(self._backoff.next_delay_s())
-            self._metrics.spooled.inc(len(batch))
-            self._metrics.spool_bytes.set(self._spool.size_bytes)
-        self._spool_ready.set()
-
-    async def _unlocked_sleep(self, delay_s: float) -> None:
-        """Sleep without holding the spool lock (the drainer needs it to make room)."""
-        self._spool_lock.release()
-        try:
-            await asyncio.sleep(delay_s)
-        finally:
-            await self._spool_lock.acquire()
-
-    def _spool_failed(self, exc: OSError) -> None:
-        self._readiness.fail(READY_SPOOL, f"spool at {self._spool.directory} failed: {exc}")
-        log.error("spool_failed", directory=str(self._spool.directory), error=str(exc), policy=self._policy)
-
-    def _drop(self, events: int, reason: str, what: str) -> None:
-        self._metrics.dropped.labels(reason).inc(events)
-        self._metrics.log_sampled(reason, "events dropped", dropped=events, what=what,
-                                  policy=self._policy, max_bytes=self._spool.max_bytes)
-
-    async def _drain_loop(self) -> None:
-        while True:
-            await self._spool_ready.wait()
-            if not self._durable():
-                await asyncio.sleep(REDIS_RECHECK_S)
-                continue
-            try:
-                async with self._spool_lock:
-                    chunk = await asyncio.to_thread(self._spool.read, self._batch_max)
-                    self._draining = chunk.segment if chunk else None
-            except OSError as exc:
-                self._spool_failed(exc)
-                await asyncio.sleep(self._backoff.next_delay_s())
-                continue
-            if chunk is None:
-                self._spool_ready.clear()
-                self._update_idle()
-                continue
-            published = await self._xadd(chunk.records)
-            async with self._spool_lock:
-                self._draining = None
-                if published:
-                    self._spool.consumed(chunk)
-                    self._metrics.spool_bytes.set(self._spool.size_bytes)
-            if not published:
-                await asyncio.sleep(self._backoff.next_delay_s())
-                continue
-            self._backoff.reset()
-            self._readiness.ok(READY_SPOOL)
-            self._metrics.published.inc(len(chunk.records))
-            if not self._spool:
-                log.info("spool_drained")
-
     async def check_tail_now(self) -> None:
         """Ask Redis for the tail now, while no batch is on its way (see `check_tail`)."""
         async with self._tail_lock:
@@ -373,9 +270,7 @@ class Publisher:
     async def held_states(self) -> list[Key]:
         """The state changes given to us that Redis does not hold yet: in the spool, the batch in flight, the
         buffer (decoded in a thread, the spool a record at a time)."""
-        in_memory = [*self._in_flight_batch, *self._queue.items()]
-        async with self._spool_lock:
-            return await asyncio.to_thread(state_keys, itertools.chain(self._spool.undrained(), in_memory))
+        return await self._spool.held_states([*self._in_flight_batch, *self._queue.items()])
 
     async def progressed(self, timeout_s: float) -> None:
         """Wait until another batch settles, or `timeout_s`."""
@@ -396,7 +291,7 @@ class Publisher:
     async def close(self, timeout_s: float) -> int:
         """Stop after every buffered event is in Redis, in the spool or counted as dropped (a full spool
         under `block` no longer waits); returns how many are in none of them after `timeout_s`."""
-        self._closing = True
+        self._spool.closing = True
         stop_queued = False
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):

@@ -89,17 +89,7 @@ async def run_check(rate: float, duration_s: float, entities: int, writers: int,
         points = influx.points("home_assistant_events")
         published = int(children[-1].scrape("homeiq_events_published_total"))
         final = await group_lag(client)
-        audits: list[dict[str, object]] = []
-        if audit_delete:  # audit, delete some points, audit and repair, audit again
-            # HA's recorder shows a state from its next commit on (every 5 s): audit what it holds.
-            await wait_for(lambda: not hub.recorder.uncommitted, 15, "the recorder's commit")
-            audits.append(await audit_round(env["HA_URL"], influx.url, redis_server.url, since_ns, False))
-            for sent_event in random.Random(5).sample(hub.sent, audit_delete):
-                influx.query(f"DELETE FROM home_assistant_events WHERE entity_id = '{sent_event.entity_id}' "  # noqa: S608
-                             f"AND time = {sent_event.last_updated_us * 1000}", "home_assistant_events", epoch=None)
-            audits.append(await audit_round(env["HA_URL"], influx.url, redis_server.url, since_ns, True))
-            await wait_for(lambda: influx.count("home_assistant_events") >= sent, 60, "the repaired points", 0.2)
-            audits.append(await audit_round(env["HA_URL"], influx.url, redis_server.url, since_ns, False))
+        audits = await _delete_and_repair(hub, influx, env["HA_URL"], redis_server.url, since_ns, sent, audit_delete)
     finally:
         codes = {child.name: child.terminate() for child in reversed(children)}
         await client.aclose()
@@ -118,6 +108,23 @@ async def run_check(rate: float, duration_s: float, entities: int, writers: int,
         "lag_at_end": lag_at_end, "drain_s": round(drain_s, 2), "final": final, "exit_codes": codes,
         **({"audit_before_delete_after_delete_and_repair_after_repair": audits} if audits else {}),
     }
+
+
+async def _delete_and_repair(hub: Hub, influx: InfluxServer, ha_url: str, redis_url: str, since_ns: int, sent: int,
+                             count: int) -> list[dict[str, object]]:
+    """Audit, delete `count` of the `sent` points, audit and repair, audit again (nothing when `count` is 0)."""
+    if not count:
+        return []
+    # HA's recorder shows a state from its next commit on (every 5 s): audit what it holds.
+    await wait_for(lambda: not hub.recorder.uncommitted, 15, "the recorder's commit")
+    audits = [await audit_round(ha_url, influx.url, redis_url, since_ns, False)]
+    for sent_event in random.Random(5).sample(hub.sent, count):
+        influx.query(f"DELETE FROM home_assistant_events WHERE entity_id = '{sent_event.entity_id}' "  # noqa: S608
+                     f"AND time = {sent_event.last_updated_us * 1000}", "home_assistant_events", epoch=None)
+    audits.append(await audit_round(ha_url, influx.url, redis_url, since_ns, True))
+    await wait_for(lambda: influx.count("home_assistant_events") >= sent, 60, "the repaired points", 0.2)
+    audits.append(await audit_round(ha_url, influx.url, redis_url, since_ns, False))
+    return audits
 
 
 def main() -> None:

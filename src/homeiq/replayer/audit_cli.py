@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import msgspec
 import typer
@@ -24,6 +25,8 @@ from homeiq.shared.times import operator_time_ns
 
 if TYPE_CHECKING:
     from homeiq.replayer.audit import AuditReport
+    from homeiq.shared.entity_filter import EntityRules
+    from homeiq.shared.influx.reader import InfluxReader
 
 def window(since: str, until: str | None, now_ns: int) -> tuple[int, int]:
     """The audit window from the operator's words; ConfigError when empty."""
@@ -52,17 +55,17 @@ def audit_command(
     Exit 0 when complete, 1 when anything differs (or a service failed), 2 on usage errors. It cannot see
     events other than state changes, entities the recorder excludes, or states older than its retention.
     """
-    # Imported here: the collector's and writer's modules would make every `replayer --help` slow.
-    from homeiq.replayer.audit import RECORDER_KEEP_DAYS, audit, repair  # noqa: PLC0415
+    # Imported here: the HA client's and InfluxDB reader's modules would make every `replayer --help` slow.
+    from homeiq.replayer.audit import RECORDER_KEEP_DAYS  # noqa: PLC0415
     from homeiq.shared.entity_filter import PatternFilter  # noqa: PLC0415
-    from homeiq.shared.ha.reader import HAReadError, ha_session  # noqa: PLC0415
+    from homeiq.shared.ha.reader import HAReadError  # noqa: PLC0415
     from homeiq.shared.influx.reader import InfluxReadError, reader_for  # noqa: PLC0415
 
     shared: Connection = ctx.obj
     now_ns = time.time_ns()
     try:
         since_ns, until_ns = window(since, until, now_ns)
-        token, tls = read_ha_token(), settings.tls()
+        ha = _HaSide(settings.ha_url, read_ha_token(), settings.ha_timeout_s, concurrency, settings.tls())
         reader = reader_for(settings.influx)
         rules = PatternFilter.from_settings(settings.entity_filter, settings.entity_filter_file, settings.influx.config)
     except ConfigError as exc:
@@ -70,34 +73,51 @@ def audit_command(
     if now_ns - since_ns > RECORDER_KEEP_DAYS * 86_400 * 10**9:
         err.print(f"note: the window starts more than {RECORDER_KEEP_DAYS} days ago; states the recorder has "
                   "purged count as extra, not as a difference of the pipeline", highlight=False)
-
-    async def work() -> AuditReport:
-        client = connect(shared.redis_url)  # the stream: what the writers have yet to write is not missing
-        try:
-            with Progress(TextColumn("auditing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                          console=err, transient=as_json) as bar:
-                task = bar.add_task("entities", total=None)
-                async with ha_session(settings.ha_url, token, settings.ha_timeout_s, concurrency, tls) as ha:
-                    bar.update(task, total=len(await ha.states()))
-                    try:
-                        report = await audit(ha, reader, since_ns, until_ns, entities, rules,
-                                             lambda n: bar.advance(task, n), client, shared.names)
-                    finally:
-                        await reader.close()
-                    if do_repair and report.total("missing"):
-                        report.repaired = await repair(ha, client, shared.names, report)
-        finally:
-            await client.aclose()
-        return report
-
     try:
-        report = asyncio.run(work())
+        report = asyncio.run(_audit(shared, ha, reader, (since_ns, until_ns), entities, rules, do_repair, as_json))
     except (HAReadError, InfluxReadError) as exc:
         fail(str(exc))
     except (RedisError, OSError) as exc:
         fail(f"Redis at {redact_url(shared.redis_url)} failed: {exc}")
     _print(report, as_json)
     raise typer.Exit(0 if report.complete else EXIT_FAILURE)
+
+
+class _HaSide(NamedTuple):
+    """How the audit reaches Home Assistant."""
+
+    url: str
+    token: str
+    timeout_s: float
+    concurrency: int
+    tls: ssl.SSLContext | None
+
+
+async def _audit(shared: Connection, ha_side: _HaSide, reader: InfluxReader, window_ns: tuple[int, int],
+                 entities: list[str] | None, rules: EntityRules | None, do_repair: bool, as_json: bool,
+                 ) -> AuditReport:
+    """One audit with a progress bar, and the repair when asked; Redis tells what the writers have yet to write
+    (that is not missing)."""
+    from homeiq.replayer.audit import audit, repair  # noqa: PLC0415
+    from homeiq.shared.ha.reader import ha_session  # noqa: PLC0415
+
+    client = connect(shared.redis_url)
+    try:
+        with Progress(TextColumn("auditing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=err, transient=as_json) as bar:
+            task = bar.add_task("entities", total=None)
+            async with ha_session(*ha_side) as ha:
+                bar.update(task, total=len(await ha.states()))
+                try:
+                    report = await audit(ha, reader, *window_ns, entities, rules, lambda n: bar.advance(task, n),
+                                         client, shared.names)
+                finally:
+                    await reader.close()
+                if do_repair and report.total("missing"):
+                    report.repaired = await repair(ha, client, shared.names, report)
+    finally:
+        await client.aclose()
+    return report
 
 
 def _unit(precision_ns: int) -> str:

@@ -15,16 +15,16 @@ from homeiq.replayer.reclaim import reclaim_pass
 from homeiq.replayer.settings import ReplayerSettings
 from homeiq.replayer.stream_metrics import StreamMetrics
 from homeiq.shared.backoff import Backoff
-from homeiq.shared.broker import PersistenceCheck
 from homeiq.shared.entity_filter import PatternFilter
 from homeiq.shared.ha.settings import read_ha_token
-from homeiq.shared.health import READY_REDIS, HealthServer, Readiness, counters
+from homeiq.shared.health import READY_REDIS, Readiness
 from homeiq.shared.influx.batch import READY_INFLUX, batch_writer_for
 from homeiq.shared.influx.metrics import WriterMetrics
 from homeiq.shared.influx.reader import reader_for
 from homeiq.shared.lifecycle import wait_or_stop
 from homeiq.shared.logs import Log
-from homeiq.shared.stream import connect, describe_redis_error, ensure_group
+from homeiq.shared.runtime import ServiceRuntime
+from homeiq.shared.stream import ensure_group
 
 log = Log(__name__)
 
@@ -34,20 +34,18 @@ class Replayer:
 
     def __init__(self, settings: ReplayerSettings, metrics_registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
-        self.metrics_registry = metrics_registry or CollectorRegistry()
+        self.runtime = ServiceRuntime(log, settings, Readiness(READY_REDIS), metrics_registry)
+        self.metrics_registry, self.readiness = self.runtime.metrics_registry, self.runtime.readiness
+        self.redis, self.persistence = self.runtime.redis, self.runtime.persistence
         self.metrics = WriterMetrics(self.metrics_registry)
         self.reclaimed = Counter("homeiq_reclaimed_total", "Entries reclaimed from idle consumers.",
                                  registry=self.metrics_registry)
         self.stream_metrics = StreamMetrics(self.metrics_registry)
-        self.readiness = Readiness(READY_REDIS)
-        self.redis = connect(settings.redis_url)
 
         # The replayer's readiness does not depend on InfluxDB; its write failures show in the metrics.
         self.batches = batch_writer_for(settings.influx, self.redis, settings.names, settings.reclaim.consumer,
                                         self.metrics, Readiness(READY_INFLUX))
         self.sink = self.batches.sink
-        self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness,
-                                            self.metrics_registry)
         self.ledger = CrashLedger(self.redis, settings.names, settings.reclaim.consumer, settings.reclaim.max_crashes)
         self.audit: PeriodicAudit | None = None
         if settings.audit.interval_s:
@@ -55,28 +53,24 @@ class Replayer:
                                                settings.influx.config)
             self.audit = PeriodicAudit(settings.audit, read_ha_token(), reader_for(settings.influx),
                                        self.redis, settings.names, rules, self.metrics_registry)
-        self.health = HealthServer(self.metrics_registry, self.readiness, settings.metrics_host, settings.metrics_port)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reclaim, and refresh the stream gauges, every `interval_s` until `stop`. Two loops: the gauges
         alerts read stay fresh while a reclaimed batch waits for InfluxDB."""
-        await self.health.start()
         s = self.settings
-        log.info("replayer_started", consumer=s.reclaim.consumer, min_idle_ms=s.reclaim.min_idle_ms,
-                 interval_s=s.interval_s)
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._repeat(stop, "reclaim", self._reclaim))
-                tasks.create_task(self._repeat(stop, "stream_metrics", self._refresh_stream_metrics))
+        async with self.runtime.serving("replayer_stopped"):
+            log.info("replayer_started", consumer=s.reclaim.consumer, min_idle_ms=s.reclaim.min_idle_ms,
+                     interval_s=s.interval_s)
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._repeat(stop, "reclaim", self._reclaim))
+                    tasks.create_task(self._repeat(stop, "stream_metrics", self._refresh_stream_metrics))
+                    if self.audit is not None:
+                        tasks.create_task(self.audit.run(stop), name="audit")
+            finally:
+                await self.sink.close()
                 if self.audit is not None:
-                    tasks.create_task(self.audit.run(stop), name="audit")
-        finally:
-            await self.sink.close()
-            if self.audit is not None:
-                await self.audit.close()
-            await self.redis.aclose()
-            await self.health.stop()
-            log.info("replayer_stopped", counters=counters(self.metrics_registry))
+                    await self.audit.close()
 
     async def _reclaim(self, stop: asyncio.Event) -> None:
         s = self.settings
@@ -104,8 +98,5 @@ class Replayer:
                 backoff.reset()
                 delay_s = self.settings.interval_s
             except (RedisError, OSError) as exc:
-                message = describe_redis_error(self.settings.redis_url, exc)
-                self.readiness.fail(READY_REDIS, message)
-                delay_s = backoff.next_delay_s()
-                log.warning("redis_unavailable", task=task, error=message, retry_in_s=round(delay_s, 2))
+                delay_s = self.runtime.redis_failed(exc, backoff, task=task)
             await wait_or_stop(stop, delay_s)

@@ -194,6 +194,12 @@ _INTEGRATION_KEYS: Final = (
 )
 
 
+def _max_retries(r: _Reader, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise r.fail("influxdb.max_retries", f"expected a whole number of 0 or more, got {value!r}")
+    return value
+
+
 def _integration(r: _Reader, raw: Any) -> tuple[Integration, list[str]]:
     block = r.mapping("influxdb", raw)
     r.known("influxdb", block, _INTEGRATION_KEYS)
@@ -203,9 +209,7 @@ def _integration(r: _Reader, raw: Any) -> tuple[Integration, list[str]]:
         return None if block.get(key) is None else r.string(f"influxdb.{key}", block[key])
 
     api_version = r.choice("influxdb.api_version", block.get("api_version", "1"), ("1", "2"))
-    max_retries = block.get("max_retries", 0)
-    if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
-        raise r.fail("influxdb.max_retries", f"expected a whole number of 0 or more, got {max_retries!r}")
+    max_retries = _max_retries(r, block.get("max_retries", 0))
     ca = text("ssl_ca_cert")
     if ca is not None and not Path(ca).is_file():
         raise r.fail("influxdb.ssl_ca_cert", f"{ca!r} is not a file")
@@ -243,12 +247,17 @@ def _integration(r: _Reader, raw: Any) -> tuple[Integration, list[str]]:
         component_config_glob=r.customizations("influxdb.component_config_glob", block.get("component_config_glob"),
                                                False),
     )
-    # vol.Inclusive and validate_version_specific_config
+    _check_version_specific(r, config)
+    return config, notes
+
+
+def _check_version_specific(r: _Reader, config: Integration) -> None:
+    """HA's vol.Inclusive pairs and validate_version_specific_config."""
     if bool(config.username) != bool(config.password):
         raise r.fail("influxdb.username", "username and password must be given together")
     if bool(config.token) != bool(config.organization):
         raise r.fail("influxdb.token", "token and organization must be given together")
-    if api_version == "2":
+    if config.api_version == "2":
         if not config.token:
             raise r.fail("influxdb.token", "required when api_version is 2")
         if config.username:
@@ -257,7 +266,6 @@ def _integration(r: _Reader, raw: Any) -> tuple[Integration, list[str]]:
             raise r.fail("influxdb.bucket", "required when api_version is 2")
     elif config.token:
         raise r.fail("influxdb.token", "only allowed when api_version is 2")
-    return config, notes
 
 
 def _homeiq(r: _Reader, raw: Any) -> Homeiq:

@@ -6,18 +6,17 @@ import asyncio
 import contextlib
 import time
 
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from homeiq.shared.backoff import Backoff
-from homeiq.shared.broker import PersistenceCheck
-from homeiq.shared.health import READY_REDIS, HealthServer, Readiness, counters
+from homeiq.shared.health import READY_REDIS, Readiness
 from homeiq.shared.influx.batch import READY_INFLUX, Batch, batch_writer_for
 from homeiq.shared.influx.metrics import WriterMetrics
 from homeiq.shared.lifecycle import wait_or_stop
 from homeiq.shared.logs import Log
-from homeiq.shared.stream import Entry, connect, describe_redis_error, ensure_group, read_group, read_pending
+from homeiq.shared.runtime import ServiceRuntime
+from homeiq.shared.stream import Entry, describe_redis_error, ensure_group, read_group, read_pending
 from homeiq.writer.settings import WriterSettings
 
 log = Log(__name__)
@@ -31,31 +30,26 @@ class Writer:
 
     def __init__(self, settings: WriterSettings, metrics_registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
-        self.metrics_registry = metrics_registry or CollectorRegistry()
+        self.runtime = ServiceRuntime(log, settings, Readiness(READY_REDIS, READY_INFLUX), metrics_registry,
+                                      settings.redis_socket_timeout_s)
+        self.metrics_registry, self.readiness = self.runtime.metrics_registry, self.runtime.readiness
+        self.redis, self.persistence = self.runtime.redis, self.runtime.persistence
         self.metrics = WriterMetrics(self.metrics_registry)
-        self.readiness = Readiness(READY_REDIS, READY_INFLUX)
-        self.redis: aioredis.Redis = connect(settings.redis_url, settings.redis_socket_timeout_s)
         self.batches = batch_writer_for(settings.influx, self.redis, settings.names, settings.consumer, self.metrics,
                                         self.readiness)
         self.sink = self.batches.sink
-        self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, self.readiness,
-                                            self.metrics_registry)
         self._write_interval_s = settings.write_interval_ms / 1000
         self._last_check = self._last_pace = 0.0
-        self.health = HealthServer(self.metrics_registry, self.readiness, settings.metrics_host, settings.metrics_port)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve health, then consume until `stop`; the in-flight batch completes or stays pending."""
-        await self.health.start()
-        log.info("writer_started", consumer=self.settings.consumer, stream=self.settings.names.stream,
-                 group=self.settings.names.group, influxdb=self.sink.url, schema=self.settings.influx.schema)
-        try:
-            await self._consume(stop)
-        finally:
-            await self.sink.close()
-            await self.redis.aclose()
-            await self.health.stop()
-            log.info("writer_stopped", consumer=self.settings.consumer, counters=counters(self.metrics_registry))
+        async with self.runtime.serving("writer_stopped", lambda: {"consumer": self.settings.consumer}):
+            log.info("writer_started", consumer=self.settings.consumer, stream=self.settings.names.stream,
+                     group=self.settings.names.group, influxdb=self.sink.url, schema=self.settings.influx.schema)
+            try:
+                await self._consume(stop)
+            finally:
+                await self.sink.close()
 
     async def _consume(self, stop: asyncio.Event) -> None:
         """Own pending entries first (cursor 0…, read without re-delivery), at start and after Redis failed,
@@ -98,11 +92,7 @@ class Writer:
                     await _abandon(ahead)
                     # Acks may have been lost with Redis: start again from our own pending entries.
                     ahead, cursor, group_ready = None, b"0", False
-                    message = describe_redis_error(self.settings.redis_url, exc)
-                    self.readiness.fail(READY_REDIS, message)
-                    delay_s = backoff.next_delay_s()
-                    log.warning("redis_unavailable", error=message, retry_in_s=round(delay_s, 2))
-                    await wait_or_stop(stop, delay_s)
+                    await wait_or_stop(stop, self.runtime.redis_failed(exc, backoff))
         finally:
             await _abandon(ahead)
             try:

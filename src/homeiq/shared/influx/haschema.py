@@ -30,8 +30,9 @@ and say so here (README: "Switching from Home Assistant's InfluxDB integration")
 - a tag or field named `time` (which InfluxDB refuses) is written as `time_`; an attribute with an empty name
   is left out, as the integration's v1 client does.
 - tag values, measurements and string fields hold exactly what HA sent (the clients double backslashes and,
-  for v1, turn line breaks into `\\n`); a value line protocol cannot carry is stored as its JSON literal, as
-  in the `homeiq` schema.
+  for v1, turn line breaks into `\\n`); a tag value line protocol cannot carry is stored as its JSON literal,
+  as in the `homeiq` schema; a measurement or field key influxd 1.x would not keep as it is (`_stored_name`) as
+  its JSON literal with backslashes and quotes written `\\u005c`, `\\u0022`.
 
 What cannot be the same: attribute values reach us as JSON, so `str()` of a value that was a tuple, a
 datetime or an enum inside a container in HA differs (`[1, 2]` for HA's `(1, 2)`, `2024-01-01T…` for
@@ -50,7 +51,6 @@ import msgspec
 from homeiq.shared.config import EntityFilter, EventTypes, Integration
 from homeiq.shared.events import NormalisedEvent
 from homeiq.shared.influx.lineprotocol import escape_tag as _key
-from homeiq.shared.influx.lineprotocol import tag_value
 
 # const.py. Its RE_DIGIT_TAIL, r"^[^\.]*\d+\.?\d+[^\.]*$", backtracks in time polynomial in the text's length
 # (1,000 digits and two dots: minutes); `has_numeric_tail` gives its answers in linear time.
@@ -71,14 +71,36 @@ OVERWRITE_REASONS: Final = ("precision", "same_time")
 
 CACHE_SIZE: Final = 20_000
 _MEASUREMENT_ESCAPES: Final = str.maketrans({",": r"\,", " ": r"\ "})
+_KEY_ESCAPES: Final = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\="})
+_UNSAFE: Final = re.compile(r"[\x00-\x1f]")  # line breaks, tabs and other control characters
 _attributes_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
+def _stored_name(name: str) -> str:
+    """A measurement or field key as influxd 1.x keeps it. A backslash in a name survives only before an ordinary
+    character: before a separator, a quote or the end it escapes or vanishes, and the point is stored under another
+    name, in part, or not at all (204 all the same); a line that starts with `#` is a comment. Such names, and those
+    line protocol cannot carry or that look like the encoding, are stored as their JSON literal with every backslash
+    and quote inside written `\\u005c`, `\\u0022` (json.loads gives the name back)."""
+    if name[:1] == "#" or "\\" in name or _UNSAFE.search(name) or (name[:1] == '"' == name[-1:] and len(name) > 1):
+        name = json.dumps(name, ensure_ascii=False)
+        return '"' + name[1:-1].replace("\\\\", "\\u005c").replace('\\"', "\\u0022") + '"'
+    return name
+
+
 def _measurement(name: str) -> str:
-    # A line that starts with `#` is a comment to InfluxDB: such a name is stored as its JSON literal too.
-    name = json.dumps(name, ensure_ascii=False) if name[:1] == "#" else tag_value(name)
+    """The measurement as it goes in the line."""
+    name = _stored_name(name)
     if "," in name or " " in name:
         return name.translate(_MEASUREMENT_ESCAPES)
+    return name
+
+
+def _field_key(name: str) -> str:
+    """A field key as it goes in the line."""
+    name = _stored_name(name)
+    if "," in name or " " in name or "=" in name:
+        return name.translate(_KEY_ESCAPES)
     return name
 
 
@@ -193,30 +215,11 @@ class HaEncoder:
         if state in SKIPPED_STATES:
             self.skipped[SKIPPED_STATES[state]] += 1
             return None
-        entity = self._cache.get(entity_id)
-        if entity is None:
-            if len(self._cache) >= CACHE_SIZE:
-                self._cache.clear()
-            entity = self._cache[entity_id] = _Entity(entity_id, self._filter(entity_id), self.words)
+        entity = self._cache.get(entity_id) or self._new_entity(entity_id)
         if not entity.allowed:
             self.skipped["entity_filter"] += 1
             return None
-
-        # float(state), else state_as_number, else the state as a string. The mapped words are never floats, so
-        # looking them up first gives the same answer without the cost of float()'s exception.
-        value: float | None
-        if state in STATE_ONE:
-            value, include_state = 1.0, True
-        elif state in STATE_ZERO:
-            value, include_state = 0.0, True
-        else:
-            try:
-                value, include_state = float(state), False
-            except ValueError:
-                value, include_state = None, True
-            if value is not None and not math.isfinite(value):
-                value = None  # what influxdb-client does with it; influxd 1.x refuses "nan"/"inf" outright
-
+        value, include_state = _state_value(state)
         raw = bytes(new.attributes)
         has_value = value is not None
         shape = entity.shape
@@ -242,6 +245,13 @@ class HaEncoder:
         else:
             self._count_overwrite(entity, time_ns, fired_ns, line)
         return line
+
+    def _new_entity(self, entity_id: str) -> _Entity:
+        """An entity seen for the first time (since the cache was last emptied), cached."""
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache.clear()
+        entity = self._cache[entity_id] = _Entity(entity_id, self._filter(entity_id), self.words)
+        return entity
 
     def _count_overwrite(self, entity: _Entity, time_ns: int, fired_ns: int, line: str) -> None:
         """Count a state in `overwritten` when this encoder gave another state the series and time of the entity's
@@ -277,7 +287,8 @@ class HaEncoder:
             if tag and text:  # the clients leave out empty keys and values, and None
                 head += f",{_key('time_' if tag == 'time' else tag)}={_key(text)}"
         own = _type_stable({k: v for k, v in fields.items() if v is not None}, set(fields))
-        parts = [f",{_key(name)}={held!r}" if isinstance(held, float) else f",{_key(name)}={_string_field(held)}"
+        parts = [f",{_field_key(name)}={held!r}" if isinstance(held, float)
+                 else f",{_field_key(name)}={_string_field(held)}"
                  for name, held in own.items()]
         return _Shape(head + " ", "".join(parts), len(parts), ignored, non_finite)
 
@@ -340,6 +351,22 @@ class HaEncoder:
                     include_uom = attr != "unit_of_measurement"
         return str(measurement), include_uom, include_dc
 
+
+
+def _state_value(state: str) -> tuple[float | None, bool]:
+    """The value field and whether the state field is written too: float(state), else state_as_number, else the
+    state as a string. The mapped words are never floats, so looking them up first gives the same answer without
+    the cost of float()'s exception."""
+    if state in STATE_ONE:
+        return 1.0, True
+    if state in STATE_ZERO:
+        return 0.0, True
+    try:
+        value = float(state)
+    except ValueError:
+        return None, True
+    # Not finite: what influxdb-client does with it; influxd 1.x refuses "nan"/"inf" outright.
+    return (value, False) if math.isfinite(value) else (None, False)
 
 def _line(shape: _Shape, state: str | None, value: float | None, time_ns: int) -> str | None:
     """The point's line: `state` as a field unless None, `value` unless None; None when it has no field."""

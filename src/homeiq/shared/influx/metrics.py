@@ -13,6 +13,23 @@ class WriterMetrics:
     """Counters and histograms of one writing process, registered in `registry`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self._writes(registry)
+        self._left_out(registry)
+        for reason in OVERWRITE_REASONS:
+            self.points_overwritten.labels(reason)
+        for reason in SKIP_REASONS:
+            self.skipped.labels(reason)
+        for reason in ATTRIBUTE_REASONS:
+            self.attributes_dropped.labels(reason)
+        for outcome in Outcome:
+            self.batches.labels(outcome.value)
+        for reason in POISON_REASONS:
+            self.dead_lettered.labels(reason)
+        for reason in LOST_REASONS:
+            self.lost.labels(reason)
+
+    def _writes(self, registry: CollectorRegistry) -> None:
+        """What was read, written and how fast."""
         self.entries_read = Counter(
             "homeiq_writer_entries_read_total", "Stream entries delivered to this process.", registry=registry
         )
@@ -32,6 +49,9 @@ class WriterMetrics:
             registry=registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
         )
+
+    def _left_out(self, registry: CollectorRegistry) -> None:
+        """Entries and attributes that became no point, and points another overwrote."""
         self.dead_lettered = Counter(
             "homeiq_dead_lettered_total", "Entries moved to the dead-letter stream.", ["reason"],
             registry=registry,
@@ -56,15 +76,3 @@ class WriterMetrics:
             "times cut to the same ha-schema precision unit (precision) or equal to the nanosecond (same_time). Only "
             "those this process wrote both of (README), by reason.", ["reason"], registry=registry,
         )
-        for reason in OVERWRITE_REASONS:
-            self.points_overwritten.labels(reason)
-        for reason in SKIP_REASONS:
-            self.skipped.labels(reason)
-        for reason in ATTRIBUTE_REASONS:
-            self.attributes_dropped.labels(reason)
-        for outcome in Outcome:
-            self.batches.labels(outcome.value)
-        for reason in POISON_REASONS:
-            self.dead_lettered.labels(reason)
-        for reason in LOST_REASONS:
-            self.lost.labels(reason)

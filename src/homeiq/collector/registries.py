@@ -1,0 +1,67 @@
+"""HA's registries as the collector enriches events with them: loaded before subscribing, re-read when HA says one
+changed (its `*_registry_updated` events carry only ids and `changes`)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+from homeiq.collector.metrics import CollectorMetrics
+from homeiq.collector.resume import KnownEntities
+from homeiq.shared.ha import frames
+from homeiq.shared.ha.client import CommandFailed, HAConnection
+from homeiq.shared.ha.registry import REGISTRY_COMMANDS, Registry
+from homeiq.shared.logs import Log
+
+log = Log(__name__)
+
+REGISTRY_EVENTS: Final = {f"{kind}_registry_updated": kind for kind in REGISTRY_COMMANDS}
+
+
+class Registries:
+    """Keeps `registry` loaded; every entity in the entity registry is remembered in `known` (an entity removed
+    during a later gap must still be asked for)."""
+
+    def __init__(self, registry: Registry, known: KnownEntities, metrics: CollectorMetrics,
+                 command_timeout_s: float) -> None:
+        self.registry, self._known, self._metrics, self._timeout_s = registry, known, metrics, command_timeout_s
+        self._stale: set[str] = set()
+        self._stale_changed = asyncio.Event()
+
+    async def load_all(self, conn: HAConnection) -> None:
+        """Every registry, in turn (discovery, before subscribing)."""
+        for kind in REGISTRY_COMMANDS:
+            await self._load(conn, kind)
+
+    def changed(self, event_type: str) -> None:
+        """An event arrived: if it says a registry changed, that one is re-read (by `refresh`)."""
+        kind = REGISTRY_EVENTS.get(event_type)
+        if kind is not None:
+            self._stale.add(kind)
+            self._stale_changed.set()
+
+    async def refresh(self, conn: HAConnection) -> None:
+        """Re-read each registry HA said changed, for as long as the session lasts."""
+        while True:
+            await self._stale_changed.wait()
+            self._stale_changed.clear()
+            while self._stale:
+                kind = self._stale.pop()
+                await self._load(conn, kind)
+                log.info("registry_refreshed", registry=kind)
+
+    async def _load(self, conn: HAConnection, kind: str) -> None:
+        """Load one registry; one HA cannot answer or answers unreadably keeps what was loaded before."""
+        try:
+            raw = await conn.command({"type": REGISTRY_COMMANDS[kind]}, self._timeout_s)
+            size = self.registry.load(kind, bytes(raw))
+        except CommandFailed as exc:
+            log.warning("registry_unavailable", registry=kind, error=str(exc))
+            return
+        except frames.UNDECODABLE as exc:
+            self._metrics.frames_rejected.labels("malformed_registry").inc()
+            log.warning("registry_unavailable", registry=kind, error=f"{type(exc).__name__}: {exc}"[:200])
+            return
+        if kind == "entity":
+            self._known.saw_all(self.registry.entities)
+        log.debug("registry_loaded", registry=kind, entries=size)

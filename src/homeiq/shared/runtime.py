@@ -1,0 +1,53 @@
+"""What every service runs on: its metrics registry, readiness, Redis client, persistence check and health server;
+the start and the stop line; the path taken when Redis fails."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from homeiq.shared.backoff import Backoff
+from homeiq.shared.broker import PersistenceCheck
+from homeiq.shared.health import READY_REDIS, HealthServer, Readiness, counters
+from homeiq.shared.logs import Log
+from homeiq.shared.options import ServiceSettings
+from homeiq.shared.stream import DEFAULT_SOCKET_TIMEOUT_S, connect, describe_redis_error
+
+
+class ServiceRuntime:
+    """One service's runtime; `log` is the service's own logger (its lines keep their name)."""
+
+    def __init__(self, log: Log, settings: ServiceSettings, readiness: Readiness,
+                 metrics_registry: CollectorRegistry | None = None,
+                 socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S) -> None:
+        self.log, self._redis_url = log, settings.redis_url
+        self.metrics_registry = metrics_registry or CollectorRegistry()
+        self.readiness = readiness
+        self.redis: aioredis.Redis = connect(settings.redis_url, socket_timeout_s)
+        self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, readiness,
+                                            self.metrics_registry)
+        self.health = HealthServer(self.metrics_registry, readiness, settings.metrics_host, settings.metrics_port)
+
+    @contextlib.asynccontextmanager
+    async def serving(self, stopped: str, fields: Callable[[], dict[str, object]] = dict) -> AsyncIterator[None]:
+        """Serve /metrics, /healthz and /readyz for the block; then close Redis, stop serving and log `stopped` with
+        `fields()` and every counter. The service closes what is its own inside the block."""
+        await self.health.start()
+        try:
+            yield
+        finally:
+            await self.redis.aclose()
+            await self.health.stop()
+            self.log.info(stopped, **fields(), counters=counters(self.metrics_registry))
+
+    def redis_failed(self, exc: BaseException, backoff: Backoff, **fields: object) -> float:
+        """Redis failed: unready with the reason (its URL without the password), logged once per failure; returns
+        how long to wait before trying again."""
+        message = describe_redis_error(self._redis_url, exc)
+        self.readiness.fail(READY_REDIS, message)
+        delay_s = backoff.next_delay_s()
+        self.log.warning("redis_unavailable", **fields, error=message, retry_in_s=round(delay_s, 2))
+        return delay_s
