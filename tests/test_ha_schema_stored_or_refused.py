@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from homeiq.local.services import InfluxServer
+from homeiq.shared.config import Integration
 from homeiq.shared.events import NormalisedEvent, State
 from homeiq.shared.influx.haschema import HaEncoder
 
@@ -88,3 +89,18 @@ def test_every_line_is_stored_whole_or_refused(influx: InfluxServer, unit: str,
     fields = 1 + len(attributes)  # value, and a field for each attribute (the unit is the measurement)
     points = stored_fields(influx, database)
     assert [len(p) for p in points] == [fields], (line, points)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tags=st.dictionaries(NAME.filter(lambda k: k != "time"), NAME.filter(not_a_number), min_size=1, max_size=3))
+@example(tags={"x\\ y": "v\\ w", "k\\": "v\\", "#": '"q"'})
+def test_attributes_as_tags_are_stored_whole(influx: InfluxServer, tags: dict[str, str]) -> None:
+    encoder = HaEncoder(Integration(tags_attributes=tuple(tags)))
+    line = encoder.encode(state_event("u", dict(tags), next(databases)))
+    assert line is not None
+    database = f"stored_or_refused_{next(databases)}"
+    influx.create_database(database)
+    assert write(influx, database, line) == 204, line
+    assert [len(p) for p in stored_fields(influx, database)] == [1], line  # value
+    series = influx.query("SELECT * FROM /.*/ GROUP BY *", database)["results"][0]["series"]
+    assert [len(s["tags"]) for s in series] == [2 + len(tags)], (line, series)  # domain, entity_id and these
