@@ -107,9 +107,15 @@ class RealPipeline(FaultPipeline):
         self.redis.stop()
 
     async def subscribed(self, timeout_s: float = 60) -> None:
-        """Wait until a collector is connected and subscribed to HA."""
-        await wait_for(lambda: self.gauge("collector", "homeiq_ha_connected") == 1, timeout_s,
-                       "the collector to subscribe to Home Assistant (see collector.log)")
+        """Wait until a collector is connected and subscribed to HA; on a timeout the error carries the end of the
+        collector's log and HA's (the temporary directory is gone by the time CI's output is read)."""
+        try:
+            await wait_for(lambda: self.gauge("collector", "homeiq_ha_connected") == 1, timeout_s,
+                           "the collector to subscribe to Home Assistant")
+        except TimeoutError as exc:
+            collector = self.workdir / f"collector-{self._starts['collector']}.log"
+            raise TimeoutError(f"{exc}\n--- {collector.name}:\n{_tail(collector)}\n--- home-assistant.log:\n"
+                               f"{_tail(self.home.config_dir / 'home-assistant.log')}") from None
 
     async def audit(self, *args: str) -> tuple[int, dict[str, Any]]:
         """`replayer audit --json` over this run, as an operator runs it: its exit code and its report."""
@@ -173,3 +179,9 @@ def table(rows: list[RealRow]) -> str:
                      for line in lines)
 
 
+def _tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a log, or why there are none."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"({exc})"
