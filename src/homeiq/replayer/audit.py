@@ -22,7 +22,7 @@ from homeiq.shared.ha.registry import Registry
 from homeiq.shared.influx.haschema import SKIPPED_STATES
 from homeiq.shared.influx.reader import InfluxReader
 from homeiq.shared.logs import Log
-from homeiq.shared.stream import DEFAULT_NAMES, StreamNames, entry_fields
+from homeiq.shared.stream import DEFAULT_NAMES, StreamNames, xadd_events
 from homeiq.shared.times import float_ns
 
 log = Log(__name__)
@@ -222,7 +222,7 @@ async def repair(ha: HAReader, client: aioredis.Redis, names: StreamNames, repor
         history = await ha.history([e.entity_id for e in chunk], report.since_ns, report.until_ns,
                                    attributes=True)
         events = _missing_points(backfill_events(history, registry, report.since_ns, set()), missing, report)
-        await _publish(client, names, events)
+        await xadd_events(client, names.stream, [encode_event(event) for event in events])
         published += len(events)
         if progress is not None:
             progress(len(chunk))
@@ -240,11 +240,3 @@ def _missing_points(events: Iterable[NormalisedEvent], missing: set[tuple[str, i
         if key in missing and event.new_state is not None and expected_in(report.schema, event.new_state.state):
             last[key] = event
     return list(last.values())
-
-
-async def _publish(client: aioredis.Redis, names: StreamNames, events: list[NormalisedEvent]) -> None:
-    for first in range(0, len(events), 1000):
-        async with client.pipeline(transaction=False) as pipe:
-            for event in events[first:first + 1000]:
-                pipe.xadd(names.stream, entry_fields(encode_event(event)))  # type: ignore[arg-type]
-            await pipe.execute()

@@ -9,15 +9,17 @@ from typing import Final
 # A batch of entries added in one call (all or none), each with the same version and its own event, and the id
 # of the last one kept in the same step: the tail. A caller that finds a tail other than the id it last got back
 # learns that Redis forgot what came after that tail (an older AOF, a failover to a replica that lagged).
-# KEYS: stream, tail. ARGV: the tail the caller expects ('' when it does not know), version field, version, event
-# field, event, event, ... Returns {the tail found (false: none), the id of the last entry added}.
+# KEYS: stream, and the collector's tail key (left out by other publishers: the audit's repair). ARGV: the tail the
+# caller expects ('' when it does not know), version field, version, event field, event, event, ... Returns {the
+# tail found (false: none or no tail key), the id of the last entry added}.
 XADD_BATCH_SCRIPT: Final = """
-local found = redis.call('GET', KEYS[2])
+local found = false
+if #KEYS > 1 then found = redis.call('GET', KEYS[2]) end
 local id
 for i = 5, #ARGV do
   id = redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3], ARGV[4], ARGV[i])
 end
-redis.call('SET', KEYS[2], id)
+if #KEYS > 1 then redis.call('SET', KEYS[2], id) end
 return {found, id}
 """
 

@@ -14,6 +14,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
 from homeiq.shared.events import PAYLOAD_VERSION
+from homeiq.shared.scripts import XADD_BATCH_SCRIPT
 from homeiq.shared.settings import Settings, Var, not_empty, redact_url
 
 FIELD_VERSION: Final = b"v"
@@ -241,3 +242,11 @@ async def xrange_pages(client: aioredis.Redis, key: str, start: bytes = b"-", en
         if len(chunk) < page:
             return
         start = b"(" + chunk[-1][0]
+
+
+async def xadd_events(client: aioredis.Redis, stream: str, payloads: list[bytes], batch: int = 1000) -> None:
+    """XADD encoded events as the collector does (the same script: each batch all or none, the same fields), for
+    publishers that are not the collector: they leave its tail alone."""
+    script = client.register_script(XADD_BATCH_SCRIPT)
+    for first in range(0, len(payloads), batch):
+        await script(keys=[stream], args=xadd_batch_args(b"", payloads[first:first + batch]))
