@@ -9,8 +9,9 @@ from typing import Annotated
 
 from homeiq.shared.binding import bind
 from homeiq.shared.cli import ServiceMain, console_app, run_service
+from homeiq.shared.ha.settings import read_ha_token
 from homeiq.shared.options import LogSettings
-from homeiq.shared.settings import Var, at_least, between, positive, read_secret
+from homeiq.shared.settings import Var, at_least, between, positive
 
 app = console_app("A Home Assistant WebSocket simulator: realistic entities, exact protocol.")
 
@@ -48,7 +49,7 @@ def run(settings: SimSettings) -> None:
     entities, rate, events, record = s.entities, s.rate, s.events, s.record
 
     def build() -> ServiceMain:
-        hub = Hub.create(entities, read_secret("HA_TOKEN"), s.seed, s.commit_interval_s)
+        hub = Hub.create(entities, read_ha_token(), s.seed, s.commit_interval_s)
         server = SimServer(hub, s.host, s.port)
 
         async def main(stop: asyncio.Event) -> None:

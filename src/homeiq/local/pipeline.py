@@ -17,8 +17,9 @@ from types import FrameType
 
 from homeiq.local.processes import ScriptProcess
 from homeiq.local.services import InfluxServer, RedisServer, ServiceError
+from homeiq.shared.ha.settings import read_ha_token
 from homeiq.shared.logs import Log, setup_logging
-from homeiq.shared.settings import ConfigError, read_secret, redact_url
+from homeiq.shared.settings import ConfigError, redact_url
 
 log = Log("homeiq.local")
 
@@ -67,7 +68,7 @@ class LocalPipeline:
             env.update(HA_URL=f"ws://127.0.0.1:{port}/api/websocket", HA_TOKEN=token)
             log.info("ha_sim_started", url=env["HA_URL"], note="set HA_URL and HA_TOKEN to use a real Home Assistant")
         else:
-            read_secret("HA_TOKEN")  # fail now, naming the variable, rather than in the collector
+            read_ha_token()  # fail now, naming the variable, rather than in the collector
             log.info("home_assistant", url=redact_url(os.environ["HA_URL"]))
         for name in ("writer", "replayer", "collector"):
             port = int(os.environ.get(f"HOMEIQ_{name.upper()}_METRICS_PORT", METRICS_PORTS[name]))

@@ -14,9 +14,9 @@ from homeiq.shared.ha.settings import (
     HaCommandTimeout,
     HaSslCaCert,
     HaUrl,
+    HaUrlOrNone,
     HaVerifySsl,
     ha_tls,
-    websocket_url,
 )
 from homeiq.shared.influx.settings import InfluxSettings, InfluxTimeout
 from homeiq.shared.options import DEFAULT_REDIS_URL, MetricsPort, RedisUrl, ServiceSettings
@@ -60,10 +60,6 @@ class ReclaimSettings(Settings, frozen=True, kw_only=True):
         return f"{self.consumer}-reclaim-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def _websocket_url_or_empty(name: str, url: str) -> str:
-    return websocket_url(name, url) if url else ""
-
-
 class AuditSettings(Settings, frozen=True, kw_only=True):
     """The daemon's periodic audit; `interval_s` 0 turns it off."""
 
@@ -72,9 +68,7 @@ class AuditSettings(Settings, frozen=True, kw_only=True):
         "HA_TOKEN.", at_least(0))] = 0.0
     repair: Annotated[bool, Var(
         "REPLAYER_AUDIT_REPAIR", "Publish what a periodic audit finds missing (never deletes).")] = False
-    ha_url: Annotated[str, Var(
-        "HA_URL", "HA base URL or its WebSocket URL, for the periodic audit.", _websocket_url_or_empty,
-        flag="--ha-url")] = ""
+    ha_url: HaUrlOrNone = ""
     verify_ssl: HaVerifySsl = True
     ssl_ca_cert: HaSslCaCert = ""
     entity_filter: EntityFilterJson = ""

@@ -21,7 +21,14 @@ def websocket_url(name: str, url: str) -> str:
     return urlunsplit(parts._replace(scheme=scheme, path=path))
 
 
+def _websocket_url_or_empty(name: str, url: str) -> str:
+    return websocket_url(name, url) if url else ""
+
+
 HaUrl = Annotated[str, Var("HA_URL", "HA base URL or ws(s)://host:8123/api/websocket.", websocket_url)]
+# The same variable where HA is optional (the replayer daemon's periodic audit): empty means none.
+HaUrlOrNone = Annotated[str, Var(
+    "HA_URL", "HA base URL or its WebSocket URL, for the periodic audit.", _websocket_url_or_empty, flag="--ha-url")]
 HaVerifySsl = Annotated[bool, Var(
     "HA_VERIFY_SSL", "With wss:// (https://): check HA's certificate and host name.",
     flag="--ha-verify-ssl/--no-ha-verify-ssl")]
