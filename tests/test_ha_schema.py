@@ -111,6 +111,11 @@ CASES = [
          [S("sensor.a", "nan", {"friendly_name": "A"}, fired_us=1), S("sensor.b", "inf", {}, fired_us=2)],
          [P("sensor.a", tags("sensor.a"), {"friendly_name_str": "A"}, 1)],
          skipped={"no_fields": 1}),
+    Case("a state of nan or inf keeps the name `value` taken, as in HA: an attribute `value` is written `value_`",
+         [S("sensor.a", "nan", {"value": 7, "friendly_name": "A"}, fired_us=1),
+          S("sensor.b", "inf", {"value": "x"}, fired_us=2)],
+         [P("sensor.a", tags("sensor.a"), {"value_": 7.0, "friendly_name_str": "A"}, 1),
+          P("sensor.b", tags("sensor.b"), {"value__str": "x"}, 2)]),
     # --- attributes --------------------------------------------------------------------------------------
     Case("each attribute kind: int, bool, null, list, dict, numeric string, text",
          [S("light.desk", "on", {"brightness": 255, "is_on": True, "effect": None, "rgb_color": [255, 0, 0],

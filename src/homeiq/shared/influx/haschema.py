@@ -26,7 +26,8 @@ and say so here (README: "Switching from Home Assistant's InfluxDB integration")
   permanent loss): a numeric attribute named `state` when the state itself is numeric, and a numeric
   attribute (or numeric tail) whose name ends in `_str`. Such a float is written as `<name>_` instead.
 - a non-finite `value` (a state of "nan" or "inf") is left out, as influxdb-client (v2) does; influxd 1.x
-  refuses the whole request. A point left with no field at all is not written (counted `no_fields`).
+  refuses the whole request. The name stays taken, as in the integration: an attribute `value` is written
+  `value_` (`value__str`). A point left with no field at all is not written (counted `no_fields`).
 - a tag or field named `time` (which InfluxDB refuses) is written as `time_`; an attribute with an empty name
   is left out, as the integration's v1 client does.
 - tag values, measurements and string fields hold exactly what HA sent (the clients double backslashes and,
@@ -362,14 +363,15 @@ def _state_value(state: str) -> tuple[float | None, bool]:
     if state in STATE_ZERO:
         return 0.0, True
     try:
-        value = float(state)
+        return float(state), False  # not finite: the name `value` is taken all the same, the field left out
     except ValueError:
         return None, True
-    # Not finite: what influxdb-client does with it; influxd 1.x refuses "nan"/"inf" outright.
-    return (value, False) if math.isfinite(value) else (None, False)
 
 def _line(shape: _Shape, state: str | None, value: float | None, time_ns: int) -> str | None:
-    """The point's line: `state` as a field unless None, `value` unless None; None when it has no field."""
+    """The point's line: `state` as a field unless None, `value` unless None or not finite (what influxdb-client
+    does with it; influxd 1.x refuses "nan"/"inf" outright); None when it has no field."""
+    if value is not None and not math.isfinite(value):
+        value = None
     if state is not None:
         head = shape.head + "state=" + _string_field(state)
         if value is not None:
