@@ -115,6 +115,8 @@ def test_v1_defaults_are_the_integrations() -> None:
     ("influxdb:\n  username: u\n", r"influxdb\.username: username and password must be given together"),
     ("influxdb:\n  measurement_attr: area\n", r"influxdb\.measurement_attr: must be one of"),
     ("influxdb:\n  precision: h\n", r"influxdb\.precision: must be one of ms, s, us, ns"),
+    ("influxdb:\n  precision: us\n", r"influxdb\.precision: 'us' with api_version 1 stops Home Assistant"),
+    ("influxdb:\n  api_version: 1\n  precision: ns\n", r"influxdb\.precision: 'ns' with api_version 1"),
     ("influxdb:\n  port: 99999\n", r"influxdb\.port: expected a port between 1 and 65535"),
     ("influxdb:\n  verify_ssl: maybe\n", r"influxdb\.verify_ssl: expected a boolean"),
     ("influxdb:\n  ssl_ca_cert: /nonexistent.pem\n", r"influxdb\.ssl_ca_cert: '/nonexistent.pem' is not a file"),

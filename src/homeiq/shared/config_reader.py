@@ -264,8 +264,12 @@ def _check_version_specific(r: _Reader, config: Integration) -> None:
             raise r.fail("influxdb.username", "username and password are only allowed when api_version is 1")
         if not config.bucket:
             raise r.fail("influxdb.bucket", "required when api_version is 2")
-    elif config.token:
-        raise r.fail("influxdb.token", "only allowed when api_version is 2")
+    else:
+        if config.token:
+            raise r.fail("influxdb.token", "only allowed when api_version is 2")
+        if config.precision in ("us", "ns"):  # influxdb-python's write_points: 'n', 'u', 'ms', 's', 'm', 'h'
+            raise r.fail("influxdb.precision", f"{config.precision!r} with api_version 1 stops Home Assistant's "
+                         "integration from starting (its v1 client refuses it); use ms or s, or leave it out")
 
 
 def _homeiq(r: _Reader, raw: Any) -> Homeiq:
