@@ -46,7 +46,7 @@ def owner(module: str) -> str:
 
 def test_the_graph_is_read_from_the_source() -> None:
     edges = graph()
-    assert "homeiq.shared.ha.client" in edges["homeiq.collector.service"]
+    assert "homeiq.shared.ha.client" in edges["homeiq.collector.session"]
     assert "homeiq.shared.ha.frames" in edges["homeiq.shared.ha.client"]  # `from homeiq.shared.ha import frames`
     assert len(edges) > 80
 

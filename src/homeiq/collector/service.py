@@ -9,45 +9,40 @@ import time
 from collections.abc import Awaitable
 from pathlib import Path
 
-import aiohttp
 import msgspec
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from homeiq.collector.backfill import Backfill
-from homeiq.collector.clock import AHEAD_TOLERANCE_NS, Finding, HaClock
-from homeiq.collector.dialer import Dialer, unless_stopped
+from homeiq.collector.clock import Finding, HaClock
+from homeiq.collector.dialer import Dialer
 from homeiq.collector.gap import GapTracker
 from homeiq.collector.metrics import CollectorMetrics
 from homeiq.collector.normalise import PointTimes, normalise, normalise_state_changed
 from homeiq.collector.publisher import Publisher
 from homeiq.collector.registries import Registries
 from homeiq.collector.resume import KnownEntities, ResumePoint
-from homeiq.collector.session_end import Stopped, why_ended
+from homeiq.collector.session import READY_HA, HaSessions
 from homeiq.collector.settings import CollectorSettings
 from homeiq.collector.spool import Spool
-from homeiq.shared.backoff import Backoff
 from homeiq.shared.entity_filter import EntityRules
 from homeiq.shared.events import NormalisedEvent, encode_event
 from homeiq.shared.ha import frames
-from homeiq.shared.ha.client import CommandFailed, ConnectionLost, HAConnection
 from homeiq.shared.ha.registry import Registry
 from homeiq.shared.health import READY_REDIS, Readiness
-from homeiq.shared.lifecycle import wait_or_stop
 from homeiq.shared.logs import Log
 from homeiq.shared.runtime import ServiceRuntime
-from homeiq.shared.settings import redact_url
 from homeiq.shared.stream import describe_redis_error
 
 log = Log(__name__)
 
-READY_HA = "home_assistant"
 DRAIN_TIMEOUT_S = 5.0
-UNSUBSCRIBE_TIMEOUT_S = 2.0
 REDIS_CHECK_S = 2.0
-AUTH_RETRY_CAP_S = 6 * 3600.0
+
+
 class Collector:
-    """Supervises exactly one connection loop; never two, never a task that spawns another."""
+    """HA sessions one at a time (`ha`), the events they bring turned into stream entries (`_on_event`), the
+    publisher and its spool, the Redis watch, the registries and the backfill."""
 
     def __init__(self, settings: CollectorSettings, token: str, entity_filter: EntityRules | None = None,
                  metrics_registry: CollectorRegistry | None = None) -> None:
@@ -67,7 +62,6 @@ class Collector:
         self.ha_clock = HaClock(self._clock_finding)
         self.metrics.ha_clock_offset.set_function(lambda: (self.ha_clock.offset_ns or 0) / 1e9)
         self._first_live_ns = 0  # the first trusted live state of this process: the oldest time it can vouch for
-        self._subscribed_ns = 0  # when the last subscription began, on our clock
         self.resume = ResumePoint(self.redis, settings.names, self.gap, settings.backfill,
                                   self.publisher.held_states)
         self.known = KnownEntities(self.redis, settings.names.collector_entities)
@@ -79,9 +73,14 @@ class Collector:
             lambda: float(settings.backfill and (self.gap.pending_start_ns is not None or not self.gap.resume_known)))
         self.point_times = PointTimes()
         self._offered = 0
-        self._auth_failures = 0
-        self._unsubscribed_since: float | None = None
-        self.sessions = 0
+        self.ha = HaSessions(settings, self.metrics, self.readiness, self.dialer, self.registries, self.backfill,
+                             self.gap, lambda: self.resume.tail_or_read(self.publisher.tail_id), self._on_event,
+                             self.publisher.unbound)
+
+    @property
+    def sessions(self) -> int:
+        """HA sessions begun so far."""
+        return self.ha.sessions
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, read and publish until `stop`; then publish (or spool) what is buffered and exit."""
@@ -94,7 +93,7 @@ class Collector:
                 async with asyncio.TaskGroup() as tasks:
                     publishing = tasks.create_task(self.publisher.run(), name="publisher")
                     watching = tasks.create_task(self._watch_redis(), name="redis-watch")
-                    await self._supervise(stop)
+                    await self.ha.supervise(stop)
                     await self.publisher.drain(DRAIN_TIMEOUT_S)
                     unpublished = await self.publisher.close(DRAIN_TIMEOUT_S)
                     publishing.cancel()
@@ -161,98 +160,6 @@ class Collector:
             direction = "back" if finding == "step_back" else "ahead"
             self.metrics.ha_clock_steps.labels(direction).inc()
             log.warning("ha_clock_stepped", direction=direction, step_s=round(amount / 1e9, 3))
-
-    async def _supervise(self, stop: asyncio.Event) -> None:
-        backoff = Backoff(base_s=self.settings.backoff_base_s, cap_s=self.settings.backoff_max_s,
-                          reset_after_s=60.0)
-        url = redact_url(self.settings.ha_url)
-        while not stop.is_set():
-            backoff.started()
-            if self.sessions:
-                self.metrics.reconnects.inc()
-            self.sessions += 1
-            try:
-                await self._session(stop)
-                break
-            except Exception as failure:  # every end is in SESSION_ENDS; anything else is a bug, re-raised
-                ended = why_ended(failure, self.settings.connect_timeout_s)
-                if ended is None:
-                    raise
-                kind, reason = ended
-                if kind is None:
-                    break
-            finally:
-                self.metrics.connected.set(0)
-                if self._unsubscribed_since is None:  # since the first failure, not the last attempt
-                    self._unsubscribed_since = time.monotonic()
-            self.metrics.disconnects.labels(kind).inc()
-            delay_s = backoff.next_delay_s()
-            if kind == "auth_invalid":
-                # A refused token stays refused and HA's IP ban counts failed logins: stay up and unready (an exit
-                # would make `restart:` a loop of logins) and try again only after a long, doubling wait.
-                delay_s = min(self.settings.auth_retry_s * 2 ** self._auth_failures, AUTH_RETRY_CAP_S)
-                self._auth_failures += 1
-                self.metrics.auth_rejected.set(1)
-                reason = (f"Home Assistant refused the token ({reason}): create a new long-lived access token, set "
-                          f"HA_TOKEN or HA_TOKEN_FILE and restart the collector; next attempt in {delay_s:.0f} s")
-            self.readiness.fail(READY_HA, f"disconnected from {url}: {reason}")
-            log.warning("ha_disconnected", url=url, reason=reason, retry_in_s=round(delay_s, 2))
-            await wait_or_stop(stop, delay_s)
-
-    async def _session(self, stop: asyncio.Event) -> None:
-        """One HA session: connect, log in, then read, set up and watch for a stop, all in one task group."""
-        async with aiohttp.ClientSession() as http:
-            ws = await unless_stopped(stop, self.dialer.open(http))
-            async with ws:
-                conn, version = await unless_stopped(stop, self.dialer.login(ws))
-                self._auth_failures = 0
-                self.metrics.auth_rejected.set(0)
-                async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(conn.read_forever(), name="ha-reader")
-                    tasks.create_task(self._connected(conn, version, tasks), name="ha-setup")
-                    tasks.create_task(self._end_on_stop(conn, stop), name="stop")
-
-    async def _end_on_stop(self, conn: HAConnection, stop: asyncio.Event) -> None:
-        """On `stop`, unsubscribe before closing: what HA sent until its answer is read and published. Events
-        with no recorder history (service calls, automation triggers) still in the socket would be gone."""
-        await stop.wait()
-        self.publisher.unbound()  # a reader waiting for room (Redis slow) would never read the answer
-        try:
-            await conn.unsubscribe_all(UNSUBSCRIBE_TIMEOUT_S)
-        except (ConnectionLost, CommandFailed) as exc:
-            log.warning("unsubscribe_unanswered", error=str(exc),
-                        consequence="events HA sent after the last one read are lost")
-        raise Stopped
-
-    async def _connected(self, conn: HAConnection, version: str, tasks: asyncio.TaskGroup) -> None:
-        """Features, discovery, one subscription, then heartbeat, registry refreshes and the backfill."""
-        s = self.settings
-        await conn.command({"type": "supported_features", "features": {"coalesce_messages": 1}},
-                           s.command_timeout_s)
-        # Discovery before subscribing: every event is enriched, and the reader never waits on a full
-        # buffer while a registry answer is still to be read.
-        await self.registries.load_all(conn)
-        if s.backfill:  # HA's clock is not known to differ from ours by more than the tolerance: else a state says so
-            since_ns = self._subscribed_ns and self._subscribed_ns - AHEAD_TOLERANCE_NS
-            self.gap.begin(self.resume.tail_or_read(self.publisher.tail_id), since_ns)
-        self._subscribed_ns = time.time_ns()
-        await conn.subscribe(self._on_event, s.command_timeout_s)
-        if self._unsubscribed_since is not None:  # events other than state changes sent meanwhile are gone
-            self.metrics.unsubscribed_seconds.inc(time.monotonic() - self._unsubscribed_since)
-            self._unsubscribed_since = None
-        self.metrics.connected.set(1)
-        self.readiness.ok(READY_HA)
-        log.info("ha_connected", url=redact_url(s.ha_url), ha_version=version, session=self.sessions,
-                 entities=len(self.ha_registry.entities))
-        tasks.create_task(self._heartbeat(conn), name="ha-heartbeat")
-        tasks.create_task(self.registries.refresh(conn), name="ha-registries")
-        if s.backfill:
-            tasks.create_task(self.backfill.run(conn), name="ha-backfill")
-
-    async def _heartbeat(self, conn: HAConnection) -> None:
-        while True:
-            await asyncio.sleep(self.settings.ping_interval_s)
-            await conn.ping(self.settings.ping_timeout_s)
 
     async def _publish_backfilled(self, event: NormalisedEvent) -> bool:
         """Offer a backfilled state as a live one is offered (filtered, counted); False when the filter left it out."""
