@@ -128,11 +128,39 @@ def test_a_wrong_key_or_value_is_an_error_naming_it(text: str, message: str) -> 
         parse_config(text, "config.yaml")
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    # const.py: vol.Optional(CONF_BUCKET, default=DEFAULT_BUCKET)
+    ("influxdb:\n  api_version: 2\n  token: t\n  organization: o\n", {"bucket": "Home Assistant"}),
+    # cv.positive_int is vol.Coerce(int): a numeric string, and a float cut down
+    ("influxdb:\n  max_retries: '3'\n", {"max_retries": 3}),
+    ("influxdb:\n  max_retries: 2.7\n", {"max_retries": 2}),
+    # vol.Inclusive looks at presence: an empty password goes with a username
+    ("influxdb:\n  username: u\n  password: ''\n", {"username": "u"}),
+    # vol.Optional(CONF_DB_NAME, default=...) fills only what is absent
+    ("influxdb:\n  database: ''\n", {"database": ""}),
+    # cv.string makes a number a string; cv.boolean takes 1 and 'on'
+    ("influxdb:\n  database: 2024\n  ssl: 1\n  verify_ssl: 'off'\n", {"database": "2024", "ssl": True,
+                                                                       "verify_ssl": False}),
+])
+def test_values_coerce_and_default_as_home_assistant_s_schema_does(text: str, expected: dict[str, object]) -> None:
+    words = parse_config(text, "config.yaml").integration
+    assert words is not None
+    assert {key: getattr(words, key) for key in expected} == expected
+
+
+@pytest.mark.parametrize("key", ["host", "path", "port", "ssl", "username", "database", "precision",
+                                 "default_measurement", "override_measurement", "max_retries"])
+def test_a_key_given_as_null_is_an_error_as_in_home_assistant(key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"influxdb\.{key}: "):
+        parse_config(f"influxdb:\n  {key}:\n", "config.yaml")
+
+
 def test_secrets_never_appear_in_errors(tmp_path: Path) -> None:
-    path = write(tmp_path, "influxdb:\n  api_version: 2\n  token: !secret influx_token\n  organization: o\n")
+    path = write(tmp_path, "influxdb:\n  api_version: 2\n  token: !secret influx_token\n  organization: o\n"
+                           "  username: u\n  password: p\n")
     with pytest.raises(ConfigError) as caught:
-        load_config(path)  # no bucket: an error, which must not echo the token
-    assert "influxdb.bucket" in str(caught.value) and "s3cret" not in str(caught.value)
+        load_config(path)  # a user with api_version 2: an error, which must not echo the token
+    assert "influxdb.username" in str(caught.value) and "s3cret" not in str(caught.value)
     with pytest.raises(ConfigError) as caught:  # a YAML error shows where, never the line's text
         parse_config('influxdb:\n  token: "s3cret-token-xyz\n  bucket: [\n', "t")
     assert "line" in str(caught.value) and "s3cret" not in str(caught.value)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -195,9 +195,14 @@ _INTEGRATION_KEYS: Final = (
 
 
 def _max_retries(r: _Reader, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    """cv.positive_int: vol.Coerce(int) (a numeric string, a float cut down, true is 1), then 0 or more."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise r.fail("influxdb.max_retries", f"expected a whole number of 0 or more, got {value!r}") from None
+    if number < 0:
         raise r.fail("influxdb.max_retries", f"expected a whole number of 0 or more, got {value!r}")
-    return value
+    return number
 
 
 def _integration(r: _Reader, raw: Any) -> tuple[Integration, list[str]]:
@@ -205,8 +210,8 @@ def _integration(r: _Reader, raw: Any) -> tuple[Integration, list[str]]:
     r.known("influxdb", block, _INTEGRATION_KEYS)
     notes = [f"influxdb.{key}: {why}" for key, why in NOTED_KEYS.items() if key in block]
 
-    def text(key: str) -> str | None:
-        return None if block.get(key) is None else r.string(f"influxdb.{key}", block[key])
+    def text(key: str) -> str | None:  # absent: None; given as null: an error, as cv.string says
+        return r.string(f"influxdb.{key}", block[key]) if key in block else None
 
     api_version = r.choice("influxdb.api_version", block.get("api_version", "1"), ("1", "2"))
     max_retries = _max_retries(r, block.get("max_retries", 0))
@@ -218,19 +223,18 @@ def _integration(r: _Reader, raw: Any) -> tuple[Integration, list[str]]:
     config = Integration(
         api_version=api_version,
         host=text("host"),
-        port=None if block.get("port") is None else r.port("influxdb.port", block["port"]),
+        port=r.port("influxdb.port", block["port"]) if "port" in block else None,
         path=text("path"),
-        ssl=None if block.get("ssl") is None else r.boolean("influxdb.ssl", block["ssl"]),
+        ssl=r.boolean("influxdb.ssl", block["ssl"]) if "ssl" in block else None,
         verify_ssl=r.boolean("influxdb.verify_ssl", block.get("verify_ssl", True)),
         ssl_ca_cert=ca,
-        precision=None if block.get("precision") is None else r.choice("influxdb.precision", block["precision"],
-                                                                          PRECISIONS),
+        precision=r.choice("influxdb.precision", block["precision"], PRECISIONS) if "precision" in block else None,
         username=text("username"),
         password=Secret(text("password") or ""),
-        database=text("database") or "home_assistant",
+        database=r.string("influxdb.database", block["database"]) if "database" in block else "home_assistant",
         token=Secret(text("token") or ""),
         organization=text("organization"),
-        bucket=text("bucket"),
+        bucket=text("bucket") if "bucket" in block else "Home Assistant",
         max_retries=max_retries,
         include=r.entity_words("influxdb.include", block.get("include")),
         exclude=r.entity_words("influxdb.exclude", block.get("exclude")),
@@ -247,25 +251,23 @@ def _integration(r: _Reader, raw: Any) -> tuple[Integration, list[str]]:
         component_config_glob=r.customizations("influxdb.component_config_glob", block.get("component_config_glob"),
                                                False),
     )
-    _check_version_specific(r, config)
+    _check_version_specific(r, config, block.keys())
     return config, notes
 
 
-def _check_version_specific(r: _Reader, config: Integration) -> None:
-    """HA's vol.Inclusive pairs and validate_version_specific_config."""
-    if bool(config.username) != bool(config.password):
+def _check_version_specific(r: _Reader, config: Integration, given: Collection[str]) -> None:
+    """HA's vol.Inclusive pairs and validate_version_specific_config: both look at which keys are given."""
+    if ("username" in given) != ("password" in given):
         raise r.fail("influxdb.username", "username and password must be given together")
-    if bool(config.token) != bool(config.organization):
+    if ("token" in given) != ("organization" in given):
         raise r.fail("influxdb.token", "token and organization must be given together")
     if config.api_version == "2":
-        if not config.token:
+        if "token" not in given:
             raise r.fail("influxdb.token", "required when api_version is 2")
-        if config.username:
+        if "username" in given:
             raise r.fail("influxdb.username", "username and password are only allowed when api_version is 1")
-        if not config.bucket:
-            raise r.fail("influxdb.bucket", "required when api_version is 2")
     else:
-        if config.token:
+        if "token" in given:
             raise r.fail("influxdb.token", "only allowed when api_version is 2")
         if config.precision in ("us", "ns"):  # influxdb-python's write_points: 'n', 'u', 'ms', 's', 'm', 'h'
             raise r.fail("influxdb.precision", f"{config.precision!r} with api_version 1 stops Home Assistant's "
