@@ -1,4 +1,4 @@
-"""Line protocol for schema v1 of measurement `home_assistant_events` (see design: InfluxDB schema).
+"""Line protocol of the `homeiq` schema: one measurement, `home_assistant_events` (docs/architecture.md).
 
 Every field has one type forever; tags appear only when known and never empty. The parts that depend
 only on the entity and its registry facts (tag set, device and area fields) are cached per entity.
