@@ -35,9 +35,10 @@ and say so here (README: "Switching from Home Assistant's InfluxDB integration")
   as in the `homeiq` schema; a measurement or field key influxd 1.x would not keep as it is (`_stored_name`) as
   its JSON literal with backslashes and quotes written `\\u005c`, `\\u0022`.
 
-What cannot be the same: attribute values reach us as JSON, so `str()` of a value that was a tuple, a
-datetime or an enum inside a container in HA differs (`[1, 2]` for HA's `(1, 2)`, `2024-01-01T…` for
-`2024-01-01 …`); the numeric tails are the same.
+Attribute values reach us as JSON, so `str()` of a value that was a tuple, a set, a datetime or an enum inside a
+container in HA would differ (`[1, 2]` for HA's `(1, 2)`). Where HA's type is known (`_RENDERED`: a light's
+colours are tuples, its `supported_color_modes` ColorMode members) the text is rendered as HA renders it; elsewhere
+it cannot be the same (`2024-01-01T…` for `2024-01-01 …`, `[1, 2]` for `{1, 2}`); the numeric tails are the same.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
@@ -71,6 +73,31 @@ ATTRIBUTE_REASONS: Final = ("ignore_attributes", "non_finite")
 OVERWRITE_REASONS: Final = ("precision", "same_time")
 
 CACHE_SIZE: Final = 20_000
+
+
+def _as_tuple(value: Any) -> str:
+    """str() of the tuple HA held where JSON carries a list."""
+    return str(tuple(value)) if isinstance(value, list) else str(value)
+
+
+_COLOR_MODES: Final = frozenset({"unknown", "onoff", "brightness", "color_temp", "hs", "xy", "rgb", "rgbw", "rgbww",
+                                 "white"})
+
+
+def _as_color_modes(value: Any) -> str:
+    """str() of the sorted list of `ColorMode` members HA held (`[<ColorMode.HS: 'hs'>]`)."""
+    if not isinstance(value, list) or not all(isinstance(m, str) and m in _COLOR_MODES for m in value):
+        return str(value)
+    return "[" + ", ".join(f"<ColorMode.{mode.upper()}: '{mode}'>" for mode in value) + "]"
+
+
+# Attributes whose Python type in HA is known and is not what JSON gives back, by domain: their `_str` text is
+# rendered as str() of HA's value (homeassistant/components/light/__init__.py, state_attributes and
+# capability_attributes). Extend it where a core integration's type is known.
+_RENDERED: Final[dict[str, dict[str, Callable[[Any], str]]]] = {
+    "light": {"hs_color": _as_tuple, "rgb_color": _as_tuple, "rgbw_color": _as_tuple, "rgbww_color": _as_tuple,
+              "xy_color": _as_tuple, "supported_color_modes": _as_color_modes},
+}
 _MEASUREMENT_ESCAPES: Final = str.maketrans({",": r"\,", " ": r"\ "})
 _KEY_ESCAPES: Final = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\="})
 _UNSAFE: Final = re.compile(r"[\x00-\x1f]")  # line breaks, tabs and other control characters
@@ -280,7 +307,8 @@ class HaEncoder:
             fields["state"] = None  # placeholders: the clash check sees the state fields
         if has_value:
             fields["value"] = None
-        ignored, non_finite = self._attribute_fields(attributes, entity.ignore, include_uom, include_dc, tags, fields)
+        ignored, non_finite = self._attribute_fields(attributes, entity.ignore, include_uom, include_dc, tags, fields,
+                                                     _RENDERED.get(domain, {}))
         tags.update(self._tags)
         head = _measurement(measurement)
         for tag, held in sorted(tags.items()):
@@ -294,7 +322,8 @@ class HaEncoder:
         return _Shape(head + " ", "".join(parts), len(parts), ignored, non_finite)
 
     def _attribute_fields(self, attributes: dict[str, Any], ignore: frozenset[str], include_uom: bool,
-                          include_dc: bool, tags: dict[str, Any], fields: dict[str, Any]) -> tuple[int, int]:
+                          include_dc: bool, tags: dict[str, Any], fields: dict[str, Any],
+                          rendered: dict[str, Callable[[Any], str]]) -> tuple[int, int]:
         """The integration's attribute loop, exactly; returns how many were ignored and how many not finite."""
         ignored = non_finite = 0
         for name, attribute in attributes.items():
@@ -312,7 +341,8 @@ class HaEncoder:
             if number is not None:
                 fields[name] = number
             else:
-                text = str(attribute)
+                render = rendered.get(name)
+                text = render(attribute) if render is not None else str(attribute)
                 fields[f"{name}_str"] = text
                 if has_numeric_tail(text):
                     tail = _as_float(RE_DECIMAL.sub("", text))
