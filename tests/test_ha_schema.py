@@ -137,6 +137,13 @@ CASES = [
              "color_mode_str": "hs", "effect_list_str": "['a', 'b']"}),
           P("sensor.list", tags("sensor.list"), {"value": 1.0, "hs_color_str": "[1.5, 2.5]",
                                                   "supported_color_modes_str": "['hs']"}, 1)]),
+    Case("an automation's and a script's last_triggered is a datetime in HA: its text is str() of it",
+         [S("automation.lights", "on", {"last_triggered": "2025-03-01T07:00:12.123456+00:00", "mode": "single"}),
+          S("script.bed", "off", {"last_triggered": None}, fired_us=1)],
+         [P("automation.lights", tags("automation.lights"), {
+             "state": "on", "value": 1.0, "last_triggered_str": "2025-03-01 07:00:12.123456+00:00",
+             "last_triggered": 20250301070012.123456, "mode_str": "single"}),
+          P("script.bed", tags("script.bed"), {"state": "off", "value": 0.0, "last_triggered_str": "None"}, 1)]),
     Case("numeric tail: a string with digits also gives its digits as a float",
          [S("sensor.fw", "ok", {"firmware": "v12", "version": "1.5.2", "next": "2026-11-27T07:31:12.123456+00:00",
                                 "ratio": "50 %"})],

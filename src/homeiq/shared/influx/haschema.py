@@ -37,7 +37,8 @@ and say so here (README: "Switching from Home Assistant's InfluxDB integration")
 
 Attribute values reach us as JSON, so `str()` of a value that was a tuple, a set, a datetime or an enum inside a
 container in HA would differ (`[1, 2]` for HA's `(1, 2)`). Where HA's type is known (`_RENDERED`: a light's
-colours are tuples, its `supported_color_modes` ColorMode members) the text is rendered as HA renders it; elsewhere
+colours are tuples, its `supported_color_modes` ColorMode members, `last_triggered` a datetime) the text is rendered
+as HA renders it; elsewhere
 it cannot be the same (`2024-01-01T…` for `2024-01-01 …`, `[1, 2]` for `{1, 2}`); the numeric tails are the same.
 """
 
@@ -47,6 +48,7 @@ import json
 import math
 import re
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Final
 
 import msgspec
@@ -91,12 +93,25 @@ def _as_color_modes(value: Any) -> str:
     return "[" + ", ".join(f"<ColorMode.{mode.upper()}: '{mode}'>" for mode in value) + "]"
 
 
+def _as_datetime(value: Any) -> str:
+    """str() of the datetime HA held where JSON carries its ISO form (`2025-03-01 07:00:12+00:00`)."""
+    if isinstance(value, str):
+        try:
+            return str(datetime.fromisoformat(value))
+        except ValueError:
+            pass
+    return str(value)
+
+
 # Attributes whose Python type in HA is known and is not what JSON gives back, by domain: their `_str` text is
-# rendered as str() of HA's value (homeassistant/components/light/__init__.py, state_attributes and
-# capability_attributes). Extend it where a core integration's type is known.
+# rendered as str() of HA's value (components/light/__init__.py state_attributes and capability_attributes,
+# components/automation and components/script extra_state_attributes). Extend it where a core integration's
+# type is known.
 _RENDERED: Final[dict[str, dict[str, Callable[[Any], str]]]] = {
     "light": {"hs_color": _as_tuple, "rgb_color": _as_tuple, "rgbw_color": _as_tuple, "rgbww_color": _as_tuple,
               "xy_color": _as_tuple, "supported_color_modes": _as_color_modes},
+    "automation": {"last_triggered": _as_datetime},  # helpers/script.py: Script.last_triggered
+    "script": {"last_triggered": _as_datetime},
 }
 _MEASUREMENT_ESCAPES: Final = str.maketrans({",": r"\,", " ": r"\ "})
 _KEY_ESCAPES: Final = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\="})
