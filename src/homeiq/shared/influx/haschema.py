@@ -38,8 +38,8 @@ and say so here (README: "Switching from Home Assistant's InfluxDB integration")
 Attribute values reach us as JSON, so `str()` of a value that was a tuple, a set, a datetime or an enum inside a
 container in HA would differ (`[1, 2]` for HA's `(1, 2)`). Where HA's type is known (`_RENDERED`: a light's
 colours are tuples, its `supported_color_modes` ColorMode members, `last_triggered` a datetime) the text is rendered
-as HA renders it; elsewhere
-it cannot be the same (`2024-01-01T…` for `2024-01-01 …`, `[1, 2]` for `{1, 2}`); the numeric tails are the same.
+as HA renders it; elsewhere it cannot be the same (`2024-01-01T…` for `2024-01-01 …`, `[1, 2]` for `{1, 2}`); the
+numeric tails are the same.
 """
 
 from __future__ import annotations
