@@ -19,7 +19,7 @@ from homeiq.shared.events import NormalisedEvent, encode_event
 from homeiq.shared.ha.history import HISTORY_CHUNK, backfill_events
 from homeiq.shared.ha.reader import HAReader, StateInfo
 from homeiq.shared.ha.registry import Registry
-from homeiq.shared.influx.haschema import SKIPPED_STATES
+from homeiq.shared.influx.haschema import SKIPPED_STATES, point_time_ns
 from homeiq.shared.influx.reader import InfluxReader
 from homeiq.shared.logs import Log
 from homeiq.shared.stream import DEFAULT_NAMES, StreamNames, xadd_events
@@ -62,6 +62,7 @@ class AuditReport(msgspec.Struct):
     entities: list[EntityAudit]
     schema: str = "homeiq"
     precision_ns: int = 1  # points compared at this precision (the `ha` schema's `precision`)
+    through_float: bool = False  # times cut as the integration's v2 client cuts them (`point_time_ns`)
     cannot_see: tuple[str, ...] = NOT_SEEN
     repaired: int = 0
 
@@ -91,14 +92,15 @@ def cut(time_ns: int, precision_ns: int) -> int:
     return time_ns - time_ns % precision_ns
 
 
-def at_precision(states: dict[int, str], precision_ns: int) -> tuple[dict[int, str], list[int]]:
+def at_precision(states: dict[int, str], precision_ns: int, through_float: bool = False,
+                 ) -> tuple[dict[int, str], list[int]]:
     """HA's states (time → state) as InfluxDB keeps them: one point per unit of `precision_ns`, holding the unit's
     last state (written last, it overwrote the others); and the times of the states it overwrote."""
     points: dict[int, str] = {}
     last: dict[int, int] = {}
     overwritten: list[int] = []
     for time_ns in sorted(states):
-        unit = cut(time_ns, precision_ns)
+        unit = point_time_ns(time_ns, precision_ns, through_float)
         if unit in last:
             overwritten.append(last[unit])
         points[unit], last[unit] = states[time_ns], time_ns
@@ -158,12 +160,12 @@ async def audit(ha: HAReader, influx: InfluxReader, since_ns: int, until_ns: int
     chunks = [compared[i:i + HISTORY_CHUNK] for i in range(0, len(compared), HISTORY_CHUNK)]
     on_the_way: dict[str, set[int]] = {}
     for entity_id, time_ns in backlog:
-        on_the_way.setdefault(entity_id, set()).add(cut(time_ns, precision_ns))
+        on_the_way.setdefault(entity_id, set()).add(point_time_ns(time_ns, precision_ns, influx.through_float))
     results = await asyncio.gather(*(_audit_chunk(ha, influx, chunk, since_ns, until_ns, progress, on_the_way)
                                      for chunk in chunks))
     audited.extend(entity for chunk in results for entity in chunk)
     audited.sort(key=lambda e: e.entity_id)
-    return AuditReport(since_ns, until_ns, audited, influx.schema, precision_ns)
+    return AuditReport(since_ns, until_ns, audited, influx.schema, precision_ns, influx.through_float)
 
 
 async def _audit_chunk(ha: HAReader, influx: InfluxReader, entity_ids: list[str], since_ns: int, until_ns: int,
@@ -187,15 +189,16 @@ async def _audit_chunk(ha: HAReader, influx: InfluxReader, entity_ids: list[str]
                 twice.setdefault(point.entity_id, []).append(point.time_ns)
             times[point.time_ns] = point.state
     out = [_entity(entity_id, in_ha[entity_id], stored[entity_id], twice.get(entity_id, []),
-                   on_the_way.get(entity_id, set()), influx.precision_ns) for entity_id in entity_ids]
+                   on_the_way.get(entity_id, set()), influx.precision_ns, influx.through_float)
+           for entity_id in entity_ids]
     if progress is not None:
         progress(len(entity_ids))
     return out
 
 
 def _entity(entity_id: str, in_ha: dict[int, str], stored: dict[int, str], twice: list[int],
-            on_the_way: set[int], precision_ns: int) -> EntityAudit:
-    expected, collapsed = at_precision(in_ha, precision_ns)
+            on_the_way: set[int], precision_ns: int, through_float: bool) -> EntityAudit:
+    expected, collapsed = at_precision(in_ha, precision_ns, through_float)
     lacking = expected.keys() - stored.keys()
     missing, queued = sorted(lacking - on_the_way), sorted(lacking & on_the_way)
     extra = sorted([*(stored.keys() - expected.keys()), *twice])
@@ -236,7 +239,7 @@ def _missing_points(events: Iterable[NormalisedEvent], missing: set[tuple[str, i
     state per point: the others were overwritten in InfluxDB, and writing them again would be counted so)."""
     last: dict[tuple[str, int], NormalisedEvent] = {}
     for event in events:  # in the recorder's order, by time
-        key = (event.entity_id or "", cut(event.time_ns, report.precision_ns))
+        key = (event.entity_id or "", point_time_ns(event.time_ns, report.precision_ns, report.through_float))
         if key in missing and event.new_state is not None and expected_in(report.schema, event.new_state.state):
             last[key] = event
     return list(last.values())

@@ -161,10 +161,21 @@ def _as_float(value: Any) -> float | None:
         return None
 
 
-def cut_to_precision(time_ns: int, precision: str | None) -> int:
-    """`time_ns` as the `ha` schema writes it under the integration's `precision` (None is ns): cut down to a
-    whole unit, as the integration's clients do."""
-    return time_ns - time_ns % PRECISION_NS[precision]
+def point_time_ns(time_ns: int, unit_ns: int, through_float: bool = False) -> int:
+    """`time_ns` as the `ha` schema stamps it with a precision of `unit_ns`: cut down to a whole unit, as the
+    integration's v1 client (influxdb-python) does; `through_float`, as its v2 client (influxdb-client) does:
+    `int(ns / unit)` with the nanoseconds made a float first, which is a unit earlier for some times (1 in 60 at
+    `us`, tests/realha/test_point_times.py)."""
+    if unit_ns == 1:
+        return time_ns
+    if through_float:
+        return int(time_ns / float(unit_ns)) * unit_ns
+    return time_ns - time_ns % unit_ns
+
+
+def cut_to_precision(time_ns: int, precision: str | None, api_version: str = "1") -> int:
+    """`time_ns` as the `ha` schema writes it under the integration's `precision` (None is ns) and `api_version`."""
+    return point_time_ns(time_ns, PRECISION_NS[precision], through_float=api_version == "2")
 
 
 def has_numeric_tail(text: str) -> bool:
@@ -235,6 +246,7 @@ class HaEncoder:
         self._tags = dict(self.words.tags)
         self._tags_attributes = frozenset(self.words.tags_attributes)
         self._precision_ns = PRECISION_NS[self.words.precision]
+        self._through_float = self.words.api_version == "2"  # as the integration's v2 client computes times
         self._cache: dict[str, _Entity] = {}
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
         self.attributes_dropped = dict.fromkeys(ATTRIBUTE_REASONS, 0)
@@ -277,7 +289,7 @@ class HaEncoder:
 
         fired_ns = time_ns = event.time_fired_ns or event.time_ns
         if self._precision_ns != 1:
-            time_ns = cut_to_precision(fired_ns, self.words.precision)
+            time_ns = point_time_ns(fired_ns, self._precision_ns, self._through_float)
         line = _line(shape, state if include_state else None, value, time_ns)
         if line is None:
             self.skipped["no_fields"] += 1

@@ -64,6 +64,9 @@ class InfluxReader:
         self._tls = settings.tls()
         self.schema = settings.schema
         self.precision_ns = point_precision_ns(settings)
+        # The `ha` schema of an api_version 2 file stamps times as the integration's v2 client does (`point_time_ns`).
+        self.through_float = settings.schema == "ha" and settings.config is not None \
+            and settings.config.words.api_version == "2"
         self._session: aiohttp.ClientSession | None = None
 
     async def states(self, entity_ids: list[str], start_ns: int, end_ns: int) -> list[StoredState]:
