@@ -20,11 +20,20 @@ class ServiceError(RuntimeError):
     """A local service could not be started; the message says what to do."""
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that was free on 127.0.0.1 a moment ago and that this process has not handed out before: the
+    kernel's bind(0) returns a port freed a moment ago again, and a port picked for a process that binds it later
+    (Home Assistant, seconds after it is configured) must not go to a server started meanwhile."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def _binary(name: str, package: str) -> str:
