@@ -11,7 +11,7 @@ import aiohttp
 
 from homeiq.collector.session_end import Stopped
 from homeiq.collector.settings import CollectorSettings
-from homeiq.shared.ha.client import WS_TIMEOUT, ClientMetrics, FrameSocket, HAConnection
+from homeiq.shared.ha.client import WS_TIMEOUT, ClientMetrics, FrameSocket, HAConnection, reading
 
 T = TypeVar("T")
 
@@ -42,12 +42,8 @@ class Dialer:
         """A connection of the backfill's own: an answer too large for one message closes it, not the live one."""
         async with aiohttp.ClientSession() as http, await self.open(http) as ws:
             conn, _version = await self.login(ws)
-            reader = asyncio.create_task(conn.read_forever(), name="ha-recorder-reader")
-            try:
+            async with reading(conn, "ha-recorder-reader"):
                 yield conn
-            finally:
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
 
 
 async def unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, T]) -> T:

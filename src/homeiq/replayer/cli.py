@@ -5,7 +5,7 @@ Exit codes: 0 ok, 1 operational failure (says what to do next), 2 usage or confi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 from typer.core import TyperGroup
@@ -17,10 +17,6 @@ from homeiq.replayer.reclaim_cli import reclaim_command
 from homeiq.replayer.settings import Connection, ReplayerSettings
 from homeiq.shared.binding import bind
 from homeiq.shared.cli import ServiceMain, console_app, run_service
-
-if TYPE_CHECKING:
-    pass
-
 
 
 class _ConnectionOptionsAnywhere(TyperGroup):

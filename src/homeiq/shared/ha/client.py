@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, Protocol
 
 import aiohttp
@@ -264,3 +265,14 @@ class HAConnection:
                 future.set_result(frame.result if isinstance(frame, frames.Result) else msgspec.Raw(b"null"))
         else:
             self._reject("unexpected_auth", f"unexpected {type(frame).__name__} after auth")
+
+
+@contextlib.asynccontextmanager
+async def reading(conn: HAConnection, name: str) -> AsyncIterator[HAConnection]:
+    """`conn` with its reader task routing answers for the length of the block (a short session's commands)."""
+    reader = asyncio.create_task(conn.read_forever(), name=name)
+    try:
+        yield conn
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)

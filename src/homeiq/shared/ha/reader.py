@@ -12,7 +12,15 @@ from typing import Any, Final
 import aiohttp
 import msgspec
 
-from homeiq.shared.ha.client import WS_TIMEOUT, AuthInvalid, CommandFailed, ConnectionLost, HAConnection, LoggedOnly
+from homeiq.shared.ha.client import (
+    WS_TIMEOUT,
+    AuthInvalid,
+    CommandFailed,
+    ConnectionLost,
+    HAConnection,
+    LoggedOnly,
+    reading,
+)
 from homeiq.shared.ha.frames import UNDECODABLE
 from homeiq.shared.ha.history import HistoryRow, history_command, history_decoder
 from homeiq.shared.ha.registry import REGISTRY_COMMANDS, Registry
@@ -79,13 +87,8 @@ async def ha_session(url: str, token: str, timeout_s: float, concurrency: int,
             async with ws:
                 conn = HAConnection(ws, LoggedOnly())
                 await conn.authenticate(token, timeout_s)
-                reading = asyncio.create_task(conn.read_forever(), name="audit-ha-reader")
-                try:
+                async with reading(conn, "audit-ha-reader"):
                     yield HAReader(conn, timeout_s, concurrency)
-                finally:
-                    reading.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await reading
     except AuthInvalid:
         raise HAReadError(f"Home Assistant at {redact_url(url)} refused the token (auth_invalid): set HA_TOKEN or "
                           "HA_TOKEN_FILE to a long-lived access token of an admin user") from None

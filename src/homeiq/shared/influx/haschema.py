@@ -113,6 +113,7 @@ _RENDERED: Final[dict[str, dict[str, Callable[[Any], str]]]] = {
     "automation": {"last_triggered": _as_datetime},  # helpers/script.py: Script.last_triggered
     "script": {"last_triggered": _as_datetime},
 }
+_NOTHING_RENDERED: Final[dict[str, Callable[[Any], str]]] = {}
 _MEASUREMENT_ESCAPES: Final = str.maketrans({",": r"\,", " ": r"\ "})
 _KEY_ESCAPES: Final = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\="})
 _UNSAFE: Final = re.compile(r"[\x00-\x1f]")  # line breaks, tabs and other control characters
@@ -173,9 +174,9 @@ def point_time_ns(time_ns: int, unit_ns: int, through_float: bool = False) -> in
     return time_ns - time_ns % unit_ns
 
 
-def cut_to_precision(time_ns: int, precision: str | None, api_version: str = "1") -> int:
-    """`time_ns` as the `ha` schema writes it under the integration's `precision` (None is ns) and `api_version`."""
-    return point_time_ns(time_ns, PRECISION_NS[precision], through_float=api_version == "2")
+def cut_to_precision(time_ns: int, precision: str | None) -> int:
+    """`time_ns` as the `ha` schema writes it under the integration's `precision` (None is ns) with api_version 1."""
+    return point_time_ns(time_ns, PRECISION_NS[precision])
 
 
 def has_numeric_tail(text: str) -> bool:
@@ -335,7 +336,7 @@ class HaEncoder:
         if has_value:
             fields["value"] = None
         ignored, non_finite = self._attribute_fields(attributes, entity.ignore, include_uom, include_dc, tags, fields,
-                                                     _RENDERED.get(domain, {}))
+                                                     _RENDERED.get(domain, _NOTHING_RENDERED))
         tags.update(self._tags)
         head = _measurement(measurement)
         for tag, held in sorted(tags.items()):
