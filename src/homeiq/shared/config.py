@@ -117,7 +117,8 @@ class Integration(msgspec.Struct, frozen=True):
         """The InfluxDB URL the integration builds from host/port/ssl/path (v2: `create_influx_url`)."""
         if self.api_version == "2":
             ssl = True if self.ssl is None else self.ssl
-            url = f"{'https' if ssl else 'http'}://{self.host or 'us-west-2-1.aws.cloud2.influxdata.com'}"
+            host = "us-west-2-1.aws.cloud2.influxdata.com" if self.host is None else self.host
+            url = f"{'https' if ssl else 'http'}://{host}"
             if self.port is not None:
                 url = f"{url}:{self.port}"
             return url + (self.path or "")
@@ -126,7 +127,8 @@ class Integration(msgspec.Struct, frozen=True):
         path = self.path or ""
         if path and not path.startswith("/"):
             path = "/" + path
-        return f"{scheme}://{self.host or 'localhost'}:{self.port or 8086}{path}"
+        host = "localhost" if self.host is None else self.host  # given empty, it stays empty (and is refused)
+        return f"{scheme}://{host}:{8086 if self.port is None else self.port}{path}"
 
     def customize(self, entity_id: str) -> Customize:
         """`EntityValues.get`: domain entries, then matching globs in order, then the exact entity; later wins."""
