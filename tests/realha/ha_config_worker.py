@@ -8,8 +8,9 @@ that client makes of them>, "url": <urllib3's and requests' reading of the clien
 
 Each file is read as Home Assistant reads `configuration.yaml` (`homeassistant.config.load_yaml_config_file`, with
 `Secrets` rooted at the file's folder, which plays Home Assistant's configuration folder) and validated as
-`async_process_component_config` validates an integration with a `CONFIG_SCHEMA` (`cv.async_validate` of the
-schema over the whole configuration; any exception is a refusal). The process runs in the file's folder, as Home
+`async_process_component_config` validates an integration with a `CONFIG_SCHEMA`: the schema over the whole
+configuration (2025.4 wraps the call in `cv.async_validate`, which only moves validators such as `cv.isfile` to an
+executor); any exception is a refusal. The process runs in the file's folder, as Home
 Assistant runs in /config in its images (relative paths such as `ssl_ca_cert` are relative to the working
 directory). What the integration then passes to its client comes from its own `get_influx_connection`, with the
 client classes replaced by recorders: influxdb-python's client is still built from those arguments (its URL, and

@@ -535,8 +535,11 @@ def test_config_files_read_as_home_assistant_reads_them(ha_installed: Installed,
         tally["HA accepts" if answer["ok"] else "HA refuses"] += 1
         if result != "same" and result not in DELIBERATE:
             differences.append(f"{path.parent.name} {dict(example.files)}\n    {result}")
+    texts = [" ".join(text for _, text in example.files) for example in examples]
+    tags = {tag: sum(tag in text for text in texts) for tag in ("!secret", "!include ", "!include_dir", "!env_var")}
+    tags["influxdb: !include"] = sum("influxdb: !include" in text for text in texts)
     print(f"\n{ha_installed.release.key}: {len(examples)} configuration files ({len(HAND)} by hand), "
-          f"{dict(sorted(tally.items()))}")
+          f"{dict(sorted(tally.items()))}; files with {tags}")
     assert not differences, f"{len(differences)} differ:\n" + "\n".join(differences[:40])
     for reason in DELIBERATE:
         assert tally[reason] > 0, f"no file showed {reason!r}"

@@ -221,7 +221,11 @@ def _dir_files(loader: _PyLoader, node: yaml.Node) -> Iterator[tuple[str, Any]]:
         for basename in sorted(files):
             if not basename.startswith(".") and fnmatch.fnmatch(basename, "*.yaml") and basename != _SECRETS:
                 name = os.path.join(root, basename)
-                yield name, loader.homeiq_files.load(name, secrets=loader.homeiq_secrets)
+                try:
+                    yield name, loader.homeiq_files.load(name, secrets=loader.homeiq_secrets)
+                except OSError as exc:
+                    raise loader.homeiq_files.fail(f"{node.tag} {node.value}: cannot read {name!r} "
+                                                   f"({exc.strerror})") from None
 
 
 def _include_dir_list(loader: _PyLoader, node: yaml.Node) -> list[Any]:
