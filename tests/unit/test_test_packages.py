@@ -90,7 +90,7 @@ RUNNERS = {
     ("asyncio", "create_subprocess_exec"): "program",
     ("shutil", "which"): "program",
     **{("os", name): "program" for name in ("execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp",
-                                           "execlpe", "spawnv", "spawnvp", "posix_spawn", "posix_spawnp")},
+                                           "execlpe", "posix_spawn", "posix_spawnp")},
     # A command line for a shell: not checkable, so such a call fails the test (use an argument list).
     ("os", "system"): "shell", ("os", "popen"): "shell", ("asyncio", "create_subprocess_shell"): "shell",
     ("subprocess", "getoutput"): "shell", ("subprocess", "getstatusoutput"): "shell",
