@@ -12,6 +12,7 @@ from itertools import count
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -36,6 +37,12 @@ def not_a_number(text: str) -> bool:
 
 
 T0 = 1_700_000_000_000_000_000
+
+
+@pytest.fixture(params=["1", "2"], ids=lambda v: f"api_version-{v}")
+def api_version(request: pytest.FixtureRequest) -> str:
+    """Names are written as the user's client writes them: each api_version's forms are checked."""
+    return str(request.param)
 
 
 def state_event(unit: str, attributes: dict[str, str | float], n: int) -> NormalisedEvent:
@@ -77,9 +84,11 @@ def stored_fields(influx: InfluxServer, database: str) -> list[dict[str, Any]]:
 @example(unit="#comment", attributes={"x\\ y": 1.5, "z\\": "w"})
 @example(unit="a\\\"b", attributes={"k\\": "v"})
 @example(unit="°C", attributes={"a\\\\": "x\\", '"q"': "\"y\"", "k\\": 1.5, "#": 2.0})
-def test_every_line_is_stored_whole_or_refused(influx: InfluxServer, unit: str,
+@example(unit="\x00", attributes={"\t": "\t"})
+@example(unit="\tx", attributes={"\tk": "v", "a\"b": '"q"'})
+def test_every_line_is_stored_whole_or_refused(influx: InfluxServer, api_version: str, unit: str,
                                                attributes: dict[str, str | float]) -> None:
-    encoder = HaEncoder()
+    encoder = HaEncoder(Integration(api_version=api_version))
     line = encoder.encode(state_event(unit, attributes, next(databases)))
     assert line is not None
     database = f"stored_or_refused_{next(databases)}"
@@ -94,8 +103,8 @@ def test_every_line_is_stored_whole_or_refused(influx: InfluxServer, unit: str,
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(tags=st.dictionaries(NAME.filter(lambda k: k != "time"), NAME.filter(not_a_number), min_size=1, max_size=3))
 @example(tags={"x\\ y": "v\\ w", "k\\": "v\\", "#": '"q"'})
-def test_attributes_as_tags_are_stored_whole(influx: InfluxServer, tags: dict[str, str]) -> None:
-    encoder = HaEncoder(Integration(tags_attributes=tuple(tags)))
+def test_attributes_as_tags_are_stored_whole(influx: InfluxServer, api_version: str, tags: dict[str, str]) -> None:
+    encoder = HaEncoder(Integration(api_version=api_version, tags_attributes=tuple(tags)))
     line = encoder.encode(state_event("u", dict(tags), next(databases)))
     assert line is not None
     database = f"stored_or_refused_{next(databases)}"

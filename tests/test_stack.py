@@ -36,7 +36,7 @@ SERVICES = ["redis", "influxdb", "influxdb-setup", "ha-sim", "collector", "write
 def engine_problem() -> str | None:
     """Why the stack cannot run here (None when a Docker engine answers and docker-compose is installed)."""
     if shutil.which("docker-compose") is None or shutil.which("docker") is None:
-        return "docker and docker-compose are not installed (.ci/run installs docker.io and docker-compose)"
+        return "docker and docker-compose are not installed (scripts/bootstrap --test installs them)"
     done = subprocess.run(["docker", "info"], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return f"no Docker engine answers (docker info: {done.stderr.strip()[-200:]})"

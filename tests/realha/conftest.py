@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.realha.differential import DIFFERENTIAL
 from tests.realha.install import RELEASES, Installed, Release, install, interpreter
 from tests.realha.pipeline import ROWS, table
 
@@ -42,5 +43,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if ROWS:
         terminalreporter.section("real Home Assistant: InfluxDB against its recorder, state for state")
         terminalreporter.write_line(table(ROWS))
+    if DIFFERENTIAL:
+        terminalreporter.section("the ha schema against Home Assistant's own conversion, as influxd stores both")
+        for kind, tally in sorted(DIFFERENTIAL.items()):
+            terminalreporter.write_line(f"{kind}: " + ", ".join(f"{k} {n}" for k, n in sorted(tally.items())))
+    if ROWS or DIFFERENTIAL:
         for key, (seconds, cached) in INSTALLS.items():
             terminalreporter.write_line(f"{key}: {'cached' if cached else f'installed in {seconds:.0f} s'}")

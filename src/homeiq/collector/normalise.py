@@ -10,9 +10,12 @@ import msgspec
 
 from homeiq.shared import events
 from homeiq.shared.ha.frames import (
+    EventFrame,
     HAEvent,
     HAState,
     StateChangedData,
+    StateEventFrame,
+    event_decoder,
     state_changed_decoder,
 )
 from homeiq.shared.ha.registry import Registry
@@ -103,3 +106,12 @@ def normalise(event: HAEvent, registry: Registry) -> events.NormalisedEvent:
         event_type=event.event_type, time_ns=event_time_ns(fired_ns, event.event_type, context, bytes(event.data)),
         time_fired_ns=fired_ns, origin=event.origin, context=context, data=event.data,
     )
+
+
+def event_of(frame: EventFrame | StateEventFrame, registry: Registry) -> events.NormalisedEvent:
+    """The stream payload of an event frame as the reader decoded it (a `state_changed` one already typed); raises
+    msgspec errors, ValueError, TypeError or OverflowError for an event that cannot be normalised."""
+    if isinstance(frame, StateEventFrame):
+        typed = frame.event
+        return normalise_state_changed(typed.data, typed.time_fired, typed.origin, typed.context, registry)
+    return normalise(event_decoder.decode(frame.event), registry)

@@ -18,7 +18,7 @@ from homeiq.collector.clock import Finding, HaClock
 from homeiq.collector.dialer import Dialer
 from homeiq.collector.gap import GapTracker
 from homeiq.collector.metrics import CollectorMetrics
-from homeiq.collector.normalise import PointTimes, normalise, normalise_state_changed
+from homeiq.collector.normalise import PointTimes, event_of
 from homeiq.collector.publisher import Publisher
 from homeiq.collector.registries import Registries
 from homeiq.collector.resume import KnownEntities, ResumePoint
@@ -178,12 +178,7 @@ class Collector:
     def _on_event(self, frame: frames.EventFrame | frames.StateEventFrame) -> Awaitable[None] | None:
         """Normalise, filter and buffer one event; returns an awaitable only when the buffer is full."""
         try:
-            if isinstance(frame, frames.StateEventFrame):
-                typed = frame.event
-                event = normalise_state_changed(typed.data, typed.time_fired, typed.origin, typed.context,
-                                                self.ha_registry)
-            else:
-                event = normalise(frames.event_decoder.decode(frame.event), self.ha_registry)
+            event = event_of(frame, self.ha_registry)
         except (msgspec.DecodeError, ValueError, TypeError, OverflowError) as exc:  # no frame may end the reader
             self.metrics.dropped.labels("malformed_event").inc()
             sample = msgspec.json.encode(frame.event) if isinstance(frame, frames.StateEventFrame) else frame.event

@@ -108,8 +108,9 @@ def at_precision(states: dict[int, str], precision_ns: int, through_float: bool 
 
 
 def same(in_ha: str, stored: str) -> bool:
-    """A stored state equals HA's: the same text, or (the `ha` schema's `value`) the same number."""
-    if in_ha == stored:
+    """A stored state equals HA's: the same text (a line break stored as `\\n`, as the `ha` schema's api_version 1
+    writes it), or (the `ha` schema's `value`) the same number."""
+    if in_ha == stored or ("\n" in in_ha and in_ha.replace("\n", "\\n") == stored):
         return True
     number, stored_number = _number(in_ha), _number(stored)
     return number is not None and number == stored_number

@@ -30,13 +30,12 @@ and say so here (README: "Switching from Home Assistant's InfluxDB integration")
   `value_` (`value__str`). A point left with no field at all is not written (counted `no_fields`).
 - a tag or field named `time` (which InfluxDB refuses) is written as `time_`; an attribute with an empty name
   is left out, as the integration's v1 client does.
-- tag values, measurements and string fields hold exactly what HA sent (the clients double backslashes and,
-  for v1, turn line breaks into `\\n`); a tag value line protocol cannot carry is stored as its JSON literal,
-  as in the `homeiq` schema; a measurement or field key influxd 1.x would not keep as it is (`_stored_name`) as
-  its JSON literal with backslashes and quotes written `\\u005c`, `\\u0022`.
+- names and string values are written as the client of the user's `api_version` writes them, so influxd stores
+  what it stored for HA (v1 doubles backslashes in names, both keep a line break as `\\n`); a name that
+  client's line would lose is stored as its JSON literal instead (`haescape`).
 
 Attribute values reach us as JSON, so `str()` of a value that was a tuple, a set, a datetime or an enum inside a
-container in HA would differ (`[1, 2]` for HA's `(1, 2)`). Where HA's type is known (`_RENDERED`: a light's
+container in HA would differ (`[1, 2]` for HA's `(1, 2)`). Where HA's type is known (`RENDERED`: a light's
 colours are tuples, its `supported_color_modes` ColorMode members, `last_triggered` a datetime) the text is rendered
 as HA renders it; elsewhere it cannot be the same (`2024-01-01T…` for `2024-01-01 …`, `[1, 2]` for `{1, 2}`); the
 numeric tails are the same.
@@ -55,7 +54,7 @@ import msgspec
 
 from homeiq.shared.config import EntityFilter, EventTypes, Integration
 from homeiq.shared.events import NormalisedEvent
-from homeiq.shared.influx.lineprotocol import escape_tag as _key
+from homeiq.shared.influx.haescape import HaNames
 
 # const.py. Its RE_DIGIT_TAIL, r"^[^\.]*\d+\.?\d+[^\.]*$", backtracks in time polynomial in the text's length
 # (1,000 digits and two dots: minutes); `has_numeric_tail` gives its answers in linear time.
@@ -107,51 +106,14 @@ def _as_datetime(value: Any) -> str:
 # rendered as str() of HA's value (components/light/__init__.py state_attributes and capability_attributes,
 # components/automation and components/script extra_state_attributes). Extend it where a core integration's
 # type is known.
-_RENDERED: Final[dict[str, dict[str, Callable[[Any], str]]]] = {
+RENDERED: Final[dict[str, dict[str, Callable[[Any], str]]]] = {
     "light": {"hs_color": _as_tuple, "rgb_color": _as_tuple, "rgbw_color": _as_tuple, "rgbww_color": _as_tuple,
               "xy_color": _as_tuple, "supported_color_modes": _as_color_modes},
     "automation": {"last_triggered": _as_datetime},  # helpers/script.py: Script.last_triggered
     "script": {"last_triggered": _as_datetime},
 }
 _NOTHING_RENDERED: Final[dict[str, Callable[[Any], str]]] = {}
-_MEASUREMENT_ESCAPES: Final = str.maketrans({",": r"\,", " ": r"\ "})
-_KEY_ESCAPES: Final = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\="})
-_UNSAFE: Final = re.compile(r"[\x00-\x1f]")  # line breaks, tabs and other control characters
 _attributes_decoder = msgspec.json.Decoder(dict[str, Any])
-
-
-def _stored_name(name: str) -> str:
-    """A measurement or field key as influxd 1.x keeps it. A backslash in a name survives only before an ordinary
-    character: before a separator, a quote or the end it escapes or vanishes, and the point is stored under another
-    name, in part, or not at all (204 all the same); a line that starts with `#` is a comment. Such names, and those
-    line protocol cannot carry or that look like the encoding, are stored as their JSON literal with every backslash
-    and quote inside written `\\u005c`, `\\u0022` (json.loads gives the name back)."""
-    if name[:1] == "#" or "\\" in name or _UNSAFE.search(name) or (name[:1] == '"' == name[-1:] and len(name) > 1):
-        name = json.dumps(name, ensure_ascii=False)
-        return '"' + name[1:-1].replace("\\\\", "\\u005c").replace('\\"', "\\u0022") + '"'
-    return name
-
-
-def _measurement(name: str) -> str:
-    """The measurement as it goes in the line."""
-    name = _stored_name(name)
-    if "," in name or " " in name:
-        return name.translate(_MEASUREMENT_ESCAPES)
-    return name
-
-
-def _field_key(name: str) -> str:
-    """A field key as it goes in the line."""
-    name = _stored_name(name)
-    if "," in name or " " in name or "=" in name:
-        return name.translate(_KEY_ESCAPES)
-    return name
-
-
-def _string_field(value: str) -> str:
-    if "\\" in value or '"' in value:
-        value = value.replace("\\", "\\\\").replace('"', '\\"')
-    return '"' + value + '"'
 
 
 def _as_float(value: Any) -> float | None:
@@ -248,6 +210,7 @@ class HaEncoder:
         self._tags_attributes = frozenset(self.words.tags_attributes)
         self._precision_ns = PRECISION_NS[self.words.precision]
         self._through_float = self.words.api_version == "2"  # as the integration's v2 client computes times
+        self._names = HaNames(self.words.api_version)
         self._cache: dict[str, _Entity] = {}
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
         self.attributes_dropped = dict.fromkeys(ATTRIBUTE_REASONS, 0)
@@ -291,7 +254,7 @@ class HaEncoder:
         fired_ns = time_ns = event.time_fired_ns or event.time_ns
         if self._precision_ns != 1:
             time_ns = point_time_ns(fired_ns, self._precision_ns, self._through_float)
-        line = _line(shape, state if include_state else None, value, time_ns)
+        line = _line(shape, None if not include_state else self._names.string(state), value, time_ns)
         if line is None:
             self.skipped["no_fields"] += 1
             return None
@@ -336,16 +299,17 @@ class HaEncoder:
         if has_value:
             fields["value"] = None
         ignored, non_finite = self._attribute_fields(attributes, entity.ignore, include_uom, include_dc, tags, fields,
-                                                     _RENDERED.get(domain, _NOTHING_RENDERED))
+                                                     RENDERED.get(domain, _NOTHING_RENDERED))
         tags.update(self._tags)
-        head = _measurement(measurement)
+        names = self._names
+        head = names.measurement(measurement)
         for tag, held in sorted(tags.items()):
             text = "" if held is None else str(held)
             if tag and text:  # the clients leave out empty keys and values, and None
-                head += f",{_key('time_' if tag == 'time' else tag)}={_key(text)}"
+                head += f",{names.tag('time_' if tag == 'time' else tag)}={names.tag(text)}"
         own = _type_stable({k: v for k, v in fields.items() if v is not None}, set(fields))
-        parts = [f",{_field_key(name)}={held!r}" if isinstance(held, float)
-                 else f",{_field_key(name)}={_string_field(held)}"
+        parts = [f",{names.field_key(name)}={held!r}" if isinstance(held, float)
+                 else f",{names.field_key(name)}={names.string(held)}"
                  for name, held in own.items()]
         return _Shape(head + " ", "".join(parts), len(parts), ignored, non_finite)
 
@@ -426,12 +390,12 @@ def _state_value(state: str) -> tuple[float | None, bool]:
         return None, True
 
 def _line(shape: _Shape, state: str | None, value: float | None, time_ns: int) -> str | None:
-    """The point's line: `state` as a field unless None, `value` unless None or not finite (what influxdb-client
-    does with it; influxd 1.x refuses "nan"/"inf" outright); None when it has no field."""
+    """The point's line: `state` (quoted) as a field unless None, `value` unless None or not finite (what
+    influxdb-client does with it; influxd 1.x refuses "nan"/"inf" outright); None when it has no field."""
     if value is not None and not math.isfinite(value):
         value = None
     if state is not None:
-        head = shape.head + "state=" + _string_field(state)
+        head = shape.head + "state=" + state
         if value is not None:
             head += f",value={value!r}"
         return f"{head}{shape.fields} {time_ns}"
