@@ -42,6 +42,29 @@ RICH = """\
     sensor.*_doubled:
       override_measurement: power
 """
+# The connection and conversion keys a v1 user pastes, beside RICH's: every key of the integration but those of
+# TLS (`ssl_ca_cert`: a certificate influxd here does not serve) and of api_version 2 (`bucket`, `organization`,
+# `token`: influxd 1.x has no /api/v2). The password comes through `!secret`, the filter through `!include`.
+EVERY_KEY = """\
+  api_version: 1
+  ssl: false
+  verify_ssl: false
+  path: ""
+  username: homeiq
+  password: !secret influx_password
+  precision: ms
+  max_retries: 3
+  override_measurement: homeassistant
+  tags: {source: hass, site: "home 1"}
+  tags_attributes: [friendly_name]
+  ignore_attributes: [icon, editable]
+  include: !include influx_include.yaml
+  exclude: {entity_globs: ["sensor.level_1*"], entities: [input_boolean.switch_2]}
+  component_config_glob:
+    sensor.*_doubled: {override_measurement: power}
+"""
+FILES = {"secrets.yaml": "influx_password: not-checked-by-influxd-without-auth\n",
+         "influx_include.yaml": "domains: [input_number, input_boolean, sensor]\n"}
 
 
 async def group_done(pipeline: RealPipeline, group: str) -> bool:
@@ -77,6 +100,9 @@ async def side_by_side(ha_installed: Installed, tmp_path: Path, extra: str, scen
     home = HomeAssistant(ha_installed, tmp_path / "ha")
     pipeline = RealPipeline(tmp_path / "pipeline", home, databases=("ha_own", "ha_homeiq"))
     home.write_configuration(influxdb_block(pipeline.influx.port, "ha_own", extra))
+    for name, text in FILES.items():  # beside HA's configuration.yaml and beside ours
+        (home.config_dir / name).write_text(text)
+        (tmp_path / name).write_text(text)
     config = tmp_path / "homeiq.yaml"
     config.write_text(influxdb_block(pipeline.influx.port, "ha_homeiq", extra) + "homeiq:\n  schema: ha\n")
     async with pipeline:
@@ -101,11 +127,12 @@ async def side_by_side(ha_installed: Installed, tmp_path: Path, extra: str, scen
     return own, ours
 
 
-@pytest.mark.parametrize("block", ["", RICH], ids=["defaults", "every-option"])
+@pytest.mark.parametrize("block", ["", RICH, EVERY_KEY], ids=["defaults", "every-option", "every-key"])
 async def test_our_ha_schema_writes_what_has_own_integration_writes(
     block: str, ha_installed: Installed, tmp_path: Path
 ) -> None:
-    name = "defaults" if not block else "measurement_attr, overrides, tags, ignore, include/exclude, component_config*"
+    name = {"": "defaults", RICH: "measurement_attr, overrides, tags, ignore, include/exclude, component_config*",
+            EVERY_KEY: "every v1 key: auth by !secret, precision ms, override_measurement, !include..."}[block]
     own, ours = await side_by_side(ha_installed, tmp_path, block, f"side by side with HA's influxdb: {name}")
     assert own, "HA's own integration wrote nothing"
     assert ours == own, (sorted(own - ours)[:3], sorted(ours - own)[:3])
