@@ -305,3 +305,15 @@ async def test_ha_schema_case(case: Case, influx: InfluxServer, influx_db: str) 
 
 def _indent(text: str) -> str:
     return "".join(f"  {line}\n" for line in text.strip().splitlines())
+
+
+def test_points_from_the_recorder_say_so_and_live_ones_do_not() -> None:
+    """The recorder leaves attributes out (`supported_features`, a light's brightness on 2025.4...): a point the
+    backfill, `audit --repair` or a snapshot wrote says where it came from, so a query can tell its holes."""
+    encoder = HaEncoder()
+    live = event(S("light.a", "on", {"brightness": 128}, fired_us=1), 0)
+    backfilled = msgspec.structs.replace(event(S("light.a", "on", fired_us=2), 1), source="backfill")
+    assert "homeiq_source" not in (encoder.encode(live) or "")
+    assert 'state="on",value=1.0,homeiq_source="backfill" ' in (encoder.encode(backfilled) or "")
+    taken = msgspec.structs.replace(event(S("light.a", "on", {"homeiq_source": 1}, fired_us=3), 2), source="backfill")
+    assert (encoder.encode(taken) or "").count("homeiq_source=") == 1  # an attribute of that name keeps it

@@ -54,6 +54,8 @@ def audit_command(
 
     Exit 0 when complete, 1 when anything differs (or a service failed), 2 on usage errors. It cannot see
     events other than state changes, entities the recorder excludes, or states older than its retention.
+    Repaired points, like the backfill's, carry only the attributes the recorder keeps, and say so
+    (`source`/`homeiq_source` = backfill).
     """
     # Imported here: the HA client's and InfluxDB reader's modules would make every `replayer --help` slow.
     from homeiq.replayer.audit import RECORDER_KEEP_DAYS  # noqa: PLC0415

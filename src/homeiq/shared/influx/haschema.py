@@ -74,6 +74,9 @@ ATTRIBUTE_REASONS: Final = ("ignore_attributes", "non_finite")
 OVERWRITE_REASONS: Final = ("precision", "same_time")
 
 CACHE_SIZE: Final = 20_000
+# A point written from HA's recorder (the backfill, `replayer audit --repair`, a snapshot) lacks the attributes the
+# recorder does not keep: a string field says so, where no attribute took the name.
+_SOURCE_MARKS: Final = {"live": "", "backfill": ',homeiq_source="backfill"', "snapshot": ',homeiq_source="snapshot"'}
 
 
 def _as_tuple(value: Any) -> str:
@@ -254,7 +257,8 @@ class HaEncoder:
         fired_ns = time_ns = event.time_fired_ns or event.time_ns
         if self._precision_ns != 1:
             time_ns = point_time_ns(fired_ns, self._precision_ns, self._through_float)
-        line = _line(shape, None if not include_state else self._names.string(state), value, time_ns)
+        mark = _SOURCE_MARKS[event.source] if ",homeiq_source=" not in shape.fields else ""
+        line = _line(shape, None if not include_state else self._names.string(state), value, time_ns, mark)
         if line is None:
             self.skipped["no_fields"] += 1
             return None
@@ -389,21 +393,22 @@ def _state_value(state: str) -> tuple[float | None, bool]:
     except ValueError:
         return None, True
 
-def _line(shape: _Shape, state: str | None, value: float | None, time_ns: int) -> str | None:
+def _line(shape: _Shape, state: str | None, value: float | None, time_ns: int, mark: str = "") -> str | None:
     """The point's line: `state` (quoted) as a field unless None, `value` unless None or not finite (what
-    influxdb-client does with it; influxd 1.x refuses "nan"/"inf" outright); None when it has no field."""
+    influxdb-client does with it; influxd 1.x refuses "nan"/"inf" outright), then `mark`; None when it has no
+    field but the mark."""
     if value is not None and not math.isfinite(value):
         value = None
     if state is not None:
         head = shape.head + "state=" + state
         if value is not None:
             head += f",value={value!r}"
-        return f"{head}{shape.fields} {time_ns}"
+        return f"{head}{shape.fields}{mark} {time_ns}"
     if value is not None:
-        return f"{shape.head}value={value!r}{shape.fields} {time_ns}"
+        return f"{shape.head}value={value!r}{shape.fields}{mark} {time_ns}"
     if not shape.field_count:
         return None
-    return f"{shape.head}{shape.fields[1:]} {time_ns}"
+    return f"{shape.head}{shape.fields[1:]}{mark} {time_ns}"
 
 
 def _type_stable(fields: dict[str, Any], taken: set[str]) -> dict[str, Any]:
