@@ -317,3 +317,6 @@ def test_points_from_the_recorder_say_so_and_live_ones_do_not() -> None:
     assert 'state="on",value=1.0,homeiq_source="backfill" ' in (encoder.encode(backfilled) or "")
     taken = msgspec.structs.replace(event(S("light.a", "on", {"homeiq_source": 1}, fired_us=3), 2), source="backfill")
     assert (encoder.encode(taken) or "").count("homeiq_source=") == 1  # an attribute of that name keeps it
+    lookalike = msgspec.structs.replace(event(S("light.a", "on", {"note": "a,homeiq_source=b"}, fired_us=4), 3),
+                                        source="backfill")
+    assert (encoder.encode(lookalike) or "").endswith(',homeiq_source="backfill" 1764200000000004000')

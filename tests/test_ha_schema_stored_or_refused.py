@@ -113,3 +113,44 @@ def test_attributes_as_tags_are_stored_whole(influx: InfluxServer, api_version: 
     assert [len(p) for p in stored_fields(influx, database)] == [1], line  # value
     series = influx.query("SELECT * FROM /.*/ GROUP BY *", database)["results"][0]["series"]
     assert [len(s["tags"]) for s in series] == [2 + len(tags)], (line, series)  # domain, entity_id and these
+
+
+def _event(unit: str, attributes: dict[str, str | float], n: int, state: str = "12.5") -> NormalisedEvent:
+    event = state_event(unit, attributes, n)
+    assert event.new_state is not None
+    return msgspec.structs.replace(event, new_state=msgspec.structs.replace(event.new_state, state=state))
+
+
+@pytest.mark.parametrize("units", [["\x00a", "a"], ["\x00#k", "k"], ["\x00\t", "t"], ["#,", '"\\u0022#,\\u0022"'],
+                                   ["#a\n", '"#a\n"'], ["\\\n", "x"]], ids=repr)
+def test_two_units_never_share_a_measurement(influx: InfluxServer, api_version: str, units: list[str]) -> None:
+    """influxd skips NULs (and tabs) at a line's start: `\\x00a` would be stored as `a`, `\\x00#k` as a comment;
+    our literal of a name must not equal a raw name either."""
+    encoder = HaEncoder(Integration(api_version=api_version))
+    database = f"stored_or_refused_{next(databases)}"
+    influx.create_database(database)
+    for n, unit in enumerate(units):
+        line = encoder.encode(state_event(unit, {}, next(databases) + n))
+        assert line is not None
+        assert write(influx, database, line) == 204, line
+    measurements = influx.query("SHOW MEASUREMENTS", database)["results"][0]["series"][0]["values"]
+    assert len(measurements) == len(units), measurements
+
+
+@pytest.mark.parametrize(("state", "attributes"), [
+    ("nan", {"\x00a": 1.5, "a": 2.0}),  # no state field: the first attribute comes right after the space
+    ("nan", {"\x00": 1.5, "b": 2.0}),
+    ("12.5", {"\\": 1.0, '"\\u0022\\u005c\\u005c\\u0022"': 2.0}),  # a literal of ours and a raw name alike
+    ("12.5", {"a\\ ": 1.0, '"a\\u005c "': 2.0}),
+    ("12.5", {"\t\\": 1.0, '"\t\\u005c"': 2.0}),  # a raw tab inside a quote-wrapped name
+], ids=repr)
+def test_every_attribute_keeps_a_field_of_its_own(influx: InfluxServer, api_version: str, state: str,
+                                                  attributes: dict[str, str | float]) -> None:
+    encoder = HaEncoder(Integration(api_version=api_version))
+    line = encoder.encode(_event("u", attributes, next(databases), state))
+    assert line is not None
+    database = f"stored_or_refused_{next(databases)}"
+    influx.create_database(database)
+    assert write(influx, database, line) == 204, line
+    fields = len(attributes) + (state != "nan")
+    assert [len(p) for p in stored_fields(influx, database)] == [fields], line

@@ -17,6 +17,8 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from homeiq.collector.normalise import event_of
 from homeiq.local.services import InfluxServer
 from homeiq.shared.config import Integration
@@ -60,7 +62,8 @@ class Converter:
 def words_of(block: dict[str, Any], api_version: str) -> Integration:
     """Our reading of the same block, with `api_version` set."""
     extra = {"api_version": 2, "token": "t", "organization": "o"} if api_version == "2" else {"api_version": 1}
-    text = json.dumps({"influxdb": {**block, **extra}}, ensure_ascii=False)
+    # YAML's own dump: JSON's surrogate escapes would read back as two characters, a raw U+2028 as a line break.
+    text = yaml.safe_dump({"influxdb": {**block, **extra}}, allow_unicode=True)
     return parse_config(text, "differential").words
 
 

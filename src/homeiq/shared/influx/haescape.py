@@ -13,13 +13,14 @@ The clients differ (read in influxdb-python 5.3.1 `line_protocol.py` and influxd
   as `\\n`, `\\t`, `\\r` (stored so); string values are stored exactly.
 
 What each client's line loses, measured against influxd 1.6 (tests/realha/test_differential.py,
-tests/test_ha_schema_stored_or_refused.py): a measurement that starts with `#` (the line is a comment); a name
-ending in a backslash (the point or some of its fields vanish, or the line is refused); a measurement of NUL
-characters alone (refused); in a measurement (and with
-api_version 2 in a field key) a backslash before a space, comma, `=` or `"` (stored under another name, or refused);
-with api_version 1 a measurement or field key that starts with a tab (influxd drops the tab, or refuses the line).
+tests/test_ha_schema_stored_or_refused.py): a measurement that starts with `#` (the line is a comment), with NULs
+(influxd skips them: `\\x00a` is stored as `a`, `\\x00#` is a comment) or with v1 a tab; a field key starting
+with a NUL (or with v1 a tab), skipped the same way when it comes first; a name ending in a backslash (the point or
+some of its fields vanish, or the line is refused); in a measurement (and with api_version 2 in a field key, after
+an odd run of backslashes) a backslash before a space, comma, `=` or `"` (stored under another name, or refused).
 Such a name is stored as its JSON literal instead, every backslash and quote inside written `\\u005c`, `\\u0022`
-(`json.loads` gives the name back). So is a quote-wrapped name that reads as such a literal, so decoding is unique.
+(`json.loads` gives the name back). So is a quote-wrapped name that reads as the literal of such a name (raw control
+characters and all), so decoding is unique.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ _V2_KEY: Final = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n",
 _V1_NAME: Final = str.maketrans({"\\": "\\\\", " ": "\\ ", ",": "\\,", "=": "\\=", "\n": "\\n"})
 _V1_STRING: Final = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
 _V2_STRING: Final = str.maketrans({"\\": "\\\\", '"': '\\"'})
-_BACKSLASH_BEFORE_SEPARATOR: Final = re.compile(r'\\(?:[ ,="]|$)')
+_BACKSLASH_BEFORE_SEPARATOR: Final = re.compile(r'\\(?:[ ,="]|\Z)')
+_ODD_BACKSLASHES_BEFORE_SEPARATOR: Final = re.compile(r'(?<!\\)(?:\\\\)*\\(?:[ ,="]|\Z)')
 
 
 def _trailing_backslash(name: str) -> bool:
@@ -42,19 +44,21 @@ def _trailing_backslash(name: str) -> bool:
 
 
 def _lost_measurement_v1(name: str) -> bool:
-    return name[:1] in ("#", "\t") or not name.strip("\x00") or _BACKSLASH_BEFORE_SEPARATOR.search(name) is not None
+    # influxd skips NULs and tabs at the start of a line (v2 writes a tab as `\t`).
+    return name[:1] in ("", "#", "\x00", "\t") or _BACKSLASH_BEFORE_SEPARATOR.search(name) is not None
 
 
 def _lost_measurement_v2(name: str) -> bool:
-    return name[:1] == "#" or not name.strip("\x00") or _BACKSLASH_BEFORE_SEPARATOR.search(name) is not None
+    return name[:1] in ("", "#", "\x00") or _BACKSLASH_BEFORE_SEPARATOR.search(name) is not None
 
 
 def _lost_field_key_v1(name: str) -> bool:
-    return name[:1] == "\t" or _trailing_backslash(name)
+    # A field key first after the space is read past leading NULs and tabs, as a line's start is.
+    return name[:1] in ("\t", "\x00") or _trailing_backslash(name)
 
 
 def _lost_field_key_v2(name: str) -> bool:
-    return _BACKSLASH_BEFORE_SEPARATOR.search(name) is not None
+    return name[:1] == "\x00" or _ODD_BACKSLASHES_BEFORE_SEPARATOR.search(name) is not None
 
 
 def _as_literal(name: str) -> str:
@@ -63,18 +67,23 @@ def _as_literal(name: str) -> str:
     return '"' + literal[1:-1].replace("\\\\", "\\u005c").replace('\\"', "\\u0022") + '"'
 
 
-def _kept(name: str, lost: Callable[[str], bool]) -> str:
-    """`name`, or its literal where the client's line would lose it (`lost` is the position's test)."""
+def _needs_literal(name: str, lost: Callable[[str], bool]) -> bool:
+    """Whether `name` is stored as its literal: the client's line would lose it (`lost` is the position's test), or
+    it reads as the literal of such a name (so decoding is unique); raw control characters read too."""
     if lost(name):
-        return _as_literal(name)
-    if len(name) > 1 and name[0] == '"' == name[-1]:  # a name that reads as such a literal is one too
+        return True
+    if len(name) > 2 and name[0] == '"' == name[-1]:
         try:
-            inner = json.loads(name)
+            inner = json.loads(name, strict=False)
         except ValueError:
-            return name
-        if isinstance(inner, str) and lost(inner):
-            return _as_literal(name)
-    return name
+            return False
+        return isinstance(inner, str) and inner != "" and _needs_literal(inner, lost)
+    return False
+
+
+def _kept(name: str, lost: Callable[[str], bool]) -> str:
+    """`name`, or its literal where it needs one."""
+    return _as_literal(name) if _needs_literal(name, lost) else name
 
 
 class HaNames:

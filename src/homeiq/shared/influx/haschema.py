@@ -173,6 +173,7 @@ class _Shape(msgspec.Struct, gc=False):
     head: str  # measurement and tags, then a space
     fields: str  # the attribute fields, each with a leading comma
     field_count: int
+    markable: bool  # no attribute took the name of the recorder's mark
     ignored: int
     non_finite: int
 
@@ -257,7 +258,7 @@ class HaEncoder:
         fired_ns = time_ns = event.time_fired_ns or event.time_ns
         if self._precision_ns != 1:
             time_ns = point_time_ns(fired_ns, self._precision_ns, self._through_float)
-        mark = _SOURCE_MARKS[event.source] if ",homeiq_source=" not in shape.fields else ""
+        mark = _SOURCE_MARKS[event.source] if shape.markable else ""
         line = _line(shape, None if not include_state else self._names.string(state), value, time_ns, mark)
         if line is None:
             self.skipped["no_fields"] += 1
@@ -315,7 +316,7 @@ class HaEncoder:
         parts = [f",{names.field_key(name)}={held!r}" if isinstance(held, float)
                  else f",{names.field_key(name)}={names.string(held)}"
                  for name, held in own.items()]
-        return _Shape(head + " ", "".join(parts), len(parts), ignored, non_finite)
+        return _Shape(head + " ", "".join(parts), len(parts), "homeiq_source" not in own, ignored, non_finite)
 
     def _attribute_fields(self, attributes: dict[str, Any], ignore: frozenset[str], include_uom: bool,
                           include_dc: bool, tags: dict[str, Any], fields: dict[str, Any],
