@@ -56,7 +56,7 @@ def materialise(value: Any) -> Any:
         return [materialise(item) for item in value]
     if not isinstance(value, dict):
         return value
-    kind = value.get("$")
+    kind = value.get("$") if set(value) == {"$", "v"} else None  # drawn.py draws no other dict with a key "$"
     if kind is None:
         return {key: materialise(item) for key, item in value.items()}
     inner = value.get("v")
@@ -83,7 +83,7 @@ def make_event(description: dict[str, Any], attributes: dict[str, Any] | None = 
     when = datetime.fromtimestamp(fired, UTC)
     context = Context(id=description.get("context_id"))
     if attributes is None:
-        attributes = materialise(description["attributes"])
+        attributes = {name: materialise(value) for name, value in description["attributes"].items()}
     state = State(description["entity_id"], description["state"], attributes,
                   last_changed=when, last_updated=when, context=context)
     data = {"entity_id": description["entity_id"], "old_state": None, "new_state": state}
