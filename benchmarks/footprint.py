@@ -63,7 +63,7 @@ def histogram(port: int) -> dict[float, float]:
 
     from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310 - loopback
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     buckets: dict[float, float] = {}
     for family in text_string_to_metric_families(text):

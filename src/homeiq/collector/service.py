@@ -55,8 +55,8 @@ class Collector:
         self.metrics.spool_max_bytes.set(spool.max_bytes)
         self.publisher = Publisher(self.redis, settings.redis_url, settings.names, self.metrics,
                                    self.readiness, spool, settings.spool_policy, settings.buffer_events,
-                                   settings.publish_batch, durable=lambda: self.persistence.ok,
-                                   forgotten=self._redis_forgot)
+                                   settings.publish_batch, settings.linger_ms / 1000,
+                                   durable=lambda: self.persistence.ok, forgotten=self._redis_forgot)
         self.ha_registry = Registry()
         self.gap = GapTracker()
         self.ha_clock = HaClock(self._clock_finding)
