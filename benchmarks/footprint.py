@@ -58,6 +58,14 @@ def rss_mb(pid: int) -> float:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KB / 1024
 
 
+def pss_mb(pid: int) -> float:
+    """Proportional set size: pages shared with other processes (libraries mapped by each) counted by share."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def histogram(port: int) -> dict[float, float]:
     import urllib.request  # noqa: PLC0415
 
@@ -79,14 +87,17 @@ def window(pids: dict[str, int], seconds: float, writer_port: int | None) -> dic
     cpu0 = {name: cpu_s(pid) for name, pid in pids.items()}
     hist0 = histogram(writer_port) if writer_port else {}
     rss: dict[str, list[float]] = {name: [] for name in pids}
+    pss: dict[str, list[float]] = {name: [] for name in pids}
     started = time.monotonic()
     while (elapsed := time.monotonic() - started) < seconds:
         for name, pid in pids.items():
             rss[name].append(rss_mb(pid))
+            pss[name].append(pss_mb(pid))
         time.sleep(min(1.0, seconds - elapsed))
     elapsed = time.monotonic() - started
     rows = {name: {"cpu_pct": 100 * (cpu_s(pid) - cpu0[name]) / elapsed, "rss_mb": sum(rss[name]) / len(rss[name]),
-                   "rss_peak_mb": max(rss[name])} for name, pid in pids.items()}
+                   "rss_peak_mb": max(rss[name]), "pss_mb": sum(pss[name]) / len(pss[name])}
+            for name, pid in pids.items()}
     out: dict[str, Any] = {"seconds": round(elapsed, 1), "processes": rows}
     if writer_port:
         hist1 = histogram(writer_port)
@@ -142,14 +153,15 @@ def main(rate: float, entities: int, seconds: float, idle_s: float, warmup_s: fl
 def table(report: dict[str, Any]) -> str:
     busy, idle = report["busy"], report["idle"]
     order = ["collector", "writer", "replayer", "local", "redis-server", "influxd", "ha-sim"]
-    lines = [f"{'process':<14}{'CPU % (busy)':>14}{'RSS MB':>9}{'peak':>7}{'CPU % (idle)':>14}"]
+    lines = [f"{'process':<14}{'CPU % (busy)':>14}{'RSS MB':>9}{'peak':>7}{'PSS MB':>9}{'CPU % (idle)':>14}"]
     for name in order:
         b, i = busy["processes"][name], idle["processes"][name]
-        lines.append(f"{name:<14}{b['cpu_pct']:>14.2f}{b['rss_mb']:>9.1f}{b['rss_peak_mb']:>7.1f}{i['cpu_pct']:>14.2f}")
+        lines.append(f"{name:<14}{b['cpu_pct']:>14.2f}{b['rss_mb']:>9.1f}{b['rss_peak_mb']:>7.1f}{b['pss_mb']:>9.1f}{i['cpu_pct']:>14.2f}")
     ours_busy = sum(busy["processes"][n]["cpu_pct"] for n in OURS)
     ours_idle = sum(idle["processes"][n]["cpu_pct"] for n in OURS)
     ours_rss = sum(busy["processes"][n]["rss_mb"] for n in OURS)
-    lines.append(f"{'ours':<14}{ours_busy:>14.2f}{ours_rss:>9.1f}{'':>7}{ours_idle:>14.2f}")
+    ours_pss = sum(busy["processes"][n]["pss_mb"] for n in OURS)
+    lines.append(f"{'ours':<14}{ours_busy:>14.2f}{ours_rss:>9.1f}{'':>7}{ours_pss:>9.1f}{ours_idle:>14.2f}")
     lat = busy["latency_s"]
     lines.append(f"{report['rate']:g} events/s over {report['entities']} entities, {busy['seconds']} s: "
                  f"{busy['acked']:.0f} acked; latency p50 {_ms(lat['p50'])}, p90 {_ms(lat['p90'])}, "
