@@ -101,6 +101,19 @@ async def test_readyz_says_why_not_ready(redis_server: RedisServer, redis_client
     assert body["status"] == "not_ready" and 'database not found: \\"missing_db\\"' in body["reason"]  # influxd's words
 
 
+async def test_the_metrics_say_which_condition_keeps_a_process_out_of_ready(
+    redis_server: RedisServer, redis_client: object, influx: InfluxServer
+) -> None:
+    async with running_writer(writer_settings(redis_server.url, influx.url, "missing_db")) as writer:
+        port = await wait_for(lambda: writer.runtime.health.port, 10, "the health server")
+        await wait_for(lambda: "missing_db" in (writer.readiness.reason or ""), 10, "the first InfluxDB check")
+        await wait_for(lambda: writer.readiness.holding().get("redis"), 10, "Redis checked")
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            body = await resp.read()
+    assert b'homeiq_ready{condition="influxdb"} 0.0' in body and b'homeiq_ready{condition="redis"} 1.0' in body
+    run("promtool", "check", "metrics", stdin=body)
+
+
 async def test_stream_gauges_stay_fresh_while_a_reclaimed_batch_waits_for_influxdb(
     redis_server: RedisServer, redis_client: aioredis.Redis
 ) -> None:
