@@ -16,7 +16,7 @@ from homeiq.shared.health import Readiness
 from homeiq.shared.influx.metrics import WriterMetrics
 from homeiq.shared.influx.schemas import Encoder, make_encoder
 from homeiq.shared.influx.settings import InfluxSettings
-from homeiq.shared.influx.sink import InfluxSink, Outcome, WriteResult, sink_for
+from homeiq.shared.influx.sink import InfluxSink, Outcome, WriteResult, beyond_retention, sink_for
 from homeiq.shared.lifecycle import wait_or_stop
 from homeiq.shared.logs import Log, SampledLog
 from homeiq.shared.scripts import DEAD_LETTER_SCRIPT
@@ -226,8 +226,9 @@ class BatchWriter:
                 items = batch.items
                 if len(items) == 1:
                     rejected = Handled()
-                    if await self.dead_letter(items[0].entry_id, items[0].fields, "rejected", result.detail):
-                        rejected.dead("rejected")
+                    why: PoisonReason = "beyond_retention" if beyond_retention(result) else "rejected"
+                    if await self.dead_letter(items[0].entry_id, items[0].fields, why, result.detail):
+                        rejected.dead(why)
                     return done.add(rejected)
                 middle = len(items) // 2
                 first = await self.write(Batch(items[:middle]), stop)

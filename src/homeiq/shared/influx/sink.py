@@ -78,6 +78,19 @@ def classify(status: int, body: str, retry_after: str | None) -> WriteResult:
     return WriteResult(Outcome.REFUSED, status, detail)
 
 
+_BEYOND_RETENTION: Final = "partial write: points beyond retention policy"
+
+
+def beyond_retention(result: WriteResult) -> bool:
+    """InfluxDB refused lines as older than its retention policy (1.x: 400 "partial write: points beyond retention
+    policy dropped=N"; 2.x: 422, the same words after "failure writing points to database: "): a redrive cannot
+    land them while the policy stands. Read from the structured error, never from a line it quotes."""
+    if result.outcome is not Outcome.BAD_DATA:
+        return False
+    message = (_error_message(result.detail) or "").lstrip()
+    return not message.startswith("unable to parse") and _BEYOND_RETENTION in message
+
+
 def _retry_after_s(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value else None
