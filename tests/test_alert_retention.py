@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 import yaml
 
 from homeiq.local.services import InfluxServer, RedisServer
-from homeiq.shared.influx.sink import classify
+from homeiq.shared.influx.sink import beyond_retention, classify
 from homeiq.shared.stream import DEFAULT_NAMES, POISON_REASONS
 from tests.events import state_payload
 from tests.helpers import wait_for
@@ -41,15 +41,12 @@ def test_the_reason_is_in_the_one_list_and_influxdb_2x_words_are_read_too() -> N
     assert "beyond_retention" in POISON_REASONS
     v2 = ('{"code":"unprocessable entity","message":"failure writing points to database: partial write: '
           'points beyond retention policy dropped=1"}')
-    from homeiq.shared.influx.sink import beyond_retention
-
     assert beyond_retention(classify(422, v2, None))
     assert beyond_retention(classify(400, '{"error":"partial write: points beyond retention policy dropped=1"}',
                                      None))
     # A line that quotes the words is still a parse error of that line.
-    assert not beyond_retention(classify(
-        400, '{"error":"unable to parse \'m,a=partial\\\\ write:\\\\ points\\\\ beyond\\\\ retention\\\\ policy v=1\'"}',
-        None))
+    quoted = "m,a=partial\\\\ write:\\\\ points\\\\ beyond\\\\ retention\\\\ policy v=1"
+    assert not beyond_retention(classify(400, f'{{"error":"unable to parse \'{quoted}\'"}}', None))
     assert not beyond_retention(classify(503, '{"error":"partial write: points beyond retention policy"}', None))
 
 

@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import Awaitable
 from pathlib import Path
+from typing import Final
 
 import msgspec
 from prometheus_client import CollectorRegistry
@@ -36,6 +37,8 @@ from homeiq.shared.stream import describe_redis_error
 
 log = Log(__name__)
 
+SKEW_CARRIED_NS: Final = 10**9  # HA's clock this far off ours: live events carry the skew, for honest latency
+
 DRAIN_TIMEOUT_S = 5.0
 REDIS_CHECK_S = 2.0
 
@@ -61,6 +64,7 @@ class Collector:
         self.gap = GapTracker()
         self.ha_clock = HaClock(self._clock_finding)
         self.metrics.ha_clock_offset.set_function(lambda: (self.ha_clock.offset_ns or 0) / 1e9)
+        self.metrics.ha_clock_skew.set_function(lambda: (self.ha_clock.offset_ns or 0) / 1e9)
         self._first_live_ns = 0  # the first trusted live state of this process: the oldest time it can vouch for
         self.resume = ResumePoint(self.redis, settings.names, self.gap, settings.backfill,
                                   self.publisher.held_states)
@@ -206,6 +210,9 @@ class Collector:
                 self.gap.untrusted(entity_id, event.time_ns)
         else:
             event = self.point_times.unique(event)
+        skew_ns = self.ha_clock.offset_ns or 0
+        if abs(skew_ns) >= SKEW_CARRIED_NS:
+            event = msgspec.structs.replace(event, ha_clock_skew_ns=skew_ns)
         payload = encode_event(event)
         self._offered += 1
         return None if self.publisher.offer(payload) else self.publisher.put(payload)

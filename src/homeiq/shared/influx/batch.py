@@ -126,7 +126,8 @@ def encode_entries(entries: list[Entry], encoder: Encoder | None = None) -> tupl
             log.error("reader_error", entry_id=entry_id.decode(), exc_info=True)
             poison.append(Poison(entry_id, fields, "reader_error", f"{type(exc).__name__}: {exc}"[:300]))
             continue
-        good.append(Encoded(entry_id, fields, line, event.time_ns if event.source == "live" else None))
+        live_ns = event.time_ns - event.ha_clock_skew_ns if event.source == "live" else None  # on our clock
+        good.append(Encoded(entry_id, fields, line, live_ns))
     return good, poison
 
 
