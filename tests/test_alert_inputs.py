@@ -4,14 +4,18 @@ limit, the spool against its cap, and end-to-end latency of live events only."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from homeiq.local.services import InfluxServer, RedisServer
 from homeiq.replayer.stream_metrics import StreamMetrics
+from homeiq.shared.options import disk_paths
+from homeiq.shared.settings import ConfigError
 from homeiq.shared.stream import DEFAULT_NAMES, ensure_group, entry_fields
 from tests.collector_harness import running_collector, simulator
 from tests.events import state_payload
@@ -107,3 +111,26 @@ async def test_a_fast_ha_clock_does_not_hide_latency(
     assert 299 < ages["skew"] < 300.5
     # The 20 after the skew was known waited 2.5 s in the stream: over 1 s each (before: clamped at 0).
     assert ages["count"] - ages["under_1s"] >= 20
+
+
+async def test_the_spools_disk_and_the_disks_named_in_disk_paths_report_their_free_space(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    aof = Path(redis_server.workdir)
+    async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path,
+                                                     disk_paths=f"redis={aof}, influxdb=/nonexistent") as run:
+        disk = os.statvfs(tmp_path)
+        free = run.metric("homeiq_disk_free_bytes", use="spool", path=str(tmp_path))
+        assert abs(free - disk.f_bavail * disk.f_frsize) < 64 * 1024 * 1024  # others write meanwhile
+        assert run.metric("homeiq_disk_size_bytes", use="spool", path=str(tmp_path)) == disk.f_blocks * disk.f_frsize
+        assert run.metric("homeiq_disk_free_bytes", use="redis", path=str(aof)) > 0
+        # A path this process cannot see is left out, not reported as a full disk.
+        assert run.collector.metrics_registry.get_sample_value(
+            "homeiq_disk_free_bytes", {"use": "influxdb", "path": "/nonexistent"}) is None
+
+
+def test_disk_paths_must_be_names_and_absolute_paths() -> None:
+    with pytest.raises(ConfigError, match="DISK_PATHS: 'var/lib/redis'"):
+        writer_settings("redis://127.0.0.1:1/0", "http://127.0.0.1:1", "db", disk_paths="var/lib/redis")
+    assert disk_paths(" redis=/var/lib/redis,influxdb=/var/lib/influxdb ") == {
+        "redis": "/var/lib/redis", "influxdb": "/var/lib/influxdb"}

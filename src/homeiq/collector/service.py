@@ -50,7 +50,8 @@ class Collector:
     def __init__(self, settings: CollectorSettings, token: str, entity_filter: EntityRules | None = None,
                  metrics_registry: CollectorRegistry | None = None) -> None:
         self.settings, self._filter = settings, entity_filter
-        self.runtime = ServiceRuntime(log, settings, Readiness(READY_HA, READY_REDIS), metrics_registry)
+        self.runtime = ServiceRuntime(log, settings, Readiness(READY_HA, READY_REDIS), metrics_registry,
+                                      disks={"spool": settings.spool_dir})
         self.metrics_registry, self.readiness = self.runtime.metrics_registry, self.runtime.readiness
         self.redis, self.persistence = self.runtime.redis, self.runtime.persistence
         self.metrics = CollectorMetrics(self.metrics_registry)

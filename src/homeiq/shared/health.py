@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Final
 
@@ -74,6 +75,35 @@ class ReadinessMetric(Collector):
 
     def describe(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("homeiq_ready", "", labels=["condition"])
+
+
+class DiskSpace(Collector):
+    """`homeiq_disk_free_bytes{use,path}` and `homeiq_disk_size_bytes{use,path}` of directories this process
+    can see (statvfs at each scrape: free for an unprivileged user, as Redis and InfluxDB write). A path that
+    cannot be read is left out (and the alert on absence says so)."""
+
+    def __init__(self, paths: dict[str, str]) -> None:
+        self._paths = dict(paths)
+
+    def collect(self) -> Iterator[Metric]:
+        free = GaugeMetricFamily("homeiq_disk_free_bytes", "Free bytes (for unprivileged writers) on the disk "
+                                 "of a directory: spool (the collector's), redis, influxdb (DISK_PATHS).",
+                                 labels=["use", "path"])
+        size = GaugeMetricFamily("homeiq_disk_size_bytes", "Size in bytes of the disk of a directory.",
+                                 labels=["use", "path"])
+        for use, path in self._paths.items():
+            try:
+                stat = os.statvfs(path)
+            except OSError:
+                continue
+            free.add_metric([use, path], float(stat.f_bavail * stat.f_frsize))
+            size.add_metric([use, path], float(stat.f_blocks * stat.f_frsize))
+        yield free
+        yield size
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("homeiq_disk_free_bytes", "", labels=["use", "path"])
+        yield GaugeMetricFamily("homeiq_disk_size_bytes", "", labels=["use", "path"])
 
 
 class HealthServer:
