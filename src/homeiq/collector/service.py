@@ -70,7 +70,7 @@ class Collector:
         self.resume = ResumePoint(self.redis, settings.names, self.gap, settings.backfill,
                                   self.publisher.held_states)
         self.known = KnownEntities(self.redis, settings.names.collector_entities)
-        self.dialer = Dialer(settings, token, self.metrics)
+        self.dialer = Dialer(settings, token, self.metrics, self._saw_ha_certificate)
         self.registries = Registries(self.ha_registry, self.known, self.metrics, settings.command_timeout_s)
         self.backfill = Backfill(settings, self.metrics, self.gap, self.known, self.ha_registry,
                                  self._publish_backfilled, self._ha_now_ns, self.dialer.recorder_connection)
@@ -145,6 +145,10 @@ class Collector:
         seconds, microseconds = await self.redis.time()
         after_ns = time.time_ns()
         self.metrics.redis_clock_offset.set((seconds * 10**9 + microseconds * 1000 - (before_ns + after_ns) // 2) / 1e9)
+
+    def _saw_ha_certificate(self, expiry_s: float) -> None:
+        """HA's wss:// certificate expires at `expiry_s` (no sample before one is seen: ws:// has none)."""
+        self.metrics.tls_cert_expiry.labels("home_assistant").set(expiry_s)
 
     def _ha_now_ns(self) -> int:
         """Now on HA's clock, as far as its states tell."""

@@ -254,11 +254,17 @@ class BatchWriter:
     async def check(self) -> None:
         """Ask InfluxDB whether it takes our credentials and has our database; sets readiness."""
         result = await self.sink.check()
+        self._saw_certificate()
         if result.outcome is Outcome.OK:
             self._readiness.ok(READY_INFLUX)
         else:
             reason = f"InfluxDB at {self.sink.url} answered {result.status or 'nothing'}: {result.detail}"
             self._readiness.fail(READY_INFLUX, reason[:300])
+
+    def _saw_certificate(self) -> None:
+        expiry: float | None = getattr(self.sink, "cert_expiry_s", None)
+        if expiry is not None:
+            self._metrics.tls_cert_expiry.labels("influxdb").set(expiry)
 
     async def _send(self, batch: Batch) -> WriteResult:
         started = time.perf_counter()
@@ -267,6 +273,7 @@ class BatchWriter:
         result = await self.sink.write(batch.prepared)
         self._metrics.write_seconds.observe(time.perf_counter() - started)
         self._metrics.batches.labels(result.outcome.value).inc()
+        self._saw_certificate()
         return result
 
     async def acked(self) -> None:
