@@ -4,20 +4,25 @@ dropped=1"), and no fix of ours makes a redrive land it. It is dead-lettered as 
 
 from __future__ import annotations
 
+import json
 import time
 
+import redis
 import redis.asyncio as aioredis
 import yaml
+from typer.testing import CliRunner
 
 from homeiq.local.services import InfluxServer, RedisServer
+from homeiq.replayer.cli import app
 from homeiq.shared.influx.sink import beyond_retention, classify
-from homeiq.shared.stream import DEFAULT_NAMES, POISON_REASONS
+from homeiq.shared.stream import DEAD_REASON, DEFAULT_NAMES, FIELD_EVENT, FIELD_VERSION, POISON_REASONS
 from tests.events import state_payload
 from tests.helpers import wait_for
 from tests.monitoring import OPS
 from tests.writer_harness import fill, metric, running_writer, writer_settings
 
 HOUR_NS = 3600 * 10**9
+runner = CliRunner()
 
 
 async def test_a_point_beyond_the_retention_policy_is_dead_lettered_as_beyond_retention(
@@ -58,3 +63,19 @@ def test_beyond_retention_has_its_own_runbook_not_fix_then_redrive() -> None:
     assert "purge --reason beyond_retention" in runbook and "RETENTION POLICY" in runbook
     [growing] = [r for r in rules if r["alert"] == "HomeiqDeadLetterGrowing"]
     assert 'reason!="beyond_retention"' in growing["expr"]
+
+
+def test_the_runbooks_commands_purge_or_redrive_only_that_reason(
+    redis_server: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    for reason in (b"beyond_retention", b"rejected", b"beyond_retention"):
+        client.xadd(DEFAULT_NAMES.dead, {FIELD_VERSION: b"1", FIELD_EVENT: state_payload(0), DEAD_REASON: reason})
+    env = {"REDIS_URL": redis_server.url}
+    redrive = runner.invoke(app, ["dead-letter", "redrive", "--all", "--reason", "rejected", "--json"], env=env)
+    assert redrive.exit_code == 0, redrive.output
+    assert len(json.loads(redrive.stdout)) == 1 and client.xlen(DEFAULT_NAMES.stream) == 1
+    purge = runner.invoke(app, ["dead-letter", "purge", "--all", "--reason", "beyond_retention", "--yes", "--json"],
+                          env=env)
+    assert purge.exit_code == 0, purge.output
+    assert json.loads(purge.stdout) == {"removed": 2} and client.xlen(DEFAULT_NAMES.dead) == 0
