@@ -60,7 +60,7 @@ def test_beyond_retention_has_its_own_runbook_not_fix_then_redrive() -> None:
     [rule] = [r for r in rules if r["alert"] == "HomeiqBeyondRetention"]
     assert 'reason="beyond_retention"' in rule["expr"]
     runbook = rule["annotations"]["runbook"]
-    assert "purge --reason beyond_retention" in runbook and "RETENTION POLICY" in runbook
+    assert "dead-letter purge --all --reason beyond_retention" in runbook and "RETENTION POLICY" in runbook
     [growing] = [r for r in rules if r["alert"] == "HomeiqDeadLetterGrowing"]
     assert 'reason!="beyond_retention"' in growing["expr"]
 
