@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -27,26 +25,9 @@ from homeiq.shared.influx.metrics import WriterMetrics
 from homeiq.shared.influx.reader import reader_for
 from homeiq.shared.influx.settings import InfluxSettings
 from homeiq.shared.stream import DEFAULT_NAMES
+from tests.dashboards import DASHBOARDS, HOME, OPERATOR, panels, targets
 from tests.helpers import wait_for
 from tests.monitoring import OPS, Prometheus
-
-DASHBOARDS = sorted((OPS / "grafana" / "dashboards").glob("*.json"))
-OPERATOR, HOME = (OPS / "grafana" / "dashboards" / name for name in ("homeiq-ingest.json", "homeiq-home.json"))
-
-
-def panels(dashboard: Path) -> Iterator[dict[str, Any]]:
-    """Every panel that queries (rows only group them)."""
-    for panel in json.loads(dashboard.read_text())["panels"]:
-        if panel["type"] != "row":
-            yield panel
-
-
-def targets(dashboard: Path, kind: str) -> Iterator[tuple[dict[str, Any], str]]:
-    """(panel, query) of every target whose data source is `kind`."""
-    for panel in panels(dashboard):
-        if panel["datasource"]["type"] == kind:
-            for target in panel["targets"]:
-                yield panel, target["expr" if kind == "prometheus" else "query"]
 
 
 def test_both_dashboards_are_shipped_and_provisioned() -> None:
