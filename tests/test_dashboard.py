@@ -25,7 +25,7 @@ from homeiq.shared.influx.metrics import WriterMetrics
 from homeiq.shared.influx.reader import reader_for
 from homeiq.shared.influx.settings import InfluxSettings
 from homeiq.shared.stream import DEFAULT_NAMES
-from tests.dashboards import DASHBOARDS, HOME, OPERATOR, panels, targets
+from tests.dashboards import DASHBOARDS, HOME, OPERATOR, dashboard_json, panels, targets
 from tests.helpers import wait_for
 from tests.monitoring import OPS, Prometheus
 
@@ -155,3 +155,9 @@ async def test_every_prometheus_query_of_the_dashboards_returns_data(
 def test_provisioning_reads_secrets_from_files_only(path: Path) -> None:
     text = path.read_text()
     assert not re.search(r"(token|password)\s*:\s*\S", text, re.IGNORECASE) or "$__file{" in text
+
+
+def test_the_readme_lists_every_row_and_panel_of_the_home_dashboard() -> None:
+    readme = (OPS.parent / "README.md").read_text()
+    for panel in dashboard_json(HOME)["panels"]:
+        assert f"{panel['title'].split(' (')[0]}" in readme, panel["title"]
