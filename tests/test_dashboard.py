@@ -4,6 +4,7 @@ export, its InfluxQL queries (tests/test_home_dashboard.py) against a real influ
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
@@ -54,6 +55,19 @@ def test_every_panel_states_one_unit_and_its_data_source_is_provisioned(dashboar
         assert panel["targets"], panel["title"]
     for variable in json.loads(dashboard.read_text())["templating"]["list"]:
         assert f"uid: {variable['datasource']['uid']}" in provisioned, variable["name"]
+
+
+@pytest.mark.parametrize("dashboard", DASHBOARDS, ids=lambda path: path.name)
+def test_no_two_panels_overlap(dashboard: Path) -> None:
+    """Grafana cannot be run here to look: at least every panel has a place of its own on the 24-column grid."""
+    taken: dict[tuple[int, int], str] = {}
+    for panel in dashboard_json(dashboard)["panels"]:
+        place = panel["gridPos"]
+        assert place["x"] + place["w"] <= 24 and min(place.values()) >= 0, panel["title"]
+        for cell in itertools.product(range(place["x"], place["x"] + place["w"]),
+                                      range(place["y"], place["y"] + place["h"])):
+            assert cell not in taken, (panel["title"], "over", taken[cell])
+            taken[cell] = panel["title"]
 
 
 def yes_no_gauges(registry: CollectorRegistry) -> set[str]:
