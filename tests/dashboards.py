@@ -18,9 +18,16 @@ def dashboard_json(dashboard: Path) -> dict[str, Any]:
     return loaded
 
 
+def every_panel(dashboard: Path) -> Iterator[dict[str, Any]]:
+    """Every panel, rows and the panels a collapsed row holds included."""
+    for panel in dashboard_json(dashboard)["panels"]:
+        yield panel
+        yield from panel.get("panels", []) if panel["type"] == "row" else []
+
+
 def panels(dashboard: Path) -> Iterator[dict[str, Any]]:
     """Every panel that queries (rows only group them)."""
-    for panel in dashboard_json(dashboard)["panels"]:
+    for panel in every_panel(dashboard):
         if panel["type"] != "row":
             yield panel
 

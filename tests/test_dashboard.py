@@ -26,7 +26,7 @@ from homeiq.shared.influx.metrics import WriterMetrics
 from homeiq.shared.influx.reader import reader_for
 from homeiq.shared.influx.settings import InfluxSettings
 from homeiq.shared.stream import DEFAULT_NAMES
-from tests.dashboards import DASHBOARDS, HOME, OPERATOR, dashboard_json, panels, targets
+from tests.dashboards import DASHBOARDS, HOME, OPERATOR, every_panel, panels, targets
 from tests.helpers import wait_for
 from tests.monitoring import OPS, Prometheus
 
@@ -46,7 +46,7 @@ def test_both_dashboards_are_shipped_and_provisioned() -> None:
 @pytest.mark.parametrize("dashboard", DASHBOARDS, ids=lambda path: path.name)
 def test_every_panel_states_one_unit_and_its_data_source_is_provisioned(dashboard: Path) -> None:
     provisioned = (OPS / "grafana" / "provisioning" / "datasources" / "datasources.yml").read_text()
-    ids = [panel["id"] for panel in json.loads(dashboard.read_text())["panels"]]
+    ids = [panel["id"] for panel in every_panel(dashboard)]
     assert len(set(ids)) == len(ids), "panel ids are unique"
     for panel in panels(dashboard):
         assert f"uid: {panel['datasource']['uid']}" in provisioned, panel["title"]
@@ -61,7 +61,7 @@ def test_every_panel_states_one_unit_and_its_data_source_is_provisioned(dashboar
 def test_no_two_panels_overlap(dashboard: Path) -> None:
     """Grafana cannot be run here to look: at least every panel has a place of its own on the 24-column grid."""
     taken: dict[tuple[int, int], str] = {}
-    for panel in dashboard_json(dashboard)["panels"]:
+    for panel in every_panel(dashboard):  # a collapsed row's panels are placed below it, as when it is open
         place = panel["gridPos"]
         assert place["x"] + place["w"] <= 24 and min(place.values()) >= 0, panel["title"]
         for cell in itertools.product(range(place["x"], place["x"] + place["w"]),
@@ -173,5 +173,5 @@ def test_provisioning_reads_secrets_from_files_only(path: Path) -> None:
 
 def test_the_readme_lists_every_row_and_panel_of_the_home_dashboard() -> None:
     readme = (OPS.parent / "README.md").read_text()
-    for panel in dashboard_json(HOME)["panels"]:
-        assert f"{panel['title'].split(' (')[0]}" in readme, panel["title"]
+    for panel in every_panel(HOME):
+        assert panel["title"].split(" (")[0] in readme, panel["title"]

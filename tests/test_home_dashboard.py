@@ -5,6 +5,7 @@ an interval and the variables' selections, and the panels' units against Home As
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import redis.asyncio as aioredis
 
 from homeiq.local.services import InfluxServer, RedisServer
 from homeiq.shared.events import Enrichment, encode_event
+from homeiq.shared.influx.settings import InfluxSettings
 from tests.dashboards import DASHBOARDS, dashboard_json, targets
 from tests.dashboards import HOME as DASHBOARD
 from tests.events import BASE_NS, other_payload, state_event
@@ -68,7 +70,12 @@ GRAFANA_UNITS: Final = {
     "kW": {"kwatt"}, "Wh": {"watth"}, "kWh": {"kwatth"}, "lx": {"lux"}, "hPa": {"pressurehpa"},
     "mbar": {"pressurembar"}, "bar": {"pressurebar"}, "kPa": {"pressurekpa"}, "V": {"volt"}, "A": {"amp"},
 }
-FILTER: Final = re.compile(r"\"device_class\" = '([^']*)' AND \"unit_of_measurement\" = '([^']*)'")
+# How a query selects one device class in one unit: in our schema by tag and field; in the ha schema the measurement
+# is the unit and the device class a `_str` field.
+FILTER: Final = re.compile(
+    r"\"device_class\" = '(?P<device_class>[^']*)' AND \"unit_of_measurement\" = '(?P<unit>[^']*)'")
+HA_FILTER: Final = re.compile(
+    r"FROM \"(?P<unit>[^\"]+)\" WHERE \$timeFilter AND \"device_class_str\" = '(?P<device_class>[^']*)'")
 
 
 def payloads() -> Iterator[bytes]:
@@ -76,11 +83,16 @@ def payloads() -> Iterator[bytes]:
     for entity in THE_HOME:
         for minutes, state in entity.states:
             n += 1
-            event = state_event(n, state=state, entity_id=entity.entity_id, attributes=b"{}")
+            name = entity.entity_id.partition(".")[2].replace("_", " ")
+            attributes = {"friendly_name": name, "device_class": entity.device_class,
+                          "unit_of_measurement": entity.unit}
+            event = state_event(n, state=state, entity_id=entity.entity_id, attributes=json.dumps(
+                {key: value for key, value in attributes.items() if value is not None}).encode())
+            time_ns = BASE_NS + minutes * MINUTE_NS
             yield encode_event(msgspec.structs.replace(
-                event, time_ns=BASE_NS + minutes * MINUTE_NS,
+                event, time_ns=time_ns, time_fired_ns=time_ns,
                 enrichment=Enrichment(area_id=entity.area, device_class=entity.device_class, unit=entity.unit,
-                                      friendly_name=entity.entity_id.partition(".")[2].replace("_", " "))))
+                                      friendly_name=name)))
     yield other_payload("call_service", 999, b'{"domain":"light","service":"turn_on"}')
 
 
@@ -91,6 +103,17 @@ async def home_db(redis_server: RedisServer, redis_client: aioredis.Redis, influ
     await fill(redis_client, written)
     async with running_writer(writer_settings(redis_server.url, influx.url, influx_db)) as running:
         await wait_for(lambda: metric(running, "homeiq_points_written_total") == len(written), 10, "points written")
+    return influx_db
+
+
+@pytest.fixture
+async def ha_db(redis_server: RedisServer, redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str) -> str:
+    """A database holding THE_HOME as Home Assistant's integration writes it (our writer, the `ha` schema)."""
+    states = sum(len(entity.states) for entity in THE_HOME)
+    await fill(redis_client, list(payloads()))
+    ha = InfluxSettings(url=influx.url, api="v1", bucket=influx_db, timeout_s=2, schema="ha")
+    async with running_writer(writer_settings(redis_server.url, influx.url, influx_db, influx=ha)) as running:
+        await wait_for(lambda: metric(running, "homeiq_points_written_total") == states, 10, "points written")
     return influx_db
 
 
@@ -126,8 +149,14 @@ def run(influx: InfluxServer, database: str, statement: str) -> list[dict[str, A
     return series
 
 
-def panel(title: str) -> tuple[dict[str, Any], str]:
-    found = [(each, query) for each, query in targets(DASHBOARD, "influxdb") if each["title"].startswith(title)]
+def schema_of(query: str) -> str:
+    """The schema a query reads: ours has one measurement; in the `ha` schema the measurement is the unit."""
+    return "homeiq" if 'FROM "home_assistant_events"' in query else "ha"
+
+
+def panel(title: str, schema: str = "homeiq") -> tuple[dict[str, Any], str]:
+    found = [(each, query) for each, query in targets(DASHBOARD, "influxdb")
+             if each["title"].startswith(title) and schema_of(query) == schema]
     assert len(found) == 1, title
     return found[0]
 
@@ -179,32 +208,46 @@ async def test_the_last_state_of_every_entity_is_shown_whatever_the_time_range(
 
 
 def drawn(influx: InfluxServer, database: str, query: str, **selected: list[str]) -> dict[str, list[Any]]:
-    return {series["tags"]["entity_id"]: [row[1] for row in series["values"]]
+    """The values of each entity (the `ha` schema's tags carry the object id and the domain apart)."""
+    return {(f"{series['tags']['domain']}.{series['tags']['entity_id']}" if schema_of(query) == "ha"
+             else series["tags"]["entity_id"]): [row[1] for row in series["values"]]
             for series in run(influx, database, grafana(query, **selected))}
 
 
-def device_class_panels() -> Iterator[tuple[dict[str, Any], str, str, str]]:
-    """(panel, query, device class, unit) of every panel drawing numbers of one device class in one unit."""
+def device_class_panels(schema: str) -> Iterator[tuple[dict[str, Any], str, str, str]]:
+    """(panel, query, device class, unit) of every panel of `schema` drawing numbers of one device class in one
+    unit."""
     for each, query in targets(DASHBOARD, "influxdb"):
-        if each["type"] == "timeseries":
-            match = FILTER.search(query)
-            assert match, (each["title"], "a numeric panel draws one device class in one unit")
-            yield each, query, match.group(1), match.group(2)
+        if each["type"] == "timeseries" and schema_of(query) == schema:
+            yield each, query, *device_class_and_unit(each, query)
+
+
+def device_class_and_unit(each: dict[str, Any], query: str) -> tuple[str, str]:
+    """The one device class and unit a panel of numbers draws, as its query selects them."""
+    match = FILTER.search(query) or HA_FILTER.search(query)
+    assert match, (each["title"], "numbers of every device class and unit on one axis")
+    return (match["device_class"], match["unit"])
+
+
+def expected_numbers(device_class: str, unit: str) -> dict[str, list[float]]:
+    """What a panel of one device class and unit draws of THE_HOME in the time range, in 1 min intervals."""
+    expected = {entity.entity_id: [float(state) for minutes, state in entity.states
+                                   if BASE_NS + minutes * MINUTE_NS in IN_RANGE]
+                for entity in THE_HOME if (entity.device_class, entity.unit) == (device_class, unit)}
+    expected = {entity_id: values for entity_id, values in expected.items() if values}
+    if device_class == "energy":  # what each meter used between its readings
+        expected = {entity_id: [b - a for a, b in itertools.pairwise(values)]
+                    for entity_id, values in expected.items()}
+    return expected
 
 
 async def test_each_device_class_panel_draws_its_entities_in_its_unit_and_no_other(
     home_db: str, influx: InfluxServer
 ) -> None:
     classes = set()
-    for each, query, device_class, unit in device_class_panels():
+    for each, query, device_class, unit in device_class_panels("homeiq"):
         classes.add(device_class)
-        expected = {entity.entity_id: [float(state) for minutes, state in entity.states
-                                       if BASE_NS + minutes * MINUTE_NS in IN_RANGE]
-                    for entity in THE_HOME if (entity.device_class, entity.unit) == (device_class, unit)}
-        expected = {entity_id: values for entity_id, values in expected.items() if values}
-        if device_class == "energy":  # what each meter used between its readings
-            expected = {entity_id: [b - a for a, b in itertools.pairwise(values)]
-                        for entity_id, values in expected.items()}
+        expected = expected_numbers(device_class, unit)
         assert expected, each["title"]
         assert drawn(influx, home_db, query) == expected, each["title"]
         area = next(entity.area for entity in THE_HOME if entity.entity_id in expected)
@@ -216,6 +259,20 @@ async def test_each_device_class_panel_draws_its_entities_in_its_unit_and_no_oth
     _, celsius = panel("Temperature")
     assert drawn(influx, home_db, celsius).keys() == {"sensor.kitchen_temperature"}
     assert classes == {entity.device_class for entity in THE_HOME if entity.unit}
+    for _, query, _, _ in device_class_panels("ha"):  # the ha schema's panels: nothing here
+        assert not drawn(influx, home_db, query)
+
+
+async def test_the_ha_schema_panels_draw_home_assistants_points_by_unit(ha_db: str, influx: InfluxServer) -> None:
+    drawing = list(device_class_panels("ha"))
+    assert {device_class for _, _, device_class, _ in drawing} == {"temperature", "humidity", "power", "energy"}
+    for each, query, device_class, unit in drawing:
+        expected = expected_numbers(device_class, unit)
+        assert expected and drawn(influx, ha_db, query) == expected, each["title"]
+    _, celsius = panel("Temperature", "ha")
+    assert drawn(influx, ha_db, celsius).keys() == {"sensor.kitchen_temperature"}
+    for _, query, _, _ in device_class_panels("homeiq"):  # our schema's panels: nothing here
+        assert not drawn(influx, ha_db, query)
 
 
 async def test_the_on_off_timeline_shows_doors_and_lights_not_sensors(home_db: str, influx: InfluxServer) -> None:
@@ -232,10 +289,8 @@ async def test_the_on_off_timeline_shows_doors_and_lights_not_sensors(home_db: s
 def test_a_panel_of_numbers_states_the_unit_of_the_one_device_class_it_draws(dashboard: Any) -> None:
     numeric = [(each, query) for each, query in targets(dashboard, "influxdb") if each["type"] == "timeseries"]
     for each, query in numeric:
-        match = FILTER.search(query)
-        assert match, (each["title"], "numbers of every device class and unit on one axis")
-        device_class, unit = match.groups()
+        device_class, unit = device_class_and_unit(each, query)
         assert unit in HA_UNITS[device_class], (each["title"], "a unit Home Assistant has for the class")
         assert each["fieldConfig"]["defaults"]["unit"] in GRAFANA_UNITS[unit], (each["title"], unit)
     if dashboard == DASHBOARD:
-        assert len(numeric) >= 7
+        assert len(numeric) >= 11
