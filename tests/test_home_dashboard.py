@@ -285,6 +285,12 @@ async def test_the_on_off_timeline_shows_doors_and_lights_not_sensors(home_db: s
     assert drawn(influx, home_db, query, area=["kitchen"]).keys() == {"light.kitchen"}
 
 
+def test_every_influxql_query_of_the_home_dashboard_is_run_by_a_test_above() -> None:
+    run_above = {panel("Last state of every entity")[1], panel("Doors, windows")[1]} | {
+        query for schema in ("homeiq", "ha") for _, query, _, _ in device_class_panels(schema)}
+    assert {query for _, query in targets(DASHBOARD, "influxdb")} == run_above
+
+
 @pytest.mark.parametrize("dashboard", DASHBOARDS, ids=lambda path: path.name)
 def test_a_panel_of_numbers_states_the_unit_of_the_one_device_class_it_draws(dashboard: Any) -> None:
     numeric = [(each, query) for each, query in targets(dashboard, "influxdb") if each["type"] == "timeseries"]
