@@ -37,6 +37,7 @@ class Entity:
     device_class: str | None
     unit: str | None
     states: tuple[tuple[int, str], ...]  # (minutes from BASE_NS, state)
+    removed: int | None = None  # minutes from BASE_NS: HA removed the entity then (a state_changed without new state)
 
 
 THE_HOME: Final = (
@@ -50,6 +51,7 @@ THE_HOME: Final = (
     Entity("sensor.porch_pressure", "porch", "pressure", "hPa", ((-10, "1013.2"),)),
     Entity("binary_sensor.front_door", "hall", "door", None, ((-50, "off"), (-12, "on"), (-11, "off"))),
     Entity("light.kitchen", "kitchen", None, None, ((-35, "on"), (20, "off"))),
+    Entity("switch.old_plug", "laundry", None, None, ((-40, "on"),), removed=-8),
     # Last changed a month before the time range: only the last-state table shows it.
     Entity("sensor.attic_temperature", "attic", "temperature", "°C", ((-30 * 24 * 60, "15.0"),)),
 )
@@ -89,10 +91,16 @@ def payloads() -> Iterator[bytes]:
             event = state_event(n, state=state, entity_id=entity.entity_id, attributes=json.dumps(
                 {key: value for key, value in attributes.items() if value is not None}).encode())
             time_ns = BASE_NS + minutes * MINUTE_NS
-            yield encode_event(msgspec.structs.replace(
-                event, time_ns=time_ns, time_fired_ns=time_ns,
-                enrichment=Enrichment(area_id=entity.area, device_class=entity.device_class, unit=entity.unit,
-                                      friendly_name=name)))
+            enrichment = Enrichment(area_id=entity.area, device_class=entity.device_class, unit=entity.unit,
+                                    friendly_name=name)
+            yield encode_event(msgspec.structs.replace(event, time_ns=time_ns, time_fired_ns=time_ns,
+                                                       enrichment=enrichment))
+        if entity.removed is not None:
+            n += 1
+            assert event.new_state is not None
+            time_ns = BASE_NS + entity.removed * MINUTE_NS
+            yield encode_event(msgspec.structs.replace(event, time_ns=time_ns, time_fired_ns=time_ns, new_state=None,
+                                                       old_state=event.new_state, enrichment=enrichment))
     yield other_payload("call_service", 999, b'{"domain":"light","service":"turn_on"}')
 
 
@@ -198,10 +206,12 @@ async def test_the_last_state_of_every_entity_is_shown_whatever_the_time_range(
     assert states.keys() == {entity.entity_id for entity in THE_HOME}  # the call_service event is no entity
     for entity in THE_HOME:
         minutes, state = entity.states[-1]
-        row = states[entity.entity_id]
-        assert (row["state"], row["unit"], row["time"]) == (state, entity.unit, BASE_NS + minutes * MINUTE_NS)
+        last: tuple[int, str | None] = (minutes, state) if entity.removed is None else (entity.removed, None)
+        row = states[entity.entity_id]  # a removed entity: no state since its removal
+        assert (row["state"], row["unit"], row["time"]) == (last[1], entity.unit, BASE_NS + last[0] * MINUTE_NS)
     assert states[ATTIC.entity_id]["time"] not in IN_RANGE  # last changed a month before the range: still shown
     assert last_states(influx, home_db, area=["kitchen"]).keys() == {"sensor.kitchen_temperature", "light.kitchen"}
+    assert states["switch.old_plug"]["name"] == "old plug"
     assert last_states(influx, home_db, device_class=["temperature"], area=["attic", "porch"]).keys() == {
         ATTIC.entity_id, "sensor.porch_temperature"}
     assert last_states(influx, home_db, entity=["sensor.washer_power"]).keys() == {"sensor.washer_power"}
@@ -275,10 +285,12 @@ async def test_the_ha_schema_panels_draw_home_assistants_points_by_unit(ha_db: s
         assert not drawn(influx, ha_db, query)
 
 
-async def test_the_on_off_timeline_shows_doors_and_lights_not_sensors(home_db: str, influx: InfluxServer) -> None:
+async def test_the_on_off_timeline_shows_doors_lights_and_switches_not_sensors(
+    home_db: str, influx: InfluxServer
+) -> None:
     _, query = panel("Doors, windows")
     states = drawn(influx, home_db, query)
-    assert states.keys() == {"binary_sensor.front_door", "light.kitchen"}
+    assert states.keys() == {"binary_sensor.front_door", "light.kitchen", "switch.old_plug"}
     # Empty (null) before an entity's first change in the range: its state then is not known to the query.
     assert set(states["binary_sensor.front_door"]) - {None} == {"on", "off"}
     assert set(states["light.kitchen"]) - {None} == {"on", "off"}
