@@ -109,6 +109,9 @@ def image() -> str:
                                 str(dockerfile.parent)], capture_output=True, text=True, check=False,
                                env={**os.environ, "DOCKER_BUILDKIT": "0"}, timeout=1500)
         assert built.returncode == 0, built.stderr[-3000:]
+        older = subprocess.run(["docker", "images", "homeiq/systemd-test", "--format", "{{.Repository}}:{{.Tag}}"],
+                               capture_output=True, text=True, check=True).stdout.split()
+        subprocess.run(["docker", "rmi", *(name for name in older if name != tag)], capture_output=True, check=False)
     return tag
 
 
@@ -257,3 +260,36 @@ def test_a_configuration_error_stops_instead_of_restarting(machine: Machine) -> 
     time.sleep(12)  # beyond RestartSec=5 twice
     state = machine.show("homeiq-writer@9", "ActiveState", "NRestarts", "ExecMainStatus")
     assert state == {"ActiveState": "failed", "NRestarts": "0", "ExecMainStatus": "2"}, state
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_a_secret_is_handed_over_once_it_is_there(machine: Machine) -> None:
+    password = secrets.token_hex(12)
+    machine.sh(f"umask 077; printf '%s\\n' {password} > /etc/homeiq/influxdb-secret; "
+               "sed -i 's|^INFLUXDB_USERNAME=.*|INFLUXDB_USERNAME=homeiq_writer|' /etc/homeiq/homeiq.env")
+    machine.run("/src/scripts/install-systemd", env={"PIP_CERT": "/host-ca.pem"}, timeout=1200)
+    machine.run("systemctl", "restart", "homeiq-writer@1", "homeiq-replayer")
+    time.sleep(8)
+    for unit in ("homeiq-writer@1", "homeiq-replayer"):
+        state = machine.show(unit, "ActiveState", "NRestarts", "MainPID")
+        assert (state["ActiveState"], state["NRestarts"]) == ("active", "0"), (unit, state)
+        environ = machine.sh(f"tr '\\0' '\\n' < /proc/{state['MainPID']}/environ")
+        assert f"INFLUXDB_PASSWORD_FILE=/run/credentials/{unit}.service/influxdb-secret" in environ, unit
+        assert password not in environ, unit
+    assert machine.run("homeiqctl", "pending", check=False).returncode == 0
+    assert password not in machine.sh("ps -eo args; systemctl show 'homeiq-*'")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_the_install_names_the_url_of_an_influxdb_that_does_not_answer(machine: Machine) -> None:
+    machine.sh("cp /etc/homeiq/homeiq.env /root/homeiq.env && "
+               "sed -i 's|^INFLUXDB_URL=.*|INFLUXDB_URL=http://127.0.0.1:9|' /etc/homeiq/homeiq.env")
+    try:
+        done = machine.run("/src/scripts/install-systemd", env={"PIP_CERT": "/host-ca.pem", "INFLUXDB_WAIT_S": "3"},
+                           check=False, timeout=1200)
+    finally:
+        machine.sh("cp /root/homeiq.env /etc/homeiq/homeiq.env")
+    assert done.returncode != 0
+    assert "InfluxDB at http://127.0.0.1:9/ping did not answer within 3 s" in done.stderr, done.stderr[-2000:]
