@@ -265,6 +265,11 @@ def test_a_configuration_error_stops_instead_of_restarting(machine: Machine) -> 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_a_secret_is_handed_over_once_it_is_there(machine: Machine) -> None:
+    # An empty secret file, as earlier installs made: removed, nothing handed over.
+    machine.sh("install -m 0600 /dev/null /etc/homeiq/influxdb-secret")
+    machine.run("/src/scripts/install-systemd", env={"PIP_CERT": "/host-ca.pem"}, timeout=1200)
+    assert machine.sh("ls /etc/homeiq").split() == ["ha-token", "homeiq.env"]
+    assert "influxdb-secret" not in machine.sh("cat /etc/systemd/system/homeiq-replayer.service.d/credentials.conf")
     password = secrets.token_hex(12)
     machine.sh(f"umask 077; printf '%s\\n' {password} > /etc/homeiq/influxdb-secret; "
                "sed -i 's|^INFLUXDB_USERNAME=.*|INFLUXDB_USERNAME=homeiq_writer|' /etc/homeiq/homeiq.env")
