@@ -69,11 +69,11 @@ def test_every_runbook_gives_each_deployments_command() -> None:
     for rule in alert_rules():
         runbook = rule["annotations"]["runbook"]
         assert "/readyz" not in runbook and "curl" not in runbook, rule["alert"]
-        commands = re.findall(r"`(?:\./scripts/replayer|docker-compose exec replayer replayer|homeiqctl) ([^`]+)`",
+        commands = re.findall(r"`(?:\./scripts/replayer|docker-compose exec replayer replayer|sudo homeiqctl) ([^`]+)`",
                               runbook)
         for command in set(commands):
             for form in (f"`./scripts/replayer {command}`", f"`docker-compose exec replayer replayer {command}`",
-                         f"`homeiqctl {command}`"):
+                         f"`sudo homeiqctl {command}`"):
                 assert form in runbook, f"{rule['alert']}: {form} missing"
         assert not re.search(r"(?<![\w/-])`replayer ", runbook), f"{rule['alert']}: a bare `replayer …`"
 
