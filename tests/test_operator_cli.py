@@ -7,6 +7,7 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,96 @@ def test_unix_socket_urls_work(unix_redis: Path) -> None:
     assert json.loads(result.stdout)["state"] == "no_stream"
     with pytest.raises(ConfigError, match="socket path"):
         check_url("REDIS_URL", "unix://", ("redis", "unix"))
+
+
+LONG_ENTITY = "sensor." + "a_very_long_entity_id_as_integrations_name_them_" * 3 + "end"
+
+
+def _dead_letters(client: redis.Redis) -> list[bytes]:
+    """Three dead letters as the writers write them: a rejected state of LONG_ENTITY, an undecodable payload, and
+    one whose payload was trimmed."""
+    from homeiq.shared.stream import dead_letter_fields  # noqa: PLC0415
+    from tests.events import state_payload  # noqa: PLC0415
+
+    long_detail = "partial write: field type conflict: " + "x" * 300 + " END"
+    made = []
+    for fields, reason, detail in (
+        ([FIELD_VERSION, b"1", FIELD_EVENT, state_payload(1, entity_id=LONG_ENTITY)], "rejected", long_detail),
+        ([FIELD_VERSION, b"1", FIELD_EVENT, b"\xff{not json"], "undecodable", "bad json"),
+        ([], "payload_trimmed", "pending entry deleted from the stream"),
+    ):
+        flat = dead_letter_fields(fields, reason, detail, b"1700000000000-0", "w1")  # type: ignore[arg-type]
+        made.append(client.xadd(DEFAULT_NAMES.dead, dict(zip(flat[::2], flat[1::2], strict=True))))
+    return made
+
+
+def test_dead_letter_list_shows_time_entity_and_reason_and_full_ids_without_a_terminal(
+    redis_server: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    ids = _dead_letters(client)
+    env = {"REDIS_URL": redis_server.url, "COLUMNS": "80"}
+    shown = runner.invoke(app, ["dead-letter", "list"], env=env)
+    assert shown.exit_code == 0, shown.output
+    header = next(line for line in shown.stdout.splitlines() if "reason" in line)
+    for column in ("time", "entity", "reason"):
+        assert column in header
+    assert LONG_ENTITY in shown.stdout  # whole, on one line: not cut at 80 columns without a terminal
+    when = datetime.fromtimestamp(int(ids[0].split(b"-")[0]) / 1000, UTC).isoformat(timespec="seconds")
+    assert when[:19] in shown.stdout  # when it was dead-lettered, from its id
+    assert "undecodable" in shown.stdout and "payload_trimmed" in shown.stdout
+    listed = json.loads(runner.invoke(app, ["dead-letter", "list", "--json"], env=env).stdout)
+    assert [d["entity_id"] for d in listed] == [LONG_ENTITY, None, None]
+    assert all(d["time"].startswith("20") for d in listed)
+
+
+def test_dead_letter_show_prints_the_whole_entry_with_its_payload_decoded(
+    redis_server: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    rejected, undecodable, trimmed = (i.decode() for i in _dead_letters(client))
+    env = {"REDIS_URL": redis_server.url}
+    shown = runner.invoke(app, ["dead-letter", "show", rejected], env=env)
+    assert shown.exit_code == 0, shown.output
+    for text in (LONG_ENTITY, "rejected", "x" * 300 + " END", "1700000000000-0", "w1", '"state_changed"',
+                 '"friendly_name"'):
+        assert text in shown.stdout, text
+    entry = json.loads(runner.invoke(app, ["dead-letter", "show", rejected, "--json"], env=env).stdout)
+    assert entry["entity_id"] == LONG_ENTITY and entry["detail"].endswith(" END")
+    assert entry["payload"]["new_state"]["attributes"] == {"friendly_name": "S"}
+    bad = json.loads(runner.invoke(app, ["dead-letter", "show", undecodable, "--json"], env=env).stdout)
+    assert bad["payload"] is None and "\\xff{not json" in bad["raw_payload"] and bad["payload_error"]
+    gone = runner.invoke(app, ["dead-letter", "show", trimmed], env=env)
+    assert gone.exit_code == 0 and "no payload" in gone.stdout
+    missing = runner.invoke(app, ["dead-letter", "show", "1-1"], env=env)
+    assert missing.exit_code == 1 and "1-1" in missing.stderr
+    assert runner.invoke(app, ["dead-letter", "show", "nonsense"], env=env).exit_code == 2
+
+
+def test_reason_values_are_checked_against_the_reasons_that_exist(
+    redis_server: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    import typing  # noqa: PLC0415
+
+    from homeiq.shared.stream import PoisonReason  # noqa: PLC0415
+
+    client = redis.Redis.from_url(redis_server.url)
+    _dead_letters(client)
+    env = {"REDIS_URL": redis_server.url}
+    wrong = runner.invoke(app, ["dead-letter", "list", "--reason", "rejectd"], env=env)
+    assert wrong.exit_code == 2
+    for reason in (*typing.get_args(PoisonReason), "payload_trimmed"):
+        assert reason in wrong.stderr
+    right = runner.invoke(app, ["dead-letter", "list", "--reason", "undecodable", "--json"], env=env)
+    assert right.exit_code == 0 and [d["reason"] for d in json.loads(right.stdout)] == ["undecodable"]
+
+
+def test_a_purge_without_a_terminal_and_without_yes_gives_the_yes_hint_not_aborted(
+    redis_server: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    client.xadd(DEFAULT_NAMES.dead, {DEAD_REASON: b"rejected"})
+    no_answer = runner.invoke(app, ["dead-letter", "purge", "--all"], env={"REDIS_URL": redis_server.url})
+    assert no_answer.exit_code == 1
+    assert "Aborted" not in no_answer.output and "--yes" in no_answer.stderr
+    assert client.xlen(DEFAULT_NAMES.dead) == 1
