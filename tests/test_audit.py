@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,6 +52,16 @@ class Audited:
         stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
         assert process.returncode in (0, 1), stderr.decode()
         return process.returncode, json.loads(stdout)
+
+    async def audit_text(self, *args: str) -> str:
+        """`replayer audit --since …` as a table, piped."""
+        await committed(self.sim)
+        process = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "replayer"), "audit", "--since", self.since, *args,
+            env={**os.environ, **self.env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+        assert process.returncode in (0, 1), stderr.decode()
+        return stdout.decode()
 
     async def stream_event(self, entity_id: str, time_ns: int) -> NormalisedEvent:
         """The stream's entry of one state change (what the writer wrote for it)."""
@@ -336,3 +347,41 @@ async def test_with_a_precision_the_audit_compares_at_it_and_counts_states_a_lat
             await wait_for(lambda: _caught_up(redis_client), 20, "the repair written")
             code, report = await audited.audit()
             assert code == 0 and totals(report)["found"] == len(units)  # the repaired point holds the last state
+
+
+async def test_states_recorded_before_the_pipeline_first_ran_are_not_missing(audited: Audited) -> None:
+    # ha-sim recorded each entity's first state before the collector ever ran: a window that starts earlier
+    # holds 30 states the pipeline never saw. Those are not the pipeline's misses; a point deleted later is.
+    earlier = datetime.fromtimestamp(datetime.fromisoformat(audited.since).timestamp() - 60, UTC).isoformat()
+    code, report = await audited.audit("--since", earlier)
+    assert totals(report)["missing"] == 0, report
+    assert sum(len(e["before_first_run"]) for e in report["entities"]) == 30
+    assert report["first_run_ns"] and code == 0
+    table = await audited.audit_text("--since", earlier)
+    assert "before first run" in table and "30" in table
+    gone = audited.sim.hub.sent[10]
+    audited.delete(gone.entity_id, gone.last_updated_us * 1000)
+    code, report = await audited.audit("--since", earlier)
+    assert code == 1 and totals(report)["missing"] == 1  # a real miss still fails, and only it counts
+    assert sum(len(e["before_first_run"]) for e in report["entities"]) == 30
+
+
+async def test_the_first_run_mark_is_set_once_and_is_unknown_for_a_pipeline_that_ran_before_it(
+    redis_client: aioredis.Redis,
+) -> None:
+    from homeiq.collector.resume import mark_first_run  # noqa: PLC0415
+    from homeiq.replayer.audit import first_run_ns  # noqa: PLC0415
+    from homeiq.shared.stream import ensure_group  # noqa: PLC0415
+
+    names = DEFAULT_NAMES
+    await ensure_group(redis_client, names)  # a writer that started first: an empty stream is no earlier run
+    before = time.time_ns()
+    await mark_first_run(redis_client, names)
+    first = await first_run_ns(redis_client, names)
+    assert first is not None and before <= first <= time.time_ns()
+    await mark_first_run(redis_client, names)
+    assert await first_run_ns(redis_client, names) == first  # never moved
+    await redis_client.delete(names.first_run)
+    await redis_client.xadd(names.stream, {"v": "1", "e": "{}"})  # ran before the mark existed
+    await mark_first_run(redis_client, names)
+    assert await first_run_ns(redis_client, names) is None and await redis_client.get(names.first_run) == b"0"
