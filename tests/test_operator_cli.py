@@ -196,3 +196,64 @@ def test_a_purge_without_a_terminal_and_without_yes_gives_the_yes_hint_not_abort
     assert no_answer.exit_code == 1
     assert "Aborted" not in no_answer.output and "--yes" in no_answer.stderr
     assert client.xlen(DEFAULT_NAMES.dead) == 1
+
+
+async def _replayer(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """The `replayer` console script in a process of its own (the test's loop keeps running)."""
+    import asyncio  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "replayer"), *args, env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_status_shows_ha_the_stream_pending_dead_letters_spool_and_the_last_audit_on_one_screen(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    from homeiq.replayer.audit import AuditReport, EntityAudit, record  # noqa: PLC0415
+    from tests.collector_harness import running_collector, simulator  # noqa: PLC0415
+    from tests.helpers import wait_for  # noqa: PLC0415
+
+    client = redis.Redis.from_url(redis_server.url)
+    env = {"REDIS_URL": redis_server.url}
+    async with simulator(entity_count=10) as sim, running_collector(sim, redis_server.url, tmp_path) as run:
+        await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
+        await sim.hub.emit(50, rate_per_s=1000)
+        await wait_for(lambda: client.xlen(DEFAULT_NAMES.stream) >= 50, 10, "50 entries")
+        client.xgroup_create(DEFAULT_NAMES.stream, DEFAULT_NAMES.group, id="0")
+        client.xreadgroup(DEFAULT_NAMES.group, "writer-a", {DEFAULT_NAMES.stream: ">"}, count=20)
+        _dead_letters(client)
+        await record(redis_client, DEFAULT_NAMES, AuditReport(1, 2, [EntityAudit("sensor.x", "differs", 3, 2, [7])]),
+                     "replayer audit")
+        port = await wait_for(lambda: run.collector.runtime.health.port, 10, "the collector's metrics")
+        metrics = f"http://127.0.0.1:{port}/metrics"
+        code, stdout, stderr = await _replayer("status", "--collector-metrics", metrics, "--json", env=env)
+        assert code == 0, stderr
+        status = json.loads(stdout)
+        assert status["ha"]["connected"] is True and status["ha"]["metrics_url"] == metrics
+        stream = status["stream"]
+        assert stream["length"] == 50 and stream["lag"] == 30 and stream["pending"] == 20
+        assert [(c["name"], c["pending"]) for c in stream["consumers"]] == [("writer-a", 20)]
+        assert status["dead_letters"] == {"total": 3, "by_reason": {"rejected": 1, "undecodable": 1,
+                                                                    "payload_trimmed": 1}}
+        assert status["spool"]["bytes"] == 0 and status["spool"]["max_bytes"] > 0
+        assert status["last_audit"]["missing"] == 1 and status["last_audit"]["by"] == "replayer audit"
+        assert status["collector"]["first_run"] and status["collector"]["newest_live_state_age_s"] is not None
+        code, table, stderr = await _replayer("status", "--collector-metrics", metrics, env=env)
+        assert code == 0, stderr
+        for text in ("connected", "writer-a", "rejected", "payload_trimmed", "spool", "last audit", "1 missing",
+                     metrics):
+            assert text in table, (text, table)
+    # The collector is gone: what Redis knows is still shown; the exit code and stderr say what could not be read.
+    secret = f"http://admin:s3cret-token@127.0.0.1:{port}/metrics"
+    code, stdout, stderr = await _replayer("status", "--collector-metrics", secret, env=env)
+    assert code == 1 and "writer-a" in stdout
+    assert f"127.0.0.1:{port}" in stderr and "COLLECTOR_METRICS_URL" in stderr
+    assert "s3cret-token" not in stdout + stderr
+    code, stdout, stderr = await _replayer("status", "--collector-metrics", "", env=env)
+    assert code == 0 and "not asked" in stdout, stderr

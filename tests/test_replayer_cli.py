@@ -220,7 +220,10 @@ def test_usage_errors_exit_2() -> None:
     assert runner.invoke(app, ["dead-letter", "redrive"]).exit_code == 2
     assert runner.invoke(app, ["dead-letter", "purge", "--before", "yesterday"]).exit_code == 2
     assert runner.invoke(app, ["pending"], env={"REDIS_URL": "localhost"}).exit_code == 2
+    assert runner.invoke(app, ["status", "--collector-metrics", "ftp://127.0.0.1/metrics"]).exit_code == 2
+    assert runner.invoke(app, ["dead-letter", "show"]).exit_code == 2
     for command in (["--help"], ["pending", "--help"], ["reclaim", "--help"], ["trim", "--help"],
+                    ["status", "--help"], ["dead-letter", "show", "--help"],
                     ["dead-letter", "list", "--help"], ["dead-letter", "redrive", "--help"],
                     ["dead-letter", "purge", "--help"], ["run", "--help"]):
         assert runner.invoke(app, command).exit_code == 0, command
