@@ -15,7 +15,7 @@ import redis
 import redis.asyncio as aioredis
 from typer.testing import CliRunner
 
-from homeiq.local.services import RedisServer
+from homeiq.local.services import InfluxServer, RedisServer
 from homeiq.replayer.cli import app
 from homeiq.shared.settings import ConfigError, check_url
 from homeiq.shared.stream import DEAD_REASON, DEFAULT_NAMES, FIELD_EVENT, FIELD_VERSION
@@ -257,3 +257,49 @@ async def test_status_shows_ha_the_stream_pending_dead_letters_spool_and_the_las
     assert "s3cret-token" not in stdout + stderr
     code, stdout, stderr = await _replayer("status", "--collector-metrics", "", env=env)
     assert code == 0 and "not asked" in stdout, stderr
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_scripts_start_keeps_ha_sims_token_in_a_file_only_its_owner_reads(tmp_path: Path) -> None:
+    from homeiq.local.pipeline import ha_sim_token  # noqa: PLC0415
+
+    token = ha_sim_token(tmp_path / "data")
+    path = tmp_path / "data" / "ha-sim-token"
+    assert path.read_text().strip() == token and len(token) >= 24
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert ha_sim_token(tmp_path / "data") == token  # the same across restarts: an audit later still gets in
+
+
+async def test_scripts_replayer_runs_the_replayer_against_what_scripts_start_runs(
+    redis_server: RedisServer, redis_client: aioredis.Redis, influx: InfluxServer, tmp_path: Path
+) -> None:
+    import asyncio  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    from tests.collector_harness import TOKEN, simulator  # noqa: PLC0415
+
+    influx.create_database("home_assistant_events")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "ha-sim-token").write_text(TOKEN + "\n")
+    (data / "ha-sim-token").chmod(0o600)
+    async with simulator(entity_count=5) as sim:
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith(("REDIS_", "INFLUXDB_", "HA_", "COLLECTOR_"))}
+        env.update(HOMEIQ_DATA_DIR=str(data), HOMEIQ_REDIS_PORT=str(redis_server.port),
+                   HOMEIQ_INFLUXDB_PORT=str(urlsplit(influx.url).port), HA_SIM_PORT=str(urlsplit(sim.url).port),
+                   HOMEIQ_COLLECTOR_METRICS_PORT="1")
+        process = await asyncio.create_subprocess_exec(
+            str(ROOT / "scripts" / "replayer"), "audit", "--since", "1h", "--json", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode in (0, 1), stderr.decode()
+    report = json.loads(stdout)  # HA, InfluxDB and Redis all answered: the audit ran to its end
+    assert len(report["entities"]) == 5 and TOKEN not in stdout.decode() + stderr.decode()
+    status = await asyncio.to_thread(subprocess.run, [str(ROOT / "scripts" / "replayer"), "status", "--json"],
+                                     env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert status.returncode == 1 and "127.0.0.1:1/metrics" in status.stderr  # the collector's port from the env
+    assert json.loads(status.stdout)["redis"] == redis_server.url
