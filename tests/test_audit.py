@@ -219,14 +219,21 @@ async def test_the_periodic_audit_exports_what_it_found_and_repairs_when_asked(
     def sample(name: str) -> float:
         return replayer.metrics_registry.get_sample_value(name) or 0.0
 
-    # The window covers the last hour: the simulator's first states, from before the collector ran, too.
-    before = len(audited.sim.hub.population.entities)
+    # The window covers the last hour: the simulator's first states, from before the collector first ran, too;
+    # those are not missing (the pipeline never had them to write), nor repaired.
     try:
         await wait_for(lambda: sample("homeiq_audit_last_complete_timestamp_seconds") > 0, 60, "one audit")
-        assert sample("homeiq_audit_missing_points") == 2 + before and sample("homeiq_audit_extra_points") == 0
-        assert sample("homeiq_audit_repaired_total") == 2 + before
+        assert sample("homeiq_audit_missing_points") == 2 and sample("homeiq_audit_extra_points") == 0
+        assert sample("homeiq_audit_repaired_total") == 2
         assert sample("homeiq_audit_interval_seconds") == 3600
-        await wait_for(lambda: audited.influx.count(audited.database) >= 600 + before, 20, "the repaired points")
+        await wait_for(lambda: audited.influx.count(audited.database) >= 600, 20, "the repaired points")
+        client = aioredis.Redis.from_url(audited.env["REDIS_URL"])
+        try:  # kept for `replayer status`
+            last = await client.hgetall(DEFAULT_NAMES.last_audit)
+        finally:
+            await client.aclose()
+        assert last[b"missing"] == b"2" and last[b"before_first_run"] == str(
+            len(audited.sim.hub.population.entities)).encode() and last[b"by"] == b"periodic audit"
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
