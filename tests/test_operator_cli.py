@@ -303,3 +303,12 @@ async def test_scripts_replayer_runs_the_replayer_against_what_scripts_start_run
                                      env=env, capture_output=True, text=True, timeout=60, check=False)
     assert status.returncode == 1 and "127.0.0.1:1/metrics" in status.stderr  # the collector's port from the env
     assert json.loads(status.stdout)["redis"] == redis_server.url
+
+
+def test_lines_are_whole_when_not_on_a_terminal(redis_server: RedisServer, redis_client: aioredis.Redis) -> None:
+    stream = "homeiq:" + "a_stream_name_long_enough_to_pass_eighty_columns_" * 2 + "end"
+    redis.Redis.from_url(redis_server.url).xadd(stream, {FIELD_VERSION: b"1", FIELD_EVENT: b"{}"})
+    shown = runner.invoke(app, ["pending", "--stream", stream], env={"REDIS_URL": redis_server.url, "COLUMNS": "80"})
+    assert shown.exit_code == 0, shown.output
+    assert f"stream {stream}: 1 entries; no group writers yet: no writer has started (the entries wait for one)" \
+        in shown.stdout

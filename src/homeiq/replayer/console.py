@@ -17,8 +17,10 @@ from homeiq.shared.cli import EXIT_FAILURE
 from homeiq.shared.settings import redact_url
 from homeiq.shared.stream import connect
 
-out = Console()
-err = Console(stderr=True)
+# Lines are never folded by us (a terminal wraps them, a pipe gets them whole): an entity id, a stream id or a URL
+# stays one word that a script, a log or a copy and paste finds.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
