@@ -139,20 +139,12 @@ async def _reclaim_now(client: Any, names: StreamNames, settings: ReclaimCommand
     pending: Any = await client.xpending(names.stream, names.group)
     readiness = Readiness(READY_INFLUX)
     writer = batch_writer_for(settings.influx, client, names, consumer, WriterMetrics(CollectorRegistry()), readiness)
-    url = redact_url(settings.influx.url)
-    ready = False
-
-    def waiting_on() -> str:
-        answer = f" ({readiness.reason})" if readiness.reason else ""
-        if not ready:
-            return f"InfluxDB at {url} to pass its readiness check{answer}"
-        return f"InfluxDB at {url} to take the reclaimed entries{answer}"
-
+    waiting = _WaitingOn(redact_url(settings.influx.url), readiness)
     try:
-        async with Guard(settings.give_up_after_s, waiting_on) as guard:
-            ready = await _influx_ready(writer, readiness, guard.stop)
-            if not ready:
-                fail(f"{guard.why}: {readiness.reason}. Nothing was claimed: every entry stays pending as it "
+        async with Guard(settings.give_up_after_s, waiting) as guard:
+            waiting.ready = await _influx_ready(writer, readiness, guard.stop, waiting)
+            if not waiting.ready:
+                fail(f"{guard.why}: {waiting.answer()}. Nothing was claimed: every entry stays pending as it "
                      "was. Fix InfluxDB (URL, credentials, database) and run reclaim again.")
             with Progress(TextColumn("reclaiming"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                           console=err, transient=as_json) as bar:
@@ -175,11 +167,39 @@ async def _reclaim_now(client: Any, names: StreamNames, settings: ReclaimCommand
     return result
 
 
-async def _influx_ready(writer: BatchWriter, readiness: Readiness, stop: asyncio.Event) -> bool:
-    """Ask InfluxDB (readiness check) until it takes our writes; False when `stop` came first."""
+class _WaitingOn:
+    """What a reclaim run waits on, in words: InfluxDB's readiness check, then its writes; and its last answer."""
+
+    def __init__(self, url: str, readiness: Readiness) -> None:
+        self.url, self.readiness = url, readiness
+        self.ready = self.answered = False
+
+    def answer(self) -> str:
+        if not self.answered:
+            return f"no answer from InfluxDB at {self.url} yet (each request waits up to INFLUXDB_TIMEOUT_S)"
+        return self.readiness.reason or "ready"
+
+    def __call__(self) -> str:
+        what = "take the reclaimed entries" if self.ready else "pass its readiness check"
+        return f"InfluxDB at {self.url} to {what} ({self.answer()})"
+
+
+async def _influx_ready(writer: BatchWriter, readiness: Readiness, stop: asyncio.Event, waiting: _WaitingOn) -> bool:
+    """Ask InfluxDB (readiness check) until it takes our writes; False when `stop` came first (a check in flight
+    is dropped: a hung InfluxDB holds it up to INFLUXDB_TIMEOUT_S, and nothing was claimed yet)."""
     backoff = Backoff(base_s=0.5, cap_s=10.0)
     while True:
-        await writer.check()
+        check = asyncio.ensure_future(writer.check())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({check, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not check.done():
+            check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await check
+            return False
+        check.result()
+        waiting.answered = True
         if readiness.reason is None:
             return True
         if await wait_or_stop(stop, backoff.next_delay_s()):
