@@ -181,7 +181,9 @@ class _WaitingOn:
 
     def __call__(self) -> str:
         what = "take the reclaimed entries" if self.ready else "pass its readiness check"
-        return f"InfluxDB at {self.url} to {what} ({self.answer()})"
+        now = (self.readiness.reason or "ready") if self.answered else (
+            "no answer yet; each request waits up to INFLUXDB_TIMEOUT_S")
+        return f"InfluxDB at {self.url} to {what} ({now})"
 
 
 async def _influx_ready(writer: BatchWriter, readiness: Readiness, stop: asyncio.Event, waiting: _WaitingOn) -> bool:
