@@ -183,6 +183,10 @@ def test_reason_values_are_checked_against_the_reasons_that_exist(
     assert wrong.exit_code == 2
     for reason in (*typing.get_args(PoisonReason), "payload_trimmed"):
         assert reason in wrong.stderr
+    for command in (["redrive", "--all"], ["purge", "--all", "--yes"]):  # every --reason is checked
+        refused = runner.invoke(app, ["dead-letter", *command, "--reason", "rejectd"], env=env)
+        assert refused.exit_code == 2 and "beyond_retention" in refused.stderr, command
+    assert client.xlen(DEFAULT_NAMES.dead) == 3
     right = runner.invoke(app, ["dead-letter", "list", "--reason", "undecodable", "--json"], env=env)
     assert right.exit_code == 0 and [d["reason"] for d in json.loads(right.stdout)] == ["undecodable"]
 

@@ -93,7 +93,8 @@ def dead_letter_redrive(
     ctx: typer.Context,
     ids: Annotated[list[str] | None, typer.Option("--id", help="A dead-letter id (repeat for several).")] = None,
     redrive_all: Annotated[bool, typer.Option("--all", help="Every dead letter that has a payload.")] = False,
-    reason: Annotated[str | None, typer.Option(help="With --all: only dead letters of this reason.")] = None,
+    reason: Annotated[str | None, typer.Option(help="With --all: only dead letters of this reason.",
+                                               callback=_check_reason)] = None,
     dry_run: DryRun = False,
     as_json: Json = False,
 ) -> None:
@@ -132,7 +133,7 @@ def dead_letter_purge(
         help="Delete dead letters older than this: an ISO 8601 time or epoch milliseconds.")] = None,
     purge_all: Annotated[bool, typer.Option("--all", help="Delete every dead letter.")] = False,
     reason: Annotated[str | None, typer.Option(
-        help="Only dead letters of this reason (with --all or --before).")] = None,
+        help="Only dead letters of this reason (with --all or --before).", callback=_check_reason)] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation (for scripts).")] = False,
     dry_run: DryRun = False,
     as_json: Json = False,
