@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,6 +52,16 @@ class Audited:
         stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
         assert process.returncode in (0, 1), stderr.decode()
         return process.returncode, json.loads(stdout)
+
+    async def audit_text(self, *args: str) -> str:
+        """`replayer audit --since …` as a table, piped."""
+        await committed(self.sim)
+        process = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "replayer"), "audit", "--since", self.since, *args,
+            env={**os.environ, **self.env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+        assert process.returncode in (0, 1), stderr.decode()
+        return stdout.decode()
 
     async def stream_event(self, entity_id: str, time_ns: int) -> NormalisedEvent:
         """The stream's entry of one state change (what the writer wrote for it)."""
@@ -208,14 +219,21 @@ async def test_the_periodic_audit_exports_what_it_found_and_repairs_when_asked(
     def sample(name: str) -> float:
         return replayer.metrics_registry.get_sample_value(name) or 0.0
 
-    # The window covers the last hour: the simulator's first states, from before the collector ran, too.
-    before = len(audited.sim.hub.population.entities)
+    # The window covers the last hour: the simulator's first states, from before the collector first ran, too;
+    # those are not missing (the pipeline never had them to write), nor repaired.
     try:
         await wait_for(lambda: sample("homeiq_audit_last_complete_timestamp_seconds") > 0, 60, "one audit")
-        assert sample("homeiq_audit_missing_points") == 2 + before and sample("homeiq_audit_extra_points") == 0
-        assert sample("homeiq_audit_repaired_total") == 2 + before
+        assert sample("homeiq_audit_missing_points") == 2 and sample("homeiq_audit_extra_points") == 0
+        assert sample("homeiq_audit_repaired_total") == 2
         assert sample("homeiq_audit_interval_seconds") == 3600
-        await wait_for(lambda: audited.influx.count(audited.database) >= 600 + before, 20, "the repaired points")
+        await wait_for(lambda: audited.influx.count(audited.database) >= 600, 20, "the repaired points")
+        client = aioredis.Redis.from_url(audited.env["REDIS_URL"])
+        try:  # kept for `replayer status`
+            last = await client.hgetall(DEFAULT_NAMES.last_audit)
+        finally:
+            await client.aclose()
+        assert last[b"missing"] == b"2" and last[b"before_first_run"] == str(
+            len(audited.sim.hub.population.entities)).encode() and last[b"by"] == b"periodic audit"
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
@@ -336,3 +354,41 @@ async def test_with_a_precision_the_audit_compares_at_it_and_counts_states_a_lat
             await wait_for(lambda: _caught_up(redis_client), 20, "the repair written")
             code, report = await audited.audit()
             assert code == 0 and totals(report)["found"] == len(units)  # the repaired point holds the last state
+
+
+async def test_states_recorded_before_the_pipeline_first_ran_are_not_missing(audited: Audited) -> None:
+    # ha-sim recorded each entity's first state before the collector ever ran: a window that starts earlier
+    # holds 30 states the pipeline never saw. Those are not the pipeline's misses; a point deleted later is.
+    earlier = datetime.fromtimestamp(datetime.fromisoformat(audited.since).timestamp() - 60, UTC).isoformat()
+    code, report = await audited.audit("--since", earlier)
+    assert totals(report)["missing"] == 0, report
+    assert sum(len(e["before_first_run"]) for e in report["entities"]) == 30
+    assert report["first_run_ns"] and code == 0
+    table = await audited.audit_text("--since", earlier)
+    assert "before first run" in table and "30" in table
+    gone = audited.sim.hub.sent[10]
+    audited.delete(gone.entity_id, gone.last_updated_us * 1000)
+    code, report = await audited.audit("--since", earlier)
+    assert code == 1 and totals(report)["missing"] == 1  # a real miss still fails, and only it counts
+    assert sum(len(e["before_first_run"]) for e in report["entities"]) == 30
+
+
+async def test_the_first_run_mark_is_set_once_and_is_unknown_for_a_pipeline_that_ran_before_it(
+    redis_client: aioredis.Redis,
+) -> None:
+    from homeiq.collector.resume import mark_first_run  # noqa: PLC0415
+    from homeiq.replayer.audit import first_run_ns  # noqa: PLC0415
+    from homeiq.shared.stream import ensure_group  # noqa: PLC0415
+
+    names = DEFAULT_NAMES
+    await ensure_group(redis_client, names)  # a writer that started first: an empty stream is no earlier run
+    before = time.time_ns()
+    await mark_first_run(redis_client, names)
+    first = await first_run_ns(redis_client, names)
+    assert first is not None and before <= first <= time.time_ns()
+    await mark_first_run(redis_client, names)
+    assert await first_run_ns(redis_client, names) == first  # never moved
+    await redis_client.delete(names.first_run)
+    await redis_client.xadd(names.stream, {"v": "1", "e": "{}"})  # ran before the mark existed
+    await mark_first_run(redis_client, names)
+    assert await first_run_ns(redis_client, names) is None and await redis_client.get(names.first_run) == b"0"

@@ -220,7 +220,10 @@ def test_usage_errors_exit_2() -> None:
     assert runner.invoke(app, ["dead-letter", "redrive"]).exit_code == 2
     assert runner.invoke(app, ["dead-letter", "purge", "--before", "yesterday"]).exit_code == 2
     assert runner.invoke(app, ["pending"], env={"REDIS_URL": "localhost"}).exit_code == 2
+    assert runner.invoke(app, ["status", "--collector-metrics", "ftp://127.0.0.1/metrics"]).exit_code == 2
+    assert runner.invoke(app, ["dead-letter", "show"]).exit_code == 2
     for command in (["--help"], ["pending", "--help"], ["reclaim", "--help"], ["trim", "--help"],
+                    ["status", "--help"], ["dead-letter", "show", "--help"],
                     ["dead-letter", "list", "--help"], ["dead-letter", "redrive", "--help"],
                     ["dead-letter", "purge", "--help"], ["run", "--help"]):
         assert runner.invoke(app, command).exit_code == 0, command
@@ -375,3 +378,43 @@ async def test_what_a_reclaim_run_leaves_pending_the_daemon_reclaims_and_the_run
 def _idle_over(client: redis.Redis, consumer: str, threshold_ms: int) -> bool:
     infos = client.xinfo_consumers(STREAM, DEFAULT_NAMES.group)
     return any(int(i["idle"]) > threshold_ms for i in infos if i["name"] == consumer.encode())
+
+
+async def test_reclaim_says_what_it_waits_on_while_influxdb_hangs(
+    redis_server: RedisServer, redis_client: aioredis.Redis, influx_db: str
+) -> None:
+    await fill(redis_client, [state_payload(n) for n in range(20)])
+    await redis_client.xreadgroup(DEFAULT_NAMES.group, "dead-writer", {STREAM: ">"}, count=20)
+    held: list[asyncio.StreamWriter] = []
+
+    async def hang(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # reads the request, never answers: a hung InfluxDB
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    env = {**reclaim_env(redis_server, url, influx_db, "6"), "INFLUXDB_TIMEOUT_S": "30"}
+    process = await asyncio.create_subprocess_exec(REPLAYER, "reclaim", "--min-idle", "0", stdout=subprocess.PIPE,
+                                                   stderr=subprocess.PIPE, env=env)
+    started = time.monotonic()
+    lines: list[tuple[float, str]] = []
+    try:
+        assert process.stderr is not None
+        while raw := await asyncio.wait_for(process.stderr.readline(), 30):
+            lines.append((time.monotonic() - started, raw.decode()))
+        await asyncio.wait_for(process.wait(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        server.close()
+        for writer in held:
+            writer.close()
+    assert process.returncode == 1
+    waiting = [(at, line) for at, line in lines if "waiting" in line and url in line]
+    assert waiting, lines
+    assert waiting[0][0] < lines[-1][0] - 3, lines  # said within seconds, not silent until it gives up
+    assert len(waiting) >= 2 and any("s so far" in line for _, line in waiting), lines
+    assert "readiness" in waiting[0][1] and "give up" in waiting[0][1], waiting[0][1]
+    # Given up, it does not wait out the check in flight (up to INFLUXDB_TIMEOUT_S): nothing was claimed yet.
+    assert lines[-1][0] - waiting[0][0] < 8, lines
+    assert "no answer from InfluxDB" in lines[-1][1] and "not checked yet" not in "".join(line for _, line in lines)

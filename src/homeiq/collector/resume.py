@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
@@ -14,6 +15,15 @@ from homeiq.shared.stream import FIELD_EVENT, StreamNames, xrange_pages
 log = Log(__name__)
 
 SCAN_PAGE: Final = 10_000
+
+
+async def mark_first_run(client: aioredis.Redis, names: StreamNames) -> None:
+    """Note when the pipeline first ran (now), once: what HA recorded before it was never the pipeline's to write.
+    A stream that already holds entries, or a watermark, says it ran before the mark existed: 0, not known."""
+    if await client.exists(names.first_run):
+        return
+    ran_before = await client.exists(names.watermark) or await client.xlen(names.stream)
+    await client.set(names.first_run, 0 if ran_before else time.time_ns(), nx=True)
 
 
 class KnownEntities:

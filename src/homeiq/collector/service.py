@@ -22,7 +22,7 @@ from homeiq.collector.metrics import CollectorMetrics
 from homeiq.collector.normalise import PointTimes, event_of
 from homeiq.collector.publisher import Publisher
 from homeiq.collector.registries import Registries
-from homeiq.collector.resume import KnownEntities, ResumePoint
+from homeiq.collector.resume import KnownEntities, ResumePoint, mark_first_run
 from homeiq.collector.session import READY_HA, HaSessions
 from homeiq.collector.settings import CollectorSettings
 from homeiq.collector.spool import Spool
@@ -126,6 +126,7 @@ class Collector:
                 if self.backfill.resumed.is_set():
                     await self.publisher.check_tail_now()
                 if not self.backfill.resumed.is_set():
+                    await mark_first_run(self.redis, self.settings.names)
                     await self.resume.read(self._first_live_ns)
                     await self.known.load()
                     self.backfill.resumed.set()

@@ -6,6 +6,7 @@ unless REDIS_URL / INFLUXDB_URL point elsewhere. Without HA_URL, ha-sim is the s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -39,6 +40,22 @@ def _port(name: str) -> int:
     return port
 
 
+def ha_sim_token(data_dir: Path) -> str:
+    """ha-sim's token, kept in `data_dir`/ha-sim-token (mode 0600) and made once: the same across restarts, so
+    `./scripts/replayer audit` (or anything given HA_TOKEN_FILE) can talk to the simulator."""
+    path = data_dir / "ha-sim-token"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if token := path.read_text().strip():
+            path.chmod(0o600)
+            return token
+    token = secrets.token_urlsafe(24)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+        file.write(token + "\n")
+    path.chmod(0o600)  # O_CREAT's mode counts only for a new file
+    return token
+
+
 class LocalPipeline:
     """Starts everything in dependency order and stops it in reverse."""
 
@@ -62,11 +79,12 @@ class LocalPipeline:
             env.update(INFLUXDB_URL=self.influx.url, INFLUXDB_API="v1", INFLUXDB_BUCKET=database)
             log.info("influxdb_started", url=self.influx.url, database=database, data_dir=str(self.influx.workdir))
         if not os.environ.get("HA_URL"):
-            token = secrets.token_urlsafe(24)
+            token = ha_sim_token(self.data_dir)
             port = _port("HA_SIM_PORT")
             self._spawn("ha-sim", {"HA_TOKEN": token, "HA_SIM_PORT": str(port)}, metrics_port=None)
             env.update(HA_URL=f"ws://127.0.0.1:{port}/api/websocket", HA_TOKEN=token)
-            log.info("ha_sim_started", url=env["HA_URL"], note="set HA_URL and HA_TOKEN to use a real Home Assistant")
+            log.info("ha_sim_started", url=env["HA_URL"], token_file=str(self.data_dir / "ha-sim-token"),
+                     note="set HA_URL and HA_TOKEN to use a real Home Assistant")
         else:
             read_ha_token()  # fail now, naming the variable, rather than in the collector
             log.info("home_assistant", url=redact_url(os.environ["HA_URL"]))

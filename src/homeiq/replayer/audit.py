@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import math
+import time
 from collections.abc import Callable, Iterable
 from typing import Final
 
@@ -52,6 +53,9 @@ class EntityAudit(msgspec.Struct):
     # HA's times of states a later state overwrote in InfluxDB (the same point at the schema's precision): what
     # the configured precision keeps, not a loss of the pipeline; never repaired.
     collapsed: list[int] = []
+    # Point times HA has, recorded before the pipeline first ran (the collector's first-run mark), that InfluxDB
+    # lacks: never the pipeline's to write, so not missing; never repaired.
+    before_first_run: list[int] = []
 
 
 class AuditReport(msgspec.Struct):
@@ -65,16 +69,36 @@ class AuditReport(msgspec.Struct):
     through_float: bool = False  # times cut as the integration's v2 client cuts them (`point_time_ns`)
     cannot_see: tuple[str, ...] = NOT_SEEN
     repaired: int = 0
+    # When the pipeline first ran (ns, the collector's mark); None when not known (no mark, or the pipeline ran
+    # before the mark existed): then a state recorded before it counts as missing.
+    first_run_ns: int | None = None
 
     def total(self, what: str) -> int:
-        """Sum of `missing`, `queued`, `extra`, `wrong`, `collapsed` (counts) or `in_ha`, `found` over the
-        entities."""
+        """Sum of `missing`, `before_first_run`, `queued`, `extra`, `wrong`, `collapsed` (counts) or `in_ha`,
+        `found` over the entities."""
         return sum(len(v) if isinstance(v := getattr(e, what), list) else int(v) for e in self.entities)
 
     @property
     def complete(self) -> bool:
-        """Nothing missing, queued, extra or wrong."""
+        """Nothing missing, queued, extra or wrong (states recorded before the pipeline first ran are none)."""
         return not any(e.missing or e.queued or e.extra or e.wrong for e in self.entities)
+
+
+async def first_run_ns(client: aioredis.Redis, names: StreamNames) -> int | None:
+    """When the pipeline first ran (the collector's mark, ns); None when that is not known."""
+    raw = await client.get(names.first_run)
+    return int(raw) or None if raw is not None else None
+
+
+async def record(client: aioredis.Redis, names: StreamNames, report: AuditReport, by: str) -> None:
+    """Keep what an audit that ran to its end found, for `replayer status`."""
+    await client.hset(names.last_audit, mapping={
+        "finished_ns": time.time_ns(), "by": by, "since_ns": report.since_ns, "until_ns": report.until_ns,
+        "complete": int(report.complete), "entities": len(report.entities),
+        **{what: report.total(what) for what in LAST_AUDIT_COUNTS}})
+
+
+LAST_AUDIT_COUNTS: Final = ("in_ha", "found", "missing", "before_first_run", "queued", "extra", "wrong", "collapsed")
 
 
 def expected_in(schema: str, state: str) -> bool:
@@ -147,6 +171,7 @@ async def audit(ha: HAReader, influx: InfluxReader, since_ns: int, until_ns: int
     # ack only after its 2xx). Read the other way round, it could be in neither read, and a repair would publish
     # it again, enriched with today's registry (another series for an entity moved since).
     backlog = await stream_backlog(redis, names) if redis is not None else set()
+    first_ns = await first_run_ns(redis, names) if redis is not None else None
     precision_ns = influx.precision_ns
     since_ns, until_ns = cut(since_ns, precision_ns), cut(until_ns, precision_ns)  # whole units: whole points
     registry = await ha.registry()
@@ -166,7 +191,24 @@ async def audit(ha: HAReader, influx: InfluxReader, since_ns: int, until_ns: int
                                      for chunk in chunks))
     audited.extend(entity for chunk in results for entity in chunk)
     audited.sort(key=lambda e: e.entity_id)
-    return AuditReport(since_ns, until_ns, audited, influx.schema, precision_ns, influx.through_float)
+    if first_ns is not None:
+        # Its unit's states may be after it: counted missing, never hidden.
+        _set_apart(audited, cut(first_ns, precision_ns))
+    return AuditReport(since_ns, until_ns, audited, influx.schema, precision_ns, influx.through_float,
+                       first_run_ns=first_ns)
+
+
+def _set_apart(audited: list[EntityAudit], first_point_ns: int) -> None:
+    """Move what is missing from before the pipeline first ran to `before_first_run`; an entity with nothing else
+    amiss is complete."""
+    for entity in audited:
+        before = [t for t in entity.missing if t < first_point_ns]
+        if not before:
+            continue
+        entity.before_first_run = before
+        entity.missing = [t for t in entity.missing if t >= first_point_ns]
+        if entity.status == "differs" and not (entity.missing or entity.extra or entity.wrong):
+            entity.status = "queued" if entity.queued else "complete"
 
 
 async def _audit_chunk(ha: HAReader, influx: InfluxReader, entity_ids: list[str], since_ns: int, until_ns: int,

@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from homeiq.replayer.console import err, fail, out
+from homeiq.replayer.console import err, fail, out, show
 from homeiq.replayer.settings import AuditCommandSettings, Connection
 from homeiq.shared.binding import bind
 from homeiq.shared.cli import EXIT_FAILURE, config_error
@@ -52,7 +52,9 @@ def audit_command(
 ) -> None:
     """Compare HA's recorder with InfluxDB per entity: states in HA, points found, missing, extra, wrong.
 
-    Exit 0 when complete, 1 when anything differs (or a service failed), 2 on usage errors. It cannot see
+    States HA recorded before the pipeline first ran (the collector's first-run mark in Redis) are counted
+    apart, not missing. Exit 0 when complete, 1 when anything differs (or a service failed), 2 on usage errors.
+    It cannot see
     events other than state changes, entities the recorder excludes, or states older than its retention.
     Repaired points, like the backfill's, carry only the attributes the recorder keeps, and say so
     (`source`/`homeiq_source` = backfill).
@@ -100,7 +102,7 @@ async def _audit(shared: Connection, ha_side: _HaSide, reader: InfluxReader, win
                  ) -> AuditReport:
     """One audit with a progress bar, and the repair when asked; Redis tells what the writers have yet to write
     (that is not missing)."""
-    from homeiq.replayer.audit import audit, repair  # noqa: PLC0415
+    from homeiq.replayer.audit import audit, record, repair  # noqa: PLC0415
     from homeiq.shared.ha.reader import ha_session  # noqa: PLC0415
 
     client = connect(shared.redis_url)
@@ -117,6 +119,7 @@ async def _audit(shared: Connection, ha_side: _HaSide, reader: InfluxReader, win
                     await reader.close()
                 if do_repair and report.total("missing"):
                     report.repaired = await repair(ha, client, shared.names, report)
+            await record(client, shared.names, report, "replayer audit")
     finally:
         await client.aclose()
     return report
@@ -133,15 +136,24 @@ def _print(report: AuditReport, as_json: bool) -> None:
     since = datetime.fromtimestamp(report.since_ns / 1e9, UTC).isoformat(timespec="seconds")
     until = datetime.fromtimestamp(report.until_ns / 1e9, UTC).isoformat(timespec="seconds")
     table = Table(title=f"audit {since} .. {until}", title_justify="left")
-    for column in ("entity", "status", "in HA", "found", "missing", "queued", "extra", "wrong"):
+    for column in ("entity", "status", "in HA", "found", "missing", "before first run", "queued", "extra", "wrong"):
         table.add_column(column)
     shown = [e for e in report.entities if e.status != "complete"]
-    counts = ("missing", "queued", "extra", "wrong")
+    counts = ("missing", "before_first_run", "queued", "extra", "wrong")
     for e in shown:
         table.add_row(e.entity_id, e.status, str(e.in_ha), str(e.found), *(str(len(getattr(e, c))) for c in counts))
     table.add_row("total", f"{len(report.entities) - len(shown)} complete", str(report.total("in_ha")),
                   str(report.total("found")), *(str(report.total(c)) for c in counts))
-    out.print(table)
+    show(table)
+    if report.total("before_first_run"):
+        assert report.first_run_ns is not None  # set apart only against the mark
+        first = datetime.fromtimestamp(report.first_run_ns / 1e9, UTC).isoformat(timespec="seconds")
+        out.print(f"before first run: {report.total('before_first_run')} states HA recorded before the pipeline "
+                  f"first ran ({first}, the collector's first-run mark) are not in InfluxDB: never the pipeline's "
+                  "to write; not missing, never repaired", highlight=False)
+    elif report.first_run_ns is None and report.total("missing"):
+        out.print("note: when the pipeline first ran is not known (no first-run mark: it ran before the mark "
+                  "existed, or Redis lost it), so states recorded before then count as missing", highlight=False)
     if report.total("collapsed"):
         out.print(f"collapsed: {report.total('collapsed')} states were overwritten in InfluxDB by a later state of "
                   f"the same entity within {_unit(report.precision_ns)} (the schema's precision keeps one point per "

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
 
-from homeiq.replayer.audit import AuditReport, audit, repair
+from homeiq.replayer.audit import AuditReport, audit, record, repair
 from homeiq.replayer.settings import AuditSettings
 from homeiq.shared.entity_filter import EntityRules
 from homeiq.shared.ha.reader import HAReadError, ha_session
@@ -97,6 +97,7 @@ class PeriodicAudit:
             report = await audit(ha, self._reader, since_ns, until_ns, None, self._rules, None, self._redis,
                                  self._names)
             repaired = await repair(ha, self._redis, self._names, report) if s.repair and report.total("missing") else 0
+        await record(self._redis, self._names, report, "periodic audit")
         return report, repaired
 
     def _scrubbed(self, text: str) -> str:

@@ -11,10 +11,11 @@ import typer
 from typer.core import TyperGroup
 
 from homeiq.replayer.audit_cli import audit_command
-from homeiq.replayer.console import DryRun, Json, execute, out, print_json, report, table
+from homeiq.replayer.console import DryRun, Json, execute, out, print_json, report
 from homeiq.replayer.dead_letter_cli import dead_letter_app
 from homeiq.replayer.reclaim_cli import reclaim_command
 from homeiq.replayer.settings import Connection, ReplayerSettings
+from homeiq.replayer.status import consumers_table, status_command
 from homeiq.shared.binding import bind
 from homeiq.shared.cli import ServiceMain, console_app, run_service
 
@@ -50,6 +51,7 @@ app = console_app("Reclaim entries left pending by dead or stuck writers; incide
 app.add_typer(dead_letter_app, name="dead-letter")
 app.command("audit")(audit_command)
 app.command("reclaim")(reclaim_command)
+app.command("status")(status_command)
 
 @app.callback()
 @bind()
@@ -94,9 +96,7 @@ def pending(ctx: typer.Context, as_json: Json = False) -> None:
         head = (f"stream {report.stream}: {report.length} entries; group {report.group}: lag {lag}, "
                 f"last delivered {report.last_delivered_id or '-'}, {report.pending} pending")
     out.print(f"{head}; {report.dead_letters} dead letters", highlight=False)
-    table("pending by consumer", ["consumer", "pending", "oldest idle (s)", "max deliveries", "inactive (s)"],
-           [[c.name, c.pending, round(c.oldest_idle_s, 1), c.max_deliveries, round(c.inactive_s, 1)]
-            for c in report.consumers])
+    consumers_table(report)
 
 
 @app.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, Final, NoReturn, TypeVar
 
 import msgspec
 import typer
@@ -17,8 +17,10 @@ from homeiq.shared.cli import EXIT_FAILURE
 from homeiq.shared.settings import redact_url
 from homeiq.shared.stream import connect
 
-out = Console()
-err = Console(stderr=True)
+# Lines are never folded by us (a terminal wraps them, a pipe gets them whole): an entity id, a stream id or a URL
+# stays one word that a script, a log or a copy and paste finds.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -51,13 +53,30 @@ def print_json(value: object) -> None:
     out.print_json(msgspec.json.encode(value).decode())
 
 
+UNBOUNDED: Final = 100_000  # columns a table may take when no terminal limits it
+
+
+def show(renderable: object) -> None:
+    """Print a table on stdout: as wide as the terminal, or, piped or redirected, as wide as its content, so that
+    an entity id or a stream id is never cut nor folded where a script or a log reads it."""
+    if out.is_terminal:
+        out.print(renderable)
+        return
+    width = out.width
+    out.width = UNBOUNDED
+    try:
+        out.print(renderable, crop=False)
+    finally:
+        out.width = width
+
+
 def table(title: str, columns: list[str], rows: list[list[object]]) -> None:
     shown = Table(title=title, title_justify="left")
     for column in columns:
         shown.add_column(column)
     for row in rows:
         shown.add_row(*("" if cell is None else str(cell) for cell in row))
-    out.print(shown)
+    show(shown)
 
 
 def report(value: object, as_json: bool, title: str, columns: list[str], rows: list[list[object]],

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import typing
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
 
 import msgspec
 import redis.asyncio as aioredis
 
+from homeiq.shared.events import decode_event
 from homeiq.shared.logs import Log
 from homeiq.shared.scripts import PRUNE_SCRIPT, REDRIVE_SCRIPT, TRIM_SCRIPT
 from homeiq.shared.stream import (
+    DEAD_CONSUMER,
+    DEAD_DETAIL,
+    DEAD_ORIGINAL_ID,
+    DEAD_REASON,
     FIELD_EVENT,
     FIELD_VERSION,
     DeadLetter,
+    DeadReason,
     StreamNames,
     dead_letter_of,
     xrange_pages,
@@ -21,6 +29,19 @@ from homeiq.shared.stream import (
 log = Log(__name__)
 
 SCAN = 10_000  # pending entries read per consumer to find the oldest idle and the most deliveries
+
+
+def literal_values(kind: object) -> tuple[str, ...]:
+    """The strings of a Literal, or of a union of Literals, in their order."""
+    values: list[str] = []
+    for arg in typing.get_args(kind):
+        values.extend(literal_values(arg) if typing.get_args(arg) else [str(arg)])
+    return tuple(values)
+
+
+# Every reason a dead letter can carry, from the one list the writers and the replayer write them by: a reason
+# added there is valid here at once.
+DEAD_REASONS: Final = literal_values(DeadReason)
 
 
 class ConsumerPending(msgspec.Struct):
@@ -147,18 +168,90 @@ async def prune_consumers(client: aioredis.Redis, names: StreamNames, idle_s: fl
     return pruned
 
 
+class ListedDeadLetter(DeadLetter):
+    """A dead letter as `dead-letter list` shows it: when it was dead-lettered (its id's time, UTC) and the entity
+    its payload names (None when it has none, or it cannot be read)."""
+
+    time: str = ""
+    entity_id: str | None = None
+
+
+class DeadLetterEntry(msgspec.Struct):
+    """The whole of one dead letter (`dead-letter show`): the detail uncut, the payload decoded."""
+
+    id: str
+    time: str  # when it was dead-lettered, from its id
+    reason: str
+    detail: str
+    original_id: str
+    consumer: str
+    entity_id: str | None
+    event_time: str | None  # the event's own time (HA's), when the payload can be read
+    payload_version: str | None
+    payload: Any  # the decoded event, as JSON; None when there is none or it cannot be read
+    payload_error: str | None  # why it cannot be read
+    raw_payload: str | None  # the bytes as stored, escaped, when it cannot be read
+
+
+def id_time(entry_id: str) -> str:
+    """The UTC time of a stream id (its milliseconds part), ISO 8601 to the millisecond."""
+    ms = int(entry_id.split("-", 1)[0])
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def _ns_time(time_ns: int) -> str:
+    return datetime.fromtimestamp(time_ns // 1000 / 1e6, UTC).isoformat(timespec="microseconds")
+
+
+def _entity_of(payload: bytes | None) -> str | None:
+    if payload is None:
+        return None
+    try:
+        return decode_event(payload).entity_id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
 async def dead_letters(client: aioredis.Redis, names: StreamNames, limit: int,
-                       reason: str | None = None) -> list[DeadLetter]:
+                       reason: str | None = None) -> list[ListedDeadLetter]:
     """The oldest `limit` dead letters (of `reason` when given)."""
-    out: list[DeadLetter] = []
+    out: list[ListedDeadLetter] = []
     async for chunk in xrange_pages(client, names.dead, page=1000):
         for entry_id, fields in chunk:
             letter = dead_letter_of(entry_id, fields)
             if reason is None or letter.reason == reason:
-                out.append(letter)
+                out.append(ListedDeadLetter(**msgspec.structs.asdict(letter), time=id_time(letter.id),
+                                            entity_id=_entity_of(fields.get(FIELD_EVENT))))
         if len(out) >= limit:
             break
     return out[:limit]
+
+
+async def dead_letter(client: aioredis.Redis, names: StreamNames, entry_id: str) -> DeadLetterEntry | None:
+    """One dead letter, whole; None when there is none with this id."""
+    rows: Any = await client.xrange(names.dead, entry_id, entry_id, count=1)
+    if not rows:
+        return None
+    raw_id, fields = rows[0]
+    text = {key: fields.get(key, b"").decode(errors="replace")
+            for key in (DEAD_REASON, DEAD_DETAIL, DEAD_ORIGINAL_ID, DEAD_CONSUMER)}
+    payload: bytes | None = fields.get(FIELD_EVENT)
+    version: bytes | None = fields.get(FIELD_VERSION)
+    decoded: Any = None
+    error = raw = entity_id = event_time = None
+    if payload is not None:
+        try:
+            event = decode_event(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            error, raw = str(exc), repr(payload)[2:-1]
+        else:
+            decoded = msgspec.json.decode(payload)
+            entity_id, event_time = event.entity_id, _ns_time(event.time_ns)
+    return DeadLetterEntry(
+        id=_id(raw_id), time=id_time(_id(raw_id)), reason=text[DEAD_REASON], detail=text[DEAD_DETAIL],
+        original_id=text[DEAD_ORIGINAL_ID], consumer=text[DEAD_CONSUMER], entity_id=entity_id, event_time=event_time,
+        payload_version=None if version is None else version.decode(errors="replace"), payload=decoded,
+        payload_error=error, raw_payload=raw)
 
 
 async def redrive(client: aioredis.Redis, names: StreamNames, ids: list[str]) -> list[tuple[str, str | None]]:

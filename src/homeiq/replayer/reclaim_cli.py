@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import signal
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 
 import typer
 from prometheus_client import CollectorRegistry
@@ -24,25 +25,47 @@ from homeiq.shared.influx.batch import READY_INFLUX, BatchWriter, batch_writer_f
 from homeiq.shared.influx.metrics import WriterMetrics
 from homeiq.shared.lifecycle import stop_on_signals, wait_or_stop
 from homeiq.shared.logs import setup_logging
-from homeiq.shared.settings import ConfigError
+from homeiq.shared.settings import ConfigError, redact_url
 from homeiq.shared.stream import StreamNames
+
+WAITING_EVERY_S: Final = 2.0
 
 
 class Guard:
     """Sets `stop` when the operator interrupts (SIGINT, SIGTERM; a second one exits at once) or when nothing
-    progressed for `give_up_after_s`; `why` says which. For the length of an `async with` block."""
+    progressed for `give_up_after_s`; `why` says which. For the length of an `async with` block; with
+    `waiting_on`, says on stderr what it waits on while nothing progresses."""
 
-    def __init__(self, give_up_after_s: float) -> None:
+    def __init__(self, give_up_after_s: float, waiting_on: Callable[[], str] | None = None) -> None:
         self.stop = asyncio.Event()
+        self._waiting_on = waiting_on
         self.why: str | None = None
         self._give_up_after_s = give_up_after_s
         self._last_progress = time.monotonic()
-        self._watch: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._signals = contextlib.ExitStack()
 
     def progressed(self) -> None:
         """InfluxDB took something: the give-up clock starts again."""
         self._last_progress = time.monotonic()
+
+    @property
+    def idle_s(self) -> float:
+        """Seconds since InfluxDB last took something (or since the start)."""
+        return time.monotonic() - self._last_progress
+
+    async def say_waiting(self, what: Callable[[], str]) -> None:
+        """While nothing progresses, say on stderr every few seconds what we wait on, how long so far, and when we
+        give up: a hung InfluxDB holds each request up to INFLUXDB_TIMEOUT_S, and silence looks like a hang of
+        ours."""
+        said = 0
+        while not await wait_or_stop(self.stop, WAITING_EVERY_S / 2 if said == 0 else
+                                     WAITING_EVERY_S if said < 5 else 5 * WAITING_EVERY_S):
+            if self.idle_s >= WAITING_EVERY_S / 2:
+                err.print(f"waiting for {what()}: {self.idle_s:.0f} s so far; will give up after "
+                          f"{self._give_up_after_s:g} s without progress (--give-up-after)", highlight=False,
+                          markup=False, soft_wrap=True)
+                said += 1
 
     def _interrupt(self, sig: signal.Signals) -> None:
         self.why = f"interrupted by {sig.name}"
@@ -58,15 +81,17 @@ class Guard:
 
     async def __aenter__(self) -> Guard:
         self._signals.enter_context(stop_on_signals(self.stop, self._interrupt))
-        self._watch = asyncio.create_task(self._watch_progress(), name="give-up")
+        self._tasks.append(asyncio.create_task(self._watch_progress(), name="give-up"))
+        if self._waiting_on is not None:
+            self._tasks.append(asyncio.create_task(self.say_waiting(self._waiting_on), name="say-waiting"))
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
         self._signals.close()
-        if self._watch is not None:
-            self._watch.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+                await task
 
 
 @bind()
@@ -114,10 +139,12 @@ async def _reclaim_now(client: Any, names: StreamNames, settings: ReclaimCommand
     pending: Any = await client.xpending(names.stream, names.group)
     readiness = Readiness(READY_INFLUX)
     writer = batch_writer_for(settings.influx, client, names, consumer, WriterMetrics(CollectorRegistry()), readiness)
+    waiting = _WaitingOn(redact_url(settings.influx.url), readiness)
     try:
-        async with Guard(settings.give_up_after_s) as guard:
-            if not await _influx_ready(writer, readiness, guard.stop):
-                fail(f"{guard.why}: {readiness.reason}. Nothing was claimed: every entry stays pending as it "
+        async with Guard(settings.give_up_after_s, waiting) as guard:
+            waiting.ready = await _influx_ready(writer, readiness, guard.stop, waiting)
+            if not waiting.ready:
+                fail(f"{guard.why}: {waiting.answer()}. Nothing was claimed: every entry stays pending as it "
                      "was. Fix InfluxDB (URL, credentials, database) and run reclaim again.")
             with Progress(TextColumn("reclaiming"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                           console=err, transient=as_json) as bar:
@@ -140,11 +167,41 @@ async def _reclaim_now(client: Any, names: StreamNames, settings: ReclaimCommand
     return result
 
 
-async def _influx_ready(writer: BatchWriter, readiness: Readiness, stop: asyncio.Event) -> bool:
-    """Ask InfluxDB (readiness check) until it takes our writes; False when `stop` came first."""
+class _WaitingOn:
+    """What a reclaim run waits on, in words: InfluxDB's readiness check, then its writes; and its last answer."""
+
+    def __init__(self, url: str, readiness: Readiness) -> None:
+        self.url, self.readiness = url, readiness
+        self.ready = self.answered = False
+
+    def answer(self) -> str:
+        if not self.answered:
+            return f"no answer from InfluxDB at {self.url} yet (each request waits up to INFLUXDB_TIMEOUT_S)"
+        return self.readiness.reason or "ready"
+
+    def __call__(self) -> str:
+        what = "take the reclaimed entries" if self.ready else "pass its readiness check"
+        now = (self.readiness.reason or "ready") if self.answered else (
+            "no answer yet; each request waits up to INFLUXDB_TIMEOUT_S")
+        return f"InfluxDB at {self.url} to {what} ({now})"
+
+
+async def _influx_ready(writer: BatchWriter, readiness: Readiness, stop: asyncio.Event, waiting: _WaitingOn) -> bool:
+    """Ask InfluxDB (readiness check) until it takes our writes; False when `stop` came first (a check in flight
+    is dropped: a hung InfluxDB holds it up to INFLUXDB_TIMEOUT_S, and nothing was claimed yet)."""
     backoff = Backoff(base_s=0.5, cap_s=10.0)
     while True:
-        await writer.check()
+        check = asyncio.ensure_future(writer.check())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({check, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not check.done():
+            check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await check
+            return False
+        check.result()
+        waiting.answered = True
         if readiness.reason is None:
             return True
         if await wait_or_stop(stop, backoff.next_delay_s()):

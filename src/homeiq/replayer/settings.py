@@ -20,7 +20,17 @@ from homeiq.shared.ha.settings import (
 )
 from homeiq.shared.influx.settings import InfluxSettings, InfluxTimeout
 from homeiq.shared.options import DEFAULT_REDIS_URL, MetricsPort, RedisUrl, ServiceSettings
-from homeiq.shared.settings import ConfigError, Nested, Settings, Var, at_least, between, not_empty, positive
+from homeiq.shared.settings import (
+    ConfigError,
+    Nested,
+    Settings,
+    Var,
+    at_least,
+    between,
+    check_url,
+    not_empty,
+    positive,
+)
 from homeiq.shared.stream import DEFAULT_NAMES, StreamNames
 
 # One per host (a container's host name is its own): daemons on two hosts never share a consumer, and a restart
@@ -116,6 +126,19 @@ class ReclaimCommandSettings(Settings, frozen=True, kw_only=True):
         "nothing for this long, s; a request in flight may add up to INFLUXDB_TIMEOUT_S.", positive,
         flag="--give-up-after")] = 60.0
     influx: Annotated[InfluxSettings, Nested(prefix="influxdb_")] = InfluxSettings()
+
+
+def _metrics_url_or_empty(name: str, value: str) -> str:
+    return check_url(name, value, ("http", "https")) if value else value
+
+
+class StatusSettings(Settings, frozen=True, kw_only=True):
+    """What `replayer status` reads besides Redis."""
+
+    collector_metrics_url: Annotated[str, Var(
+        "COLLECTOR_METRICS_URL", "The collector's /metrics, for HA's connection and the spool (empty: ask only "
+        "Redis). ./scripts/start's collector serves :9101.", _metrics_url_or_empty,
+        flag="--collector-metrics")] = "http://127.0.0.1:8001/metrics"
 
 
 class AuditInflux(InfluxSettings, frozen=True, kw_only=True):

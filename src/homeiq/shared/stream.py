@@ -58,10 +58,23 @@ class StreamNames(Settings, frozen=True, kw_only=True):
         return f"{self.stream}:collector:tail"
 
     @property
+    def first_run(self) -> str:
+        """String: when the collector first ran against this Redis (ns, its clock), set once and never moved; 0
+        when it first ran with this mark already behind it (an upgraded pipeline: when it began is not known).
+        The audit counts a state HA recorded before it as recorded before the pipeline ran, not missing."""
+        return f"{self.stream}:collector:first_run_ns"
+
+    @property
     def collector_entities(self) -> str:
         """Set: every entity id the collector has seen; a backfill asks the recorder for each (a removed entity's
         rows stay there)."""
         return f"{self.stream}:collector:entities"
+
+    @property
+    def last_audit(self) -> str:
+        """Hash: what the last audit that ran to its end found, and when (`replayer audit` or the periodic one);
+        `replayer status` shows it."""
+        return f"{self.stream}:replayer:last_audit"
 
     @property
     def suspects(self) -> str:
