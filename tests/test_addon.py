@@ -189,7 +189,7 @@ def docker(*args: str, check: bool = True, timeout: float = 600, stdin: str | No
 
 def addon_image() -> tuple[str, float]:
     """The add-on image, tagged by a hash of its inputs (built only when missing); and the build's seconds."""
-    if not docker("images", "-q", "homeiq/debian:bookworm", "homeiq/influxdb"):
+    if not docker("images", "-q", "homeiq/debian:bookworm") or not docker("images", "-q", "homeiq/influxdb"):
         subprocess.run([str(ROOT / "scripts" / "stack-images")], capture_output=True, check=True)
     export = Path(subprocess.run([str(ROOT / "scripts" / "addon-export"), f"/tmp/homeiq-addon-{os.getpid()}"],
                                  capture_output=True, text=True, check=True).stdout.strip())
@@ -210,6 +210,12 @@ def addon_image() -> tuple[str, float]:
         return tag, time.monotonic() - started
     finally:
         subprocess.run(["rm", "-rf", str(export)], check=False)
+
+
+def container_logs(container: str) -> str:
+    """Everything the container wrote (`docker logs` replays its stderr on its own stderr)."""
+    done = subprocess.run(["docker", "logs", container], capture_output=True, text=True, check=False, timeout=60)
+    return done.stdout + done.stderr
 
 
 class Influx:
@@ -294,10 +300,15 @@ def test_the_addon_writes_every_event_and_resumes_from_data_after_a_restart(worl
     # Restart while ha-sim still fires: what HA recorded meanwhile comes back from its history.
     wait_until(lambda: len(influx.points()) >= EVENTS // 4, 180, "a quarter of the events in InfluxDB")
     stream_before = docker("exec", container, "redis-cli", "-p", "16379", "XLEN", "homeiq:events", check=False)
+    assert not docker("exec", world["sim"], "cat", "/tmp/sent.jsonl", check=False), "ha-sim done before the restart"
+    restarted = time.monotonic()
     docker("restart", "-t", "60", container)
     assert (world["data"] / "redis" / "appendonlydir").is_dir() or list((world["data"] / "redis").glob("*.aof*"))
     assert (world["data"] / "spool").is_dir()
-    logs = docker("logs", container, check=False)
+    # The collector's watermark came back from Redis's append-only file in /data: it resumes from there.
+    resumed = wait_until(lambda: [line for line in container_logs(container).splitlines()
+                                  if "resuming" in line and "backfill_from_ns" in line], 120, "the collector resuming")
+    resume_s = time.monotonic() - restarted
     record = wait_until(lambda: docker("exec", world["sim"], "cat", "/tmp/sent.jsonl", check=False), 300,
                         "ha-sim's record of what it fired")
     expected = {(e["entity_id"], e["time_ns"]): e["state"] for e in map(json.loads, record.splitlines())}
@@ -309,11 +320,15 @@ def test_the_addon_writes_every_event_and_resumes_from_data_after_a_restart(worl
 
     found = wait_until(fired_points, 300, f"{EVENTS} fired events in InfluxDB")
     assert found == expected  # every event, its state right, and no point HA did not fire
+    # What HA fired while the add-on restarted came from its recorder's history.
+    assert any(p["source"] == "backfill" for p in influx.points()), resumed
     stream_after = docker("exec", container, "redis-cli", "-p", "16379", "XLEN", "homeiq:events", check=False)
-    logs = docker("logs", container, check=False)
+    logs = container_logs(container)
+    assert "redis_started" in logs and "pipeline_running" in logs  # the logs were read
     assert world["password"] not in logs and world["token"] not in logs
     print(f"add-on image build {world['build_s']:.0f} s (0: cached); first point {first_point_s:.1f} s after "
-          f"`docker run`; stream length {stream_before} before the restart, {stream_after} after; "
+          f"`docker run`; resumed {resume_s:.1f} s after `docker restart`; "
+          f"stream length {stream_before} before the restart, {stream_after} after; "
           f"{len(expected)} of {EVENTS} events found")
 
 
