@@ -257,8 +257,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                                           ).returncode == 0, 60, "influxd answering /ping")
         docker("exec", made[-1], "influx", "-execute",
                f"CREATE USER admin WITH PASSWORD '{password}' WITH ALL PRIVILEGES")
-        for statement in ('CREATE DATABASE "homeassistant"', f"CREATE USER homeassistant WITH PASSWORD '{password}'",
-                          'GRANT ALL ON "homeassistant" TO homeassistant'):
+        for statement in ('CREATE DATABASE "homeassistant"', 'CREATE DATABASE "pasted"',
+                          f"CREATE USER homeassistant WITH PASSWORD '{password}'",
+                          'GRANT ALL ON "homeassistant" TO homeassistant', 'GRANT ALL ON "pasted" TO homeassistant'):
             docker("exec", made[-1], "influx", "-username", "admin", "-password", password, "-execute", statement)
         made.append(docker("run", "-d", "--name", f"{name}-supervisor", "--network", name, "--network-alias",
                            "supervisor", "-e", f"HA_TOKEN={token}", "-e", "HA_SIM_HOST=0.0.0.0", "-e", "HA_SIM_PORT=80",
@@ -272,14 +273,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         docker("network", "rm", name, check=False)
 
 
-def run_addon(world: dict[str, Any], data: Path, options: dict[str, Any], *,
-              detach: bool) -> subprocess.CompletedProcess[str]:
+def run_addon(world: dict[str, Any], data: Path, options: dict[str, Any], *, detach: bool,
+              name: str = "addon", homeassistant: Path | None = None) -> subprocess.CompletedProcess[str]:
     data.mkdir(parents=True, exist_ok=True)
     (data / "options.json").write_text(json.dumps(options))
     args = ["docker", "run", "--init", "--network", world["network"], "-v", f"{data}:/data",
             "-e", f"SUPERVISOR_TOKEN={world['token']}"]
+    if homeassistant is not None:  # map: homeassistant_config (read-only)
+        args += ["-v", f"{homeassistant}:/homeassistant:ro"]
     if detach:
-        args += ["-d", "--name", f"{world['network']}-addon"]
+        args += ["-d", "--name", f"{world['network']}-{name}"]
     else:
         args += ["--rm"]
     return subprocess.run([*args, world["image"]], capture_output=True, text=True, check=False, timeout=300)
@@ -330,6 +333,28 @@ def test_the_addon_writes_every_event_and_resumes_from_data_after_a_restart(worl
           f"`docker run`; resumed {resume_s:.1f} s after `docker restart`; "
           f"stream length {stream_before} before the restart, {stream_after} after; "
           f"{len(expected)} of {EVENTS} events found")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_a_pasted_block_with_a_secret_from_home_assistant_writes(world: dict[str, Any], tmp_path: Path) -> None:
+    homeassistant = tmp_path / "homeassistant"
+    homeassistant.mkdir()
+    (homeassistant / "secrets.yaml").write_text(f"influxdb_password: {world['password']}\n")
+    homeassistant.chmod(0o755)
+    block = ("host: a0d7b954-influxdb\nport: 8086\ndatabase: pasted\nusername: homeassistant\n"
+             "password: !secret influxdb_password\n")
+    run = run_addon(world, tmp_path / "data", {**BASE, "influxdb_host": "unused", "influxdb_password": "",
+                                                "influxdb_yaml": block}, detach=True, name="pasted",
+                    homeassistant=homeassistant)
+    assert run.returncode == 0, run.stderr
+    world["made"].append(run.stdout.strip())
+    influx: Influx = world["influx"]
+    count = wait_until(lambda: (influx.query('SELECT COUNT(source) FROM "pasted".."home_assistant_events"') or {})
+                       .get("results", [{}])[0].get("series"), 180, "points in the pasted block's database")
+    assert count[0]["values"][0][1] > 0
+    logs = container_logs(run.stdout.strip())
+    assert "influxdb_* connection options are not used" in logs and world["password"] not in logs
 
 
 @pytest.mark.slow
