@@ -207,7 +207,12 @@ def addon_image() -> tuple[str, float]:
                         str(export / "homeiq_ingest")],
                        env={**os.environ, "DOCKER_BUILDKIT": "0"}, capture_output=True, text=True, check=True,
                        timeout=3600)
-        return tag, time.monotonic() - started
+        built_s = time.monotonic() - started
+        tags = docker("images", "homeiq/addon", "--format", "{{.Repository}}:{{.Tag}}").split()
+        older = [t for t in tags if t != tag]
+        if older:  # each is a full copy with the vfs storage driver
+            docker("rmi", *older, check=False)
+        return tag, built_s
     finally:
         subprocess.run(["rm", "-rf", str(export)], check=False)
 
