@@ -136,6 +136,16 @@ def test_main_exits_2_naming_the_option_and_no_secret(tmp_path: Path, capsys: py
     assert "options.json: not valid JSON" in capsys.readouterr().err
 
 
+def test_prepare_writes_the_pasted_block_for_our_eyes_only(tmp_path: Path) -> None:
+    options = tmp_path / "options.json"
+    options.write_text(json.dumps({**BASE, "influxdb_yaml": "host: influx\nusername: u\npassword: pw-s3cret\n"}))
+    environ = {**TOKEN_ENV, "HOMEIQ_ADDON_OPTIONS": str(options), "HOMEIQ_ADDON_CONFIG_DIR": str(tmp_path / "run")}
+    setup = addon.prepare(environ)
+    written = Path(setup.env["HOMEIQ_CONFIG"])
+    assert written.read_text() == "influxdb:\n  host: influx\n  username: u\n  password: pw-s3cret\n"
+    assert (written.stat().st_mode & 0o777, written.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+
+
 # The Supervisor's option types (home-assistant/supervisor supervisor/apps/options.py RE_SCHEMA_ELEMENT @090ef31).
 RE_SCHEMA_ELEMENT = re.compile(
     r"^(?:|bool|email|url|port|device(?:\((?P<filter>subsystem=[a-z]+)\))?|str(?:\((?P<s_min>\d+)?,(?P<s_max>\d+)?\))?"

@@ -192,20 +192,26 @@ def _from_fields(setup: AddonSetup, options: Mapping[str, Any]) -> None:
         env.update(INFLUXDB_TOKEN=token, INFLUXDB_ORG=org, INFLUXDB_PASSWORD="")
 
 
-def main() -> int:
-    """Check the options, then run the pipeline until the Supervisor stops the add-on."""
-    options_file = Path(os.environ.get("HOMEIQ_ADDON_OPTIONS", str(OPTIONS_FILE)))
-    config_dir = Path(os.environ.get("HOMEIQ_ADDON_CONFIG_DIR", "/run/homeiq"))
-    try:
-        setup = addon_setup(read_options(options_file), os.environ, config_dir)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def prepare(environ: Mapping[str, str]) -> AddonSetup:
+    """Read and check the options, write the pasted block (readable by us alone); ConfigError names the option."""
+    options_file = Path(environ.get("HOMEIQ_ADDON_OPTIONS", str(OPTIONS_FILE)))
+    config_dir = Path(environ.get("HOMEIQ_ADDON_CONFIG_DIR", "/run/homeiq"))
+    setup = addon_setup(read_options(options_file), environ, config_dir)
     for path, text in setup.files.items():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(text)
+    return setup
+
+
+def main() -> int:
+    """Check the options, then run the pipeline until the Supervisor stops the add-on."""
+    try:
+        setup = prepare(os.environ)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     os.environ.update(setup.env)
     from homeiq.local import pipeline  # noqa: PLC0415 - reads the environment set above
     from homeiq.shared.logs import Log, setup_logging  # noqa: PLC0415
