@@ -260,7 +260,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     influx_image = docker("images", "homeiq/influxdb", "--format", "{{.Repository}}:{{.Tag}}").split()[0]
     name = f"homeiq-addontest-{os.getpid()}"
     made: list[str] = []
-    docker("network", "create", name)
+    networks = [docker("network", "create", name) and name]
     try:
         password, token = secrets.token_hex(12), secrets.token_hex(56)
         made.append(docker("run", "-d", "--name", f"{name}-influxdb", "--network", name, "--network-alias",
@@ -276,28 +276,36 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                           f"CREATE USER homeassistant WITH PASSWORD '{password}'",
                           'GRANT ALL ON "homeassistant" TO homeassistant', 'GRANT ALL ON "pasted" TO homeassistant'):
             docker("exec", made[-1], "influx", "-username", "admin", "-password", password, "-execute", statement)
-        made.append(docker("run", "-d", "--name", f"{name}-supervisor", "--network", name, "--network-alias",
-                           "supervisor", "-e", f"HA_TOKEN={token}", "-e", "HA_SIM_HOST=0.0.0.0", "-e", "HA_SIM_PORT=80",
-                           "-e", "HA_SIM_ENTITIES=60", "-e", f"HA_SIM_EVENTS={EVENTS}", "-e", f"HA_SIM_RATE={RATE}",
-                           "-e", "HA_SIM_RECORD=/tmp/sent.jsonl", "-e", "LOG_FORMAT=json", image, "ha-sim", "run"))
+        made.append(start_sim(image, name, token, EVENTS))
         yield {"image": image, "build_s": build_s, "network": name, "influx": influx, "password": password,
-               "token": token, "sim": made[-1], "data": tmp_path_factory.mktemp("addon-data"), "made": made}
+               "token": token, "sim": made[-1], "data": tmp_path_factory.mktemp("addon-data"), "made": made,
+               "networks": networks}
     finally:
         for container in made:
             docker("rm", "-f", "-v", container, check=False)
-        docker("network", "rm", name, check=False)
+        for network in reversed(networks):
+            docker("network", "rm", network, check=False)
+
+
+def start_sim(image: str, network: str, token: str, events: int) -> str:
+    """ha-sim as the Supervisor's proxy: host name `supervisor`, port 80, /core/websocket, the add-on's token."""
+    return docker("run", "-d", "--name", f"{network}-supervisor", "--network", network, "--network-alias",
+                  "supervisor", "-e", f"HA_TOKEN={token}", "-e", "HA_SIM_HOST=0.0.0.0", "-e", "HA_SIM_PORT=80",
+                  "-e", "HA_SIM_ENTITIES=60", "-e", f"HA_SIM_EVENTS={events}", "-e", f"HA_SIM_RATE={RATE}",
+                  "-e", "HA_SIM_RECORD=/tmp/sent.jsonl", "-e", "LOG_FORMAT=json", image, "ha-sim", "run")
 
 
 def run_addon(world: dict[str, Any], data: Path, options: dict[str, Any], *, detach: bool,
-              name: str = "addon", homeassistant: Path | None = None) -> subprocess.CompletedProcess[str]:
+              network: str | None = None, homeassistant: Path | None = None) -> subprocess.CompletedProcess[str]:
     data.mkdir(parents=True, exist_ok=True)
     (data / "options.json").write_text(json.dumps(options))
-    args = ["docker", "run", "--init", "--network", world["network"], "-v", f"{data}:/data",
+    network = network or world["network"]
+    args = ["docker", "run", "--init", "--network", network, "-v", f"{data}:/data",
             "-e", f"SUPERVISOR_TOKEN={world['token']}"]
     if homeassistant is not None:  # map: homeassistant_config (read-only)
         args += ["-v", f"{homeassistant}:/homeassistant:ro"]
     if detach:
-        args += ["-d", "--name", f"{world['network']}-{name}"]
+        args += ["-d", "--name", f"{network}-addon"]
     else:
         args += ["--rm"]
     return subprocess.run([*args, world["image"]], capture_output=True, text=True, check=False, timeout=300)
@@ -359,14 +367,23 @@ def test_a_pasted_block_with_a_secret_from_home_assistant_writes(world: dict[str
     homeassistant.chmod(0o755)
     block = ("host: a0d7b954-influxdb\nport: 8086\ndatabase: pasted\nusername: homeassistant\n"
              "password: !secret influxdb_password\n")
+    # A home of its own (ha-sim fires for its first subscriber), reaching the same InfluxDB by the same name.
+    network = f"{world['network']}-pasted"
+    world["networks"].append(docker("network", "create", network) and network)
+    docker("network", "connect", "--alias", "a0d7b954-influxdb", network, world["influx"].container)
+    world["made"].append(start_sim(world["image"], network, world["token"], 200))
     run = run_addon(world, tmp_path / "data", {**BASE, "influxdb_host": "unused", "influxdb_password": "",
-                                                "influxdb_yaml": block}, detach=True, name="pasted",
+                                                "influxdb_yaml": block}, detach=True, network=network,
                     homeassistant=homeassistant)
     assert run.returncode == 0, run.stderr
     world["made"].append(run.stdout.strip())
     influx: Influx = world["influx"]
-    count = wait_until(lambda: (influx.query('SELECT COUNT(source) FROM "pasted".."home_assistant_events"') or {})
-                       .get("results", [{}])[0].get("series"), 180, "points in the pasted block's database")
+    try:
+        count = wait_until(lambda: (influx.query('SELECT COUNT(source) FROM "pasted".."home_assistant_events"')
+                                    or {}).get("results", [{}])[0].get("series"), 180,
+                           "points in the pasted block's database")
+    except TimeoutError:
+        raise AssertionError(container_logs(run.stdout.strip())[-5000:]) from None
     assert count[0]["values"][0][1] > 0
     logs = container_logs(run.stdout.strip())
     assert "influxdb_* connection options are not used" in logs and world["password"] not in logs
