@@ -146,6 +146,26 @@ def test_prepare_writes_the_pasted_block_for_our_eyes_only(tmp_path: Path) -> No
     assert (written.stat().st_mode & 0o777, written.parent.stat().st_mode & 0o777) == (0o600, 0o700)
 
 
+async def test_ha_sim_answers_on_the_supervisors_proxy_path() -> None:
+    """ws://supervisor/core/websocket: the stand-in serves the path the add-on uses, with the auth phase the
+    Supervisor runs (auth_required, then the add-on's token as access_token)."""
+    import aiohttp  # noqa: PLC0415
+
+    from homeiq.ha_sim.hub import Hub  # noqa: PLC0415
+    from homeiq.ha_sim.runner import SimServer  # noqa: PLC0415
+
+    server = SimServer(Hub.create(entity_count=3, token="f" * 112, commit_interval_s=0))
+    url = (await server.start()).replace("/api/websocket", "/core/websocket")
+    try:
+        for token, answer in (("f" * 112, "auth_ok"), ("wrong", "auth_invalid")):
+            async with aiohttp.ClientSession() as session, session.ws_connect(url) as socket:
+                assert json.loads(await socket.receive_str(timeout=5))["type"] == "auth_required"
+                await socket.send_str(json.dumps({"type": "auth", "access_token": token}))
+                assert json.loads(await socket.receive_str(timeout=5))["type"] == answer
+    finally:
+        await server.stop()
+
+
 # The Supervisor's option types (home-assistant/supervisor supervisor/apps/options.py RE_SCHEMA_ELEMENT @090ef31).
 RE_SCHEMA_ELEMENT = re.compile(
     r"^(?:|bool|email|url|port|device(?:\((?P<filter>subsystem=[a-z]+)\))?|str(?:\((?P<s_min>\d+)?,(?P<s_max>\d+)?\))?"
