@@ -3,8 +3,8 @@ against the Supervisor's rules, and the add-on for real: the image built from th
 writes (as the Supervisor builds it: that folder alone is the context), run with a /data holding an options.json,
 ha-sim behind the host name `supervisor` serving `ws://supervisor/core/websocket` (the Supervisor's proxy, which
 checks the add-on's SUPERVISOR_TOKEN in the auth message), and InfluxDB 1.6 behind `a0d7b954-influxdb` (the
-community InfluxDB add-on's host name). Points arrive, a restart resumes from /data with nothing lost and no extra point,
-and bad options stop the start with a message naming the option (exit 2), no secret in it.
+community InfluxDB add-on's host name). Points arrive, a restart resumes from /data with nothing lost and no extra
+point, and bad options stop the start with a message naming the option (exit 2), no secret in it.
 """
 
 from __future__ import annotations
