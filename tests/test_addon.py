@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -198,6 +199,24 @@ def test_the_manifest_follows_the_supervisors_rules() -> None:
     assert error_setup(options).startswith("option influxdb_password: missing")
 
 
+def test_the_export_is_a_repository_the_supervisor_can_build_from_the_addon_folder(tmp_path: Path) -> None:
+    out = subprocess.run([str(ROOT / "scripts" / "addon-export"), str(tmp_path / "repo")], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    repo = Path(out)
+    folder = repo / "homeiq_ingest"
+    assert (repo / "repository.yaml").read_text() == (ROOT / "addon" / "repository.yaml").read_text()
+    assert (folder / "README.md").read_text() == (ADDON / "README.md").read_text()  # the store's, not the project's
+    for name in ("requirements.lock", "pyproject.toml", "README.md", "src/homeiq/local/addon.py"):
+        assert (folder / "homeiq" / name).read_bytes() == (ROOT / name).read_bytes(), name
+    assert os.access(folder / "run.sh", os.X_OK)
+    assert not list(folder.rglob("__pycache__")) and not list(folder.rglob("*.pyc"))
+    assert [p for p in repo.rglob("config.*") if p.suffix in (".yaml", ".yml", ".json")] == [folder / "config.yaml"]
+    # Every file the Dockerfile copies is in the folder (the build context).
+    copied = re.findall(r"^COPY (.+) \S+$", (folder / "Dockerfile").read_text(), re.MULTILINE)
+    for source in " ".join(copied).split():
+        assert (folder / source).exists(), source
+
+
 def error_setup(options: dict[str, Any]) -> str:
     with pytest.raises(ConfigError) as caught:
         addon.addon_setup(options, TOKEN_ENV, Path("/nonexistent"))
@@ -244,7 +263,7 @@ def addon_image() -> tuple[str, float]:
             docker("rmi", *older, check=False)
         return tag, built_s
     finally:
-        subprocess.run(["rm", "-rf", str(export)], check=False)
+        shutil.rmtree(export, ignore_errors=True)
 
 
 def container_logs(container: str) -> str:
@@ -320,7 +339,7 @@ def run_addon(world: dict[str, Any], data: Path, options: dict[str, Any], *, det
     data.mkdir(parents=True, exist_ok=True)
     (data / "options.json").write_text(json.dumps(options))
     network = network or world["network"]
-    args = ["docker", "run", "--init", "--network", network, "-v", f"{data}:/data",
+    args = ["run", "--init", "--network", network, "-v", f"{data}:/data",
             "-e", f"SUPERVISOR_TOKEN={world['token']}"]
     if homeassistant is not None:  # map: homeassistant_config (read-only)
         args += ["-v", f"{homeassistant}:/homeassistant:ro"]
@@ -328,7 +347,7 @@ def run_addon(world: dict[str, Any], data: Path, options: dict[str, Any], *, det
         args += ["-d", "--name", f"{network}-addon"]
     else:
         args += ["--rm"]
-    return subprocess.run([*args, world["image"]], capture_output=True, text=True, check=False, timeout=300)
+    return subprocess.run(["docker", *args, world["image"]], capture_output=True, text=True, check=False, timeout=300)
 
 
 @pytest.mark.slow
