@@ -173,8 +173,10 @@ async def _drain_until_closed(ws: web.WebSocketResponse) -> None:
 
 
 def make_app(hub: Hub) -> web.Application:
-    """The aiohttp application serving `/api/websocket` for `hub`."""
+    """The aiohttp application serving `/api/websocket` for `hub`, and `/core/websocket` as the Supervisor's proxy
+    does for an add-on (the add-on test puts ha-sim behind the host name `supervisor`)."""
     app = web.Application()
     app[HUB] = hub
     app.router.add_get("/api/websocket", websocket_handler)
+    app.router.add_get("/core/websocket", websocket_handler)
     return app
