@@ -57,7 +57,8 @@ def test_the_fields_make_the_services_environment(tmp_path: Path) -> None:
         "HA_URL": "ws://supervisor/core/websocket", "HA_TOKEN": "f" * 112, "LOG_LEVEL": "INFO", "LOG_FORMAT": "text",
         "INFLUXDB_URL": "http://a0d7b954-influxdb:8086", "INFLUXDB_API": "v1", "INFLUXDB_VERIFY_SSL": "true",
         "INFLUXDB_BUCKET": "homeassistant", "INFLUXDB_USERNAME": "homeassistant", "INFLUXDB_PASSWORD": "pw-s3cret",
-        "INFLUXDB_TOKEN": "", "INFLUXDB_SCHEMA": "homeiq"}
+        "INFLUXDB_TOKEN": "", "INFLUXDB_SCHEMA": "homeiq", "REDIS_MAXMEMORY": "256mb"}
+    assert setup_of(tmp_path, redis_maxmemory="1GB").env["REDIS_MAXMEMORY"] == "1gb"
     v2 = setup_of(tmp_path, influxdb_api="v2", influxdb_ssl=True, influxdb_username=None, influxdb_password=None,
                   influxdb_token="tok-s3cret", influxdb_organization="home", schema="ha").env
     assert (v2["INFLUXDB_URL"], v2["INFLUXDB_TOKEN"], v2["INFLUXDB_ORG"], v2["INFLUXDB_SCHEMA"]) == (
@@ -82,6 +83,8 @@ def test_the_fields_make_the_services_environment(tmp_path: Path) -> None:
     ({"influxdb_ssl": "yes"}, "option influxdb_ssl: expected true or false"),
     ({"schema": "flux"}, "option schema: expected one of homeiq, ha"),
     ({"log_level": "loud"}, "option log_level: expected one of debug"),
+    ({"redis_maxmemory": "lots"}, "option redis_maxmemory: expected a size such as 256mb"),
+    ({"redis_maxmemory": "0"}, "option redis_maxmemory: expected a size such as 256mb"),
     ({"influxdb_yaml": "influxdb:\n  hots: influx\n"}, "option influxdb_yaml: influxdb.hots: unknown key"),
     ({"influxdb_yaml": "host: [a\n"}, "option influxdb_yaml: not valid YAML"),
     ({"influxdb_yaml": "homeiq:\n  schema: ha\n"}, "option influxdb_yaml: has no influxdb: block"),

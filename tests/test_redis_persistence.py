@@ -68,3 +68,18 @@ async def test_a_writer_on_a_redis_without_persistence_says_why_it_is_not_ready_
             assert metric(writer, "homeiq_redis_persistent") == 0
     finally:
         await client.aclose()
+
+
+def test_the_local_redis_takes_a_memory_cap_and_never_evicts(tmp_path: Path) -> None:
+    """scripts/start and the add-on run this Redis: with REDIS_MAXMEMORY it stops at the cap (refusing XADD, so
+    the collector spools) instead of growing through a long InfluxDB outage, and it never evicts the stream."""
+    import redis  # noqa: PLC0415
+
+    server = RedisServer(tmp_path / "capped", None, maxmemory="64mb").start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        assert client.config_get("maxmemory") == {"maxmemory": str(64 * 1024 * 1024)}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        client.close()
+    finally:
+        server.stop()

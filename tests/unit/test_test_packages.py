@@ -51,7 +51,8 @@ REQUIRED = {
 BASH_BUILTINS = {
     ".", ":", "[", "[[", "alias", "break", "builtin", "case", "cd", "command", "continue", "declare", "do", "done",
     "echo", "elif", "else", "esac", "eval", "exec", "exit", "export", "false", "fi", "for", "function", "getopts",
-    "hash", "if", "in", "kill", "let", "local", "printf", "pushd", "popd", "pwd", "read", "readonly", "return", "select",
+    "hash", "if", "in", "kill", "let", "local", "printf", "pushd", "popd", "pwd", "read", "readonly", "return",
+    "select",
     "set", "shift", "shopt", "source", "test", "then", "time", "trap", "true", "type", "unset", "until", "wait",
     "while", "{", "}", "!",
 }

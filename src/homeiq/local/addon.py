@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,7 +32,11 @@ SCHEMAS: Final = ("homeiq", "ha")
 CONNECTION_OPTIONS: Final = ("influxdb_host", "influxdb_port", "influxdb_ssl", "influxdb_verify_ssl", "influxdb_api",
                              "influxdb_database", "influxdb_username", "influxdb_password", "influxdb_token",
                              "influxdb_organization")
-KNOWN_OPTIONS: Final = (*CONNECTION_OPTIONS, "influxdb_yaml", "schema", "log_level")
+KNOWN_OPTIONS: Final = (*CONNECTION_OPTIONS, "influxdb_yaml", "schema", "log_level", "redis_maxmemory")
+# Redis's memory cap: what the stream may hold while InfluxDB is away (then XADD is refused and the collector
+# spools to /data); a Raspberry Pi's RAM is the limit otherwise.
+REDIS_MAXMEMORY: Final = "256mb"
+_SIZE: Final = re.compile(r"[1-9][0-9]*(kb|mb|gb)?")
 
 
 @dataclass
@@ -60,6 +65,13 @@ def _choice(options: Mapping[str, Any], name: str, choices: tuple[str, ...], def
     value = _text(options, name) or default
     if value not in choices:
         raise _fail(name, f"expected one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _size(options: Mapping[str, Any], name: str, default: str) -> str:
+    value = (_text(options, name) or default).lower()
+    if not _SIZE.fullmatch(value):
+        raise _fail(name, f"expected a size such as {default} (kb, mb or gb), got {value!r}")
     return value
 
 
@@ -118,7 +130,8 @@ def addon_setup(options: Mapping[str, Any], environ: Mapping[str, str], config_d
     env = {"HOMEIQ_DATA_DIR": str(data_dir), "COLLECTOR_SPOOL_DIR": str(data_dir / "spool"),
            "HA_URL": SUPERVISOR_WS, "HA_TOKEN": token,
            "LOG_LEVEL": _choice(options, "log_level", LOG_LEVELS, "info").upper(),
-           "LOG_FORMAT": environ.get("LOG_FORMAT", "text")}  # the add-on's Log tab is read by people
+           "LOG_FORMAT": environ.get("LOG_FORMAT", "text"),  # the add-on's Log tab is read by people
+           "REDIS_MAXMEMORY": _size(options, "redis_maxmemory", REDIS_MAXMEMORY)}
     schema = _choice(options, "schema", SCHEMAS, "homeiq")
     setup = AddonSetup(env, notes=notes)
     pasted = _text(options, "influxdb_yaml")

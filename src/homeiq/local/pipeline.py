@@ -69,7 +69,8 @@ class LocalPipeline:
         """Start services and the pipeline's processes; returns the environment they share."""
         env: dict[str, str] = {}
         if not os.environ.get("REDIS_URL"):
-            self.redis = RedisServer(self.data_dir / "redis", _port("HOMEIQ_REDIS_PORT")).start()
+            self.redis = RedisServer(self.data_dir / "redis", _port("HOMEIQ_REDIS_PORT"),
+                                     maxmemory=os.environ.get("REDIS_MAXMEMORY", "0")).start()
             env["REDIS_URL"] = self.redis.url
             log.info("redis_started", url=self.redis.url, data_dir=str(self.redis.workdir))
         if not os.environ.get("INFLUXDB_URL"):

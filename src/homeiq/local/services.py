@@ -97,9 +97,10 @@ class RedisServer(_Process):
 
     name = "redis"
 
-    def __init__(self, workdir: Path, port: int | None, appendonly: bool = True) -> None:
+    def __init__(self, workdir: Path, port: int | None, appendonly: bool = True, maxmemory: str = "0") -> None:
         super().__init__(workdir, port)
         self.appendonly = appendonly
+        self.maxmemory = maxmemory  # a cap (Redis's units: 256mb), then XADD is refused and the collector spools
 
     @property
     def url(self) -> str:
@@ -111,7 +112,7 @@ class RedisServer(_Process):
         self._spawn([
             _binary("redis-server", "redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.workdir), "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
-            "--save", "",
+            "--save", "", "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction",
             "--daemonize", "no", "--protected-mode", "no",
         ])
         self._wait_until(self._pong, timeout_s)
