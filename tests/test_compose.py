@@ -199,8 +199,8 @@ def test_consumer_names_survive_a_down_and_up() -> None:
 def test_grafanas_data_sources_fit_the_influxdb_in_use() -> None:
     """Each set-up's InfluxDB data source reads a credential that its influxdb-setup writes, from the volume
     Grafana mounts, for the user it creates; its dashboards' data sources are all provisioned."""
-    cases = {("compose.yaml",): ("influxdb2.yml", "ops/influxdb/setup-v2.sh"),
-             ("compose.yaml", "compose.local.yaml"): ("influxdb1.yml", "ops/influxdb/setup-v1.sh")}
+    cases = {("compose.yaml",): ("datasources.yml", "ops/influxdb/setup-v2.sh"),
+             ("compose.yaml", "compose.local.yaml"): ("datasources-influxdb1.yml", "ops/influxdb/setup-v1.sh")}
     for files, (source_file, setup_script) in cases.items():
         services = rendered(*files, profiles=("grafana",))["services"]
         grafana, setup = services["grafana"], services["influxdb-setup"]

@@ -237,8 +237,8 @@ def test_operators_commands_secrets_audit_and_grafanas_source_work_in_the_stack(
 
     # Grafana's InfluxDB data source (it is opt-in, so not running here): the user and the file it names, read
     # from the volume Grafana mounts, query the database it names.
-    source = next(s for s in yaml.safe_load((stack.workdir / "ops" / "grafana" / "provisioning" / "datasources" /
-                                             "influxdb1.yml").read_text())["datasources"] if s["uid"] == "influxdb")
+    provisioned = stack.workdir / "ops" / "grafana" / "provisioning" / "datasources" / "datasources-influxdb1.yml"
+    source = next(s for s in yaml.safe_load(provisioned.read_text())["datasources"] if s["uid"] == "influxdb")
     path = re.fullmatch(r"\$__file\{(.+)\}", source["secureJsonData"]["password"])
     assert path
     password = stack.exec("writer", "cat", path.group(1))
