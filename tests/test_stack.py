@@ -55,7 +55,6 @@ class Stack:
 
     def __init__(self, workdir: Path, env: dict[str, str]) -> None:
         self.workdir = workdir
-        self.project = re.sub(r"[^a-z0-9]", "", workdir.name.lower())  # docker-compose v1's project name
         # The caller's environment, less what would steer compose away from what stack-up wrote in .env.
         steering = ("COMPOSE_FILE", "COMPOSE_PROJECT_NAME", "HA_TOKEN", "HA_TOKEN_FILE")
         self.env = {k: v for k, v in os.environ.items() if k not in steering and not k.endswith("_IMAGE")} | env
@@ -255,7 +254,9 @@ def test_operators_commands_secrets_audit_and_grafanas_source_work_in_the_stack(
 
 
 def test_a_down_and_up_keeps_silences_and_leaves_no_stale_consumer(stack: Stack) -> None:
-    writers = {f"{stack.project}_writer_{n}" for n in range(1, WRITERS + 1)}
+    # Each writer reads as its container's name (<project>_writer_<n>), which a down/up gives it again.
+    writers = {stack.inspect(c)["Name"].lstrip("/") for c in stack.containers("writer")}
+    assert len(writers) == WRITERS and all(re.fullmatch(r".+_writer_\d", name) for name in writers), writers
     before = wait_until(lambda: (c if writers <= set(c := stack.consumers()) else None), 120, "both writers' names")
     # The replayer shows only once it has claimed something; then under its own stable name.
     assert set(before) <= writers | {"replayer"}, before
