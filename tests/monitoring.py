@@ -13,7 +13,7 @@ from aiohttp import web
 from homeiq.local.services import free_port
 
 OPS = Path(__file__).resolve().parents[1] / "ops"
-WEBHOOK_IN_CONFIG = "http://alert-webhook:8080/homeiq"
+WEBHOOK_IN_CONFIG = "http://homeassistant.local:8123/api/webhook/homeiq-alerts"
 
 
 async def get_json(url: str, **params: str) -> Any:

@@ -6,16 +6,18 @@ The rules are ops/alerts.yml itself, with its windows and thresholds shortened s
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
 from homeiq.ha_sim.hub import Hub
 from homeiq.ha_sim.runner import SimServer
-from homeiq.local.services import InfluxServer, RedisServer
+from homeiq.local.services import InfluxServer, RedisServer, free_port
 from tests.helpers import FaultyHttp, Service, wait_for
-from tests.monitoring import OPS, Alertmanager, Prometheus, Webhook
+from tests.monitoring import OPS, Alertmanager, Prometheus, Webhook, get_json
 
 # Prometheus and Alertmanager evaluate on their own clocks: ~40 s on a 2-core machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -98,3 +100,46 @@ async def test_a_drop_a_stuck_entry_and_a_dead_stage_reach_alertmanager_and_reso
             service.terminate()
         await proxy.stop()
         await sim.stop()
+
+
+async def test_prometheus_watches_itself_and_alertmanager_and_a_failed_notification_fires(tmp_path: Path) -> None:
+    """ops/prometheus.yml as shipped (its hosts on loopback): Prometheus scrapes itself and Alertmanager; the
+    Watchdog reaches Alertmanager, whose webhook cannot be reached (as `alert-webhook` could not: "no such
+    host"), and the failed notifications fire HomeiqNotificationsFailing."""
+    alertmanager = Alertmanager(tmp_path, f"http://127.0.0.1:{free_port()}/api/webhook/homeiq-alerts")
+    port = free_port()
+    config = ((OPS / "prometheus.yml").read_text().replace("localhost:9090", f"127.0.0.1:{port}")
+              .replace("alertmanager:9093", f"127.0.0.1:{alertmanager.port}")
+              .replace("/etc/prometheus/alerts.yml", str(tmp_path / "alerts.yml"))
+              .replace("scrape_interval: 15s", "scrape_interval: 1s")
+              .replace("evaluation_interval: 15s", "evaluation_interval: 1s"))
+    (tmp_path / "alerts.yml").write_text(short_rules())
+    (tmp_path / "prometheus.yml").write_text(config)
+    prometheus = start_prometheus(tmp_path, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for job in ("prometheus", "alertmanager"):
+            await wait_for(lambda job=job: query(url, f'up{{job="{job}"}} == 1'), 60, f"{job} scraped")
+        await wait_for(lambda: alertmanager.firing("Watchdog"), 60, "the Watchdog at Alertmanager")
+        await wait_for(lambda: query(url, 'ALERTS{alertname="HomeiqNotificationsFailing",alertstate="firing"}'), 90,
+                       "HomeiqNotificationsFailing firing")
+    finally:
+        prometheus.terminate()
+        prometheus.wait(10)
+        alertmanager.stop()
+
+
+def start_prometheus(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'prom'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--rules.alert.resend-delay=1s"],
+        stdout=(tmp_path / "prometheus.log").open("wb"), stderr=subprocess.STDOUT)
+
+
+async def query(url: str, expr: str) -> list[dict[str, object]]:
+    try:
+        answer = await get_json(f"{url}/api/v1/query", query=expr)
+    except aiohttp.ClientError:
+        return []
+    result: list[dict[str, object]] = answer.get("data", {}).get("result", [])
+    return result

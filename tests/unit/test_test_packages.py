@@ -43,7 +43,7 @@ PACKAGE_OF = {
 # to install. Shell builtins and keywords are not programs at all.
 REQUIRED = {
     "mount": "mount", "umount": "mount", "taskset": "util-linux",
-    "bash": "bash", "awk": "mawk", "grep": "grep", "sed": "sed", "tar": "tar", "find": "findutils",
+    "bash": "bash", "sh": "dash", "awk": "mawk", "grep": "grep", "sed": "sed", "tar": "tar", "find": "findutils",
     "xargs": "findutils", "dpkg-query": "dpkg", "apt-get": "apt",
     **{name: "coreutils" for name in ("cat", "chmod", "cut", "head", "mkdir", "mktemp", "rm", "sha256sum", "sort",
                                       "tail", "touch", "tr", "id", "env", "nohup", "sleep", "seq", "dirname")},

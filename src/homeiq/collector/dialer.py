@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 import aiohttp
 
 from homeiq.collector.session_end import Stopped
 from homeiq.collector.settings import CollectorSettings
+from homeiq.shared.certs import peer_expiry
 from homeiq.shared.ha.client import WS_TIMEOUT, ClientMetrics, FrameSocket, HAConnection, reading
 
 T = TypeVar("T")
@@ -19,8 +20,10 @@ T = TypeVar("T")
 class Dialer:
     """Opens sockets with the collector's settings (message limit, TLS built once) and logs in with its token."""
 
-    def __init__(self, settings: CollectorSettings, token: str, metrics: ClientMetrics) -> None:
+    def __init__(self, settings: CollectorSettings, token: str, metrics: ClientMetrics,
+                 certificate: Callable[[float], None] | None = None) -> None:
         self._settings, self._token, self._metrics = settings, token, metrics
+        self._certificate = certificate  # told the notAfter of each wss:// certificate HA shows
         self._tls = settings.tls()  # built once: loading CA files per reconnect is wasted work
 
     async def open(self, http: aiohttp.ClientSession) -> FrameSocket:
@@ -28,9 +31,14 @@ class Dialer:
         s = self._settings
         async with asyncio.timeout(s.connect_timeout_s):
             # A close handshake behind megabytes of unread events would hold a stop for 10 s: 2 s is enough.
-            return await http.ws_connect(
+            ws = await http.ws_connect(
                 s.ha_url, max_msg_size=s.max_message_mb * 1024 * 1024, autoping=True, heartbeat=None,
                 timeout=WS_TIMEOUT, ssl=self._tls or True, decode_text=False)
+        if self._certificate is not None:
+            with contextlib.suppress(ValueError):
+                if (expiry := peer_expiry(ws.get_extra_info("ssl_object"))) is not None:
+                    self._certificate(expiry)
+        return ws
 
     async def login(self, ws: FrameSocket) -> tuple[HAConnection, str]:
         """The connection on `ws`, authenticated, and HA's version."""

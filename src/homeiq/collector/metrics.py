@@ -86,6 +86,14 @@ class CollectorMetrics:
         self.ha_clock_offset = Gauge(
             "homeiq_ha_clock_offset_seconds", "HA's clock minus the collector's, from live state times (less the "
             "shortest latency of the last 10 min); points carry HA's time.", registry=registry)
+        self.ha_clock_skew = Gauge(
+            "homeiq_ha_clock_skew_seconds", "HA's clock minus the collector's as estimated from live state times "
+            "(the largest state time minus arrival time of the last 10 min); live events carry it when a second or "
+            "more, and their latency is measured on our clock.", registry=registry)
+        self.tls_cert_expiry = Gauge(
+            "homeiq_tls_cert_expiry_timestamp_seconds", "When the certificate the TLS peer last showed expires "
+            "(notAfter, Unix seconds): peer home_assistant (wss://) here, influxdb (https://) at the writers.",
+            ["peer"], registry=registry)
         self.redis_clock_offset = Gauge("homeiq_redis_clock_offset_seconds",
                                         "Redis's clock minus the collector's (stream ids carry Redis's).",
                                         registry=registry)

@@ -29,7 +29,6 @@ from homeiq.shared.stream import StreamNames, describe_redis_error, xadd_batch_a
 
 log = Log(__name__)
 
-LINGER_S = 0.005
 _STOP = b"\x00"  # queued by close(); an event payload is a JSON object, never this
 # An encoded state change starts so (msgspec writes a Struct's fields in order); one with no new state (a removal)
 # has no `new_state`.
@@ -140,7 +139,8 @@ class Publisher:
     def __init__(
         self, client: aioredis.Redis, redis_url: str, names: StreamNames, metrics: CollectorMetrics,
         readiness: Readiness, spool: Spool, policy: Policy, capacity: int = 2_000, batch_max: int = 1_000,
-        durable: Callable[[], bool] = lambda: True, forgotten: Callable[[], None] = lambda: None,
+        linger_s: float = 0.05, durable: Callable[[], bool] = lambda: True,
+        forgotten: Callable[[], None] = lambda: None,
     ) -> None:
         self._redis, self._redis_url = client, redis_url
         self._keys = [names.stream.encode(), names.collector_tail.encode()]
@@ -155,6 +155,7 @@ class Publisher:
         self._xadd_batch = client.register_script(XADD_BATCH_SCRIPT)
         self._queue = Buffer(capacity)
         self._batch_max = batch_max
+        self._linger_s = linger_s
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._flushed = asyncio.Event()
@@ -197,9 +198,9 @@ class Publisher:
             self._in_flight = len(batch)  # out of the buffer, not yet settled: still pending
             self._in_flight_batch = batch  # and still ours to account for (`held`)
             if len(batch) < self._batch_max and batch[-1] is not _STOP:
-                # A few milliseconds for more to arrive: at a few thousand events/s a batch of tens, not of
-                # one or two, costs Redis and us a tenth per event; nothing waits on it but the event's age.
-                await asyncio.sleep(LINGER_S)
+                # Time for more to arrive: a batch of tens, not of one or two, costs Redis and us a tenth per
+                # event, and at a home's rate one call a tick instead of one an event; only the event's age waits.
+                await asyncio.sleep(self._linger_s)
                 batch += self._queue.take_ready(self._batch_max - len(batch))
             closing = batch[-1] is _STOP
             if closing:

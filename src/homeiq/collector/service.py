@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import Awaitable
 from pathlib import Path
+from typing import Final
 
 import msgspec
 from prometheus_client import CollectorRegistry
@@ -36,6 +37,8 @@ from homeiq.shared.stream import describe_redis_error
 
 log = Log(__name__)
 
+SKEW_CARRIED_NS: Final = 10**9  # HA's clock this far off ours: live events carry the skew, for honest latency
+
 DRAIN_TIMEOUT_S = 5.0
 REDIS_CHECK_S = 2.0
 
@@ -47,7 +50,8 @@ class Collector:
     def __init__(self, settings: CollectorSettings, token: str, entity_filter: EntityRules | None = None,
                  metrics_registry: CollectorRegistry | None = None) -> None:
         self.settings, self._filter = settings, entity_filter
-        self.runtime = ServiceRuntime(log, settings, Readiness(READY_HA, READY_REDIS), metrics_registry)
+        self.runtime = ServiceRuntime(log, settings, Readiness(READY_HA, READY_REDIS), metrics_registry,
+                                      disks={"spool": settings.spool_dir})
         self.metrics_registry, self.readiness = self.runtime.metrics_registry, self.runtime.readiness
         self.redis, self.persistence = self.runtime.redis, self.runtime.persistence
         self.metrics = CollectorMetrics(self.metrics_registry)
@@ -55,17 +59,18 @@ class Collector:
         self.metrics.spool_max_bytes.set(spool.max_bytes)
         self.publisher = Publisher(self.redis, settings.redis_url, settings.names, self.metrics,
                                    self.readiness, spool, settings.spool_policy, settings.buffer_events,
-                                   settings.publish_batch, durable=lambda: self.persistence.ok,
-                                   forgotten=self._redis_forgot)
+                                   settings.publish_batch, settings.linger_ms / 1000,
+                                   durable=lambda: self.persistence.ok, forgotten=self._redis_forgot)
         self.ha_registry = Registry()
         self.gap = GapTracker()
         self.ha_clock = HaClock(self._clock_finding)
         self.metrics.ha_clock_offset.set_function(lambda: (self.ha_clock.offset_ns or 0) / 1e9)
+        self.metrics.ha_clock_skew.set_function(lambda: (self.ha_clock.offset_ns or 0) / 1e9)
         self._first_live_ns = 0  # the first trusted live state of this process: the oldest time it can vouch for
         self.resume = ResumePoint(self.redis, settings.names, self.gap, settings.backfill,
                                   self.publisher.held_states)
         self.known = KnownEntities(self.redis, settings.names.collector_entities)
-        self.dialer = Dialer(settings, token, self.metrics)
+        self.dialer = Dialer(settings, token, self.metrics, self._saw_ha_certificate)
         self.registries = Registries(self.ha_registry, self.known, self.metrics, settings.command_timeout_s)
         self.backfill = Backfill(settings, self.metrics, self.gap, self.known, self.ha_registry,
                                  self._publish_backfilled, self._ha_now_ns, self.dialer.recorder_connection)
@@ -141,6 +146,10 @@ class Collector:
         after_ns = time.time_ns()
         self.metrics.redis_clock_offset.set((seconds * 10**9 + microseconds * 1000 - (before_ns + after_ns) // 2) / 1e9)
 
+    def _saw_ha_certificate(self, expiry_s: float) -> None:
+        """HA's wss:// certificate expires at `expiry_s` (no sample before one is seen: ws:// has none)."""
+        self.metrics.tls_cert_expiry.labels("home_assistant").set(expiry_s)
+
     def _ha_now_ns(self) -> int:
         """Now on HA's clock, as far as its states tell."""
         return time.time_ns() + (self.ha_clock.offset_ns or 0)
@@ -206,6 +215,9 @@ class Collector:
                 self.gap.untrusted(entity_id, event.time_ns)
         else:
             event = self.point_times.unique(event)
+        skew_ns = self.ha_clock.offset_ns or 0
+        if abs(skew_ns) >= SKEW_CARRIED_NS:
+            event = msgspec.structs.replace(event, ha_clock_skew_ns=skew_ns)
         payload = encode_event(event)
         self._offered += 1
         return None if self.publisher.offer(payload) else self.publisher.put(payload)

@@ -9,7 +9,7 @@ from homeiq.collector.spool import POLICIES, Policy
 from homeiq.shared.entity_filter import EntityFilterFile, EntityFilterJson
 from homeiq.shared.ha.settings import DEFAULT_HA_URL, HaCommandTimeout, HaSslCaCert, HaUrl, HaVerifySsl, ha_tls
 from homeiq.shared.options import ConfigPath, MetricsPort, ServiceSettings
-from homeiq.shared.settings import Nested, Var, at_least, not_empty, one_of, positive
+from homeiq.shared.settings import Nested, Var, at_least, between, not_empty, one_of, positive
 from homeiq.shared.stream import StreamNames
 
 
@@ -39,6 +39,9 @@ class CollectorSettings(ServiceSettings, frozen=True, kw_only=True):
         "COLLECTOR_BUFFER_EVENTS", "Events buffered in memory before XADD.", positive)] = 2_000
     publish_batch: Annotated[int, Var("COLLECTOR_PUBLISH_BATCH", "Most events XADDed by one script call.",
                                       positive)] = 1_000
+    linger_ms: Annotated[int, Var(
+        "COLLECTOR_LINGER_MS", "How long a batch gathers events after its first before its XADD, ms: a home's few "
+        "events a second share one call instead of one each; a full batch goes at once.", between(0, 1000))] = 50
     spool_dir: Annotated[str, Var(
         "COLLECTOR_SPOOL_DIR", "Directory of the disk spool used while Redis is down.", not_empty)] = "spool"
     spool_max_mb: Annotated[int, Var("COLLECTOR_SPOOL_MAX_MB", "Most MiB the spool may hold.", positive)] = 1024

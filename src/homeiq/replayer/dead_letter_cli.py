@@ -41,6 +41,7 @@ def dead_letter_redrive(
     ctx: typer.Context,
     ids: Annotated[list[str] | None, typer.Option("--id", help="A dead-letter id (repeat for several).")] = None,
     redrive_all: Annotated[bool, typer.Option("--all", help="Every dead letter that has a payload.")] = False,
+    reason: Annotated[str | None, typer.Option(help="With --all: only dead letters of this reason.")] = None,
     dry_run: DryRun = False,
     as_json: Json = False,
 ) -> None:
@@ -55,7 +56,7 @@ def dead_letter_redrive(
     async def work(client: Any) -> list[dict[str, object]]:
         chosen = list(ids or [])
         if redrive_all:
-            chosen = [d.id for d in await dead_letters(client, shared.names, 10_000_000) if d.has_payload]
+            chosen = [d.id for d in await dead_letters(client, shared.names, 10_000_000, reason) if d.has_payload]
         if dry_run:
             return [{"dead_id": i, "new_id": None} for i in chosen]
         moved: list[dict[str, object]] = []
@@ -78,6 +79,8 @@ def dead_letter_purge(
     before: Annotated[str | None, typer.Option(
         help="Delete dead letters older than this: an ISO 8601 time or epoch milliseconds.")] = None,
     purge_all: Annotated[bool, typer.Option("--all", help="Delete every dead letter.")] = False,
+    reason: Annotated[str | None, typer.Option(
+        help="Only dead letters of this reason (with --all or --before).")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation (for scripts).")] = False,
     dry_run: DryRun = False,
     as_json: Json = False,
@@ -90,7 +93,7 @@ def dead_letter_purge(
         err.print("error: give --before TIME or --all", highlight=False)
         raise typer.Exit(EXIT_USAGE)
     before_ms = None if before is None else _parse_time_ms(before)
-    count = execute(shared, lambda client: purge(client, shared.names, before_ms, dry_run=True))
+    count = execute(shared, lambda client: purge(client, shared.names, before_ms, dry_run=True, reason=reason))
     if dry_run:
         report({"would_remove": count}, as_json, "purge", ["would remove"], [[count]], dry_run)
         return
@@ -98,7 +101,7 @@ def dead_letter_purge(
     if count and not yes and not typer.confirm(f"Delete {count} dead letters from {shared.names.dead} for good?",
                                                err=True):
         fail("nothing deleted (give --yes to purge without asking)")
-    removed = execute(shared, lambda client: purge(client, shared.names, before_ms))
+    removed = execute(shared, lambda client: purge(client, shared.names, before_ms, reason=reason))
     report({"removed": removed}, as_json, "purge", ["removed"], [[removed]])
 
 

@@ -171,8 +171,17 @@ async def redrive(client: aioredis.Redis, names: StreamNames, ids: list[str]) ->
     return results
 
 
-async def purge(client: aioredis.Redis, names: StreamNames, before_ms: int | None, dry_run: bool = False) -> int:
-    """Delete dead letters older than `before_ms` (all when None); returns how many (would go, on a dry run)."""
+async def purge(client: aioredis.Redis, names: StreamNames, before_ms: int | None, dry_run: bool = False,
+                reason: str | None = None) -> int:
+    """Delete dead letters older than `before_ms` (all when None), only those of `reason` when given; returns how
+    many (would go, on a dry run)."""
+    if reason is not None:
+        ids = [d.id for d in await dead_letters(client, names, 10_000_000, reason)
+               if before_ms is None or int(d.id.split("-", 1)[0]) < before_ms]
+        if not dry_run:
+            for first in range(0, len(ids), 1000):
+                await client.xdel(names.dead, *ids[first:first + 1000])
+        return len(ids)
     if dry_run:
         if before_ms is None:
             return int(await client.xlen(names.dead))

@@ -66,6 +66,9 @@ class NormalisedEvent(msgspec.Struct, gc=False, frozen=True, omit_defaults=True)
     data: msgspec.Raw = NO_DATA  # the raw `data` of events other than state_changed
     enrichment: Enrichment = Enrichment()
     source: Source = "live"
+    # HA's clock minus the collector's as measured when a live event arrived, set only when a second or more:
+    # the writer measures latency from `time_ns - ha_clock_skew_ns` (our clock), not from HA's.
+    ha_clock_skew_ns: int = 0
 
 
 _encoder = msgspec.json.Encoder()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from homeiq.shared.settings import REDIS_URL_CHECK, Settings, Var, between, check_choice, one_of
+from homeiq.shared.settings import REDIS_URL_CHECK, ConfigError, Settings, Var, between, check_choice, one_of
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -21,6 +22,20 @@ ConfigPath = Annotated[str, Var(
     "include/exclude) and our `homeiq:` block; flags and environment variables override it.", flag="--config")]
 MetricsPort = Annotated[int, Var(
     "METRICS_PORT", "Port of /metrics, /healthz, /readyz (0: any free port).", between(0, 65535))]
+
+
+def disk_paths(value: str) -> dict[str, str]:
+    """DISK_PATHS parsed: `use=/path,use=/path` → {use: path} (empty: none)."""
+    pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+    return {use.strip(): path.strip() for use, path in pairs}
+
+
+def _disk_paths(name: str, value: str) -> str:
+    for item in filter(str.strip, value.split(",")):
+        use, _, path = item.partition("=")
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", use.strip()) or not path.strip().startswith("/"):
+            raise ConfigError(f"{name}: {item.strip()!r} is not name=/absolute/path (e.g. redis=/var/lib/redis)")
+    return value
 
 
 class LogSettings(Settings, frozen=True, kw_only=True):
@@ -41,3 +56,7 @@ class ServiceSettings(LogSettings, frozen=True, kw_only=True):
     metrics_host: Annotated[str, Var(
         "METRICS_HOST", "Address of /metrics, /healthz, /readyz.")] = "0.0.0.0"  # noqa: S104 - scraped from others
     metrics_port: MetricsPort = 8000
+    disk_paths: Annotated[str, Var(
+        "DISK_PATHS", "Directories whose free space /metrics reports, as name=/path,… (e.g. "
+        "redis=/var/lib/redis,influxdb=/var/lib/influxdb): homeiq_disk_free_bytes{use=name}. For the disks of "
+        "Redis and InfluxDB where this process can see them.", _disk_paths)] = ""

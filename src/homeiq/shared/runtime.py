@@ -11,9 +11,9 @@ from prometheus_client import CollectorRegistry
 
 from homeiq.shared.backoff import Backoff
 from homeiq.shared.broker import PersistenceCheck
-from homeiq.shared.health import READY_REDIS, HealthServer, Readiness, counters
+from homeiq.shared.health import READY_REDIS, DiskSpace, HealthServer, Readiness, counters
 from homeiq.shared.logs import Log
-from homeiq.shared.options import ServiceSettings
+from homeiq.shared.options import ServiceSettings, disk_paths
 from homeiq.shared.stream import DEFAULT_SOCKET_TIMEOUT_S, connect, describe_redis_error
 
 
@@ -22,9 +22,10 @@ class ServiceRuntime:
 
     def __init__(self, log: Log, settings: ServiceSettings, readiness: Readiness,
                  metrics_registry: CollectorRegistry | None = None,
-                 socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S) -> None:
+                 socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S, disks: dict[str, str] | None = None) -> None:
         self.log, self._redis_url = log, settings.redis_url
         self.metrics_registry = metrics_registry or CollectorRegistry()
+        self.metrics_registry.register(DiskSpace({**(disks or {}), **disk_paths(settings.disk_paths)}))
         self.readiness = readiness
         self.redis: aioredis.Redis = connect(settings.redis_url, socket_timeout_s)
         self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, readiness,

@@ -176,7 +176,10 @@ def xadd_batch_args(expected_tail: bytes, payloads: list[bytes]) -> list[bytes]:
 # does not know, InfluxDB refused its point (`rejected`), reading it raised (`reader_error`), or a writer died while
 # holding it more than once (`crashed_reader`, the replayer's crash isolation): counted as dead-lettered. Or it was
 # trimmed while pending (`payload_trimmed`): counted as lost, by LostReason.
-PoisonReason = Literal["undecodable", "unknown_version", "rejected", "reader_error", "crashed_reader"]
+# The one list of dead-letter reasons (the CLI's --reason, the metrics' labels and the runbooks read it).
+# beyond_retention: InfluxDB dropped the point as older than its retention policy; a redrive cannot land it.
+PoisonReason = Literal["undecodable", "unknown_version", "rejected", "beyond_retention", "reader_error",
+                       "crashed_reader"]
 DeadReason = PoisonReason | Literal["payload_trimmed"]
 LostReason = Literal["payload_trimmed", "deleted_while_pending"]
 POISON_REASONS: Final[tuple[PoisonReason, ...]] = typing.get_args(PoisonReason)

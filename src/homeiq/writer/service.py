@@ -22,7 +22,6 @@ from homeiq.writer.settings import WriterSettings
 log = Log(__name__)
 
 CHECK_INTERVAL_S = 15.0
-PACE_S_PER_RATE = 1e-4  # seconds a batch gathers per entry/s arriving
 
 
 class Writer:
@@ -39,7 +38,7 @@ class Writer:
                                         self.readiness)
         self.sink = self.batches.sink
         self._write_interval_s = settings.write_interval_ms / 1000
-        self._last_check = self._last_pace = 0.0
+        self._last_check = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve health, then consume until `stop`; the in-flight batch completes or stays pending."""
@@ -87,7 +86,7 @@ class Writer:
                     started = time.monotonic()
                     await self.batches.write(batch, stop)
                     if keeping_up:  # paced: let the next batch grow (behind, the full batches go back to back)
-                        await wait_or_stop(stop, self._pace_s(len(entries)) - (time.monotonic() - started))
+                        await wait_or_stop(stop, self._write_interval_s - (time.monotonic() - started))
                 except (RedisError, OSError) as exc:
                     await _abandon(ahead)
                     # Acks may have been lost with Redis: start again from our own pending entries.
@@ -99,15 +98,6 @@ class Writer:
                 await self.batches.acked()
             except (RedisError, OSError) as exc:  # written but not acked: ours to re-read (and rewrite) at start
                 log.warning("ack_failed", error=describe_redis_error(self.settings.redis_url, exc))
-
-    def _pace_s(self, batch: int) -> float:
-        """How long to let the next batch gather: 0.1 ms per entry/s this writer sees, up to the write interval.
-        At 500 entries/s 50 ms (events stay fresh); from 2,000/s the 200 ms cap (batches of 400 and more, where
-        InfluxDB spends a fifth less CPU per point than on the ~200 a free-running writer sends)."""
-        now = time.monotonic()
-        elapsed, self._last_pace = now - self._last_pace, now
-        rate = batch / elapsed if elapsed > 0 else 0.0
-        return min(self._write_interval_s, rate * PACE_S_PER_RATE)
 
     async def _check(self, idle: bool) -> None:
         """Is Redis still persistent, and (when idle: no write says so) does InfluxDB still take our writes?"""

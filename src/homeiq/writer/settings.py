@@ -32,9 +32,10 @@ class WriterSettings(ServiceSettings, frozen=True, kw_only=True):
         "WRITER_BLOCK_MS", "How long one read waits for new entries, ms (at least 1 s below the socket timeout).",
         positive)] = 1000
     write_interval_ms: Annotated[int, Var(
-        "WRITER_WRITE_INTERVAL_MS", "While the writer keeps up (its batches are not full), it lets each batch "
-        "gather 0.1 ms per entry/s arriving, up to this, ms (0: never): InfluxDB takes bigger batches for less CPU "
-        "per point, and at low rates events stay fresh.", between(0, 10_000))] = 200
+        "WRITER_WRITE_INTERVAL_MS", "While the writer keeps up (its batches are not full), each batch gathers this "
+        "long, ms (0: never wait): a home's few events a second go in one request instead of one each (our CPU and "
+        "InfluxDB's), at the cost of their age; a writer that falls behind writes full batches back to back.",
+        between(0, 10_000))] = 150
     redis_socket_timeout_s: Annotated[float, Var(
         "REDIS_SOCKET_TIMEOUT_S", "How long any Redis command, a blocked read included, may take, s.",
         positive)] = DEFAULT_SOCKET_TIMEOUT_S

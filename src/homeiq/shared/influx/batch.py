@@ -16,7 +16,7 @@ from homeiq.shared.health import Readiness
 from homeiq.shared.influx.metrics import WriterMetrics
 from homeiq.shared.influx.schemas import Encoder, make_encoder
 from homeiq.shared.influx.settings import InfluxSettings
-from homeiq.shared.influx.sink import InfluxSink, Outcome, WriteResult, sink_for
+from homeiq.shared.influx.sink import InfluxSink, Outcome, WriteResult, beyond_retention, sink_for
 from homeiq.shared.lifecycle import wait_or_stop
 from homeiq.shared.logs import Log, SampledLog
 from homeiq.shared.scripts import DEAD_LETTER_SCRIPT
@@ -126,7 +126,8 @@ def encode_entries(entries: list[Entry], encoder: Encoder | None = None) -> tupl
             log.error("reader_error", entry_id=entry_id.decode(), exc_info=True)
             poison.append(Poison(entry_id, fields, "reader_error", f"{type(exc).__name__}: {exc}"[:300]))
             continue
-        good.append(Encoded(entry_id, fields, line, event.time_ns if event.source == "live" else None))
+        live_ns = event.time_ns - event.ha_clock_skew_ns if event.source == "live" else None  # on our clock
+        good.append(Encoded(entry_id, fields, line, live_ns))
     return good, poison
 
 
@@ -226,8 +227,9 @@ class BatchWriter:
                 items = batch.items
                 if len(items) == 1:
                     rejected = Handled()
-                    if await self.dead_letter(items[0].entry_id, items[0].fields, "rejected", result.detail):
-                        rejected.dead("rejected")
+                    why: PoisonReason = "beyond_retention" if beyond_retention(result) else "rejected"
+                    if await self.dead_letter(items[0].entry_id, items[0].fields, why, result.detail):
+                        rejected.dead(why)
                     return done.add(rejected)
                 middle = len(items) // 2
                 first = await self.write(Batch(items[:middle]), stop)
@@ -252,11 +254,17 @@ class BatchWriter:
     async def check(self) -> None:
         """Ask InfluxDB whether it takes our credentials and has our database; sets readiness."""
         result = await self.sink.check()
+        self._saw_certificate()
         if result.outcome is Outcome.OK:
             self._readiness.ok(READY_INFLUX)
         else:
             reason = f"InfluxDB at {self.sink.url} answered {result.status or 'nothing'}: {result.detail}"
             self._readiness.fail(READY_INFLUX, reason[:300])
+
+    def _saw_certificate(self) -> None:
+        expiry: float | None = getattr(self.sink, "cert_expiry_s", None)
+        if expiry is not None:
+            self._metrics.tls_cert_expiry.labels("influxdb").set(expiry)
 
     async def _send(self, batch: Batch) -> WriteResult:
         started = time.perf_counter()
@@ -265,6 +273,7 @@ class BatchWriter:
         result = await self.sink.write(batch.prepared)
         self._metrics.write_seconds.observe(time.perf_counter() - started)
         self._metrics.batches.labels(result.outcome.value).inc()
+        self._saw_certificate()
         return result
 
     async def acked(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from homeiq.shared.influx.schemas import ATTRIBUTE_REASONS, OVERWRITE_REASONS, SKIP_REASONS
 from homeiq.shared.influx.sink import Outcome
@@ -44,6 +44,10 @@ class WriterMetrics:
             "homeiq_write_duration_seconds", "Duration of one InfluxDB write request.", registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        self.tls_cert_expiry = Gauge(
+            "homeiq_tls_cert_expiry_timestamp_seconds", "When the certificate the TLS peer last showed expires "
+            "(notAfter, Unix seconds): peer influxdb (https://) here, home_assistant (wss://) at the collector.",
+            ["peer"], registry=registry)
         self.event_age = Histogram(
             "homeiq_event_age_at_ack_seconds", "Event time to ack of live events: end-to-end latency.",
             registry=registry,

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import enum
 import ssl
+import time
 from typing import TYPE_CHECKING, Final, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
 from isal import igzip
 
+from homeiq.shared.certs import peer_expiry
 from homeiq.shared.settings import redact_url
 
 if TYPE_CHECKING:
     from homeiq.shared.influx.settings import InfluxSettings
+
+
+CERT_PROBE_INTERVAL_S: Final = 3600.0  # how often the writers read InfluxDB's certificate
 
 
 class Outcome(enum.Enum):
@@ -76,6 +83,19 @@ def classify(status: int, body: str, retry_after: str | None) -> WriteResult:
             return WriteResult(Outcome.BAD_DATA, status, detail)  # any other 400 of InfluxDB's is about lines too
     # A 400 about the request, or not InfluxDB's own (a proxy's, say): hold the batch, bisecting cannot help.
     return WriteResult(Outcome.REFUSED, status, detail)
+
+
+_BEYOND_RETENTION: Final = "partial write: points beyond retention policy"
+
+
+def beyond_retention(result: WriteResult) -> bool:
+    """InfluxDB refused lines as older than its retention policy (1.x: 400 "partial write: points beyond retention
+    policy dropped=N"; 2.x: 422, the same words after "failure writing points to database: "): a redrive cannot
+    land them while the policy stands. Read from the structured error, never from a line it quotes."""
+    if result.outcome is not Outcome.BAD_DATA:
+        return False
+    message = (_error_message(result.detail) or "").lstrip()
+    return not message.startswith("unable to parse") and _BEYOND_RETENTION in message
 
 
 def _retry_after_s(value: str | None) -> float | None:
@@ -140,6 +160,8 @@ class HttpSink:
         self._headers = {"Content-Encoding": "gzip", "Content-Type": "text/plain; charset=utf-8", **self._auth}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self.cert_expiry_s: float | None = None  # notAfter of the certificate an https:// InfluxDB last showed
+        self._probed = -CERT_PROBE_INTERVAL_S
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -156,6 +178,7 @@ class HttpSink:
         try:
             async with self._http().post(self._endpoint, params=self._params, data=prepared,
                                          headers=self._headers) as resp:
+                await self._probe_certificate()
                 return classify(resp.status, await resp.text(), resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as exc:
             return WriteResult(Outcome.RETRY, None, f"{type(exc).__name__} at {redact_url(self.url)}: {exc}")
@@ -165,9 +188,30 @@ class HttpSink:
         bucket) → refused. Never /api/v2/buckets: InfluxDB 3 does not serve it, a write-only token may not read it."""
         try:
             async with self._http().post(self._endpoint, params=self._params, data=b"", headers=self._auth) as resp:
+                await self._probe_certificate()
                 return _probe_answer(resp.status, await resp.text(), resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as exc:
             return WriteResult(Outcome.RETRY, None, f"{type(exc).__name__} at {redact_url(self.url)}: {exc}")
+
+    async def _probe_certificate(self) -> None:
+        """Once an hour, after an answer over https://: a TLS handshake of its own with InfluxDB, for the notAfter
+        of the certificate it shows (aiohttp gives a finished response no transport). Failures are the write's to
+        report: they leave the last value."""
+        now = time.monotonic()
+        if self._tls is None or now - self._probed < CERT_PROBE_INTERVAL_S:
+            return
+        self._probed = now
+        parts = urlsplit(self.url)
+        host, port = parts.hostname or "", parts.port or 443
+        try:
+            async with asyncio.timeout(self._timeout.total or 10):
+                _, writer = await asyncio.open_connection(host, port, ssl=self._tls, server_hostname=host)
+            try:
+                self.cert_expiry_s = peer_expiry(writer.get_extra_info("ssl_object"))
+            finally:
+                writer.close()
+        except (OSError, TimeoutError, ValueError):
+            return
 
     async def close(self) -> None:
         """Close the HTTP session."""
