@@ -1,14 +1,18 @@
-"""compose.yaml: valid against the Compose specification, consistent with what the code reads, and hardened.
-tests/test_stack.py runs it."""
+"""compose.yaml (and compose.local.yaml, compose.try.yaml on top of it): valid against the Compose specification,
+consistent with what the code reads, hardened, and startable offline. tests/test_stack.py runs it."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from typer.main import get_command
 
@@ -19,10 +23,24 @@ from homeiq.writer.cli import app as writer_app
 ROOT = Path(__file__).resolve().parents[1]
 APPS = {"collector": collector_app, "writer": writer_app, "replayer": replayer_app}
 SECRETS = {"HA_TOKEN", "INFLUXDB_TOKEN", "INFLUXDB_PASSWORD"}
+FILES = ["compose.yaml", "compose.local.yaml", "compose.try.yaml"]  # scripts/stack-up --try's, in its order
 
 
-def compose() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
+def compose(name: str = "compose.yaml") -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / name).read_text())
+    return loaded
+
+
+def rendered(*files: str, profiles: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`docker-compose config` of these files, with .env.example's values: what compose itself makes of them."""
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed (scripts/bootstrap --test installs it)")
+    args = [a for f in files for a in ("-f", str(ROOT / f))] + [a for p in profiles for a in ("--profile", p)]
+    done = subprocess.run(["docker-compose", "--project-directory", str(ROOT), "--env-file",
+                           str(ROOT / ".env.example"), *args, "config"],
+                          capture_output=True, text=True, check=False, env={"PATH": os.environ["PATH"]}, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    loaded: dict[str, Any] = yaml.safe_load(done.stdout)
     return loaded
 
 
@@ -34,9 +52,9 @@ def envvars(script: str, subcommand: str) -> set[str]:
     return names | SECRETS | {f"{s}_FILE" for s in SECRETS} | {"ENTITY_FILTER_CONFIG_FILE"}
 
 
-def test_compose_file_is_valid_against_the_compose_specification() -> None:
+def test_compose_files_are_valid_against_the_compose_specification() -> None:
     done = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
-                           str(ROOT / "compose.yaml")], capture_output=True, text=True, check=False)
+                           *(str(ROOT / f) for f in FILES)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -67,7 +85,7 @@ def test_prometheus_scrapes_each_service_on_its_metrics_port() -> None:
 
 
 def test_env_example_documents_exactly_the_variables_compose_uses() -> None:
-    used = set(re.findall(r"\$\{([A-Z_]+)", (ROOT / "compose.yaml").read_text()))
+    used = {v for f in FILES for v in re.findall(r"(?<!\$)\$\{([A-Z_]+)", (ROOT / f).read_text())}
     documented = set(re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
     assert used == documented
 
@@ -94,3 +112,130 @@ def test_the_stack_is_hardened() -> None:
     assert "INFLUXDB_ADMIN_TOKEN" not in str(services["writer"]) + str(services["replayer"])
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "HEALTHCHECK" in dockerfile and "/readyz" in dockerfile
+
+
+def _locally_built() -> set[str]:
+    """The image variables scripts/stack-images prints (NAME_IMAGE=...): the images that need no registry."""
+    text = (ROOT / "scripts" / "stack-images").read_text()
+    services = re.search(r"^for service in ([a-z ]+); do", text, re.MULTILINE)
+    assert services, "scripts/stack-images: its loop over the images it builds moved"
+    names = {f"{s.upper()}_IMAGE" for s in services.group(1).split()}
+    assert 'echo "HOMEIQ_IMAGE=$homeiq_image"' in text
+    return names | {"HOMEIQ_IMAGE"}
+
+
+def test_every_service_outside_an_opt_in_profile_runs_on_a_locally_built_image() -> None:
+    """The offline `up` (scripts/stack-up): no service may pull; an opt-in profile says it needs a registry."""
+    local = _locally_built()
+    for name in FILES:
+        text = (ROOT / name).read_text()
+        for service_name, service in compose(name)["services"].items():
+            if "image" not in service:
+                continue  # an override of a service another file defines
+            variable = re.fullmatch(r"\$\{([A-Z_]+)(:-[^}]*)?\}", service["image"])
+            assert variable, f"{name}: {service_name}'s image must be a variable: {service['image']}"
+            if variable.group(1) in local:
+                continue
+            assert service.get("profiles"), f"{name}: {service_name} needs {service['image']}, which " \
+                f"scripts/stack-images does not build, and is not in an opt-in profile"
+            said = text[:text.index(f"  {service_name}:\n")].rsplit("\n\n", 1)[-1]
+            assert "registry" in said and variable.group(1) in said, \
+                f"{name}: the comment above {service_name} must say it needs a registry or your {variable.group(1)}"
+    services = rendered(*FILES)["services"]
+    offline = {name for name, service in services.items() if not service.get("profiles")}
+    assert offline == {"redis", "influxdb", "influxdb-setup", "collector", "writer", "replayer", "prometheus",
+                       "alertmanager", "ha-sim"}
+    assert services["grafana"]["profiles"] == ["grafana"]
+
+
+def test_home_assistants_token_is_a_file_secret_never_a_variable() -> None:
+    for files in (["compose.yaml"], FILES):
+        config = rendered(*files)
+        secret = config["secrets"]["ha_token"]
+        assert set(secret) == {"file"}, secret
+        readers = {"collector", "replayer"} | ({"ha-sim"} if "compose.try.yaml" in files else set())
+        for name, service in config["services"].items():
+            env = service.get("environment") or {}
+            assert "HA_TOKEN" not in env, f"{name} gets HA's token as a variable"
+            if name in readers:
+                assert env["HA_TOKEN_FILE"] == "/run/secrets/ha_token", name
+                assert [s["source"] for s in service["secrets"]] == ["ha_token"], name
+            else:
+                assert "secrets" not in service and "HA_TOKEN_FILE" not in env, f"{name} has no use for HA's token"
+    assert compose()["secrets"]["ha_token"]["file"] == "${HA_TOKEN_FILE:-./secrets/ha-token}"
+    assert "HA_TOKEN=" not in (ROOT / ".env.example").read_text()
+
+
+def test_the_replayer_gets_everything_its_periodic_audit_needs() -> None:
+    for files in (["compose.yaml"], FILES):
+        services = rendered(*files)["services"]
+        replayer, collector = services["replayer"]["environment"], services["collector"]["environment"]
+        assert float(replayer["REPLAYER_AUDIT_INTERVAL_S"]) > 0  # on by default: the HomeiqAudit* alerts can fire
+        for same in ("HA_URL", "HA_TOKEN_FILE", "ENTITY_FILTER_CONFIG"):  # the HA and the entities the collector has
+            assert replayer[same] == collector[same], same
+    needed = {"HA_URL", "HA_TOKEN_FILE", "REPLAYER_AUDIT_INTERVAL_S", "ENTITY_FILTER_CONFIG"}
+    assert needed <= envvars("replayer", "run")
+
+
+def test_alertmanager_keeps_its_silences_in_a_volume() -> None:
+    config = compose()
+    alertmanager = config["services"]["alertmanager"]
+    path = next(a.split("=", 1)[1] for a in alertmanager["command"] if a.startswith("--storage.path="))
+    volumes = {v.split(":")[1]: v.split(":")[0] for v in alertmanager["volumes"]}
+    assert path in volumes, f"Alertmanager's --storage.path {path} is not a volume: silences die with the container"
+    assert volumes[path] in config["volumes"]  # a named volume: `down` keeps it, `down -v` removes it
+
+
+def test_consumer_names_survive_a_down_and_up() -> None:
+    """A name of the container id leaves one stale consumer per writer (and one for the replayer) at each
+    down/up; tests/test_stack.py counts them for real."""
+    services = compose()["services"]
+    assert services["replayer"]["environment"]["REPLAYER_CONSUMER"] == "replayer"
+    entrypoint = services["writer"]["entrypoint"]
+    assert entrypoint[:2] == ["/bin/sh", "-c"] and 'exec "$$@"' in entrypoint[2], entrypoint
+    assert 'WRITER_CONSUMER="$${WRITER_CONSUMER:-' in entrypoint[2]  # an operator's own name still wins
+
+
+def test_grafanas_data_sources_fit_the_influxdb_in_use() -> None:
+    """Each set-up's InfluxDB data source reads a credential that its influxdb-setup writes, from the volume
+    Grafana mounts, for the user it creates; its dashboards' data sources are all provisioned."""
+    cases = {("compose.yaml",): ("datasources.yml", "ops/influxdb/setup-v2.sh"),
+             ("compose.yaml", "compose.local.yaml"): ("datasources-influxdb1.yml", "ops/influxdb/setup-v1.sh")}
+    for files, (source_file, setup_script) in cases.items():
+        services = rendered(*files, profiles=("grafana",))["services"]
+        grafana, setup = services["grafana"], services["influxdb-setup"]
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in grafana["volumes"]}
+        provisioned = Path(mounts["/etc/grafana/provisioning/datasources/homeiq.yml"])
+        assert provisioned == ROOT / "ops" / "grafana" / "provisioning" / "datasources" / source_file
+        assert not [m for m in mounts if m.startswith("/etc/grafana/provisioning/datasources/") and
+                    m != "/etc/grafana/provisioning/datasources/homeiq.yml"], "one InfluxDB data source only"
+        setup_mounts = {v.split(":")[1]: v.split(":")[0] for v in setup["volumes"]}
+        assert Path(setup_mounts["/setup.sh"]) == ROOT / setup_script
+        sources = {s["uid"]: s for s in yaml.safe_load(provisioned.read_text())["datasources"]}
+        influx = sources["influxdb"]
+        credential = json.dumps(influx.get("secureJsonData", {}))
+        files_read = re.findall(r"\$__file\{([^}]+)\}", credential)
+        assert len(files_read) == 1, credential
+        directory, filename = files_read[0].rsplit("/", 1)
+        assert mounts[directory] == setup_mounts[directory] == "influxdb-token"  # the volume setup writes
+        assert re.search(rf"^out={re.escape(files_read[0])}$", (ROOT / setup_script).read_text(), re.MULTILINE), \
+            f"{setup_script} does not write {filename}, which Grafana's data source reads"
+        if influx.get("user"):
+            assert influx["user"] == setup["environment"]["INFLUXDB_USERNAME"]
+            assert services["writer"]["environment"]["INFLUXDB_USERNAME"] == influx["user"]
+        assert influx["url"] == services["writer"]["environment"]["INFLUXDB_URL"]
+        assert influx["jsonData"]["dbName"] == "$INFLUXDB_BUCKET" and "INFLUXDB_BUCKET" in grafana["environment"]
+        for dashboard in (ROOT / "ops" / "grafana" / "dashboards").glob("*.json"):
+            used = set(re.findall(r'"datasource":\s*\{[^}]*"uid":\s*"([^"$]+)"', dashboard.read_text()))
+            assert used <= set(sources), f"{dashboard.name} uses data sources nobody provisions: {used - set(sources)}"
+
+
+def test_the_readme_starts_the_stack_offline_with_one_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Run it with Docker", 1)[1].split("\n## ", 1)[0]
+    first_block = section.split("```", 2)[1]
+    commands = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
+    assert commands == ["scripts/stack-up --try"], first_block
+    assert "--profile grafana" in section and "registry" in section
+    script = (ROOT / "scripts" / "stack-up").read_text()
+    assert "compose.try.yaml" in script and "scripts/stack-images" in script

@@ -1,5 +1,5 @@
 #!/bin/sh
-# One-shot `influxdb-setup` for InfluxDB 1.x (the local image of the stack test): on first start the admin (the
+# One-shot `influxdb-setup` for InfluxDB 1.x (the local image of compose.local.yaml): on first start the admin (the
 # first user needs no login), the database, and the writers' user, which may write and read that database only
 # (ALL on one database: a database holds one privilege, so a GRANT READ after a GRANT WRITE would replace it).
 # Its password is random and goes only to the influxdb-token volume, as the v2 setup's token does.
