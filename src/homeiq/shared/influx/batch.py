@@ -72,9 +72,12 @@ class Batch:
     """Encoded entries and their request body; the first attempt's body is compressed ahead of time."""
 
     def __init__(self, items: list[Encoded], handled: Handled | None = None) -> None:
-        self.items = items
+        # Grouped by series: influxd spends a third less CPU on points of one series side by side than on the
+        # same points as they arrive, a series' points spread through the batch (benchmarks/influx_digest.py).
+        # Stable, so a series' points keep their order (the later of two at one time still wins, as sent).
+        self.items = sorted(items, key=_series)
         self.handled = handled or Handled()  # what preparing it did already (dead letters, lost payloads)
-        self.body = b"\n".join(item.line for item in items if item.line)
+        self.body = b"\n".join(item.line for item in self.items if item.line)
         self.prepared: bytes | None = None  # the request body, as the sink sends it
 
     def points(self) -> int:
@@ -83,6 +86,12 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+def _series(item: Encoded) -> bytes:
+    """The line up to its first space: measurement and tags, or a part of them when a name holds an escaped space;
+    either way the same text for every point of one series, which is all the grouping needs."""
+    return item.line[:item.line.find(b" ")]
 
 
 class Poison(msgspec.Struct):
