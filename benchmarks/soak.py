@@ -50,7 +50,7 @@ ROOT: Final = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from homeiq.collector.gap import MAX_PROBES  # noqa: E402
+from homeiq.collector.gap import MAX_PROBES, MAX_SEEN  # noqa: E402
 from homeiq.collector.normalise import PointTimes  # noqa: E402
 from homeiq.ha_sim.hub import MAX_PER_TICK, TICK_S, Hub  # noqa: E402
 from homeiq.ha_sim.population import AREAS  # noqa: E402
@@ -64,7 +64,8 @@ DAY_S: Final = 86_400.0
 OURS: Final = ("collector", "writer-0", "writer-1", "replayer")
 CACHES: Final = ("enrichment", "known_entities", "gap_seen", "gap_probes", "point_times")
 # The caches with a cap of their own: judged on staying below it (the point times fill for hours at a home's rate).
-CAPS: Final = {"enrichment": REGISTRY_CACHE_SIZE, "gap_probes": MAX_PROBES, "point_times": PointTimes().size}
+CAPS: Final = {"enrichment": REGISTRY_CACHE_SIZE, "gap_seen": MAX_SEEN, "gap_probes": MAX_PROBES,
+               "point_times": PointTimes().size}
 Kind = Literal["memory", "count", "series", "bounded"]
 
 
@@ -448,8 +449,8 @@ def picture(report: dict[str, Any], path: Path) -> bool:
     verdict = "every trend flat" if report["ok"] else "GROWTH: " + ", ".join(
         v["name"] for v in report["verdicts"] if not v["ok"])
     figure.suptitle(f"HomeIQ soak: {report['events']:,} events at {report['rate_achieved']:,}/s over "
-                    f"{options['entities']:,} entities, churn every {options['churn_period_s']:g} s "
-                    f"(grey: the second half, judged; red: HA restarts, purple: InfluxDB restarts) — {verdict}")
+                    f"{options['entities']:,} entities, a change of the home every {options['churn_period_s']:g} s "
+                    f"— {verdict}\n(grey: the second half, judged; red: HA restarts; purple: InfluxDB restarts)")
     figure.savefig(path, dpi=80)
     plt.close(figure)
     return True
@@ -495,9 +496,10 @@ def main() -> int:
     parser.add_argument("--floor-count", type=float, default=defaults.floor_count)
     parser.add_argument("--floor-entries", type=float, default=defaults.floor_entries)
     parser.add_argument("--out", type=Path, default=None, help="write <out>.txt, <out>.json, <out>.png")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the run's logs and data here")
     parser.add_argument("--rejudge", type=Path, default=None, help="judge a run's <out>.json again, not run")
     args = parser.parse_args()
-    options = Options(**{k: v for k, v in vars(args).items() if k not in ("out", "rejudge")})
+    options = Options(**{k: v for k, v in vars(args).items() if k not in ("out", "rejudge", "workdir")})
     if args.rejudge is not None:
         report = json.loads(args.rejudge.read_text())
         trends = verdicts(report["samples"], options.limit_pct, options.floor_mb, options.floor_count,
@@ -507,8 +509,12 @@ def main() -> int:
         report["verdicts"], report["ok"] = [asdict(t) for t in trends], all(t.ok for t in trends)
     else:
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped: every process it started stops too
-        with tempfile.TemporaryDirectory(prefix="homeiq-soak-") as tmp:
-            report = asyncio.run(soak(options, Path(tmp)))
+        if args.workdir is not None:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            report = asyncio.run(soak(options, args.workdir))
+        else:
+            with tempfile.TemporaryDirectory(prefix="homeiq-soak-") as tmp:
+                report = asyncio.run(soak(options, Path(tmp)))
     text = summary(report)
     print(text)
     if args.out is not None:
