@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Iterable
 from typing import Final
@@ -57,6 +58,8 @@ class GapTracker:
         # The first live state of each of a few entities since the subscription (entity id → its time): once the
         # recorder's history holds one, it has committed everything HA fired before it, the gap included.
         self.probes: dict[str, int] = {}
+        self._probes_offered = 0  # entities offered as probes since the probes were last emptied
+        self._rng = random.Random(0)  # where a probe goes: no secret
         self._untrusted: deque[Key] = deque(maxlen=MAX_UNTRUSTED)
 
     @property
@@ -66,11 +69,20 @@ class GapTracker:
 
     def probe(self, entity_id: str, time_ns: int) -> None:
         """A state arrived live (whether or not our filter keeps it: the recorder's progress is the point). Full,
-        the oldest entity makes room: entities the recorder excludes never show, and must not hold every place."""
+        a new entity takes a random place with the chance every one offered so far had (a reservoir): the probes
+        stay spread over the whole time since the subscription, so a recorder that commits every few seconds holds
+        some of them after its next commit however busy the home (the oldest making room kept only the last 64
+        entities' changes, at 1,000 states/s newer than any commit), and entities the recorder excludes (never
+        shown) hold only their share of the places."""
         if self.open and entity_id not in self.probes:
-            if len(self.probes) >= MAX_PROBES:
-                del self.probes[next(iter(self.probes))]
-            self.probes[entity_id] = time_ns
+            self._probes_offered += 1
+            if len(self.probes) < MAX_PROBES:
+                self.probes[entity_id] = time_ns
+                return
+            place = self._rng.randrange(self._probes_offered)
+            if place < MAX_PROBES:
+                del self.probes[list(self.probes)[place]]
+                self.probes[entity_id] = time_ns
 
     def live(self, entity_id: str, time_ns: int) -> None:
         """A state change was published live, its time trusted (see `HaClock`)."""
@@ -108,7 +120,7 @@ class GapTracker:
         """Call before subscribing, with the id of the last entry added so far and, after an earlier subscription,
         the time it began (used when no state since was trusted): the start of the time to backfill, or None when
         nothing is missing yet."""
-        self.probes = {}
+        self.probes, self._probes_offered = {}, 0
         start_ns = self.last_live_ns or subscribed_ns
         if start_ns:
             self._open(start_ns + 1000, tail)  # the next microsecond
@@ -116,7 +128,7 @@ class GapTracker:
 
     def _open(self, start_ns: int, read_from: bytes) -> None:
         if self.pending_start_ns is None:
-            self.probes = {}  # proof of the recorder's progress must come from after the gap
+            self.probes, self._probes_offered = {}, 0  # proof of the recorder's progress must come from after the gap
             self.seen.update(self._untrusted)
         if self.pending_start_ns is None or start_ns < self.pending_start_ns:
             self.pending_start_ns, self._pending_from = start_ns, read_from

@@ -114,6 +114,9 @@ class CollectorMetrics:
                                  registry=registry)
         self.spool_max_bytes = Gauge("homeiq_spool_max_bytes", "The spool's cap (COLLECTOR_SPOOL_MAX_MB) in bytes.",
                                      registry=registry)
+        self.cache_entries = Gauge("homeiq_collector_cache_entries", "Entries in one of the collector's "
+                                   "in-memory caches, by cache (a soak watches them stay bounded).", ["cache"],
+                                   registry=registry)
         self.publish_seconds = Histogram("homeiq_publish_duration_seconds", "One batch XADDed (one script call).",
                                          registry=registry,
                                          buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))

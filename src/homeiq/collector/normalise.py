@@ -38,17 +38,28 @@ class PointTimes:
     """Keeps the point times of recent events without a state of their own distinct within their series:
     the derived nanoseconds of two events can coincide (one chance in a thousand); then the later one
     takes the next free nanosecond of its microsecond. The same event sent twice (same time, context id and
-    data) keeps its time: one point. Decided once, before XADD: re-deliveries of the entry carry it too."""
+    data) keeps its time: one point. Decided once, before XADD: re-deliveries of the entry carry it too. An event is
+    told from another by a 16-byte digest of its encoding (~140 bytes an entry, where keeping the encoding cost
+    ~400 and more: 100,000 of them in every collector)."""
 
     def __init__(self, size: int = 100_000) -> None:
         self._size = size
-        self._recent: dict[tuple[str, str | None, int], tuple[int, bytes]] = {}
+        self._recent: dict[tuple[str, str | None, int], bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    @property
+    def size(self) -> int:
+        """The most it keeps."""
+        return self._size
 
     def unique(self, event: events.NormalisedEvent) -> events.NormalisedEvent:
         """`event`, moved to a free nanosecond of its microsecond if another recent event of its series holds
         its time."""
         time_ns, key = event.time_ns, (event.event_type, event.entity_id, event.time_ns)
-        identity = (event.time_fired_ns, events.encode_event(event))
+        identity = hashlib.blake2b(event.time_fired_ns.to_bytes(16, "big", signed=True) + events.encode_event(event),
+                                   digest_size=16).digest()
         microsecond, offset = time_ns - time_ns % 1000, time_ns % 1000
         for step in range(1, 1000):
             if self._recent.get(key, identity) == identity:

@@ -78,6 +78,11 @@ class Collector:
             lambda: float(settings.backfill and (self.gap.pending_start_ns is not None or not self.gap.resume_known)))
         self.point_times = PointTimes()
         self._offered = 0
+        caches = {"enrichment": self.ha_registry.cached, "known_entities": lambda: len(self.known.ids),
+                  "gap_seen": lambda: len(self.gap.seen), "gap_probes": lambda: len(self.gap.probes),
+                  "point_times": lambda: len(self.point_times)}
+        for cache, size in caches.items():
+            self.metrics.cache_entries.labels(cache).set_function(size)
         self.ha = HaSessions(settings, self.metrics, self.readiness, self.dialer, self.registries, self.backfill,
                              self.gap, lambda: self.resume.tail_or_read(self.publisher.tail_id), self._on_event,
                              self.publisher.unbound)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from homeiq.ha_sim.messages import (
     rendered_us,
     ulid,
 )
-from homeiq.ha_sim.population import Entity, Population, build_population, next_state
+from homeiq.ha_sim.population import KINDS, Device, Entity, Population, build_population, next_state
 from homeiq.ha_sim.recorder import Recorded, Recorder
 
 HA_VERSION = "2025.11.2"
@@ -92,6 +93,7 @@ class Hub:
     connects: int = 0
     subscribes: int = 0  # `subscribe_events` answered: a collector's live sessions (its backfill has connections too)
     active: int = 0  # WebSocket connections open right now (authenticated or not)
+    added: int = 0  # entities added since the start (`add_entity`)
     max_active: int = 0
 
     @classmethod
@@ -213,6 +215,43 @@ class Hub:
         entity.area_id = area_id
         self.fire_event("entity_registry_updated",
                         {"action": "update", "entity_id": entity.entity_id, "changes": {"area_id": old_area}})
+
+    def add_entity(self) -> Entity:
+        """Add an entity to a device, as an integration does: `entity_registry_updated` (create), then its first
+        state (HA's has no old state; ha-sim's shows the initial one as old)."""
+        self.added += 1
+        kind, domain, device_class, unit, platform = KINDS[self.added % len(KINDS)]
+        device = self.rng.choice(self.population.devices)
+        entity = Entity(entity_id=f"{domain}.added_{kind}_{self.added}", kind=kind, domain=domain, platform=platform,
+                        device_id=device.id, registry_id=f"{self.rng.getrandbits(128):032x}",
+                        friendly_name=f"Added {kind.title()} {self.added}", device_class=device_class, unit=unit,
+                        level=self.rng.uniform(15, 25))
+        entity.state, entity.attributes = next_state(entity, self.rng)
+        entity.last_changed = entity.last_updated = self.now()
+        self.population.entities.append(entity)
+        self.fire_event("entity_registry_updated", {"action": "create", "entity_id": entity.entity_id})
+        self.fire_state_change(entity)
+        return entity
+
+    def rename_entity(self, entity: Entity, new_id: str) -> Entity:
+        """Give the entity a new entity_id as HA does: the old id leaves the state machine (`state_changed` with
+        no new state), `entity_registry_updated` names both ids, and the new id's state follows. Returns the entity
+        under its new id (the old one is kept as removed: the ground truth still needs it)."""
+        renamed = dataclasses.replace(entity, entity_id=new_id, shown=None, shown_json=None, shown_us=0)
+        self.remove_entity(entity)
+        self.population.entities.append(renamed)
+        self.fire_event("entity_registry_updated", {"action": "update", "entity_id": new_id,
+                                                    "old_entity_id": entity.entity_id,
+                                                    "changes": {"entity_id": entity.entity_id}})
+        self.fire_state_change(renamed)
+        return renamed
+
+    def move_device(self, device: Device, area_id: str) -> None:
+        """Change the device's area and fire `device_registry_updated` as HA does: its id and `changes` only."""
+        old_area = device.area_id
+        device.area_id = area_id
+        self.fire_event("device_registry_updated",
+                        {"action": "update", "device_id": device.id, "changes": {"area_id": old_area}})
 
     def fire_service_call(self, n: int) -> tuple[str, float]:
         """A `call_service` event (HA records no state for it, so no backfill can recover it)."""

@@ -68,6 +68,17 @@ class Recorder:
         self.commit()
         self._started = self._monotonic()
 
+    def purge(self, before: float) -> int:
+        """Delete committed rows last updated before `before`, as HA's purge (`purge_keep_days`) does, keeping each
+        entity's latest row; returns how many went."""
+        self._commit_due()
+        purged = 0
+        for entity_id, rows in self._committed.items():
+            kept = [row for row in rows[:-1] if row.last_updated >= before] + rows[-1:]
+            purged += len(rows) - len(kept)
+            self._committed[entity_id] = kept
+        return purged
+
     def _commit_due(self) -> None:
         if not self._session:
             return

@@ -3,11 +3,12 @@ the start and the stop line; the path taken when Redis fails."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from homeiq.shared.backoff import Backoff
 from homeiq.shared.broker import PersistenceCheck
@@ -31,6 +32,8 @@ class ServiceRuntime:
         self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, readiness,
                                             self.metrics_registry)
         self.health = HealthServer(self.metrics_registry, readiness, settings.metrics_host, settings.metrics_port)
+        Gauge("homeiq_asyncio_tasks", "asyncio tasks alive in the service's event loop (a soak watches them stay "
+              "bounded).", registry=self.metrics_registry).set_function(_tasks)
 
     @contextlib.asynccontextmanager
     async def serving(self, stopped: str, fields: Callable[[], dict[str, object]] = dict) -> AsyncIterator[None]:
@@ -52,3 +55,11 @@ class ServiceRuntime:
         delay_s = backoff.next_delay_s()
         self.log.warning("redis_unavailable", **fields, error=message, retry_in_s=round(delay_s, 2))
         return delay_s
+
+
+def _tasks() -> int:
+    """Tasks of the running loop (/metrics is served from it); 0 outside one."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return 0

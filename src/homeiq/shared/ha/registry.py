@@ -88,6 +88,10 @@ class Registry:
         self._facts.clear()
         return len(entries)
 
+    def cached(self) -> int:
+        """Entities whose enrichment is cached now."""
+        return len(self._cache)
+
     def enrichment(self, entity_id: str, attributes: msgspec.Raw | None = None) -> Enrichment:
         """Registry facts about `entity_id`, plus device_class, unit and friendly_name from `attributes`.
 
