@@ -9,7 +9,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ class FaultPipeline:
         self._extra_env = env or {}
         self._influx_port = influx_port  # a proxy in front of influxd, when a scenario needs one
         self.processes: dict[str, ScriptProcess] = {}
-        self.totals: Counter[tuple[str, str, frozenset[tuple[str, str]]]] = Counter()
+        self.totals: defaultdict[tuple[str, str, frozenset[tuple[str, str]]], float] = defaultdict(float)
         self.client: aioredis.Redis | None = None
         self._starts: Counter[str] = Counter()
 
@@ -136,7 +136,7 @@ class FaultPipeline:
 
     def by_reason(self, role: str, metric: str) -> dict[str, float]:
         """A counter's non-zero values by their `reason` label, over every run of `role`."""
-        reasons: Counter[str] = Counter()
+        reasons: defaultdict[str, float] = defaultdict(float)
         for name, process in self.processes.items():
             if name.split("-")[0] == role:
                 for (sample, labels), value in _safe_scrape(process).items():
