@@ -356,7 +356,9 @@ async def test_with_a_precision_the_audit_compares_at_it_and_counts_states_a_lat
             assert code == 0 and totals(report)["found"] == len(units)  # the repaired point holds the last state
 
 
-async def test_states_recorded_before_the_pipeline_first_ran_are_not_missing(audited: Audited) -> None:
+async def test_states_recorded_before_the_pipeline_first_ran_are_not_missing(
+    audited: Audited, redis_client: aioredis.Redis,
+) -> None:
     # ha-sim recorded each entity's first state before the collector ever ran: a window that starts earlier
     # holds 30 states the pipeline never saw. Those are not the pipeline's misses; a point deleted later is.
     earlier = datetime.fromtimestamp(datetime.fromisoformat(audited.since).timestamp() - 60, UTC).isoformat()
@@ -371,24 +373,38 @@ async def test_states_recorded_before_the_pipeline_first_ran_are_not_missing(aud
     code, report = await audited.audit("--since", earlier)
     assert code == 1 and totals(report)["missing"] == 1  # a real miss still fails, and only it counts
     assert sum(len(e["before_first_run"]) for e in report["entities"]) == 30
+    # Redis and the collector's state directory both lost the mark, and a restart set a new one, later than
+    # states the pipeline wrote from live events: were it believed, losses from before it would hide.
+    await redis_client.set(DEFAULT_NAMES.first_run, time.time_ns() - 10**9)
+    code, report = await audited.audit("--since", earlier)
+    assert (code, totals(report)["missing"], report["first_run_ns"]) == (1, 31, None)
+    assert "live point older than the first-run mark" in report["first_run_doubt"]
+    assert not any(e["before_first_run"] for e in report["entities"])
+    await redis_client.set(DEFAULT_NAMES.first_run, time.time_ns() + 3600 * 10**9)  # a clock an hour ahead
+    code, report = await audited.audit("--since", earlier)
+    assert (code, totals(report)["missing"], report["first_run_ns"]) == (1, 31, None)
+    assert "in the future" in report["first_run_doubt"]
 
 
 async def test_the_first_run_mark_is_set_once_and_is_unknown_for_a_pipeline_that_ran_before_it(
-    redis_client: aioredis.Redis,
+    redis_client: aioredis.Redis, tmp_path: Path,
 ) -> None:
-    from homeiq.collector.resume import mark_first_run  # noqa: PLC0415
+    from homeiq.collector.resume import FirstRun  # noqa: PLC0415
     from homeiq.replayer.audit import first_run_ns  # noqa: PLC0415
     from homeiq.shared.stream import ensure_group  # noqa: PLC0415
 
     names = DEFAULT_NAMES
     await ensure_group(redis_client, names)  # a writer that started first: an empty stream is no earlier run
     before = time.time_ns()
-    await mark_first_run(redis_client, names)
+    await FirstRun(redis_client, names, tmp_path / "a").mark(0)
     first = await first_run_ns(redis_client, names)
     assert first is not None and before <= first <= time.time_ns()
-    await mark_first_run(redis_client, names)
-    assert await first_run_ns(redis_client, names) == first  # never moved
+    await FirstRun(redis_client, names, tmp_path / "b").mark(0)
+    assert await first_run_ns(redis_client, names) == first  # never moved by a later process
     await redis_client.delete(names.first_run)
     await redis_client.xadd(names.stream, {"v": "1", "e": "{}"})  # ran before the mark existed
-    await mark_first_run(redis_client, names)
+    await asyncio.sleep(0.01)
+    await FirstRun(redis_client, names, tmp_path / "c").mark(0)
     assert await first_run_ns(redis_client, names) is None and await redis_client.get(names.first_run) == b"0"
+    await FirstRun(redis_client, names, tmp_path / "a").mark(0)  # a collector that knew a time: 0 stays lowest
+    assert await redis_client.get(names.first_run) == b"0"

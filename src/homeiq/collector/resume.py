@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -17,13 +19,65 @@ log = Log(__name__)
 SCAN_PAGE: Final = 10_000
 
 
-async def mark_first_run(client: aioredis.Redis, names: StreamNames) -> None:
-    """Note when the pipeline first ran (now), once: what HA recorded before it was never the pipeline's to write.
-    A stream that already holds entries, or a watermark, says it ran before the mark existed: 0, not known."""
-    if await client.exists(names.first_run):
-        return
-    ran_before = await client.exists(names.watermark) or await client.xlen(names.stream)
-    await client.set(names.first_run, 0 if ran_before else time.time_ns(), nx=True)
+# Set the mark, or lower it; never raise it (0, "not known", is the lowest): two collectors, or one that learns an
+# earlier time, agree on the earliest.
+_LOWER_FIRST_RUN: Final = """
+local current = redis.call('GET', KEYS[1])
+if not current or tonumber(ARGV[1]) < tonumber(current) then redis.call('SET', KEYS[1], ARGV[1]) end
+"""
+
+
+class FirstRun:
+    """When the pipeline first ran (ns): what HA recorded before it was never the pipeline's to write, and the audit
+    says so instead of calling it missing. The mark must be no later than any state the pipeline took, or the audit
+    hides real losses: it is the earlier of this process's start (on our clock, taken before anything was read) and
+    its first live state (on HA's: HA's clock may be behind ours). A copy in the collector's state directory (the
+    spool's) survives Redis coming back empty, as does the copy in memory; 0: not known (the pipeline ran before
+    the mark existed)."""
+
+    FILE: Final = "first_run_ns"
+
+    def __init__(self, client: aioredis.Redis, names: StreamNames, directory: Path) -> None:
+        self._redis, self._names, self._path = client, names, directory / self.FILE
+        self.started_ns = time.time_ns()
+        self.ns: int | None = None
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            self.ns = int(self._path.read_text())
+
+    async def mark(self, first_live_ns: int) -> None:
+        """At each first answer of Redis (again after Redis lost what it held): set the mark where it is missing."""
+        if self.ns is None:
+            stored = await self._redis.get(self._names.first_run)
+            if stored is not None:
+                self._keep(int(stored))
+                return
+            self._keep(0 if await self._ran_before() else min(self.started_ns, first_live_ns or self.started_ns))
+        await self._lower(self.ns or 0)
+
+    async def saw_live(self, first_live_ns: int) -> None:
+        """This process's first live state is `first_live_ns` on HA's clock: lower the mark to it if it is earlier."""
+        if self.ns and first_live_ns and first_live_ns < self.ns:
+            self._keep(first_live_ns)
+            await self._lower(first_live_ns)
+
+    async def _ran_before(self) -> bool:
+        """A watermark, or a stream entry added before this process started (ours may already be there: the spool
+        empties as soon as Redis answers)."""
+        if await self._redis.exists(self._names.watermark):
+            return True
+        older = await self._redis.xrange(self._names.stream, "-", str(self.started_ns // 1_000_000 - 1), count=1)
+        return bool(older)
+
+    def _keep(self, ns: int) -> None:
+        self.ns = ns
+        with contextlib.suppress(OSError):  # the copy in Redis stands; a read-only directory costs only the copy
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self._path.with_suffix(".partial")
+            partial.write_text(str(ns))
+            partial.replace(self._path)
+
+    async def _lower(self, ns: int) -> None:
+        await self._redis.eval(_LOWER_FIRST_RUN, 1, self._names.first_run, ns)
 
 
 class KnownEntities:

@@ -22,7 +22,7 @@ from homeiq.collector.metrics import CollectorMetrics
 from homeiq.collector.normalise import PointTimes, event_of
 from homeiq.collector.publisher import Publisher
 from homeiq.collector.registries import Registries
-from homeiq.collector.resume import KnownEntities, ResumePoint, mark_first_run
+from homeiq.collector.resume import FirstRun, KnownEntities, ResumePoint
 from homeiq.collector.session import READY_HA, HaSessions
 from homeiq.collector.settings import CollectorSettings
 from homeiq.collector.spool import Spool
@@ -67,6 +67,7 @@ class Collector:
         self.metrics.ha_clock_offset.set_function(lambda: (self.ha_clock.offset_ns or 0) / 1e9)
         self.metrics.ha_clock_skew.set_function(lambda: (self.ha_clock.offset_ns or 0) / 1e9)
         self._first_live_ns = 0  # the first trusted live state of this process: the oldest time it can vouch for
+        self.first_run = FirstRun(self.redis, settings.names, Path(settings.spool_dir))
         self.resume = ResumePoint(self.redis, settings.names, self.gap, settings.backfill,
                                   self.publisher.held_states)
         self.known = KnownEntities(self.redis, settings.names.collector_entities)
@@ -131,13 +132,14 @@ class Collector:
                 if self.backfill.resumed.is_set():
                     await self.publisher.check_tail_now()
                 if not self.backfill.resumed.is_set():
-                    await mark_first_run(self.redis, self.settings.names)
+                    await self.first_run.mark(self._first_live_ns)
                     await self.resume.read(self._first_live_ns)
                     await self.known.load()
                     self.backfill.resumed.set()
                     self.backfill.gap_opened.set()
                 await self.resume.save(self._offered, self.publisher.settled, self.publisher.tail_id)
                 await self.known.save()
+                await self.first_run.saw_live(self._first_live_ns)
             except (RedisError, OSError) as exc:
                 self.readiness.fail(READY_REDIS, describe_redis_error(self.settings.redis_url, exc))
             if self.resume.saved:

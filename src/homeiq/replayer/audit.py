@@ -72,6 +72,7 @@ class AuditReport(msgspec.Struct):
     # When the pipeline first ran (ns, the collector's mark); None when not known (no mark, or the pipeline ran
     # before the mark existed): then a state recorded before it counts as missing.
     first_run_ns: int | None = None
+    first_run_doubt: str = ""  # why the mark was not used although Redis holds one (then `first_run_ns` is None)
 
     def total(self, what: str) -> int:
         """Sum of `missing`, `before_first_run`, `queued`, `extra`, `wrong`, `collapsed` (counts) or `in_ha`,
@@ -187,15 +188,34 @@ async def audit(ha: HAReader, influx: InfluxReader, since_ns: int, until_ns: int
     on_the_way: dict[str, set[int]] = {}
     for entity_id, time_ns in backlog:
         on_the_way.setdefault(entity_id, set()).add(point_time_ns(time_ns, precision_ns, influx.through_float))
-    results = await asyncio.gather(*(_audit_chunk(ha, influx, chunk, since_ns, until_ns, progress, on_the_way)
+    earliest_live: list[int] = []
+    results = await asyncio.gather(*(_audit_chunk(ha, influx, chunk, since_ns, until_ns, progress, on_the_way,
+                                                  earliest_live)
                                      for chunk in chunks))
     audited.extend(entity for chunk in results for entity in chunk)
     audited.sort(key=lambda e: e.entity_id)
+    doubt = doubt_first_run(first_ns, min(earliest_live, default=None), time.time_ns())
+    if doubt:
+        log.warning("first_run_mark_ignored", first_run_ns=first_ns, reason=doubt)
+        first_ns = None
     if first_ns is not None:
         # Its unit's states may be after it: counted missing, never hidden.
         _set_apart(audited, cut(first_ns, precision_ns))
     return AuditReport(since_ns, until_ns, audited, influx.schema, precision_ns, influx.through_float,
-                       first_run_ns=first_ns)
+                       first_run_ns=first_ns, first_run_doubt=doubt)
+
+
+def doubt_first_run(first_ns: int | None, earliest_live_ns: int | None, now_ns: int) -> str:
+    """Why a first-run mark cannot be trusted (it would hide real losses as `before_first_run`), or "": a mark in
+    the future, or one later than a point the writers wrote from a live event (so the pipeline ran before it)."""
+    if first_ns is None:
+        return ""
+    if first_ns > now_ns:
+        return "the first-run mark is in the future (a clock was wrong when it was set)"
+    if earliest_live_ns is not None and earliest_live_ns < first_ns:
+        return ("InfluxDB holds a live point older than the first-run mark: the pipeline ran before it (Redis lost "
+                "the mark, and the collector its copy)")
+    return ""
 
 
 def _set_apart(audited: list[EntityAudit], first_point_ns: int) -> None:
@@ -212,7 +232,9 @@ def _set_apart(audited: list[EntityAudit], first_point_ns: int) -> None:
 
 
 async def _audit_chunk(ha: HAReader, influx: InfluxReader, entity_ids: list[str], since_ns: int, until_ns: int,
-                       progress: Progress | None, on_the_way: dict[str, set[int]]) -> list[EntityAudit]:
+                       progress: Progress | None, on_the_way: dict[str, set[int]],
+                       earliest_live: list[int]) -> list[EntityAudit]:
+    """Audit these entities; append the time of the earliest live point found to `earliest_live`."""
     in_ha: dict[str, dict[int, str]] = {entity_id: {} for entity_id in entity_ids}
     stored: dict[str, dict[int, str]] = {entity_id: {} for entity_id in entity_ids}
     twice: dict[str, list[int]] = {}
@@ -231,6 +253,9 @@ async def _audit_chunk(ha: HAReader, influx: InfluxReader, entity_ids: list[str]
             if point.time_ns in times:  # the same state in two series (other tags): one point too many
                 twice.setdefault(point.entity_id, []).append(point.time_ns)
             times[point.time_ns] = point.state
+        live = [point.time_ns for point in points if point.live]
+        if live:
+            earliest_live.append(min(live))
     out = [_entity(entity_id, in_ha[entity_id], stored[entity_id], twice.get(entity_id, []),
                    on_the_way.get(entity_id, set()), influx.precision_ns, influx.through_float)
            for entity_id in entity_ids]

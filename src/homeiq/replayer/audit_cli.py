@@ -151,6 +151,9 @@ def _print(report: AuditReport, as_json: bool) -> None:
         out.print(f"before first run: {report.total('before_first_run')} states HA recorded before the pipeline "
                   f"first ran ({first}, the collector's first-run mark) are not in InfluxDB: never the pipeline's "
                   "to write; not missing, never repaired", highlight=False)
+    elif report.first_run_doubt and report.total("missing"):
+        out.print(f"note: the first-run mark was not used ({report.first_run_doubt}), so states recorded before the "
+                  "pipeline first ran count as missing", highlight=False)
     elif report.first_run_ns is None and report.total("missing"):
         out.print("note: when the pipeline first ran is not known (no first-run mark: it ran before the mark "
                   "existed, or Redis lost it), so states recorded before then count as missing", highlight=False)

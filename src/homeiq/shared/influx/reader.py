@@ -26,6 +26,9 @@ class StoredState(msgspec.Struct, frozen=True):
     entity_id: str
     time_ns: int
     state: str
+    # Written from a live event, so the pipeline ran then (the `homeiq` schema's `source`; in the `ha` schema a live
+    # point is written as HA's integration writes it, so one of the integration's from before a migration looks alike).
+    live: bool = False
 
 
 def _quote(value: str) -> str:
@@ -43,7 +46,7 @@ def states_query(entity_ids: list[str], start_ns: int, end_ns: int, schema: str 
             for domain, _, object_id in (e.partition(".") for e in entity_ids))
         return f'SELECT "state", "value", "entity_id", "domain" FROM /.*/ WHERE ({entities}) AND {window}'  # noqa: S608
     entities = " OR ".join(f'"entity_id" = {_quote(tag_value(e))}' for e in entity_ids)
-    return (f'SELECT "state_value", "entity_id" FROM "{MEASUREMENT}" '  # noqa: S608 - values quoted
+    return (f'SELECT "state_value", "entity_id", "source" FROM "{MEASUREMENT}" '  # noqa: S608 - values quoted
             f"WHERE \"event_type\" = 'state_changed' AND ({entities}) AND {window}")
 
 
@@ -132,13 +135,14 @@ def _state_of(row: dict[str, Any]) -> Iterator[StoredState]:
     """The stored state of one row of either schema (a number as its repr: the audit compares numbers)."""
     if "state_value" in row:
         if row["state_value"] is not None:
-            yield StoredState(original_tag_value(row["entity_id"]), int(row["time"]), row["state_value"])
+            yield StoredState(original_tag_value(row["entity_id"]), int(row["time"]), row["state_value"],
+                              row.get("source") == "live")
         return
     state = row["state"] if row["state"] is not None else (repr(float(row["value"])) if row["value"] is not None
                                                            else None)
     if state is not None:
         entity_id = f"{original_tag_value(row['domain'])}.{original_tag_value(row['entity_id'])}"
-        yield StoredState(entity_id, int(row["time"]), state)
+        yield StoredState(entity_id, int(row["time"]), state)  # live or HA's own integration's: not told apart
 
 
 def point_precision_ns(settings: InfluxSettings) -> int:
