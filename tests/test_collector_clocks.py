@@ -10,9 +10,10 @@ import redis.asyncio as aioredis
 
 from homeiq.collector.clock import HaClock
 from homeiq.ha_sim.runner import SimServer
-from homeiq.local.services import RedisServer
-from tests.collector_harness import Running, all_states_published, running_collector, simulator
+from homeiq.local.services import InfluxServer, RedisServer
+from tests.collector_harness import Running, all_states_published, running_collector, simulator, stream_events
 from tests.helpers import wait_for
+from tests.writer_harness import metric, running_writer, writer_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 YEAR_S = 365 * 86_400.0
@@ -129,3 +130,60 @@ def test_the_offset_is_of_the_last_ten_minutes_and_a_step_is_measured_by_it() ->
         assert clock.trust(now - 3600 * second, now)
     assert clock.offset_ns == -3600 * second
     assert found == [("step_back", -3600 * second)]
+
+
+def test_a_step_back_replaces_the_offset_at_once() -> None:
+    # HA's host two minutes fast, then NTP puts it right: the offset (carried to the writers, which subtract it from
+    # the latency) must be the new one at once, not the old one's for ten more minutes.
+    found: list[tuple[str, int]] = []
+    clock = HaClock(lambda finding, amount: found.append((finding, amount)))
+    start, second = 1_800_000_000 * 10**9, 10**9
+    trusted = [clock.trust(start + k * second // 10 + 120 * second, start + k * second // 10 + 30 * 10**6)
+               for k in range(20)]  # 30 ms on the way; so far ahead of ours that the first few need confirming
+    assert trusted == [False] * 4 + [True] * 16
+    assert clock.offset_ns == 120 * second - 30 * 10**6
+    now = start + 3 * second
+    assert clock.trust(now, now + 20 * 10**6)
+    assert found[-1] == ("step_back", -120 * second + 10 * 10**6)
+    assert clock.offset_ns == -20 * 10**6
+    for k in range(1, 20):  # the offset goes on being the largest of what follows
+        at = now + k * second // 10
+        assert clock.trust(at, at + (5 if k % 2 else 40) * 10**6)
+    assert clock.offset_ns == -5 * 10**6
+
+
+def test_a_skew_that_changes_sign_is_followed() -> None:
+    # Steps within the tolerance of a step ahead, in a steady flow of states (one every 100 ms).
+    found: list[tuple[str, int]] = []
+    clock = HaClock(lambda finding, amount: found.append((finding, amount)))
+    start, tick = 1_800_000_000 * 10**9, 10**8
+    offsets = []
+    for skew_s in (-5, 5, -5):  # HA's clock 5 s behind ours, stepped 10 s ahead, and back
+        for _ in range(10):
+            start += tick
+            assert clock.trust(start + skew_s * 10**9, start)
+        offsets.append(clock.offset_ns)
+    assert offsets == [-5 * 10**9, 5 * 10**9, -5 * 10**9]
+    assert found == [("step_back", -10 * 10**9)]
+
+
+async def test_the_latency_of_states_after_ha_s_clock_stepped_back_is_not_inflated(
+    redis_server: RedisServer, redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str, tmp_path: Path,
+) -> None:
+    age = "homeiq_event_age_at_ack_seconds"
+    async with simulator(entity_count=10, commit_interval_s=0) as sim:
+        sim.hub.clock_offset_s = 120.0  # HA's host two minutes fast
+        async with running_collector(sim, redis_server.url, tmp_path / "spool") as run:
+            await wait_for(lambda: sim.hub.subscribed and not run.metric("homeiq_backfill_gap_open"), 20, "subscribed")
+            await sim.hub.emit(20, rate_per_s=100)
+            await wait_for(lambda: run.metric("homeiq_events_published_total") >= 20, 10, "20 published")
+            sim.hub.clock_offset_s = 0.0  # NTP steps HA's clock back: it is right now
+            await sim.hub.emit(20, rate_per_s=100)
+
+            async def forty() -> bool:
+                return sum(e.event_type == "state_changed" for e in await stream_events(redis_client)) >= 40
+            await wait_for(forty, 10, "40 states in the stream")
+        async with running_writer(writer_settings(redis_server.url, influx.url, influx_db)) as writer:
+            await wait_for(lambda: metric(writer, age + "_count") >= 40, 15, "40 acked")
+            late = metric(writer, age + "_count") - metric(writer, age + "_bucket", le="60.0")
+    assert late == 0, f"{late:.0f} of 40 states written within seconds were counted over 60 s late"

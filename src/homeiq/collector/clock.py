@@ -3,7 +3,8 @@ far ahead that they must not move the watermark.
 
 HA stamps a state with its own clock; latency only makes a state look older when it arrives. So the offset is the
 largest `state time - arrival time` of the last minutes, a state much further ahead than that is suspect (one
-bogus time, or HA's clock jumping ahead), and a state earlier than the last one means HA's clock went back.
+bogus time, or HA's clock jumping ahead), and a state earlier than the last one means HA's clock went back. After
+either step the offset starts afresh: the old one, carried to the writers, would skew their latency for minutes.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class HaClock:
             self._candidates.clear()
         if self._last_ns is not None and time_ns < self._last_ns - BACK_STEP_NS:
             self._found("step_back", offset - (known or 0))
+            self._buckets.clear()  # the old offset no longer says anything (carried on, it inflates latency)
         self._last_ns = time_ns
         self._note(offset, received_ns)
         return True
