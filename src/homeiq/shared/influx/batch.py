@@ -33,6 +33,7 @@ from homeiq.shared.stream import (
 log = Log(__name__)
 
 READY_INFLUX = "influxdb"
+INLINE_PREPARE_BYTES = 64 * 1024  # smaller bodies are compressed on the event loop (at most ~60 µs)
 
 
 class Encoded(msgspec.Struct, gc=False):
@@ -203,8 +204,15 @@ class BatchWriter:
                 handled.dead(bad.reason)
         batch = Batch(good, handled)
         if batch.body:
-            batch.prepared = await asyncio.to_thread(self.sink.prepare, batch.body)  # ISA-L frees the GIL
+            batch.prepared = await self._prepare(batch.body)
         return batch
+
+    async def _prepare(self, body: bytes) -> bytes:
+        """The body compressed: a large one in a thread (ISA-L frees the GIL), a small one here (a thread's round
+        trip costs ~160 µs of CPU, compressing a few lines ~6: at a home's rate a writer sends small batches)."""
+        if len(body) < INLINE_PREPARE_BYTES:
+            return self.sink.prepare(body)
+        return await asyncio.to_thread(self.sink.prepare, body)
 
     def _count_left_out(self) -> None:
         """Move the encoder's counts to the metrics: what the schema and the filters left out, and the points that
@@ -278,7 +286,7 @@ class BatchWriter:
     async def _send(self, batch: Batch) -> WriteResult:
         started = time.perf_counter()
         if batch.prepared is None:  # a half of a bisected batch
-            batch.prepared = await asyncio.to_thread(self.sink.prepare, batch.body)
+            batch.prepared = await self._prepare(batch.body)
         result = await self.sink.write(batch.prepared)
         self._metrics.write_seconds.observe(time.perf_counter() - started)
         self._metrics.batches.labels(result.outcome.value).inc()

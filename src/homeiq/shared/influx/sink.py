@@ -129,8 +129,8 @@ class InfluxSink(Protocol):
     url: str
 
     def prepare(self, body: bytes) -> bytes:
-        """The request body for `body` (newline-separated lines): what `write` sends. CPU-bound: callers run it
-        in a thread."""
+        """The request body for `body` (newline-separated lines): what `write` sends. CPU-bound: callers run a
+        large one in a thread."""
         ...
 
     async def write(self, prepared: bytes) -> WriteResult:
