@@ -228,6 +228,11 @@ async def step(pipeline: Pipeline, client: aioredis.Redis, rate: float, seconds:
         "influx_write_p99_s": _round(quantile(writes_before_s, writes_after_s, 0.99)),  # one request's duration
         "cpu_us_per_event": {name: round(seconds_used / max(sent, 1) * 1e6, 1) for name, seconds_used in cpu.items()},
     }
+    # Our CPU per event (collector, writers, Redis, replayer) against influxd's per point written: what the
+    # pipeline adds to the cost InfluxDB has anyway.
+    ours_s = sum(used for name, used in cpu.items() if name not in ("influxd", "ha-sim"))
+    points = report["written_per_s"] * elapsed
+    report["ours_to_influxd"] = round((ours_s / max(sent, 1)) / max(cpu["influxd"] / max(points, 1), 1e-9), 2)
     # Kept up: the source ran at the rate, the collector published it, the lag did not grow, HA never dropped us.
     report["sustained"] = (not growing and not disconnects and elapsed <= seconds * 1.03
                            and report["published_per_s"] >= rate * 0.98)
@@ -318,9 +323,10 @@ async def main(rates: list[float], step_s: float, entities: int, writers: int, b
 def table(report: dict[str, Any]) -> str:
     """The steps as text: one row per step, CPU µs per event per process."""
     names = sorted({name for s in report["steps"] for name in s["cpu_us_per_event"]})
-    header = ["offered", "published", "written", "lag end", "growing", "disc.", "p50 s", "p99 s", "write p99 s", *names]
+    header = ["offered", "published", "written", "lag end", "growing", "disc.", "p50 s", "p99 s", "write p99 s",
+              "ours/influxd", *names]
     columns = ["offered_per_s", "published_per_s", "written_per_s", "lag_end", "lag_growing", "ha_disconnects",
-               "latency_p50_s", "latency_p99_s", "influx_write_p99_s"]
+               "latency_p50_s", "latency_p99_s", "influx_write_p99_s", "ours_to_influxd"]
     rows = [header] + [[*(str(s[c]) for c in columns), *(str(s["cpu_us_per_event"].get(n, "")) for n in names)]
                        for s in report["steps"]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
