@@ -25,7 +25,7 @@ from homeiq.collector.spool_keeper import SpoolKeeper
 from homeiq.shared.health import READY_REDIS, Readiness
 from homeiq.shared.logs import Log
 from homeiq.shared.scripts import XADD_BATCH_SCRIPT
-from homeiq.shared.stream import StreamNames, describe_redis_error, xadd_batch_args
+from homeiq.shared.stream import RedisPlace, StreamNames, describe_redis_error, xadd_batch_args
 
 log = Log(__name__)
 
@@ -137,7 +137,7 @@ class Publisher:
     """`put()` never touches Redis; `run()` XADDs what is buffered, or spools it while Redis is away."""
 
     def __init__(
-        self, client: aioredis.Redis, redis_url: str, names: StreamNames, metrics: CollectorMetrics,
+        self, client: aioredis.Redis, redis_url: str | RedisPlace, names: StreamNames, metrics: CollectorMetrics,
         readiness: Readiness, spool: Spool, policy: Policy, capacity: int = 2_000, batch_max: int = 1_000,
         linger_s: float = 0.05, durable: Callable[[], bool] = lambda: True,
         forgotten: Callable[[], None] = lambda: None,

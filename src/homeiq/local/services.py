@@ -1,8 +1,10 @@
-"""Private `redis-server` and `influxd` processes on free loopback ports, in a directory of their own."""
+"""Private `redis-server`, `redis-sentinel` and `influxd` processes on free loopback ports, in a directory of their
+own."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shutil
 import socket
@@ -97,10 +99,15 @@ class RedisServer(_Process):
 
     name = "redis"
 
-    def __init__(self, workdir: Path, port: int | None, appendonly: bool = True, maxmemory: str = "0") -> None:
+    def __init__(self, workdir: Path, port: int | None, appendonly: bool = True, maxmemory: str = "0",
+                 replica_of: int | None = None, config_file: bool = False) -> None:
         super().__init__(workdir, port)
         self.appendonly = appendonly
         self.maxmemory = maxmemory  # a cap (Redis's units: 256mb), then XADD is refused and the collector spools
+        self.replica_of = replica_of  # the port of its primary on 127.0.0.1 (replicaof), for a Sentinel set-up
+        # A config file (empty: the flags say everything) that CONFIG REWRITE can write, as Sentinel's does when it
+        # turns a node into a primary or a replica; without one the node runs as started.
+        self.config_file = config_file or replica_of is not None
 
     @property
     def url(self) -> str:
@@ -108,9 +115,16 @@ class RedisServer(_Process):
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 15.0) -> RedisServer:
-        """Start (or restart, keeping the data directory) and wait for PING."""
+        """Start (or restart, keeping the data directory, and the config file Sentinel may have rewritten, where
+        the flags do not say otherwise) and wait for PING."""
+        config: list[str] = []
+        if self.config_file:
+            path = self.workdir / "redis.conf"
+            if not path.exists():
+                path.write_text(f"replicaof 127.0.0.1 {self.replica_of}\n" if self.replica_of else "")
+            config = [str(path)]
         self._spawn([
-            _binary("redis-server", "redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+            _binary("redis-server", "redis-server"), *config, "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.workdir), "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
             "--save", "", "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction",
             "--daemonize", "no", "--protected-mode", "no",
@@ -134,6 +148,140 @@ class RedisServer(_Process):
         except OSError:
             return False
         return f"process_id:{self.process.pid}\r\n".encode() in reply
+
+
+SENTINEL_CONFIG = """\
+port {port}
+bind 127.0.0.1
+protected-mode no
+daemonize no
+dir {dir}
+sentinel monitor {service} 127.0.0.1 {primary_port} {quorum}
+sentinel down-after-milliseconds {service} {down_after_ms}
+sentinel failover-timeout {service} {failover_timeout_ms}
+sentinel parallel-syncs {service} 1
+"""
+
+
+class RedisSentinel(_Process):
+    """redis-sentinel monitoring the primary on 127.0.0.1:`primary_port` as `service`. Its config file is written
+    on the first start only: Sentinel rewrites it with what it learns (its id, the replicas, the other sentinels,
+    the current primary), and a restart goes on from there. Low `down_after_ms` and `failover_timeout_ms` make a
+    failover on loopback take a few seconds (the defaults: 30 s and 3 minutes)."""
+
+    name = "sentinel"
+
+    def __init__(self, workdir: Path, port: int | None, primary_port: int, service: str = "homeiq",
+                 quorum: int = 2, down_after_ms: int = 1000, failover_timeout_ms: int = 5000) -> None:
+        super().__init__(workdir, port)
+        self.primary_port, self.service, self.quorum = primary_port, service, quorum
+        self.down_after_ms, self.failover_timeout_ms = down_after_ms, failover_timeout_ms
+
+    @property
+    def address(self) -> str:
+        """host:port, as REDIS_SENTINELS lists it."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 15.0) -> RedisSentinel:
+        """Start (or restart with what it rewrote) and wait until it answers."""
+        path = self.workdir / "sentinel.conf"
+        if not path.exists():
+            path.write_text(SENTINEL_CONFIG.format(
+                port=self.port, dir=self.workdir, service=self.service, primary_port=self.primary_port,
+                quorum=self.quorum, down_after_ms=self.down_after_ms, failover_timeout_ms=self.failover_timeout_ms))
+        self._spawn([_binary("redis-sentinel", "redis-sentinel"), str(path)])
+        self._wait_until(self._answers, timeout_s)
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            return self.primary() is not None
+        except OSError:
+            return False
+
+    def primary(self) -> tuple[str, int] | None:
+        """The primary this sentinel names now (`SENTINEL GET-MASTER-ADDR-BY-NAME`), None when it names none."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+            sock.sendall(f"SENTINEL GET-MASTER-ADDR-BY-NAME {self.service}\r\n".encode())
+            reply = b""
+            while not (reply.startswith(b"*-1") or reply.startswith(b"_")) and reply.count(b"\r\n") < 5:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise OSError("sentinel closed the connection")
+                reply += chunk
+        lines = reply.split(b"\r\n")
+        if not lines[0].startswith(b"*2"):
+            return None
+        return lines[2].decode(), int(lines[4])
+
+
+class SentinelSet:
+    """One primary, `replicas` replicas of it and `sentinels` sentinels watching it as `service`, all on loopback
+    under `workdir` (the lab set-up of a Redis with Sentinel). `start()` returns once every sentinel knows every
+    replica and every other sentinel, so that a failover can happen."""
+
+    def __init__(self, workdir: Path, replicas: int = 2, sentinels: int = 3, service: str = "homeiq",
+                 down_after_ms: int = 1000, failover_timeout_ms: int = 5000) -> None:
+        primary = RedisServer(workdir / "redis-0", None, config_file=True)
+        self.servers = [primary, *(RedisServer(workdir / f"redis-{n}", None, replica_of=primary.port)
+                                   for n in range(1, replicas + 1))]
+        self.sentinels = [RedisSentinel(workdir / f"sentinel-{n}", None, primary.port, service, sentinels // 2 + 1,
+                                        down_after_ms, failover_timeout_ms) for n in range(sentinels)]
+        self.service = service
+
+    @property
+    def addresses(self) -> str:
+        """REDIS_SENTINELS for this set."""
+        return ",".join(sentinel.address for sentinel in self.sentinels)
+
+    def start(self, timeout_s: float = 30.0) -> SentinelSet:
+        for server in self.servers:
+            server.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        deadline = time.monotonic() + timeout_s
+        while not all(self._knows_all(sentinel) for sentinel in self.sentinels):
+            if time.monotonic() > deadline:
+                raise ServiceError(f"the sentinels did not discover each other and the replicas in {timeout_s:g} s")
+            time.sleep(0.2)
+        return self
+
+    def _knows_all(self, sentinel: RedisSentinel) -> bool:
+        info = _info(sentinel.port, "sentinel")
+        wanted = f"slaves={len(self.servers) - 1},sentinels={len(self.sentinels)}"
+        return wanted in info
+
+    def primary(self) -> RedisServer | None:
+        """The server that the first sentinel which names a primary names (None: none does)."""
+        for sentinel in self.sentinels:
+            with contextlib.suppress(OSError):
+                named = sentinel.primary()
+                if named is not None:
+                    return next((s for s in self.servers if s.port == named[1]), None)
+        return None
+
+    def stop(self) -> None:
+        for process in [*self.sentinels, *self.servers]:
+            process.stop()
+
+
+def _info(port: int, section: str) -> str:
+    """INFO `section` of the server on 127.0.0.1:`port`, as text ("" when it does not answer)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(f"INFO {section}\r\n".encode())
+            reply = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+                header, _, body = reply.partition(b"\r\n")
+                if header.startswith(b"$") and len(body) >= int(header[1:]):
+                    break
+    except OSError:
+        return ""
+    return reply.decode(errors="replace")
 
 
 INFLUXD_CONFIG = """\
