@@ -100,7 +100,7 @@ class RedisServer(_Process):
     name = "redis"
 
     def __init__(self, workdir: Path, port: int | None, appendonly: bool = True, maxmemory: str = "0",
-                 replica_of: int | None = None, config_file: bool = False) -> None:
+                 replica_of: int | None = None, config_file: bool = False, password: str = "") -> None:
         super().__init__(workdir, port)
         self.appendonly = appendonly
         self.maxmemory = maxmemory  # a cap (Redis's units: 256mb), then XADD is refused and the collector spools
@@ -108,6 +108,7 @@ class RedisServer(_Process):
         # A config file (empty: the flags say everything) that CONFIG REWRITE can write, as Sentinel's does when it
         # turns a node into a primary or a replica; without one the node runs as started.
         self.config_file = config_file or replica_of is not None
+        self.password = password  # requirepass, and masterauth: any node may become the primary
 
     @property
     def url(self) -> str:
@@ -128,6 +129,7 @@ class RedisServer(_Process):
             "--dir", str(self.workdir), "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
             "--save", "", "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction",
             "--daemonize", "no", "--protected-mode", "no",
+            *(["--requirepass", self.password, "--masterauth", self.password] if self.password else []),
         ])
         self._wait_until(self._pong, timeout_s)
         return self
@@ -138,7 +140,7 @@ class RedisServer(_Process):
             return False
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                sock.sendall(b"INFO server\r\n")
+                sock.sendall(_auth(self.password) + b"INFO server\r\n")
                 reply = b""
                 while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
                     chunk = sock.recv(65536)
@@ -163,6 +165,15 @@ sentinel parallel-syncs {service} 1
 """
 
 
+def _auth(password: str) -> bytes:
+    """An AUTH command to send first (nothing without a password); its +OK comes before the reply wanted."""
+    return f"AUTH {password}\r\n".encode() if password else b""
+
+
+def _after_auth(reply: bytes, password: str) -> bytes:
+    return reply.removeprefix(b"+OK\r\n") if password else reply
+
+
 class RedisSentinel(_Process):
     """redis-sentinel monitoring the primary on 127.0.0.1:`primary_port` as `service`. Its config file is written
     on the first start only: Sentinel rewrites it with what it learns (its id, the replicas, the other sentinels,
@@ -172,9 +183,11 @@ class RedisSentinel(_Process):
     name = "sentinel"
 
     def __init__(self, workdir: Path, port: int | None, primary_port: int, service: str = "homeiq",
-                 quorum: int = 2, down_after_ms: int = 1000, failover_timeout_ms: int = 5000) -> None:
+                 quorum: int = 2, down_after_ms: int = 1000, failover_timeout_ms: int = 5000,
+                 password: str = "", data_password: str = "") -> None:
         super().__init__(workdir, port)
         self.primary_port, self.service, self.quorum = primary_port, service, quorum
+        self.password, self.data_password = password, data_password  # its own (requirepass), the data nodes'
         self.down_after_ms, self.failover_timeout_ms = down_after_ms, failover_timeout_ms
 
     @property
@@ -188,7 +201,9 @@ class RedisSentinel(_Process):
         if not path.exists():
             path.write_text(SENTINEL_CONFIG.format(
                 port=self.port, dir=self.workdir, service=self.service, primary_port=self.primary_port,
-                quorum=self.quorum, down_after_ms=self.down_after_ms, failover_timeout_ms=self.failover_timeout_ms))
+                quorum=self.quorum, down_after_ms=self.down_after_ms, failover_timeout_ms=self.failover_timeout_ms)
+                + (f"requirepass {self.password}\n" if self.password else "")
+                + (f"sentinel auth-pass {self.service} {self.data_password}\n" if self.data_password else ""))
         self._spawn([_binary("redis-sentinel", "redis-sentinel"), str(path)])
         self._wait_until(self._answers, timeout_s)
         return self
@@ -202,14 +217,17 @@ class RedisSentinel(_Process):
     def primary(self) -> tuple[str, int] | None:
         """The primary this sentinel names now (`SENTINEL GET-MASTER-ADDR-BY-NAME`), None when it names none."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-            sock.sendall(f"SENTINEL GET-MASTER-ADDR-BY-NAME {self.service}\r\n".encode())
+            sock.sendall(_auth(self.password) + f"SENTINEL GET-MASTER-ADDR-BY-NAME {self.service}\r\n".encode())
             reply = b""
-            while not (reply.startswith(b"*-1") or reply.startswith(b"_")) and reply.count(b"\r\n") < 5:
+            while True:
                 chunk = sock.recv(4096)
                 if not chunk:
                     raise OSError("sentinel closed the connection")
                 reply += chunk
-        lines = reply.split(b"\r\n")
+                answer = _after_auth(reply, self.password)
+                if answer.startswith((b"*-1", b"_", b"-")) or answer.count(b"\r\n") >= 5:
+                    break
+        lines = answer.split(b"\r\n")
         if not lines[0].startswith(b"*2"):
             return None
         return lines[2].decode(), int(lines[4])
@@ -221,12 +239,14 @@ class SentinelSet:
     replica and every other sentinel, so that a failover can happen."""
 
     def __init__(self, workdir: Path, replicas: int = 2, sentinels: int = 3, service: str = "homeiq",
-                 down_after_ms: int = 1000, failover_timeout_ms: int = 5000) -> None:
-        primary = RedisServer(workdir / "redis-0", None, config_file=True)
-        self.servers = [primary, *(RedisServer(workdir / f"redis-{n}", None, replica_of=primary.port)
-                                   for n in range(1, replicas + 1))]
+                 down_after_ms: int = 1000, failover_timeout_ms: int = 5000, password: str = "",
+                 sentinel_password: str = "") -> None:
+        primary = RedisServer(workdir / "redis-0", None, config_file=True, password=password)
+        self.servers = [primary, *(RedisServer(workdir / f"redis-{n}", None, replica_of=primary.port,
+                                               password=password) for n in range(1, replicas + 1))]
         self.sentinels = [RedisSentinel(workdir / f"sentinel-{n}", None, primary.port, service, sentinels // 2 + 1,
-                                        down_after_ms, failover_timeout_ms) for n in range(sentinels)]
+                                        down_after_ms, failover_timeout_ms, sentinel_password, password)
+                          for n in range(sentinels)]
         self.service = service
 
     @property
@@ -247,9 +267,12 @@ class SentinelSet:
         return self
 
     def _knows_all(self, sentinel: RedisSentinel) -> bool:
-        info = _info(sentinel.port, "sentinel")
+        """The replicas are in sync with the primary (not still loading its first copy: a primary killed then
+        would leave them without what it had acknowledged), and `sentinel` knows them and the other sentinels."""
+        primary = self.servers[0]
+        in_sync = _info(primary.port, "replication", primary.password).count(",state=online,")
         wanted = f"slaves={len(self.servers) - 1},sentinels={len(self.sentinels)}"
-        return wanted in info
+        return in_sync == len(self.servers) - 1 and wanted in _info(sentinel.port, "sentinel", sentinel.password)
 
     def primary(self) -> RedisServer | None:
         """The server that the first sentinel which names a primary names (None: none does)."""
@@ -265,18 +288,20 @@ class SentinelSet:
             process.stop()
 
 
-def _info(port: int, section: str) -> str:
+def _info(port: int, section: str, password: str = "") -> str:
     """INFO `section` of the server on 127.0.0.1:`port`, as text ("" when it does not answer)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(f"INFO {section}\r\n".encode())
+            sock.sendall(_auth(password) + f"INFO {section}\r\n".encode())
             reply = b""
             while True:
                 chunk = sock.recv(65536)
                 if not chunk:
                     break
                 reply += chunk
-                header, _, body = reply.partition(b"\r\n")
+                header, _, body = _after_auth(reply, password).partition(b"\r\n")
+                if header.startswith(b"-"):
+                    break
                 if header.startswith(b"$") and len(body) >= int(header[1:]):
                     break
     except OSError:
