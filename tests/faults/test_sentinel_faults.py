@@ -1,0 +1,98 @@
+"""Redis with Sentinel (one primary, two replicas, three sentinels on loopback): the whole pipeline (collector, two
+writers, replayer, as console scripts) reaches Redis through the sentinels and follows a failover on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
+
+from homeiq.local.services import RedisServer, SentinelSet
+from homeiq.local.waiting import wait_for
+from homeiq.shared.settings import host_ports
+from tests.faults.pipeline import FaultPipeline, steady_traffic
+from tests.faults.test_writer_faults import assert_exact
+
+
+class _Servers:
+    """What FaultPipeline starts and stops as its Redis: here the whole set."""
+
+    url = "redis://127.0.0.1:1/0"  # with REDIS_SENTINELS only its database counts: the sentinels name the host
+
+    def __init__(self, servers: SentinelSet) -> None:
+        self.set = servers
+
+    def start(self) -> None:
+        self.set.start()
+
+    def stop(self) -> None:
+        self.set.stop()
+
+
+class SentinelPipeline(FaultPipeline):
+    """FaultPipeline whose processes find Redis through three sentinels; `servers` is the set."""
+
+    def __init__(self, workdir: Path, **kwargs: Any) -> None:
+        super().__init__(workdir, **kwargs)
+        self.servers = SentinelSet(workdir / "redis-set")
+        self.redis = _Servers(self.servers)  # type: ignore[assignment]
+        self._sentinel: Sentinel | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**super().env, "REDIS_SENTINELS": self.servers.addresses, "REDIS_SENTINEL_SERVICE": "homeiq"}
+
+    async def __aenter__(self) -> SentinelPipeline:
+        await super().__aenter__()
+        if self.client is not None:  # the test's own client follows the primary too
+            await self.client.aclose()
+        self._sentinel = Sentinel(host_ports(self.servers.addresses))
+        self.client = self._sentinel.master_for("homeiq", redis_class=aioredis.Redis)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await super().__aexit__(*exc)
+        if self._sentinel is not None:
+            await self._sentinel.aclose()
+
+    def named_primary(self) -> RedisServer | None:
+        return self.servers.primary()
+
+
+async def test_primary_sigkill_under_sentinel_loses_nothing(tmp_path: Path) -> None:
+    async with SentinelPipeline(tmp_path) as pipeline:
+        readiness: list[str] = []
+
+        async def watch() -> None:  # what the collector's and a writer's /readyz say meanwhile
+            while True:
+                for name in ("collector", "writer-0"):
+                    try:
+                        said = await asyncio.to_thread(pipeline.readiness, name)
+                    except OSError:
+                        continue
+                    reason = str(said.get("reason", ""))
+                    if reason and reason not in readiness:
+                        readiness.append(reason)
+                await asyncio.sleep(0.2)
+
+        async with steady_traffic(pipeline.hub, 500):
+            await asyncio.sleep(5)
+            old = pipeline.named_primary()
+            assert old is pipeline.servers.servers[0]
+            watching = asyncio.create_task(watch())
+            old.kill()
+            killed = time.monotonic()
+            new = await wait_for(lambda: (p := pipeline.named_primary()) is not old and p, 30,
+                                 "the sentinels to promote a replica")
+            promoted_s = time.monotonic() - killed
+            await asyncio.sleep(5)
+            watching.cancel()
+        verdict, row = await pipeline.verdict("Sentinel: primary SIGKILL, 500/s", killed)
+        row.explained = f"replica :{new.port} promoted {promoted_s:.1f} s after the kill; nothing restarted"
+    print("readiness seen:", readiness)
+    assert_exact(verdict, row.dropped)
+    assert any(pipeline.servers.addresses in reason for reason in readiness), readiness
