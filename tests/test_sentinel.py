@@ -3,6 +3,8 @@ passwords (from files, never shown). Real redis-server and redis-sentinel proces
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,7 @@ from redis.exceptions import RedisError
 from homeiq.local.services import SentinelSet
 from homeiq.shared.options import ServiceSettings
 from homeiq.shared.settings import ConfigError
-from homeiq.shared.stream import RedisPlace, connect, describe_redis_error, place_of
+from homeiq.shared.stream import DEFAULT_NAMES, RedisPlace, connect, describe_redis_error, place_of
 
 DATA_SECRET = "data-node-secret-8c1e"
 SENTINEL_SECRET = "sentinel-secret-41d7"
@@ -129,3 +131,31 @@ def test_a_password_file_that_cannot_be_read_is_a_config_error(tmp_path: Path, m
     with pytest.raises(ConfigError, match="REDIS_SENTINEL_PASSWORD_FILE"):
         place_of(settings)
     assert place_of(ServiceSettings()).sentinels == ""  # without sentinels the file is not read
+
+
+async def test_replayer_commands_go_through_the_sentinels(sentinel_set: SentinelSet) -> None:
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from homeiq.replayer.cli import app  # noqa: PLC0415
+
+    env = {"REDIS_URL": "redis://127.0.0.1:1/0", "REDIS_SENTINELS": sentinel_set.addresses}
+    client = connect(RedisPlace("redis://x/0", sentinel_set.addresses))
+    try:
+        await client.xgroup_create(DEFAULT_NAMES.stream, DEFAULT_NAMES.group, id="0", mkstream=True)
+        for n in range(5):
+            await client.xadd(DEFAULT_NAMES.stream, {"v": "1", "e": str(n)})
+    finally:
+        await client.aclose()
+    runner = CliRunner()
+    pending = await asyncio.to_thread(runner.invoke, app, ["pending", "--json"], env=env)
+    assert pending.exit_code == 0, pending.output
+    assert json.loads(pending.output)["length"] == 5
+    status = await asyncio.to_thread(runner.invoke, app, ["status", "--json", "--collector-metrics",
+                                                          "http://127.0.0.1:1/metrics"], env=env)
+    assert json.loads(status.stdout)["redis"] == f"the primary of 'homeiq' per sentinels {sentinel_set.addresses}"
+
+    for sentinel in sentinel_set.sentinels:  # none to ask: the command says where it asked, and exits 1
+        sentinel.kill()
+    failed = await asyncio.to_thread(runner.invoke, app, ["pending"], env=env)
+    assert failed.exit_code == 1
+    assert sentinel_set.addresses in failed.output and "REDIS_SENTINELS" in failed.output, failed.output
