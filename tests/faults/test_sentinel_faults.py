@@ -8,13 +8,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
 
 from homeiq.local.services import RedisServer, SentinelSet
 from homeiq.local.waiting import wait_for
 from homeiq.shared.settings import host_ports
-from tests.faults.pipeline import FaultPipeline, steady_traffic
+from tests.faults.pipeline import FaultPipeline, service_calls, steady_traffic
+from tests.faults.test_collector_faults import lost_calls
 from tests.faults.test_writer_faults import assert_exact
 
 
@@ -96,3 +99,47 @@ async def test_primary_sigkill_under_sentinel_loses_nothing(tmp_path: Path) -> N
     print("readiness seen:", readiness)
     assert_exact(verdict, row.dropped)
     assert any(pipeline.servers.addresses in reason for reason in readiness), readiness
+
+
+@pytest.mark.parametrize("wait_replicas", [0, 1], ids=["no-wait", "wait-1"])
+async def test_primary_cut_off_from_its_replicas_then_replaced(wait_replicas: int, tmp_path: Path) -> None:
+    """The primary loses its replicas (they can no longer sync from it) but keeps its clients; the sentinels (their
+    PINGs fail) promote a replica; 3 s later the old primary dies. What it acknowledged meanwhile is on no
+    other node. The writers are down meanwhile, so that nothing of it reaches InfluxDB through them.
+    Without WAIT: the collector counted those batches durable; states come back by backfill (`redis_forgot`), the
+    service calls among them are lost (counted). With COLLECTOR_WAIT_REPLICAS=1 they stayed in its spool: none lost."""
+    env = {"COLLECTOR_WAIT_REPLICAS": str(wait_replicas), "COLLECTOR_WAIT_TIMEOUT_MS": "500"}
+    async with SentinelPipeline(tmp_path, env=env) as pipeline:
+        async with steady_traffic(pipeline.hub, 300), service_calls(pipeline.hub, 0.05) as calls:
+            await asyncio.sleep(4)
+            for name in pipeline.writer_names:
+                pipeline.kill(name)
+            old = pipeline.servers.servers[0]
+            with redis.Redis(port=old.port) as cut:
+                # Every command the pipeline sends still works; replicas can no longer sync, and the sentinels'
+                # PING fails as from a primary that is down.
+                cut.acl_setuser("default", reset=False, commands=["-psync", "-sync", "-ping"])
+                cut.client_kill_filter(_type="replica")
+            cut_at = time.monotonic()
+            new = await wait_for(lambda: (p := pipeline.named_primary()) is not old and p, 30,
+                                 "the sentinels to promote a replica")
+            promoted_s = time.monotonic() - cut_at
+            await asyncio.sleep(3)
+            old.kill()
+            for name in pipeline.writer_names:
+                pipeline.start("writer", name, {"WRITER_CONSUMER": name})
+            back = time.monotonic()
+            await asyncio.sleep(5)
+        verdict, row = await pipeline.verdict(f"Sentinel: primary cut off from replicas, replaced, "
+                                              f"COLLECTOR_WAIT_REPLICAS={wait_replicas}, 300/s", back)
+        lost = lost_calls(calls, await pipeline.points())
+        sent_lost = [at for at, was_sent in lost if was_sent]
+        row.explained = (f"replica :{new.port} promoted {promoted_s:.1f} s after the cut; {len(sent_lost)} service "
+                         "calls lost")
+    if wait_replicas:
+        assert_exact(verdict, row.dropped)
+        assert not sent_lost
+    else:  # what the old primary alone had: states backfilled, the rest lost and counted, none silently
+        assert not verdict.missing and not verdict.extra and not verdict.duplicated and not verdict.wrong
+        assert sent_lost and set(row.dropped) == {"redis_forgot"}
+        assert row.dropped["redis_forgot"] >= len(sent_lost)

@@ -60,7 +60,8 @@ class Collector:
         self.publisher = Publisher(self.redis, self.runtime.redis_place, settings.names, self.metrics,
                                    self.readiness, spool, settings.spool_policy, settings.buffer_events,
                                    settings.publish_batch, settings.linger_ms / 1000,
-                                   durable=lambda: self.persistence.ok, forgotten=self._redis_forgot)
+                                   durable=lambda: self.persistence.ok, forgotten=self._redis_forgot,
+                                   replicas=(settings.wait_replicas, settings.wait_timeout_ms))
         self.ha_registry = Registry()
         self.gap = GapTracker()
         self.ha_clock = HaClock(self._clock_finding)
