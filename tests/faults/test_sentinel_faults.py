@@ -65,6 +65,12 @@ class SentinelPipeline(FaultPipeline):
     def named_primary(self) -> RedisServer | None:
         return self.servers.primary()
 
+    async def replaced(self, old: RedisServer, since: float) -> tuple[RedisServer, float]:
+        """Wait until the sentinels name another primary than `old`: it, and the seconds since `since`."""
+        new = await wait_for(lambda: (p := self.named_primary()) is not old and p, 30,
+                             "the sentinels to promote a replica")
+        return new, time.monotonic() - since
+
 
 async def test_primary_sigkill_under_sentinel_loses_nothing(tmp_path: Path) -> None:
     async with SentinelPipeline(tmp_path) as pipeline:
@@ -89,9 +95,7 @@ async def test_primary_sigkill_under_sentinel_loses_nothing(tmp_path: Path) -> N
             watching = asyncio.create_task(watch())
             old.kill()
             killed = time.monotonic()
-            new = await wait_for(lambda: (p := pipeline.named_primary()) is not old and p, 30,
-                                 "the sentinels to promote a replica")
-            promoted_s = time.monotonic() - killed
+            new, promoted_s = await pipeline.replaced(old, killed)
             await asyncio.sleep(5)
             watching.cancel()
         verdict, row = await pipeline.verdict("Sentinel: primary SIGKILL, 500/s", killed)
@@ -120,10 +124,7 @@ async def test_primary_cut_off_from_its_replicas_then_replaced(wait_replicas: in
                 # PING fails as from a primary that is down.
                 cut.acl_setuser("default", reset=False, commands=["-psync", "-sync", "-ping"])
                 cut.client_kill_filter(_type="replica")
-            cut_at = time.monotonic()
-            new = await wait_for(lambda: (p := pipeline.named_primary()) is not old and p, 30,
-                                 "the sentinels to promote a replica")
-            promoted_s = time.monotonic() - cut_at
+            new, promoted_s = await pipeline.replaced(old, time.monotonic())
             await asyncio.sleep(3)
             old.kill()
             for name in pipeline.writer_names:
