@@ -4,6 +4,7 @@ writers, replayer, as console scripts) reaches Redis through the sentinels and f
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -144,3 +145,67 @@ async def test_primary_cut_off_from_its_replicas_then_replaced(wait_replicas: in
         assert not verdict.missing and not verdict.extra and not verdict.duplicated and not verdict.wrong
         assert sent_lost and set(row.dropped) == {"redis_forgot"}
         assert row.dropped["redis_forgot"] >= len(sent_lost)
+
+
+WAIT_ENV = {"COLLECTOR_WAIT_REPLICAS": "1", "COLLECTOR_WAIT_TIMEOUT_MS": "500"}
+
+
+async def test_a_replica_killed_under_sentinel_loses_nothing(tmp_path: Path) -> None:
+    async with SentinelPipeline(tmp_path, env=WAIT_ENV) as pipeline:
+        async with steady_traffic(pipeline.hub, 500):
+            await asyncio.sleep(4)
+            pipeline.servers.servers[1].kill()  # WAIT 1: the other replica confirms
+            killed = time.monotonic()
+            await asyncio.sleep(6)
+            primary = pipeline.named_primary()
+        verdict, row = await pipeline.verdict("Sentinel: one replica SIGKILL, WAIT 1, 500/s", killed)
+        spooled = pipeline.total("collector", "homeiq_events_spooled_total")
+        row.explained = f"no failover; {int(spooled)} events spooled"
+    assert primary is pipeline.servers.servers[0]
+    assert_exact(verdict, row.dropped)
+
+
+async def test_two_sentinels_of_three_killed_the_pipeline_goes_on(tmp_path: Path) -> None:
+    async with SentinelPipeline(tmp_path, env=WAIT_ENV) as pipeline:
+        async with steady_traffic(pipeline.hub, 500):
+            await asyncio.sleep(4)
+            for sentinel in pipeline.servers.sentinels[:2]:  # no majority left: no failover could happen
+                sentinel.kill()
+            killed = time.monotonic()
+            for name in pipeline.writer_names:  # new connections ask the sentinel that is left
+                pipeline.kill(name)
+                pipeline.start("writer", name, {"WRITER_CONSUMER": name})
+            await asyncio.sleep(6)
+        verdict, row = await pipeline.verdict("Sentinel: two sentinels of three SIGKILL (writers restarted), "
+                                              "WAIT 1, 500/s", killed)
+        row.explained = "the primary lives: nothing changes; restarted writers find it through the third sentinel"
+    assert_exact(verdict, row.dropped)
+
+
+async def test_primary_stopped_30_s_fails_over_and_comes_back_as_a_replica(tmp_path: Path) -> None:
+    async with SentinelPipeline(tmp_path, env=WAIT_ENV) as pipeline:
+        async with steady_traffic(pipeline.hub, 500):
+            await asyncio.sleep(4)
+            old = pipeline.servers.servers[0]
+            assert old.process is not None
+            old.process.send_signal(signal.SIGSTOP)  # hung: connections stay open, nothing answers
+            stopped = time.monotonic()
+            new, promoted_s = await pipeline.replaced(old, stopped)
+            await asyncio.sleep(max(0.0, 30 - (time.monotonic() - stopped)))
+            old.process.send_signal(signal.SIGCONT)
+            back = time.monotonic()
+            await wait_for(lambda: ("role:slave" in _role(old)), 30, "the old primary to be made a replica")
+            demoted_s = time.monotonic() - back
+            await asyncio.sleep(3)
+        verdict, row = await pipeline.verdict("Sentinel: primary SIGSTOP 30 s, then SIGCONT, WAIT 1, 500/s", back)
+        row.explained = (f"replica :{new.port} promoted {promoted_s:.1f} s after the stop; the old primary a "
+                         f"replica {demoted_s:.1f} s after SIGCONT")
+    assert_exact(verdict, row.dropped)
+
+
+def _role(server: RedisServer) -> str:
+    try:
+        with redis.Redis(port=server.port, socket_timeout=1) as client:
+            return str(client.info("replication"))
+    except redis.RedisError:
+        return ""
