@@ -43,6 +43,7 @@ def test_the_sentinel_list_is_checked_and_names_its_variable() -> None:
 def test_without_sentinels_the_client_and_its_errors_are_as_before() -> None:
     place = place_of(ServiceSettings(redis_url="redis://:pw-9f@127.0.0.1:1/0"))
     assert place == RedisPlace("redis://:pw-9f@127.0.0.1:1/0")
+    assert "pw-9f" not in repr(place) + str(place)
     assert describe_redis_error(place, OSError("boom")) == (
         "Redis at redis://:***@127.0.0.1:1/0 is unreachable or failed: boom")
     assert describe_redis_error(place, OSError("boom")) == describe_redis_error(place.url, OSError("boom"))

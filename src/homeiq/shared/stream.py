@@ -145,6 +145,9 @@ class RedisPlace:
     password: str = field(default="", repr=False)
     sentinel_password: str = field(default="", repr=False)
 
+    def __repr__(self) -> str:  # the URL may hold a password: what str() says, never the fields
+        return f"RedisPlace({self})"
+
     def __str__(self) -> str:
         if not self.sentinels:
             return redact_url(self.url)
