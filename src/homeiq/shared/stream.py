@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
 from homeiq.shared.events import PAYLOAD_VERSION
+from homeiq.shared.options import DEFAULT_SENTINEL_SERVICE
 from homeiq.shared.scripts import XADD_BATCH_SCRIPT
 from homeiq.shared.settings import Settings, Var, host_ports, not_empty, read_secret, redact_url
 
@@ -136,12 +137,13 @@ class RedisSettings(Protocol):
 @dataclass(frozen=True)
 class RedisPlace:
     """Redis at `url`; or, with `sentinels` (host:port,…), the primary the sentinels name for `service`, with
-    `url` giving only the database, user and TLS. The passwords are read once, from REDIS_PASSWORD(_FILE) and
-    REDIS_SENTINEL_PASSWORD(_FILE), and never shown (`str()` is what logs and errors say)."""
+    `url` giving only the database, user and TLS to the data nodes (the sentinels are asked without TLS). The
+    passwords are read once, from REDIS_PASSWORD(_FILE) and REDIS_SENTINEL_PASSWORD(_FILE), and never shown
+    (`str()` and `repr()` are what logs and errors say)."""
 
     url: str
     sentinels: str = ""
-    service: str = "homeiq"
+    service: str = DEFAULT_SENTINEL_SERVICE
     password: str = field(default="", repr=False)
     sentinel_password: str = field(default="", repr=False)
 
