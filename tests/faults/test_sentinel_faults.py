@@ -40,9 +40,9 @@ class _Servers:
 class SentinelPipeline(FaultPipeline):
     """FaultPipeline whose processes find Redis through three sentinels; `servers` is the set."""
 
-    def __init__(self, workdir: Path, **kwargs: Any) -> None:
+    def __init__(self, workdir: Path, min_replicas: tuple[int, int] = (0, 10), **kwargs: Any) -> None:
         super().__init__(workdir, **kwargs)
-        self.servers = SentinelSet(workdir / "redis-set")
+        self.servers = SentinelSet(workdir / "redis-set", min_replicas=min_replicas)
         self.redis = _Servers(self.servers)  # type: ignore[assignment]
         self._sentinel: Sentinel | None = None
 
@@ -106,15 +106,20 @@ async def test_primary_sigkill_under_sentinel_loses_nothing(tmp_path: Path) -> N
     assert any(pipeline.servers.addresses in reason for reason in readiness), readiness
 
 
-@pytest.mark.parametrize("wait_replicas", [0, 1], ids=["no-wait", "wait-1"])
-async def test_primary_cut_off_from_its_replicas_then_replaced(wait_replicas: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("wait_replicas", "min_replicas"), [(0, (0, 10)), (0, (1, 1)), (1, (0, 10))],
+                         ids=["no-wait", "no-wait-min-replicas-1-lag-1", "wait-1"])
+async def test_primary_cut_off_from_its_replicas_then_replaced(wait_replicas: int, min_replicas: tuple[int, int],
+                                                               tmp_path: Path) -> None:
     """The primary loses its replicas (they can no longer sync from it) but keeps its clients; the sentinels (their
     PINGs fail) promote a replica; 3 s later the old primary dies. What it acknowledged meanwhile is on no
     other node. The writers are down meanwhile, so that nothing of it reaches InfluxDB through them.
     Without WAIT: the collector counted those batches durable; states come back by backfill (`redis_forgot`), the
-    service calls among them are lost (counted). With COLLECTOR_WAIT_REPLICAS=1 they stayed in its spool: none lost."""
+    service calls among them are lost (counted). With `min-replicas-to-write 1` on the nodes the old primary refuses
+    writes (NOREPLICAS) at once here, its replicas being disconnected (a replica connected but silent would count for
+    up to `min-replicas-max-lag`): the collector spools, none lost. With COLLECTOR_WAIT_REPLICAS=1 they stayed in
+    its spool: none lost."""
     env = {"COLLECTOR_WAIT_REPLICAS": str(wait_replicas), "COLLECTOR_WAIT_TIMEOUT_MS": "500"}
-    async with SentinelPipeline(tmp_path, env=env) as pipeline:
+    async with SentinelPipeline(tmp_path, min_replicas, env=env) as pipeline:
         async with steady_traffic(pipeline.hub, 300), service_calls(pipeline.hub, 0.05) as calls:
             await asyncio.sleep(4)
             for name in pipeline.writer_names:
@@ -132,13 +137,14 @@ async def test_primary_cut_off_from_its_replicas_then_replaced(wait_replicas: in
                 pipeline.start("writer", name, {"WRITER_CONSUMER": name})
             back = time.monotonic()
             await asyncio.sleep(5)
+        guard = f", min-replicas-to-write {min_replicas[0]} max-lag {min_replicas[1]}" if min_replicas[0] else ""
         verdict, row = await pipeline.verdict(f"Sentinel: primary cut off from replicas, replaced, "
-                                              f"COLLECTOR_WAIT_REPLICAS={wait_replicas}, 300/s", back)
+                                              f"COLLECTOR_WAIT_REPLICAS={wait_replicas}{guard}, 300/s", back)
         lost = lost_calls(calls, await pipeline.points())
         sent_lost = [at for at, was_sent in lost if was_sent]
         row.explained = (f"replica :{new.port} promoted {promoted_s:.1f} s after the cut; {len(sent_lost)} service "
                          "calls lost")
-    if wait_replicas:
+    if wait_replicas or min_replicas[0]:
         assert_exact(verdict, row.dropped)
         assert not sent_lost
     else:  # what the old primary alone had: states backfilled, the rest lost and counted, none silently

@@ -100,7 +100,8 @@ class RedisServer(_Process):
     name = "redis"
 
     def __init__(self, workdir: Path, port: int | None, appendonly: bool = True, maxmemory: str = "0",
-                 replica_of: int | None = None, config_file: bool = False, password: str = "") -> None:
+                 replica_of: int | None = None, config_file: bool = False, password: str = "",
+                 min_replicas: tuple[int, int] = (0, 10)) -> None:
         super().__init__(workdir, port)
         self.appendonly = appendonly
         self.maxmemory = maxmemory  # a cap (Redis's units: 256mb), then XADD is refused and the collector spools
@@ -109,6 +110,7 @@ class RedisServer(_Process):
         # turns a node into a primary or a replica; without one the node runs as started.
         self.config_file = config_file or replica_of is not None
         self.password = password  # requirepass, and masterauth: any node may become the primary
+        self.min_replicas = min_replicas  # min-replicas-to-write, min-replicas-max-lag (s): 0, off
 
     @property
     def url(self) -> str:
@@ -130,6 +132,7 @@ class RedisServer(_Process):
             "--save", "", "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction",
             "--daemonize", "no", "--protected-mode", "no",
             *(["--requirepass", self.password, "--masterauth", self.password] if self.password else []),
+            "--min-replicas-to-write", str(self.min_replicas[0]), "--min-replicas-max-lag", str(self.min_replicas[1]),
         ])
         self._wait_until(self._pong, timeout_s)
         return self
@@ -240,10 +243,12 @@ class SentinelSet:
 
     def __init__(self, workdir: Path, replicas: int = 2, sentinels: int = 3, service: str = "homeiq",
                  down_after_ms: int = 1000, failover_timeout_ms: int = 5000, password: str = "",
-                 sentinel_password: str = "") -> None:
-        primary = RedisServer(workdir / "redis-0", None, config_file=True, password=password)
+                 sentinel_password: str = "", min_replicas: tuple[int, int] = (0, 10)) -> None:
+        primary = RedisServer(workdir / "redis-0", None, config_file=True, password=password,
+                              min_replicas=min_replicas)
         self.servers = [primary, *(RedisServer(workdir / f"redis-{n}", None, replica_of=primary.port,
-                                               password=password) for n in range(1, replicas + 1))]
+                                               password=password, min_replicas=min_replicas)
+                                   for n in range(1, replicas + 1))]
         self.sentinels = [RedisSentinel(workdir / f"sentinel-{n}", None, primary.port, service, sentinels // 2 + 1,
                                         down_after_ms, failover_timeout_ms, sentinel_password, password)
                           for n in range(sentinels)]
