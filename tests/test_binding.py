@@ -77,7 +77,8 @@ def _commands() -> list[tuple[typer.Typer, str, type[Settings], set[str]]]:
     from homeiq.replayer.settings import AuditCommandSettings, ReclaimCommandSettings, ReplayerSettings  # noqa: PLC0415
 
     return [(collector_app, "run", CollectorSettings, set()), (writer_app, "run", WriterSettings, set()),
-            (replayer_app, "run", ReplayerSettings, {"redis_url", "names"}),
+            (replayer_app, "run", ReplayerSettings,
+             {"redis_url", "redis_sentinels", "redis_sentinel_service", "names"}),
             (replayer_app, "reclaim", ReclaimCommandSettings, set()),
             (replayer_app, "audit", AuditCommandSettings, set()), (sim_app, "run", SimSettings, set())]
 

@@ -25,7 +25,7 @@ from homeiq.collector.spool_keeper import SpoolKeeper
 from homeiq.shared.health import READY_REDIS, Readiness
 from homeiq.shared.logs import Log
 from homeiq.shared.scripts import XADD_BATCH_SCRIPT
-from homeiq.shared.stream import StreamNames, describe_redis_error, xadd_batch_args
+from homeiq.shared.stream import RedisPlace, StreamNames, describe_redis_error, uncancelled, xadd_batch_args
 
 log = Log(__name__)
 
@@ -137,16 +137,21 @@ class Publisher:
     """`put()` never touches Redis; `run()` XADDs what is buffered, or spools it while Redis is away."""
 
     def __init__(
-        self, client: aioredis.Redis, redis_url: str, names: StreamNames, metrics: CollectorMetrics,
+        self, client: aioredis.Redis, redis_url: str | RedisPlace, names: StreamNames, metrics: CollectorMetrics,
         readiness: Readiness, spool: Spool, policy: Policy, capacity: int = 2_000, batch_max: int = 1_000,
         linger_s: float = 0.05, durable: Callable[[], bool] = lambda: True,
-        forgotten: Callable[[], None] = lambda: None,
+        forgotten: Callable[[], None] = lambda: None, replicas: tuple[int, int] = (0, 0),
     ) -> None:
         self._redis, self._redis_url = client, redis_url
         self._keys = [names.stream.encode(), names.collector_tail.encode()]
         self._metrics, self._readiness = metrics, readiness
         self._durable = durable  # False while Redis would forget what it is given: keep events on disk then
         self._forgotten = forgotten  # Redis lost entries it had acknowledged: where we left off must be read again
+        # Durable only once this many replicas confirm (WAIT), waiting at most this many ms: a failover promotes a
+        # replica, and what only the old primary had is gone with it.
+        self._wait_replicas, self._wait_timeout_ms = replicas
+        self._where = str(redis_url if isinstance(redis_url, RedisPlace) else RedisPlace(redis_url))  # no password
+        self._unreplicated_logged = False
         self.tail_id: bytes | None = None  # the id of the last entry added (None: none by this process yet)
         self._tail_lock = asyncio.Lock()
         self._unrecoverable = UnrecoverableLog()
@@ -226,12 +231,13 @@ class Publisher:
                 return
 
     async def _xadd(self, batch: list[bytes]) -> bool:
-        """XADD the whole batch in one script call (atomic: all or none); False when Redis failed."""
+        """XADD the whole batch in one script call (atomic: all or none); False when Redis failed, or when fewer
+        replicas than asked confirmed it in time (then it is in Redis, and stays in the spool too: a failover
+        could take it back; drained again later, its points are the same points)."""
         started = time.perf_counter()
         try:
             async with self._tail_lock:  # the tail check of `check_tail_now` must not fall between script and reply
-                found, last_id = await self._xadd_batch(keys=self._keys,
-                                                        args=xadd_batch_args(self.tail_id or b"", batch))
+                found, last_id, replicated = await self._xadd_and_wait(batch)
                 self.check_tail(found)
                 self.tail_id = last_id
         except (RedisError, OSError) as exc:
@@ -242,12 +248,36 @@ class Publisher:
                 self._redis_down_logged = True
             return False
         self._metrics.publish_seconds.observe(time.perf_counter() - started)
+        if replicated < self._wait_replicas:
+            message = (f"Redis ({self._where}): {replicated} of {self._wait_replicas} replicas confirmed the last "
+                       f"batch within {self._wait_timeout_ms} ms (COLLECTOR_WAIT_REPLICAS); keeping it in the spool")
+            self._readiness.fail(READY_REDIS, message)
+            if not self._unreplicated_logged:
+                log.warning("redis_not_replicated", error=message, action="spooling to disk")
+                self._unreplicated_logged = True
+            return False
+        if self._unreplicated_logged:
+            log.info("redis_replicated", replicas=replicated)
+            self._unreplicated_logged = False
         self._unrecoverable.added(last_id, batch)
         self._readiness.ok(READY_REDIS)
         if self._redis_down_logged:
             log.info("redis_available")
             self._redis_down_logged = False
         return True
+
+    async def _xadd_and_wait(self, batch: list[bytes]) -> tuple[bytes | None, bytes, int]:
+        """The script's reply (the tail found, the last id added) and how many replicas have it: WAIT on the same
+        connection, right after the script (a WAIT covers its connection's writes up to its previous command)."""
+        args = xadd_batch_args(self.tail_id or b"", batch)
+        if not self._wait_replicas:
+            found, last_id = await self._xadd_batch(keys=self._keys, args=args)
+            return found, last_id, 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await self._xadd_batch(keys=self._keys, args=args, client=pipe)
+            pipe.wait(self._wait_replicas, self._wait_timeout_ms)
+            (found, last_id), replicated = await uncancelled(pipe.execute())
+        return found, last_id, int(replicated)
 
     async def check_tail_now(self) -> None:
         """Ask Redis for the tail now, while no batch is on its way (see `check_tail`)."""

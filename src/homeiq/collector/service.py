@@ -57,10 +57,11 @@ class Collector:
         self.metrics = CollectorMetrics(self.metrics_registry)
         spool = Spool(Path(settings.spool_dir), settings.spool_max_mb * 1024 * 1024)
         self.metrics.spool_max_bytes.set(spool.max_bytes)
-        self.publisher = Publisher(self.redis, settings.redis_url, settings.names, self.metrics,
+        self.publisher = Publisher(self.redis, self.runtime.redis_place, settings.names, self.metrics,
                                    self.readiness, spool, settings.spool_policy, settings.buffer_events,
                                    settings.publish_batch, settings.linger_ms / 1000,
-                                   durable=lambda: self.persistence.ok, forgotten=self._redis_forgot)
+                                   durable=lambda: self.persistence.ok, forgotten=self._redis_forgot,
+                                   replicas=(settings.wait_replicas, settings.wait_timeout_ms))
         self.ha_registry = Registry()
         self.gap = GapTracker()
         self.ha_clock = HaClock(self._clock_finding)
@@ -141,7 +142,7 @@ class Collector:
                 await self.known.save()
                 await self.first_run.saw_live(self._first_live_ns)
             except (RedisError, OSError) as exc:
-                self.readiness.fail(READY_REDIS, describe_redis_error(self.settings.redis_url, exc))
+                self.readiness.fail(READY_REDIS, describe_redis_error(self.runtime.redis_place, exc))
             if self.resume.saved:
                 await asyncio.sleep(REDIS_CHECK_S)
             else:  # a first run: save as soon as its first events are durable (Redis may be gone in 2 s)

@@ -48,6 +48,14 @@ class CollectorSettings(ServiceSettings, frozen=True, kw_only=True):
     spool_policy: Annotated[Policy, Var(
         "COLLECTOR_SPOOL_POLICY", "When the spool is full: drop_oldest, drop_newest or block (stop reading; HA then "
         "drops us and backfill covers recorded entities).", one_of(*POLICIES))] = "drop_oldest"
+    wait_replicas: Annotated[int, Var(
+        "COLLECTOR_WAIT_REPLICAS", "A batch counts as durable (its spool records dropped, the watermark moved) only "
+        "once this many replicas have it too (Redis WAIT after the XADDs); what they do not confirm in time stays "
+        "in the spool. 0: once the primary has it. 1 with Sentinel, so that a failover cannot take it back.",
+        between(0, 16))] = 0
+    wait_timeout_ms: Annotated[int, Var(
+        "COLLECTOR_WAIT_TIMEOUT_MS", "Longest wait for those replicas per batch, ms (below the 15 s Redis "
+        "command timeout).", between(1, 10_000))] = 1000
     backfill: Annotated[bool, Var(
         "HA_BACKFILL", "After a reconnect, publish the recorder's states of the gap.")] = True
     recorder_wait_s: Annotated[float, Var(

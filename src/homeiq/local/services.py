@@ -1,8 +1,10 @@
-"""Private `redis-server` and `influxd` processes on free loopback ports, in a directory of their own."""
+"""Private `redis-server`, `redis-sentinel` and `influxd` processes on free loopback ports, in a directory of their
+own."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shutil
 import socket
@@ -97,10 +99,18 @@ class RedisServer(_Process):
 
     name = "redis"
 
-    def __init__(self, workdir: Path, port: int | None, appendonly: bool = True, maxmemory: str = "0") -> None:
+    def __init__(self, workdir: Path, port: int | None, appendonly: bool = True, maxmemory: str = "0",
+                 replica_of: int | None = None, config_file: bool = False, password: str = "",
+                 min_replicas: tuple[int, int] = (0, 10)) -> None:
         super().__init__(workdir, port)
         self.appendonly = appendonly
         self.maxmemory = maxmemory  # a cap (Redis's units: 256mb), then XADD is refused and the collector spools
+        self.replica_of = replica_of  # the port of its primary on 127.0.0.1 (replicaof), for a Sentinel set-up
+        # A config file (empty: the flags say everything) that CONFIG REWRITE can write, as Sentinel's does when it
+        # turns a node into a primary or a replica; without one the node runs as started.
+        self.config_file = config_file or replica_of is not None
+        self.password = password  # requirepass, and masterauth: any node may become the primary
+        self.min_replicas = min_replicas  # min-replicas-to-write, min-replicas-max-lag (s): 0, off
 
     @property
     def url(self) -> str:
@@ -108,12 +118,21 @@ class RedisServer(_Process):
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 15.0) -> RedisServer:
-        """Start (or restart, keeping the data directory) and wait for PING."""
+        """Start (or restart, keeping the data directory, and the config file Sentinel may have rewritten, where
+        the flags do not say otherwise) and wait for PING."""
+        config: list[str] = []
+        if self.config_file:
+            path = self.workdir / "redis.conf"
+            if not path.exists():
+                path.write_text(f"replicaof 127.0.0.1 {self.replica_of}\n" if self.replica_of else "")
+            config = [str(path)]
         self._spawn([
-            _binary("redis-server", "redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+            _binary("redis-server", "redis-server"), *config, "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.workdir), "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
             "--save", "", "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction",
             "--daemonize", "no", "--protected-mode", "no",
+            *(["--requirepass", self.password, "--masterauth", self.password] if self.password else []),
+            "--min-replicas-to-write", str(self.min_replicas[0]), "--min-replicas-max-lag", str(self.min_replicas[1]),
         ])
         self._wait_until(self._pong, timeout_s)
         return self
@@ -124,7 +143,7 @@ class RedisServer(_Process):
             return False
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                sock.sendall(b"INFO server\r\n")
+                sock.sendall(_auth(self.password) + b"INFO server\r\n")
                 reply = b""
                 while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
                     chunk = sock.recv(65536)
@@ -134,6 +153,165 @@ class RedisServer(_Process):
         except OSError:
             return False
         return f"process_id:{self.process.pid}\r\n".encode() in reply
+
+
+SENTINEL_CONFIG = """\
+port {port}
+bind 127.0.0.1
+protected-mode no
+daemonize no
+dir {dir}
+sentinel monitor {service} 127.0.0.1 {primary_port} {quorum}
+sentinel down-after-milliseconds {service} {down_after_ms}
+sentinel failover-timeout {service} {failover_timeout_ms}
+sentinel parallel-syncs {service} 1
+"""
+
+
+def _auth(password: str) -> bytes:
+    """An AUTH command to send first (nothing without a password); its +OK comes before the reply wanted."""
+    return f"AUTH {password}\r\n".encode() if password else b""
+
+
+def _after_auth(reply: bytes, password: str) -> bytes:
+    return reply.removeprefix(b"+OK\r\n") if password else reply
+
+
+class RedisSentinel(_Process):
+    """redis-sentinel monitoring the primary on 127.0.0.1:`primary_port` as `service`. Its config file is written
+    on the first start only: Sentinel rewrites it with what it learns (its id, the replicas, the other sentinels,
+    the current primary), and a restart goes on from there. Low `down_after_ms` and `failover_timeout_ms` make a
+    failover on loopback take a few seconds (the defaults: 30 s and 3 minutes)."""
+
+    name = "sentinel"
+
+    def __init__(self, workdir: Path, port: int | None, primary_port: int, service: str = "homeiq",
+                 quorum: int = 2, down_after_ms: int = 1000, failover_timeout_ms: int = 5000,
+                 password: str = "", data_password: str = "") -> None:
+        super().__init__(workdir, port)
+        self.primary_port, self.service, self.quorum = primary_port, service, quorum
+        self.password, self.data_password = password, data_password  # its own (requirepass), the data nodes'
+        self.down_after_ms, self.failover_timeout_ms = down_after_ms, failover_timeout_ms
+
+    @property
+    def address(self) -> str:
+        """host:port, as REDIS_SENTINELS lists it."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 15.0) -> RedisSentinel:
+        """Start (or restart with what it rewrote) and wait until it answers."""
+        path = self.workdir / "sentinel.conf"
+        if not path.exists():
+            path.write_text(SENTINEL_CONFIG.format(
+                port=self.port, dir=self.workdir, service=self.service, primary_port=self.primary_port,
+                quorum=self.quorum, down_after_ms=self.down_after_ms, failover_timeout_ms=self.failover_timeout_ms)
+                + (f"requirepass {self.password}\n" if self.password else "")
+                + (f"sentinel auth-pass {self.service} {self.data_password}\n" if self.data_password else ""))
+        self._spawn([_binary("redis-sentinel", "redis-sentinel"), str(path)])
+        self._wait_until(self._answers, timeout_s)
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            return self.primary() is not None
+        except OSError:
+            return False
+
+    def primary(self) -> tuple[str, int] | None:
+        """The primary this sentinel names now (`SENTINEL GET-MASTER-ADDR-BY-NAME`), None when it names none."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+            sock.sendall(_auth(self.password) + f"SENTINEL GET-MASTER-ADDR-BY-NAME {self.service}\r\n".encode())
+            reply = b""
+            while True:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise OSError("sentinel closed the connection")
+                reply += chunk
+                answer = _after_auth(reply, self.password)
+                if answer.startswith((b"*-1", b"_", b"-")) or answer.count(b"\r\n") >= 5:
+                    break
+        lines = answer.split(b"\r\n")
+        if not lines[0].startswith(b"*2"):
+            return None
+        return lines[2].decode(), int(lines[4])
+
+
+class SentinelSet:
+    """One primary, `replicas` replicas of it and `sentinels` sentinels watching it as `service`, all on loopback
+    under `workdir` (the lab set-up of a Redis with Sentinel). `start()` returns once every sentinel knows every
+    replica and every other sentinel, so that a failover can happen."""
+
+    def __init__(self, workdir: Path, replicas: int = 2, sentinels: int = 3, service: str = "homeiq",
+                 down_after_ms: int = 1000, failover_timeout_ms: int = 5000, password: str = "",
+                 sentinel_password: str = "", min_replicas: tuple[int, int] = (0, 10)) -> None:
+        primary = RedisServer(workdir / "redis-0", None, config_file=True, password=password,
+                              min_replicas=min_replicas)
+        self.servers = [primary, *(RedisServer(workdir / f"redis-{n}", None, replica_of=primary.port,
+                                               password=password, min_replicas=min_replicas)
+                                   for n in range(1, replicas + 1))]
+        self.sentinels = [RedisSentinel(workdir / f"sentinel-{n}", None, primary.port, service, sentinels // 2 + 1,
+                                        down_after_ms, failover_timeout_ms, sentinel_password, password)
+                          for n in range(sentinels)]
+        self.service = service
+
+    @property
+    def addresses(self) -> str:
+        """REDIS_SENTINELS for this set."""
+        return ",".join(sentinel.address for sentinel in self.sentinels)
+
+    def start(self, timeout_s: float = 30.0) -> SentinelSet:
+        for server in self.servers:
+            server.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        deadline = time.monotonic() + timeout_s
+        while not all(self._knows_all(sentinel) for sentinel in self.sentinels):
+            if time.monotonic() > deadline:
+                raise ServiceError(f"the sentinels did not discover each other and the replicas in {timeout_s:g} s")
+            time.sleep(0.2)
+        return self
+
+    def _knows_all(self, sentinel: RedisSentinel) -> bool:
+        """The replicas are in sync with the primary (not still loading its first copy: a primary killed then
+        would leave them without what it had acknowledged), and `sentinel` knows them and the other sentinels."""
+        primary = self.servers[0]
+        in_sync = _info(primary.port, "replication", primary.password).count(",state=online,")
+        wanted = f"slaves={len(self.servers) - 1},sentinels={len(self.sentinels)}"
+        return in_sync == len(self.servers) - 1 and wanted in _info(sentinel.port, "sentinel", sentinel.password)
+
+    def primary(self) -> RedisServer | None:
+        """The server that the first sentinel which names a primary names (None: none does)."""
+        for sentinel in self.sentinels:
+            with contextlib.suppress(OSError):
+                named = sentinel.primary()
+                if named is not None:
+                    return next((s for s in self.servers if s.port == named[1]), None)
+        return None
+
+    def stop(self) -> None:
+        for process in [*self.sentinels, *self.servers]:
+            process.stop()
+
+
+def _info(port: int, section: str, password: str = "") -> str:
+    """INFO `section` of the server on 127.0.0.1:`port`, as text ("" when it does not answer)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(_auth(password) + f"INFO {section}\r\n".encode())
+            reply = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+                header, _, body = _after_auth(reply, password).partition(b"\r\n")
+                if header.startswith(b"-"):
+                    break
+                if header.startswith(b"$") and len(body) >= int(header[1:]):
+                    break
+    except OSError:
+        return ""
+    return reply.decode(errors="replace")
 
 
 INFLUXD_CONFIG = """\

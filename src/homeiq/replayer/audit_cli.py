@@ -14,13 +14,13 @@ from redis.exceptions import RedisError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from homeiq.replayer.console import err, fail, out, show
+from homeiq.replayer.console import err, fail, out, redis_failure, redis_place, show
 from homeiq.replayer.settings import AuditCommandSettings, Connection
 from homeiq.shared.binding import bind
 from homeiq.shared.cli import EXIT_FAILURE, config_error
 from homeiq.shared.ha.settings import read_ha_token
-from homeiq.shared.settings import ConfigError, redact_url
-from homeiq.shared.stream import connect
+from homeiq.shared.settings import ConfigError
+from homeiq.shared.stream import RedisPlace, connect
 from homeiq.shared.times import operator_time_ns
 
 if TYPE_CHECKING:
@@ -77,12 +77,14 @@ def audit_command(
     if now_ns - since_ns > RECORDER_KEEP_DAYS * 86_400 * 10**9:
         err.print(f"note: the window starts more than {RECORDER_KEEP_DAYS} days ago; states the recorder has "
                   "purged count as extra, not as a difference of the pipeline", highlight=False)
+    place = redis_place(shared)
     try:
-        report = asyncio.run(_audit(shared, ha, reader, (since_ns, until_ns), entities, rules, do_repair, as_json))
+        report = asyncio.run(_audit(shared, place, ha, reader, (since_ns, until_ns), entities, rules, do_repair,
+                                    as_json))
     except (HAReadError, InfluxReadError) as exc:
         fail(str(exc))
     except (RedisError, OSError) as exc:
-        fail(f"Redis at {redact_url(shared.redis_url)} failed: {exc}")
+        fail(redis_failure(place, exc))
     _print(report, as_json)
     raise typer.Exit(0 if report.complete else EXIT_FAILURE)
 
@@ -97,15 +99,15 @@ class _HaSide(NamedTuple):
     tls: ssl.SSLContext | None
 
 
-async def _audit(shared: Connection, ha_side: _HaSide, reader: InfluxReader, window_ns: tuple[int, int],
-                 entities: list[str] | None, rules: EntityRules | None, do_repair: bool, as_json: bool,
-                 ) -> AuditReport:
+async def _audit(shared: Connection, place: RedisPlace, ha_side: _HaSide, reader: InfluxReader,
+                 window_ns: tuple[int, int], entities: list[str] | None, rules: EntityRules | None, do_repair: bool,
+                 as_json: bool) -> AuditReport:
     """One audit with a progress bar, and the repair when asked; Redis tells what the writers have yet to write
     (that is not missing)."""
     from homeiq.replayer.audit import audit, record, repair  # noqa: PLC0415
     from homeiq.shared.ha.reader import ha_session  # noqa: PLC0415
 
-    client = connect(shared.redis_url)
+    client = connect(place)
     try:
         with Progress(TextColumn("auditing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=err, transient=as_json) as bar:

@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from homeiq.replayer.settings import Connection
-from homeiq.shared.cli import EXIT_FAILURE
-from homeiq.shared.settings import redact_url
-from homeiq.shared.stream import connect
+from homeiq.shared.cli import EXIT_FAILURE, config_error
+from homeiq.shared.settings import ConfigError
+from homeiq.shared.stream import RedisPlace, connect, place_of
 
 # Lines are never folded by us (a terminal wraps them, a pipe gets them whole): an entity id, a stream id or a URL
 # stays one word that a script, a log or a copy and paste finds.
@@ -33,10 +33,11 @@ def fail(message: str) -> NoReturn:
 
 
 def execute(ctx: Connection, work: Callable[[Any], Awaitable[T]]) -> T:
-    """Run `work(client)`; a Redis failure exits 1 naming the URL and what to check."""
+    """Run `work(client)`; a Redis failure exits 1 naming the URL (or the sentinels) and what to check."""
+    place = redis_place(ctx)
 
     async def _run() -> T:
-        client = connect(ctx.redis_url)
+        client = connect(place)
         try:
             return await work(client)
         finally:
@@ -45,8 +46,24 @@ def execute(ctx: Connection, work: Callable[[Any], Awaitable[T]]) -> T:
     try:
         return asyncio.run(_run())
     except (RedisError, OSError) as exc:
-        fail(f"Redis at {redact_url(ctx.redis_url)} failed: {exc}. Check that Redis is running and that "
-             "REDIS_URL (or --redis-url) points at it.")
+        fail(redis_failure(place, exc))
+
+
+def redis_place(ctx: Connection) -> RedisPlace:
+    """Where the command's settings say Redis is; an unreadable password file exits 2."""
+    try:
+        return place_of(ctx)
+    except ConfigError as exc:
+        config_error(exc)
+
+
+def redis_failure(place: RedisPlace, exc: BaseException) -> str:
+    """What a command says when Redis failed: where it was asked for, what happened, what to check."""
+    if place.sentinels:
+        return (f"Redis ({place}) failed: {exc}. Check that the sentinels run and monitor "
+                f"{place.service!r} (REDIS_SENTINELS, REDIS_SENTINEL_SERVICE).")
+    return (f"Redis at {place} failed: {exc}. Check that Redis is running and that REDIS_URL (or --redis-url) "
+            "points at it.")
 
 
 def print_json(value: object) -> None:

@@ -19,7 +19,15 @@ from homeiq.shared.ha.settings import (
     ha_tls,
 )
 from homeiq.shared.influx.settings import InfluxSettings, InfluxTimeout
-from homeiq.shared.options import DEFAULT_REDIS_URL, MetricsPort, RedisUrl, ServiceSettings
+from homeiq.shared.options import (
+    DEFAULT_REDIS_URL,
+    DEFAULT_SENTINEL_SERVICE,
+    MetricsPort,
+    RedisSentinels,
+    RedisSentinelService,
+    RedisUrl,
+    ServiceSettings,
+)
 from homeiq.shared.settings import (
     ConfigError,
     Nested,
@@ -42,6 +50,8 @@ class Connection(Settings, frozen=True, kw_only=True):
     """What every replayer command shares: the group's options."""
 
     redis_url: RedisUrl = DEFAULT_REDIS_URL
+    redis_sentinels: RedisSentinels = ""
+    redis_sentinel_service: RedisSentinelService = DEFAULT_SENTINEL_SERVICE
     names: StreamNames = DEFAULT_NAMES
 
 

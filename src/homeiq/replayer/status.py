@@ -15,13 +15,13 @@ import typer
 from rich.markup import escape
 
 from homeiq.replayer.audit import LAST_AUDIT_COUNTS
-from homeiq.replayer.console import Json, err, execute, out, print_json, table
+from homeiq.replayer.console import Json, err, execute, out, print_json, redis_place, table
 from homeiq.replayer.operations import PendingReport, pending_report
 from homeiq.replayer.settings import Connection, StatusSettings
 from homeiq.shared.binding import bind
 from homeiq.shared.cli import EXIT_FAILURE
 from homeiq.shared.settings import redact_url
-from homeiq.shared.stream import DEAD_REASON, StreamNames, xrange_pages
+from homeiq.shared.stream import DEAD_REASON, RedisPlace, StreamNames, xrange_pages
 
 METRICS_TIMEOUT_S = 5.0
 DEAD_SCAN = 1_000_000  # dead letters counted by reason at most (XLEN gives the total always)
@@ -159,7 +159,8 @@ async def _ha_and_spool(url: str) -> tuple[HaView, SpoolView | None]:
                   auth_rejected=flag("homeiq_ha_auth_rejected"), gap_open=flag("homeiq_backfill_gap_open")), spool
 
 
-async def read_status(client: aioredis.Redis, names: StreamNames, redis_url: str, metrics_url: str) -> Status:
+async def read_status(client: aioredis.Redis, names: StreamNames, redis_url: str | RedisPlace, metrics_url: str
+                      ) -> Status:
     """Everything `replayer status` shows; Redis failures raise, the collector's metrics say why they are not."""
     now_ns = time.time_ns()
     metrics = asyncio.ensure_future(_ha_and_spool(metrics_url))
@@ -170,7 +171,8 @@ async def read_status(client: aioredis.Redis, names: StreamNames, redis_url: str
         audit = await _last_audit(client, names, now_ns)
     finally:
         ha, spool = await metrics
-    return Status(redis=redact_url(redis_url), ha=ha, collector=collector, stream=stream, dead_letters=dead,
+    where = redis_url if isinstance(redis_url, RedisPlace) else RedisPlace(redis_url)
+    return Status(redis=str(where), ha=ha, collector=collector, stream=stream, dead_letters=dead,
                   spool=spool, last_audit=audit)
 
 
@@ -248,7 +250,7 @@ def status_command(ctx: typer.Context, settings: StatusSettings, as_json: Json =
     Exit 0 when everything could be read, 1 when Redis or the collector's metrics could not (what could be read
     is still shown), 2 on usage errors. What it reads is not judged: a disconnected HA still exits 0."""
     shared: Connection = ctx.obj
-    status = execute(shared, lambda client: read_status(client, shared.names, shared.redis_url,
+    status = execute(shared, lambda client: read_status(client, shared.names, redis_place(shared),
                                                         settings.collector_metrics_url))
     if as_json:
         print_json(status)

@@ -5,9 +5,20 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from homeiq.shared.settings import REDIS_URL_CHECK, ConfigError, Settings, Var, between, check_choice, one_of
+from homeiq.shared.settings import (
+    REDIS_URL_CHECK,
+    ConfigError,
+    Settings,
+    Var,
+    between,
+    check_choice,
+    host_port_list,
+    not_empty,
+    one_of,
+)
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_SENTINEL_SERVICE = "homeiq"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -17,6 +28,12 @@ def _log_level(name: str, value: str) -> str:
 
 RedisUrl = Annotated[str, Var(
     "REDIS_URL", "Redis URL, redis://[:password@]host:port/db or unix:///path/redis.sock?db=0.", REDIS_URL_CHECK)]
+RedisSentinels = Annotated[str, Var(
+    "REDIS_SENTINELS", "Redis Sentinels to ask for the Redis primary, host:port,host:port (empty: REDIS_URL's host "
+    "is the Redis). With them, REDIS_URL gives only the database (and user); the data nodes' password comes from "
+    "REDIS_PASSWORD_FILE, the sentinels' own from REDIS_SENTINEL_PASSWORD_FILE.", host_port_list)]
+RedisSentinelService = Annotated[str, Var(
+    "REDIS_SENTINEL_SERVICE", "The master name the sentinels monitor (`sentinel monitor <name> ...`).", not_empty)]
 ConfigPath = Annotated[str, Var(
     "HOMEIQ_CONFIG", "YAML file with Home Assistant's `influxdb:` block (the integration's keys: connection, "
     "include/exclude) and our `homeiq:` block; flags and environment variables override it.", flag="--config")]
@@ -50,6 +67,8 @@ class ServiceSettings(LogSettings, frozen=True, kw_only=True):
     """What every pipeline service shares: logging, Redis, the address of its metrics and health."""
 
     redis_url: RedisUrl = DEFAULT_REDIS_URL
+    redis_sentinels: RedisSentinels = ""
+    redis_sentinel_service: RedisSentinelService = DEFAULT_SENTINEL_SERVICE
     require_aof: Annotated[bool, Var(
         "REDIS_REQUIRE_AOF", "Refuse a Redis whose append-only file is off (a restart would lose the stream). Turn "
         "off only for a Redis that persists every write another way.", flag="--require-aof/--no-require-aof")] = True

@@ -15,7 +15,7 @@ from homeiq.shared.broker import PersistenceCheck
 from homeiq.shared.health import READY_REDIS, DiskSpace, HealthServer, Readiness, counters
 from homeiq.shared.logs import Log
 from homeiq.shared.options import ServiceSettings, disk_paths
-from homeiq.shared.stream import DEFAULT_SOCKET_TIMEOUT_S, connect, describe_redis_error
+from homeiq.shared.stream import DEFAULT_SOCKET_TIMEOUT_S, connect, describe_redis_error, place_of
 
 
 class ServiceRuntime:
@@ -24,12 +24,12 @@ class ServiceRuntime:
     def __init__(self, log: Log, settings: ServiceSettings, readiness: Readiness,
                  metrics_registry: CollectorRegistry | None = None,
                  socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S, disks: dict[str, str] | None = None) -> None:
-        self.log, self._redis_url = log, settings.redis_url
+        self.log, self.redis_place = log, place_of(settings)
         self.metrics_registry = metrics_registry or CollectorRegistry()
         self.metrics_registry.register(DiskSpace({**(disks or {}), **disk_paths(settings.disk_paths)}))
         self.readiness = readiness
-        self.redis: aioredis.Redis = connect(settings.redis_url, socket_timeout_s)
-        self.persistence = PersistenceCheck(settings.redis_url, settings.require_aof, readiness,
+        self.redis: aioredis.Redis = connect(self.redis_place, socket_timeout_s)
+        self.persistence = PersistenceCheck(str(self.redis_place), settings.require_aof, readiness,
                                             self.metrics_registry)
         self.health = HealthServer(self.metrics_registry, readiness, settings.metrics_host, settings.metrics_port)
         Gauge("homeiq_asyncio_tasks", "asyncio tasks alive in the service's event loop (a soak watches them stay "
@@ -48,9 +48,9 @@ class ServiceRuntime:
             self.log.info(stopped, **fields(), counters=counters(self.metrics_registry))
 
     def redis_failed(self, exc: BaseException, backoff: Backoff, **fields: object) -> float:
-        """Redis failed: unready with the reason (its URL without the password), logged once per failure; returns
-        how long to wait before trying again."""
-        message = describe_redis_error(self._redis_url, exc)
+        """Redis failed: unready with the reason (its URL without the password, or the sentinels asked), logged once
+        per failure; returns how long to wait before trying again."""
+        message = describe_redis_error(self.redis_place, exc)
         self.readiness.fail(READY_REDIS, message)
         delay_s = backoff.next_delay_s()
         self.log.warning("redis_unavailable", **fields, error=message, retry_in_s=round(delay_s, 2))

@@ -182,6 +182,26 @@ def url_of(*schemes: str) -> Check:
 REDIS_URL_CHECK: Check = url_of("redis", "rediss", "unix")
 
 
+def host_ports(value: str) -> list[tuple[str, int]]:
+    """`host:port,host:port` parsed (empty: none); raises ValueError naming the item that is not host:port."""
+    found = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{item!r} is not host:port")
+        found.append((host.strip("[]"), int(port)))
+    return found
+
+
+def host_port_list(name: str, value: str) -> str:
+    """Check: a comma-separated host:port list, or empty."""
+    try:
+        host_ports(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc} (expected host:port,host:port, e.g. 10.0.0.1:26379,10.0.0.2:26379)") from None
+    return value
+
+
 def not_empty(name: str, value: str) -> str:
     """Check: not an empty string."""
     if not value:

@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import typing
 from collections.abc import AsyncIterator, Coroutine
-from typing import Annotated, Any, Final, Literal, TypeVar
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Final, Literal, Protocol, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
 from homeiq.shared.events import PAYLOAD_VERSION
+from homeiq.shared.options import DEFAULT_SENTINEL_SERVICE
 from homeiq.shared.scripts import XADD_BATCH_SCRIPT
-from homeiq.shared.settings import Settings, Var, not_empty, redact_url
+from homeiq.shared.settings import Settings, Var, host_ports, not_empty, read_secret, redact_url
 
 FIELD_VERSION: Final = b"v"
 FIELD_EVENT: Final = b"e"
@@ -119,17 +123,102 @@ def _ignore_outcome(command: asyncio.Future[Any]) -> None:
         command.exception()  # retrieved: an abandoned command's failure is nobody's to report
 
 
-def connect(url: str, socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S) -> aioredis.Redis:
-    """Return a client for `url` (bytes in and out); connection errors surface on first use.
+class RedisSettings(Protocol):
+    """Where a process's settings say Redis is (ServiceSettings and the replayer commands' Connection)."""
+
+    @property
+    def redis_url(self) -> str: ...
+    @property
+    def redis_sentinels(self) -> str: ...
+    @property
+    def redis_sentinel_service(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class RedisPlace:
+    """Redis at `url`; or, with `sentinels` (host:port,…), the primary the sentinels name for `service`, with
+    `url` giving only the database, user and TLS to the data nodes (the sentinels are asked without TLS). The
+    passwords are read once, from REDIS_PASSWORD(_FILE) and REDIS_SENTINEL_PASSWORD(_FILE), and never shown
+    (`str()` and `repr()` are what logs and errors say)."""
+
+    url: str
+    sentinels: str = ""
+    service: str = DEFAULT_SENTINEL_SERVICE
+    password: str = field(default="", repr=False)
+    sentinel_password: str = field(default="", repr=False)
+
+    def __repr__(self) -> str:  # the URL may hold a password: what str() says, never the fields
+        return f"RedisPlace({self})"
+
+    def __str__(self) -> str:
+        if not self.sentinels:
+            return redact_url(self.url)
+        return f"the primary of {self.service!r} per sentinels {self.sentinel_list}"
+
+    @property
+    def sentinel_list(self) -> str:
+        return ",".join(f"{host}:{port}" for host, port in host_ports(self.sentinels))
+
+
+def place_of(settings: RedisSettings) -> RedisPlace:
+    """Where `settings` say Redis is; with sentinels, reads the passwords (a ConfigError names what is wrong)."""
+    if not settings.redis_sentinels:
+        return RedisPlace(settings.redis_url)
+    return RedisPlace(settings.redis_url, settings.redis_sentinels, settings.redis_sentinel_service,
+                      read_secret("REDIS_PASSWORD", required=False),
+                      read_secret("REDIS_SENTINEL_PASSWORD", required=False))
+
+
+class _CancelSafeSentinelRedis(_CancelSafeRedis):
+    """A client of the primary the sentinels name; closing it closes its sentinel clients too."""
+
+    sentinels: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            if self.sentinels is not None:
+                await self.sentinels.aclose()
+
+
+SENTINEL_TIMEOUT_S: Final = 2.0  # each sentinel asked; a dead one costs at most this per new connection
+
+
+def connect(place: str | RedisPlace, socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S) -> aioredis.Redis:
+    """Return a client for `place` (a URL, or a RedisPlace: through Sentinel when it has sentinels; bytes in and
+    out); connection errors surface on first use.
 
     RESP3, and XREADGROUP and XAUTOCLAIM replies as Redis sends them: redis-py would build a dict per
     entry, which costs a writer more than the read itself. `read_group` and `entries_of` read them.
     `socket_timeout_s` bounds every command, a blocking read's BLOCK included. One immediate retry (a pooled
     connection that Redis closed on a restart), not redis-py's default of three with up to 10 s of backoff
-    each: every caller has a retry loop of its own, and hidden ones made a stop with Redis down take 15 s."""
-    client = _CancelSafeRedis.from_url(url, decode_responses=False, health_check_interval=30, protocol=3,
-                                       socket_timeout=socket_timeout_s, socket_connect_timeout=5,
-                                       retry=Retry(NoBackoff(), 1))
+    each: every caller has a retry loop of its own, and hidden ones made a stop with Redis down take 15 s.
+
+    Through Sentinel, every new connection asks the sentinels for the primary (redis-py's retry of a command
+    does not: it goes to the same address, so a failover is followed by the caller's next command, after the
+    one retry failed); a connection to a primary that became a replica fails and is replaced."""
+    if isinstance(place, str):
+        place = RedisPlace(place)
+    options: dict[str, Any] = {
+        "decode_responses": False, "health_check_interval": 30, "protocol": 3, "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": 5, "retry": Retry(NoBackoff(), 1)}
+    client: aioredis.Redis
+    if not place.sentinels:
+        client = _CancelSafeRedis.from_url(place.url, **options)
+    else:
+        from_url: dict[str, Any] = dict(parse_url(place.url))
+        if from_url.pop("connection_class", None) is SSLConnection:
+            from_url["ssl"] = True
+        for key in ("host", "port", "path"):
+            from_url.pop(key, None)
+        if place.password:
+            from_url["password"] = place.password
+        sentinels = Sentinel(host_ports(place.sentinels), sentinel_kwargs={  # type: ignore[no-untyped-call]
+            "password": place.sentinel_password or None, "socket_timeout": SENTINEL_TIMEOUT_S,
+            "socket_connect_timeout": SENTINEL_TIMEOUT_S, "retry": Retry(NoBackoff(), 0)})
+        client = sentinels.master_for(place.service, redis_class=_CancelSafeSentinelRedis, **from_url, **options)
+        typing.cast(_CancelSafeSentinelRedis, client).sentinels = sentinels
     for command in ("XREADGROUP", "XAUTOCLAIM"):
         client.set_response_callback(command, _as_sent)
     return client
@@ -243,9 +332,14 @@ async def ensure_group(client: aioredis.Redis, names: StreamNames) -> bool:
     return True
 
 
-def describe_redis_error(url: str, exc: BaseException) -> str:
-    """A one-line explanation of a Redis failure naming the (redacted) URL tried."""
-    return f"Redis at {redact_url(url)} is unreachable or failed: {exc}"
+def describe_redis_error(place: str | RedisPlace, exc: BaseException) -> str:
+    """A one-line explanation of a Redis failure naming the (redacted) URL tried, or the sentinels asked."""
+    if isinstance(place, str) or not place.sentinels:
+        return f"Redis at {redact_url(str(place))} is unreachable or failed: {exc}"
+    if isinstance(exc, MasterNotFoundError):  # none of them names a primary that is up: a failover, or all down
+        return (f"no primary for service {place.service!r} known to sentinels {place.sentinel_list} (a failover "
+                f"under way, or none reachable): {exc}")
+    return f"Redis ({place}) is unreachable or failed: {exc}"
 
 
 async def xrange_pages(client: aioredis.Redis, key: str, start: bytes = b"-", end: bytes = b"+",

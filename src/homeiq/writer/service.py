@@ -97,7 +97,7 @@ class Writer:
             try:
                 await self.batches.acked()
             except (RedisError, OSError) as exc:  # written but not acked: ours to re-read (and rewrite) at start
-                log.warning("ack_failed", error=describe_redis_error(self.settings.redis_url, exc))
+                log.warning("ack_failed", error=describe_redis_error(self.runtime.redis_place, exc))
 
     async def _check(self, idle: bool) -> None:
         """Is Redis still persistent, and (when idle: no write says so) does InfluxDB still take our writes?"""
