@@ -24,6 +24,7 @@ SCANNED = ("tests", "src", "benchmarks")  # the tests, and the code they run in-
 # install. A program found and missing here fails the test: add it here and to the packages in scripts/bootstrap.
 PACKAGE_OF = {
     "redis-server": "redis-server",
+    "redis-sentinel": "redis-sentinel",
     "influxd": "influxdb",
     "prometheus": "prometheus",
     "promtool": "prometheus",
