@@ -97,10 +97,13 @@ class RedisServer(_Process):
 
     name = "redis"
 
-    def __init__(self, workdir: Path, port: int | None, appendonly: bool = True, maxmemory: str = "0") -> None:
+    def __init__(self, workdir: Path, port: int | None, appendonly: bool = True, maxmemory: str = "0",
+                 aclfile: Path | None = None, login: tuple[str, str] | None = None) -> None:
         super().__init__(workdir, port)
         self.appendonly = appendonly
         self.maxmemory = maxmemory  # a cap (Redis's units: 256mb), then XADD is refused and the collector spools
+        self.aclfile = aclfile  # its users (`replayer acl-file`); `login` is one of them that may run INFO
+        self.login = login
 
     @property
     def url(self) -> str:
@@ -114,6 +117,7 @@ class RedisServer(_Process):
             "--dir", str(self.workdir), "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
             "--save", "", "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction",
             "--daemonize", "no", "--protected-mode", "no",
+            *(["--aclfile", str(self.aclfile)] if self.aclfile else []),
         ])
         self._wait_until(self._pong, timeout_s)
         return self
@@ -124,6 +128,9 @@ class RedisServer(_Process):
             return False
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                if self.login:
+                    words = [b"AUTH", *(part.encode() for part in self.login)]
+                    sock.sendall(b"*3\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words))
                 sock.sendall(b"INFO server\r\n")
                 reply = b""
                 while b"process_id:" not in reply or not reply.endswith(b"\r\n"):

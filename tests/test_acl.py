@@ -1,0 +1,300 @@
+"""Least privilege on the broker: each role's real code against a real redis-server holding the users that
+`replayer acl-file` generates. Each role does its work with Redis refusing it nothing (the ACL LOG stays empty), and
+is refused (NOPERM) what it must not do."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+from typer.testing import CliRunner
+
+from homeiq.local.services import InfluxServer, RedisServer
+from homeiq.replayer.cli import app
+from homeiq.replayer.service import Replayer
+from homeiq.replayer.settings import ReclaimSettings, ReplayerSettings
+from homeiq.shared import acl
+from homeiq.shared.influx.settings import InfluxSettings
+from homeiq.shared.scripts import XADD_BATCH_SCRIPT
+from homeiq.shared.stream import (
+    DEFAULT_NAMES,
+    StreamNames,
+    connect,
+    dead_letter_fields,
+    ensure_group,
+    entry_fields,
+    xadd_batch_args,
+    xadd_events,
+)
+from tests.collector_harness import every_state_once, running_collector, service_calls, simulator
+from tests.events import state_payload
+from tests.helpers import wait_for
+from tests.writer_harness import running_writer, writer_settings
+
+runner = CliRunner()
+NAMES = DEFAULT_NAMES
+STREAM, GROUP, DEAD = NAMES.stream, NAMES.group, NAMES.dead
+
+
+class AclRedis:
+    """A redis-server started with the generated ACL file, and each role's password."""
+
+    def __init__(self, server: RedisServer, passwords: dict[acl.Role, str]) -> None:
+        self.server, self.passwords = server, passwords
+
+    def url(self, role: acl.Role) -> str:
+        return f"redis://{role}:{self.passwords[role]}@127.0.0.1:{self.server.port}/0"
+
+
+@pytest.fixture(scope="module")
+def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedis]:
+    root = tmp_path_factory.mktemp("acl")
+    (root / "passwords").mkdir()
+    passwords: dict[acl.Role, str] = {role: secrets.token_hex(16) for role in acl.ROLES}
+    for role, password in passwords.items():
+        (root / "passwords" / role).write_text(password + "\n")
+    result = runner.invoke(app, ["acl-file", "--passwords-dir", str(root / "passwords"), "--out",
+                                 str(root / "users.acl")])
+    assert result.exit_code == 0, result.output
+    text = (root / "users.acl").read_text()
+    assert not any(password in text for password in passwords.values())  # only their hashes
+    server = RedisServer(root / "redis", None, aclfile=root / "users.acl",
+                         login=("admin", passwords["admin"])).start()
+    yield AclRedis(server, passwords)
+    server.stop()
+
+
+@pytest.fixture
+async def admin(acl_redis: AclRedis) -> AsyncIterator[aioredis.Redis]:
+    """The admin user's client, on a flushed Redis with an empty ACL LOG."""
+    client = connect(acl_redis.url("admin"))
+    await client.flushall()
+    await client.execute_command("ACL", "LOG", "RESET")
+    yield client
+    await client.aclose()
+
+
+async def refusals(admin: aioredis.Redis) -> list[str]:
+    """What Redis refused since the test began: `user: command or key`."""
+    entries: Any = await admin.execute_command("ACL", "LOG", "128")
+    rows = [{(k.decode() if isinstance(k, bytes) else k): v for k, v in (
+        entry.items() if isinstance(entry, dict) else zip(entry[::2], entry[1::2], strict=True))}
+        for entry in entries]
+    return [f"{_text(row['username'])}: {_text(row['reason'])} {_text(row['object'])} ({_text(row['context'])})"
+            for row in rows]
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def assert_refused(url: str, *commands: tuple[Any, ...]) -> None:
+    """Each command is refused with NOPERM (a script's inner command: an error naming NOPERM)."""
+    client = connect(url)
+    try:
+        for command in commands:
+            with pytest.raises(ResponseError) as refused:
+                await client.execute_command(*command)
+            assert isinstance(refused.value, NoPermissionError) or "NOPERM" in str(refused.value), (command, refused)
+    finally:
+        await client.aclose()
+
+
+def xadd_batch(keys: list[str]) -> tuple[Any, ...]:
+    """EVAL of the collector's batch script on `keys`: its XADD and SET run as the caller."""
+    args = xadd_batch_args(b"", [b"{}"])
+    return ("EVAL", XADD_BATCH_SCRIPT, len(keys), *keys, *args)
+
+
+# What no pipeline role may do to the broker or to keys that are not its own.
+NOBODY = [("FLUSHALL",), ("CONFIG", "GET", "*"), ("CONFIG", "SET", "appendonly", "no"), ("KEYS", "*"),
+          ("DEL", STREAM), ("SET", STREAM, "x"), ("XGROUP", "DESTROY", STREAM, GROUP), ("ACL", "LIST"),
+          ("SET", "another:key", "x"), ("SHUTDOWN",)]
+
+
+def test_every_key_the_contract_names_is_some_roles_and_every_script_command_is_granted() -> None:
+    derived = {name for name, value in vars(StreamNames).items() if isinstance(value, property)}
+    assert derived == set(acl.KEY_PROPERTIES)
+    granted = {key for role in acl.ROLES if role != "admin" for grant in acl.grants(role, NAMES)
+               for key, _ in grant.keys}
+    assert {NAMES.stream, NAMES.dead, *(getattr(NAMES, name) for name in acl.KEY_PROPERTIES)} <= granted
+    assert acl.script_commands(
+        "redis.pcall('XINFO', 'CONSUMERS', KEYS[1]) redis.call('XADD', KEYS[1])") == {"xinfo|consumers", "xadd"}
+
+
+def test_names_from_the_settings_rename_every_rule(tmp_path: Path) -> None:
+    for role in acl.ROLES:
+        (tmp_path / role).write_text(f"secret-{role}\n")
+    result = runner.invoke(app, ["acl-file", "--passwords-dir", str(tmp_path), "--role", "writer"],
+                           env={"STREAM_NAME": "home[1]:ev*", "STREAM_DEAD": "home:dead"})
+    assert result.exit_code == 0, result.output
+    assert "secret" not in result.stdout
+    assert "~home\\[1\\]:ev\\*" in result.stdout and "%W~home:dead" in result.stdout
+    assert "homeiq" not in result.stdout and "user collector" not in result.stdout
+    missing = runner.invoke(app, ["acl-file", "--passwords-dir", str(tmp_path / "none")])
+    assert missing.exit_code == 2 and "collector password" in missing.output
+
+
+async def test_a_client_without_a_user_may_do_nothing(acl_redis: AclRedis, admin: aioredis.Redis) -> None:
+    anonymous = connect(f"redis://127.0.0.1:{acl_redis.server.port}/0")
+    try:
+        with pytest.raises((AuthenticationError, ResponseError)):
+            await anonymous.ping()
+    finally:
+        await anonymous.aclose()
+    wrong = connect(f"redis://writer:not-its-password@127.0.0.1:{acl_redis.server.port}/0")
+    try:
+        with pytest.raises(AuthenticationError):
+            await wrong.ping()
+    finally:
+        await wrong.aclose()
+
+
+async def test_the_collector_publishes_and_resumes_and_may_not_ack_trim_or_delete(
+    acl_redis: AclRedis, admin: aioredis.Redis, tmp_path: Path
+) -> None:
+    url = acl_redis.url("collector")
+    async with simulator(commit_interval_s=0) as sim:
+        async with running_collector(sim, url, tmp_path / "spool") as first:
+            await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
+            await sim.hub.emit(200, rate_per_s=500)
+            service_calls(sim, 20)
+            await wait_for(lambda: first.metric("homeiq_events_published_total") >= 220, 15, "220 published")
+            await wait_for(lambda: admin.exists(NAMES.watermark), 10, "the watermark saved")
+        async with running_collector(sim, url, tmp_path / "spool"):  # reads its marks and the stream back
+            await wait_for(lambda: sim.hub.subscribed, 10, "the second subscription")
+            await sim.hub.emit(100, rate_per_s=200)
+            await every_state_once(admin, sim.hub)
+    assert await admin.exists(NAMES.first_run, NAMES.collector_tail, NAMES.collector_entities) == 3
+    assert await refusals(admin) == []
+
+    length = await admin.xlen(STREAM)
+    await ensure_group(admin, NAMES)
+    await assert_refused(url, *NOBODY, ("XACK", STREAM, GROUP, "0-1"), ("XTRIM", STREAM, "MAXLEN", "0"),
+                         ("XDEL", STREAM, "0-1"), ("XREADGROUP", "GROUP", GROUP, "c", "STREAMS", STREAM, ">"),
+                         ("XADD", DEAD, "*", "v", "1"), ("SET", NAMES.last_audit, "x"),
+                         xadd_batch([DEAD]))
+    assert await admin.xlen(STREAM) == length
+
+
+async def test_a_writer_writes_and_dead_letters_and_may_not_add_delete_or_move_the_watermark(
+    acl_redis: AclRedis, admin: aioredis.Redis, influx: InfluxServer, influx_db: str
+) -> None:
+    url = acl_redis.url("writer")
+    await xadd_events(admin, STREAM, [state_payload(n) for n in range(50)] + [b"not an event"])
+    async with running_writer(writer_settings(url, influx.url, influx_db)):  # creates the group itself
+        await wait_for(lambda: admin.xlen(DEAD), 15, "the undecodable entry dead-lettered")
+
+        async def drained() -> bool:
+            groups: Any = await admin.xinfo_groups(STREAM)
+            return bool(groups) and int(groups[0]["entries-read"] or 0) == 51 and not int(groups[0]["pending"])
+
+        await wait_for(drained, 15, "every entry written or dead-lettered, and acked")
+    assert influx.count(influx_db) == 50
+    assert await refusals(admin) == []
+
+    await assert_refused(url, *NOBODY, ("XADD", STREAM, "*", "v", "1", "e", "{}"), ("SET", NAMES.watermark, "1"),
+                         ("XTRIM", STREAM, "MAXLEN", "0"), ("XDEL", STREAM, "0-1"), ("XRANGE", DEAD, "-", "+"),
+                         ("XAUTOCLAIM", STREAM, GROUP, "w1", "0", "0-0"),
+                         ("XGROUP", "DELCONSUMER", STREAM, GROUP, "w1"), xadd_batch([STREAM]))
+    assert await admin.xlen(STREAM) == 51
+
+
+async def test_the_replayer_reclaims_dead_letters_trims_and_prunes_and_may_not_touch_the_collectors_keys(
+    acl_redis: AclRedis, admin: aioredis.Redis, influx: InfluxServer, influx_db: str
+) -> None:
+    url = acl_redis.url("replayer")
+    await ensure_group(admin, NAMES)
+    await xadd_events(admin, STREAM, [state_payload(n) for n in range(30)] + [b"not an event"])
+    await admin.xreadgroup(GROUP, "dead-writer", {STREAM: ">"}, count=100)  # a writer that died holding them
+    suspect: Any = (await admin.xrange(STREAM, count=1))[0][0]
+    await admin.xclaim(STREAM, GROUP, "dead-writer", 0, [suspect], retrycount=20)  # read alone, crash ledger
+    settings = ReplayerSettings(
+        redis_url=url, names=NAMES, metrics_host="127.0.0.1", metrics_port=0, interval_s=0.2, prune_idle_s=0.5,
+        influx=InfluxSettings(url=influx.url, api="v1", bucket=influx_db, timeout_s=5),
+        reclaim=ReclaimSettings(min_idle_ms=1)).validate()
+    replayer = Replayer(settings, CollectorRegistry())
+    stop = asyncio.Event()
+    task = asyncio.create_task(replayer.run(stop))
+    try:
+        async def done() -> bool:
+            consumers: Any = await admin.xinfo_consumers(STREAM, GROUP)
+            return (await admin.xlen(STREAM) == 0 and await admin.xlen(DEAD) == 1
+                    and not any(c["name"] == b"dead-writer" for c in consumers))
+
+        await wait_for(done, 20, "all reclaimed, the poison dead-lettered, the stream trimmed, dead-writer pruned")
+        await wait_for(lambda: replayer.readiness.reason is None, 5, "the replayer ready (gauges, AOF check)")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert influx.count(influx_db) == 30
+    assert replayer.metrics_registry.get_sample_value("homeiq_stream_dead_letters") == 1
+    assert await refusals(admin) == []
+
+    await assert_refused(url, *NOBODY, ("SET", NAMES.watermark, "1"), ("SET", NAMES.resume_from, "0-1"),
+                         ("DEL", DEAD), ("XTRIM", DEAD, "MAXLEN", "0"), ("MGET", NAMES.watermark),
+                         ("SADD", NAMES.collector_entities, "light.x"), xadd_batch([STREAM, NAMES.collector_tail]))
+
+
+def pairs(flat: list[bytes]) -> dict[Any, Any]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def operator_cli(url: str, *args: str) -> Any:
+    result = runner.invoke(app, [*args], env={"REDIS_URL": url, "COLLECTOR_METRICS_URL": ""})
+    return result
+
+
+async def test_the_operators_commands_work_and_delete_only_dead_letters(
+    acl_redis: AclRedis, admin: aioredis.Redis
+) -> None:
+    url = acl_redis.url("operator")
+    await ensure_group(admin, NAMES)
+    await xadd_events(admin, STREAM, [state_payload(n) for n in range(5)])
+    await admin.xreadgroup(GROUP, "w1", {STREAM: ">"}, count=2)
+    await admin.set(NAMES.watermark, "1700000000000000000")
+    dead_ids: list[Any] = [await admin.xadd(DEAD, pairs(dead_letter_fields(
+        [part for pair in entry_fields(state_payload(n)).items() for part in pair], "rejected", "bad", b"1-1", "w1")))
+        for n in range(3)]
+    for args in (["pending", "--json"], ["status", "--json"], ["trim", "--json"], ["trim", "--dry-run", "--json"],
+                 ["reclaim", "--dry-run", "--json"], ["dead-letter", "list", "--json"],
+                 ["dead-letter", "show", dead_ids[0].decode(), "--json"],
+                 ["dead-letter", "redrive", "--id", dead_ids[0].decode(), "--json"],
+                 ["dead-letter", "purge", "--all", "--yes"]):
+        result = await asyncio.to_thread(operator_cli, url, *args)
+        assert result.exit_code == 0, (args, result.output)
+    assert await admin.xlen(DEAD) == 0 and await admin.xlen(STREAM) == 4  # 3 pending + 1 redriven
+    assert await refusals(admin) == []
+
+    await assert_refused(url, *NOBODY, ("SET", NAMES.watermark, "1"), ("DEL", NAMES.last_audit),
+                         ("XDEL", STREAM, "0-1"), ("SADD", NAMES.collector_entities, "light.x"))
+
+
+async def test_a_viewer_sees_everything_and_changes_nothing(acl_redis: AclRedis, admin: aioredis.Redis) -> None:
+    url = acl_redis.url("viewer")
+    await ensure_group(admin, NAMES)
+    await xadd_events(admin, STREAM, [state_payload(n) for n in range(5)])
+    await admin.xadd(DEAD, {b"reason": b"rejected", b"original_id": b"1-1"})
+    for args in (["pending", "--json"], ["status", "--json"], ["reclaim", "--dry-run", "--json"],
+                 ["dead-letter", "list", "--json"]):
+        result = await asyncio.to_thread(operator_cli, url, *args)
+        assert result.exit_code == 0, (args, result.output)
+    status = json.loads((await asyncio.to_thread(operator_cli, url, "status", "--json")).stdout)
+    assert status["stream"]["length"] == 5 and status["dead_letters"]["total"] == 1
+    assert await refusals(admin) == []
+
+    trim = await asyncio.to_thread(operator_cli, url, "trim", "--json")
+    assert trim.exit_code == 1 and "NOPERM" in trim.output
+    await assert_refused(url, *NOBODY, ("XADD", STREAM, "*", "v", "1"), ("XACK", STREAM, GROUP, "0-1"),
+                         ("HSET", NAMES.last_audit, "by", "me"), ("SET", NAMES.watermark, "1"),
+                         ("XTRIM", STREAM, "MAXLEN", "0"), ("EVAL", "return 1", 0),
+                         ("XREADGROUP", "GROUP", GROUP, "c", "STREAMS", STREAM, ">"))
+    assert await admin.xlen(STREAM) == 5
