@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import secrets
+import sys
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 from typer.testing import CliRunner
 
+from homeiq.ha_sim.messages import now_ts
 from homeiq.local.services import InfluxServer, RedisServer
 from homeiq.replayer.cli import app
 from homeiq.replayer.service import Replayer
@@ -35,7 +39,7 @@ from homeiq.shared.stream import (
     xadd_batch_args,
     xadd_events,
 )
-from tests.collector_harness import every_state_once, running_collector, service_calls, simulator
+from tests.collector_harness import TOKEN, every_state_once, running_collector, service_calls, simulator
 from tests.events import state_payload
 from tests.helpers import wait_for
 from tests.writer_harness import running_writer, writer_settings
@@ -308,3 +312,33 @@ async def test_a_viewer_sees_everything_and_changes_nothing(acl_redis: AclRedis,
                          ("XTRIM", STREAM, "MAXLEN", "0"), ("EVAL", "return 1", 0),
                          ("XREADGROUP", "GROUP", GROUP, "c", "STREAMS", STREAM, ">"))
     assert await admin.xlen(STREAM) == 5
+
+
+async def test_the_whole_pipeline_with_a_user_per_role_audits_and_repairs(
+    acl_redis: AclRedis, admin: aioredis.Redis, influx: InfluxServer, influx_db: str, tmp_path: Path
+) -> None:
+    """ha-sim → collector → writer → InfluxDB, each as its own user; points lost in InfluxDB are found by
+    `replayer audit` as the operator, and published again (`--repair`)."""
+    async with simulator(entity_count=20, commit_interval_s=0) as sim:
+        since = datetime.fromtimestamp(now_ts() + 0.001, UTC).isoformat()
+        async with running_writer(writer_settings(acl_redis.url("writer"), influx.url, influx_db)), \
+                running_collector(sim, acl_redis.url("collector"), tmp_path / "spool"):
+            await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
+            await sim.hub.emit(300, rate_per_s=1000)
+            await wait_for(lambda: influx.count(influx_db) >= 300, 20, "every change written")
+            gone = sim.hub.sent[100:105]
+            for sent in gone:
+                influx.query(f"DELETE FROM home_assistant_events WHERE entity_id = '{sent.entity_id}' AND "
+                             f"time = {sent.last_updated_us * 1000}", influx_db, epoch=None)
+            await wait_for(lambda: not sim.hub.recorder.uncommitted, 15, "the recorder's commit")
+            env = {"HA_URL": sim.url, "HA_TOKEN": TOKEN, "REDIS_URL": acl_redis.url("operator"),
+                   "INFLUXDB_URL": influx.url, "INFLUXDB_API": "v1", "INFLUXDB_BUCKET": influx_db}
+            process = await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).parent / "replayer"), "audit", "--since", since, "--json", "--repair",
+                env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+            assert process.returncode == 1, stderr.decode()  # it found missing points
+            assert json.loads(stdout)["repaired"] == 5
+            await wait_for(lambda: influx.count(influx_db) >= 300, 20, "the repaired points written")
+    assert await admin.hget(NAMES.last_audit, "by") == b"replayer audit"
+    assert await refusals(admin) == []
