@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import secrets
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -18,11 +19,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
-from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError, ResponseError
 from typer.testing import CliRunner
 
 from homeiq.ha_sim.messages import now_ts
-from homeiq.local.services import InfluxServer, RedisServer
+from homeiq.local.services import InfluxServer, RedisServer, free_port
 from homeiq.replayer.cli import app
 from homeiq.replayer.service import Replayer
 from homeiq.replayer.settings import ReclaimSettings, ReplayerSettings
@@ -342,3 +343,53 @@ async def test_the_whole_pipeline_with_a_user_per_role_audits_and_repairs(
             await wait_for(lambda: influx.count(influx_db) >= 300, 20, "the repaired points written")
     assert await admin.hget(NAMES.last_audit, "by") == b"replayer audit"
     assert await refusals(admin) == []
+
+
+@pytest.fixture
+def ca_and_server_certificate(tmp_path: Path) -> Path:
+    """A directory with ca.pem and a certificate of it for 127.0.0.1 (server.pem, server.key)."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=homeiq test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=127.0.0.1")
+    (tmp_path / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf")
+    return tmp_path
+
+
+async def test_tls_with_a_ca_and_a_user_per_role_over_rediss(acl_redis: AclRedis, ca_and_server_certificate: Path
+                                                             ) -> None:
+    """`rediss://user:password@host:port/0?ssl_ca_certs=ca.pem` with connect() as it is: Redis's certificate checked
+    against the CA, the user's rules as over TCP."""
+    folder, port = ca_and_server_certificate, free_port()
+    server = await asyncio.create_subprocess_exec(
+        "redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+        "--tls-cert-file", "server.pem", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.pem",
+        "--tls-auth-clients", "no", "--save", "", "--aclfile", str(acl_redis.server.aclfile),
+        cwd=folder, stdout=asyncio.subprocess.DEVNULL)
+    password = acl_redis.passwords["writer"]
+    writer = connect(f"rediss://writer:{password}@127.0.0.1:{port}/0?ssl_ca_certs={folder / 'ca.pem'}")
+    unverified = connect(f"rediss://writer:{password}@127.0.0.1:{port}/0")  # the system's CAs: not ours
+    try:
+        await wait_for(lambda: _pings(writer), 10, "Redis answering over TLS")
+        assert await ensure_group(writer, NAMES)
+        with pytest.raises(NoPermissionError):
+            await writer.xadd(STREAM, {b"v": b"1"})
+        with pytest.raises(ConnectionError, match="certificate verify failed"):
+            await unverified.ping()
+    finally:
+        await writer.aclose()
+        await unverified.aclose()
+        server.terminate()
+        await asyncio.wait_for(server.wait(), 10)
+
+
+async def _pings(client: aioredis.Redis) -> bool:
+    try:
+        return bool(await client.ping())
+    except ConnectionError:
+        return False
