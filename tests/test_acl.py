@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import secrets
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -42,7 +41,7 @@ from homeiq.shared.stream import (
 )
 from tests.collector_harness import TOKEN, every_state_once, running_collector, service_calls, simulator
 from tests.events import state_payload
-from tests.helpers import wait_for
+from tests.helpers import make_certs, wait_for
 from tests.writer_harness import running_writer, writer_settings
 
 runner = CliRunner()
@@ -345,27 +344,10 @@ async def test_the_whole_pipeline_with_a_user_per_role_audits_and_repairs(
     assert await refusals(admin) == []
 
 
-@pytest.fixture
-def ca_and_server_certificate(tmp_path: Path) -> Path:
-    """A directory with ca.pem and a certificate of it for 127.0.0.1 (server.pem, server.key)."""
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=homeiq test CA")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-            "-subj", "/CN=127.0.0.1")
-    (tmp_path / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf")
-    return tmp_path
-
-
-async def test_tls_with_a_ca_and_a_user_per_role_over_rediss(acl_redis: AclRedis, ca_and_server_certificate: Path
-                                                             ) -> None:
+async def test_tls_with_a_ca_and_a_user_per_role_over_rediss(acl_redis: AclRedis, tmp_path: Path) -> None:
     """`rediss://user:password@host:port/0?ssl_ca_certs=ca.pem` with connect() as it is: Redis's certificate checked
     against the CA, the user's rules as over TCP."""
-    folder, port = ca_and_server_certificate, free_port()
+    folder, port = make_certs(tmp_path).ca.parent, free_port()
     server = await asyncio.create_subprocess_exec(
         "redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
         "--tls-cert-file", "server.pem", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.pem",
