@@ -7,6 +7,8 @@ requires that Redis refused it nothing (its ACL LOG is empty), and that it refus
 
 Redis 7.0 syntax: `%R~`/`%W~` key permissions and `(...)` selectors. Passwords are written as their SHA-256 (`#`),
 so the ACL file holds no secret; each role's password is a file of its own that only that role's process reads.
+`client|setinfo`, which redis-py sends on connecting, is not granted: 7.0 does not know it (and refuses an ACL file
+naming it); a Redis >= 7.2 refuses it and logs that in its ACL LOG, and redis-py ignores the refusal.
 """
 
 from __future__ import annotations
