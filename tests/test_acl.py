@@ -25,7 +25,7 @@ from homeiq.ha_sim.messages import now_ts
 from homeiq.local.services import InfluxServer, RedisServer, free_port
 from homeiq.replayer.cli import app
 from homeiq.replayer.service import Replayer
-from homeiq.replayer.settings import ReclaimSettings, ReplayerSettings
+from homeiq.replayer.settings import AuditSettings, ReclaimSettings, ReplayerSettings
 from homeiq.shared import acl
 from homeiq.shared.influx.settings import InfluxSettings
 from homeiq.shared.scripts import XADD_BATCH_SCRIPT
@@ -254,6 +254,32 @@ async def test_the_replayer_reclaims_dead_letters_trims_and_prunes_and_may_not_t
                          ("SET", NAMES.resume_from, "0-1"), ("DEL", DEAD), ("XTRIM", DEAD, "MAXLEN", "0"),
                          ("MGET", NAMES.watermark), ("SADD", NAMES.collector_entities, "light.x"),
                          xadd_batch([STREAM, NAMES.collector_tail]))
+
+
+async def test_the_replayers_periodic_audit_records_and_repairs_as_the_replayer(
+    acl_redis: AclRedis, admin: aioredis.Redis, influx: InfluxServer, influx_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HA_TOKEN", TOKEN)
+    async with simulator(entity_count=5, commit_interval_s=0) as sim:
+        await sim.hub.emit(10, rate_per_s=1000)  # recorded by HA, never published: missing in InfluxDB
+        await wait_for(lambda: not sim.hub.recorder.uncommitted, 15, "the recorder's commit")
+        settings = ReplayerSettings(
+            redis_url=acl_redis.url("replayer"), names=NAMES, metrics_host="127.0.0.1", metrics_port=0,
+            interval_s=0.2, influx=InfluxSettings(url=influx.url, api="v1", bucket=influx_db, timeout_s=5),
+            reclaim=ReclaimSettings(min_idle_ms=1),
+            audit=AuditSettings(interval_s=3600, ha_url=sim.url, settle_s=0, repair=True)).validate()
+        replayer = Replayer(settings, CollectorRegistry())
+        stop = asyncio.Event()
+        task = asyncio.create_task(replayer.run(stop))
+        try:
+            await wait_for(lambda: admin.hget(NAMES.last_audit, "by"), 30, "the periodic audit recorded")
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+    assert await admin.hget(NAMES.last_audit, "by") == b"periodic audit"
+    assert await admin.xlen(STREAM) == replayer.metrics_registry.get_sample_value("homeiq_audit_repaired_total") == 15
+    # 10 changes and the 5 first states: recorded by HA, published by the repair
+    assert await refusals(admin) == []
 
 
 def pairs(flat: list[bytes]) -> dict[Any, Any]:
