@@ -6,7 +6,7 @@ with where it is sent from. `tests/test_acl.py` runs every role's real code agai
 requires that Redis refused it nothing (its ACL LOG is empty), and that it refuses what the role must not do.
 
 Redis 7.0 syntax: `%R~`/`%W~` key permissions and `(...)` selectors. Passwords are written as their SHA-256 (`#`),
-so the ACL file holds no secret; each role's password is a file of its own that only that role's process reads.
+so the ACL file holds no secret; each role's password is a file of its own (the role's REDIS_URL carries it).
 `client|setinfo`, which redis-py sends on connecting, is not granted: 7.0 does not know it (and refuses an ACL file
 naming it); a Redis >= 7.2 refuses it and logs that in its ACL LOG, and redis-py ignores the refusal.
 """
@@ -33,6 +33,7 @@ Access = Literal["R", "W", "RW"]
 # Commands Redis groups under a container: a script's `redis.call('XINFO', 'GROUPS', ...)` needs `xinfo|groups`.
 _CONTAINERS: Final = frozenset({"xinfo", "xgroup", "script", "client", "config", "object", "memory"})
 _CALL: Final = re.compile(r"redis\.p?call\(\s*'([A-Za-z]+)'(?:\s*,\s*'([A-Za-z]+)')?")
+
 
 def script_commands(script: str) -> frozenset[str]:
     """The commands (`xinfo|groups` for a subcommand) a Lua script calls, read from its text."""
@@ -183,7 +184,7 @@ def acl_file(names: StreamNames, passwords: Mapping[Role, str]) -> str:
 
 
 def read_passwords(directory: Path, roles: Iterable[Role] = ROLES) -> dict[Role, str]:
-    """Each role's password from the file named after it in `directory` (its first line, stripped)."""
+    """Each role's password from the file named after it in `directory` (one line; surrounding whitespace dropped)."""
     passwords: dict[Role, str] = {}
     for role in roles:
         path = directory / role
