@@ -401,3 +401,24 @@ async def _pings(client: aioredis.Redis) -> bool:
         return bool(await client.ping())
     except ConnectionError:
         return False
+
+
+async def test_what_scripts_wrote_survives_a_restart_from_the_append_only_file(
+    acl_redis: AclRedis, admin: aioredis.Redis
+) -> None:
+    """Redis 7.0 replays a script's writes from its AOF as MULTI/EXEC, checked against the default user: a default
+    user without permissions made that replay drop them (lost at every restart, and an ACL LOG entry)."""
+    collector = connect(acl_redis.url("collector"))
+    try:
+        await collector.execute_command(*xadd_batch([STREAM, NAMES.collector_tail]))
+    finally:
+        await collector.aclose()
+    await admin.aclose()
+    acl_redis.server.stop()
+    acl_redis.server.start()
+    after = connect(acl_redis.url("admin"))
+    try:
+        assert await after.xlen(STREAM) == 1 and await after.get(NAMES.collector_tail)
+        assert await refusals(after) == []
+    finally:
+        await after.aclose()

@@ -177,8 +177,13 @@ def user_line(role: Role, names: StreamNames, password: str) -> str:
 
 
 def acl_file(names: StreamNames, passwords: Mapping[Role, str]) -> str:
-    """A users.acl: the default user off (a client without a user may do nothing), one line per role given."""
-    lines = ["user default off resetchannels -@all"]
+    """A users.acl: the default user off (a client without a user may do nothing), one line per role given.
+
+    Off, without a password, yet with every permission: Redis 7.0 replays a script's writes from its append-only file
+    as MULTI/EXEC and checks them against the default user's permissions, so a default user without them makes a
+    restart drop every XADD a script made (lab: 7.0.15, an ACL LOG entry `default` `multi`). Being off, no client
+    can log in as it."""
+    lines = ["user default off resetpass allchannels +@all ~*"]
     lines += [user_line(role, names, passwords[role]) for role in ROLES if role in passwords]
     return "\n".join(lines) + "\n"
 
