@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +16,36 @@ from prometheus_client.metrics import MetricWrapperBase
 from homeiq.local.processes import ScriptProcess
 from homeiq.local.waiting import wait_for
 
-__all__ = ["DelayProxy", "FaultyHttp", "Service", "value", "wait_for"]
+__all__ = ["Certs", "DelayProxy", "FaultyHttp", "Service", "make_certs", "value", "wait_for"]
+
+
+class Certs:
+    """A test CA (ca.pem) and a server certificate of it for 127.0.0.1 and localhost."""
+
+    def __init__(self, folder: Path) -> None:
+        self.ca = folder / "ca.pem"
+        self.cert, self.key = folder / "server.pem", folder / "server.key"
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+
+def make_certs(folder: Path) -> Certs:
+    """Make a CA and a server certificate in `folder` with the openssl command."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=homeiq test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=127.0.0.1")
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf")
+    return Certs(folder)
 
 
 def value(metric: MetricWrapperBase, **labels: str) -> float:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import ssl
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -32,35 +30,12 @@ from homeiq.shared.influx.settings import InfluxSettings
 from homeiq.shared.influx.sink import Outcome, sink_for
 from homeiq.shared.stream import DEFAULT_NAMES
 from tests.collector_harness import TOKEN, running_collector
-from tests.helpers import wait_for
-
-
-class Certs:
-    def __init__(self, folder: Path) -> None:
-        self.ca = folder / "ca.pem"
-        self.cert, self.key = folder / "server.pem", folder / "server.key"
-
-    def server_context(self) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.cert, self.key)
-        return context
+from tests.helpers import Certs, make_certs, wait_for
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Certs]:
-    folder = tmp_path_factory.mktemp("tls")
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=homeiq test CA")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-            "-subj", "/CN=127.0.0.1")
-    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf")
-    yield Certs(folder)
+    yield make_certs(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

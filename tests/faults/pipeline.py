@@ -22,7 +22,9 @@ from homeiq.ha_sim.runner import SimServer
 from homeiq.local.processes import ScriptProcess
 from homeiq.local.services import InfluxServer, RedisServer, free_port
 from homeiq.local.waiting import wait_for
+from homeiq.shared import acl
 from homeiq.shared.stream import DEFAULT_NAMES
+from tests.acl_harness import AclUsers, acl_on
 from tests.faults.truth import Row, Verdict, compare, record
 
 TOKEN = "fault-suite-token-5be1"
@@ -51,7 +53,9 @@ class FaultPipeline:
     def __init__(self, workdir: Path, entities: int = 100, writers: int = 2, env: dict[str, str] | None = None,
                  influx_port: int | None = None, commit_interval_s: float = 5.0) -> None:
         self.workdir = workdir
-        self.redis = RedisServer(workdir / "redis", None)
+        self.users = AclUsers(workdir / "acl") if acl_on() else None  # HOMEIQ_REDIS_ACL=1: a user per role
+        self.redis = RedisServer(workdir / "redis", None, aclfile=self.users.aclfile if self.users else None,
+                                 login=self.users.login if self.users else None)
         self.influx = InfluxServer(workdir / "influxdb", None)
         self.hub = Hub.create(entities, TOKEN, commit_interval_s=commit_interval_s)  # HA's recorder: 5 s by default
         self.sim_port = free_port()
@@ -64,11 +68,17 @@ class FaultPipeline:
         self.client: aioredis.Redis | None = None
         self._starts: Counter[str] = Counter()
 
+    def redis_url(self, role: str) -> str:
+        """Redis's URL for `role` (collector, writer, replayer, operator: a `replayer` command; admin: the test)."""
+        if self.users is None:
+            return self.redis.url
+        return self.users.url(self.redis, next((r for r in acl.ROLES if r == role), "operator"))
+
     @property
     def env(self) -> dict[str, str]:
-        """What every process of this pipeline shares."""
+        """What every process of this pipeline shares (Redis as the operator: `replayer` commands)."""
         influx_url = f"http://127.0.0.1:{self._influx_port or self.influx.port}"
-        return {**FAST_ENV, "REDIS_URL": self.redis.url, "INFLUXDB_URL": influx_url, "INFLUXDB_API": "v1",
+        return {**FAST_ENV, "REDIS_URL": self.redis_url("operator"), "INFLUXDB_URL": influx_url, "INFLUXDB_API": "v1",
                 "INFLUXDB_BUCKET": DATABASE, "HA_TOKEN": TOKEN, "HA_URL": f"ws://127.0.0.1:{self.sim_port}/api/websocket",
                 "COLLECTOR_SPOOL_DIR": str(self.workdir / "spool"), **self._extra_env}
 
@@ -77,7 +87,7 @@ class FaultPipeline:
         self.influx.start()
         self.influx.create_database(DATABASE)
         await self.sim.start()
-        self.client = aioredis.Redis.from_url(self.redis.url)
+        self.client = aioredis.Redis.from_url(self.redis_url("admin"))
         for name in self.writer_names:
             self.start("writer", name, {"WRITER_CONSUMER": name})
         self.start("replayer")
@@ -85,14 +95,18 @@ class FaultPipeline:
         await wait_for(lambda: self.hub.subscribed, 30, "the collector to subscribe (see collector.log)")
         return self
 
-    async def __aexit__(self, *_exc: object) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         for name in list(self.processes):
             await self.stop(name)
+        refused: Any = []
         if self.client is not None:
+            if self.users is not None and exc[0] is None:
+                refused = await self.client.execute_command("ACL", "LOG")  # type: ignore[no-untyped-call]
             await self.client.aclose()
         await self.sim.stop()
         self.influx.stop()
         self.redis.stop()
+        assert not refused, f"Redis refused a role something it does (its ACL LOG): {refused}"
 
     # -- processes -------------------------------------------------------------------------------------------
 
@@ -101,7 +115,8 @@ class FaultPipeline:
         name = name or script
         self._starts[name] += 1
         log_path = self.workdir / f"{name}-{self._starts[name]}.log"
-        process = ScriptProcess(script, {**self.env, **(env or {})}, log_path, name)
+        process = ScriptProcess(script, {**self.env, "REDIS_URL": self.redis_url(script), **(env or {})}, log_path,
+                                name)
         self.processes[name] = process
         return process
 

@@ -452,7 +452,7 @@ def test_the_scan_finds_what_the_suite_is_known_to_run() -> None:
     assert any(w.startswith("tests/test_setup.py:") for w in places["systemd-analyze"])  # subprocess.run([...])
     assert any(w.startswith("tests/test_ops.py:") for w in places["promtool"])  # run("promtool", ...)
     assert any(w.startswith("tests/test_ops.py:") for w in places["amtool"])
-    assert any(w.startswith("tests/test_tls.py:") for w in places["openssl"])  # ["openssl", *args] in a fixture
+    assert any(w.startswith("tests/helpers.py:") for w in places["openssl"])  # ["openssl", *args] in make_certs
     assert any(w.startswith("src/homeiq/local/services.py:") for w in places["influxd"])  # _binary("influxd", ...)
     assert any(w.startswith("tests/test_stack.py:") for w in places["docker-compose"])  # shutil.which(...)
     assert any(w.startswith("tests/test_replayer_cli.py:") for w in places["venv:replayer"])  # to_thread, exec

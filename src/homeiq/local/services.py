@@ -101,7 +101,8 @@ class RedisServer(_Process):
 
     def __init__(self, workdir: Path, port: int | None, appendonly: bool = True, maxmemory: str = "0",
                  replica_of: int | None = None, config_file: bool = False, password: str = "",
-                 min_replicas: tuple[int, int] = (0, 10)) -> None:
+                 min_replicas: tuple[int, int] = (0, 10), aclfile: Path | None = None,
+                 login: tuple[str, str] | None = None) -> None:
         super().__init__(workdir, port)
         self.appendonly = appendonly
         self.maxmemory = maxmemory  # a cap (Redis's units: 256mb), then XADD is refused and the collector spools
@@ -111,6 +112,8 @@ class RedisServer(_Process):
         self.config_file = config_file or replica_of is not None
         self.password = password  # requirepass, and masterauth: any node may become the primary
         self.min_replicas = min_replicas  # min-replicas-to-write, min-replicas-max-lag (s): 0, off
+        self.aclfile = aclfile  # its users (`replayer acl-file`); `login` is one of them that may run INFO
+        self.login = login
 
     @property
     def url(self) -> str:
@@ -133,6 +136,7 @@ class RedisServer(_Process):
             "--daemonize", "no", "--protected-mode", "no",
             *(["--requirepass", self.password, "--masterauth", self.password] if self.password else []),
             "--min-replicas-to-write", str(self.min_replicas[0]), "--min-replicas-max-lag", str(self.min_replicas[1]),
+            *(["--aclfile", str(self.aclfile)] if self.aclfile else []),
         ])
         self._wait_until(self._pong, timeout_s)
         return self
@@ -143,7 +147,7 @@ class RedisServer(_Process):
             return False
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                sock.sendall(_auth(self.password) + b"INFO server\r\n")
+                sock.sendall(_auth(self.login or self.password) + b"INFO server\r\n")
                 reply = b""
                 while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
                     chunk = sock.recv(65536)
@@ -168,8 +172,12 @@ sentinel parallel-syncs {service} 1
 """
 
 
-def _auth(password: str) -> bytes:
-    """An AUTH command to send first (nothing without a password); its +OK comes before the reply wanted."""
+def _auth(password: str | tuple[str, str]) -> bytes:
+    """An AUTH command to send first (nothing without a password; a user and password as a RESP array, whatever
+    they hold); its +OK comes before the reply wanted."""
+    if isinstance(password, tuple):
+        words = [b"AUTH", *(part.encode() for part in password)]
+        return b"*3\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
     return f"AUTH {password}\r\n".encode() if password else b""
 
 

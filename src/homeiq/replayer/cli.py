@@ -10,6 +10,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from homeiq.replayer.acl_cli import acl_file_command
 from homeiq.replayer.audit_cli import audit_command
 from homeiq.replayer.console import DryRun, Json, execute, out, print_json, report
 from homeiq.replayer.dead_letter_cli import dead_letter_app
@@ -49,6 +50,7 @@ class _ConnectionOptionsAnywhere(TyperGroup):
 app = console_app("Reclaim entries left pending by dead or stuck writers; incident tools.", False,
                   cls=_ConnectionOptionsAnywhere)
 app.add_typer(dead_letter_app, name="dead-letter")
+app.command("acl-file")(acl_file_command)
 app.command("audit")(audit_command)
 app.command("reclaim")(reclaim_command)
 app.command("status")(status_command)
