@@ -96,6 +96,16 @@ def _unicode_version(field: str, theirs: dict[str, Any], mine: dict[str, Any]) -
         and _unescaped(held) == _unescaped(have)
 
 
+def _unicode_twin(key: Point, *stores: Stored) -> bool:
+    """Another point whose names and tags differ from `key`'s only in repr()'s escapes (a tag holding a container's
+    text; the `ha` schema's v1 escaping doubles the escape's backslash)."""
+    def plain(text: str) -> str:
+        return str(_unescaped(text.replace("\\\\", "\\")))
+    mine = (plain(key[0]), tuple((name, plain(value)) for name, value in key[1]), key[2])
+    return any(other != key and (plain(other[0]), tuple((n, plain(v)) for n, v in other[1]), other[2]) == mine
+               for store in stores for other in store.points)
+
+
 _LITERAL_KEY = re.compile(r'(?:^|[ ,])"[^"=]*"=')
 
 
@@ -179,7 +189,8 @@ def _reasons(key: Point, ha: Stored, our: Stored, ha_json: Stored, flags: dict[s
             yield "renamed"
         elif field.endswith("_str") and field[:-4] in RENDERED.get(dict(key[1]).get("domain", ""), {}):
             yield "rendered"
-        elif _unicode_version(field, theirs, mine) or _unicode_version(field, carried, mine):
+        elif _unicode_version(field, theirs, mine) or _unicode_version(field, carried, mine) \
+                or _unicode_twin(key, ha, our, ha_json):
             yield "unicode_version"
         elif "literal_name" in at or _literal(field) or _literal(key[0]):
             yield "literal_name"
@@ -202,6 +213,8 @@ def _examples(test: Any) -> Any:
         ({"tags_attributes": ["room"]}, [{"attributes": {"room": "a\\b c"}}, {"attributes": {"room": "end\\"}}]),
         ({"precision": "us"}, [{}, {}, {}]),
         ({}, [{"attributes": {"k": ["\U00031350"]}}]),  # a CJK Extension H character: Unicode 15
+        ({"tags_attributes": ["device_class"]}, [{"entity_id": "light.4", "state": "on",  # ... in a tag
+                                                  "attributes": {"device_class": {"\U00031350": []}}}]),
         ({}, [{"entity_id": "light.probe", "state": "on", "attributes": {"hs_color": [1.5, 2.5]}}]),
         ({}, [{"attributes": {"unit_of_measurement": '"quoted"', '"k"': '"v"'}}]),
     ]
