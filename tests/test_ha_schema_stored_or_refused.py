@@ -70,6 +70,7 @@ def stored_fields(influx: InfluxServer, database: str) -> list[dict[str, Any]]:
             for series in result.get("series", []) for row in series["values"]}
     points = []
     for result in answer["results"]:
+        assert "error" not in result, result
         for series in result.get("series", []):
             for values in series["values"]:
                 row = dict(zip(series["columns"], values, strict=True))
@@ -91,13 +92,12 @@ def test_every_line_is_stored_whole_or_refused(influx: InfluxServer, api_version
     encoder = HaEncoder(Integration(api_version=api_version))
     line = encoder.encode(state_event(unit, attributes, next(databases)))
     assert line is not None
-    database = f"stored_or_refused_{next(databases)}"
-    influx.create_database(database)
-    status = write(influx, database, line)
-    assert status == 204, (status, line)  # every name here has a form influxd keeps: none need be refused
-    fields = 1 + len(attributes)  # value, and a field for each attribute (the unit is the measurement)
-    points = stored_fields(influx, database)
-    assert [len(p) for p in points] == [fields], (line, points)
+    with influx.scratch_database(f"stored_or_refused_{next(databases)}") as database:
+        status = write(influx, database, line)
+        assert status == 204, (status, line)  # every name here has a form influxd keeps: none need be refused
+        fields = 1 + len(attributes)  # value, and a field for each attribute (the unit is the measurement)
+        points = stored_fields(influx, database)
+        assert [len(p) for p in points] == [fields], (line, points)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -107,12 +107,11 @@ def test_attributes_as_tags_are_stored_whole(influx: InfluxServer, api_version: 
     encoder = HaEncoder(Integration(api_version=api_version, tags_attributes=tuple(tags)))
     line = encoder.encode(state_event("u", dict(tags), next(databases)))
     assert line is not None
-    database = f"stored_or_refused_{next(databases)}"
-    influx.create_database(database)
-    assert write(influx, database, line) == 204, line
-    assert [len(p) for p in stored_fields(influx, database)] == [1], line  # value
-    series = influx.query("SELECT * FROM /.*/ GROUP BY *", database)["results"][0]["series"]
-    assert [len(s["tags"]) for s in series] == [2 + len(tags)], (line, series)  # domain, entity_id and these
+    with influx.scratch_database(f"stored_or_refused_{next(databases)}") as database:
+        assert write(influx, database, line) == 204, line
+        assert [len(p) for p in stored_fields(influx, database)] == [1], line  # value
+        series = influx.query("SELECT * FROM /.*/ GROUP BY *", database)["results"][0]["series"]
+        assert [len(s["tags"]) for s in series] == [2 + len(tags)], (line, series)  # domain, entity_id and these
 
 
 def _event(unit: str, attributes: dict[str, str | float], n: int, state: str = "12.5") -> NormalisedEvent:
@@ -127,14 +126,13 @@ def test_two_units_never_share_a_measurement(influx: InfluxServer, api_version: 
     """influxd skips NULs (and tabs) at a line's start: `\\x00a` would be stored as `a`, `\\x00#k` as a comment;
     our literal of a name must not equal a raw name either."""
     encoder = HaEncoder(Integration(api_version=api_version))
-    database = f"stored_or_refused_{next(databases)}"
-    influx.create_database(database)
-    for n, unit in enumerate(units):
-        line = encoder.encode(state_event(unit, {}, next(databases) + n))
-        assert line is not None
-        assert write(influx, database, line) == 204, line
-    measurements = influx.query("SHOW MEASUREMENTS", database)["results"][0]["series"][0]["values"]
-    assert len(measurements) == len(units), measurements
+    with influx.scratch_database(f"stored_or_refused_{next(databases)}") as database:
+        for n, unit in enumerate(units):
+            line = encoder.encode(state_event(unit, {}, next(databases) + n))
+            assert line is not None
+            assert write(influx, database, line) == 204, line
+        measurements = influx.query("SHOW MEASUREMENTS", database)["results"][0]["series"][0]["values"]
+        assert len(measurements) == len(units), measurements
 
 
 @pytest.mark.parametrize(("state", "attributes"), [
@@ -149,8 +147,7 @@ def test_every_attribute_keeps_a_field_of_its_own(influx: InfluxServer, api_vers
     encoder = HaEncoder(Integration(api_version=api_version))
     line = encoder.encode(_event("u", attributes, next(databases), state))
     assert line is not None
-    database = f"stored_or_refused_{next(databases)}"
-    influx.create_database(database)
-    assert write(influx, database, line) == 204, line
-    fields = len(attributes) + (state != "nan")
-    assert [len(p) for p in stored_fields(influx, database)] == [fields], line
+    with influx.scratch_database(f"stored_or_refused_{next(databases)}") as database:
+        assert write(influx, database, line) == 204, line
+        fields = len(attributes) + (state != "nan")
+        assert [len(p) for p in stored_fields(influx, database)] == [fields], line
