@@ -113,8 +113,9 @@ def quantile(before: dict[float, float], after: dict[float, float], q: float) ->
 class Pipeline:
     """Private servers and the four services; the processes whose CPU is measured."""
 
-    def __init__(self, workdir: Path, entities: int, writers: int) -> None:
+    def __init__(self, workdir: Path, entities: int, writers: int, collectors: int = 1) -> None:
         self.workdir = workdir
+        self.collectors = collectors  # two: as on two machines, the broker adding each event once
         self.redis = RedisServer(workdir / "redis", None).start()
         self.influx = InfluxServer(workdir / "influxdb", None).start()
         self.influx.create_database(DATABASE)
@@ -132,8 +133,12 @@ class Pipeline:
                     "COLLECTOR_SPOOL_DIR": str(self.workdir / "spool")}
         self.start_writers()
         self.others["replayer"] = ScriptProcess("replayer", self.env, self.workdir / "replayer.log")
-        self.others["collector"] = ScriptProcess("collector", self.env, self.workdir / "collector.log")
-        await wait_for(lambda: self.hub.subscribed, 30, "the collector to subscribe")
+        for n in range(self.collectors):
+            name = "collector" if n == 0 else f"collector-{n}"
+            own = {"COLLECTOR_SPOOL_DIR": str(self.workdir / f"spool-{n}"), "COLLECTOR_DEDUP_WINDOW_S": "3600"}
+            self.others[name] = ScriptProcess("collector", {**self.env, **(own if self.collectors > 1 else {})},
+                                              self.workdir / f"{name}.log", name)
+        await wait_for(lambda: self.hub.subscribed == self.collectors, 30, "the collectors to subscribe")
         await self.serving()
 
     async def serving(self) -> None:
@@ -151,6 +156,9 @@ class Pipeline:
         pids |= {w.name: w.process.pid for w in self.writers}
         assert self.redis.process is not None and self.influx.process is not None
         return pids | {"redis": self.redis.process.pid, "influxd": self.influx.process.pid, "ha-sim": os.getpid()}
+
+    def collector_processes(self) -> list[ScriptProcess]:
+        return [process for name, process in self.others.items() if name.startswith("collector")]
 
     async def lag(self, client: aioredis.Redis) -> int:
         groups: Any = await client.xinfo_groups(DEFAULT_NAMES.stream)
@@ -187,10 +195,11 @@ async def step(pipeline: Pipeline, client: aioredis.Redis, rate: float, seconds:
     if (late_s := time.time() - start) > 0:
         print(json.dumps({"rendering_late_s": round(late_s, 2)}), file=sys.stderr)
     await asyncio.sleep(max(0.0, start - time.time()))  # the step, its clock and its CPU count from here
-    collector = pipeline.others["collector"]
+    collectors = pipeline.collector_processes()
     cpu_before = {name: cpu_s(pid) for name, pid in pipeline.pids().items()}
-    published_before = summed([collector], "homeiq_events_published_total")
-    disconnects_before = summed([collector], "homeiq_ha_disconnects_total")
+    published_before = summed(collectors, "homeiq_events_published_total")
+    disconnects_before = summed(collectors, "homeiq_ha_disconnects_total")
+    redis_before = await redis_memory(client)
     written_before = summed(pipeline.writers, "homeiq_points_written_total")
     writes_before = summed(pipeline.writers, "homeiq_write_batches_total")
     latency_before = latency_buckets(pipeline.writers)
@@ -215,11 +224,12 @@ async def step(pipeline: Pipeline, client: aioredis.Redis, rate: float, seconds:
     writes_after_s = latency_buckets(pipeline.writers, WRITE_DURATION)
     third = max(1, len(lags) // 3)
     growing = sum(lags[-third:]) / third > sum(lags[:third]) / third + rate  # > 1 s more behind at the end
-    disconnects = summed([collector], "homeiq_ha_disconnects_total") - disconnects_before
+    disconnects = summed(collectors, "homeiq_ha_disconnects_total") - disconnects_before
+    redis_after = await redis_memory(client)
     writes = summed(pipeline.writers, "homeiq_write_batches_total") - writes_before
     report: dict[str, Any] = {
         "offered_per_s": rate, "sent": sent, "seconds": round(elapsed, 1),
-        "published_per_s": round((summed([collector], "homeiq_events_published_total") - published_before) / elapsed),
+        "published_per_s": round((summed(collectors, "homeiq_events_published_total") - published_before) / elapsed),
         "written_per_s": round((summed(pipeline.writers, "homeiq_points_written_total") - written_before) / elapsed),
         "mean_batch": round(sent / max(writes, 1)), "lag_end": lag_end, "lag_growing": growing,
         "ha_disconnects": int(disconnects),
@@ -227,6 +237,9 @@ async def step(pipeline: Pipeline, client: aioredis.Redis, rate: float, seconds:
         "latency_p99_s": _round(quantile(latency_before, latency_after, 0.99)),
         "influx_write_p99_s": _round(quantile(writes_before_s, writes_after_s, 0.99)),  # one request's duration
         "cpu_us_per_event": {name: round(seconds_used / max(sent, 1) * 1e6, 1) for name, seconds_used in cpu.items()},
+        # What Redis holds more per event sent (the identities two collectors share, when they run; the stream
+        # is trimmed behind the writers): bytes.
+        "redis_bytes_per_event": {k: round((redis_after[k] - redis_before[k]) / max(sent, 1), 1) for k in redis_after},
     }
     # Our CPU per event (collector, writers, Redis, replayer) against influxd's per point written: what the
     # pipeline adds to the cost InfluxDB has anyway.
@@ -269,7 +282,16 @@ async def backlog_drain(pipeline: Pipeline, client: aioredis.Redis, events: int,
 
 
 def _published(pipeline: Pipeline, total: int) -> bool:
-    return summed([pipeline.others["collector"]], "homeiq_events_published_total") >= total
+    return summed(pipeline.collector_processes(), "homeiq_events_published_total") >= total
+
+
+async def redis_memory(client: aioredis.Redis) -> dict[str, float]:
+    """Redis's used memory, and what the collectors' identity buckets take of it (MEMORY USAGE, every sample)."""
+    info: Any = await client.info("memory")
+    seen = 0
+    async for key in client.scan_iter(match=DEFAULT_NAMES.collector_seen + "*", count=1000):
+        seen += int(await client.memory_usage(key, samples=0) or 0)
+    return {"used": float(info["used_memory"]), "identities": float(seen)}
 
 
 def exact(pipeline: Pipeline) -> dict[str, int]:
@@ -282,7 +304,7 @@ def exact(pipeline: Pipeline) -> dict[str, int]:
 
 
 async def main(rates: list[float], step_s: float, entities: int, writers: int, backlog: int,
-               workdir: Path, ceiling_points: int = 100_000) -> dict[str, Any]:
+               workdir: Path, ceiling_points: int = 100_000, collectors: int = 1) -> dict[str, Any]:
     entries = payloads(ceiling_points)
     encoder = make_encoder("homeiq")
     from homeiq.shared.events import decode_event  # noqa: PLC0415
@@ -291,7 +313,7 @@ async def main(rates: list[float], step_s: float, entities: int, writers: int, b
     bodies = [gzip_body(b"\n".join(lines[i:i + BATCH])) for i in range(0, len(lines), BATCH)]
     influx_ceiling = await ceiling(workdir / "ceiling", bodies, len(lines), False)
     print(json.dumps({"influxd_ceiling": influx_ceiling}), file=sys.stderr)
-    pipeline = Pipeline(workdir / "pipeline", entities, writers)
+    pipeline = Pipeline(workdir / "pipeline", entities, writers, collectors)
     steps: list[dict[str, Any]] = []
     try:
         await pipeline.start()
@@ -317,18 +339,18 @@ async def main(rates: list[float], step_s: float, entities: int, writers: int, b
     return {"influxd_ceiling_points_per_s": round(ceiling_rate), "steps": steps, "point_by_point": check,
             "highest_sustained_per_s": best, "sustained_share_of_ceiling": round(best / ceiling_rate, 3),
             "backlog_drain": drain, "drain_share_of_ceiling": round(drain["points_per_s"] / ceiling_rate, 3),
-            "entities": entities, "writers": writers, "step_seconds": step_s}
+            "entities": entities, "writers": writers, "collectors": collectors, "step_seconds": step_s}
 
 
 def table(report: dict[str, Any]) -> str:
     """The steps as text: one row per step, CPU µs per event per process."""
     names = sorted({name for s in report["steps"] for name in s["cpu_us_per_event"]})
     header = ["offered", "published", "written", "lag end", "growing", "disc.", "p50 s", "p99 s", "write p99 s",
-              "ours/influxd", *names]
+              "ours/influxd", "ids B/ev", *names]
     columns = ["offered_per_s", "published_per_s", "written_per_s", "lag_end", "lag_growing", "ha_disconnects",
                "latency_p50_s", "latency_p99_s", "influx_write_p99_s", "ours_to_influxd"]
-    rows = [header] + [[*(str(s[c]) for c in columns), *(str(s["cpu_us_per_event"].get(n, "")) for n in names)]
-                       for s in report["steps"]]
+    rows = [header] + [[*(str(s[c]) for c in columns), str(s["redis_bytes_per_event"]["identities"]),
+                        *(str(s["cpu_us_per_event"].get(n, "")) for n in names)] for s in report["steps"]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
@@ -342,9 +364,11 @@ if __name__ == "__main__":
     parser.add_argument("--writers", type=int, default=2)
     parser.add_argument("--backlog", type=int, default=200_000, help="events for the backlog drain")
     parser.add_argument("--ceiling-points", type=int, default=100_000, help="points of the ceiling measurement")
+    parser.add_argument("--collectors", type=int, default=1, choices=(1, 2),
+                        help="2: two collectors on the one ha-sim, with COLLECTOR_DEDUP_WINDOW_S=3600")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="homeiq-pipeline-bench-") as tmp:
         result = asyncio.run(main([float(r) for r in args.rates.split(",")], args.step_seconds, args.entities,
-                                  args.writers, args.backlog, Path(tmp), args.ceiling_points))
+                                  args.writers, args.backlog, Path(tmp), args.ceiling_points, args.collectors))
     print(table(result), file=sys.stderr)
     print(json.dumps(result, indent=2))

@@ -135,7 +135,7 @@ def test_every_key_the_contract_names_is_some_roles_and_every_script_command_is_
     derived = {name for name, value in vars(StreamNames).items() if isinstance(value, property)}
     assert derived == set(acl.KEY_PROPERTIES)
     granted = {key for role in acl.ROLES if role != "admin" for grant in acl.grants(role, NAMES)
-               for key, _ in grant.keys}
+               for key, _ in (*grant.keys, *grant.prefixes)}
     assert {NAMES.stream, NAMES.dead, *(getattr(NAMES, name) for name in acl.KEY_PROPERTIES)} <= granted
     assert acl.script_commands(
         "redis.pcall('XINFO', 'CONSUMERS', KEYS[1]) redis.call('XADD', KEYS[1])") == {"xinfo|consumers", "xadd"}
@@ -180,11 +180,13 @@ async def test_the_collector_publishes_and_resumes_and_may_not_ack_trim_or_delet
             service_calls(sim, 20)
             await wait_for(lambda: first.metric("homeiq_events_published_total") >= 220, 15, "220 published")
             await wait_for(lambda: admin.exists(NAMES.watermark), 10, "the watermark saved")
-        async with running_collector(sim, url, tmp_path / "spool"):  # reads its marks and the stream back
+        # Reads its marks and the stream back; as one of two collectors, remembering what it adds.
+        async with running_collector(sim, url, tmp_path / "spool", dedup_window_s=600):
             await wait_for(lambda: sim.hub.subscribed, 10, "the second subscription")
             await sim.hub.emit(100, rate_per_s=200)
             await every_state_once(admin, sim.hub)
     assert await admin.exists(NAMES.first_run, NAMES.collector_tail, NAMES.collector_entities) == 3
+    assert await admin.keys(NAMES.collector_seen + "*")
     assert await refusals(admin) == []
 
     length = await admin.xlen(STREAM)

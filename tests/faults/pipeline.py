@@ -51,7 +51,7 @@ class FaultPipeline:
     (they are read before each stop) in `totals`."""
 
     def __init__(self, workdir: Path, entities: int = 100, writers: int = 2, env: dict[str, str] | None = None,
-                 influx_port: int | None = None, commit_interval_s: float = 5.0) -> None:
+                 influx_port: int | None = None, commit_interval_s: float = 5.0, collectors: int = 1) -> None:
         self.workdir = workdir
         self.users = AclUsers(workdir / "acl") if acl_on() else None  # HOMEIQ_REDIS_ACL=1: a user per role
         self.redis = RedisServer(workdir / "redis", None, aclfile=self.users.aclfile if self.users else None,
@@ -61,6 +61,8 @@ class FaultPipeline:
         self.sim_port = free_port()
         self.sim = SimServer(self.hub, port=self.sim_port)
         self.writer_names = [f"writer-{n}" for n in range(writers)]
+        # Two collectors on one HA (as on two machines): each its own spool, the broker adding each event once.
+        self.collector_names = ["collector"] if collectors == 1 else [f"collector-{n}" for n in "ab"[:collectors]]
         self._extra_env = env or {}
         self._influx_port = influx_port  # a proxy in front of influxd, when a scenario needs one
         self.processes: dict[str, ScriptProcess] = {}
@@ -91,8 +93,10 @@ class FaultPipeline:
         for name in self.writer_names:
             self.start("writer", name, {"WRITER_CONSUMER": name})
         self.start("replayer")
-        self.start("collector")
-        await wait_for(lambda: self.hub.subscribed, 30, "the collector to subscribe (see collector.log)")
+        for name in self.collector_names:
+            self.start("collector", name)
+        await wait_for(lambda: self.hub.subscribed == len(self.collector_names), 30,
+                       "the collectors to subscribe (see collector*.log)")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -115,8 +119,11 @@ class FaultPipeline:
         name = name or script
         self._starts[name] += 1
         log_path = self.workdir / f"{name}-{self._starts[name]}.log"
-        process = ScriptProcess(script, {**self.env, "REDIS_URL": self.redis_url(script), **(env or {})}, log_path,
-                                name)
+        own = {}
+        if script == "collector" and len(self.collector_names) > 1:
+            own = {"COLLECTOR_SPOOL_DIR": str(self.workdir / f"spool-{name}"), "COLLECTOR_DEDUP_WINDOW_S": "3600"}
+        process = ScriptProcess(script, {**self.env, "REDIS_URL": self.redis_url(script), **own, **(env or {})},
+                                log_path, name)
         self.processes[name] = process
         return process
 
@@ -199,10 +206,9 @@ class FaultPipeline:
                 state = await self.stream_state()
             except Exception:  # Redis down, or the stream not there yet: not drained
                 return False
-            collector = self.processes.get("collector")
-            busy = collector is not None and any(
-                self.gauge("collector", metric) for metric in
-                ("homeiq_backfill_gap_open", "homeiq_collector_buffered_events", "homeiq_spool_bytes"))
+            busy = any(self.gauge(name, metric) for name in self.collector_names if name in self.processes
+                       for metric in
+                       ("homeiq_backfill_gap_open", "homeiq_collector_buffered_events", "homeiq_spool_bytes"))
             if busy or state["behind"] or state["pending"]:
                 steady = 0
                 return False
@@ -276,16 +282,19 @@ async def steady_traffic(hub: Hub, rate_per_s: float) -> AsyncIterator[asyncio.E
 
 
 @contextlib.asynccontextmanager
-async def service_calls(hub: Hub, every_s: float) -> AsyncIterator[dict[str, tuple[float, bool]]]:
-    """`call_service` events (no state, so no recorder history) every `every_s` in the background; yields
-    context id → when it was fired (`time.time()`) and whether a subscriber was there to be sent it."""
+async def service_calls(hub: Hub, every_s: float, custom: str | None = None
+                        ) -> AsyncIterator[dict[str, tuple[float, bool]]]:
+    """`call_service` events (no state, so no recorder history; or `custom` events of that type, whose data
+    repeats) every `every_s` in the background; yields context id → when it was fired (`time.time()`) and whether a
+    subscriber was there to be sent it."""
     fired: dict[str, tuple[float, bool]] = {}
     stop = asyncio.Event()
 
     async def fire() -> None:
         n = 0
         while not stop.is_set():
-            context_id, stamp = hub.fire_service_call(n)
+            context_id, stamp = (hub.fire_event(custom, {"n": n % 5, "event_type": "call_service"}) if custom
+                                 else hub.fire_service_call(n))
             fired[context_id] = stamp, bool(hub.subscribed)
             n += 1
             await asyncio.sleep(every_s)

@@ -41,6 +41,10 @@ class CollectorMetrics:
                                 registry=registry)
         self.published = Counter("homeiq_events_published_total", "Events XADDed to the stream.",
                                  registry=registry)
+        self.deduplicated = Counter(
+            "homeiq_events_deduplicated_total", "Events not XADDed because the stream had them already "
+            "(COLLECTOR_DEDUP_WINDOW_S): added by another collector, or by this one before a WAIT timed out.",
+            registry=registry)
         self.dropped = Counter("homeiq_events_dropped_total", "Events lost, by reason.", ["reason"],
                                registry=registry)
         self.frames_rejected = Counter("homeiq_frames_rejected_total",

@@ -18,6 +18,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from homeiq.collector.dedup import identity
 from homeiq.collector.gap import Key
 from homeiq.collector.metrics import CollectorMetrics
 from homeiq.collector.spool import Policy, Spool
@@ -140,10 +141,14 @@ class Publisher:
         self, client: aioredis.Redis, redis_url: str | RedisPlace, names: StreamNames, metrics: CollectorMetrics,
         readiness: Readiness, spool: Spool, policy: Policy, capacity: int = 2_000, batch_max: int = 1_000,
         linger_s: float = 0.05, durable: Callable[[], bool] = lambda: True,
-        forgotten: Callable[[], None] = lambda: None, replicas: tuple[int, int] = (0, 0),
+        forgotten: Callable[[], None] = lambda: None, replicas: tuple[int, int] = (0, 0), dedup_window_s: int = 0,
     ) -> None:
         self._redis, self._redis_url = client, redis_url
         self._keys = [names.stream.encode(), names.collector_tail.encode()]
+        # Two collectors on one HA: the broker adds an event only once within this many seconds (0: one collector).
+        self._dedup_window_s = dedup_window_s
+        if dedup_window_s:
+            self._keys.append(names.collector_seen.encode())
         self._metrics, self._readiness = metrics, readiness
         self._durable = durable  # False while Redis would forget what it is given: keep events on disk then
         self._forgotten = forgotten  # Redis lost entries it had acknowledged: where we left off must be read again
@@ -219,8 +224,6 @@ class Publisher:
             self._metrics.buffered.set(len(self._queue))
             if self._spool or not self._durable() or not await self._xadd(batch):
                 await self._spool.keep(batch)
-            else:
-                self._metrics.published.inc(len(batch))
             self.settled += len(batch)  # in Redis, in the spool, or counted as dropped: no longer only in memory
             self._progress.set()
             self._in_flight = 0
@@ -237,9 +240,10 @@ class Publisher:
         started = time.perf_counter()
         try:
             async with self._tail_lock:  # the tail check of `check_tail_now` must not fall between script and reply
-                found, last_id, replicated = await self._xadd_and_wait(batch)
+                found, last_id, skipped, replicated = await self._xadd_and_wait(batch)
                 self.check_tail(found)
-                self.tail_id = last_id
+                if last_id is not None:  # None: the other collector had added every one
+                    self.tail_id = last_id
         except (RedisError, OSError) as exc:
             message = describe_redis_error(self._redis_url, exc)
             self._readiness.fail(READY_REDIS, message)
@@ -259,25 +263,30 @@ class Publisher:
         if self._unreplicated_logged:
             log.info("redis_replicated", replicas=replicated)
             self._unreplicated_logged = False
-        self._unrecoverable.added(last_id, batch)
+        self._metrics.published.inc(len(batch) - skipped)
+        self._metrics.deduplicated.inc(skipped)
+        if last_id is not None:
+            self._unrecoverable.added(last_id, batch)
         self._readiness.ok(READY_REDIS)
         if self._redis_down_logged:
             log.info("redis_available")
             self._redis_down_logged = False
         return True
 
-    async def _xadd_and_wait(self, batch: list[bytes]) -> tuple[bytes | None, bytes, int]:
-        """The script's reply (the tail found, the last id added) and how many replicas have it: WAIT on the same
-        connection, right after the script (a WAIT covers its connection's writes up to its previous command)."""
-        args = xadd_batch_args(self.tail_id or b"", batch)
+    async def _xadd_and_wait(self, batch: list[bytes]) -> tuple[bytes | None, bytes | None, int, int]:
+        """The script's reply (the tail found, the last id added, how many the stream had already) and how many
+        replicas have it: WAIT on the same connection, right after the script (a WAIT covers its connection's writes
+        up to its previous command)."""
+        identities = [identity(payload) for payload in batch] if self._dedup_window_s else None
+        args = xadd_batch_args(self.tail_id or b"", batch, self._dedup_window_s, identities)
         if not self._wait_replicas:
-            found, last_id = await self._xadd_batch(keys=self._keys, args=args)
-            return found, last_id, 0
+            found, last_id, skipped = await self._xadd_batch(keys=self._keys, args=args)
+            return found, last_id, int(skipped), 0
         async with self._redis.pipeline(transaction=False) as pipe:
             await self._xadd_batch(keys=self._keys, args=args, client=pipe)
             pipe.wait(self._wait_replicas, self._wait_timeout_ms)
-            (found, last_id), replicated = await uncancelled(pipe.execute())
-        return found, last_id, int(replicated)
+            (found, last_id, skipped), replicated = await uncancelled(pipe.execute())
+        return found, last_id, int(skipped), int(replicated)
 
     async def check_tail_now(self) -> None:
         """Ask Redis for the tail now, while no batch is on its way (see `check_tail`)."""

@@ -61,7 +61,8 @@ class Collector:
                                    self.readiness, spool, settings.spool_policy, settings.buffer_events,
                                    settings.publish_batch, settings.linger_ms / 1000,
                                    durable=lambda: self.persistence.ok, forgotten=self._redis_forgot,
-                                   replicas=(settings.wait_replicas, settings.wait_timeout_ms))
+                                   replicas=(settings.wait_replicas, settings.wait_timeout_ms),
+                                   dedup_window_s=settings.dedup_window_s)
         self.ha_registry = Registry()
         self.gap = GapTracker()
         self.ha_clock = HaClock(self._clock_finding)

@@ -56,6 +56,11 @@ class CollectorSettings(ServiceSettings, frozen=True, kw_only=True):
     wait_timeout_ms: Annotated[int, Var(
         "COLLECTOR_WAIT_TIMEOUT_MS", "Longest wait for those replicas per batch, ms (below the 15 s Redis "
         "command timeout).", between(1, 10_000))] = 1000
+    dedup_window_s: Annotated[int, Var(
+        "COLLECTOR_DEDUP_WINDOW_S", "Two collectors on one HA (one per machine): set this on both, and Redis adds "
+        "each event once, remembering the identities of the events added in the last this many seconds (a few MB "
+        "an hour at a home's rate). Keep it above the longest a collector may hold events in its spool. 0: one "
+        "collector, nothing remembered.", between(0, 7 * 86_400))] = 0
     backfill: Annotated[bool, Var(
         "HA_BACKFILL", "After a reconnect, publish the recorder's states of the gap.")] = True
     recorder_wait_s: Annotated[float, Var(

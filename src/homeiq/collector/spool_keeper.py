@@ -140,6 +140,5 @@ class SpoolKeeper:
                 continue
             self._backoff.reset()
             self._readiness.ok(READY_SPOOL)
-            self._metrics.published.inc(len(chunk.records))
             if not self._spool:
                 log.info("spool_drained")

@@ -51,6 +51,7 @@ class Grant(msgspec.Struct, frozen=True):
     commands: tuple[str, ...]
     keys: tuple[tuple[str, Access], ...] = ()
     all_channels: bool = False  # pub/sub: Sentinel's hello messages on the data nodes
+    prefixes: tuple[tuple[str, Access], ...] = ()  # every key that starts so
 
 
 def grants(role: Role, names: StreamNames) -> tuple[Grant, ...]:
@@ -58,7 +59,8 @@ def grants(role: Role, names: StreamNames) -> tuple[Grant, ...]:
     keys read and write, and every command inside is checked again), then one selector per kind of key, so that a
     command allowed on one key (SET of a mark) is not allowed on another (SET of the stream would replace it)."""
     table = _TABLES[role](names)
-    called = {command for text in _SCRIPTS[role] for command in script_commands(text)} - _NOT_REACHED.get(role, set())
+    called = {command for text in _SCRIPTS[role] for command in script_commands(text)}
+    called -= _NOT_REACHED.get(role, frozenset())
     missing = called - {command for grant in table for command in grant.commands}
     if missing:  # a script changed and this table did not follow
         raise AssertionError(f"{role}: its scripts call {sorted(missing)}, which its grants do not allow")
@@ -73,11 +75,14 @@ _ROOT: Final = ("ping", "select", "info", "evalsha", "script|load")
 def _collector(names: StreamNames) -> tuple[Grant, ...]:
     # publisher.py (XADD_BATCH_SCRIPT on the stream and its tail; GET of the tail), resume.py (GET, MGET, MSET,
     # EXISTS of its marks, XRANGE read-back, SMEMBERS/SADD/SREM of the entity set, EVAL of its own first-run script:
-    # GET and SET), service.py (TIME). WAIT: an XADD counts once a replica has it (Sentinel).
+    # GET and SET), service.py (TIME). WAIT: an XADD counts once a replica has it (Sentinel). HSETNX and EXPIRE:
+    # the identities of the events added lately (COLLECTOR_DEDUP_WINDOW_S), whose prefix the script gets as a key.
     marks = (names.watermark, names.resume_from, names.collector_tail, names.first_run)
     return (Grant((*_ROOT, "eval", "time", "wait"),
-                  ((names.stream, "RW"), (names.collector_tail, "RW"), (names.first_run, "RW"))),
+                  ((names.stream, "RW"), (names.collector_tail, "RW"), (names.first_run, "RW")),
+                  prefixes=((names.collector_seen, "RW"),)),
             Grant(("xadd", "xrange"), ((names.stream, "RW"),)),
+            Grant(("hsetnx", "expire"), prefixes=((names.collector_seen, "RW"),)),
             Grant(("get", "set", "mget", "mset", "exists"), tuple((key, "RW") for key in marks)),
             Grant(("smembers", "sadd", "srem"), ((names.collector_entities, "RW"),)))
 
@@ -139,12 +144,14 @@ _SCRIPTS: Final[dict[Role, tuple[str, ...]]] = {
     "collector": (scripts.XADD_BATCH_SCRIPT,), "writer": (scripts.DEAD_LETTER_SCRIPT,),
     "replayer": _REPLAYER_SCRIPTS, "operator": (*_REPLAYER_SCRIPTS, scripts.REDRIVE_SCRIPT), "viewer": (),
     "admin": ()}
-# The audit's repair runs XADD_BATCH_SCRIPT without the collector's tail key: its GET and SET of it never run.
-_NOT_REACHED: Final[dict[Role, set[str]]] = {"replayer": {"get", "set"}, "operator": {"get", "set"}}
+# The audit's repair runs XADD_BATCH_SCRIPT without the collector's tail key and without a window: its GET and SET of
+# the tail, HSETNX and EXPIRE of the identities never run.
+_REPAIR_SKIPS: Final = frozenset({"get", "set", "hsetnx", "expire"})
+_NOT_REACHED: Final[dict[Role, frozenset[str]]] = {"replayer": _REPAIR_SKIPS, "operator": _REPAIR_SKIPS}
 
 
 KEY_PROPERTIES: Final = ("watermark", "resume_from", "collector_tail", "first_run", "collector_entities",
-                         "last_audit", "suspects", "crashes")
+                         "last_audit", "suspects", "crashes", "collector_seen")
 """Every key name `StreamNames` derives (besides its fields `stream` and `dead`): a test holds this list to the
 class, so a key added there and not given to a role here fails it."""
 
@@ -159,8 +166,9 @@ def _glob(key: str) -> str:
 def _render(grant: Grant) -> list[str]:
     words = ["allchannels" if grant.all_channels else "resetchannels", "-@all",
              *(f"+{command}" for command in grant.commands)]
-    for key, access in grant.keys:
-        pattern = key if key == "*" else _glob(key)
+    patterns = [(key if key == "*" else _glob(key), access) for key, access in grant.keys]
+    patterns += [(_glob(prefix) + "*", access) for prefix, access in grant.prefixes]
+    for pattern, access in patterns:
         words.append(f"~{pattern}" if access == "RW" else f"%{access}~{pattern}")
     return words
 

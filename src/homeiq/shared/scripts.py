@@ -9,20 +9,42 @@ from typing import Final
 # A batch of entries added in one call (all or none), each with the same version and its own event, and the id
 # of the last one kept in the same step: the tail. A caller that finds a tail other than the id it last got back
 # learns that Redis forgot what came after that tail (an older AOF, a failover to a replica that lagged).
-# KEYS: stream, and the collector's tail key (left out by other publishers: the audit's repair). ARGV: the tail the
-# caller expects ('' when it does not know), version field, version, event field, event, event, ... Returns {the
-# tail found (false: none or no tail key), the id of the last entry added}.
+# With a window (two collectors subscribed to one HA), each event comes with its identity and the bucket of its time:
+# an identity already in its bucket's hash was added by the other collector (or by this one, before a WAIT that timed
+# out) and is skipped; a new one is kept there, and a bucket lives `window` seconds from its first identity (EXPIRE
+# NX): the memory is what arrived in the last window. Checked and added in the same step as the XADD, so two
+# collectors racing with one event add it once.
+# KEYS: stream, and the collector's tail key (left out by other publishers: the audit's repair), and the prefix of the
+# identity buckets (only with a window). ARGV: the tail the caller expects ('' when it does not know), version field,
+# version, event field, window (s; '0': none), then each event: its payload, or with a window its bucket, identity and
+# payload. Returns {the tail found (false: none or no tail key), the id of the last entry added (false: none), how
+# many were skipped}.
 XADD_BATCH_SCRIPT: Final = """
 local found = false
 if #KEYS > 1 then found = redis.call('GET', KEYS[2]) end
-local id
-for i = 5, #ARGV do
-  id = redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3], ARGV[4], ARGV[i])
+local window = tonumber(ARGV[5])
+local id = false
+local skipped = 0
+local step = 1
+if window > 0 then step = 3 end
+for i = 6, #ARGV, step do
+  local payload = ARGV[i]
+  local new = true
+  if window > 0 then
+    local bucket = KEYS[3] .. ARGV[i]
+    new = redis.call('HSETNX', bucket, ARGV[i + 1], '') == 1
+    if new then redis.call('EXPIRE', bucket, window, 'NX') end
+    payload = ARGV[i + 2]
+  end
+  if new then
+    id = redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3], ARGV[4], payload)
+  else
+    skipped = skipped + 1
+  end
 end
-if #KEYS > 1 then redis.call('SET', KEYS[2], id) end
-return {found, id}
+if id and #KEYS > 1 then redis.call('SET', KEYS[2], id) end
+return {found, id, skipped}
 """
-
 # Ack an entry and copy it to the dead-letter stream in one step; a second caller finds it acked and
 # adds nothing (two replayers never dead-letter the same entry twice). `force` records ids whose entry
 # is already gone from the pending list (XAUTOCLAIM's deleted ids).

@@ -62,6 +62,12 @@ class StreamNames(Settings, frozen=True, kw_only=True):
         return f"{self.stream}:collector:tail"
 
     @property
+    def collector_seen(self) -> str:
+        """Prefix of hashes (one per 10 s of event time, each living COLLECTOR_DEDUP_WINDOW_S): the identities of the
+        events added lately, so that two collectors add each event once."""
+        return f"{self.stream}:collector:seen:"
+
+    @property
     def first_run(self) -> str:
         """String: when the collector first ran against this Redis (ns, its clock), set once and never moved; 0
         when it first ran with this mark already behind it (an upgraded pipeline: when it began is not known).
@@ -269,9 +275,16 @@ def entry_fields(payload: bytes) -> dict[bytes, bytes]:
     return {FIELD_VERSION: PAYLOAD_VERSION.encode(), FIELD_EVENT: payload}
 
 
-def xadd_batch_args(expected_tail: bytes, payloads: list[bytes]) -> list[bytes]:
-    """The arguments of XADD_BATCH_SCRIPT for these payloads, after the entry id the caller added last (b"": none)."""
-    return [expected_tail, FIELD_VERSION, PAYLOAD_VERSION.encode(), FIELD_EVENT, *payloads]
+def xadd_batch_args(expected_tail: bytes, payloads: list[bytes], window_s: int = 0,
+                    identities: list[tuple[bytes, bytes]] | None = None) -> list[bytes]:
+    """The arguments of XADD_BATCH_SCRIPT for these payloads, after the entry id the caller added last (b"": none);
+    with a window, each payload's (bucket, identity) from `identities`."""
+    head = [expected_tail, FIELD_VERSION, PAYLOAD_VERSION.encode(), FIELD_EVENT, str(window_s).encode()]
+    if not window_s:
+        return [*head, *payloads]
+    assert identities is not None and len(identities) == len(payloads)
+    return [*head, *(part for (bucket, identity), payload in zip(identities, payloads, strict=True)
+                     for part in (bucket, identity, payload))]
 
 
 # Why an entry went to the dead-letter stream: it cannot be read (`undecodable`), is of a payload version this code
