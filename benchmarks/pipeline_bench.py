@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from homeiq.ha_sim.hub import MAX_PER_TICK, TICK_S, Hub
 from homeiq.ha_sim.runner import SimServer
 from homeiq.local.processes import ScriptProcess
-from homeiq.local.services import InfluxServer, RedisServer
+from homeiq.local.services import InfluxServer, RedisServer, SentinelSet
 from homeiq.local.waiting import wait_for
 from homeiq.shared.stream import DEFAULT_NAMES
 
@@ -113,10 +113,14 @@ def quantile(before: dict[float, float], after: dict[float, float], q: float) ->
 class Pipeline:
     """Private servers and the four services; the processes whose CPU is measured."""
 
-    def __init__(self, workdir: Path, entities: int, writers: int, collectors: int = 1) -> None:
+    def __init__(self, workdir: Path, entities: int, writers: int, collectors: int = 1, sentinel: bool = False,
+                 wait_replicas: int = 0) -> None:
         self.workdir = workdir
         self.collectors = collectors  # two: as on two machines, the broker adding each event once
-        self.redis = RedisServer(workdir / "redis", None).start()
+        # Sentinel: a primary, two replicas and three sentinels; every process asks the sentinels for the primary.
+        self.sentinels = SentinelSet(workdir / "sentinel").start() if sentinel else None
+        self.wait_replicas = wait_replicas
+        self.redis = self.sentinels.servers[0] if self.sentinels else RedisServer(workdir / "redis", None).start()
         self.influx = InfluxServer(workdir / "influxdb", None).start()
         self.influx.create_database(DATABASE)
         self.hub = Hub.create(entities, TOKEN)
@@ -130,7 +134,10 @@ class Pipeline:
         self.env = {"REDIS_URL": self.redis.url, "INFLUXDB_URL": self.influx.url, "INFLUXDB_API": "v1",
                     "INFLUXDB_BUCKET": DATABASE, "HA_TOKEN": TOKEN, "HA_URL": await self.sim.start(),
                     "METRICS_HOST": "127.0.0.1", "LOG_FORMAT": "json", "LOG_LEVEL": "WARNING",
-                    "COLLECTOR_SPOOL_DIR": str(self.workdir / "spool")}
+                    "COLLECTOR_SPOOL_DIR": str(self.workdir / "spool"),
+                    "COLLECTOR_WAIT_REPLICAS": str(self.wait_replicas)}
+        if self.sentinels:
+            self.env |= {"REDIS_SENTINELS": self.sentinels.addresses, "REDIS_SENTINEL_SERVICE": self.sentinels.service}
         self.start_writers()
         self.others["replayer"] = ScriptProcess("replayer", self.env, self.workdir / "replayer.log")
         for n in range(self.collectors):
@@ -169,7 +176,10 @@ class Pipeline:
         for process in [*self.writers, *self.others.values()]:
             process.terminate()
         self.influx.stop()
-        self.redis.stop()
+        if self.sentinels:
+            self.sentinels.stop()
+        else:
+            self.redis.stop()
 
 
 async def send_on_schedule(hub: Hub, partials: list[bytes], start: float, rate: float) -> int:
@@ -304,7 +314,8 @@ def exact(pipeline: Pipeline) -> dict[str, int]:
 
 
 async def main(rates: list[float], step_s: float, entities: int, writers: int, backlog: int,
-               workdir: Path, ceiling_points: int = 100_000, collectors: int = 1) -> dict[str, Any]:
+               workdir: Path, ceiling_points: int = 100_000, collectors: int = 1, sentinel: bool = False,
+               wait_replicas: int = 0) -> dict[str, Any]:
     entries = payloads(ceiling_points)
     encoder = make_encoder("homeiq")
     from homeiq.shared.events import decode_event  # noqa: PLC0415
@@ -313,7 +324,7 @@ async def main(rates: list[float], step_s: float, entities: int, writers: int, b
     bodies = [gzip_body(b"\n".join(lines[i:i + BATCH])) for i in range(0, len(lines), BATCH)]
     influx_ceiling = await ceiling(workdir / "ceiling", bodies, len(lines), False)
     print(json.dumps({"influxd_ceiling": influx_ceiling}), file=sys.stderr)
-    pipeline = Pipeline(workdir / "pipeline", entities, writers, collectors)
+    pipeline = Pipeline(workdir / "pipeline", entities, writers, collectors, sentinel, wait_replicas)
     steps: list[dict[str, Any]] = []
     try:
         await pipeline.start()
@@ -339,7 +350,8 @@ async def main(rates: list[float], step_s: float, entities: int, writers: int, b
     return {"influxd_ceiling_points_per_s": round(ceiling_rate), "steps": steps, "point_by_point": check,
             "highest_sustained_per_s": best, "sustained_share_of_ceiling": round(best / ceiling_rate, 3),
             "backlog_drain": drain, "drain_share_of_ceiling": round(drain["points_per_s"] / ceiling_rate, 3),
-            "entities": entities, "writers": writers, "collectors": collectors, "step_seconds": step_s}
+            "entities": entities, "writers": writers, "collectors": collectors, "sentinel": sentinel,
+            "wait_replicas": wait_replicas, "step_seconds": step_s}
 
 
 def table(report: dict[str, Any]) -> str:
@@ -366,9 +378,13 @@ if __name__ == "__main__":
     parser.add_argument("--ceiling-points", type=int, default=100_000, help="points of the ceiling measurement")
     parser.add_argument("--collectors", type=int, default=1, choices=(1, 2),
                         help="2: two collectors on the one ha-sim, with COLLECTOR_DEDUP_WINDOW_S=3600")
+    parser.add_argument("--sentinel", action="store_true",
+                        help="Redis as a primary, two replicas and three sentinels (REDIS_SENTINELS)")
+    parser.add_argument("--wait-replicas", type=int, default=0, help="COLLECTOR_WAIT_REPLICAS")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="homeiq-pipeline-bench-") as tmp:
         result = asyncio.run(main([float(r) for r in args.rates.split(",")], args.step_seconds, args.entities,
-                                  args.writers, args.backlog, Path(tmp), args.ceiling_points, args.collectors))
+                                  args.writers, args.backlog, Path(tmp), args.ceiling_points, args.collectors,
+                                  args.sentinel, args.wait_replicas))
     print(table(result), file=sys.stderr)
     print(json.dumps(result, indent=2))

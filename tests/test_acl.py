@@ -424,3 +424,31 @@ async def test_what_scripts_wrote_survives_a_restart_from_the_append_only_file(
         assert await refusals(after) == []
     finally:
         await after.aclose()
+
+
+async def test_a_roles_password_comes_from_a_file_and_the_url_names_only_the_user(
+    acl_redis: AclRedis, admin: aioredis.Redis, tmp_path: Path
+) -> None:
+    """REDIS_URL=redis://collector@host/0 and REDIS_PASSWORD_FILE: the service and a `replayer` command log in as
+    their user, and no password is in the URL or the environment."""
+    secret = tmp_path / "password"
+    secret.write_text(acl_redis.passwords["viewer"] + "\n")
+    url = f"redis://viewer@127.0.0.1:{acl_redis.server.port}/0"
+    await ensure_group(admin, NAMES)
+    result = await asyncio.to_thread(runner.invoke, app, ["pending", "--json"],
+                                     env={"REDIS_URL": url, "REDIS_PASSWORD_FILE": str(secret)})
+    assert result.exit_code == 0, result.output
+    assert acl_redis.passwords["viewer"] not in result.output
+    wrong = await asyncio.to_thread(runner.invoke, app, ["pending", "--json"], env={"REDIS_URL": url})
+    assert wrong.exit_code != 0 and url in wrong.output, wrong.output  # no password: refused, naming the URL
+    assert [line.split(" (")[0] for line in await refusals(admin)] == ["viewer: auth HELLO"]
+    await admin.execute_command("ACL", "LOG", "RESET")
+    secret.write_text(acl_redis.passwords["collector"])
+    collector_url = f"redis://collector@127.0.0.1:{acl_redis.server.port}/0"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("REDIS_PASSWORD_FILE", str(secret))
+        async with simulator() as sim, running_collector(sim, collector_url, tmp_path / "spool") as run:
+            await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
+            await sim.hub.emit(20, rate_per_s=200)
+            await wait_for(lambda: run.metric("homeiq_events_published_total") >= 20, 10, "20 published")
+    assert await refusals(admin) == []

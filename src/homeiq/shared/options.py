@@ -27,7 +27,8 @@ def _log_level(name: str, value: str) -> str:
 
 
 RedisUrl = Annotated[str, Var(
-    "REDIS_URL", "Redis URL, redis://[:password@]host:port/db or unix:///path/redis.sock?db=0.", REDIS_URL_CHECK)]
+    "REDIS_URL", "Redis URL, redis://[user@]host:port/db (rediss:// for TLS) or unix:///path/redis.sock?db=0; the "
+    "password from REDIS_PASSWORD_FILE (or in the URL).", REDIS_URL_CHECK)]
 RedisSentinels = Annotated[str, Var(
     "REDIS_SENTINELS", "Redis Sentinels to ask for the Redis primary, host:port,host:port (empty: REDIS_URL's host "
     "is the Redis). With them, REDIS_URL gives only the database (and user); the data nodes' password comes from "

@@ -167,11 +167,13 @@ class RedisPlace:
 
 
 def place_of(settings: RedisSettings) -> RedisPlace:
-    """Where `settings` say Redis is; with sentinels, reads the passwords (a ConfigError names what is wrong)."""
+    """Where `settings` say Redis is, with the password of REDIS_PASSWORD(_FILE) (a role's ACL user, or the data
+    nodes' requirepass; used when REDIS_URL holds none) and, with sentinels, theirs (a ConfigError names what is
+    wrong)."""
+    password = read_secret("REDIS_PASSWORD", required=False)
     if not settings.redis_sentinels:
-        return RedisPlace(settings.redis_url)
-    return RedisPlace(settings.redis_url, settings.redis_sentinels, settings.redis_sentinel_service,
-                      read_secret("REDIS_PASSWORD", required=False),
+        return RedisPlace(settings.redis_url, password=password)
+    return RedisPlace(settings.redis_url, settings.redis_sentinels, settings.redis_sentinel_service, password,
                       read_secret("REDIS_SENTINEL_PASSWORD", required=False))
 
 
@@ -210,6 +212,8 @@ def connect(place: str | RedisPlace, socket_timeout_s: float = DEFAULT_SOCKET_TI
         "decode_responses": False, "health_check_interval": 30, "protocol": 3, "socket_timeout": socket_timeout_s,
         "socket_connect_timeout": 5, "retry": Retry(NoBackoff(), 1)}
     client: aioredis.Redis
+    if place.password:  # a password in the URL wins over it (redis-py's from_url)
+        options["password"] = place.password
     if not place.sentinels:
         client = _CancelSafeRedis.from_url(place.url, **options)
     else:
@@ -218,12 +222,10 @@ def connect(place: str | RedisPlace, socket_timeout_s: float = DEFAULT_SOCKET_TI
             from_url["ssl"] = True
         for key in ("host", "port", "path"):
             from_url.pop(key, None)
-        if place.password:
-            from_url["password"] = place.password
         sentinels = Sentinel(host_ports(place.sentinels), sentinel_kwargs={  # type: ignore[no-untyped-call]
             "password": place.sentinel_password or None, "socket_timeout": SENTINEL_TIMEOUT_S,
             "socket_connect_timeout": SENTINEL_TIMEOUT_S, "retry": Retry(NoBackoff(), 0)})
-        client = sentinels.master_for(place.service, redis_class=_CancelSafeSentinelRedis, **from_url, **options)
+        client = sentinels.master_for(place.service, redis_class=_CancelSafeSentinelRedis, **{**options, **from_url})
         typing.cast(_CancelSafeSentinelRedis, client).sentinels = sentinels
     for command in ("XREADGROUP", "XAUTOCLAIM"):
         client.set_response_callback(command, _as_sent)
