@@ -43,7 +43,7 @@ async def test_the_script_adds_each_identity_once_and_forgets_it_after_the_windo
     assert await redis_client.xlen(DEFAULT_NAMES.stream) == 3
     assert await redis_client.get(DEFAULT_NAMES.collector_tail) != last_id  # the tail moved with the third
     buckets = await redis_client.keys(DEFAULT_NAMES.collector_seen + "*")
-    assert len(buckets) == 2  # `third` is of another 10 s
+    assert len(buckets) == 2  # `third` is of another second
     ttls = [await redis_client.ttl(bucket) for bucket in buckets]
     assert all(0 < ttl <= WINDOW_S for ttl in ttls), ttls
     await redis_client.expire(buckets[0], 1)

@@ -45,7 +45,7 @@ def test_distinct_events_have_distinct_identities() -> None:
     assert len({identity(encode_event(event)) for event in events}) == len(events)
 
 
-def test_the_bucket_is_ten_seconds_of_the_events_own_time() -> None:
+def test_the_bucket_is_the_second_of_the_events_own_time() -> None:
     bucket, digest = identity(encode_event(state_change(updated_ns=T)))
     assert bucket == str(T // BUCKET_NS).encode() and len(digest) == 16
     assert identity(encode_event(state_change(updated_ns=T + BUCKET_NS)))[0] == str(T // BUCKET_NS + 1).encode()

@@ -63,7 +63,7 @@ class StreamNames(Settings, frozen=True, kw_only=True):
 
     @property
     def collector_seen(self) -> str:
-        """Prefix of hashes (one per 10 s of event time, each living COLLECTOR_DEDUP_WINDOW_S): the identities of the
+        """Prefix of hashes (one per second of event time, each living COLLECTOR_DEDUP_WINDOW_S): the identities of the
         events added lately, so that two collectors add each event once."""
         return f"{self.stream}:collector:seen:"
 
