@@ -118,3 +118,62 @@ async def test_redis_forgetting_is_missed_when_the_other_collector_writes_first(
     finally:
         await client.aclose()
         redis_server.stop()
+
+
+async def test_guard_a_copy_skipped_for_the_other_collectors_unreplicated_entry_is_not_durable(tmp_path: Path) -> None:
+    """COLLECTOR_WAIT_REPLICAS=1 on both collectors. Machine 1 runs the Redis primary and collector a; machine 2 a
+    replica and collector b. The replica stops confirming (lag); a adds each service call first, its WAIT times
+    out and a keeps the batch in its spool, as it should. b's copies are skipped as duplicates of a's entries, and
+    b's WAIT covers only b's own writes (none), so b counts its copies durable and lets them go. Machine 1 then dies
+    (the primary and a, with a's spool): the replica is promoted, and neither it nor b holds the calls.
+    PASSES on Redis 7.0.15: a WAIT after a script that wrote nothing still waits for the replication offset of
+    everything (measured: even GET then WAIT blocks while the replica is stopped), so b keeps its copies. Kept as a
+    guard: the design relies on that WAIT behaviour, which nothing else states or tests."""
+    import os
+    import signal
+
+    primary = RedisServer(tmp_path / "primary", None).start()
+    replica = RedisServer(tmp_path / "replica", None, replica_of=primary.port).start()
+    client = aioredis.Redis.from_url(primary.url)
+    replica_client = aioredis.Redis.from_url(replica.url)
+    try:
+        async with simulator(commit_interval_s=0) as sim, \
+                running_collector(sim, primary.url, tmp_path / "a", dedup_window_s=WINDOW_S, wait_replicas=1,
+                                  wait_timeout_ms=300, linger_ms=5) as a, \
+                running_collector(sim, primary.url, tmp_path / "b", dedup_window_s=WINDOW_S, wait_replicas=1,
+                                  wait_timeout_ms=300, linger_ms=500) as b:
+            await wait_for(lambda: sim.hub.subscribed == 2, 10, "both subscribed")
+            await sim.hub.emit(50, rate_per_s=200)
+            await wait_for(lambda: all(r.metric("homeiq_spool_bytes") == 0 and not r.collector.publisher.pending
+                                       for r in (a, b)), 30, "the replica in sync, both spools drained")
+            await asyncio.sleep(1)
+            before = b.metric("homeiq_events_deduplicated_total"), b.metric("homeiq_events_spooled_total")
+            assert replica.process is not None
+            os.kill(replica.process.pid, signal.SIGSTOP)  # lagging: confirms nothing more
+            calls = service_calls(sim, 10)
+            await wait_for(lambda: b.metric("homeiq_events_deduplicated_total") - before[0]
+                           + b.metric("homeiq_events_spooled_total") - before[1] >= 10, 10, "b settled its copies")
+            await asyncio.sleep(0.5)
+            print("a: spooled", a.metric("homeiq_events_spooled_total"), "published",
+                  a.metric("homeiq_events_published_total"), "| b: spooled", b.metric("homeiq_events_spooled_total"),
+                  "deduplicated", b.metric("homeiq_events_deduplicated_total"),
+                  "pending", b.collector.publisher.pending)
+            # machine 1 dies: the primary (SIGKILL) and collector a with its spool
+            assert primary.process is not None
+            os.kill(primary.process.pid, signal.SIGKILL)
+            a.task.cancel()
+            os.kill(replica.process.pid, signal.SIGCONT)
+            await replica_client.replicaof("NO", "ONE")
+            survivors = {e.context.id for _, f in await replica_client.xrange("homeiq:events")
+                         for e in [__import__("homeiq.shared.events", fromlist=["x"]).decode_event(f[b"e"])]
+                         if e.event_type == "call_service"}
+            held_by_b = b.metric("homeiq_spool_bytes") > 0 or b.collector.publisher.pending > 0
+            lost = [c for c in calls if c not in survivors]
+            assert not lost or held_by_b, (
+                f"{len(lost)} of {len(calls)} service calls neither on the promoted replica nor held by b "
+                f"(b counted {b.metric('homeiq_events_deduplicated_total'):.0f} copies as the stream's already)")
+    finally:
+        await client.aclose()
+        await replica_client.aclose()
+        replica.stop()
+        primary.stop()
