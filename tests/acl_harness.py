@@ -21,9 +21,14 @@ class AclUsers:
 
     def __init__(self, directory: Path, names: StreamNames = DEFAULT_NAMES) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self.passwords: dict[acl.Role, str] = {role: secrets.token_hex(16) for role in acl.ROLES}
+        self.passwords: dict[acl.Role, str] = {role: secrets.token_hex(16) for role in (*acl.ROLES, *acl.SERVER_ROLES)}
         self.aclfile = directory / "users.acl"
         self.aclfile.write_text(acl.acl_file(names, self.passwords))
+
+    @property
+    def server_logins(self) -> dict[str, tuple[str, str]]:
+        """The users Redis's own processes log in as (SentinelSet's `logins`): admin (readiness), replica, sentinel."""
+        return {role: (role, self.passwords[role]) for role in ("admin", *acl.SERVER_ROLES)}
 
     @property
     def login(self) -> tuple[str, str]:

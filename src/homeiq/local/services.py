@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +102,9 @@ class RedisServer(_Process):
     def __init__(self, workdir: Path, port: int | None, appendonly: bool = True, maxmemory: str = "0",
                  replica_of: int | None = None, config_file: bool = False, password: str = "",
                  min_replicas: tuple[int, int] = (0, 10), aclfile: Path | None = None,
-                 login: tuple[str, str] | None = None) -> None:
+                 login: tuple[str, str] | None = None, master_login: tuple[str, str] | None = None) -> None:
         super().__init__(workdir, port)
+        self.master_login = master_login  # the user a replica syncs as (masteruser, masterauth): any node may be one
         self.appendonly = appendonly
         self.maxmemory = maxmemory  # a cap (Redis's units: 256mb), then XADD is refused and the collector spools
         self.replica_of = replica_of  # the port of its primary on 127.0.0.1 (replicaof), for a Sentinel set-up
@@ -137,6 +138,8 @@ class RedisServer(_Process):
             *(["--requirepass", self.password, "--masterauth", self.password] if self.password else []),
             "--min-replicas-to-write", str(self.min_replicas[0]), "--min-replicas-max-lag", str(self.min_replicas[1]),
             *(["--aclfile", str(self.aclfile)] if self.aclfile else []),
+            *(["--masteruser", self.master_login[0], "--masterauth", self.master_login[1]]
+              if self.master_login else []),
         ])
         self._wait_until(self._pong, timeout_s)
         return self
@@ -181,7 +184,7 @@ def _auth(password: str | tuple[str, str]) -> bytes:
     return f"AUTH {password}\r\n".encode() if password else b""
 
 
-def _after_auth(reply: bytes, password: str) -> bytes:
+def _after_auth(reply: bytes, password: str | tuple[str, str]) -> bytes:
     return reply.removeprefix(b"+OK\r\n") if password else reply
 
 
@@ -195,8 +198,9 @@ class RedisSentinel(_Process):
 
     def __init__(self, workdir: Path, port: int | None, primary_port: int, service: str = "homeiq",
                  quorum: int = 2, down_after_ms: int = 1000, failover_timeout_ms: int = 5000,
-                 password: str = "", data_password: str = "") -> None:
+                 password: str = "", data_password: str = "", data_user: str = "") -> None:
         super().__init__(workdir, port)
+        self.data_user = data_user  # the user it logs in to the data nodes as (sentinel auth-user), with data_password
         self.primary_port, self.service, self.quorum = primary_port, service, quorum
         self.password, self.data_password = password, data_password  # its own (requirepass), the data nodes'
         self.down_after_ms, self.failover_timeout_ms = down_after_ms, failover_timeout_ms
@@ -214,6 +218,7 @@ class RedisSentinel(_Process):
                 port=self.port, dir=self.workdir, service=self.service, primary_port=self.primary_port,
                 quorum=self.quorum, down_after_ms=self.down_after_ms, failover_timeout_ms=self.failover_timeout_ms)
                 + (f"requirepass {self.password}\n" if self.password else "")
+                + (f"sentinel auth-user {self.service} {self.data_user}\n" if self.data_user else "")
                 + (f"sentinel auth-pass {self.service} {self.data_password}\n" if self.data_password else ""))
         self._spawn([_binary("redis-sentinel", "redis-sentinel"), str(path)])
         self._wait_until(self._answers, timeout_s)
@@ -251,14 +256,23 @@ class SentinelSet:
 
     def __init__(self, workdir: Path, replicas: int = 2, sentinels: int = 3, service: str = "homeiq",
                  down_after_ms: int = 1000, failover_timeout_ms: int = 5000, password: str = "",
-                 sentinel_password: str = "", min_replicas: tuple[int, int] = (0, 10)) -> None:
-        primary = RedisServer(workdir / "redis-0", None, config_file=True, password=password,
-                              min_replicas=min_replicas)
-        self.servers = [primary, *(RedisServer(workdir / f"redis-{n}", None, replica_of=primary.port,
-                                               password=password, min_replicas=min_replicas)
-                                   for n in range(1, replicas + 1))]
+                 sentinel_password: str = "", min_replicas: tuple[int, int] = (0, 10), aclfile: Path | None = None,
+                 logins: Mapping[str, tuple[str, str]] | None = None) -> None:
+        # With an ACL file (`replayer acl-file`), `logins` holds the users of "admin" (readiness checks), "replica"
+        # (masteruser) and "sentinel" (sentinel auth-user).
+        logins = logins or {}
+
+        def node(n: int, replica_of: int | None) -> RedisServer:
+            return RedisServer(workdir / f"redis-{n}", None, replica_of=replica_of, config_file=True,
+                               password=password, min_replicas=min_replicas, aclfile=aclfile,
+                               login=logins.get("admin"), master_login=logins.get("replica"))
+
+        primary = node(0, None)
+        self.servers = [primary, *(node(n, primary.port) for n in range(1, replicas + 1))]
+        data_user, data_password = logins.get("sentinel", ("", password))
         self.sentinels = [RedisSentinel(workdir / f"sentinel-{n}", None, primary.port, service, sentinels // 2 + 1,
-                                        down_after_ms, failover_timeout_ms, sentinel_password, password)
+                                        down_after_ms, failover_timeout_ms, sentinel_password, data_password,
+                                        data_user)
                           for n in range(sentinels)]
         self.service = service
 
@@ -283,7 +297,7 @@ class SentinelSet:
         """The replicas are in sync with the primary (not still loading its first copy: a primary killed then
         would leave them without what it had acknowledged), and `sentinel` knows them and the other sentinels."""
         primary = self.servers[0]
-        in_sync = _info(primary.port, "replication", primary.password).count(",state=online,")
+        in_sync = _info(primary.port, "replication", primary.login or primary.password).count(",state=online,")
         wanted = f"slaves={len(self.servers) - 1},sentinels={len(self.sentinels)}"
         return in_sync == len(self.servers) - 1 and wanted in _info(sentinel.port, "sentinel", sentinel.password)
 
@@ -301,7 +315,7 @@ class SentinelSet:
             process.stop()
 
 
-def _info(port: int, section: str, password: str = "") -> str:
+def _info(port: int, section: str, password: str | tuple[str, str] = "") -> str:
     """INFO `section` of the server on 127.0.0.1:`port`, as text ("" when it does not answer)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:

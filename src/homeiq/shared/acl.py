@@ -6,7 +6,7 @@ with where it is sent from. `tests/test_acl.py` runs every role's real code agai
 requires that Redis refused it nothing (its ACL LOG is empty), and that it refuses what the role must not do.
 
 Redis 7.0 syntax: `%R~`/`%W~` key permissions and `(...)` selectors. Passwords are written as their SHA-256 (`#`),
-so the ACL file holds no secret; each role's password is a file of its own (the role's REDIS_URL carries it).
+so the ACL file holds no secret; each role's password is a file of its own (REDIS_PASSWORD_FILE).
 `client|setinfo`, which redis-py sends on connecting, is not granted: 7.0 does not know it (and refuses an ACL file
 naming it); a Redis >= 7.2 refuses it and logs that in its ACL LOG, and redis-py ignores the refusal.
 """
@@ -25,8 +25,11 @@ from homeiq.shared import scripts
 from homeiq.shared.settings import ConfigError
 from homeiq.shared.stream import StreamNames
 
-Role = Literal["collector", "writer", "replayer", "operator", "viewer", "admin"]
+Role = Literal["collector", "writer", "replayer", "operator", "viewer", "admin", "replica", "sentinel"]
 ROLES: Final[tuple[Role, ...]] = ("collector", "writer", "replayer", "operator", "viewer", "admin")
+# Redis's own users with Sentinel, each written when its password file is there: replicas syncing from the primary
+# (`masteruser`) and the sentinels (`sentinel auth-user`), with the least Redis's documentation lists for each.
+SERVER_ROLES: Final[tuple[Role, ...]] = ("replica", "sentinel")
 
 Access = Literal["R", "W", "RW"]
 
@@ -131,19 +134,31 @@ def _viewer(names: StreamNames) -> tuple[Grant, ...]:
 
 
 def _admin(_names: StreamNames) -> tuple[Grant, ...]:
-    # People (redis-cli), and Sentinel and replicas when they log in with a user of their own.
+    # People (redis-cli).
     return (Grant(("@all",), (("*", "RW"),), all_channels=True),)
 
 
+def _replica(_names: StreamNames) -> tuple[Grant, ...]:
+    # A replica's link to its primary (Redis's documentation, "ACL rules for Sentinel and Replicas"): no key.
+    return (Grant(("psync", "replconf", "ping")),)
+
+
+def _sentinel(_names: StreamNames) -> tuple[Grant, ...]:
+    # What a sentinel sends the data nodes (the same page): INFO and ROLE to watch, the hello channel, and a failover's
+    # MULTI/SLAVEOF/CONFIG REWRITE/CLIENT KILL/EXEC; no key.
+    return (Grant(("multi", "slaveof", "ping", "exec", "subscribe", "config|rewrite", "role", "publish", "info",
+                   "client|setname", "client|kill", "script|kill"), all_channels=True),)
+
+
 _TABLES: Final = {"collector": _collector, "writer": _writer, "replayer": _replayer, "operator": _operator,
-                  "viewer": _viewer, "admin": _admin}
+                  "viewer": _viewer, "admin": _admin, "replica": _replica, "sentinel": _sentinel}
 # The Lua scripts each role runs (the collector's own first-run script calls GET and SET, as XADD_BATCH does).
 _REPLAYER_SCRIPTS: Final = (scripts.DEAD_LETTER_SCRIPT, scripts.TRIM_SCRIPT, scripts.PRUNE_SCRIPT,
                             scripts.MARK_SCRIPT, scripts.SETTLE_CRASHES_SCRIPT, scripts.XADD_BATCH_SCRIPT)
 _SCRIPTS: Final[dict[Role, tuple[str, ...]]] = {
     "collector": (scripts.XADD_BATCH_SCRIPT,), "writer": (scripts.DEAD_LETTER_SCRIPT,),
     "replayer": _REPLAYER_SCRIPTS, "operator": (*_REPLAYER_SCRIPTS, scripts.REDRIVE_SCRIPT), "viewer": (),
-    "admin": ()}
+    "admin": (), "replica": (), "sentinel": ()}
 # The audit's repair runs XADD_BATCH_SCRIPT without the collector's tail key and without a window: its GET and SET of
 # the tail, HSETNX and EXPIRE of the identities never run.
 _REPAIR_SKIPS: Final = frozenset({"get", "set", "hsetnx", "expire"})
@@ -192,7 +207,7 @@ def acl_file(names: StreamNames, passwords: Mapping[Role, str]) -> str:
     restart drop every XADD a script made (lab: 7.0.15, an ACL LOG entry `default` `multi`). Being off, no client
     can log in as it."""
     lines = ["user default off resetpass allchannels +@all ~*"]
-    lines += [user_line(role, names, passwords[role]) for role in ROLES if role in passwords]
+    lines += [user_line(role, names, passwords[role]) for role in (*ROLES, *SERVER_ROLES) if role in passwords]
     return "\n".join(lines) + "\n"
 
 

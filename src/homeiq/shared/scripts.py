@@ -9,10 +9,10 @@ from typing import Final
 # A batch of entries added in one call (all or none), each with the same version and its own event, and the id
 # of the last one kept in the same step: the tail. A caller that finds a tail other than the id it last got back
 # learns that Redis forgot what came after that tail (an older AOF, a failover to a replica that lagged).
-# With a window (two collectors subscribed to one HA), each event comes with its identity and the bucket (second) of its time:
-# an identity already in its bucket's hash was added by the other collector (or by this one, before a WAIT that timed
-# out) and is skipped; a new one is kept there, and a bucket lives `window` seconds from its first identity (EXPIRE
-# NX): the memory is what arrived in the last window. Checked and added in the same step as the XADD, so two
+# With a window (two collectors subscribed to one HA), each event comes with its identity and the bucket (second) of
+# its time: an identity already in its bucket's hash was added by the other collector (or by this one, before a WAIT
+# that timed out) and is skipped; a new one is kept there, and a bucket lives `window` seconds from its first identity
+# (EXPIRE NX): the memory is what arrived in the last window. Checked and added in the same step as the XADD, so two
 # collectors racing with one event add it once.
 # KEYS: stream, and the collector's tail key (left out by other publishers: the audit's repair), and the prefix of the
 # identity buckets (only with a window). ARGV: the tail the caller expects ('' when it does not know), version field,
