@@ -36,10 +36,10 @@ async def test_the_script_adds_each_identity_once_and_forgets_it_after_the_windo
 ) -> None:
     first, second, third = (encode_event(e) for e in (state_change(), call(), state_change(updated_ns=1)))
     _, last_id, skipped = await xadd(redis_client, [first, second, first])  # a duplicate inside one batch
-    assert skipped == 1 and last_id is not None
+    assert skipped == [3] and last_id is not None
     found, none_added, skipped = await xadd(redis_client, [second, first])  # every one added before
-    assert (found, none_added, skipped) == (last_id, None, 2)
-    assert (await xadd(redis_client, [third, second]))[2] == 1
+    assert (found, none_added, skipped) == (last_id, None, [1, 2])
+    assert (await xadd(redis_client, [third, second]))[2] == [2]
     assert await redis_client.xlen(DEFAULT_NAMES.stream) == 3
     assert await redis_client.get(DEFAULT_NAMES.collector_tail) != last_id  # the tail moved with the third
     buckets = await redis_client.keys(DEFAULT_NAMES.collector_seen + "*")
@@ -51,13 +51,13 @@ async def test_the_script_adds_each_identity_once_and_forgets_it_after_the_windo
     assert await redis_client.ttl(buckets[0]) <= 1
     for bucket in buckets:
         await redis_client.delete(bucket)  # forgotten: added again
-    assert (await xadd(redis_client, [first]))[2] == 0
+    assert (await xadd(redis_client, [first]))[2] == []
     assert await redis_client.xlen(DEFAULT_NAMES.stream) == 4
 
 
 async def test_without_a_window_nothing_is_remembered_and_every_copy_is_added(redis_client: aioredis.Redis) -> None:
     payload = encode_event(state_change())
-    assert (await xadd(redis_client, [payload, payload], window_s=0))[2] == 0
+    assert (await xadd(redis_client, [payload, payload], window_s=0))[2] == []
     assert await redis_client.xlen(DEFAULT_NAMES.stream) == 2
     assert not await redis_client.keys(DEFAULT_NAMES.collector_seen + "*")
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from homeiq.collector import service
+from homeiq.ha_sim.messages import event_message, iso, partial_event_message, ulid
 from homeiq.local.services import RedisServer
 from tests.collector_harness import every_state_once, missing_calls, running_collector, service_calls, simulator
 from tests.helpers import wait_for
@@ -59,18 +62,19 @@ async def test_redis_forgetting_with_two_collectors_counts_every_lost_call_and_b
             print(f"published by a, b: {added_by}; redis_forgot a, b: {forgot}; dropped(redis_forgot) a, b: {dropped}")
             assert sum(dropped) == len(forgotten_calls), (
                 f"{len(forgotten_calls)} service calls forgotten by Redis, counted as dropped: {dropped}")
+            await client.aclose()  # its connection went with the restart: the check must not start on an error
+            client = aioredis.Redis.from_url(redis_server.url)
             await every_state_once(client, sim.hub)
     finally:
         await client.aclose()
         redis_server.stop()
 
 
-def fire_to_one(sim: object, connection: object, event_type: str, data: dict) -> None:
+def fire_to_one(sim: object, connection: object, event_type: str, data: dict[str, str]) -> None:
     """An event that reaches one collector before the other (here: only it): the other's copy is late."""
-    from homeiq.ha_sim.messages import event_message, iso, partial_event_message, ulid
-
     stamp = sim.hub.now()  # type: ignore[attr-defined]
-    partial = partial_event_message({"event_type": event_type, "data": data, "origin": "LOCAL", "time_fired": iso(stamp),
+    partial = partial_event_message({"event_type": event_type, "data": data, "origin": "LOCAL",
+                                     "time_fired": iso(stamp),
                                      "context": {"id": ulid(stamp), "parent_id": None, "user_id": None}})
     for sub_id in connection.subscriptions:  # type: ignore[attr-defined]
         connection.send(event_message(partial, sub_id))  # type: ignore[attr-defined]
@@ -129,9 +133,6 @@ async def test_guard_a_copy_skipped_for_the_other_collectors_unreplicated_entry_
     PASSES on Redis 7.0.15: a WAIT after a script that wrote nothing still waits for the replication offset of
     everything (measured: even GET then WAIT blocks while the replica is stopped), so b keeps its copies. Kept as a
     guard: the design relies on that WAIT behaviour, which nothing else states or tests."""
-    import os
-    import signal
-
     primary = RedisServer(tmp_path / "primary", None).start()
     replica = RedisServer(tmp_path / "replica", None, replica_of=primary.port).start()
     client = aioredis.Redis.from_url(primary.url)

@@ -142,9 +142,10 @@ class Publisher:
         readiness: Readiness, spool: Spool, policy: Policy, capacity: int = 2_000, batch_max: int = 1_000,
         linger_s: float = 0.05, durable: Callable[[], bool] = lambda: True,
         forgotten: Callable[[], None] = lambda: None, replicas: tuple[int, int] = (0, 0), dedup_window_s: int = 0,
+        collector_id: str = "",
     ) -> None:
         self._redis, self._redis_url = client, redis_url
-        self._keys = [names.stream.encode(), names.collector_tail.encode()]
+        self._keys = [names.stream.encode(), f"{names.collector_tail}:{collector_id}".encode()]  # our own tail
         # Two collectors on one HA: the broker adds an event only once within this many seconds (0: one collector).
         self._dedup_window_s = dedup_window_s
         if dedup_window_s:
@@ -241,6 +242,7 @@ class Publisher:
         try:
             async with self._tail_lock:  # the tail check of `check_tail_now` must not fall between script and reply
                 found, last_id, skipped, replicated = await self._xadd_and_wait(batch)
+                added = [p for n, p in enumerate(batch, 1) if n not in skipped] if skipped else batch
                 self.check_tail(found)
                 if last_id is not None:  # None: the other collector had added every one
                     self.tail_id = last_id
@@ -263,30 +265,31 @@ class Publisher:
         if self._unreplicated_logged:
             log.info("redis_replicated", replicas=replicated)
             self._unreplicated_logged = False
-        self._metrics.published.inc(len(batch) - skipped)
-        self._metrics.deduplicated.inc(skipped)
-        if last_id is not None:
-            self._unrecoverable.added(last_id, batch)
+        self._metrics.published.inc(len(added))
+        self._metrics.deduplicated.inc(len(batch) - len(added))
+        if last_id is not None:  # what Redis may forget is what we added, not the other collector's
+            self._unrecoverable.added(last_id, added)
         self._readiness.ok(READY_REDIS)
         if self._redis_down_logged:
             log.info("redis_available")
             self._redis_down_logged = False
         return True
 
-    async def _xadd_and_wait(self, batch: list[bytes]) -> tuple[bytes | None, bytes | None, int, int]:
-        """The script's reply (the tail found, the last id added, how many the stream had already) and how many
-        replicas have it: WAIT on the same connection, right after the script (a WAIT covers its connection's writes
-        up to its previous command)."""
+    async def _xadd_and_wait(self, batch: list[bytes]) -> tuple[bytes | None, bytes | None, set[int], int]:
+        """The script's reply (the tail found, the last id added, the positions of those the stream had already)
+        and how many replicas have it: WAIT on the same connection, right after the script (a WAIT covers its
+        connection's writes up to its previous command; in 7.0, a connection that wrote nothing waits for every
+        write so far: a copy skipped for the other collector's entry is durable only once that entry is)."""
         identities = [identity(payload) for payload in batch] if self._dedup_window_s else None
         args = xadd_batch_args(self.tail_id or b"", batch, self._dedup_window_s, identities)
         if not self._wait_replicas:
             found, last_id, skipped = await self._xadd_batch(keys=self._keys, args=args)
-            return found, last_id, int(skipped), 0
+            return found, last_id, set(skipped), 0
         async with self._redis.pipeline(transaction=False) as pipe:
             await self._xadd_batch(keys=self._keys, args=args, client=pipe)
             pipe.wait(self._wait_replicas, self._wait_timeout_ms)
             (found, last_id, skipped), replicated = await uncancelled(pipe.execute())
-        return found, last_id, int(skipped), int(replicated)
+        return found, last_id, set(skipped), int(replicated)
 
     async def check_tail_now(self) -> None:
         """Ask Redis for the tail now, while no batch is on its way (see `check_tail`)."""

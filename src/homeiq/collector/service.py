@@ -22,7 +22,7 @@ from homeiq.collector.metrics import CollectorMetrics
 from homeiq.collector.normalise import PointTimes, event_of
 from homeiq.collector.publisher import Publisher
 from homeiq.collector.registries import Registries
-from homeiq.collector.resume import FirstRun, KnownEntities, ResumePoint
+from homeiq.collector.resume import FirstRun, KnownEntities, ResumePoint, collector_id
 from homeiq.collector.session import READY_HA, HaSessions
 from homeiq.collector.settings import CollectorSettings
 from homeiq.collector.spool import Spool
@@ -62,7 +62,8 @@ class Collector:
                                    settings.publish_batch, settings.linger_ms / 1000,
                                    durable=lambda: self.persistence.ok, forgotten=self._redis_forgot,
                                    replicas=(settings.wait_replicas, settings.wait_timeout_ms),
-                                   dedup_window_s=settings.dedup_window_s)
+                                   dedup_window_s=settings.dedup_window_s,
+                                   collector_id=collector_id(Path(settings.spool_dir)))
         self.ha_registry = Registry()
         self.gap = GapTracker()
         self.ha_clock = HaClock(self._clock_finding)

@@ -80,13 +80,13 @@ def _collector(names: StreamNames) -> tuple[Grant, ...]:
     # EXISTS of its marks, XRANGE read-back, SMEMBERS/SADD/SREM of the entity set, EVAL of its own first-run script:
     # GET and SET), service.py (TIME). WAIT: an XADD counts once a replica has it (Sentinel). HSETNX and EXPIRE:
     # the identities of the events added lately (COLLECTOR_DEDUP_WINDOW_S), whose prefix the script gets as a key.
-    marks = (names.watermark, names.resume_from, names.collector_tail, names.first_run)
-    return (Grant((*_ROOT, "eval", "time", "wait"),
-                  ((names.stream, "RW"), (names.collector_tail, "RW"), (names.first_run, "RW")),
-                  prefixes=((names.collector_seen, "RW"),)),
+    marks = (names.watermark, names.resume_from, names.first_run)
+    return (Grant((*_ROOT, "eval", "time", "wait"), ((names.stream, "RW"), (names.first_run, "RW")),
+                  prefixes=((names.collector_seen, "RW"), (names.collector_tail, "RW"))),
             Grant(("xadd", "xrange"), ((names.stream, "RW"),)),
             Grant(("hsetnx", "expire"), prefixes=((names.collector_seen, "RW"),)),
-            Grant(("get", "set", "mget", "mset", "exists"), tuple((key, "RW") for key in marks)),
+            Grant(("get", "set", "mget", "mset", "exists"), tuple((key, "RW") for key in marks),
+                  prefixes=((names.collector_tail, "RW"),)),
             Grant(("smembers", "sadd", "srem"), ((names.collector_entities, "RW"),)))
 
 

@@ -14,20 +14,22 @@ from typing import Final
 # that timed out) and is skipped; a new one is kept there, and a bucket lives `window` seconds from its first identity
 # (EXPIRE NX): the memory is what arrived in the last window. Checked and added in the same step as the XADD, so two
 # collectors racing with one event add it once.
-# KEYS: stream, and the collector's tail key (left out by other publishers: the audit's repair), and the prefix of the
-# identity buckets (only with a window). ARGV: the tail the caller expects ('' when it does not know), version field,
-# version, event field, window (s; '0': none), then each event: its payload, or with a window its bucket, identity and
-# payload. Returns {the tail found (false: none or no tail key), the id of the last entry added (false: none), how
-# many were skipped}.
+# KEYS: stream, and the collector's own tail key (one per collector, left out by other publishers: the audit's
+# repair), and the prefix of the identity buckets (only with a window). ARGV: the tail the caller expects ('' when it
+# does not know), version field, version, event field, window (s; '0': none), then each event: its payload, or with a
+# window its bucket, identity and payload. Returns {the tail found (false: none or no tail key), the id of the last
+# entry added (false: none), the positions (1-based) of the events skipped}.
 XADD_BATCH_SCRIPT: Final = """
 local found = false
 if #KEYS > 1 then found = redis.call('GET', KEYS[2]) end
 local window = tonumber(ARGV[5])
 local id = false
-local skipped = 0
+local skipped = {}
 local step = 1
 if window > 0 then step = 3 end
+local n = 0
 for i = 6, #ARGV, step do
+  n = n + 1
   local payload = ARGV[i]
   local new = true
   if window > 0 then
@@ -39,12 +41,14 @@ for i = 6, #ARGV, step do
   if new then
     id = redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3], ARGV[4], payload)
   else
-    skipped = skipped + 1
+    table.insert(skipped, n)
   end
 end
 if id and #KEYS > 1 then redis.call('SET', KEYS[2], id) end
 return {found, id, skipped}
 """
+
+
 # Ack an entry and copy it to the dead-letter stream in one step; a second caller finds it acked and
 # adds nothing (two replayers never dead-letter the same entry twice). `force` records ids whose entry
 # is already gone from the pending list (XAUTOCLAIM's deleted ids).

@@ -57,8 +57,9 @@ class StreamNames(Settings, frozen=True, kw_only=True):
 
     @property
     def collector_tail(self) -> str:
-        """String: the id of the last entry the collector added, set in the same step as the XADDs: when it is not
-        the id the collector last got back, Redis has forgotten what came after it."""
+        """Prefix of strings, one per collector (`<prefix>:<its id>`): the id of the last entry that collector added,
+        set in the same step as its XADDs: when it is not the id it last got back, Redis has forgotten what came
+        after it. One each: with two collectors, the other's newer tail would hide that Redis forgot ours."""
         return f"{self.stream}:collector:tail"
 
     @property
