@@ -298,3 +298,62 @@ def test_the_install_names_the_url_of_an_influxdb_that_does_not_answer(machine: 
         machine.sh("cp /root/homeiq.env /etc/homeiq/homeiq.env")
     assert done.returncode != 0
     assert "InfluxDB at http://127.0.0.1:9/ping did not answer within 3 s" in done.stderr, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_the_primary_role_adds_a_sentinel_and_the_units_find_redis_through_it(machine: Machine) -> None:
+    """Machine A of two (`--role primary`), on this one machine: HomeIQ's Redis on TCP with a password, Debian's
+    redis-sentinel@homeiq watching it, the units asking the sentinels (the other two listed are unreachable
+    addresses) with the password as a credential. min-replicas-to-write 0: no replica runs here."""
+    password = secrets.token_hex(16)
+    machine.sh(f"umask 077; printf '%s\\n' {password} > /etc/homeiq/redis-password")
+    role = ["--role", "primary", "--address", "127.0.0.1", "--primary", "127.0.0.1", "--sentinels",
+            "127.0.0.1,192.0.2.1,192.0.2.2"]
+    env = {"PIP_CERT": "/host-ca.pem", "REDIS_MIN_REPLICAS_TO_WRITE": "0"}
+    started = time.monotonic()
+    for flags in (role, role, []):  # the second run changes nothing; one without the flags (after adding a secret,
+        machine.run("/src/scripts/install-systemd", *flags, env=env, timeout=1200)  # say) keeps the role's
+    TIMES["primary_role_s"] = time.monotonic() - started
+    for unit in ("homeiq-collector", "homeiq-writer@", "homeiq-replayer"):
+        assert "LoadCredential=redis-password:" in machine.sh(f"cat /etc/systemd/system/{unit}.service.d/*.conf"), unit
+    conf = machine.sh("cat /etc/redis/redis-homeiq.conf")
+    assert conf.count("# Two machines") == 1 and "\nport 6380\n" in conf and "\nmin-replicas-to-write 0\n" in conf
+    assert machine.active("redis-sentinel@homeiq") == "active"
+    assert machine.sh("stat -c '%U %a' /etc/redis/sentinel-homeiq.conf").split() == ["redis", "640"]
+    named = machine.sh("redis-cli -p 26380 sentinel get-master-addr-by-name homeiq").split()
+    assert named == ["127.0.0.1", "6380"], named
+    assert "NOAUTH" in machine.sh("redis-cli -p 6380 ping")
+    assert machine.sh(f"REDISCLI_AUTH={password} redis-cli -p 6380 ping").strip() == "PONG"
+    settings = machine.sh("cat /etc/homeiq/homeiq.env")
+    for line in ("REDIS_SENTINELS=127.0.0.1:26380,192.0.2.1:26380,192.0.2.2:26380", "REDIS_SENTINEL_SERVICE=homeiq",
+                 "COLLECTOR_WAIT_REPLICAS=1", "COLLECTOR_DEDUP_WINDOW_S=3600"):
+        assert f"\n{line}\n" in f"\n{settings}", line
+    assert password not in settings
+
+    machine.run("systemctl", "restart", *SERVICES)
+    time.sleep(10)
+    for unit in SERVICES:
+        state = machine.show(unit, "ActiveState", "MainPID")
+        assert state["ActiveState"] == "active", (unit, state)
+        environ = machine.sh(f"tr '\\0' '\\n' < /proc/{state['MainPID']}/environ")
+        assert f"REDIS_PASSWORD_FILE=/run/credentials/{unit}.service/redis-password" in environ, unit
+        assert password not in environ, unit
+    clients = machine.sh(f"REDISCLI_AUTH={password} redis-cli -p 6380 client list")
+    assert clients.count("addr=127.0.0.1:") >= len(SERVICES), clients  # every unit on the primary's TCP port
+
+    def stream_grows() -> bool:
+        def length() -> int:
+            return int(machine.sh(f"REDISCLI_AUTH={password} redis-cli -p 6380 xinfo stream homeiq:events"
+                                  " | sed -n '/^entries-added$/{n;p}'") or 0)
+        before = length()
+        time.sleep(3)
+        return length() > before
+
+    wait_until(stream_grows, 60, "the collector XADDing through the sentinel")
+    assert machine.run("homeiqctl", "pending", check=False).returncode == 0
+    verify = machine.run("systemd-analyze", "verify", *(f"{u}.service" for u in SERVICES), check=False)
+    assert verify.returncode == 0, verify.stderr
+    scores = {unit: machine.sh(f"systemd-analyze security {unit} | tail -n1") for unit in SERVICES}
+    print(f"times: {TIMES}; exposure with the primary role: {scores}")
+    assert all(float(re.search(r"(\d+\.\d+)", s)[1]) < 3.0 for s in scores.values()), scores  # type: ignore[index]
