@@ -23,7 +23,7 @@ import pytest
 
 from tests.test_stack import Stack, _read_record, http_json, influx_points, running, wait_until
 
-EVENTS, RATE, WRITERS = 5000, 50, 2
+EVENTS, RATE, WRITERS = 4000, 50, 2
 STACK_UP = ["scripts/stack-up", "--try", "--failover", "--writers", str(WRITERS), "-f", "tests/stack/compose.test.yaml",
             "-f", "tests/stack/compose.failover.test.yaml"]
 
