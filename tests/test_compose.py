@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 APPS = {"collector": collector_app, "writer": writer_app, "replayer": replayer_app}
 SECRETS = {"HA_TOKEN", "INFLUXDB_TOKEN", "INFLUXDB_PASSWORD"}
 FILES = ["compose.yaml", "compose.local.yaml", "compose.try.yaml"]  # scripts/stack-up --try's, in its order
+# scripts/stack-up --try --failover's: Redis with Sentinel and a second collector.
+FAILOVER = [*FILES, "compose.failover.yaml", "compose.failover.try.yaml"]
+APPS_WITH_REDIS = ("collector", "collector-b", "writer", "replayer")
 
 
 def compose(name: str = "compose.yaml") -> dict[str, Any]:
@@ -54,7 +57,7 @@ def envvars(script: str, subcommand: str) -> set[str]:
 
 def test_compose_files_are_valid_against_the_compose_specification() -> None:
     done = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
-                           *(str(ROOT / f) for f in FILES)], capture_output=True, text=True, check=False)
+                           *(str(ROOT / f) for f in FAILOVER)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -87,7 +90,7 @@ def test_prometheus_scrapes_each_service_on_its_metrics_port() -> None:
 
 
 def test_env_example_documents_exactly_the_variables_compose_uses() -> None:
-    used = {v for f in FILES for v in re.findall(r"(?<!\$)\$\{([A-Z_]+)", (ROOT / f).read_text())}
+    used = {v for f in FAILOVER for v in re.findall(r"(?<!\$)\$\{([A-Z_]+)", (ROOT / f).read_text())}
     documented = set(re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
     assert used == documented
 
@@ -129,7 +132,7 @@ def _locally_built() -> set[str]:
 def test_every_service_outside_an_opt_in_profile_runs_on_a_locally_built_image() -> None:
     """The offline `up` (scripts/stack-up): no service may pull; an opt-in profile says it needs a registry."""
     local = _locally_built()
-    for name in FILES:
+    for name in FAILOVER:
         text = (ROOT / name).read_text()
         for service_name, service in compose(name)["services"].items():
             if "image" not in service:
@@ -148,14 +151,17 @@ def test_every_service_outside_an_opt_in_profile_runs_on_a_locally_built_image()
     assert offline == {"redis", "influxdb", "influxdb-setup", "collector", "writer", "replayer", "prometheus",
                        "alertmanager", "ha-sim"}
     assert services["grafana"]["profiles"] == ["grafana"]
+    added = set(rendered(*FAILOVER)["services"]) - set(services)
+    assert added == {"redis-replica", "redis-replica-2", "sentinel-1", "sentinel-2", "sentinel-3", "collector-b"}
 
 
 def test_home_assistants_token_is_a_file_secret_never_a_variable() -> None:
-    for files in (["compose.yaml"], FILES):
+    for files in (["compose.yaml"], FILES, FAILOVER):
         config = rendered(*files)
         secret = config["secrets"]["ha_token"]
         assert set(secret) == {"file"}, secret
-        readers = {"collector", "replayer"} | ({"ha-sim"} if "compose.try.yaml" in files else set())
+        readers = {"collector", "replayer"} | ({"ha-sim"} if "compose.try.yaml" in files else set()) \
+            | ({"collector-b"} if "compose.failover.yaml" in files else set())
         for name, service in config["services"].items():
             env = service.get("environment") or {}
             assert "HA_TOKEN" not in env, f"{name} gets HA's token as a variable"
@@ -169,7 +175,7 @@ def test_home_assistants_token_is_a_file_secret_never_a_variable() -> None:
 
 
 def test_the_replayer_gets_everything_its_periodic_audit_needs() -> None:
-    for files in (["compose.yaml"], FILES):
+    for files in (["compose.yaml"], FILES, FAILOVER):
         services = rendered(*files)["services"]
         replayer, collector = services["replayer"]["environment"], services["collector"]["environment"]
         assert float(replayer["REPLAYER_AUDIT_INTERVAL_S"]) > 0  # on by default: the HomeiqAudit* alerts can fire
@@ -241,3 +247,58 @@ def test_the_readme_starts_the_stack_offline_with_one_command() -> None:
     assert "--profile grafana" in section and "registry" in section
     script = (ROOT / "scripts" / "stack-up").read_text()
     assert "compose.try.yaml" in script and "scripts/stack-images" in script
+
+
+def test_with_failover_every_app_reaches_redis_through_the_sentinels() -> None:
+    """compose.failover.yaml: each app asks the three sentinels (each a service with a volume of its own for the
+    configuration it rewrites), the collectors wait for a replica and deduplicate at the broker, every data node
+    refuses writes without a replica in reach, and the second collector is the first one's twin but for its spool."""
+    for files in (["compose.yaml", "compose.failover.yaml"], FAILOVER):
+        config = rendered(*files)
+        services = config["services"]
+        sentinels = [s for s in services if s.startswith("sentinel-")]
+        data_nodes = ["redis", "redis-replica", "redis-replica-2"]
+        for name in APPS_WITH_REDIS:
+            env = services[name]["environment"]
+            assert env["REDIS_SENTINELS"] == ",".join(f"{s}:26379" for s in sentinels), name
+            assert env["REDIS_SENTINEL_SERVICE"] == "homeiq", name
+            assert set(services[name]["depends_on"]) >= {*sentinels, *data_nodes}, name
+            script = name.removesuffix("-b")
+            reads = envvars(script, "run") | (envvars(script, "status") if script == "replayer" else set())
+            assert not set(env) - reads, f"{name} sets variables the code never reads: {set(env) - reads}"
+        for name in ("collector", "collector-b"):
+            env = services[name]["environment"]
+            assert env["COLLECTOR_WAIT_REPLICAS"] == "1" and int(env["COLLECTOR_DEDUP_WINDOW_S"]) > 0, name
+        assert services["collector-b"]["environment"] == services["collector"]["environment"]
+        assert services["collector-b"]["command"] == services["collector"]["command"]
+        spools = {n: [v.split(":")[0] for v in services[n]["volumes"]] for n in ("collector", "collector-b")}
+        assert spools == {"collector": ["collector-spool"], "collector-b": ["collector-b-spool"]}, spools
+        for name in [*data_nodes, *sentinels]:
+            service = services[name]
+            mode = "sentinel" if name in sentinels else "data"
+            assert service["entrypoint"] == ["/bin/sh", "/etc/homeiq/failover-start", mode], name
+            volume = next(v.split(":")[0] for v in service["volumes"] if v.split(":")[1] == "/data")
+            assert volume in config["volumes"], f"{name}: its configuration (Sentinel's to rewrite) needs a volume"
+            if mode == "data":
+                env = service["environment"]
+                assert env["REDIS_ANNOUNCE"] == name and env.get("REDIS_REPLICA_OF", "redis") == "redis"
+                assert int(env["REDIS_MIN_REPLICAS_TO_WRITE"]) >= 1 and int(env["REDIS_MIN_REPLICAS_MAX_LAG"]) > 0
+            else:
+                assert service["environment"]["SENTINEL_ANNOUNCE"] == name
+                assert service["environment"]["SENTINEL_PRIMARY"] == "redis"
+        script = (ROOT / "ops" / "redis" / "failover-start").read_text()
+        for setting in ("--min-replicas-to-write", "--min-replicas-max-lag", "--replica-announce-ip",
+                        "--maxmemory-policy noeviction", "--appendonly yes", "sentinel resolve-hostnames yes",
+                        "sentinel announce-hostnames yes"):
+            assert setting in script, setting
+
+
+def test_with_failover_prometheus_scrapes_both_collectors() -> None:
+    prometheus = yaml.safe_load((ROOT / "ops" / "prometheus.yml").read_text())
+    job = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "homeiq-collector")
+    pattern = job["file_sd_configs"][0]["files"][0]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in rendered(*FAILOVER)["services"]["prometheus"]["volumes"]}
+    found = [Path(src) for dst, src in mounts.items() if Path(dst).match(pattern)]
+    assert [yaml.safe_load(f.read_text()) for f in found] == [[{"targets": ["collector-b:8001"]}]]
+    assert not [dst for dst in rendered(*FILES)["services"]["prometheus"]["volumes"]
+                if Path(dst.split(":")[1]).match(pattern)], "without failover, no second collector to scrape"

@@ -14,6 +14,7 @@ own), all removed at the end. The images stay, tagged by a hash of their inputs,
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -53,8 +54,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 class Stack:
     """A copy of the work tree, as a fresh clone is, where the test runs what the README says."""
 
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
-        self.workdir = workdir
+    def __init__(self, workdir: Path, env: dict[str, str], command: list[str] | None = None) -> None:
+        self.workdir, self.command = workdir, command or STACK_UP
         # The caller's environment, less what would steer compose away from what stack-up wrote in .env.
         steering = ("COMPOSE_FILE", "COMPOSE_PROJECT_NAME", "HA_TOKEN", "HA_TOKEN_FILE")
         self.env = {k: v for k, v in os.environ.items() if k not in steering and not k.endswith("_IMAGE")} | env
@@ -63,7 +64,7 @@ class Stack:
     def up(self) -> str:
         """The README's one command (with the test's file added); returns what it said."""
         started = time.monotonic()
-        done = subprocess.run(STACK_UP, cwd=self.workdir, env=self.env, capture_output=True, text=True,
+        done = subprocess.run(self.command, cwd=self.workdir, env=self.env, capture_output=True, text=True,
                               check=False, timeout=1800)
         assert done.returncode == 0, f"scripts/stack-up failed:\n{done.stdout}\n{done.stderr[-6000:]}"
         self.up_seconds.append(time.monotonic() - started)
@@ -117,8 +118,9 @@ def http_json(url: str, params: dict[str, str], user: str | None = None, passwor
         return None
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+@contextlib.contextmanager
+def running(command: list[str], env: dict[str, str]) -> Iterator[Stack]:
+    """`command` (scripts/stack-up ...) in a copy of the work tree, with `env` added; all removed at the end."""
     problem = engine_problem()
     if problem:
         pytest.skip(problem)
@@ -131,9 +133,8 @@ def stack() -> Iterator[Stack]:
             shutil.copy2(ROOT / name, workdir / name)
     ports = {name: str(free_port()) for name in ("INFLUXDB_PORT", "PROMETHEUS_PORT", "ALERTMANAGER_PORT")}
     # Only what a user could set to move the stack aside; stack-up writes everything else (.env, the token).
-    env = {**ports, "BIND_ADDRESS": "127.0.0.1", "REDIS_MAXMEMORY": "256mb", "HA_SIM_EVENTS": str(EVENTS),
-           "HA_SIM_RATE": str(RATE), "COMPOSE_HTTP_TIMEOUT": "300"}
-    stack = Stack(workdir, env)
+    env = {**ports, "BIND_ADDRESS": "127.0.0.1", "REDIS_MAXMEMORY": "256mb", "COMPOSE_HTTP_TIMEOUT": "300", **env}
+    stack = Stack(workdir, env, command)
     try:
         stack.up()
         yield stack
@@ -143,6 +144,12 @@ def stack() -> Iterator[Stack]:
         shutil.rmtree(workdir, ignore_errors=True)
         print(logs[-20000:])  # shown by pytest only when a test failed
         print(f"scripts/stack-up took {', then '.join(f'{s:.0f} s' for s in stack.up_seconds)}")
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with running(STACK_UP, {"HA_SIM_EVENTS": str(EVENTS), "HA_SIM_RATE": str(RATE)}) as started:
+        yield started
 
 
 def influx_points(stack: Stack) -> list[dict[str, Any]]:

@@ -2,11 +2,15 @@
 test's local base image plus Debian's systemd, tests/systemd/Dockerfile): the install, the units' sandbox, the
 secrets as credentials only where there are any, HomeIQ's own Redis, InfluxDB on 127.0.0.1 and its database, points
 from ha-sim in InfluxDB with every unit active, `homeiqctl` and its exit codes, and a configuration error that does
-not restart forever. The exposure of each unit (`systemd-analyze security --offline=yes`) is checked without Docker.
+not restart forever. Then the same machine as machine A of two (`--role primary`), two more containers as B
+(`--role replica`) and C (`--role sentinel`), and A frozen: B's Redis promoted, A's back as its replica. The
+exposure of each unit (`systemd-analyze security --offline=yes`) is checked without Docker.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -130,44 +134,73 @@ def source_tar() -> bytes:
 TIMES: dict[str, float] = {}
 
 
-@pytest.fixture(scope="module")
-def machine() -> Iterator[Machine]:
+def _running(box: Machine) -> bool:
+    return box.run("systemctl", "is-system-running", check=False).stdout.strip() in ("running", "degraded")
+
+
+@contextlib.contextmanager
+def booted(names: list[str]) -> Iterator[list[Machine]]:
+    """Containers booting systemd, the source in /src of each; removed at the end (the journal shown on failure)."""
     problem = engine_problem()
     if problem:
         pytest.skip(problem)
     tag = image()
     # pip trusts what this host trusts (a TLS-intercepting proxy's CA, where there is one); nothing else is given.
     ca = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")
-    name = f"homeiq-systemd-test-{os.getpid()}"
-    # Every capability but CAP_SYS_RESOURCE (--privileged asks for all of them: "unable to apply caps" where dockerd
-    # itself runs without it, as here; systemd and the units need none of it), no seccomp or AppArmor profile
-    # (systemd sets up the units' own), the host's cgroups for systemd to manage, /run a tmpfs as on a machine.
-    subprocess.run(["docker", "run", "-d", "--name", name, "--cap-add=ALL", "--cap-drop=SYS_RESOURCE",
-                    "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
-                    "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp", "-v", "/sys/fs/cgroup:/sys/fs/cgroup",
-                    "-v", f"{ca}:/host-ca.pem:ro", tag], capture_output=True, text=True, check=True)
-    box = Machine(name)
+    boxes = [Machine(f"homeiq-systemd-test-{os.getpid()}{name}") for name in names]
     try:
-        wait_until(lambda: box.run("systemctl", "is-system-running", check=False).stdout.strip()
-                   in ("running", "degraded"), 120, "systemd in the container to boot")
-        # On a machine systemd makes / a shared mount at boot; in a container it leaves that to the engine, and
-        # Docker's mounts are private: a unit's credentials (a ramfs systemd mounts in a namespace of its own and
-        # moves under /run/credentials) would stay invisible to it ("Permission denied" on an empty 0700 dir).
-        box.run("mount", "--make-rshared", "/")
-        box.run("mkdir", "-p", "/src")
-        subprocess.run(["docker", "exec", "-i", name, "tar", "-x", "-C", "/src"], input=source_tar(), check=True,
-                       capture_output=True)
+        for box in boxes:
+            # Every capability but CAP_SYS_RESOURCE (--privileged asks for all of them: "unable to apply caps" where
+            # dockerd itself runs without it, as here; systemd and the units need none of it), no seccomp or
+            # AppArmor profile (systemd sets up the units' own), the host's cgroups for systemd to manage, /run a
+            # tmpfs as on a machine.
+            subprocess.run(["docker", "run", "-d", "--name", box.container, "--cap-add=ALL", "--cap-drop=SYS_RESOURCE",
+                            "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+                            "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
+                            "-v", "/sys/fs/cgroup:/sys/fs/cgroup", "-v", f"{ca}:/host-ca.pem:ro", tag],
+                           capture_output=True, text=True, check=True)
+        for box in boxes:
+            wait_until(functools.partial(_running, box), 120, "systemd in the container to boot")
+            # On a machine systemd makes / a shared mount at boot; in a container it leaves that to the engine, and
+            # Docker's mounts are private: a unit's credentials (a ramfs systemd mounts in a namespace of its own
+            # and moves under /run/credentials) would stay invisible to it ("Permission denied" on an empty 0700 dir).
+            box.run("mount", "--make-rshared", "/")
+            box.run("mkdir", "-p", "/src")
+            subprocess.run(["docker", "exec", "-i", box.container, "tar", "-x", "-C", "/src"], input=source_tar(),
+                           check=True, capture_output=True)
+        yield boxes
+    finally:
+        for box in boxes:
+            journal = subprocess.run(["docker", "exec", box.container, "journalctl", "--no-pager", "-n", "80", "-u",
+                                      "homeiq-*", "-u", "redis-*", "-u", "influxdb"], capture_output=True, text=True,
+                                     check=False)
+            subprocess.run(["docker", "rm", "-f", box.container], capture_output=True, check=False)
+            print(f"{box.container}:\n{journal.stdout[-8000:]}")  # shown by pytest only when a test failed
+        print(f"times: {TIMES}")
+
+
+@pytest.fixture(scope="module")
+def machine() -> Iterator[Machine]:
+    with booted([""]) as (box,):
         box.sh("sha256sum /etc/redis/redis.conf > /root/redis.conf.sum")
         started = time.monotonic()
         box.run("/src/scripts/install-systemd", env={"PIP_CERT": "/host-ca.pem"}, timeout=1200)
         TIMES["install_s"] = time.monotonic() - started
         yield box
-    finally:
-        journal = subprocess.run(["docker", "exec", name, "journalctl", "--no-pager", "-n", "80", "-u", "homeiq-*",
-                                  "-u", "redis-server@homeiq", "-u", "influxdb"], capture_output=True, text=True,
-                                 check=False)
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
-        print(journal.stdout[-12000:], f"\ntimes: {TIMES}")  # shown by pytest only when a test failed
+
+
+def point_count(machine: Machine) -> int:
+    """The points in its InfluxDB (0 while it does not answer)."""
+    out = machine.run("influx", "-host", "127.0.0.1", "-database", "home_assistant_events", "-format", "json",
+                      "-execute", "SELECT count(state_value) FROM home_assistant_events", check=False).stdout
+    series = (json.loads(out or "{}").get("results") or [{}])[0].get("series") or []
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def address(machine: Machine) -> str:
+    """Its address on Docker's bridge: how the other machines reach it."""
+    return subprocess.run(["docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", machine.container],
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 @pytest.mark.slow
@@ -218,10 +251,7 @@ def test_the_units_run_and_write_points_and_homeiqctl_runs_the_replayer(machine:
     machine.run("systemctl", "enable", "--now", *SERVICES)
 
     def points() -> int:
-        out = machine.run("influx", "-host", "127.0.0.1", "-database", "home_assistant_events", "-format", "json",
-                          "-execute", "SELECT count(state_value) FROM home_assistant_events", check=False).stdout
-        series = (json.loads(out or "{}").get("results") or [{}])[0].get("series") or []
-        return int(series[0]["values"][0][1]) if series else 0
+        return point_count(machine)
 
     wait_until(points, 120, "the first points in InfluxDB")
     TIMES["first_points_s"] = time.monotonic() - started
@@ -298,3 +328,138 @@ def test_the_install_names_the_url_of_an_influxdb_that_does_not_answer(machine: 
         machine.sh("cp /root/homeiq.env /etc/homeiq/homeiq.env")
     assert done.returncode != 0
     assert "InfluxDB at http://127.0.0.1:9/ping did not answer within 3 s" in done.stderr, done.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def others() -> Iterator[tuple[Machine, Machine]]:
+    """Machines B and C of two machines and a third (the InfluxDB host's sentinel), beside `machine` as A."""
+    with booted(["-b", "-c"]) as (b, c):
+        yield b, c
+
+
+PASSWORD = secrets.token_hex(16)  # Redis's, the same on the three machines
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_the_primary_role_adds_a_sentinel_and_the_units_find_redis_through_it(
+        machine: Machine, others: tuple[Machine, Machine]) -> None:
+    """Machine A (`--role primary`), the machine of the tests above: HomeIQ's Redis on its address with a password,
+    Debian's redis-sentinel@homeiq watching it, the units asking the sentinels with the password as a credential.
+    min-replicas-to-write 0: the third machine holds a sentinel only, and until B joins no replica runs."""
+    a_ip, b_ip, c_ip = (address(box) for box in (machine, *others))
+    for box in (machine, *others):
+        box.sh(f"mkdir -p /etc/homeiq && umask 077 && printf '%s\\n' {PASSWORD} > /etc/homeiq/redis-password")
+    role = ["--role", "primary", "--address", a_ip, "--primary", a_ip, "--sentinels", f"{a_ip},{b_ip},{c_ip}"]
+    env = {"PIP_CERT": "/host-ca.pem", "REDIS_MIN_REPLICAS_TO_WRITE": "0"}
+    started = time.monotonic()
+    for flags in (role, role, []):  # the second run changes nothing; one without the flags (after adding a secret,
+        machine.run("/src/scripts/install-systemd", *flags, env=env, timeout=1200)  # say) keeps the role's
+    TIMES["primary_role_s"] = time.monotonic() - started
+    for unit in ("homeiq-collector", "homeiq-writer@", "homeiq-replayer"):
+        assert "LoadCredential=redis-password:" in machine.sh(f"cat /etc/systemd/system/{unit}.service.d/*.conf"), unit
+    conf = machine.sh("cat /etc/redis/redis-homeiq.conf")
+    assert conf.count("# Two machines") == 1 and "\nport 6380\n" in conf and "\nmin-replicas-to-write 0\n" in conf
+    assert machine.active("redis-sentinel@homeiq") == "active"
+    assert machine.sh("stat -c '%U %a' /etc/redis/sentinel-homeiq.conf").split() == ["redis", "640"]
+    named = machine.sh("redis-cli -p 26380 sentinel get-master-addr-by-name homeiq").split()
+    assert named == [a_ip, "6380"], named
+    assert "NOAUTH" in machine.sh("redis-cli -p 6380 ping")
+    assert redis(machine, "ping").strip() == "PONG"
+    settings = machine.sh("cat /etc/homeiq/homeiq.env")
+    for line in (f"REDIS_SENTINELS={a_ip}:26380,{b_ip}:26380,{c_ip}:26380", "REDIS_SENTINEL_SERVICE=homeiq",
+                 "COLLECTOR_WAIT_REPLICAS=1", "COLLECTOR_DEDUP_WINDOW_S=3600"):
+        assert f"\n{line}\n" in f"\n{settings}", line
+    assert PASSWORD not in settings
+
+    machine.run("systemctl", "restart", *SERVICES)
+    time.sleep(10)
+    for unit in SERVICES:
+        state = machine.show(unit, "ActiveState", "MainPID")
+        assert state["ActiveState"] == "active", (unit, state)
+        environ = machine.sh(f"tr '\\0' '\\n' < /proc/{state['MainPID']}/environ")
+        assert f"REDIS_PASSWORD_FILE=/run/credentials/{unit}.service/redis-password" in environ, unit
+        assert PASSWORD not in environ, unit
+    clients = redis(machine, "client list")
+    assert clients.count(f"addr={a_ip}:") >= len(SERVICES), clients  # every unit on the address the sentinel names
+    wait_until(lambda: stream_grows(machine), 60, "the collector XADDing through the sentinel")
+    assert machine.run("homeiqctl", "pending", check=False).returncode == 0
+    verify = machine.run("systemd-analyze", "verify", *(f"{u}.service" for u in SERVICES), check=False)
+    assert verify.returncode == 0, verify.stderr
+    scores = {unit: machine.sh(f"systemd-analyze security {unit} | tail -n1") for unit in SERVICES}
+    print(f"times: {TIMES}; exposure with the primary role: {scores}")
+    assert all(float(re.search(r"(\d+\.\d+)", s)[1]) < 3.0 for s in scores.values()), scores  # type: ignore[index]
+
+
+def redis(box: Machine, command: str) -> str:
+    """redis-cli of HomeIQ's Redis on `box` (port 6380, with the password)."""
+    return box.sh(f"REDISCLI_AUTH={PASSWORD} redis-cli -p 6380 {command}")
+
+
+def stream_grows(box: Machine) -> bool:
+    def added() -> int:
+        return int(redis(box, "xinfo stream homeiq:events | sed -n '/^entries-added$/{n;p}'") or 0)
+    before = added()
+    time.sleep(3)
+    return added() > before
+
+
+def sentinel_view(box: Machine) -> dict[str, str]:
+    lines = box.sh("redis-cli -p 26380 sentinel master homeiq").splitlines()
+    return dict(zip(lines[::2], lines[1::2], strict=False))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_two_machines_and_a_third_sentinel_survive_machine_a_hanging(
+        machine: Machine, others: tuple[Machine, Machine]) -> None:
+    """B (`--role replica`) and C (`--role sentinel`) join A; both collectors subscribe to Home Assistant (ha-sim,
+    moved to B so that it outlives A). A frozen (docker pause: every process hangs, as a hung machine): B's and C's
+    sentinels promote B's Redis and B's collector publishes to it. A back: its Redis a replica of B's (its
+    configuration rewritten by Sentinel), its units following the sentinels to B, points arriving again."""
+    b, c = others
+    a_ip, b_ip, c_ip = (address(box) for box in (machine, b, c))
+    sentinels = f"{a_ip},{b_ip},{c_ip}"
+    started = time.monotonic()
+    c.run("/src/scripts/install-systemd", "--role", "sentinel", "--address", c_ip, "--primary", a_ip, "--sentinels",
+          sentinels)
+    assert c.sh("ls /opt; ls /etc/systemd/system | grep -c homeiq || true").split() == ["0"]  # nothing of HomeIQ
+    token = machine.sh("cat /etc/homeiq/ha-token").strip()
+    b.sh(f"umask 077; printf '%s\\n' {token} > /etc/homeiq/ha-token")
+    b.run("/src/scripts/install-systemd", "--role", "replica", "--address", b_ip, "--primary", a_ip, "--sentinels",
+          sentinels, "--influxdb", f"http://{a_ip}:8086",
+          env={"PIP_CERT": "/host-ca.pem", "REDIS_MIN_REPLICAS_TO_WRITE": "0"}, timeout=1200)
+    TIMES["b_and_c_install_s"] = time.monotonic() - started
+    assert "replicaof" in b.sh("grep ^replicaof /etc/redis/redis-homeiq.conf")
+    assert f"\nINFLUXDB_URL=http://{a_ip}:8086\n" in b.sh("cat /etc/homeiq/homeiq.env")  # A's (none set up on B)
+    b.run("systemd-run", "--unit=ha-sim", "-E", f"HA_TOKEN={token}", "-E", "HA_SIM_PORT=8123", "-E",
+          "HA_SIM_HOST=0.0.0.0", "-E", "HA_SIM_RATE=20", "-E", "HA_SIM_ENTITIES=50", "/opt/homeiq/bin/ha-sim", "run")
+    for box in (machine, b):
+        box.sh(f"sed -i 's|^HA_URL=.*|HA_URL=http://{b_ip}:8123|' /etc/homeiq/homeiq.env")
+    machine.run("systemctl", "restart", "homeiq-collector")
+    b.run("systemctl", "enable", "--now", "homeiq-collector")
+
+    wait_until(lambda: f"ip={b_ip},port=6380,state=online" in redis(machine, "info replication"), 60,
+               "B's Redis in sync with A's")
+    wait_until(lambda: all((v := sentinel_view(box)).get("num-slaves") == "1" and v.get("num-other-sentinels") == "2"
+                           for box in (machine, b, c)), 60, "each sentinel to know the replica and the two others")
+    wait_until(lambda: stream_grows(machine), 60, "both collectors publishing")
+    assert b.active("homeiq-collector") == "active"
+
+    subprocess.run(["docker", "pause", machine.container], check=True, capture_output=True)
+    paused = time.monotonic()
+    try:
+        wait_until(lambda: b.sh("redis-cli -p 26380 sentinel get-master-addr-by-name homeiq").split()[:1] == [b_ip],
+                   60, "B's and C's sentinels to promote B's Redis")
+        TIMES["promoted_after_s"] = time.monotonic() - paused
+        assert "role:master" in redis(b, "info replication")
+        wait_until(lambda: stream_grows(b), 60, "B's collector publishing to B's Redis")
+    finally:
+        subprocess.run(["docker", "unpause", machine.container], check=True, capture_output=True)
+    wait_until(lambda: f"master_host:{b_ip}" in redis(machine, "info replication"), 90,
+               "A's Redis to follow B's")
+    assert f"\nreplicaof {b_ip} 6380" in machine.sh("cat /etc/redis/redis-homeiq.conf")
+    before = point_count(machine)
+    wait_until(lambda: point_count(machine) > before, 90, "A's writers writing again, from B's Redis")
+    TIMES["two_machines_s"] = time.monotonic() - started
+    print(f"times: {TIMES}")

@@ -69,9 +69,10 @@ BUILT_AT_RUN_TIME: dict[tuple[str, str], str] = {
     ("src/homeiq/local/processes.py", "str(executable)"):
         "one of this project's console scripts in the virtualenv (Path(sys.executable).parent / script), installed "
         "by scripts/bootstrap's pip",
-    ("tests/test_stack.py", "STACK_UP"):
-        "scripts/stack-up, this repository's own script (the README's command), named by a module constant; the "
-        "docker-compose and docker it runs are found by name in the same file",
+    ("tests/test_stack.py", "self.command"):
+        "scripts/stack-up, this repository's own script (the README's command), named by the module constant "
+        "STACK_UP of tests/test_stack.py or tests/test_stack_failover.py; the docker-compose and docker it runs are "
+        "found by name in the same file",
     ("tests/realha/", "*"):
         "the real-HA lane runs Home Assistant's own programs: a pythonX.Y found on PATH or in pyenv (Debian 12's "
         "python3.11 serves the 3.11 release; 3.13 is pyenv's), and the interpreter, pip and hass of the virtualenv "
