@@ -8,6 +8,7 @@ import contextlib
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -102,8 +103,10 @@ class RedisServer(_Process):
     def __init__(self, workdir: Path, port: int | None, appendonly: bool = True, maxmemory: str = "0",
                  replica_of: int | None = None, config_file: bool = False, password: str = "",
                  min_replicas: tuple[int, int] = (0, 10), aclfile: Path | None = None,
-                 login: tuple[str, str] | None = None, master_login: tuple[str, str] | None = None) -> None:
+                 login: tuple[str, str] | None = None, master_login: tuple[str, str] | None = None,
+                 tls: Path | None = None) -> None:
         super().__init__(workdir, port)
+        self.tls = tls  # a folder with ca.pem, server.pem, server.key: TLS only, replication included
         self.master_login = master_login  # the user a replica syncs as (masteruser, masterauth): any node may be one
         self.appendonly = appendonly
         self.maxmemory = maxmemory  # a cap (Redis's units: 256mb), then XADD is refused and the collector spools
@@ -131,7 +134,7 @@ class RedisServer(_Process):
                 path.write_text(f"replicaof 127.0.0.1 {self.replica_of}\n" if self.replica_of else "")
             config = [str(path)]
         self._spawn([
-            _binary("redis-server", "redis-server"), *config, "--port", str(self.port), "--bind", "127.0.0.1",
+            _binary("redis-server", "redis-server"), *config, *_tls_flags(self.port, self.tls), "--bind", "127.0.0.1",
             "--dir", str(self.workdir), "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
             "--save", "", "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction",
             "--daemonize", "no", "--protected-mode", "no",
@@ -149,7 +152,7 @@ class RedisServer(_Process):
         if self.process is None:
             return False
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+            with _connect(self.port, self.tls) as sock:
                 sock.sendall(_auth(self.login or self.password) + b"INFO server\r\n")
                 reply = b""
                 while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
@@ -198,8 +201,9 @@ class RedisSentinel(_Process):
 
     def __init__(self, workdir: Path, port: int | None, primary_port: int, service: str = "homeiq",
                  quorum: int = 2, down_after_ms: int = 1000, failover_timeout_ms: int = 5000,
-                 password: str = "", data_password: str = "", data_user: str = "") -> None:
+                 password: str = "", data_password: str = "", data_user: str = "", tls: Path | None = None) -> None:
         super().__init__(workdir, port)
+        self.tls = tls  # TLS only, as RedisServer's; to the data nodes too (tls-replication)
         self.data_user = data_user  # the user it logs in to the data nodes as (sentinel auth-user), with data_password
         self.primary_port, self.service, self.quorum = primary_port, service, quorum
         self.password, self.data_password = password, data_password  # its own (requirepass), the data nodes'
@@ -219,6 +223,7 @@ class RedisSentinel(_Process):
                 quorum=self.quorum, down_after_ms=self.down_after_ms, failover_timeout_ms=self.failover_timeout_ms)
                 + (f"requirepass {self.password}\n" if self.password else "")
                 + (f"sentinel auth-user {self.service} {self.data_user}\n" if self.data_user else "")
+                + _as_config(_tls_flags(self.port, self.tls))
                 + (f"sentinel auth-pass {self.service} {self.data_password}\n" if self.data_password else ""))
         self._spawn([_binary("redis-sentinel", "redis-sentinel"), str(path)])
         self._wait_until(self._answers, timeout_s)
@@ -232,7 +237,7 @@ class RedisSentinel(_Process):
 
     def primary(self) -> tuple[str, int] | None:
         """The primary this sentinel names now (`SENTINEL GET-MASTER-ADDR-BY-NAME`), None when it names none."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+        with _connect(self.port, self.tls) as sock:
             sock.sendall(_auth(self.password) + f"SENTINEL GET-MASTER-ADDR-BY-NAME {self.service}\r\n".encode())
             reply = b""
             while True:
@@ -257,7 +262,7 @@ class SentinelSet:
     def __init__(self, workdir: Path, replicas: int = 2, sentinels: int = 3, service: str = "homeiq",
                  down_after_ms: int = 1000, failover_timeout_ms: int = 5000, password: str = "",
                  sentinel_password: str = "", min_replicas: tuple[int, int] = (0, 10), aclfile: Path | None = None,
-                 logins: Mapping[str, tuple[str, str]] | None = None) -> None:
+                 logins: Mapping[str, tuple[str, str]] | None = None, tls: Path | None = None) -> None:
         # With an ACL file (`replayer acl-file`), `logins` holds the users of "admin" (readiness checks), "replica"
         # (masteruser) and "sentinel" (sentinel auth-user).
         logins = logins or {}
@@ -265,14 +270,14 @@ class SentinelSet:
         def node(n: int, replica_of: int | None) -> RedisServer:
             return RedisServer(workdir / f"redis-{n}", None, replica_of=replica_of, config_file=True,
                                password=password, min_replicas=min_replicas, aclfile=aclfile,
-                               login=logins.get("admin"), master_login=logins.get("replica"))
+                               login=logins.get("admin"), master_login=logins.get("replica"), tls=tls)
 
         primary = node(0, None)
         self.servers = [primary, *(node(n, primary.port) for n in range(1, replicas + 1))]
         data_user, data_password = logins.get("sentinel", ("", password))
         self.sentinels = [RedisSentinel(workdir / f"sentinel-{n}", None, primary.port, service, sentinels // 2 + 1,
                                         down_after_ms, failover_timeout_ms, sentinel_password, data_password,
-                                        data_user)
+                                        data_user, tls)
                           for n in range(sentinels)]
         self.service = service
 
@@ -297,9 +302,11 @@ class SentinelSet:
         """The replicas are in sync with the primary (not still loading its first copy: a primary killed then
         would leave them without what it had acknowledged), and `sentinel` knows them and the other sentinels."""
         primary = self.servers[0]
-        in_sync = _info(primary.port, "replication", primary.login or primary.password).count(",state=online,")
+        in_sync = _info(primary.port, "replication", primary.login or primary.password, primary.tls).count(
+            ",state=online,")
         wanted = f"slaves={len(self.servers) - 1},sentinels={len(self.sentinels)}"
-        return in_sync == len(self.servers) - 1 and wanted in _info(sentinel.port, "sentinel", sentinel.password)
+        return in_sync == len(self.servers) - 1 and wanted in _info(sentinel.port, "sentinel", sentinel.password,
+                                                                     sentinel.tls)
 
     def primary(self) -> RedisServer | None:
         """The server that the first sentinel which names a primary names (None: none does)."""
@@ -315,10 +322,33 @@ class SentinelSet:
             process.stop()
 
 
-def _info(port: int, section: str, password: str | tuple[str, str] = "") -> str:
+def _tls_flags(port: int, tls: Path | None) -> list[str]:
+    """Where a server listens: `--port`, or with a TLS folder `--port 0` and TLS on `port`, replication and (for a
+    sentinel) its links to the data nodes over TLS too, clients checked against nothing (no client certificates)."""
+    if tls is None:
+        return ["--port", str(port)]
+    return ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(tls / "server.pem"),
+            "--tls-key-file", str(tls / "server.key"), "--tls-ca-cert-file", str(tls / "ca.pem"),
+            "--tls-auth-clients", "no", "--tls-replication", "yes"]
+
+
+def _as_config(flags: list[str]) -> str:
+    """`--name value` pairs as lines of a configuration file."""
+    return "".join(f"{name.removeprefix('--')} {value}\n" for name, value in zip(flags[::2], flags[1::2], strict=True))
+
+
+def _connect(port: int, tls: Path | None) -> socket.socket:
+    """A connection to 127.0.0.1:`port`, over TLS checked against the folder's CA when there is one."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+    if tls is None:
+        return sock
+    return ssl.create_default_context(cafile=str(tls / "ca.pem")).wrap_socket(sock, server_hostname="127.0.0.1")
+
+
+def _info(port: int, section: str, password: str | tuple[str, str] = "", tls: Path | None = None) -> str:
     """INFO `section` of the server on 127.0.0.1:`port`, as text ("" when it does not answer)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        with _connect(port, tls) as sock:
             sock.sendall(_auth(password) + f"INFO {section}\r\n".encode())
             reply = b""
             while True:

@@ -144,7 +144,7 @@ class RedisSettings(Protocol):
 @dataclass(frozen=True)
 class RedisPlace:
     """Redis at `url`; or, with `sentinels` (host:port,…), the primary the sentinels name for `service`, with
-    `url` giving only the database, user and TLS to the data nodes (the sentinels are asked without TLS). The
+    `url` giving only the database, user and TLS (rediss://: to the data nodes and the sentinels). The
     passwords are read once, from REDIS_PASSWORD(_FILE) and REDIS_SENTINEL_PASSWORD(_FILE), and never shown
     (`str()` and `repr()` are what logs and errors say)."""
 
@@ -219,13 +219,17 @@ def connect(place: str | RedisPlace, socket_timeout_s: float = DEFAULT_SOCKET_TI
         client = _CancelSafeRedis.from_url(place.url, **options)
     else:
         from_url: dict[str, Any] = dict(parse_url(place.url))
+        # rediss://: the sentinels are asked over TLS too, checked against the same CA (Redis's sentinels take TLS
+        # with `tls-port`, as its data nodes do).
+        tls: dict[str, Any] = {}
         if from_url.pop("connection_class", None) is SSLConnection:
             from_url["ssl"] = True
+            tls = {key: value for key, value in from_url.items() if key.startswith("ssl")}
         for key in ("host", "port", "path"):
             from_url.pop(key, None)
         sentinels = Sentinel(host_ports(place.sentinels), sentinel_kwargs={  # type: ignore[no-untyped-call]
             "password": place.sentinel_password or None, "socket_timeout": SENTINEL_TIMEOUT_S,
-            "socket_connect_timeout": SENTINEL_TIMEOUT_S, "retry": Retry(NoBackoff(), 0)})
+            "socket_connect_timeout": SENTINEL_TIMEOUT_S, "retry": Retry(NoBackoff(), 0), **tls})
         client = sentinels.master_for(place.service, redis_class=_CancelSafeSentinelRedis, **{**options, **from_url})
         typing.cast(_CancelSafeSentinelRedis, client).sentinels = sentinels
     for command in ("XREADGROUP", "XAUTOCLAIM"):

@@ -1,6 +1,7 @@
 """Sentinel with a Redis user per role, Redis's own processes included: replicas sync as `replica` (masteruser),
 sentinels watch and fail over as `sentinel` (sentinel auth-user), each allowed only what Redis's documentation lists
-for it; the collector's user follows the failover. Real redis-server and redis-sentinel processes on loopback."""
+for it; the collector's user follows the failover. And Sentinel over TLS, the sentinels included. Real redis-server
+and redis-sentinel processes on loopback."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from typing import Any
 
 import pytest
 import redis
-from redis.exceptions import NoPermissionError, ResponseError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from homeiq.local.services import RedisServer, SentinelSet
 from homeiq.shared.events import encode_event
 from homeiq.shared.stream import DEFAULT_NAMES, RedisPlace, connect, xadd_events
 from tests.acl_harness import AclUsers
+from tests.helpers import make_certs
 from tests.unit.test_dedup_identity import state_change
 
 pytestmark = pytest.mark.timeout(120)  # a failover, and the old primary back as a replica
@@ -101,3 +103,45 @@ def _info(server: RedisServer, users: AclUsers) -> bytes:
     with admin(server, users) as client:
         return "\n".join(f"{k}:{v}" for k, v in client.info("replication").items()).encode()
 
+
+
+def test_over_tls_the_sentinels_and_the_data_nodes_are_asked_with_the_urls_ca(tmp_path: Path) -> None:
+    """rediss:// with a CA: the client asks the sentinels over TLS too (they listen on TLS only, as the data nodes
+    do, replication included), and follows a failover; the system's CAs, not ours, are refused."""
+    certs = make_certs(_folder(tmp_path / "certs"))
+    servers = SentinelSet(tmp_path / "set", tls=certs.ca.parent).start()
+    place = RedisPlace(f"rediss://127.0.0.1:1/0?ssl_ca_certs={certs.ca}", servers.addresses, servers.service)
+
+    async def publish(n: int, replicas: int) -> tuple[int, str]:
+        client = connect(place, socket_timeout_s=5)
+        try:
+            await xadd_events(client, DEFAULT_NAMES.stream, [encode_event(state_change(updated_ns=n))])
+            assert await client.wait(replicas, 3000) == replicas
+            info: Any = await client.info("server")
+            return int(info["tcp_port"]), str(await client.xlen(DEFAULT_NAMES.stream))
+        finally:
+            await client.aclose()
+
+    async def refused() -> str:
+        client = connect(RedisPlace("rediss://127.0.0.1:1/0", servers.addresses, servers.service), socket_timeout_s=5)
+        try:
+            with pytest.raises(RedisError) as error:
+                await client.ping()
+            return str(error.value)
+        finally:
+            await client.aclose()
+
+    try:
+        assert asyncio.run(publish(1, 2)) == (servers.servers[0].port, "1")
+        assert "No master found" in asyncio.run(refused())  # no sentinel answered: none trusted
+        old = servers.servers[0]
+        old.kill()
+        new = wait_for_primary(servers, old)
+        assert asyncio.run(publish(2, 1)) == (new.port, "2")
+    finally:
+        servers.stop()
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path
