@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -26,23 +25,6 @@ _LOWER_FIRST_RUN: Final = """
 local current = redis.call('GET', KEYS[1])
 if not current or tonumber(ARGV[1]) < tonumber(current) then redis.call('SET', KEYS[1], ARGV[1]) end
 """
-
-
-def collector_id(directory: Path) -> str:
-    """This collector's name among others on one Redis (its own tail key): random, made once and kept in its state
-    directory (the spool's), so a restart is the same collector; a directory it cannot write gives one per run."""
-    path = directory / "collector_id"
-    with contextlib.suppress(OSError):
-        known = path.read_text().strip()
-        if known:
-            return known
-    made = secrets.token_hex(6)
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        partial.write_text(made)
-        partial.replace(path)
-    return made
 
 
 class FirstRun:

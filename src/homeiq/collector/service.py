@@ -22,10 +22,11 @@ from homeiq.collector.metrics import CollectorMetrics
 from homeiq.collector.normalise import PointTimes, event_of
 from homeiq.collector.publisher import Publisher
 from homeiq.collector.registries import Registries
-from homeiq.collector.resume import FirstRun, KnownEntities, ResumePoint, collector_id
+from homeiq.collector.resume import FirstRun, KnownEntities, ResumePoint
 from homeiq.collector.session import READY_HA, HaSessions
 from homeiq.collector.settings import CollectorSettings
 from homeiq.collector.spool import Spool
+from homeiq.collector.state_dir import StateDirLock, collector_id
 from homeiq.shared.entity_filter import EntityRules
 from homeiq.shared.events import NormalisedEvent, encode_event
 from homeiq.shared.ha import frames
@@ -55,6 +56,7 @@ class Collector:
         self.metrics_registry, self.readiness = self.runtime.metrics_registry, self.runtime.readiness
         self.redis, self.persistence = self.runtime.redis, self.runtime.persistence
         self.metrics = CollectorMetrics(self.metrics_registry)
+        self._state_lock = StateDirLock(Path(settings.spool_dir))  # a ConfigError when another collector has it
         spool = Spool(Path(settings.spool_dir), settings.spool_max_mb * 1024 * 1024)
         self.metrics.spool_max_bytes.set(spool.max_bytes)
         self.publisher = Publisher(self.redis, self.runtime.redis_place, settings.names, self.metrics,
@@ -98,6 +100,12 @@ class Collector:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, read and publish until `stop`; then publish (or spool) what is buffered and exit."""
+        try:
+            await self._run(stop)
+        finally:
+            self._state_lock.release()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         unpublished = 0
         async with self.runtime.serving("collector_stopped",
                                         lambda: {"unpublished": unpublished, "spooled": self.publisher.pending}):
