@@ -46,3 +46,12 @@ def test_a_second_collector_on_one_directory_refuses_to_start_and_the_first_goes
     finally:
         third.terminate()
         third.communicate(timeout=30)
+
+
+def test_a_directory_the_collector_cannot_write_is_a_configuration_error(tmp_path: Path) -> None:
+    spool = tmp_path / "not-a-directory"
+    spool.write_text("a file where the spool directory should be")
+    run = collector(spool)
+    out, err = run.communicate(timeout=30)
+    assert run.returncode == 2, (out, err)
+    assert b"COLLECTOR_SPOOL_DIR: cannot use" in err and b"Traceback" not in err, err

@@ -20,8 +20,11 @@ class StateDirLock:
     kernel when the process dies): two collectors sharing a spool would drain and delete each other's segments."""
 
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self._fd: int | None = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._fd: int | None = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:  # the spool must be writable: it is what keeps events while Redis is away
+            raise ConfigError(f"COLLECTOR_SPOOL_DIR: cannot use {directory} ({exc.strerror})") from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
