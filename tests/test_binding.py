@@ -78,7 +78,7 @@ def _commands() -> list[tuple[typer.Typer, str, type[Settings], set[str]]]:
 
     return [(collector_app, "run", CollectorSettings, set()), (writer_app, "run", WriterSettings, set()),
             (replayer_app, "run", ReplayerSettings,
-             {"redis_url", "redis_sentinels", "redis_sentinel_service", "names"}),
+             {"redis_url", "redis_sentinels", "redis_sentinel_service", "redis_sentinel_tls", "names"}),
             (replayer_app, "reclaim", ReclaimCommandSettings, set()),
             (replayer_app, "audit", AuditCommandSettings, set()), (sim_app, "run", SimSettings, set())]
 

@@ -254,6 +254,12 @@ class Publisher:
                 self._redis_down_logged = True
             return False
         self._metrics.publish_seconds.observe(time.perf_counter() - started)
+        # Added, whether or not replicas confirm it: ours to count if Redis forgets it, even once a retry from the
+        # spool found it there (skipped) and let it go.
+        self._metrics.published.inc(len(added))
+        self._metrics.deduplicated.inc(len(batch) - len(added))
+        if last_id is not None:  # what Redis may forget is what we added, not the other collector's
+            self._unrecoverable.added(last_id, added)
         if replicated < self._wait_replicas:
             message = (f"Redis ({self._where}): {replicated} of {self._wait_replicas} replicas confirmed the last "
                        f"batch within {self._wait_timeout_ms} ms (COLLECTOR_WAIT_REPLICAS); keeping it in the spool")
@@ -265,10 +271,6 @@ class Publisher:
         if self._unreplicated_logged:
             log.info("redis_replicated", replicas=replicated)
             self._unreplicated_logged = False
-        self._metrics.published.inc(len(added))
-        self._metrics.deduplicated.inc(len(batch) - len(added))
-        if last_id is not None:  # what Redis may forget is what we added, not the other collector's
-            self._unrecoverable.added(last_id, added)
         self._readiness.ok(READY_REDIS)
         if self._redis_down_logged:
             log.info("redis_available")

@@ -57,7 +57,12 @@ class Collector:
         self.redis, self.persistence = self.runtime.redis, self.runtime.persistence
         self.metrics = CollectorMetrics(self.metrics_registry)
         self._state_lock = StateDirLock(Path(settings.spool_dir))  # a ConfigError when another collector has it
-        spool = Spool(Path(settings.spool_dir), settings.spool_max_mb * 1024 * 1024)
+        try:  # what reads the directory comes after the lock; a failure here must not keep it
+            spool = Spool(Path(settings.spool_dir), settings.spool_max_mb * 1024 * 1024)
+            identity = collector_id(Path(settings.spool_dir))
+        except BaseException:
+            self._state_lock.release()
+            raise
         self.metrics.spool_max_bytes.set(spool.max_bytes)
         self.publisher = Publisher(self.redis, self.runtime.redis_place, settings.names, self.metrics,
                                    self.readiness, spool, settings.spool_policy, settings.buffer_events,
@@ -65,7 +70,7 @@ class Collector:
                                    durable=lambda: self.persistence.ok, forgotten=self._redis_forgot,
                                    replicas=(settings.wait_replicas, settings.wait_timeout_ms),
                                    dedup_window_s=settings.dedup_window_s,
-                                   collector_id=collector_id(Path(settings.spool_dir)))
+                                   collector_id=identity)
         self.ha_registry = Registry()
         self.gap = GapTracker()
         self.ha_clock = HaClock(self._clock_finding)

@@ -63,7 +63,7 @@ def _main(ctx: typer.Context, settings: Connection) -> None:
 
 
 @app.command()
-@bind(inherit=("redis_url", "redis_sentinels", "redis_sentinel_service", "names"))
+@bind(inherit=("redis_url", "redis_sentinels", "redis_sentinel_service", "redis_sentinel_tls", "names"))
 def run(settings: ReplayerSettings) -> None:
     """Reclaim idle pending entries periodically, write them through the writer's code, trim safely.
 

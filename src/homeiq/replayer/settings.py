@@ -25,6 +25,7 @@ from homeiq.shared.options import (
     MetricsPort,
     RedisSentinels,
     RedisSentinelService,
+    RedisSentinelTls,
     RedisUrl,
     ServiceSettings,
 )
@@ -52,6 +53,7 @@ class Connection(Settings, frozen=True, kw_only=True):
     redis_url: RedisUrl = DEFAULT_REDIS_URL
     redis_sentinels: RedisSentinels = ""
     redis_sentinel_service: RedisSentinelService = DEFAULT_SENTINEL_SERVICE
+    redis_sentinel_tls: RedisSentinelTls = "auto"
     names: StreamNames = DEFAULT_NAMES
 
 

@@ -33,6 +33,9 @@ RedisSentinels = Annotated[str, Var(
     "REDIS_SENTINELS", "Redis Sentinels to ask for the Redis primary, host:port,host:port (empty: REDIS_URL's host "
     "is the Redis). With them, REDIS_URL gives only the database (and user); the data nodes' password comes from "
     "REDIS_PASSWORD_FILE, the sentinels' own from REDIS_SENTINEL_PASSWORD_FILE.", host_port_list)]
+RedisSentinelTls = Annotated[str, Var(
+    "REDIS_SENTINEL_TLS", "With a rediss:// REDIS_URL: auto asks the sentinels over TLS too (checked against the "
+    "URL's CA), off asks them in plain text (sentinels without a tls-port).", one_of("auto", "off"))]
 RedisSentinelService = Annotated[str, Var(
     "REDIS_SENTINEL_SERVICE", "The master name the sentinels monitor (`sentinel monitor <name> ...`).", not_empty)]
 ConfigPath = Annotated[str, Var(
@@ -70,6 +73,7 @@ class ServiceSettings(LogSettings, frozen=True, kw_only=True):
     redis_url: RedisUrl = DEFAULT_REDIS_URL
     redis_sentinels: RedisSentinels = ""
     redis_sentinel_service: RedisSentinelService = DEFAULT_SENTINEL_SERVICE
+    redis_sentinel_tls: RedisSentinelTls = "auto"
     require_aof: Annotated[bool, Var(
         "REDIS_REQUIRE_AOF", "Refuse a Redis whose append-only file is off (a restart would lose the stream). Turn "
         "off only for a Redis that persists every write another way.", flag="--require-aof/--no-require-aof")] = True

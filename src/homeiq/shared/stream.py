@@ -139,6 +139,8 @@ class RedisSettings(Protocol):
     def redis_sentinels(self) -> str: ...
     @property
     def redis_sentinel_service(self) -> str: ...
+    @property
+    def redis_sentinel_tls(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ class RedisPlace:
     service: str = DEFAULT_SENTINEL_SERVICE
     password: str = field(default="", repr=False)
     sentinel_password: str = field(default="", repr=False)
+    sentinel_tls: bool = True  # with rediss://, the sentinels over TLS too (REDIS_SENTINEL_TLS=auto)
 
     def __repr__(self) -> str:  # the URL may hold a password: what str() says, never the fields
         return f"RedisPlace({self})"
@@ -161,6 +164,11 @@ class RedisPlace:
         if not self.sentinels:
             return redact_url(self.url)
         return f"the primary of {self.service!r} per sentinels {self.sentinel_list}"
+
+    @property
+    def tls_to_sentinels(self) -> bool:
+        """Whether the sentinels are asked over TLS (a rediss:// URL, and REDIS_SENTINEL_TLS=auto)."""
+        return self.sentinel_tls and self.url.startswith("rediss://")
 
     @property
     def sentinel_list(self) -> str:
@@ -175,7 +183,7 @@ def place_of(settings: RedisSettings) -> RedisPlace:
     if not settings.redis_sentinels:
         return RedisPlace(settings.redis_url, password=password)
     return RedisPlace(settings.redis_url, settings.redis_sentinels, settings.redis_sentinel_service, password,
-                      read_secret("REDIS_SENTINEL_PASSWORD", required=False))
+                      read_secret("REDIS_SENTINEL_PASSWORD", required=False), settings.redis_sentinel_tls == "auto")
 
 
 class _CancelSafeSentinelRedis(_CancelSafeRedis):
@@ -220,11 +228,12 @@ def connect(place: str | RedisPlace, socket_timeout_s: float = DEFAULT_SOCKET_TI
     else:
         from_url: dict[str, Any] = dict(parse_url(place.url))
         # rediss://: the sentinels are asked over TLS too, checked against the same CA (Redis's sentinels take TLS
-        # with `tls-port`, as its data nodes do).
+        # with `tls-port`, as its data nodes do), unless REDIS_SENTINEL_TLS=off.
         tls: dict[str, Any] = {}
         if from_url.pop("connection_class", None) is SSLConnection:
             from_url["ssl"] = True
-            tls = {key: value for key, value in from_url.items() if key.startswith("ssl")}
+            if place.sentinel_tls:
+                tls = {key: value for key, value in from_url.items() if key.startswith("ssl")}
         for key in ("host", "port", "path"):
             from_url.pop(key, None)
         sentinels = Sentinel(host_ports(place.sentinels), sentinel_kwargs={  # type: ignore[no-untyped-call]
@@ -357,8 +366,10 @@ def describe_redis_error(place: str | RedisPlace, exc: BaseException) -> str:
     if isinstance(place, str) or not place.sentinels:
         return f"Redis at {redact_url(str(place))} is unreachable or failed: {exc}"
     if isinstance(exc, MasterNotFoundError):  # none of them names a primary that is up: a failover, or all down
-        return (f"no primary for service {place.service!r} known to sentinels {place.sentinel_list} (a failover "
-                f"under way, or none reachable): {exc}")
+        # (redis-py's message is the whole client's repr: left out.)
+        asked = ", asked over TLS (REDIS_SENTINEL_TLS=off asks in plain text)," if place.tls_to_sentinels else ""
+        return (f"no primary for service {place.service!r} known to sentinels {place.sentinel_list}{asked} "
+                "(a failover under way, or none reachable)")
     return f"Redis ({place}) is unreachable or failed: {exc}"
 
 
