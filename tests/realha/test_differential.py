@@ -96,6 +96,11 @@ def _unicode_version(field: str, theirs: dict[str, Any], mine: dict[str, Any]) -
         and _unescaped(held) == _unescaped(have)
 
 
+def _escapes(value: Any) -> bool:
+    """Whether a container's text on this Python holds repr()'s escapes of a character."""
+    return isinstance(value, dict | list) and (text := str(value)) != _unescaped(text)
+
+
 def _unicode_twin(key: Point, *stores: Stored) -> bool:
     """Another point whose names and tags differ from `key`'s only in repr()'s escapes (a tag holding a container's
     text; the `ha` schema's v1 escaping doubles the escape's backslash)."""
@@ -140,8 +145,9 @@ def compare(converter: Converter, influx: InfluxServer, block: dict[str, Any], e
         flags = _flags(events, mine, raised, ha, ha_json)
         numbers = {field for s in (ha, ha_json) for fields in s.points.values() for field, held in fields.items()
                    if _number(held) and (field == "state" or field.endswith("_str"))}
+        escaped = {name for event in events for name, value in event["attributes"].items() if _escapes(value)}
         for key in sorted(set(ha.points) | set(our.points) | set(ha_json.points), key=repr):
-            for reason in _reasons(key, ha, our, ha_json, flags.get(key[2], {}), numbers):
+            for reason in _reasons(key, ha, our, ha_json, flags.get(key[2], {}), numbers, escaped):
                 if reason in DELIBERATE:
                     tally[reason] += 1
                     if realistic:  # a home's everyday states differ for none of them
@@ -169,9 +175,11 @@ def _flags(events: list[dict[str, Any]], mine: list[str | None], raised: tuple[b
 
 
 def _reasons(key: Point, ha: Stored, our: Stored, ha_json: Stored, flags: dict[str, set[str]],
-             numbers: set[str]) -> Iterator[str]:
+             numbers: set[str], escaped: set[str]) -> Iterator[str]:
     """For each field of the point at `key`: "same", a reason of DELIBERATE, or what is unexplained. `flags`: what
-    happened to the events at its time, by object id; `numbers`: the `state`/`*_str` fields HA wrote numbers in."""
+    happened to the events at its time, by object id; `numbers`: the `state`/`*_str` fields HA wrote numbers in;
+    `escaped`: the attributes whose text here holds repr()'s escapes (its digits a numeric tail HA's may lack, even
+    when the text itself was overwritten by another attribute's)."""
     theirs, mine, carried = (s.points.get(key) or {} for s in (ha, our, ha_json))
     at = flags.get(dict(key[1]).get("entity_id", ""))
     if at is None:  # an entity_id tag of another meaning (tags_attributes): any event at that time
@@ -190,7 +198,7 @@ def _reasons(key: Point, ha: Stored, our: Stored, ha_json: Stored, flags: dict[s
         elif field.endswith("_str") and field[:-4] in RENDERED.get(dict(key[1]).get("domain", ""), {}):
             yield "rendered"
         elif _unicode_version(field, theirs, mine) or _unicode_version(field, carried, mine) \
-                or _unicode_twin(key, ha, our, ha_json):
+                or _unicode_twin(key, ha, our, ha_json) or (field in escaped and held is None and _number(have)):
             yield "unicode_version"
         elif "literal_name" in at or _literal(field) or _literal(key[0]):
             yield "literal_name"
@@ -213,6 +221,8 @@ def _examples(test: Any) -> Any:
         ({"tags_attributes": ["room"]}, [{"attributes": {"room": "a\\b c"}}, {"attributes": {"room": "end\\"}}]),
         ({"precision": "us"}, [{}, {}, {}]),
         ({}, [{"attributes": {"k": ["\U00031350"]}}]),  # a CJK Extension H character: Unicode 15
+        ({"override_measurement": "homeassistant"},  # ... beside a name of ours (CI of d6b7f91 drew it)
+         [{"entity_id": "sensor.0", "state": "on", "attributes": {"value_": {"\U00031350": None}, "value": []}}]),
         ({"tags_attributes": ["device_class"]}, [{"entity_id": "light.4", "state": "on",  # ... in a tag
                                                   "attributes": {"device_class": {"\U00031350": []}}}]),
         ({}, [{"entity_id": "light.probe", "state": "on", "attributes": {"hs_color": [1.5, 2.5]}}]),
