@@ -111,7 +111,7 @@ def _unicode_twin(key: Point, *stores: Stored) -> bool:
                for store in stores for other in store.points)
 
 
-_LITERAL_KEY = re.compile(r'(?:^|[ ,])"[^"=]*"=')
+_LITERAL_KEY = re.compile(r'(?:^|[ ,])"(?:[^"\\]|\\.)*"=')  # a quoted name (escapes inside), then its `=`
 
 
 def _literal(text: str) -> bool:
@@ -227,6 +227,8 @@ def _examples(test: Any) -> Any:
                                                   "attributes": {"device_class": {"\U00031350": []}}}]),
         ({}, [{"entity_id": "light.probe", "state": "on", "attributes": {"hs_color": [1.5, 2.5]}}]),
         ({}, [{"attributes": {"unit_of_measurement": '"quoted"', '"k"': '"v"'}}]),
+        ({"override_measurement": "homeassistant"},  # a literal name holding `=` (CI of d6b7f91 drew it)
+         [{"entity_id": "sensor.0", "state": "on", "attributes": {"\t=": []}}]),
     ]
     for block, partial in cases:
         events = [{"entity_id": "sensor.probe", "state": "12.5", "attributes": {}, **event,

@@ -73,6 +73,10 @@ BUILT_AT_RUN_TIME: dict[tuple[str, str], str] = {
         "scripts/stack-up, this repository's own script (the README's command), named by the module constant "
         "STACK_UP of tests/test_stack.py or tests/test_stack_failover.py; the docker-compose and docker it runs are "
         "found by name in the same file",
+    ("tests/test_two_collectors_edges.py", "command"):
+        "the collector's console script from the virtualenv (installed by scripts/bootstrap's pip); as root under "
+        "`unshare -m sh -c 'mount ...'` (util-linux and mount: Essential, in every Debian) to mount its spool "
+        "directory read-only",
     ("tests/realha/", "*"):
         "the real-HA lane runs Home Assistant's own programs: a pythonX.Y found on PATH or in pyenv (Debian 12's "
         "python3.11 serves the 3.11 release; 3.13 is pyenv's), and the interpreter, pip and hass of the virtualenv "

@@ -36,6 +36,7 @@ _STOP = b"\x00"  # queued by close(); an event payload is a JSON object, never t
 _STATE_CHANGE = b'{"event_type":"state_changed",'
 _NEW_STATE = b'"new_state":'
 UNRECOVERABLE_BATCHES = 20_000
+UNCONFIRMED_MAX = 200_000  # identities added while replicas did not confirm, waiting for the spool's drain
 
 
 def recoverable(payload: bytes) -> bool:
@@ -161,6 +162,7 @@ class Publisher:
         self.tail_id: bytes | None = None  # the id of the last entry added (None: none by this process yet)
         self._tail_lock = asyncio.Lock()
         self._unrecoverable = UnrecoverableLog()
+        self._unconfirmed: dict[bytes, bytes] = {}  # identity → the id it was added under, no replica confirming
         self._in_flight_batch: list[bytes] = []
         # One EVALSHA per batch instead of one pipelined command per event: a third of the CPU per event.
         self._xadd_batch = client.register_script(XADD_BATCH_SCRIPT)
@@ -241,7 +243,7 @@ class Publisher:
         started = time.perf_counter()
         try:
             async with self._tail_lock:  # the tail check of `check_tail_now` must not fall between script and reply
-                found, last_id, skipped, replicated = await self._xadd_and_wait(batch)
+                found, last_id, skipped, replicated, identities = await self._xadd_and_wait(batch)
                 added = [p for n, p in enumerate(batch, 1) if n not in skipped] if skipped else batch
                 self.check_tail(found)
                 if last_id is not None:  # None: the other collector had added every one
@@ -254,13 +256,17 @@ class Publisher:
                 self._redis_down_logged = True
             return False
         self._metrics.publish_seconds.observe(time.perf_counter() - started)
-        # Added, whether or not replicas confirm it: ours to count if Redis forgets it, even once a retry from the
-        # spool found it there (skipped) and let it go.
-        self._metrics.published.inc(len(added))
+        self._metrics.published.inc(len(added))  # XADDed, confirmed by replicas or not
         self._metrics.deduplicated.inc(len(batch) - len(added))
-        if last_id is not None:  # what Redis may forget is what we added, not the other collector's
-            self._unrecoverable.added(last_id, added)
         if replicated < self._wait_replicas:
+            # In Redis, not durable: it stays in the spool. A drain that finds it there (skipped) makes it durable,
+            # and ours: what Redis may forget after that must count it (`_unconfirmed`).
+            if identities is not None and last_id is not None:
+                for n, (_, digest) in enumerate(identities, 1):
+                    if n not in skipped:
+                        self._unconfirmed[digest] = last_id
+                while len(self._unconfirmed) > UNCONFIRMED_MAX:
+                    del self._unconfirmed[next(iter(self._unconfirmed))]
             message = (f"Redis ({self._where}): {replicated} of {self._wait_replicas} replicas confirmed the last "
                        f"batch within {self._wait_timeout_ms} ms (COLLECTOR_WAIT_REPLICAS); keeping it in the spool")
             self._readiness.fail(READY_REDIS, message)
@@ -271,13 +277,21 @@ class Publisher:
         if self._unreplicated_logged:
             log.info("redis_replicated", replicas=replicated)
             self._unreplicated_logged = False
+        if last_id is not None:  # what Redis may forget is what we added, not the other collector's
+            self._unrecoverable.added(last_id, added)
+        if skipped and identities is not None and self._unconfirmed:  # ours, added by an unconfirmed try
+            for n, payload in enumerate(batch, 1):
+                earlier = self._unconfirmed.pop(identities[n - 1][1], None) if n in skipped else None
+                if earlier is not None:
+                    self._unrecoverable.added(earlier, [payload])
         self._readiness.ok(READY_REDIS)
         if self._redis_down_logged:
             log.info("redis_available")
             self._redis_down_logged = False
         return True
 
-    async def _xadd_and_wait(self, batch: list[bytes]) -> tuple[bytes | None, bytes | None, set[int], int]:
+    async def _xadd_and_wait(self, batch: list[bytes]
+                             ) -> tuple[bytes | None, bytes | None, set[int], int, list[tuple[bytes, bytes]] | None]:
         """The script's reply (the tail found, the last id added, the positions of those the stream had already)
         and how many replicas have it: WAIT on the same connection, right after the script (a WAIT covers its
         connection's writes up to its previous command; in 7.0, a connection that wrote nothing waits for every
@@ -286,12 +300,12 @@ class Publisher:
         args = xadd_batch_args(self.tail_id or b"", batch, self._dedup_window_s, identities)
         if not self._wait_replicas:
             found, last_id, skipped = await self._xadd_batch(keys=self._keys, args=args)
-            return found, last_id, set(skipped), 0
+            return found, last_id, set(skipped), 0, identities
         async with self._redis.pipeline(transaction=False) as pipe:
             await self._xadd_batch(keys=self._keys, args=args, client=pipe)
             pipe.wait(self._wait_replicas, self._wait_timeout_ms)
             (found, last_id, skipped), replicated = await uncancelled(pipe.execute())
-        return found, last_id, set(skipped), int(replicated)
+        return found, last_id, set(skipped), int(replicated), identities
 
     async def check_tail_now(self) -> None:
         """Ask Redis for the tail now, while no batch is on its way (see `check_tail`)."""
