@@ -21,15 +21,21 @@ def collector(spool: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([str(script), "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def holds(spool: Path, process: subprocess.Popen[bytes]) -> None:
+    """Wait until `process` holds the directory (its pid in the lock file), failing if it exits first."""
+    deadline = time.monotonic() + 20
+    lock = spool / ".lock"
+    while not (lock.exists() and lock.read_text() == str(process.pid)):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the collector never took its directory"
+        time.sleep(0.1)
+
+
 def test_a_second_collector_on_one_directory_refuses_to_start_and_the_first_goes_on(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     first = collector(spool)
     try:
-        deadline = time.monotonic() + 20
-        while not (spool / ".lock").exists() or not (spool / ".lock").read_text():
-            assert first.poll() is None, first.communicate()
-            assert time.monotonic() < deadline, "the first collector never took its directory"
-            time.sleep(0.1)
+        holds(spool, first)
         second = collector(spool)
         out, err = second.communicate(timeout=30)
         assert second.returncode == 2, (out, err)
@@ -41,8 +47,7 @@ def test_a_second_collector_on_one_directory_refuses_to_start_and_the_first_goes
         first.communicate(timeout=30)
     third = collector(spool)  # the directory is free again once the first stopped
     try:
-        time.sleep(2)
-        assert third.poll() is None, third.communicate()
+        holds(spool, third)
     finally:
         third.terminate()
         third.communicate(timeout=30)

@@ -83,9 +83,12 @@ def test_upgrade_plain_text_sentinels_with_tls_data_nodes_are_still_asked(tmp_pa
             await client.aclose()
 
     try:
-        time.sleep(1.5)  # the sentinel has seen the primary (not s_down)
         settings = ServiceSettings(redis_url=url, redis_sentinels=sentinel.address, redis_sentinel_tls="off")
-        assert asyncio.run(ping(place_of(settings.validate()))) is True  # REDIS_SENTINEL_TLS=off: plain text
+        plain = place_of(settings.validate())
+        deadline = time.monotonic() + 15  # until the sentinel has reached the primary over TLS (not s_down)
+        while (answer := asyncio.run(ping(plain))) is not True:  # REDIS_SENTINEL_TLS=off: plain text
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.2)
         said = asyncio.run(ping(RedisPlace(url, sentinel.address, "homeiq")))  # auto: over TLS, and says so
         assert "asked over TLS (REDIS_SENTINEL_TLS=off asks in plain text)" in str(said), said
         assert "Connection(" not in str(said)  # not redis-py's whole client repr
