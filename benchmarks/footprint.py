@@ -1,8 +1,9 @@
 """What a home pays for the pipeline: CPU (share of one core) and resident memory of every process, run as
-`./scripts/start` runs it (`python -m homeiq.local`: Redis, InfluxDB 1.x, ha-sim, one writer, the replayer, the
-collector), at a home's rate; then idle (HA connected, no events). Latency from `time_fired` to the ack (the
-writer's histogram) over the same window. Not a test: numbers on a shared machine vary; CPU is CPU time from
-/proc (what the process used, not wall time), so a busy neighbour inflates it less than it inflates latency.
+`./scripts/start` runs it (`python -m homeiq.local`: Redis, InfluxDB 1.x, ha-sim, and the collector, one writer and
+the replayer: in one process, `all-in-one run`, or with `--processes per-service` each in its own), at a home's
+rate; then idle (HA connected, no events). Latency from `time_fired` to the ack (the writer's histogram) over the
+same window. Not a test: numbers on a shared machine vary; CPU is CPU time from /proc (what the process used, not
+wall time), so a busy neighbour inflates it less than it inflates latency.
 
     python benchmarks/footprint.py --rate 50 --entities 2000 --seconds 240 --idle-seconds 60
 """
@@ -25,7 +26,7 @@ from pipeline_bench import quantile
 
 from homeiq.local.services import free_port
 
-OURS = ("collector", "writer", "replayer", "local")
+OURS = ("all-in-one", "collector", "writer", "replayer", "local")
 LATENCY = "homeiq_event_age_at_ack_seconds"
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -43,7 +44,7 @@ def role(pid: int) -> str:
     """Which part of the pipeline a process is, from its command line."""
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     words = [Path(word).name for a in argv for word in a.decode().split()]  # redis-server rewrites its title
-    for name in ("redis-server", "influxd", "ha-sim", "collector", "writer", "replayer"):
+    for name in ("redis-server", "influxd", "ha-sim", "all-in-one", "collector", "writer", "replayer"):
         if name in words:
             return name
     return "local" if "homeiq.local" in words else words[0]
@@ -106,14 +107,16 @@ def window(pids: dict[str, int], seconds: float, writer_port: int | None) -> dic
     return out
 
 
-def main(rate: float, entities: int, seconds: float, idle_s: float, warmup_s: float) -> dict[str, Any]:
+def main(rate: float, entities: int, seconds: float, idle_s: float, warmup_s: float,
+         processes: str) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="homeiq-footprint-"))
     ports = {"HOMEIQ_REDIS_PORT": free_port(), "HOMEIQ_INFLUXDB_PORT": free_port(), "HA_SIM_PORT": free_port(),
              "HOMEIQ_COLLECTOR_METRICS_PORT": free_port(), "HOMEIQ_WRITER_METRICS_PORT": free_port(),
              "HOMEIQ_REPLAYER_METRICS_PORT": free_port()}
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "HOMEIQ_DATA_DIR": str(workdir),
            "HA_SIM_ENTITIES": str(entities), "HA_SIM_RATE": str(rate),
-           "HA_SIM_EVENTS": str(int(rate * (warmup_s + seconds + 5))), "LOG_LEVEL": "WARNING"}
+           "HA_SIM_EVENTS": str(int(rate * (warmup_s + seconds + 5))), "LOG_LEVEL": "WARNING",
+           "HOMEIQ_PROCESSES": processes}
     for name in ("REDIS_URL", "INFLUXDB_URL", "HA_URL"):
         env.pop(name, None)
     log = (workdir / "local.log").open("wb")
@@ -121,7 +124,8 @@ def main(rate: float, entities: int, seconds: float, idle_s: float, warmup_s: fl
     try:
         deadline = time.monotonic() + 60
         pids: dict[str, int] = {}
-        while time.monotonic() < deadline and len(pids) < 7:
+        expected = 5 if processes == "one" else 7  # local, redis-server, influxd, ha-sim and ours
+        while time.monotonic() < deadline and len(pids) < expected:
             if local.poll() is not None:
                 raise SystemExit(f"homeiq.local exited: see {workdir / 'local.log'}")
             pids = {"local": local.pid} | {role(pid): pid for pid in children(local.pid)}
@@ -147,25 +151,27 @@ def main(rate: float, entities: int, seconds: float, idle_s: float, warmup_s: fl
         except subprocess.TimeoutExpired:
             local.kill()
         log.close()
-    return {"rate": rate, "entities": entities, "busy": busy, "idle": idle}
+    return {"rate": rate, "entities": entities, "processes": processes, "busy": busy, "idle": idle}
 
 
 def table(report: dict[str, Any]) -> str:
     busy, idle = report["busy"], report["idle"]
-    order = ["collector", "writer", "replayer", "local", "redis-server", "influxd", "ha-sim"]
+    order = [name for name in (*OURS, "redis-server", "influxd", "ha-sim") if name in busy["processes"]]
+    ours = [name for name in OURS if name in busy["processes"]]
     lines = [f"{'process':<14}{'CPU % (busy)':>14}{'RSS MB':>9}{'peak':>7}{'PSS MB':>9}{'CPU % (idle)':>14}"]
     for name in order:
         b, i = busy["processes"][name], idle["processes"][name]
         lines.append(f"{name:<14}{b['cpu_pct']:>14.2f}{b['rss_mb']:>9.1f}{b['rss_peak_mb']:>7.1f}{b['pss_mb']:>9.1f}{i['cpu_pct']:>14.2f}")
-    ours_busy = sum(busy["processes"][n]["cpu_pct"] for n in OURS)
-    ours_idle = sum(idle["processes"][n]["cpu_pct"] for n in OURS)
-    ours_rss = sum(busy["processes"][n]["rss_mb"] for n in OURS)
-    ours_pss = sum(busy["processes"][n]["pss_mb"] for n in OURS)
+    ours_busy = sum(busy["processes"][n]["cpu_pct"] for n in ours)
+    ours_idle = sum(idle["processes"][n]["cpu_pct"] for n in ours)
+    ours_rss = sum(busy["processes"][n]["rss_mb"] for n in ours)
+    ours_pss = sum(busy["processes"][n]["pss_mb"] for n in ours)
     lines.append(f"{'ours':<14}{ours_busy:>14.2f}{ours_rss:>9.1f}{'':>7}{ours_pss:>9.1f}{ours_idle:>14.2f}")
     lat = busy["latency_s"]
     lines.append(f"{report['rate']:g} events/s over {report['entities']} entities, {busy['seconds']} s: "
                  f"{busy['acked']:.0f} acked; latency p50 {_ms(lat['p50'])}, p90 {_ms(lat['p90'])}, "
-                 f"p99 {_ms(lat['p99'])}; idle {idle['seconds']} s")
+                 f"p99 {_ms(lat['p99'])}; idle {idle['seconds']} s; services: {report['processes']} process"
+                 f"{'' if report['processes'] == 'one' else ' each'}")
     return "\n".join(lines)
 
 
@@ -180,7 +186,10 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=240.0, help="the measured window at the rate")
     parser.add_argument("--idle-seconds", type=float, default=60.0, help="the measured idle window")
     parser.add_argument("--warmup-seconds", type=float, default=20.0)
+    parser.add_argument("--processes", choices=("one", "per-service"), default="one",
+                        help="the collector, writer and replayer in one process (./scripts/start's default) or each "
+                        "in its own")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = main(args.rate, args.entities, args.seconds, args.idle_seconds, args.warmup_seconds)
+    result = main(args.rate, args.entities, args.seconds, args.idle_seconds, args.warmup_seconds, args.processes)
     print(json.dumps(result, indent=2) if args.json else table(result))

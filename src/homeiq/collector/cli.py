@@ -17,13 +17,15 @@ def run(settings: CollectorSettings) -> None:
 
     The token comes from HA_TOKEN or HA_TOKEN_FILE (a long-lived access token), never from a flag.
     """
+    run_service("collector", settings, lambda: collector_main(settings))
+
+
+def collector_main(settings: CollectorSettings) -> ServiceMain:
+    """The collector built from its settings (ConfigError names what is wrong), ready to run."""
     from homeiq.collector.service import Collector  # noqa: PLC0415
     from homeiq.shared.config_reader import load_config  # noqa: PLC0415
     from homeiq.shared.entity_filter import PatternFilter  # noqa: PLC0415 - keep --help fast
 
-    def build() -> ServiceMain:
-        rules = PatternFilter.from_settings(settings.entity_filter, settings.entity_filter_file,
-                                           load_config(settings.config_path))
-        return Collector(settings, read_ha_token(), rules).run
-
-    run_service("collector", settings, build)
+    rules = PatternFilter.from_settings(settings.entity_filter, settings.entity_filter_file,
+                                       load_config(settings.config_path))
+    return Collector(settings, read_ha_token(), rules).run

@@ -26,6 +26,9 @@ log = Log("homeiq.local")
 
 DEFAULT_PORTS = {"HOMEIQ_REDIS_PORT": 16379, "HOMEIQ_INFLUXDB_PORT": 18086, "HA_SIM_PORT": 18123}
 METRICS_PORTS = {"collector": 9101, "writer": 9102, "replayer": 9103}
+# one: the collector, the writer and the replayer in one process (`all-in-one run`: a home's footprint, one
+# interpreter instead of three); per-service: each in its own, as compose and systemd run them.
+PROCESSES = ("one", "per-service")
 
 
 def _port(name: str) -> int:
@@ -38,6 +41,22 @@ def _port(name: str) -> int:
         if sock.connect_ex(("127.0.0.1", port)) == 0:
             raise ConfigError(f"{name}: port {port} is already in use; set {name} to a free port")
     return port
+
+
+def _metrics_port(service: str) -> int:
+    name = f"HOMEIQ_{service.upper()}_METRICS_PORT"
+    raw = os.environ.get(name, str(METRICS_PORTS[service]))
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a port number, got {raw!r}") from None
+
+
+def _processes() -> str:
+    value = os.environ.get("HOMEIQ_PROCESSES", "one")
+    if value not in PROCESSES:
+        raise ConfigError(f"HOMEIQ_PROCESSES: expected one of {', '.join(PROCESSES)}, got {value!r}")
+    return value
 
 
 def ha_sim_token(data_dir: Path) -> str:
@@ -68,6 +87,8 @@ class LocalPipeline:
     def start(self) -> dict[str, str]:
         """Start services and the pipeline's processes; returns the environment they share."""
         env: dict[str, str] = {}
+        processes = _processes()
+        ports = {name: _metrics_port(name) for name in ("writer", "replayer", "collector")}
         if not os.environ.get("REDIS_URL"):
             self.redis = RedisServer(self.data_dir / "redis", _port("HOMEIQ_REDIS_PORT"),
                                      maxmemory=os.environ.get("REDIS_MAXMEMORY", "0")).start()
@@ -89,10 +110,16 @@ class LocalPipeline:
         else:
             read_ha_token()  # fail now, naming the variable, rather than in the collector
             log.info("home_assistant", url=redact_url(os.environ["HA_URL"]))
-        for name in ("writer", "replayer", "collector"):
-            port = int(os.environ.get(f"HOMEIQ_{name.upper()}_METRICS_PORT", METRICS_PORTS[name]))
-            spool = {"COLLECTOR_SPOOL_DIR": os.environ.get("COLLECTOR_SPOOL_DIR", str(self.data_dir / "spool"))}
-            child = self._spawn(name, {**env, **spool, "METRICS_HOST": "127.0.0.1"}, metrics_port=port)
+        env.update(COLLECTOR_SPOOL_DIR=os.environ.get("COLLECTOR_SPOOL_DIR", str(self.data_dir / "spool")),
+                   METRICS_HOST="127.0.0.1")
+        if processes == "one":
+            child = self._spawn("all-in-one", {**env, **{f"{name.upper()}_METRICS_PORT": str(port)
+                                                         for name, port in ports.items()}}, metrics_port=None)
+            log.info("process_started", child=child.name, services=list(ports),
+                     metrics=[f"http://127.0.0.1:{port}/metrics" for port in ports.values()])
+            return env
+        for name, port in ports.items():
+            child = self._spawn(name, env, metrics_port=port)
             log.info("process_started", child=name, metrics=child.metrics_url)
         return env
 

@@ -36,13 +36,7 @@ class ScriptProcess:
 
     def scrape(self, name: str, **labels: str) -> float:
         """The value of sample `name` (with `labels`) on its /metrics now (0 when absent)."""
-        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:  # noqa: S310 - loopback
-            text = resp.read().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return float(sample.value)
-        return 0.0
+        return scrape(self.metrics_url, name, **labels)
 
     def poll(self) -> int | None:
         """The exit code, or None while running."""
@@ -74,3 +68,14 @@ class ScriptProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def scrape(metrics_url: str, name: str, **labels: str) -> float:
+    """The value of sample `name` (with `labels`) on the /metrics at `metrics_url` now (0 when absent)."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as resp:  # noqa: S310 - loopback
+        text = resp.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0

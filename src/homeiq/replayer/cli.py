@@ -69,13 +69,15 @@ def run(settings: ReplayerSettings) -> None:
 
     The InfluxDB token comes from INFLUXDB_TOKEN or INFLUXDB_TOKEN_FILE, never from a flag.
     """
+    run_service("replayer", settings, lambda: replayer_main(settings))
+
+
+def replayer_main(settings: ReplayerSettings) -> ServiceMain:
+    """The replayer's daemon built from its settings, ready to run."""
     from homeiq.replayer.service import Replayer  # noqa: PLC0415 - keep --help fast
 
-    def build() -> ServiceMain:
-        settings.influx.log_config_notes()
-        return Replayer(settings).run
-
-    run_service("replayer", settings, build)
+    settings.influx.log_config_notes()
+    return Replayer(settings).run
 
 
 @app.command()

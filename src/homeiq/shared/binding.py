@@ -11,12 +11,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+import click
 import typer
 
-from homeiq.shared.cli import config_error
+from homeiq.shared.cli import EXIT_USAGE, config_error
 from homeiq.shared.settings import ConfigError, Settings, Var, settings_fields
 
 F = TypeVar("F", bound=Callable[..., Any])
+S = TypeVar("S", bound=Settings)
 _CONTEXT = "binding_context"
 
 
@@ -103,3 +105,24 @@ def _put(tree: dict[str, Any], path: tuple[str, ...], value: object) -> None:
     for name in path[:-1]:
         tree = tree.setdefault(name, {})
     tree[path[-1]] = value
+
+
+def from_environment(cls: type[S]) -> S:
+    """`cls` from the environment alone, read and checked exactly as a command's options are (a wrong value or a
+    ConfigError prints the message naming the variable and exits 2): for a process that runs several services."""
+    found: list[S] = []
+
+    def take(settings: Any) -> None:
+        found.append(settings)
+
+    take.__annotations__ = {"settings": cls, "return": None}
+    app = typer.Typer(add_completion=False)
+    app.command()(bind()(take))
+    try:
+        code = typer.main.get_command(app).main([], prog_name=cls.__name__, standalone_mode=False)
+    except click.ClickException as exc:
+        typer.echo(f"configuration error: {exc.format_message()}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    if not found:
+        raise typer.Exit(code if isinstance(code, int) else EXIT_USAGE)
+    return found[0]

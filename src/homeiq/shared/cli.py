@@ -43,23 +43,40 @@ def config_error(exc: ConfigError) -> NoReturn:
 
 def run_service(service: str, logging: LogSettings, build: Callable[[], ServiceMain]) -> None:
     """Set up logging, build the service (ConfigError → exit 2), run it until a signal, exit 0."""
-    setup_logging(logging.log_level, logging.log_format, service)
+    run_services(service, logging, {service: build})
+
+
+def run_services(process: str, logging: LogSettings, builds: dict[str, Callable[[], ServiceMain]]) -> None:
+    """Set up logging, build every service (ConfigError → exit 2), run them in one event loop until a signal;
+    exit 0. When one of them ends before the signal (a crash), the others are stopped and the process exits 1:
+    whatever supervises it restarts them together."""
+    setup_logging(logging.log_level, logging.log_format, process)
     try:
-        main = build()
+        mains = {name: build() for name, build in builds.items()}
     except ConfigError as exc:
         config_error(exc)
     # What exists now (modules, settings, clients) lives as long as the process: the cyclic GC need not
     # scan it again. In a writer at full speed this cut the GC's time from 22% of its CPU to 9%.
     gc.freeze()
 
-    async def _main(stop: asyncio.Event) -> int:
+    async def _one(name: str, main: ServiceMain, stop: asyncio.Event) -> int:
         try:
             await main(stop)
         except (typer.Exit, KeyboardInterrupt):
             raise
         except Exception:
-            log.error("crashed", exc_info=True)
+            log.error("crashed", service=name, exc_info=True)
+            return EXIT_FAILURE
+        if not stop.is_set() and len(mains) > 1:
+            log.error("service_ended", service=name, note="stopping the others")
             return EXIT_FAILURE
         return EXIT_OK
+
+    async def _main(stop: asyncio.Event) -> int:
+        tasks = [asyncio.create_task(_one(name, main, stop), name=name) for name, main in mains.items()]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()  # one ended (the signal, or a crash): the others stop too
+        codes = await asyncio.gather(*tasks)
+        return max(codes)
 
     raise typer.Exit(lifecycle.run(_main))

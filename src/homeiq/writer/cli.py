@@ -16,10 +16,12 @@ def run(settings: WriterSettings) -> None:
 
     The token comes from INFLUXDB_TOKEN or INFLUXDB_TOKEN_FILE (else the configuration file), never from a flag.
     """
+    run_service("writer", settings, lambda: writer_main(settings))
+
+
+def writer_main(settings: WriterSettings) -> ServiceMain:
+    """A writer built from its settings, ready to run."""
     from homeiq.writer.service import Writer  # noqa: PLC0415 - keep --help fast
 
-    def build() -> ServiceMain:
-        settings.influx.log_config_notes()
-        return Writer(settings).run
-
-    run_service("writer", settings, build)
+    settings.influx.log_config_notes()
+    return Writer(settings).run

@@ -1,0 +1,60 @@
+"""`./scripts/start`'s runner (`python -m homeiq.local`) as a new user runs it: its own Redis and InfluxDB in the
+data directory, ha-sim as the source; every event reaches InfluxDB and Ctrl-C stops everything cleanly. By default
+the collector, the writer and the replayer share one process (`all-in-one run`); HOMEIQ_PROCESSES=per-service runs
+each in its own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from homeiq.local.processes import scrape
+from homeiq.local.services import InfluxServer, free_port
+
+EVENTS = 600
+
+
+@pytest.mark.parametrize(("processes", "children"), [(None, {"all-in-one"}),
+                                                      ("per-service", {"collector", "writer", "replayer"})])
+def test_the_local_runner_writes_every_event_and_stops_cleanly(tmp_path: Path, processes: str | None,
+                                                               children: set[str]) -> None:
+    ports = {name: free_port() for name in ("HOMEIQ_REDIS_PORT", "HOMEIQ_INFLUXDB_PORT", "HA_SIM_PORT",
+                                            "HOMEIQ_COLLECTOR_METRICS_PORT", "HOMEIQ_WRITER_METRICS_PORT",
+                                            "HOMEIQ_REPLAYER_METRICS_PORT")}
+    env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "INFLUXDB_URL", "HA_URL")}
+    env.update({key: str(port) for key, port in ports.items()}, HOMEIQ_DATA_DIR=str(tmp_path / "data"),
+               HA_SIM_ENTITIES="100", HA_SIM_RATE="200", HA_SIM_EVENTS=str(EVENTS), LOG_FORMAT="json")
+    if processes:
+        env["HOMEIQ_PROCESSES"] = processes
+    log_path = tmp_path / "local.log"
+    with log_path.open("wb") as log:
+        local = subprocess.Popen([sys.executable, "-m", "homeiq.local"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            influx = InfluxServer(tmp_path / "unused", ports["HOMEIQ_INFLUXDB_PORT"])
+            deadline = time.monotonic() + 120
+            count = 0
+            while time.monotonic() < deadline and local.poll() is None:
+                try:
+                    count = influx.count("home_assistant_events")
+                except OSError:
+                    count = 0
+                if count >= EVENTS:
+                    break
+                time.sleep(0.5)
+            assert count == EVENTS, log_path.read_text()
+            writer_metrics = f"http://127.0.0.1:{ports['HOMEIQ_WRITER_METRICS_PORT']}/metrics"
+            assert scrape(writer_metrics, "homeiq_points_written_total") == EVENTS
+        finally:
+            local.send_signal(signal.SIGINT)
+            code = local.wait(60)
+    logs = log_path.read_text()
+    assert code == 0, logs
+    started = {line.split('"child": "')[1].split('"')[0] for line in logs.splitlines() if "process_started" in line}
+    assert started == children
+    assert '"clean": true' in logs
