@@ -109,7 +109,8 @@ def test_a_wrong_setting_of_any_service_is_named_and_nothing_starts(tmp_path: Pa
                          ({"WRITER_BATCH_SIZE": "many"}, "WRITER_BATCH_SIZE"),
                          ({"REPLAYER_MIN_IDLE_MS": "0"}, "REPLAYER_MIN_IDLE_MS"),
                          ({"HA_URL": "ftp://ha:8123"}, "HA_URL"),
-                         ({"WRITER_METRICS_PORT": "70000"}, "WRITER_METRICS_PORT")):
+                         ({"WRITER_METRICS_PORT": "70000"}, "WRITER_METRICS_PORT"),
+                         ({"HOMEIQ_EVENT_LOOP": "trio"}, "HOMEIQ_EVENT_LOOP")):
         done = subprocess.run([SCRIPT, "run"], env={**base, **wrong}, capture_output=True, text=True, timeout=60,
                               check=False)
         assert done.returncode == 2, (wrong, done.stderr)

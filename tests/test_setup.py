@@ -18,10 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pins(lock: str) -> dict[str, str]:
     text = (ROOT / lock).read_text()
-    found = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", text, re.MULTILINE))
-    assert found and text.count("==") == len(found), f"{lock}: every requirement pinned with =="
-    assert all(f"{name}=={version} \\\n    --hash=sha256:" in text for name, version in found.items()), lock
-    return found
+    requirements = [line for line in text.splitlines() if line[:1] not in ("", "#", " ")]
+    found = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)( ; [^\n]+)? \\$", text, re.MULTILINE)
+    assert found and len(requirements) == len(found), f"{lock}: every requirement pinned with =="
+    assert all(f"{name}=={version}{marker} \\\n    --hash=sha256:" in text for name, version, marker in found), lock
+    return {name: version for name, version, _ in found}
 
 
 def test_the_image_and_the_tests_install_the_same_pinned_and_hashed_versions() -> None:

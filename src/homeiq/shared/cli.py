@@ -52,6 +52,7 @@ def run_services(process: str, logging: LogSettings, builds: dict[str, Callable[
     whatever supervises it restarts them together."""
     setup_logging(logging.log_level, logging.log_format, process)
     try:
+        loop_factory = lifecycle.event_loop_factory()
         mains = {name: build() for name, build in builds.items()}
     except ConfigError as exc:
         config_error(exc)
@@ -79,4 +80,4 @@ def run_services(process: str, logging: LogSettings, builds: dict[str, Callable[
         codes = await asyncio.gather(*tasks)
         return max(codes)
 
-    raise typer.Exit(lifecycle.run(_main))
+    raise typer.Exit(lifecycle.run(_main, loop_factory))
