@@ -61,8 +61,9 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop where it is installed, unless HOMEIQ_EVENT_LOOP=asyncio; None: the standard library's.
 
     Every message (a frame from HA, a Redis command, an HTTP request) costs a few turns of the event loop, and at a
-    home's rate that is most of the CPU: uvloop's turns (libuv, in C) took 15-19 % less of a core than asyncio's
-    at 50 events/s (benchmarks/footprint.py). Where no wheel exists (32-bit ARM) it is not installed."""
+    home's rate that is most of the CPU: on uvloop's (libuv, in C) the all-in-one process took 8-9 % less of a
+    core than on asyncio's at 50 events/s (benchmarks/footprint.py, three pairs run side by side). Where no wheel
+    exists (32-bit ARM) it is not installed."""
     choice = os.environ.get("HOMEIQ_EVENT_LOOP", "uvloop")
     if choice not in ("uvloop", "asyncio"):
         raise ConfigError(f"HOMEIQ_EVENT_LOOP: expected uvloop or asyncio, got {choice!r}")
