@@ -41,7 +41,7 @@ class CollectorSettings(ServiceSettings, frozen=True, kw_only=True):
                                       positive)] = 1_000
     linger_ms: Annotated[int, Var(
         "COLLECTOR_LINGER_MS", "How long a batch gathers events after its first before its XADD, ms: a home's few "
-        "events a second share one call instead of one each; a full batch goes at once.", between(0, 1000))] = 50
+        "events a second share one call instead of one each; a full batch goes at once.", between(0, 1000))] = 70
     spool_dir: Annotated[str, Var(
         "COLLECTOR_SPOOL_DIR", "Directory of the disk spool used while Redis is down.", not_empty)] = "spool"
     spool_max_mb: Annotated[int, Var("COLLECTOR_SPOOL_MAX_MB", "Most MiB the spool may hold.", positive)] = 1024
