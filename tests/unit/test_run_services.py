@@ -19,6 +19,7 @@ HEADER = textwrap.dedent("""
 
     async def waits(stop):
         await stop.wait()
+        await asyncio.sleep(0.3)  # a clean stop takes a while (a batch in flight)
         print("waits saw stop", flush=True)
 
     async def ends(stop):
@@ -27,6 +28,10 @@ HEADER = textwrap.dedent("""
     async def crashes(stop):
         await asyncio.sleep(0.2)
         raise RuntimeError("boom")
+
+    async def exits(stop):
+        await asyncio.sleep(0.2)
+        raise typer.Exit(3)
 
     async def signals(stop):
         await asyncio.sleep(0.2)
@@ -55,6 +60,12 @@ def test_one_that_ends_or_crashes_stops_the_others_and_the_process_exits_1(other
     assert code == 1
     assert out == ["waits saw stop"]
     assert [(line["event"], line["service"]) for line in logs if line["event"] == event] == [(event, "b")]
+
+
+def test_an_exit_one_asks_for_is_taken_after_the_others_stopped() -> None:
+    code, out, _ = run("'a': lambda: waits, 'b': lambda: exits")
+    assert code == 3
+    assert out == ["waits saw stop"]
 
 
 def test_a_signal_stops_every_service_and_the_process_exits_0() -> None:

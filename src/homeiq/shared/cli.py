@@ -76,8 +76,11 @@ def run_services(process: str, logging: LogSettings, builds: dict[str, Callable[
     async def _main(stop: asyncio.Event) -> int:
         tasks = [asyncio.create_task(_one(name, main, stop), name=name) for name, main in mains.items()]
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        stop.set()  # one ended (the signal, or a crash): the others stop too
-        codes = await asyncio.gather(*tasks)
-        return max(codes)
+        stop.set()  # one ended (the signal, or a crash): the others stop too, each as on a signal
+        ends = await asyncio.gather(*tasks, return_exceptions=True)
+        for end in ends:  # an exit asked for (typer.Exit) is taken once every service has stopped
+            if isinstance(end, BaseException):
+                raise end
+        return max(code for code in ends if isinstance(code, int))
 
     raise typer.Exit(lifecycle.run(_main, loop_factory))
