@@ -74,13 +74,16 @@ def test_values_are_checked_and_normalised_by_their_setting() -> None:
 
 def _commands() -> list[tuple[typer.Typer, str, type[Settings], set[str]]]:
     from homeiq.ha_sim.cli import SimSettings  # noqa: PLC0415
+    from homeiq.local.all_in_one import AllInOneSettings  # noqa: PLC0415
+    from homeiq.local.all_in_one import app as all_in_one_app  # noqa: PLC0415
     from homeiq.replayer.settings import AuditCommandSettings, ReclaimCommandSettings, ReplayerSettings  # noqa: PLC0415
 
     return [(collector_app, "run", CollectorSettings, set()), (writer_app, "run", WriterSettings, set()),
             (replayer_app, "run", ReplayerSettings,
              {"redis_url", "redis_sentinels", "redis_sentinel_service", "redis_sentinel_tls", "names"}),
             (replayer_app, "reclaim", ReclaimCommandSettings, set()),
-            (replayer_app, "audit", AuditCommandSettings, set()), (sim_app, "run", SimSettings, set())]
+            (replayer_app, "audit", AuditCommandSettings, set()), (sim_app, "run", SimSettings, set()),
+            (all_in_one_app, "run", AllInOneSettings, set())]
 
 
 @pytest.mark.parametrize(("app", "command", "settings_type", "from_group"), _commands())
