@@ -10,7 +10,8 @@ keeping what happens meanwhile, the collector backfilling it); every `--influx-r
 (by default once a "day" of a home at 50 events/s, compressed by the same factor as the rate).
 
 Sampled every `--sample-s`, against the events fired so far: RSS and open fds of every process, asyncio tasks of
-ours, the collector's caches, the stream's length, Redis's memory, the spool's bytes, InfluxDB's series count
+ours and what their heaps hold (`homeiq_python_heap_blocks`: RSS also keeps what a burst once took), the
+collector's caches, the stream's length, Redis's memory, the spool's bytes, InfluxDB's series count
 beside the most series the churn could have made (the entities there were at the start, plus what each change
 can add: a new tag set, its registry event).
 
@@ -149,6 +150,10 @@ def verdicts(samples: list[dict[str, Any]], limit_pct: float = 1.0, floor_mb: fl
                for name in samples[0]["fds"])
     out.extend(trend(f"asyncio tasks {name}", events, series("tasks", name), "count",
                      floor=floor_count) for name in samples[0]["tasks"])
+    # What the heap holds beside RSS, which also keeps what a burst once took (runs before this had none). A
+    # block is ~100 bytes on average here, so a floor of N MB is N * 10 thousand blocks.
+    out.extend(trend(f"heap {name} (thousand blocks)", events, series("heap_kblocks", name), "memory", limit_pct,
+                     floor_mb * 10) for name in samples[0].get("heap_kblocks", {}))
     for name in samples[0]["caches"]:
         values = series("caches", name)
         if name in CAPS:
@@ -346,6 +351,7 @@ def sample(pipeline: FaultPipeline, run: Run, client_info: dict[str, Any], strea
         "rss_mb": {name: round(p[0], 2) for name, p in procs.items()},
         "fds": {name: p[1] for name, p in procs.items()},
         "tasks": {name: _gauge(s, "homeiq_asyncio_tasks") for name, s in scraped.items()},
+        "heap_kblocks": {name: round(_gauge(s, "homeiq_python_heap_blocks") / 1000, 1) for name, s in scraped.items()},
         "caches": {c: _gauge(collector, "homeiq_collector_cache_entries", cache=c) for c in CACHES},
         "spool_bytes": _gauge(collector, "homeiq_spool_bytes"),
         "published": _gauge(collector, "homeiq_events_published_total"),

@@ -166,6 +166,8 @@ async def test_the_short_soak_finds_nothing_growing_and_its_trend_check_can_fail
     # The gauges the soak reads are there: tasks of every process, the collector's caches.
     last = samples[-1]
     assert all(tasks > 0 for tasks in last["tasks"].values())
+    assert all(kblocks > 100 for kblocks in last["heap_kblocks"].values())  # an interpreter holds ~190,000
+    assert {f"heap {name} (thousand blocks)" for name in last["heap_kblocks"]} <= trends.keys()
     assert last["caches"]["known_entities"] >= options.entities - 5  # removals and renames: about as many
     assert last["series"] >= options.entities
     # The same check fails on the run's own curve with a leak added: 20 MB over the run.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Callable
 
 import redis.asyncio as aioredis
@@ -34,6 +35,9 @@ class ServiceRuntime:
         self.health = HealthServer(self.metrics_registry, readiness, settings.metrics_host, settings.metrics_port)
         Gauge("homeiq_asyncio_tasks", "asyncio tasks alive in the service's event loop (a soak watches them stay "
               "bounded).", registry=self.metrics_registry).set_function(_tasks)
+        Gauge("homeiq_python_heap_blocks", "Memory blocks the process's live Python objects hold "
+              "(sys.getallocatedblocks): what its heap holds now, where RSS also keeps what a burst once took.",
+              registry=self.metrics_registry).set_function(sys.getallocatedblocks)
 
     @contextlib.asynccontextmanager
     async def serving(self, stopped: str, fields: Callable[[], dict[str, object]] = dict) -> AsyncIterator[None]:
