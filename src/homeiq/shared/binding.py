@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-import click
 import typer
 
 from homeiq.shared.cli import EXIT_USAGE, config_error
@@ -120,7 +119,7 @@ def from_environment(cls: type[S]) -> S:
     app.command()(bind()(take))
     try:
         code = typer.main.get_command(app).main([], prog_name=cls.__name__, standalone_mode=False)
-    except click.ClickException as exc:
+    except typer.BadParameter as exc:  # typer's own click (the runtime has no other): a value it could not take
         typer.echo(f"configuration error: {exc.format_message()}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     if not found:
