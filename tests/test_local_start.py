@@ -5,17 +5,19 @@ each in its own."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from homeiq.local.processes import scrape
 from homeiq.local.services import InfluxServer, free_port
+from tests.test_stack import wait_until
 
 EVENTS = 600
 
@@ -37,17 +39,15 @@ def test_the_local_runner_writes_every_event_and_stops_cleanly(tmp_path: Path, p
         local = subprocess.Popen([sys.executable, "-m", "homeiq.local"], env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             influx = InfluxServer(tmp_path / "unused", ports["HOMEIQ_INFLUXDB_PORT"])
-            deadline = time.monotonic() + 120
-            count = 0
-            while time.monotonic() < deadline and local.poll() is None:
-                try:
+
+            def all_written() -> int:
+                assert local.poll() is None, log_path.read_text()
+                with contextlib.suppress(OSError):  # influxd not up yet
                     count = influx.count("home_assistant_events")
-                except OSError:
-                    count = 0
-                if count >= EVENTS:
-                    break
-                time.sleep(0.5)
-            assert count == EVENTS, log_path.read_text()
+                    return count if count >= EVENTS else 0
+                return 0
+
+            assert wait_until(all_written, 120, f"{EVENTS} points in InfluxDB") == EVENTS, log_path.read_text()
             writer_metrics = f"http://127.0.0.1:{ports['HOMEIQ_WRITER_METRICS_PORT']}/metrics"
             assert scrape(writer_metrics, "homeiq_points_written_total") == EVENTS
         finally:
@@ -58,3 +58,16 @@ def test_the_local_runner_writes_every_event_and_stops_cleanly(tmp_path: Path, p
     started = {line.split('"child": "')[1].split('"')[0] for line in logs.splitlines() if "process_started" in line}
     assert started == children
     assert '"clean": true' in logs
+
+
+def test_a_metrics_port_in_use_is_named_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {**os.environ, "HOMEIQ_DATA_DIR": str(tmp_path / "data"), "HOMEIQ_REDIS_PORT": str(free_port()),
+               "HOMEIQ_WRITER_METRICS_PORT": str(taken.getsockname()[1])}
+        done = subprocess.run([sys.executable, "-m", "homeiq.local"], env=env, capture_output=True, text=True,
+                              timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "HOMEIQ_WRITER_METRICS_PORT" in done.stderr and "in use" in done.stderr
+    assert not (tmp_path / "data" / "redis").exists()  # checked before Redis started

@@ -24,8 +24,9 @@ from homeiq.shared.settings import ConfigError, redact_url
 
 log = Log("homeiq.local")
 
-DEFAULT_PORTS = {"HOMEIQ_REDIS_PORT": 16379, "HOMEIQ_INFLUXDB_PORT": 18086, "HA_SIM_PORT": 18123}
-METRICS_PORTS = {"collector": 9101, "writer": 9102, "replayer": 9103}
+DEFAULT_PORTS = {"HOMEIQ_REDIS_PORT": 16379, "HOMEIQ_INFLUXDB_PORT": 18086, "HA_SIM_PORT": 18123,
+                 "HOMEIQ_COLLECTOR_METRICS_PORT": 9101, "HOMEIQ_WRITER_METRICS_PORT": 9102,
+                 "HOMEIQ_REPLAYER_METRICS_PORT": 9103}
 # one: the collector, the writer and the replayer in one process (`all-in-one run`: a home's footprint, one
 # interpreter instead of three); per-service: each in its own, as compose and systemd run them.
 PROCESSES = ("one", "per-service")
@@ -41,15 +42,6 @@ def _port(name: str) -> int:
         if sock.connect_ex(("127.0.0.1", port)) == 0:
             raise ConfigError(f"{name}: port {port} is already in use; set {name} to a free port")
     return port
-
-
-def _metrics_port(service: str) -> int:
-    name = f"HOMEIQ_{service.upper()}_METRICS_PORT"
-    raw = os.environ.get(name, str(METRICS_PORTS[service]))
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: expected a port number, got {raw!r}") from None
 
 
 def _processes() -> str:
@@ -88,7 +80,7 @@ class LocalPipeline:
         """Start services and the pipeline's processes; returns the environment they share."""
         env: dict[str, str] = {}
         processes = _processes()
-        ports = {name: _metrics_port(name) for name in ("writer", "replayer", "collector")}
+        ports = {name: _port(f"HOMEIQ_{name.upper()}_METRICS_PORT") for name in ("writer", "replayer", "collector")}
         if not os.environ.get("REDIS_URL"):
             self.redis = RedisServer(self.data_dir / "redis", _port("HOMEIQ_REDIS_PORT"),
                                      maxmemory=os.environ.get("REDIS_MAXMEMORY", "0")).start()
