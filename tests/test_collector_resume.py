@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from homeiq.collector.gap import GapTracker
+from homeiq.collector.resume import ResumePoint
 from homeiq.local.services import RedisServer
 from homeiq.shared.stream import DEFAULT_NAMES
 from tests.collector_harness import TOKEN, every_state_once, running_collector, simulator, stream_state_keys
@@ -105,3 +107,40 @@ async def test_a_killed_collector_backfills_without_republishing_what_is_in_the_
             await every_state_once(redis_client, sim.hub)
         finally:
             assert second.terminate() == 0
+
+
+async def test_after_redis_forgot_the_backfill_starts_where_our_losses_start_whatever_was_saved_since(
+    redis_client: aioredis.Redis,
+) -> None:
+    """Redis went back to an older AOF: our entries after `kept` are gone. Before this collector reads the
+    watermark again, the other collector (whose copies were skipped as ours, so it lost nothing of its own and
+    noticed nothing) saves a later one. The backfill must start at the last watermark we reached at or before
+    `kept`, and read the stream back from its id, not from the other collector's (found by
+    test_two_collectors_review: which of the two got there first was luck)."""
+
+    async def nothing_held() -> list[tuple[str, int]]:
+        return []
+
+    names = DEFAULT_NAMES
+    ids = [await redis_client.xadd(names.stream, {"x": "1"}) for _ in range(4)]
+    gap = GapTracker()
+    resume = ResumePoint(redis_client, names, gap, True, nothing_held)
+    for watermark_ns, reached_after in ((1_000, ids[0]), (2_000, ids[2])):  # what we saved (read back here)
+        await redis_client.mset({names.watermark: watermark_ns, names.resume_from: reached_after})
+        await resume.read()
+    await redis_client.mset({names.watermark: 3_000, names.resume_from: ids[3]})  # the other collector's save
+
+    resume.forgot(ids[1])  # Redis kept ours up to ids[1]: the watermark at 2_000 was reached after ids[2]
+    gap.unknown()  # as the collector does when it finds Redis forgot
+    await resume.read()
+    assert (resume.watermark.durable_ns, resume.tail_or_read(None)) == (1_000, ids[0])
+    assert gap.pending_start_ns == 1_000 + 1_000  # the backfill from the next microsecond
+
+    added_since = await redis_client.xadd(names.stream, {"x": "1"})  # after the backfill: ours, saved
+    await redis_client.mset({names.watermark: 2_500, names.resume_from: added_since})
+    await resume.read()
+    resume.forgot(added_since)  # lost again, only what came after our last save
+    gap.unknown()
+    await redis_client.mset({names.watermark: 4_000, names.resume_from: added_since})  # the other's again
+    await resume.read()
+    assert resume.watermark.durable_ns == 2_500

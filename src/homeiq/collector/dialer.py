@@ -12,7 +12,7 @@ import aiohttp
 from homeiq.collector.session_end import Stopped
 from homeiq.collector.settings import CollectorSettings
 from homeiq.shared.certs import peer_expiry
-from homeiq.shared.ha.client import WS_TIMEOUT, ClientMetrics, FrameSocket, HAConnection, reading
+from homeiq.shared.ha.client import WS_TIMEOUT, ClientMetrics, FrameSocket, HAConnection, ReadPacing, reading
 
 T = TypeVar("T")
 
@@ -40,9 +40,9 @@ class Dialer:
                     self._certificate(expiry)
         return ws
 
-    async def login(self, ws: FrameSocket) -> tuple[HAConnection, str]:
-        """The connection on `ws`, authenticated, and HA's version."""
-        conn = HAConnection(ws, self._metrics)
+    async def login(self, ws: FrameSocket, pacing: ReadPacing | None = None) -> tuple[HAConnection, str]:
+        """The connection on `ws` (read in bursts with `pacing`), authenticated, and HA's version."""
+        conn = HAConnection(ws, self._metrics, pacing)
         return conn, await conn.authenticate(self._token, self._settings.auth_timeout_s)
 
     @contextlib.asynccontextmanager

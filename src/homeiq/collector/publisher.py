@@ -26,7 +26,14 @@ from homeiq.collector.spool_keeper import SpoolKeeper
 from homeiq.shared.health import READY_REDIS, Readiness
 from homeiq.shared.logs import Log
 from homeiq.shared.scripts import XADD_BATCH_SCRIPT
-from homeiq.shared.stream import RedisPlace, StreamNames, describe_redis_error, uncancelled, xadd_batch_args
+from homeiq.shared.stream import (
+    RedisPlace,
+    StreamNames,
+    describe_redis_error,
+    id_key,
+    uncancelled,
+    xadd_batch_args,
+)
 
 log = Log(__name__)
 
@@ -44,11 +51,6 @@ def recoverable(payload: bytes) -> bool:
     return payload.startswith(_STATE_CHANGE) and _NEW_STATE in payload
 
 
-def _id(entry_id: bytes) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq or 0)
-
-
 class UnrecoverableLog:
     """For each recent batch with events no backfill can bring back (service calls, automation triggers, removals),
     its last id and how many: what is lost when Redis forgets the entries after an id."""
@@ -59,7 +61,7 @@ class UnrecoverableLog:
 
     def added(self, last_id: bytes, batch: list[bytes]) -> None:
         """A batch ending at `last_id` is in Redis."""
-        entry_id = _id(last_id)
+        entry_id = id_key(last_id)
         if self._since is None:
             self._since = entry_id
         count = sum(1 for payload in batch if not recoverable(payload))
@@ -70,7 +72,7 @@ class UnrecoverableLog:
 
     def after(self, kept: bytes | None) -> tuple[int, bool]:
         """How many such events came after id `kept` (None: all remembered), and whether that is all of them."""
-        kept_id = _id(kept) if kept else (0, 0)
+        kept_id = id_key(kept) if kept else (0, 0)
         lost = sum(count for entry_id, count in self._batches if entry_id > kept_id)
         self._batches = collections.deque(((i, c) for i, c in self._batches if i <= kept_id),
                                           maxlen=UNRECOVERABLE_BATCHES)
@@ -142,8 +144,9 @@ class Publisher:
         self, client: aioredis.Redis, redis_url: str | RedisPlace, names: StreamNames, metrics: CollectorMetrics,
         readiness: Readiness, spool: Spool, policy: Policy, capacity: int = 2_000, batch_max: int = 1_000,
         linger_s: float = 0.05, durable: Callable[[], bool] = lambda: True,
-        forgotten: Callable[[], None] = lambda: None, replicas: tuple[int, int] = (0, 0), dedup_window_s: int = 0,
-        collector_id: str = "",
+        forgotten: Callable[[bytes | None], None] = lambda kept: None, replicas: tuple[int, int] = (0, 0),
+        dedup_window_s: int = 0,
+        collector_id: str = "", read_resting: asyncio.Event | None = None,
     ) -> None:
         self._redis, self._redis_url = client, redis_url
         self._keys = [names.stream.encode(), f"{names.collector_tail}:{collector_id}".encode()]  # our own tail
@@ -153,7 +156,9 @@ class Publisher:
             self._keys.append(names.collector_seen.encode())
         self._metrics, self._readiness = metrics, readiness
         self._durable = durable  # False while Redis would forget what it is given: keep events on disk then
-        self._forgotten = forgotten  # Redis lost entries it had acknowledged: where we left off must be read again
+        # Redis lost the entries it had acknowledged after the id given (None: all of ours): where we left off must
+        # be read again
+        self._forgotten = forgotten
         # Durable only once this many replicas confirm (WAIT), waiting at most this many ms: a failover promotes a
         # replica, and what only the old primary had is gone with it.
         self._wait_replicas, self._wait_timeout_ms = replicas
@@ -169,6 +174,7 @@ class Publisher:
         self._queue = Buffer(capacity)
         self._batch_max = batch_max
         self._linger_s = linger_s
+        self._read_resting = read_resting  # set while HA's socket rests: the linger ends then
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._flushed = asyncio.Event()
@@ -213,7 +219,8 @@ class Publisher:
             if len(batch) < self._batch_max and batch[-1] is not _STOP:
                 # Time for more to arrive: a batch of tens, not of one or two, costs Redis and us a tenth per
                 # event, and at a home's rate one call a tick instead of one an event; only the event's age waits.
-                await asyncio.sleep(self._linger_s)
+                # While HA's socket rests (ReadPacing), what was read is all there is until it is read again.
+                await self._linger()
                 batch += self._queue.take_ready(self._batch_max - len(batch))
             closing = batch[-1] is _STOP
             if closing:
@@ -235,6 +242,14 @@ class Publisher:
             if closing:
                 self._flushed.set()
                 return
+
+    async def _linger(self) -> None:
+        resting = self._read_resting
+        if resting is None:
+            await asyncio.sleep(self._linger_s)
+        elif not resting.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(resting.wait(), self._linger_s)
 
     async def _xadd(self, batch: list[bytes]) -> bool:
         """XADD the whole batch in one script call (atomic: all or none); False when Redis failed, or when fewer
@@ -316,7 +331,8 @@ class Publisher:
     def check_tail(self, found: bytes | None) -> None:
         """`found`: the tail Redis holds. Older than the id we last got back (or gone), Redis forgot the entries
         after it: count the events among them that no backfill can bring back, and have the gap reopened."""
-        if self.tail_id is None or found == self.tail_id or (found is not None and _id(found) > _id(self.tail_id)):
+        tail = self.tail_id
+        if tail is None or found == tail or (found is not None and id_key(found) > id_key(tail)):
             return  # first batch of this process, as expected, or a batch of ours in flight went further
         lost, known = self._unrecoverable.after(found)
         self.tail_id = found
@@ -324,7 +340,7 @@ class Publisher:
         self._metrics.dropped.labels("redis_forgot").inc(lost)
         log.error("redis_forgot", kept_up_to=(found or b"nothing").decode(), events_lost=lost, extent_known=known,
                   consequence="state changes are backfilled from the recorder; these other events are lost")
-        self._forgotten()
+        self._forgotten(found)
 
     async def held_states(self) -> list[Key]:
         """The state changes given to us that Redis does not hold yet: in the spool, the batch in flight, the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -12,11 +13,12 @@ import redis.asyncio as aioredis
 
 from homeiq.collector.gap import GapTracker, Key, Watermark, state_keys
 from homeiq.shared.logs import Log
-from homeiq.shared.stream import FIELD_EVENT, StreamNames, xrange_pages
+from homeiq.shared.stream import FIELD_EVENT, StreamNames, id_key, xrange_pages
 
 log = Log(__name__)
 
 SCAN_PAGE: Final = 10_000
+HISTORY: Final = 2_000  # watermarks remembered: over an hour of saves, one every 2 s at most
 
 
 # Set the mark, or lower it; never raise it (0, "not known", is the lowest): two collectors, or one that learns an
@@ -145,6 +147,10 @@ class ResumePoint:
         self.watermark = Watermark()
         self._read_from = b""  # the resume id read at start: where a mark made before our first XADD reads back
         self._saved: tuple[int, bytes] = (0, b"")
+        # Every watermark read or saved, oldest first: after Redis forgot our entries after some id, the last one
+        # reached at or before that id is where our losses start, whatever another collector saved since.
+        self._history: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=HISTORY)
+        self._lost_from: tuple[int, bytes] | None = None
 
     async def read(self, fallback_ns: int = 0) -> None:
         """Learn where the last run left off and which later states Redis or our spool already holds (a killed
@@ -152,14 +158,20 @@ class ResumePoint:
         to start when Redis holds no watermark although this process saved one (Redis lost it)."""
         stored: Any = (await self._redis.mget(self._names.watermark, self._names.resume_from) if self._enabled
                        else (None, None))
-        saved_ns = int(stored[0]) if stored[0] else 0
+        saved_ns, self._read_from = int(stored[0]) if stored[0] else 0, stored[1] or b""
+        lost_from, self._lost_from = self._lost_from, None
+        if lost_from is not None and saved_ns and lost_from[0] < saved_ns:
+            # Another collector saved a watermark past what Redis lost of ours (its copies were skipped as ours).
+            log.warning("watermark_behind_loss", stored_ns=saved_ns, backfill_from_ns=lost_from[0])
+            saved_ns, self._read_from = lost_from
         if not saved_ns and self.saved and fallback_ns:
             log.error("watermark_lost", backfill_from_ns=fallback_ns,
                       consequence="Redis lost the watermark too: states before this process's first are not backfilled")
             saved_ns = fallback_ns
-        self._read_from = stored[1] or b""
         self.watermark = Watermark(saved_ns, self._read_from)
         self._saved = (saved_ns, self._read_from)
+        if saved_ns:
+            self._history.append(self._saved)
         if saved_ns:
             # What the publisher holds first, then the stream: an entry it hands over in between is in the stream by
             # the time the stream is read.
@@ -199,3 +211,16 @@ class ResumePoint:
         if durable[0] and durable != self._saved:
             await self._redis.mset({self._names.watermark: durable[0], self._names.resume_from: durable[1]})
             self._saved = durable
+            self._history.append(durable)
+
+    def forgot(self, kept: bytes | None) -> None:
+        """Redis lost our entries after `kept` (None: all of them): the next `read` starts no later than the last
+        watermark reached at or before it (the earliest we know when none was)."""
+        kept_key = id_key(kept) if kept else (0, 0)
+        reached = [mark for mark in self._history if not mark[1] or id_key(mark[1]) <= kept_key]
+        if reached:  # each still holds (its entries are kept); those reached after `kept` no longer do
+            self._lost_from = max(reached)
+            self._history = collections.deque(reached, maxlen=HISTORY)
+        elif self._history:
+            self._lost_from = self._history[0]
+            log.warning("loss_older_than_known_watermarks", backfill_from_ns=self._history[0][0])

@@ -30,6 +30,7 @@ from homeiq.collector.state_dir import StateDirLock, collector_id
 from homeiq.shared.entity_filter import EntityRules
 from homeiq.shared.events import NormalisedEvent, encode_event
 from homeiq.shared.ha import frames
+from homeiq.shared.ha.client import ReadPacing
 from homeiq.shared.ha.registry import Registry
 from homeiq.shared.health import READY_REDIS, Readiness
 from homeiq.shared.logs import Log
@@ -64,13 +65,16 @@ class Collector:
             self._state_lock.release()
             raise
         self.metrics.spool_max_bytes.set(spool.max_bytes)
+        # HA's socket is read in bursts a linger apart while events trickle in (a wakeup per burst, not per event);
+        # each burst is one batch.
+        self.read_pacing = ReadPacing(settings.linger_ms / 1000)
         self.publisher = Publisher(self.redis, self.runtime.redis_place, settings.names, self.metrics,
                                    self.readiness, spool, settings.spool_policy, settings.buffer_events,
                                    settings.publish_batch, settings.linger_ms / 1000,
                                    durable=lambda: self.persistence.ok, forgotten=self._redis_forgot,
                                    replicas=(settings.wait_replicas, settings.wait_timeout_ms),
                                    dedup_window_s=settings.dedup_window_s,
-                                   collector_id=identity)
+                                   collector_id=identity, read_resting=self.read_pacing.resting)
         self.ha_registry = Registry()
         self.gap = GapTracker()
         self.ha_clock = HaClock(self._clock_finding)
@@ -96,7 +100,7 @@ class Collector:
             self.metrics.cache_entries.labels(cache).set_function(size)
         self.ha = HaSessions(settings, self.metrics, self.readiness, self.dialer, self.registries, self.backfill,
                              self.gap, lambda: self.resume.tail_or_read(self.publisher.tail_id), self._on_event,
-                             self.publisher.unbound)
+                             self.publisher.unbound, self.read_pacing)
 
     @property
     def sessions(self) -> int:
@@ -178,9 +182,11 @@ class Collector:
         """Now on HA's clock, as far as its states tell."""
         return time.time_ns() + (self.ha_clock.offset_ns or 0)
 
-    def _redis_forgot(self) -> None:
-        """Redis lost entries it had acknowledged: learn again, as a restart does, where we left off (the gap from
-        there is backfilled); meanwhile every state published is remembered, so none is published twice."""
+    def _redis_forgot(self, kept: bytes | None) -> None:
+        """Redis lost our entries after `kept`: learn again, as a restart does, where we left off (the gap from
+        there is backfilled, no later than where our losses start); meanwhile every state published is remembered,
+        so none is published twice."""
+        self.resume.forgot(kept)
         self.gap.unknown()
         self.backfill.resumed.clear()
 

@@ -18,7 +18,7 @@ from homeiq.collector.registries import Registries
 from homeiq.collector.session_end import Stopped, why_ended
 from homeiq.collector.settings import CollectorSettings
 from homeiq.shared.backoff import Backoff
-from homeiq.shared.ha.client import CommandFailed, ConnectionLost, EventHandler, HAConnection
+from homeiq.shared.ha.client import CommandFailed, ConnectionLost, EventHandler, HAConnection, ReadPacing
 from homeiq.shared.health import Readiness
 from homeiq.shared.lifecycle import wait_or_stop
 from homeiq.shared.logs import Log
@@ -38,8 +38,9 @@ class HaSessions:
 
     def __init__(self, settings: CollectorSettings, metrics: CollectorMetrics, readiness: Readiness, dialer: Dialer,
                  registries: Registries, backfill: Backfill, gap: GapTracker, tail: Callable[[], bytes],
-                 on_event: EventHandler, unbound: Callable[[], None]) -> None:
+                 on_event: EventHandler, unbound: Callable[[], None], pacing: ReadPacing | None = None) -> None:
         self.settings, self.metrics, self.readiness, self.dialer = settings, metrics, readiness, dialer
+        self._pacing = pacing  # the live socket's (the backfill's own connection is not paced)
         self.registries, self.backfill, self._gap, self._tail = registries, backfill, gap, tail
         self._on_event, self._unbound = on_event, unbound
         self.sessions = 0  # begun so far
@@ -90,7 +91,7 @@ class HaSessions:
         async with aiohttp.ClientSession() as http:
             ws = await unless_stopped(stop, self.dialer.open(http))
             async with ws:
-                conn, version = await unless_stopped(stop, self.dialer.login(ws))
+                conn, version = await unless_stopped(stop, self.dialer.login(ws, self._pacing))
                 self._auth_failures = 0
                 self.metrics.auth_rejected.set(0)
                 async with asyncio.TaskGroup() as tasks:

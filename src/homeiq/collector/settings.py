@@ -40,8 +40,10 @@ class CollectorSettings(ServiceSettings, frozen=True, kw_only=True):
     publish_batch: Annotated[int, Var("COLLECTOR_PUBLISH_BATCH", "Most events XADDed by one script call.",
                                       positive)] = 1_000
     linger_ms: Annotated[int, Var(
-        "COLLECTOR_LINGER_MS", "How long a batch gathers events after its first before its XADD, ms: a home's few "
-        "events a second share one call instead of one each; a full batch goes at once.", between(0, 1000))] = 70
+        "COLLECTOR_LINGER_MS", "How long a batch gathers events before its XADD, ms: while events trickle in, HA's "
+        "socket rests this long after each burst it read, and each burst is one batch (one wakeup, one Redis call, "
+        "one InfluxDB write for a home's few events a second, not one each); a full batch goes at once. The "
+        "longest an event waits for its batch: the writers write each batch as it arrives.", between(0, 1000))] = 180
     spool_dir: Annotated[str, Var(
         "COLLECTOR_SPOOL_DIR", "Directory of the disk spool used while Redis is down.", not_empty)] = "spool"
     spool_max_mb: Annotated[int, Var("COLLECTOR_SPOOL_MAX_MB", "Most MiB the spool may hold.", positive)] = 1024

@@ -78,6 +78,9 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 async def wait_or_stop(stop: asyncio.Event, delay_s: float) -> bool:
     """Sleep up to `delay_s`; return True if `stop` was set meanwhile."""
+    if delay_s <= 0 or stop.is_set():  # no task to create and cancel; still the loop's turn, as any wait gives
+        await asyncio.sleep(0)
+        return stop.is_set()
     try:
         await asyncio.wait_for(stop.wait(), timeout=delay_s)
     except TimeoutError:

@@ -286,6 +286,12 @@ async def fetch_entries(client: aioredis.Redis, names: StreamNames, ids: list[by
             for entry_id, entry in zip(ids, found, strict=True)]
 
 
+def id_key(entry_id: bytes) -> tuple[int, int]:
+    """A stream id as (ms, seq), to compare ids in order (as bytes, "9-0" sorts after "10-0")."""
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
 def entry_fields(payload: bytes) -> dict[bytes, bytes]:
     """The fields of one entry carrying `payload` (the `e` field: a normalised event, msgspec JSON)."""
     return {FIELD_VERSION: PAYLOAD_VERSION.encode(), FIELD_EVENT: payload}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sized
 from typing import Any, Literal, Protocol
 
 import aiohttp
@@ -77,11 +77,28 @@ class CommandFailed(Exception):
 FrameSocket = aiohttp.ClientWebSocketResponse[Literal[False]]
 
 
+class ReadPacing:
+    """Read HA's socket in bursts while events trickle in: after a burst of events, leave the socket unread for
+    `interval_s`, so that what HA sends meanwhile waits in the kernel and is read in one go, and each event does
+    not wake the process on its own (at a home's rate, each wakeup costs more than the event). `resting` is set
+    while the socket rests: the burst read so far is all there is until then (the publisher sends it at once
+    instead of lingering). A burst of `max_burst` events or more means the rate is high enough to amortise
+    wakeups: the socket is then read continuously, and HA's queue for us never waits on our rest."""
+
+    def __init__(self, interval_s: float, max_burst: int = 256) -> None:
+        self.interval_s, self.max_burst = interval_s, max_burst
+        self.resting = asyncio.Event()
+        self.rests = 0
+
+
 class HAConnection:
     """Command ids are per connection and strictly increasing on the wire."""
 
-    def __init__(self, ws: FrameSocket, metrics: ClientMetrics) -> None:
+    def __init__(self, ws: FrameSocket, metrics: ClientMetrics, pacing: ReadPacing | None = None) -> None:
         self._ws, self._metrics = ws, metrics
+        self._pacing = pacing if pacing is not None and pacing.interval_s > 0 else None
+        self._socket = _paceable(ws) if self._pacing is not None else None
+        self._burst = 0  # events routed since the socket last rested
         self._last_id = 0
         self._send_lock = asyncio.Lock()
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -173,6 +190,8 @@ class HAConnection:
                     # aiohttp hands over queued frames without yielding: let the loop read sockets (Redis's
                     # answer to the publisher, more of this one) between frames, or the stages take turns.
                     await asyncio.sleep(0)
+                    if self._socket is not None and self._burst:
+                        await self._rest(self._socket)
                 elif message.type is aiohttp.WSMsgType.BINARY:
                     self._reject("binary_frame", "binary frame ignored")
                 elif message.type is aiohttp.WSMsgType.ERROR:
@@ -188,6 +207,26 @@ class HAConnection:
             if not future.done():
                 future.set_exception(lost)
         raise lost
+
+    async def _rest(self, socket: _Paceable) -> None:
+        """After a burst of events, once aiohttp holds no more frames: leave the socket unread for the interval
+        (unless the burst says the rate is high, or aiohttp's own flow control holds the socket)."""
+        assert self._pacing is not None
+        transport, queue, protocol = socket
+        if queue._buffer or transport.is_closing() or protocol._reading_paused or protocol._buffer_paused:
+            return  # more to route first, the end, or aiohttp's own flow control has the socket
+        pacing, burst, self._burst = self._pacing, self._burst, 0
+        if burst >= pacing.max_burst:
+            return
+        transport.pause_reading()
+        pacing.resting.set()
+        pacing.rests += 1
+        try:
+            await asyncio.sleep(pacing.interval_s)
+        finally:
+            pacing.resting.clear()
+            if not transport.is_closing():
+                transport.resume_reading()
 
     async def _route_frame(self, data: bytes) -> None:
         decoded: Any
@@ -247,6 +286,7 @@ class HAConnection:
                 self._reject("unknown_subscription", f"event for unknown subscription {frame.id}")
             else:
                 self._events_routed += 1
+                self._burst += 1
                 if (waiting := handler(frame)) is not None:
                     self._holds += 1
                     self._holding = True
@@ -265,6 +305,38 @@ class HAConnection:
                 future.set_result(frame.result if isinstance(frame, frames.Result) else msgspec.Raw(b"null"))
         else:
             self._reject("unexpected_auth", f"unexpected {type(frame).__name__} after auth")
+
+
+class _Queue(Protocol):
+    _buffer: Sized  # the frames aiohttp parsed and we have not taken yet
+
+
+class _FlowControl(Protocol):
+    _reading_paused: bool  # aiohttp's own flow control holds the socket
+    _buffer_paused: bool
+
+
+class _Transport(Protocol):  # asyncio's and uvloop's (which is not an asyncio.Transport)
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def is_closing(self) -> bool: ...
+
+
+_Paceable = tuple[_Transport, _Queue, _FlowControl]
+
+
+def _paceable(ws: FrameSocket) -> _Paceable | None:
+    """The socket's transport, aiohttp's queue of parsed frames and its flow control, to rest the socket when
+    the queue is empty (pinned aiohttp's internals: `tests/test_ha_read_pacing.py` fails when they move);
+    None when they are not there: the socket is then read continuously, as without pacing."""
+    conn, queue = getattr(ws, "_conn", None), getattr(ws, "_reader", None)
+    transport, protocol = getattr(conn, "transport", None), getattr(conn, "protocol", None)
+    if (all(callable(getattr(transport, name, None)) for name in ("pause_reading", "resume_reading", "is_closing"))
+            and hasattr(queue, "_buffer")
+            and hasattr(protocol, "_reading_paused") and hasattr(protocol, "_buffer_paused")):
+        return transport, queue, protocol  # type: ignore[return-value]
+    log.warning("ha_read_pacing_unavailable", reason="aiohttp's internals moved: reading continuously")
+    return None
 
 
 @contextlib.asynccontextmanager
