@@ -33,9 +33,9 @@ class WriterSettings(ServiceSettings, frozen=True, kw_only=True):
         positive)] = 1000
     write_interval_ms: Annotated[int, Var(
         "WRITER_WRITE_INTERVAL_MS", "While the writer keeps up (its batches are not full), each batch gathers this "
-        "long, ms; 0: each batch the collector added is written as it arrives (the collector's batches already "
-        "gather a home's few events a second: COLLECTOR_LINGER_MS, and waiting here too would add to their age). "
-        "A writer that falls behind writes full batches back to back.", between(0, 10_000))] = 0
+        "long, ms; 0: each batch the collector added is written as it arrives (its events gathered "
+        "COLLECTOR_LINGER_MS there already). A writer that falls behind writes full batches back to back.",
+        between(0, 10_000))] = 0
     redis_socket_timeout_s: Annotated[float, Var(
         "REDIS_SOCKET_TIMEOUT_S", "How long any Redis command, a blocked read included, may take, s.",
         positive)] = DEFAULT_SOCKET_TIMEOUT_S
