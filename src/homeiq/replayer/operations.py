@@ -130,7 +130,8 @@ async def trim(client: aioredis.Redis, names: StreamNames) -> tuple[TrimPlan, in
     plan, removed = await _trim(client, names, dry_run=False)
     if plan.min_id is not None:
         plan.entries_before = removed
-        log.info("stream_trimmed", min_id=plan.min_id, removed=removed)
+        if removed:  # a pass that cut nothing is no event (every 10 s of an idle pipeline)
+            log.info("stream_trimmed", min_id=plan.min_id, removed=removed)
     return plan, removed
 
 
