@@ -22,16 +22,32 @@ from tests.test_stack import wait_until
 EVENTS = 600
 
 
-@pytest.mark.parametrize(("processes", "children"), [(None, {"all-in-one"}),
-                                                      ("per-service", {"collector", "writer", "replayer"})])
-def test_the_local_runner_writes_every_event_and_stops_cleanly(tmp_path: Path, processes: str | None,
-                                                               children: set[str]) -> None:
+def local_env(tmp_path: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """What a new user's shell would pass, with free ports of our own."""
     ports = {name: free_port() for name in ("HOMEIQ_REDIS_PORT", "HOMEIQ_INFLUXDB_PORT", "HA_SIM_PORT",
                                             "HOMEIQ_COLLECTOR_METRICS_PORT", "HOMEIQ_WRITER_METRICS_PORT",
                                             "HOMEIQ_REPLAYER_METRICS_PORT")}
     env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "INFLUXDB_URL", "HA_URL")}
     env.update({key: str(port) for key, port in ports.items()}, HOMEIQ_DATA_DIR=str(tmp_path / "data"),
                HA_SIM_ENTITIES="100", HA_SIM_RATE="200", HA_SIM_EVENTS=str(EVENTS), LOG_FORMAT="json")
+    return env, ports
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """The live child processes of `pid`, by pid, with their command lines."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return found
+
+
+@pytest.mark.parametrize(("processes", "children"), [(None, {"all-in-one"}),
+                                                      ("per-service", {"collector", "writer", "replayer"})])
+def test_the_local_runner_writes_every_event_and_stops_cleanly(tmp_path: Path, processes: str | None,
+                                                               children: set[str]) -> None:
+    env, ports = local_env(tmp_path)
     if processes:
         env["HOMEIQ_PROCESSES"] = processes
     log_path = tmp_path / "local.log"
@@ -71,3 +87,27 @@ def test_a_metrics_port_in_use_is_named_before_anything_starts(tmp_path: Path) -
     assert done.returncode == 2, done.stderr
     assert "HOMEIQ_WRITER_METRICS_PORT" in done.stderr and "in use" in done.stderr
     assert not (tmp_path / "data" / "redis").exists()  # checked before Redis started
+
+
+def test_a_child_that_dies_stops_everything_and_is_named(tmp_path: Path) -> None:
+    """The runner watches its children (a look a second: an idle home pays a wakeup for each): one killed, the
+    runner stops Redis, InfluxDB and ha-sim, names it and exits 1."""
+    env, _ports = local_env(tmp_path)
+    log_path = tmp_path / "local.log"
+    with log_path.open("wb") as log:
+        local = subprocess.Popen([sys.executable, "-m", "homeiq.local"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            ours = wait_until(lambda: [pid for pid, cmd in children_of(local.pid).items() if "all-in-one" in cmd],
+                              60, "the all-in-one process")
+            others = set(children_of(local.pid)) - set(ours)
+            assert len(others) == 3  # redis-server, influxd, ha-sim
+            os.kill(ours[0], signal.SIGKILL)
+            code = local.wait(30)
+        finally:
+            if local.poll() is None:
+                local.kill()
+                local.wait()
+    logs = log_path.read_text()
+    assert code == 1, logs
+    assert '"event": "process_exited", "child": "all-in-one"' in logs, logs
+    assert not [pid for pid in others if Path(f"/proc/{pid}").exists()]  # Redis, InfluxDB and ha-sim stopped too

@@ -138,15 +138,22 @@ class LocalPipeline:
         return clean
 
 
+CHILD_CHECK_S = 1.0  # how soon a child that exited is noticed; an idle home pays a wakeup for each look
+
+
+class _Stopping(Exception):
+    """Ctrl-C or SIGTERM while the children run."""
+
+
 def main() -> int:
     """Run until Ctrl-C (or SIGTERM); 0 when everything stopped cleanly."""
     setup_logging(os.environ.get("LOG_LEVEL", "INFO"), os.environ.get("LOG_FORMAT", "auto"), "local")
-    stopping = False
-
     def _on_signal(signum: int, _: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
         log.info("stopping", signal=signal.Signals(signum).name)
+        raise _Stopping  # ends the wait below at once (a sleep is otherwise resumed after a handler)
+
+    def _ignore_another(signum: int, _: FrameType | None) -> None:
+        log.info("already_stopping", signal=signal.Signals(signum).name)
 
     pipeline = LocalPipeline(Path(os.environ.get("HOMEIQ_DATA_DIR", ".data")).resolve())
     try:
@@ -159,9 +166,14 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     log.info("pipeline_running", stop="press Ctrl-C to stop everything")
     crashed = None
-    while not stopping and crashed is None:
-        crashed = pipeline.exited()
-        time.sleep(0.2)
+    try:
+        while crashed is None:
+            crashed = pipeline.exited()
+            time.sleep(CHILD_CHECK_S)
+    except _Stopping:
+        pass
+    signal.signal(signal.SIGINT, _ignore_another)  # the children are stopping: a second Ctrl-C must not cut that
+    signal.signal(signal.SIGTERM, _ignore_another)
     if crashed is not None:
         log.error("process_exited", child=crashed.name, code=crashed.poll())
     clean = pipeline.stop() and crashed is None
