@@ -17,7 +17,8 @@ can add: a new tag set, its registry event).
 
 Verdicts on the trend over the second half of the run (the median slope between the means of eight blocks of
 samples against events, per million events: a block averages out a sawtooth's teeth, whose slow rises would tilt
-the median of slopes between single samples upwards however flat the teeth's level): memory (RSS of every process, Redis's memory, the stream's length, the collector's caches) grows
+the median of slopes between single samples upwards however flat the teeth's level): memory (RSS of every
+process, Redis's memory, the stream's length, the collector's caches) grows
 ≤ `--limit-pct` % of its mean per million events; counts (fds, tasks, the spool) grow by less than one over the
 second half; series never
 exceed what the churn can explain, a capped cache its cap. `--floor-mb` / `--floor-count` allow that much growth
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -110,8 +112,8 @@ def block_means(xs: Sequence[float], ys: Sequence[float], blocks: int = BLOCKS) 
         return list(xs), list(ys)
     size = len(xs) / blocks
     cuts = [round(i * size) for i in range(blocks + 1)]
-    return ([sum(xs[a:b]) / (b - a) for a, b in zip(cuts, cuts[1:], strict=False)],
-            [sum(ys[a:b]) / (b - a) for a, b in zip(cuts, cuts[1:], strict=False)])
+    return ([sum(xs[a:b]) / (b - a) for a, b in itertools.pairwise(cuts)],
+            [sum(ys[a:b]) / (b - a) for a, b in itertools.pairwise(cuts)])
 
 
 def trend(name: str, events: Sequence[float], values: Sequence[float], kind: Kind, limit_pct: float = 1.0,
