@@ -144,3 +144,9 @@ async def test_after_redis_forgot_the_backfill_starts_where_our_losses_start_wha
     await redis_client.mset({names.watermark: 4_000, names.resume_from: added_since})  # the other's again
     await resume.read()
     assert resume.watermark.durable_ns == 2_500
+
+    resume.forgot(None)  # Redis came back empty: no watermark at all, ours from the start is where to go back to
+    gap.unknown()
+    await redis_client.delete(names.watermark, names.resume_from)
+    await resume.read(fallback_ns=9_000)  # not this process's first live state: states before it were ours too
+    assert resume.watermark.durable_ns == 1_000

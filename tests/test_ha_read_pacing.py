@@ -97,6 +97,15 @@ async def test_a_high_rate_is_read_continuously(sim: SimServer) -> None:
     assert pacing.rests <= 5  # only once the flood ebbed into a small burst
 
 
+async def test_a_rate_above_the_threshold_is_read_continuously_not_only_its_first_burst(sim: SimServer) -> None:
+    """50 events an interval of 50 ms is 1,000/s: at 2,000/s every burst after the first is small (ha-sim sends
+    every 5 ms, and aiohttp's queue empties in between), yet the rate stays high, and so must the reading."""
+    pacing = ReadPacing(INTERVAL_S, max_burst=50)
+    arrivals, sent = await stream(sim, pacing, 2_000, 2_000.0)
+    assert arrivals.ids == sent
+    assert pacing.rests <= 3
+
+
 async def test_aiohttps_internals_that_pacing_needs_are_there(sim: SimServer) -> None:
     """The pinned aiohttp has what resting the socket uses: an upgrade that moves it fails here, not silently
     in a home's CPU bill (without them the socket is read continuously)."""

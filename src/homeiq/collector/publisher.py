@@ -249,7 +249,8 @@ class Publisher:
             await asyncio.sleep(self._linger_s)
         elif not resting.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(resting.wait(), self._linger_s)
+                async with asyncio.timeout(self._linger_s):  # not wait_for: in 3.11 it can swallow a cancel
+                    await resting.wait()
 
     async def _xadd(self, batch: list[bytes]) -> bool:
         """XADD the whole batch in one script call (atomic: all or none); False when Redis failed, or when fewer

@@ -147,10 +147,12 @@ class ResumePoint:
         self.watermark = Watermark()
         self._read_from = b""  # the resume id read at start: where a mark made before our first XADD reads back
         self._saved: tuple[int, bytes] = (0, b"")
-        # Every watermark read or saved, oldest first: after Redis forgot our entries after some id, the last one
-        # reached at or before that id is where our losses start, whatever another collector saved since.
-        self._history: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=HISTORY)
-        self._lost_from: tuple[int, bytes] | None = None
+        # Every watermark read or saved, oldest first, with the id every entry it covers is at or before (our tail
+        # when it was saved: a mark's own id is the tail when it was taken, and what was buffered then came later).
+        # After Redis forgot our entries after some id, the last one proven by it is where our losses start,
+        # whatever another collector saved since.
+        self._history: collections.deque[tuple[int, bytes, bytes]] = collections.deque(maxlen=HISTORY)
+        self._lost_from: tuple[int, bytes] | None = None  # where the next read starts at the latest
 
     async def read(self, fallback_ns: int = 0) -> None:
         """Learn where the last run left off and which later states Redis or our spool already holds (a killed
@@ -159,9 +161,10 @@ class ResumePoint:
         stored: Any = (await self._redis.mget(self._names.watermark, self._names.resume_from) if self._enabled
                        else (None, None))
         saved_ns, self._read_from = int(stored[0]) if stored[0] else 0, stored[1] or b""
-        lost_from, self._lost_from = self._lost_from, None
-        if lost_from is not None and saved_ns and lost_from[0] < saved_ns:
-            # Another collector saved a watermark past what Redis lost of ours (its copies were skipped as ours).
+        lost_from = self._lost_from  # kept until this read succeeds: a retry must start there too
+        if lost_from is not None and (not saved_ns or lost_from[0] < saved_ns):
+            # Redis lost the watermark, or another collector saved one past what Redis lost of ours (its copies were
+            # skipped as ours): ours, reached before the loss.
             log.warning("watermark_behind_loss", stored_ns=saved_ns, backfill_from_ns=lost_from[0])
             saved_ns, self._read_from = lost_from
         if not saved_ns and self.saved and fallback_ns:
@@ -170,8 +173,6 @@ class ResumePoint:
             saved_ns = fallback_ns
         self.watermark = Watermark(saved_ns, self._read_from)
         self._saved = (saved_ns, self._read_from)
-        if saved_ns:
-            self._history.append(self._saved)
         if saved_ns:
             # What the publisher holds first, then the stream: an entry it hands over in between is in the stream by
             # the time the stream is read.
@@ -182,6 +183,9 @@ class ResumePoint:
             log.info("resuming", backfill_from_ns=saved_ns, read_back_after=self._read_from.decode() or "the start",
                      already_published=len(keys))
         self._gap.resume(saved_ns or None, self._read_from)
+        self._lost_from = None
+        if saved_ns:
+            self._history.append((saved_ns, self._read_from, self._read_from))
 
     async def _stream_states_after(self, resume_from: bytes) -> list[Key]:
         found: list[Key] = []
@@ -211,16 +215,16 @@ class ResumePoint:
         if durable[0] and durable != self._saved:
             await self._redis.mset({self._names.watermark: durable[0], self._names.resume_from: durable[1]})
             self._saved = durable
-            self._history.append(durable)
+            self._history.append((*durable, self.tail_or_read(tail) or durable[1]))
 
     def forgot(self, kept: bytes | None) -> None:
         """Redis lost our entries after `kept` (None: all of them): the next `read` starts no later than the last
         watermark reached at or before it (the earliest we know when none was)."""
         kept_key = id_key(kept) if kept else (0, 0)
-        reached = [mark for mark in self._history if not mark[1] or id_key(mark[1]) <= kept_key]
-        if reached:  # each still holds (its entries are kept); those reached after `kept` no longer do
-            self._lost_from = max(reached)
+        reached = [mark for mark in self._history if not mark[2] or id_key(mark[2]) <= kept_key]
+        if reached:  # each still holds (its entries are kept); those proven after `kept` no longer do
+            self._lost_from = reached[-1][:2]  # the last, not the largest: HA's clock may have stepped back
             self._history = collections.deque(reached, maxlen=HISTORY)
         elif self._history:
-            self._lost_from = self._history[0]
+            self._lost_from = self._history[0][:2]
             log.warning("loss_older_than_known_watermarks", backfill_from_ns=self._history[0][0])

@@ -148,12 +148,16 @@ class _Stopping(Exception):
 def main() -> int:
     """Run until Ctrl-C (or SIGTERM); 0 when everything stopped cleanly."""
     setup_logging(os.environ.get("LOG_LEVEL", "INFO"), os.environ.get("LOG_FORMAT", "auto"), "local")
+    stopping = False
+
     def _on_signal(signum: int, _: FrameType | None) -> None:
+        nonlocal stopping
+        if stopping:  # the children are stopping: a second Ctrl-C must not cut that
+            log.info("already_stopping", signal=signal.Signals(signum).name)
+            return
+        stopping = True
         log.info("stopping", signal=signal.Signals(signum).name)
         raise _Stopping  # ends the wait below at once (a sleep is otherwise resumed after a handler)
-
-    def _ignore_another(signum: int, _: FrameType | None) -> None:
-        log.info("already_stopping", signal=signal.Signals(signum).name)
 
     pipeline = LocalPipeline(Path(os.environ.get("HOMEIQ_DATA_DIR", ".data")).resolve())
     try:
@@ -162,18 +166,18 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         pipeline.stop()
         return 2 if isinstance(exc, ConfigError) else 1
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
-    log.info("pipeline_running", stop="press Ctrl-C to stop everything")
     crashed = None
     try:
+        signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal)
+        log.info("pipeline_running", stop="press Ctrl-C to stop everything")
         while crashed is None:
             crashed = pipeline.exited()
             time.sleep(CHILD_CHECK_S)
     except _Stopping:
         pass
-    signal.signal(signal.SIGINT, _ignore_another)  # the children are stopping: a second Ctrl-C must not cut that
-    signal.signal(signal.SIGTERM, _ignore_another)
+    finally:
+        stopping = True  # from here on a signal only says so: nothing may cut the stop below
     if crashed is not None:
         log.error("process_exited", child=crashed.name, code=crashed.poll())
     clean = pipeline.stop() and crashed is None

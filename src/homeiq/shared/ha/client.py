@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sized
 from typing import Any, Literal, Protocol
 
@@ -83,7 +84,8 @@ class ReadPacing:
     not wake the process on its own (at a home's rate, each wakeup costs more than the event). `resting` is set
     while the socket rests: the burst read so far is all there is until then (the publisher sends it at once
     instead of lingering). A burst of `max_burst` events or more means the rate is high enough to amortise
-    wakeups: the socket is then read continuously, and HA's queue for us never waits on our rest."""
+    wakeups: the socket is then read continuously until an interval brings fewer, so that HA's queue for us does not
+    wait on our rest."""
 
     def __init__(self, interval_s: float, max_burst: int = 256) -> None:
         self.interval_s, self.max_burst = interval_s, max_burst
@@ -98,7 +100,9 @@ class HAConnection:
         self._ws, self._metrics = ws, metrics
         self._pacing = pacing if pacing is not None and pacing.interval_s > 0 else None
         self._socket = _paceable(ws) if self._pacing is not None else None
-        self._burst = 0  # events routed since the socket last rested
+        self._burst = 0  # events routed since the socket last rested (or since `_since`, at a high rate)
+        self._since = time.monotonic()
+        self._fast = False  # a burst reached max_burst: read continuously until an interval has fewer
         self._last_id = 0
         self._send_lock = asyncio.Lock()
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -215,9 +219,13 @@ class HAConnection:
         transport, queue, protocol = socket
         if queue._buffer or transport.is_closing() or protocol._reading_paused or protocol._buffer_paused:
             return  # more to route first, the end, or aiohttp's own flow control has the socket
-        pacing, burst, self._burst = self._pacing, self._burst, 0
-        if burst >= pacing.max_burst:
+        pacing, now = self._pacing, time.monotonic()
+        if self._burst >= pacing.max_burst:  # a high rate: read on, and measure it again from here
+            self._fast, self._burst, self._since = True, 0, now
             return
+        if self._fast and now - self._since < pacing.interval_s:
+            return  # still measuring: the rate must stay below max_burst an interval for a whole interval
+        self._fast, self._burst = False, 0
         transport.pause_reading()
         pacing.resting.set()
         pacing.rests += 1
@@ -225,6 +233,7 @@ class HAConnection:
             await asyncio.sleep(pacing.interval_s)
         finally:
             pacing.resting.clear()
+            self._since = time.monotonic()
             if not transport.is_closing():
                 transport.resume_reading()
 
