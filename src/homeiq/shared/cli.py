@@ -12,6 +12,7 @@ import typer
 from homeiq.shared import lifecycle
 from homeiq.shared.logs import Log, setup_logging
 from homeiq.shared.options import LogSettings
+from homeiq.shared.runtime import give_back_memory_forever
 from homeiq.shared.settings import ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -75,9 +76,11 @@ def run_services(process: str, logging: LogSettings, builds: dict[str, Callable[
 
     async def _main(stop: asyncio.Event) -> int:
         tasks = [asyncio.create_task(_one(name, main, stop), name=name) for name, main in mains.items()]
+        trimming = asyncio.create_task(give_back_memory_forever(), name="malloc-trim")  # once a process
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         stop.set()  # one ended (the signal, or a crash): the others stop too, each as on a signal
         ends = await asyncio.gather(*tasks, return_exceptions=True)
+        trimming.cancel()
         for end in ends:  # an exit asked for (typer.Exit) is taken once every service has stopped
             if isinstance(end, BaseException):
                 raise end

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import ctypes
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
@@ -47,11 +46,9 @@ class ServiceRuntime:
         """Serve /metrics, /healthz and /readyz for the block; then close Redis, stop serving and log `stopped` with
         `fields()` and every counter. The service closes what is its own inside the block."""
         await self.health.start()
-        trimming = asyncio.create_task(give_back_memory_forever(), name="malloc-trim")
         try:
             yield
         finally:
-            trimming.cancel()
             await self.redis.aclose()
             await self.health.stop()
             self.log.info(stopped, **fields(), counters=counters(self.metrics_registry))
@@ -79,22 +76,19 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 _MALLOC_TRIM = _malloc_trim()
-_last_trim = 0.0
 
 
 async def give_back_memory_forever() -> None:
     """Every few minutes, hand the C heap's free pages back to the system (glibc's malloc_trim). A burst (a backfill's
     multi-megabyte answers, a backlog's full batches) leaves freed memory that glibc keeps between live blocks, so
     RSS would step up at each one and stay (a soak of 4.2 M events: the collector's RSS +3 % per million events at HA
-    restarts while its live blocks stayed flat). A few ms of CPU each time; the services of one process share it."""
-    global _last_trim  # noqa: PLW0603 - one clock for every service of the process
+    restarts while its live blocks stayed flat). A few ms of CPU each time; one task a process (`cli.run_services`),
+    however many services it runs."""
     if _MALLOC_TRIM is None:
         return
     while True:
         await asyncio.sleep(TRIM_INTERVAL_S)
-        if time.monotonic() - _last_trim >= TRIM_INTERVAL_S / 2:
-            _last_trim = time.monotonic()
-            _MALLOC_TRIM(0)
+        _MALLOC_TRIM(0)
 
 
 def _tasks() -> int:
