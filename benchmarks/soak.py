@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
@@ -58,6 +59,7 @@ from homeiq.collector.gap import MAX_PROBES, MAX_SEEN  # noqa: E402
 from homeiq.collector.normalise import PointTimes  # noqa: E402
 from homeiq.ha_sim.hub import MAX_PER_TICK, TICK_S, Hub  # noqa: E402
 from homeiq.ha_sim.population import AREAS  # noqa: E402
+from homeiq.local.services import InfluxServer  # noqa: E402
 from homeiq.local.waiting import wait_for  # noqa: E402
 from homeiq.shared.ha.registry import CACHE_SIZE as REGISTRY_CACHE_SIZE  # noqa: E402
 from homeiq.shared.stream import DEFAULT_NAMES  # noqa: E402
@@ -234,6 +236,12 @@ class Run:
     happenings: list[tuple[int, str]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    # What the end checks against InfluxDB, event by event where it can: the state changes fired per entity, each
+    # service call's context id → (events fired before it, whether a collector was subscribed), and when (events
+    # fired) HA dropped the connection or went down.
+    states: collections.Counter[str] = field(default_factory=collections.Counter)
+    calls: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    drops: list[int] = field(default_factory=list)
 
     def happened(self, what: str) -> None:
         self.churn[what] = self.churn.get(what, 0) + 1
@@ -249,9 +257,10 @@ async def fire(hub: Hub, run: Run, options: Options) -> None:
         due = min(options.events, int((loop.time() - started) * options.rate) + 1)
         for _ in range(min(due - run.fired, MAX_PER_TICK)):
             if hub.rng.random() < options.other_share:
-                hub.fire_service_call(run.fired)
+                context_id, _ = hub.fire_service_call(run.fired)
+                run.calls[context_id] = run.fired, bool(hub.subscribed)
             else:
-                hub.fire_state_change()
+                run.states[hub.fire_state_change().entity_id] += 1
             run.fired += 1
         if len(hub.sent) > 10_000:
             hub.sent.clear()
@@ -317,10 +326,12 @@ async def churn(pipeline: FaultPipeline, run: Run, options: Options) -> None:
             continue
         elif now >= next_at["reconnect"]:
             next_at["reconnect"] += options.reconnect_every_s
+            run.drops.append(run.fired)
             pipeline.sim.drop_connections()
             run.happened("ha_reconnect")
         elif now >= next_at["ha_restart"]:
             next_at["ha_restart"] += options.ha_restart_every_s
+            run.drops.append(run.fired)
             await pipeline.sim.stop()
             await asyncio.sleep(5)
             await pipeline.sim.start()
@@ -415,12 +426,52 @@ async def soak(options: Options, workdir: Path) -> dict[str, Any]:
         drained = await asyncio.to_thread(sample, pipeline, run, info, length)
         points = await asyncio.to_thread(pipeline.influx.count, DATABASE)
         dropped = pipeline.dropped()
+        delivery = await asyncio.to_thread(deliveries, pipeline.influx, run, options.rate)
     trends = verdicts(run.samples, options.limit_pct, options.floor_mb, options.floor_count,
                       options.floor_entries)
     return {"options": asdict(options), "seconds": round(fired_s, 1), "rate_achieved": round(run.fired / fired_s),
             "drain_s": round(drain_s, 1), "events": run.fired, "points": points, "dropped": dropped,
-            "churn": run.churn, "happenings": run.happenings, "samples": run.samples, "drained": drained,
-            "verdicts": [asdict(t) for t in trends], "ok": all(t.ok for t in trends)}
+            "delivery": delivery, "churn": run.churn, "happenings": run.happenings, "samples": run.samples,
+            "drained": drained, "verdicts": [asdict(t) for t in trends],
+            "ok": all(t.ok for t in trends) and delivery["ok"]}
+
+
+IN_FLIGHT_S: Final = 1.0  # HA's queue for us, the socket's buffers and a paced read: under a second of events
+
+
+def deliveries(influx: InfluxServer, run: Run, rate: float) -> dict[str, Any]:
+    """The run's events against InfluxDB. State changes: per entity, at least one point for each one fired (HA's
+    recorder gives back what a drop or a restart kept from us; more points are snapshots and the churn's own).
+    Service calls, by context id: the only ones allowed missing were fired while no collector was subscribed, or
+    were on their way to it when HA dropped the connection (fired within `IN_FLIGHT_S` of a drop): no backfill
+    can bring those back, in HA as here."""
+    answer = influx.query("SELECT COUNT(source) FROM home_assistant_events WHERE event_type = 'state_changed' "
+                          "GROUP BY entity_id", DATABASE)
+    points = {series["tags"]["entity_id"]: int(series["values"][0][1])
+              for series in answer["results"][0].get("series", [])}
+    short = {entity: fired - points.get(entity, 0) for entity, fired in run.states.items()
+             if points.get(entity, 0) < fired}
+    found = {row[1] for chunk in influx.query_chunks(
+        "SELECT context_id FROM home_assistant_events WHERE event_type = 'call_service'", DATABASE)
+        for result in chunk.get("results", []) for series in result.get("series", []) for row in series["values"]}
+    window = rate * IN_FLIGHT_S
+    unheard, in_flight, unexplained = 0, 0, []
+    for context_id, (at, subscribed) in run.calls.items():
+        if context_id in found:
+            continue
+        if not subscribed:
+            unheard += 1
+        elif any(abs(at - drop) <= window for drop in run.drops):
+            in_flight += 1
+        else:
+            unexplained.append({"context_id": context_id, "fired_after": at,
+                                "events_from_nearest_drop": min((at - d for d in run.drops), key=abs, default=None)})
+    return {"states_fired": sum(run.states.values()), "state_points": sum(points.values()),
+            "entities_short": len(short), "states_missing": sum(short.values()),
+            "short": dict(list(short.items())[:20]),
+            "calls_fired": len(run.calls), "calls_missing_unsubscribed": unheard,
+            "calls_missing_in_flight_at_a_drop": in_flight, "calls_missing_unexplained": len(unexplained),
+            "unexplained": unexplained[:20], "ok": not short and not unexplained}
 
 
 def _ready(pipeline: FaultPipeline, name: str) -> bool:
@@ -488,6 +539,7 @@ def summary(report: dict[str, Any]) -> str:
              f"{o['entities']:,} entities in {report['seconds']:,} s; drained in {report['drain_s']} s",
              f"churn: {json.dumps(report['churn'])}",
              f"points in InfluxDB: {report['points']:,}; drops and losses: {json.dumps(report['dropped']) or 'none'}",
+             *delivery_lines(report.get("delivery")),
              "drained: " + json.dumps({k: report["drained"][k] for k in ("rss_mb", "stream_length", "redis_mb",
                                                                           "series", "series_bound")}),
              f"limit: memory {o['limit_pct']:g} %/M events over the second half (floor {o['floor_mb']:g} MB), "
@@ -495,6 +547,20 @@ def summary(report: dict[str, Any]) -> str:
              "series and capped caches <= their bound",
              "", table(trends), "", "verdict: " + ("PASS" if report["ok"] else "FAIL")]
     return "\n".join(lines)
+
+
+def delivery_lines(delivery: dict[str, Any] | None) -> list[str]:
+    """The event-by-event check, as the summary says it."""
+    if delivery is None:
+        return []
+    d = delivery
+    return [f"state changes: {d['states_fired']:,} fired, {d['state_points']:,} points of state; "
+            f"{d['states_missing']:,} missing ({d['entities_short']} entities short)",
+            f"service calls: {d['calls_fired']:,} fired; not in InfluxDB: {d['calls_missing_unsubscribed']:,} fired "
+            f"while no collector was subscribed, {d['calls_missing_in_flight_at_a_drop']:,} on their way when HA "
+            f"dropped the connection (within {IN_FLIGHT_S:g} s), {d['calls_missing_unexplained']:,} unexplained",
+            "delivery: " + ("every event accounted for" if d["ok"] else "LOST " + json.dumps(
+                {"short": d["short"], "unexplained": d["unexplained"]}))]
 
 
 def main() -> int:

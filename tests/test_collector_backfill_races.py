@@ -101,6 +101,36 @@ async def test_an_entity_known_only_from_the_registry_and_removed_while_no_colle
             await every_state_once(redis_client, sim.hub, 30)
 
 
+async def test_an_entity_removed_live_while_its_gap_waits_for_the_backfill_has_its_gap_backfilled(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """The soak found it (benchmarks/soak.py, state changes per entity): HA came back, the entity was removed before
+    the recorder had committed the gap, and its removal arriving live made the collector forget it, so the backfill
+    asked the recorder for every entity but that one (once the registry no longer had it either, as with a backfill
+    cut short by another drop): the states it changed to while no collector listened were never published, and
+    nothing counted them."""
+    async with simulator(commit_interval_s=3) as sim, running_collector(sim, redis_server.url, tmp_path) as run:
+        await subscribed_with(sim, run, 50)
+        removed = sim.hub.population.entities[0]
+        sim.hub.faults.refuse_connections = True
+        sim.drop_connections()
+        for _ in range(10):
+            sim.hub.fire_state_change(removed)
+        await sim.hub.emit(100, rate_per_s=1000)
+        sim.hub.faults.refuse_connections = False
+        await wait_for(lambda: sim.hub.subscribes == 2 and sim.hub.subscribed, 10, "the reconnect")
+        assert run.metric("homeiq_backfill_gap_open")  # the recorder has not committed the gap yet
+        sim.hub.remove_entity(removed)  # as HA removes one: the state machine, then the registry
+        sim.hub.fire_event("entity_registry_updated", {"action": "remove", "entity_id": removed.entity_id})
+        collector = run.collector
+        await wait_for(lambda: removed.entity_id not in collector.ha_registry.entities, 5, "the registry re-read")
+        sim.drop_connections()  # the backfill under way ends with the session; the next one starts after the removal
+        await wait_for(lambda: sim.hub.subscribes == 3 and sim.hub.subscribed, 10, "the second reconnect")
+        await sim.hub.emit(50, rate_per_s=200)
+        await wait_for(lambda: not run.metric("homeiq_backfill_gap_open"), 30, "the gap closed")
+        await every_state_once(redis_client, sim.hub, 30)
+
+
 async def test_an_idle_gap_holding_only_a_removed_entity_waits_for_the_recorder(
     redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:

@@ -5,6 +5,7 @@ continuously. Against ha-sim's real WebSocket server on a real socket."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator
 
@@ -14,7 +15,7 @@ import pytest
 from homeiq.ha_sim.hub import Hub
 from homeiq.ha_sim.runner import SimServer
 from homeiq.shared.ha import frames
-from homeiq.shared.ha.client import HAConnection, LoggedOnly, ReadPacing, _paceable
+from homeiq.shared.ha.client import ConnectionLost, HAConnection, LoggedOnly, ReadPacing, _paceable
 
 TOKEN = "sim-token"
 INTERVAL_S = 0.05
@@ -111,3 +112,29 @@ async def test_aiohttps_internals_that_pacing_needs_are_there(sim: SimServer) ->
     in a home's CPU bill (without them the socket is read continuously)."""
     async with aiohttp.ClientSession() as http, http.ws_connect(sim.url, decode_text=False) as ws:
         assert _paceable(ws) is not None
+
+
+async def test_a_command_that_could_not_be_sent_leaves_nothing_for_the_reader_to_fail(sim: SimServer) -> None:
+    """The soak's logs: a backfill's command hit a transport already closing, and when the reader ended it failed
+    that command's future too, which nobody awaited any more ("Future exception was never retrieved")."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    async with aiohttp.ClientSession() as http, http.ws_connect(sim.url, decode_text=False) as ws:
+        conn = HAConnection(ws, LoggedOnly(), None)
+        await conn.authenticate(TOKEN, 5)
+        reader = asyncio.create_task(conn.read_forever())
+
+        async def closing(data: str, compress: int | None = None) -> None:
+            raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+
+        ws.send_str = closing  # type: ignore[method-assign]  # the transport closing under the command
+        with pytest.raises(aiohttp.ClientConnectionResetError):
+            await conn.command({"type": "get_states"}, 5)
+        sim.drop_connections()
+        with pytest.raises(ConnectionLost):
+            await reader
+        del conn, reader  # the futures it held go with it
+    gc.collect()
+    await asyncio.sleep(0)
+    assert not [context for context in reported if "never retrieved" in str(context.get("message"))]

@@ -233,7 +233,9 @@ class Collector:
                 if entity_id not in self.known.ids:
                     self.known.saw(entity_id)
                 self.gap.probe(entity_id, event.time_ns)
-            elif event.event_type == "state_changed":  # removed, and its last moments arrived live
+            elif event.event_type == "state_changed" and not (self.settings.backfill and self.gap.open):
+                # Removed, and its last moments arrived live. With a gap open, some of them may still be only in
+                # the recorder: the backfill asks for every known entity and forgets the removed ones once done.
                 self.known.forget({entity_id})
         if self._filter is not None and not self._passes_filter(event):
             return None

@@ -143,14 +143,15 @@ class HAConnection:
         silence says nothing, and dropping the connection would lose what HA queued for us: the wait starts
         again."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        async with self._send_lock:
-            self._last_id += 1
-            msg_id = self._last_id
-            self._pending[msg_id] = future
-            if on_event is not None:
-                self._subscriptions[msg_id] = on_event
-            await self._ws.send_str(msgspec.json.encode({"id": msg_id, **payload}).decode())
+        msg_id = 0
         try:
+            async with self._send_lock:  # ids reach HA in increasing order, as it requires
+                self._last_id += 1
+                msg_id = self._last_id
+                self._pending[msg_id] = future
+                if on_event is not None:
+                    self._subscriptions[msg_id] = on_event
+                await self._ws.send_str(msgspec.json.encode({"id": msg_id, **payload}).decode())
             while True:
                 holds = self._holds
                 done, _ = await asyncio.wait((future,), timeout=timeout_s)
