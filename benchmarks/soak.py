@@ -240,6 +240,7 @@ class Run:
     # service call's context id → (events fired before it, whether a collector was subscribed), and when (events
     # fired) HA dropped the connection or went down.
     states: collections.Counter[str] = field(default_factory=collections.Counter)
+    renamed: dict[str, str] = field(default_factory=dict)  # old entity id → new (HA's recorder moves its history)
     calls: dict[str, tuple[int, bool]] = field(default_factory=dict)
     drops: list[int] = field(default_factory=list)
 
@@ -282,7 +283,7 @@ def churn_once(hub: Hub, run: Run, turn: int) -> None:
         run.series_bound += 2  # the state_changed without a new state (no device_class), the registry event
     elif what == "rename":
         entity = rng.choice(present)
-        hub.rename_entity(entity, f"{entity.domain}.renamed_{turn}")
+        run.renamed[entity.entity_id] = hub.rename_entity(entity, f"{entity.domain}.renamed_{turn}").entity_id
         run.series_bound += 4  # the old id's removal, the registry event, the new id's states (before/after)
     elif what == "move_entity":
         entity = rng.choice(present)
@@ -439,18 +440,30 @@ async def soak(options: Options, workdir: Path) -> dict[str, Any]:
 IN_FLIGHT_S: Final = 1.0  # HA's queue for us, the socket's buffers and a paced read: under a second of events
 
 
+def _last_id(run: Run, entity_id: str) -> str:
+    """The id an entity has now: a rename moves its history in HA's recorder, and what a backfill finds there of
+    the old id's states comes under the new one."""
+    while entity_id in run.renamed:
+        entity_id = run.renamed[entity_id]
+    return entity_id
+
+
 def deliveries(influx: InfluxServer, run: Run, rate: float) -> dict[str, Any]:
     """The run's events against InfluxDB. State changes: per entity, at least one point for each one fired (HA's
-    recorder gives back what a drop or a restart kept from us; more points are snapshots and the churn's own).
+    recorder gives back what a drop or a restart kept from us; more points are snapshots and the churn's own; a
+    renamed entity's points count with its new id's).
     Service calls, by context id: the only ones allowed missing were fired while no collector was subscribed, or
     were on their way to it when HA dropped the connection (fired within `IN_FLIGHT_S` of a drop): no backfill
     can bring those back, in HA as here."""
     answer = influx.query("SELECT COUNT(source) FROM home_assistant_events WHERE event_type = 'state_changed' "
                           "GROUP BY entity_id", DATABASE)
-    points = {series["tags"]["entity_id"]: int(series["values"][0][1])
-              for series in answer["results"][0].get("series", [])}
-    short = {entity: fired - points.get(entity, 0) for entity, fired in run.states.items()
-             if points.get(entity, 0) < fired}
+    points: collections.Counter[str] = collections.Counter()
+    fired: collections.Counter[str] = collections.Counter()
+    for series in answer["results"][0].get("series", []):
+        points[_last_id(run, series["tags"]["entity_id"])] += int(series["values"][0][1])
+    for entity, count in run.states.items():
+        fired[_last_id(run, entity)] += count
+    short = {entity: count - points[entity] for entity, count in fired.items() if points[entity] < count}
     found = {row[1] for chunk in influx.query_chunks(
         "SELECT context_id FROM home_assistant_events WHERE event_type = 'call_service'", DATABASE)
         for result in chunk.get("results", []) for series in result.get("series", []) for row in series["values"]}

@@ -100,7 +100,12 @@ def test_ha_sim_adds_renames_and_moves_as_home_assistant_announces_it() -> None:
     assert seen.messages[0]["data"] == {"action": "create", "entity_id": added.entity_id}
     seen.messages.clear()
     old_id = added.entity_id
+    hub.recorder.commit()
+    history = list(hub.recorder.rows(old_id))
+    assert history
     renamed = hub.rename_entity(added, "sensor.renamed")
+    assert hub.recorder.rows(old_id) == []  # HA's recorder moves the history to the new id
+    assert hub.recorder.rows("sensor.renamed")[:len(history)] == history
     removal, update, state = seen.messages
     assert removal["data"]["entity_id"] == old_id and removal["data"]["new_state"] is None
     assert update["data"] == {"action": "update", "entity_id": "sensor.renamed", "old_entity_id": old_id,
@@ -125,6 +130,21 @@ def test_ha_sims_recorder_purges_old_rows_but_keeps_each_entitys_latest() -> Non
     assert recorder.purge(5.0) == 5 + 0
     assert [r.state for r in recorder.rows("sensor.a")] == ["5", "6", "7", "8", "9"]
     assert [r.state for r in recorder.rows("sensor.b")] == ["x"]  # its latest, however old
+
+
+def test_ha_sims_recorder_moves_a_renamed_entitys_history_committed_or_not_unless_the_new_id_has_some() -> None:
+    now = [0.0]
+    recorder = Recorder(commit_interval_s=5, monotonic=lambda: now[0])
+    recorder.record("sensor.a", Recorded("1", {}, 1.0, 1.0))
+    now[0] = 6.0
+    recorder.record("sensor.a", Recorded("2", {}, 2.0, 2.0))  # in the session: the commit at 10 s shows it
+    recorder.rename("sensor.a", "sensor.b")
+    now[0] = 11.0
+    assert recorder.rows("sensor.a") == [] and [r.state for r in recorder.rows("sensor.b")] == ["1", "2"]
+    recorder.record("sensor.c", Recorded("x", {}, 3.0, 3.0))
+    recorder.commit()
+    recorder.rename("sensor.c", "sensor.b")  # HA: "the new entity_id is already in use", both kept
+    assert [r.state for r in recorder.rows("sensor.c")] == ["x"] and len(recorder.rows("sensor.b")) == 2
 
 
 def test_ha_sims_recorder_purge_commits_what_is_due_first() -> None:
@@ -156,7 +176,12 @@ async def test_the_short_soak_finds_nothing_growing_and_its_trend_check_can_fail
           f"{time.monotonic() - started:.0f} s")
     trends = {t["name"]: soak.Trend(**t) for t in report["verdicts"]}
     print(soak.table(list(trends.values())))
+    print("\n".join(soak.delivery_lines(report["delivery"])))
     assert report["dropped"] == {}
+    # Every state change is in InfluxDB; a service call is missing only if HA had nobody to send it to.
+    delivery = report["delivery"]
+    assert delivery["ok"], delivery
+    assert delivery["states_fired"] > 100_000 and delivery["calls_fired"] > 5_000
     assert {"add", "remove", "rename", "move_entity", "move_device", "ha_reconnect", "ha_restart",
             "influx_restart"} <= set(report["churn"])
     failed = [name for name, t in trends.items() if not t.ok and name != "RSS influxd (MB)"]

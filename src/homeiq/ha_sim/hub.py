@@ -235,14 +235,16 @@ class Hub:
 
     def rename_entity(self, entity: Entity, new_id: str) -> Entity:
         """Give the entity a new entity_id as HA does: the old id leaves the state machine (`state_changed` with
-        no new state), `entity_registry_updated` names both ids, and the new id's state follows. Returns the entity
-        under its new id (the old one is kept as removed: the ground truth still needs it)."""
+        no new state), `entity_registry_updated` names both ids, the recorder's history moves to the new id, and
+        the new id's state follows. Returns the entity under its new id (the old one is kept as removed: the
+        ground truth still needs it)."""
         renamed = dataclasses.replace(entity, entity_id=new_id, shown=None, shown_json=None, shown_us=0)
         self.remove_entity(entity)
         self.population.entities.append(renamed)
         self.fire_event("entity_registry_updated", {"action": "update", "entity_id": new_id,
                                                     "old_entity_id": entity.entity_id,
                                                     "changes": {"entity_id": entity.entity_id}})
+        self.recorder.rename(entity.entity_id, new_id)
         self.fire_state_change(renamed)
         return renamed
 

@@ -68,6 +68,17 @@ class Recorder:
         self.commit()
         self._started = self._monotonic()
 
+    def rename(self, entity_id: str, new_entity_id: str) -> None:
+        """An entity's id changed in the registry: its history (committed or not) becomes the new id's, as HA's
+        recorder moves its `states_meta` row (`recorder/entity_registry.py`: `update_states_metadata`); HA
+        refuses, and keeps both, when the new id has history already."""
+        if new_entity_id in self._committed or any(row_id == new_entity_id for _, row_id, _ in self._session):
+            return
+        if entity_id in self._committed:
+            self._committed[new_entity_id] = self._committed.pop(entity_id)
+        self._session = [(at, new_entity_id if row_id == entity_id else row_id, row)
+                         for at, row_id, row in self._session]
+
     def purge(self, before: float) -> int:
         """Delete committed rows last updated before `before`, as HA's purge (`purge_keep_days`) does, keeping each
         entity's latest row; returns how many went."""
