@@ -23,6 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pipeline_bench import quantile
+from writer_bench import cpu_s
 
 from homeiq.local.services import free_port
 
@@ -48,11 +49,6 @@ def role(pid: int) -> str:
         if name in words:
             return name
     return "local" if "homeiq.local" in words else words[0]
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
