@@ -3,6 +3,7 @@ and that an event arriving meanwhile (an entity added, a rename) invalidates (ha
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from pathlib import Path
 
@@ -160,3 +161,46 @@ async def test_states_read_back_at_a_restart_are_not_backfilled_again_under_a_ne
             await sim.hub.emit(20, rate_per_s=100)
             await wait_for(lambda: not second.metric("homeiq_backfill_gap_open"), 30, "the gap closed")
             await every_state_once_renamed(redis_client, sim.hub, {old_id: new_id}, 15)
+
+
+async def test_an_entity_removed_live_before_redis_forgot_its_states_has_them_backfilled(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """An entity removed live while no gap was open is forgotten: every state of it arrived live. Redis then loses
+    what it had acknowledged (here: comes back empty): a gap reopens from before the removal, and its backfill asks
+    the recorder for every entity HA has and every known one, the removed entity not among them."""
+    async with simulator(commit_interval_s=0) as sim, running_collector(sim, redis_server.url, tmp_path) as run:
+        await subscribed_with(sim, run, 50)
+        await asyncio.sleep(2.5)  # a watermark saved after the first 50: the loss of those is another test's
+        removed = sim.hub.population.entities[0]
+        states = [sim.hub.fire_state_change(removed) for _ in range(5)]
+        sim.hub.remove_entity(removed)  # as HA removes one: the state machine, then the registry
+        sim.hub.fire_event("entity_registry_updated", {"action": "remove", "entity_id": removed.entity_id})
+        collector = run.collector
+        await wait_for(lambda: removed.entity_id not in collector.ha_registry.entities, 5, "the registry re-read")
+        assert removed.entity_id not in collector.known.ids  # forgotten: no gap was open
+        await asyncio.sleep(2.5)  # the watermark saved past the removal
+        await redis_client.flushall()  # Redis lost everything (no persistence, a failover to an empty replica)
+        await wait_for(lambda: run.metric("homeiq_redis_forgot_total") >= 1, 10, "the loss noticed")
+        await sim.hub.emit(20, rate_per_s=100)
+        await wait_for(lambda: not run.metric("homeiq_backfill_gap_open"), 30, "the gap closed")
+        await asyncio.sleep(1)
+        stored = await stream_state_keys(redis_client)
+        missing = [s for s in states if (removed.entity_id, s.last_updated_us * 1000) not in stored]
+        assert not missing, f"{len(missing)} of the removed entity's {len(states)} states missing"
+
+
+async def test_states_before_the_first_saved_watermark_are_backfilled_when_redis_comes_back_empty(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """A first run: Redis comes back empty. The backfill starts at the first watermark this process saved (the
+    oldest it knows), not at its first live state: the states published before that save are gone from Redis and
+    never backfilled (only a warning, `loss_older_than_known_watermarks`, says so)."""
+    async with simulator(commit_interval_s=0) as sim, running_collector(sim, redis_server.url, tmp_path) as run:
+        await subscribed_with(sim, run, 50)
+        await asyncio.sleep(2.5)  # watermarks saved
+        await redis_client.flushall()
+        await wait_for(lambda: run.metric("homeiq_redis_forgot_total") >= 1, 10, "the loss noticed")
+        await sim.hub.emit(20, rate_per_s=100)
+        await wait_for(lambda: not run.metric("homeiq_backfill_gap_open"), 30, "the gap closed")
+        await every_state_once(redis_client, sim.hub, 15)
