@@ -204,3 +204,22 @@ async def test_states_before_the_first_saved_watermark_are_backfilled_when_redis
         await sim.hub.emit(20, rate_per_s=100)
         await wait_for(lambda: not run.metric("homeiq_backfill_gap_open"), 30, "the gap closed")
         await every_state_once(redis_client, sim.hub, 15)
+
+
+async def test_states_of_a_gap_during_which_ha_s_clock_stepped_back_are_backfilled(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """The gap starts after the last live state, on HA's clock as it was. HA's clock steps back a minute while no
+    collector listens (NTP correcting a clock that ran ahead): the gap's states are stamped before that start, and the
+    backfill, which asks the recorder from it, never sees them; the live states after the reconnect show the step."""
+    async with simulator(commit_interval_s=0) as sim, running_collector(sim, redis_server.url, tmp_path) as run:
+        await subscribed_with(sim, run, 50)
+        sim.hub.faults.refuse_connections = True
+        sim.drop_connections()
+        sim.hub.clock_offset_s = -60.0
+        await sim.hub.emit(30, rate_per_s=1000)
+        sim.hub.faults.refuse_connections = False
+        await wait_for(lambda: sim.hub.subscribes == 2 and sim.hub.subscribed, 10, "the reconnect")
+        await sim.hub.emit(40, rate_per_s=100)
+        await wait_for(lambda: not run.metric("homeiq_backfill_gap_open"), 30, "the gap closed")
+        await every_state_once(redis_client, sim.hub, 10)
