@@ -214,6 +214,17 @@ class Collector:
         self.metrics.filtered.inc()
         return False
 
+    def _renamed(self, data: bytes) -> None:
+        """An entity's id changed while a gap is open: HA's recorder gives its history back under the new id, so
+        the states that arrived live under the old one must be known under the new one too, or the backfill
+        publishes them a second time."""
+        with contextlib.suppress(msgspec.DecodeError):
+            change = msgspec.json.decode(data)
+            if isinstance(change, dict) and change.get("action") == "update":
+                old, new = change.get("old_entity_id"), change.get("entity_id")
+                if isinstance(old, str) and isinstance(new, str) and old != new:
+                    self.gap.renamed(old, new)
+
     def _on_event(self, frame: frames.EventFrame | frames.StateEventFrame) -> Awaitable[None] | None:
         """Normalise, filter and buffer one event; returns an awaitable only when the buffer is full."""
         try:
@@ -227,6 +238,8 @@ class Collector:
             return None
         if not isinstance(frame, frames.StateEventFrame):
             self.registries.changed(event.event_type)
+            if event.event_type == "entity_registry_updated" and self.gap.open:
+                self._renamed(bytes(event.data))
         entity_id = event.entity_id
         if entity_id is not None:
             if event.new_state is not None:
