@@ -223,3 +223,26 @@ async def test_states_of_a_gap_during_which_ha_s_clock_stepped_back_are_backfill
         await sim.hub.emit(40, rate_per_s=100)
         await wait_for(lambda: not run.metric("homeiq_backfill_gap_open"), 30, "the gap closed")
         await every_state_once(redis_client, sim.hub, 10)
+
+
+async def test_an_entity_first_seen_just_before_a_stop_and_removed_while_no_collector_runs_is_backfilled(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """Known entities are saved every REDIS_CHECK_S and not at a stop (the watermark is): one first seen in the
+    last seconds before a stop is not among those the next run asks the recorder for. Removed while no collector
+    runs, its last states are lost."""
+    async with simulator(commit_interval_s=0) as sim:
+        async with running_collector(sim, redis_server.url, tmp_path) as first:
+            await subscribed_with(sim, first, 50)
+            await asyncio.sleep(2.5)  # a save of the known entities without the one to come
+            added = sim.hub.add_entity()
+            await wait_for(lambda: first.metric("homeiq_events_published_total") == 52, 5, "the new entity's state")
+        for _ in range(3):
+            sim.hub.fire_state_change(added)
+        sim.hub.remove_entity(added)
+        await sim.hub.emit(20, rate_per_s=1000)
+        async with running_collector(sim, redis_server.url, tmp_path) as second:
+            await wait_for(lambda: sim.hub.subscribed, 10, "the second collector")
+            await sim.hub.emit(20, rate_per_s=100)
+            await wait_for(lambda: not second.metric("homeiq_backfill_gap_open"), 30, "the gap closed")
+            await every_state_once(redis_client, sim.hub, 10)
