@@ -138,6 +138,7 @@ class Collector:
                     self.metrics.dropped.labels("shutdown_unpublished").inc(unpublished)
                     log.error("events_unpublished_at_exit", events=unpublished)
                 with contextlib.suppress(RedisError, OSError):
+                    await self.known.save()  # before the watermark, as in `_watch_redis`
                     await self.resume.save(self._offered, self.publisher.settled, self.publisher.tail_id)
 
     async def _watch_redis(self) -> None:
@@ -157,8 +158,10 @@ class Collector:
                     await self.known.load()
                     self.backfill.resumed.set()
                     self.backfill.gap_opened.set()
-                await self.resume.save(self._offered, self.publisher.settled, self.publisher.tail_id)
+                # The entities first: a watermark past a state of an entity no run would ask the recorder for loses
+                # that entity's states of a later gap it is removed in.
                 await self.known.save()
+                await self.resume.save(self._offered, self.publisher.settled, self.publisher.tail_id)
                 await self.first_run.saw_live(self._first_live_ns)
             except (RedisError, OSError) as exc:
                 self.readiness.fail(READY_REDIS, describe_redis_error(self.runtime.redis_place, exc))
