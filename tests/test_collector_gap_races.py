@@ -246,3 +246,30 @@ async def test_an_entity_first_seen_just_before_a_stop_and_removed_while_no_coll
             await sim.hub.emit(20, rate_per_s=100)
             await wait_for(lambda: not second.metric("homeiq_backfill_gap_open"), 30, "the gap closed")
             await every_state_once(redis_client, sim.hub, 10)
+
+
+async def test_states_that_arrived_live_before_a_rename_during_a_second_disconnect_are_not_backfilled_again(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """The live rename above, but HA drops the connection again before the backfill is done and the rename happens
+    while no session is open: its `entity_registry_updated` is never received, and the retried backfill finds the
+    states that arrived live under the old id in the recorder under the new one."""
+    async with simulator(commit_interval_s=3) as sim, running_collector(sim, redis_server.url, tmp_path) as run:
+        await subscribed_with(sim, run, 50)
+        entity = sim.hub.population.entities[0]
+        await disconnected_while(sim, 50)
+        await wait_for(lambda: sim.hub.subscribes == 2 and sim.hub.subscribed, 10, "the reconnect")
+        assert run.metric("homeiq_backfill_gap_open")
+        live = [sim.hub.fire_state_change(entity) for _ in range(3)]
+        gap = run.collector.gap
+        await wait_for(lambda: (entity.entity_id, live[-1].last_updated_us * 1000) in gap.seen, 5, "the live states")
+        sim.hub.faults.refuse_connections = True
+        sim.drop_connections()  # the backfill under way ends with the session
+        old_id = entity.entity_id
+        new_id = sim.hub.rename_entity(entity, f"{entity.domain}.renamed_while_away").entity_id
+        await sim.hub.emit(20, rate_per_s=1000)
+        sim.hub.faults.refuse_connections = False
+        await wait_for(lambda: sim.hub.subscribes == 3 and sim.hub.subscribed, 10, "the second reconnect")
+        await sim.hub.emit(30, rate_per_s=100)
+        await wait_for(lambda: not run.metric("homeiq_backfill_gap_open"), 30, "the gap closed")
+        await every_state_once_renamed(redis_client, sim.hub, {old_id: new_id}, 15)
