@@ -86,7 +86,8 @@ class Collector:
                                   self.publisher.held_states)
         self.known = KnownEntities(self.redis, settings.names.collector_entities)
         self.dialer = Dialer(settings, token, self.metrics, self._saw_ha_certificate)
-        self.registries = Registries(self.ha_registry, self.known, self.metrics, settings.command_timeout_s)
+        self.registries = Registries(self.ha_registry, self.known, self.metrics, settings.command_timeout_s,
+                                     self.gap.renamed)
         self.backfill = Backfill(settings, self.metrics, self.gap, self.known, self.ha_registry,
                                  self._publish_backfilled, self._ha_now_ns, self.dialer.recorder_connection)
         self.metrics.gap_open.set_function(
