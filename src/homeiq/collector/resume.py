@@ -91,12 +91,14 @@ class KnownEntities:
         self.ids: set[str] = set()
         self._unsaved: set[str] = set()
         self._forgotten: set[str] = set()
+        self._gone: set[str] = set()  # forgotten by this process: a gap reopened before their removal needs them
 
     def saw(self, entity_id: str) -> None:
         """Remember an entity id (the caller checked it is new: this is on the path of every event)."""
         self.ids.add(entity_id)
         self._unsaved.add(entity_id)
         self._forgotten.discard(entity_id)
+        self._gone.discard(entity_id)
 
     def saw_all(self, entity_ids: Iterable[str]) -> None:
         """Remember every id of these not known yet (the entities of `get_states` and of the registry)."""
@@ -111,6 +113,12 @@ class KnownEntities:
             self.ids -= gone
             self._unsaved -= gone
             self._forgotten |= gone
+            self._gone |= gone
+
+    def remember_gone(self) -> None:
+        """A gap reopened from before what this process knows (Redis forgot what it had acknowledged): the
+        entities it forgot may have states in it again."""
+        self.saw_all(list(self._gone))
 
     async def load(self) -> None:
         """Add the ids an earlier run saw (and did not forget since)."""

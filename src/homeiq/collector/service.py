@@ -191,6 +191,7 @@ class Collector:
         there is backfilled, no later than where our losses start); meanwhile every state published is remembered,
         so none is published twice."""
         self.resume.forgot(kept)
+        self.known.remember_gone()
         self.gap.unknown()
         self.backfill.resumed.clear()
 
