@@ -78,7 +78,8 @@ async def test_an_entity_added_while_a_backfill_waits_and_removed_in_a_later_gap
 def renamed_keys(counts: Counter[tuple[str, int]], renamed: dict[str, str]) -> Counter[tuple[str, int]]:
     """Stream keys with each renamed entity's states under its new id (HA's recorder moves its history there)."""
     moved: Counter[tuple[str, int]] = Counter()
-    for (entity_id, time_ns), n in counts.items():
+    for (sent_as, time_ns), n in counts.items():
+        entity_id = sent_as
         while entity_id in renamed:
             entity_id = renamed[entity_id]
         moved[entity_id, time_ns] += n
