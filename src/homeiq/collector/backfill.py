@@ -89,9 +89,11 @@ class Backfill:
             current = current_states(bytes(raw))
             self._known.saw_all(current)
             present = current.keys() | self._registry.entities.keys()
+            # Removed as HA stands now: one that becomes known later (added while the recorder is awaited) is not.
+            gone = self._known.ids - present
             async with RecorderReader(self._recorder_connection, s.command_timeout_s, self._too_large,
                                       self._ha_now_ns) as recorder:
-                confirmed = await self._recorder_committed(recorder, start_ns, current, self._known.ids - present)
+                confirmed = await self._recorder_committed(recorder, start_ns, current, gone)
                 entity_ids = sorted(present | self._known.ids)
                 published = await self._publish_history(conn, recorder, start_ns, entity_ids)
         except RECORDER_FAILURES as exc:
@@ -100,7 +102,7 @@ class Backfill:
         self._gap.end(start_ns)
         # Removed entities' last states are published (or, unconfirmed, all the recorder showed after waiting at least
         # its commit interval): no later gap holds any of theirs.
-        self._known.forget(self._known.ids - present)
+        self._known.forget(gone - self._registry.entities.keys())
         if not confirmed:
             self._metrics.backfill_unconfirmed.inc()
             log.warning("backfill_unconfirmed", since_ns=start_ns, waited_s=s.recorder_wait_s,

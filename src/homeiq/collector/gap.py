@@ -100,6 +100,14 @@ class GapTracker:
         if self.open and len(self.seen) < MAX_SEEN:
             self.seen.add((entity_id, time_ns))
 
+    def renamed(self, old: str, new: str) -> None:
+        """HA's recorder moved `old`'s history to `new`: what was published under the old id comes back from it
+        under the new one (and a probe of the old id is found under the new one)."""
+        self.seen |= {(new, time_ns) for entity_id, time_ns in self.seen if entity_id == old}
+        self._untrusted.extend([(new, time_ns) for entity_id, time_ns in self._untrusted if entity_id == old])
+        if old in self.probes and new not in self.probes:
+            self.probes[new] = self.probes.pop(old)
+
     def unknown(self) -> None:
         """Where the collector left off must be read again (Redis forgot what it had acknowledged): states
         published from now on are recorded, as after a restart, until `resume`. What was recorded before may be

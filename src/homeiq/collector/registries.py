@@ -4,6 +4,7 @@ changed (its `*_registry_updated` events carry only ids and `changes`)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Final
 
 from homeiq.collector.metrics import CollectorMetrics
@@ -23,8 +24,9 @@ class Registries:
     during a later gap must still be asked for)."""
 
     def __init__(self, registry: Registry, known: KnownEntities, metrics: CollectorMetrics,
-                 command_timeout_s: float) -> None:
+                 command_timeout_s: float, renamed: Callable[[str, str], None] = lambda old, new: None) -> None:
         self.registry, self._known, self._metrics, self._timeout_s = registry, known, metrics, command_timeout_s
+        self._renamed = renamed  # an entry's entity_id changed between two loads: (old id, new id)
         self._stale: set[str] = set()
         self._stale_changed = asyncio.Event()
 
@@ -52,6 +54,7 @@ class Registries:
 
     async def _load(self, conn: HAConnection, kind: str) -> None:
         """Load one registry; one HA cannot answer or answers unreadably keeps what was loaded before."""
+        before = {entry.id: entry.entity_id for entry in self.registry.entities.values() if entry.id}
         try:
             raw = await conn.command({"type": REGISTRY_COMMANDS[kind]}, self._timeout_s)
             size = self.registry.load(kind, bytes(raw))
@@ -64,4 +67,8 @@ class Registries:
             return
         if kind == "entity":
             self._known.saw_all(self.registry.entities)
+            for entity_id, entry in self.registry.entities.items():
+                old = before.get(entry.id) if entry.id else None
+                if old is not None and old != entity_id:  # renamed while we did not listen, or just now
+                    self._renamed(old, entity_id)
         log.debug("registry_loaded", registry=kind, entries=size)

@@ -91,12 +91,14 @@ class KnownEntities:
         self.ids: set[str] = set()
         self._unsaved: set[str] = set()
         self._forgotten: set[str] = set()
+        self._gone: set[str] = set()  # forgotten by this process: a gap reopened before their removal needs them
 
     def saw(self, entity_id: str) -> None:
         """Remember an entity id (the caller checked it is new: this is on the path of every event)."""
         self.ids.add(entity_id)
         self._unsaved.add(entity_id)
         self._forgotten.discard(entity_id)
+        self._gone.discard(entity_id)
 
     def saw_all(self, entity_ids: Iterable[str]) -> None:
         """Remember every id of these not known yet (the entities of `get_states` and of the registry)."""
@@ -111,6 +113,12 @@ class KnownEntities:
             self.ids -= gone
             self._unsaved -= gone
             self._forgotten |= gone
+            self._gone |= gone
+
+    def remember_gone(self) -> None:
+        """A gap reopened from before what this process knows (Redis forgot what it had acknowledged): the
+        entities it forgot may have states in it again."""
+        self.saw_all(list(self._gone))
 
     async def load(self) -> None:
         """Add the ids an earlier run saw (and did not forget since)."""
@@ -153,6 +161,7 @@ class ResumePoint:
         # whatever another collector saved since.
         self._history: collections.deque[tuple[int, bytes, bytes]] = collections.deque(maxlen=HISTORY)
         self._lost_from: tuple[int, bytes] | None = None  # where the next read starts at the latest
+        self._lost_older = False  # the loss is older than every watermark this process reached
 
     async def read(self, fallback_ns: int = 0) -> None:
         """Learn where the last run left off and which later states Redis or our spool already holds (a killed
@@ -167,10 +176,14 @@ class ResumePoint:
             # skipped as ours): ours, reached before the loss.
             log.warning("watermark_behind_loss", stored_ns=saved_ns, backfill_from_ns=lost_from[0])
             saved_ns, self._read_from = lost_from
+        if self._lost_older and fallback_ns and fallback_ns - 1000 < saved_ns:
+            # Older than every watermark it reached: back to this process's first live state (the first watermark
+            # came after it), the stream read back whole.
+            saved_ns, self._read_from = fallback_ns - 1000, b""
         if not saved_ns and self.saved and fallback_ns:
             log.error("watermark_lost", backfill_from_ns=fallback_ns,
                       consequence="Redis lost the watermark too: states before this process's first are not backfilled")
-            saved_ns = fallback_ns
+            saved_ns = fallback_ns - 1000  # the first one is not durable either
         self.watermark = Watermark(saved_ns, self._read_from)
         self._saved = (saved_ns, self._read_from)
         if saved_ns:
@@ -183,7 +196,7 @@ class ResumePoint:
             log.info("resuming", backfill_from_ns=saved_ns, read_back_after=self._read_from.decode() or "the start",
                      already_published=len(keys))
         self._gap.resume(saved_ns or None, self._read_from)
-        self._lost_from = None
+        self._lost_from, self._lost_older = None, False
         if saved_ns:
             self._history.append((saved_ns, self._read_from, self._read_from))
 
@@ -224,7 +237,8 @@ class ResumePoint:
         reached = [mark for mark in self._history if not mark[2] or id_key(mark[2]) <= kept_key]
         if reached:  # each still holds (its entries are kept); those proven after `kept` no longer do
             self._lost_from = reached[-1][:2]  # the last, not the largest: HA's clock may have stepped back
+            self._lost_older = False
             self._history = collections.deque(reached, maxlen=HISTORY)
         elif self._history:
-            self._lost_from = self._history[0][:2]
+            self._lost_from, self._lost_older = self._history[0][:2], True
             log.warning("loss_older_than_known_watermarks", backfill_from_ns=self._history[0][0])

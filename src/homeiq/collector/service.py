@@ -86,7 +86,8 @@ class Collector:
                                   self.publisher.held_states)
         self.known = KnownEntities(self.redis, settings.names.collector_entities)
         self.dialer = Dialer(settings, token, self.metrics, self._saw_ha_certificate)
-        self.registries = Registries(self.ha_registry, self.known, self.metrics, settings.command_timeout_s)
+        self.registries = Registries(self.ha_registry, self.known, self.metrics, settings.command_timeout_s,
+                                     self.gap.renamed)
         self.backfill = Backfill(settings, self.metrics, self.gap, self.known, self.ha_registry,
                                  self._publish_backfilled, self._ha_now_ns, self.dialer.recorder_connection)
         self.metrics.gap_open.set_function(
@@ -138,6 +139,7 @@ class Collector:
                     self.metrics.dropped.labels("shutdown_unpublished").inc(unpublished)
                     log.error("events_unpublished_at_exit", events=unpublished)
                 with contextlib.suppress(RedisError, OSError):
+                    await self.known.save()  # before the watermark, as in `_watch_redis`
                     await self.resume.save(self._offered, self.publisher.settled, self.publisher.tail_id)
 
     async def _watch_redis(self) -> None:
@@ -157,8 +159,10 @@ class Collector:
                     await self.known.load()
                     self.backfill.resumed.set()
                     self.backfill.gap_opened.set()
-                await self.resume.save(self._offered, self.publisher.settled, self.publisher.tail_id)
+                # The entities first: a watermark past a state of an entity no run would ask the recorder for loses
+                # that entity's states of a later gap it is removed in.
                 await self.known.save()
+                await self.resume.save(self._offered, self.publisher.settled, self.publisher.tail_id)
                 await self.first_run.saw_live(self._first_live_ns)
             except (RedisError, OSError) as exc:
                 self.readiness.fail(READY_REDIS, describe_redis_error(self.runtime.redis_place, exc))
@@ -187,6 +191,7 @@ class Collector:
         there is backfilled, no later than where our losses start); meanwhile every state published is remembered,
         so none is published twice."""
         self.resume.forgot(kept)
+        self.known.remember_gone()
         self.gap.unknown()
         self.backfill.resumed.clear()
 
@@ -214,6 +219,17 @@ class Collector:
         self.metrics.filtered.inc()
         return False
 
+    def _renamed(self, data: bytes) -> None:
+        """An entity's id changed while a gap is open: HA's recorder gives its history back under the new id, so
+        the states that arrived live under the old one must be known under the new one too, or the backfill
+        publishes them a second time."""
+        with contextlib.suppress(msgspec.DecodeError):
+            change = msgspec.json.decode(data)
+            if isinstance(change, dict) and change.get("action") == "update":
+                old, new = change.get("old_entity_id"), change.get("entity_id")
+                if isinstance(old, str) and isinstance(new, str) and old != new:
+                    self.gap.renamed(old, new)
+
     def _on_event(self, frame: frames.EventFrame | frames.StateEventFrame) -> Awaitable[None] | None:
         """Normalise, filter and buffer one event; returns an awaitable only when the buffer is full."""
         try:
@@ -227,6 +243,8 @@ class Collector:
             return None
         if not isinstance(frame, frames.StateEventFrame):
             self.registries.changed(event.event_type)
+            if event.event_type == "entity_registry_updated" and self.gap.open:
+                self._renamed(bytes(event.data))
         entity_id = event.entity_id
         if entity_id is not None:
             if event.new_state is not None:

@@ -25,6 +25,7 @@ class EntityEntry(msgspec.Struct):
     area_id: str | None = None
     platform: str | None = None
     entity_category: str | None = None
+    id: str | None = None  # the entry's own id: it stays when the entity_id changes
 
 
 class DeviceEntry(msgspec.Struct):
