@@ -138,3 +138,25 @@ async def test_a_command_that_could_not_be_sent_leaves_nothing_for_the_reader_to
     gc.collect()
     await asyncio.sleep(0)
     assert not [context for context in reported if "never retrieved" in str(context.get("message"))]
+
+
+async def test_a_command_cancelled_as_the_connection_ends_leaves_nothing_unretrieved(sim: SimServer) -> None:
+    """A session's tasks end together: the reader fails a waiting command's future, and the task group cancels that
+    command's task before it looks at it."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    async with aiohttp.ClientSession() as http, http.ws_connect(sim.url, decode_text=False) as ws:
+        conn = HAConnection(ws, LoggedOnly(), None)
+        await conn.authenticate(TOKEN, 5)
+        sim.hub.faults.ignore_pings = True
+        with pytest.raises(ExceptionGroup):
+            async with asyncio.TaskGroup() as group:
+                group.create_task(conn.read_forever())
+                group.create_task(conn.command({"type": "ping"}, 30))
+                await asyncio.sleep(0.2)
+                sim.drop_connections()
+        del conn, group
+    gc.collect()
+    await asyncio.sleep(0)
+    assert not [context for context in reported if "never retrieved" in str(context.get("message"))]

@@ -108,6 +108,13 @@ class GapTracker:
         if old in self.probes and new not in self.probes:
             self.probes[new] = self.probes.pop(old)
 
+    def stepped_back(self, step_ns: int) -> None:
+        """HA's clock went back `step_ns`: a gap waiting for its backfill starts that much earlier, for the states HA
+        stamped on its new clock while no collector listened are before its start (what arrived live in the extra
+        time comes again with the same point keys: the same points)."""
+        if self.pending_start_ns is not None:
+            self._open(self.pending_start_ns - step_ns, self._pending_from)
+
     def unknown(self) -> None:
         """Where the collector left off must be read again (Redis forgot what it had acknowledged): states
         published from now on are recorded, as after a restart, until `resume`. What was recorded before may be

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from homeiq.collector.backfill import Backfill
-from homeiq.collector.clock import Finding, HaClock
+from homeiq.collector.clock import BACK_STEP_NS, Finding, HaClock
 from homeiq.collector.dialer import Dialer
 from homeiq.collector.gap import GapTracker
 from homeiq.collector.metrics import CollectorMetrics
@@ -204,6 +204,8 @@ class Collector:
             direction = "back" if finding == "step_back" else "ahead"
             self.metrics.ha_clock_steps.labels(direction).inc()
             log.warning("ha_clock_stepped", direction=direction, step_s=round(amount / 1e9, 3))
+            if finding == "step_back" and amount < 0:
+                self.gap.stepped_back(-amount + BACK_STEP_NS)
 
     async def _publish_backfilled(self, event: NormalisedEvent) -> bool:
         """Offer a backfilled state as a live one is offered (filtered, counted); False when the filter left it out."""

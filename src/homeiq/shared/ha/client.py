@@ -162,6 +162,8 @@ class HAConnection:
                     raise ConnectionLost(f"no answer to {payload['type']} within {timeout_s:g} s")
         finally:
             self._pending.pop(msg_id, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # failed with the connection as we were cancelled: seen, nobody else will look
 
     async def subscribe(self, on_event: EventHandler, timeout_s: float, event_type: str | None = None) -> None:
         """`subscribe_events`; the handler is in place before the command is sent."""
