@@ -5,6 +5,7 @@ continuously. Against ha-sim's real WebSocket server on a real socket."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 from collections.abc import AsyncIterator
@@ -114,41 +115,48 @@ async def test_aiohttps_internals_that_pacing_needs_are_there(sim: SimServer) ->
         assert _paceable(ws) is not None
 
 
-async def test_a_command_that_could_not_be_sent_leaves_nothing_for_the_reader_to_fail(sim: SimServer) -> None:
-    """The soak's logs: a backfill's command hit a transport already closing, and when the reader ended it failed
-    that command's future too, which nobody awaited any more ("Future exception was never retrieved")."""
+@contextlib.asynccontextmanager
+async def connection_checked_for_unretrieved_futures(sim: SimServer) -> AsyncIterator[HAConnection]:
+    """An authenticated connection; once it is gone, no future of it may have failed unseen (asyncio reports
+    "Future exception was never retrieved" when one is collected)."""
     loop = asyncio.get_running_loop()
     reported: list[dict[str, object]] = []
     loop.set_exception_handler(lambda _loop, context: reported.append(context))
-    async with aiohttp.ClientSession() as http, http.ws_connect(sim.url, decode_text=False) as ws:
-        conn = HAConnection(ws, LoggedOnly(), None)
-        await conn.authenticate(TOKEN, 5)
+    try:
+        async with aiohttp.ClientSession() as http, http.ws_connect(sim.url, decode_text=False) as ws:
+            conn = HAConnection(ws, LoggedOnly(), None)
+            await conn.authenticate(TOKEN, 5)
+            yield conn
+            del conn  # the futures it held go with it
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert not [context for context in reported if "never retrieved" in str(context.get("message"))]
+
+
+async def test_a_command_that_could_not_be_sent_leaves_nothing_for_the_reader_to_fail(sim: SimServer) -> None:
+    """The soak's logs: a backfill's command hit a transport already closing, and when the reader ended it failed
+    that command's future too, which nobody awaited any more."""
+    async with connection_checked_for_unretrieved_futures(sim) as conn:
         reader = asyncio.create_task(conn.read_forever())
 
         async def closing(data: str, compress: int | None = None) -> None:
             raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
 
-        ws.send_str = closing  # type: ignore[method-assign]  # the transport closing under the command
+        conn._ws.send_str = closing  # type: ignore[method-assign]  # the transport closing under the command
         with pytest.raises(aiohttp.ClientConnectionResetError):
             await conn.command({"type": "get_states"}, 5)
         sim.drop_connections()
         with pytest.raises(ConnectionLost):
             await reader
-        del conn, reader  # the futures it held go with it
-    gc.collect()
-    await asyncio.sleep(0)
-    assert not [context for context in reported if "never retrieved" in str(context.get("message"))]
+        del conn, reader
 
 
 async def test_a_command_cancelled_as_the_connection_ends_leaves_nothing_unretrieved(sim: SimServer) -> None:
     """A session's tasks end together: the reader fails a waiting command's future, and the task group cancels that
     command's task before it looks at it."""
-    loop = asyncio.get_running_loop()
-    reported: list[dict[str, object]] = []
-    loop.set_exception_handler(lambda _loop, context: reported.append(context))
-    async with aiohttp.ClientSession() as http, http.ws_connect(sim.url, decode_text=False) as ws:
-        conn = HAConnection(ws, LoggedOnly(), None)
-        await conn.authenticate(TOKEN, 5)
+    async with connection_checked_for_unretrieved_futures(sim) as conn:
         sim.hub.faults.ignore_pings = True
         with pytest.raises(ExceptionGroup):
             async with asyncio.TaskGroup() as group:
@@ -157,6 +165,3 @@ async def test_a_command_cancelled_as_the_connection_ends_leaves_nothing_unretri
                 await asyncio.sleep(0.2)
                 sim.drop_connections()
         del conn, group
-    gc.collect()
-    await asyncio.sleep(0)
-    assert not [context for context in reported if "never retrieved" in str(context.get("message"))]
