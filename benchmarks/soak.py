@@ -613,6 +613,8 @@ def main() -> int:
     else:
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped: every process it started stops too
         if args.workdir is not None:
+            if args.workdir.exists() and any(args.workdir.iterdir()):  # its Redis and InfluxDB would hold a run's data
+                parser.error(f"--workdir {args.workdir} is not empty: a soak starts from nothing")
             args.workdir.mkdir(parents=True, exist_ok=True)
             report = asyncio.run(soak(options, args.workdir))
         else:
