@@ -150,3 +150,31 @@ async def test_after_redis_forgot_the_backfill_starts_where_our_losses_start_wha
     await redis_client.delete(names.watermark, names.resume_from)
     await resume.read(fallback_ns=9_000)  # not this process's first live state: states before it were ours too
     assert resume.watermark.durable_ns == 1_000
+
+
+async def test_a_loss_older_than_every_watermark_goes_back_to_the_first_live_state_only_if_it_is_remembered(
+    redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis came back empty. A process that still remembers its first watermark backfills from its first live
+    state (before that watermark); one that ran longer than its history holds (weeks, in a busy home) goes back
+    only to the oldest it remembers: back to its first live state would publish the recorder's whole retention
+    again (the review of the first form of this fallback)."""
+
+    async def nothing_held() -> list[tuple[str, int]]:
+        return []
+
+    names = DEFAULT_NAMES
+    monkeypatch.setattr("homeiq.collector.resume.HISTORY", 3)
+    for saves, expected_ns in ((2, 1_500 - 1_000), (5, 4_000)):  # 5 saves: 2_000 and 3_000 forgotten
+        await redis_client.flushall()
+        ids = [await redis_client.xadd(names.stream, {"x": "1"}) for _ in range(saves)]
+        gap = GapTracker()
+        resume = ResumePoint(redis_client, names, gap, True, nothing_held)
+        for n, reached_after in enumerate(ids, start=1):
+            await redis_client.mset({names.watermark: n * 1_000 + 1_000, names.resume_from: reached_after})
+            await resume.read()
+        resume.forgot(None)
+        gap.unknown()
+        await redis_client.flushall()
+        await resume.read(fallback_ns=1_500)  # the first live state, before the first watermark (2_000)
+        assert resume.watermark.durable_ns == expected_ns

@@ -83,6 +83,7 @@ class Backfill:
         """Once HA's recorder has committed the gap, publish its states since the last live one that did not arrive
         live: of every entity HA has now and every one this collector has seen (one removed meanwhile too)."""
         s = self._settings
+        remembered = self._known.remembered
         raw = await conn.command({"type": "get_states"}, s.command_timeout_s)
         started = time.monotonic()
         try:
@@ -102,7 +103,8 @@ class Backfill:
         self._gap.end(start_ns)
         # Removed entities' last states are published (or, unconfirmed, all the recorder showed after waiting at least
         # its commit interval): no later gap holds any of theirs.
-        self._known.forget(gone - self._registry.entities.keys())
+        if self._known.remembered == remembered:  # else Redis forgot meanwhile: they may be needed again
+            self._known.forget(gone - self._registry.entities.keys())
         if not confirmed:
             self._metrics.backfill_unconfirmed.inc()
             log.warning("backfill_unconfirmed", since_ns=start_ns, waited_s=s.recorder_wait_s,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -18,6 +19,7 @@ from homeiq.shared.stream import FIELD_EVENT, StreamNames, id_key, xrange_pages
 log = Log(__name__)
 
 SCAN_PAGE: Final = 10_000
+MAX_GONE: Final = 10_000  # entity ids forgotten, remembered for a Redis that forgets (removals of months)
 HISTORY: Final = 2_000  # watermarks remembered: over an hour of saves, one every 2 s at most
 
 
@@ -91,14 +93,16 @@ class KnownEntities:
         self.ids: set[str] = set()
         self._unsaved: set[str] = set()
         self._forgotten: set[str] = set()
-        self._gone: set[str] = set()  # forgotten by this process: a gap reopened before their removal needs them
+        # The last MAX_GONE ids this process forgot (oldest first): a gap reopened before their removal needs them.
+        self._gone: dict[str, None] = {}
+        self.remembered = 0  # how often the forgotten came back: a backfill begun before must not forget them again
 
     def saw(self, entity_id: str) -> None:
         """Remember an entity id (the caller checked it is new: this is on the path of every event)."""
         self.ids.add(entity_id)
         self._unsaved.add(entity_id)
         self._forgotten.discard(entity_id)
-        self._gone.discard(entity_id)
+        self._gone.pop(entity_id, None)
 
     def saw_all(self, entity_ids: Iterable[str]) -> None:
         """Remember every id of these not known yet (the entities of `get_states` and of the registry)."""
@@ -113,12 +117,15 @@ class KnownEntities:
             self.ids -= gone
             self._unsaved -= gone
             self._forgotten |= gone
-            self._gone |= gone
+            self._gone.update(dict.fromkeys(gone))
+            for oldest in list(itertools.islice(self._gone, max(0, len(self._gone) - MAX_GONE))):
+                del self._gone[oldest]
 
     def remember_gone(self) -> None:
         """A gap reopened from before what this process knows (Redis forgot what it had acknowledged): the
         entities it forgot may have states in it again."""
         self.saw_all(list(self._gone))
+        self.remembered += 1
 
     async def load(self) -> None:
         """Add the ids an earlier run saw (and did not forget since)."""
@@ -162,6 +169,7 @@ class ResumePoint:
         self._history: collections.deque[tuple[int, bytes, bytes]] = collections.deque(maxlen=HISTORY)
         self._lost_from: tuple[int, bytes] | None = None  # where the next read starts at the latest
         self._lost_older = False  # the loss is older than every watermark this process reached
+        self._whole = True  # the history still holds the first watermark this process reached
 
     async def read(self, fallback_ns: int = 0) -> None:
         """Learn where the last run left off and which later states Redis or our spool already holds (a killed
@@ -198,7 +206,7 @@ class ResumePoint:
         self._gap.resume(saved_ns or None, self._read_from)
         self._lost_from, self._lost_older = None, False
         if saved_ns:
-            self._history.append((saved_ns, self._read_from, self._read_from))
+            self._remember((saved_ns, self._read_from, self._read_from))
 
     async def _stream_states_after(self, resume_from: bytes) -> list[Key]:
         found: list[Key] = []
@@ -228,7 +236,12 @@ class ResumePoint:
         if durable[0] and durable != self._saved:
             await self._redis.mset({self._names.watermark: durable[0], self._names.resume_from: durable[1]})
             self._saved = durable
-            self._history.append((*durable, self.tail_or_read(tail) or durable[1]))
+            self._remember((*durable, self.tail_or_read(tail) or durable[1]))
+
+    def _remember(self, mark: tuple[int, bytes, bytes]) -> None:
+        if len(self._history) == self._history.maxlen:
+            self._whole = False
+        self._history.append(mark)
 
     def forgot(self, kept: bytes | None) -> None:
         """Redis lost our entries after `kept` (None: all of them): the next `read` starts no later than the last
@@ -240,5 +253,9 @@ class ResumePoint:
             self._lost_older = False
             self._history = collections.deque(reached, maxlen=HISTORY)
         elif self._history:
-            self._lost_from, self._lost_older = self._history[0][:2], True
-            log.warning("loss_older_than_known_watermarks", backfill_from_ns=self._history[0][0])
+            # Older than every watermark reached: with the first still remembered, the states before it are this
+            # process's too (`read` goes back to its first live state); a process that ran longer than the history
+            # goes back only as far as it remembers (its first live state may be weeks ago).
+            self._lost_from, self._lost_older = self._history[0][:2], self._whole
+            log.warning("loss_older_than_known_watermarks", backfill_from_ns=self._history[0][0],
+                        since_first_live=self._whole)
