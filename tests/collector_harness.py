@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from homeiq.collector.service import Collector
 from homeiq.collector.settings import CollectorSettings
 from homeiq.ha_sim.hub import Hub
+from homeiq.ha_sim.population import Entity
 from homeiq.ha_sim.runner import SimServer
 from homeiq.local.services import RedisServer
 from homeiq.shared.entity_filter import PatternFilter
@@ -157,3 +158,21 @@ async def reader_held(sim: SimServer, run: Running, redis: RedisServer, count: i
         yield sent
     finally:
         os.kill(redis.process.pid, signal.SIGCONT)
+
+
+async def subscribed_with(sim: SimServer, run: Running, changes: int) -> None:
+    """Subscribed, the start's gap closed, and `changes` published live."""
+    await wait_for(lambda: sim.hub.subscribed and not run.metric("homeiq_backfill_gap_open"), 10, "a subscription")
+    await sim.hub.emit(changes, rate_per_s=500)
+    await wait_for(lambda: run.metric("homeiq_events_published_total") == changes, 10, "the first changes")
+
+
+async def drop_for(sim: SimServer, changes: int, entity: Entity | None = None, entity_changes: int = 0) -> None:
+    """HA unreachable while `entity` changes `entity_changes` times and then `changes` states change; then
+    reachable again."""
+    sim.hub.faults.refuse_connections = True
+    sim.drop_connections()
+    for _ in range(entity_changes):
+        sim.hub.fire_state_change(entity)
+    await sim.hub.emit(changes, rate_per_s=1000)
+    sim.hub.faults.refuse_connections = False

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from homeiq.ha_sim.runner import SimServer
 from homeiq.local.services import RedisServer
-from tests.collector_harness import Running, every_state_once, running_collector, simulator
+from tests.collector_harness import drop_for, every_state_once, running_collector, simulator, subscribed_with
 from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -30,21 +29,6 @@ def redis_hung(redis_server: RedisServer) -> Iterator[None]:
         yield
     finally:
         os.kill(redis_server.process.pid, signal.SIGCONT)
-
-
-async def subscribed_with(sim: SimServer, run: Running, changes: int) -> None:
-    """Subscribed, the start's gap closed, and `changes` published live."""
-    await wait_for(lambda: sim.hub.subscribed and not run.metric("homeiq_backfill_gap_open"), 10, "a subscription")
-    await sim.hub.emit(changes, rate_per_s=500)
-    await wait_for(lambda: run.metric("homeiq_events_published_total") == changes, 10, "the first changes")
-
-
-async def drop_for(sim: SimServer, changes: int) -> None:
-    """HA unreachable while `changes` states change; then reachable again."""
-    sim.hub.faults.refuse_connections = True
-    sim.drop_connections()
-    await sim.hub.emit(changes, rate_per_s=1000)
-    sim.hub.faults.refuse_connections = False
 
 
 async def test_a_session_ending_while_the_backfill_waits_for_room_leaves_that_state_to_the_retry(
@@ -112,12 +96,7 @@ async def test_an_entity_removed_live_while_its_gap_waits_for_the_backfill_has_i
     async with simulator(commit_interval_s=3) as sim, running_collector(sim, redis_server.url, tmp_path) as run:
         await subscribed_with(sim, run, 50)
         removed = sim.hub.population.entities[0]
-        sim.hub.faults.refuse_connections = True
-        sim.drop_connections()
-        for _ in range(10):
-            sim.hub.fire_state_change(removed)
-        await sim.hub.emit(100, rate_per_s=1000)
-        sim.hub.faults.refuse_connections = False
+        await drop_for(sim, 100, removed, 10)
         await wait_for(lambda: sim.hub.subscribes == 2 and sim.hub.subscribed, 10, "the reconnect")
         assert run.metric("homeiq_backfill_gap_open")  # the recorder has not committed the gap yet
         sim.hub.remove_entity(removed)  # as HA removes one: the state machine, then the registry

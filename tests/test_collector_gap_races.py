@@ -11,35 +11,20 @@ import pytest
 import redis.asyncio as aioredis
 
 from homeiq.ha_sim.hub import Hub
-from homeiq.ha_sim.runner import SimServer
 from homeiq.local.services import RedisServer
 from tests.collector_harness import (
-    Running,
     all_states_published,
+    drop_for,
     every_state_once,
     running_collector,
     sent_keys,
     simulator,
     stream_state_keys,
+    subscribed_with,
 )
 from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
-
-
-async def subscribed_with(sim: SimServer, run: Running, changes: int) -> None:
-    """Subscribed, the start's gap closed, and `changes` published live."""
-    await wait_for(lambda: sim.hub.subscribed and not run.metric("homeiq_backfill_gap_open"), 10, "a subscription")
-    await sim.hub.emit(changes, rate_per_s=500)
-    await wait_for(lambda: run.metric("homeiq_events_published_total") == changes, 10, "the first changes")
-
-
-async def disconnected_while(sim: SimServer, changes: int) -> None:
-    """HA unreachable while `changes` states change; then reachable again."""
-    sim.hub.faults.refuse_connections = True
-    sim.drop_connections()
-    await sim.hub.emit(changes, rate_per_s=1000)
-    sim.hub.faults.refuse_connections = False
 
 
 async def test_an_entity_added_while_a_backfill_waits_for_the_recorder_is_not_forgotten(
@@ -51,7 +36,7 @@ async def test_an_entity_added_while_a_backfill_waits_for_the_recorder_is_not_fo
     states are then asked of nobody."""
     async with simulator(commit_interval_s=3) as sim, running_collector(sim, redis_server.url, tmp_path) as run:
         await subscribed_with(sim, run, 50)
-        await disconnected_while(sim, 50)
+        await drop_for(sim, 50)
         await wait_for(lambda: sim.hub.subscribes == 2 and sim.hub.subscribed, 10, "the reconnect")
         assert run.metric("homeiq_backfill_gap_open")  # the recorder has not committed the gap yet
         added = sim.hub.add_entity()  # as an integration HA is still loading adds one
@@ -65,7 +50,7 @@ async def test_an_entity_added_while_a_backfill_waits_and_removed_in_a_later_gap
     """The loss the forgetting above leads to."""
     async with simulator(commit_interval_s=3) as sim, running_collector(sim, redis_server.url, tmp_path) as run:
         await subscribed_with(sim, run, 50)
-        await disconnected_while(sim, 50)
+        await drop_for(sim, 50)
         await wait_for(lambda: sim.hub.subscribes == 2 and sim.hub.subscribed, 10, "the reconnect")
         assert run.metric("homeiq_backfill_gap_open")
         added = sim.hub.add_entity()
@@ -121,12 +106,7 @@ async def test_states_that_arrived_live_before_a_rename_while_the_gap_waits_are_
     async with simulator(commit_interval_s=3) as sim, running_collector(sim, redis_server.url, tmp_path) as run:
         await subscribed_with(sim, run, 50)
         entity = sim.hub.population.entities[0]
-        sim.hub.faults.refuse_connections = True
-        sim.drop_connections()
-        for _ in range(3):
-            sim.hub.fire_state_change(entity)
-        await sim.hub.emit(50, rate_per_s=1000)
-        sim.hub.faults.refuse_connections = False
+        await drop_for(sim, 50, entity, 3)
         await wait_for(lambda: sim.hub.subscribes == 2 and sim.hub.subscribed, 10, "the reconnect")
         assert run.metric("homeiq_backfill_gap_open")
         live = [sim.hub.fire_state_change(entity) for _ in range(3)]
@@ -152,12 +132,7 @@ async def test_states_read_back_at_a_restart_are_not_backfilled_again_under_a_ne
         entity = sim.hub.population.entities[0]
         async with running_collector(sim, redis_server.url, tmp_path) as first:
             await subscribed_with(sim, first, 50)
-            sim.hub.faults.refuse_connections = True
-            sim.drop_connections()
-            for _ in range(3):
-                sim.hub.fire_state_change(entity)
-            await sim.hub.emit(30, rate_per_s=1000)
-            sim.hub.faults.refuse_connections = False
+            await drop_for(sim, 30, entity, 3)
             await wait_for(lambda: sim.hub.subscribes == 2 and sim.hub.subscribed, 10, "the reconnect")
             for _ in range(3):
                 sim.hub.fire_state_change(entity)
@@ -272,7 +247,7 @@ async def test_states_that_arrived_live_before_a_rename_during_a_second_disconne
     async with simulator(commit_interval_s=3) as sim, running_collector(sim, redis_server.url, tmp_path) as run:
         await subscribed_with(sim, run, 50)
         entity = sim.hub.population.entities[0]
-        await disconnected_while(sim, 50)
+        await drop_for(sim, 50)
         await wait_for(lambda: sim.hub.subscribes == 2 and sim.hub.subscribed, 10, "the reconnect")
         assert run.metric("homeiq_backfill_gap_open")
         live = [sim.hub.fire_state_change(entity) for _ in range(3)]
