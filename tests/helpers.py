@@ -70,13 +70,23 @@ class Service(ScriptProcess):
 
 
 class DelayProxy:
-    """A TCP proxy on loopback that holds every answer from upstream for `delay_s` (a slow InfluxDB)."""
+    """A TCP proxy on loopback that holds every answer from upstream for `delay_s` (a slow InfluxDB). After `cut()`,
+    the next answer from upstream is swallowed and every connection closed (the request was carried out, its
+    answer lost), and new connections are closed at once until `restore()`."""
 
     def __init__(self, upstream_port: int, delay_s: float) -> None:
         self.upstream_port, self.delay_s = upstream_port, delay_s
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._cut = False
+        self.swallowed = 0  # answers swallowed after a cut
+
+    def cut(self) -> None:
+        self._cut = True
+
+    def restore(self) -> None:
+        self._cut = False
 
     async def start(self, port: int = 0) -> int:
         """Listen on `port` (0: a free one); returns it."""
@@ -85,20 +95,29 @@ class DelayProxy:
         return self.port
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._cut:
+            writer.close()
+            return
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay_s: float) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay_s: float, answers: bool) -> None:
             with contextlib.suppress(OSError):
                 while data := await src.read(65536):
                     if delay_s:
                         await asyncio.sleep(delay_s)
+                    if answers and self._cut:
+                        self.swallowed += 1
+                        break
                     dst.write(data)
                     await dst.drain()
             with contextlib.suppress(OSError):
                 dst.close()
+            if answers:  # the client's side closes with the answers' side
+                with contextlib.suppress(OSError):
+                    up_writer.close()
 
-        tasks = [asyncio.create_task(pipe(reader, up_writer, 0)),
-                 asyncio.create_task(pipe(up_reader, writer, self.delay_s))]
+        tasks = [asyncio.create_task(pipe(reader, up_writer, 0, answers=False)),
+                 asyncio.create_task(pipe(up_reader, writer, self.delay_s, answers=True))]
         self._tasks.update(tasks)
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.difference_update(tasks)

@@ -232,8 +232,10 @@ class Publisher:
                 self._flushed.set()
                 return
             self._metrics.buffered.set(len(self._queue))
-            if self._spool or not self._durable() or not await self._xadd(batch):
+            if self._spool or not self._durable():
                 await self._spool.keep(batch)
+            elif not await self._xadd(batch):
+                await self._spool.keep(batch, tried=True)
             self.settled += len(batch)  # in Redis, in the spool, or counted as dropped: no longer only in memory
             self._progress.set()
             self._in_flight = 0

@@ -5,7 +5,8 @@ fsynced before `append` returns; a failed append is cut off again, so a later on
 A record is read only once it is committed, so the drainer never sees a torn write; after a crash a torn
 tail record is skipped and counted. Drained segments are deleted; after a restart the remaining segments
 are drained from their start again (duplicates are harmless: points are idempotent). The drainer reads a
-`Chunk` of the oldest segment; while it publishes it, that segment is never the one dropped to make room.
+`Chunk` of the oldest segment; while it publishes it, that segment is never the one dropped to make room, nor
+are the first records while Redis may hold them already (see `SpoolKeeper`).
 """
 
 from __future__ import annotations
@@ -166,14 +167,17 @@ class Spool:
         if segment.read_offset >= segment.size and (len(self.segments) > 1 or segment.drained >= segment.records):
             self._delete(self.segments.pop(0))
 
-    def drop_oldest(self, keep: Segment | None = None) -> int:
-        """Delete the oldest segment other than `keep` (the one being drained) to make room; returns how many
-        undrained records it held (0 when there is no other)."""
+    def drop_oldest(self, keep: Segment | None = None, keep_first: int = 0) -> int:
+        """Delete the oldest segment other than `keep` (the one being drained) and those holding any of the first
+        `keep_first` undrained records, to make room; returns how many undrained records it held (0: none could go)."""
+        ahead = 0  # undrained records in the segments before
         for index, segment in enumerate(self.segments):
-            if segment is not keep:
+            undrained = segment.records - segment.drained
+            if segment is not keep and not (undrained and ahead < keep_first):
                 del self.segments[index]
                 self._delete(segment)
-                return segment.records - segment.drained
+                return undrained
+            ahead += undrained
         return 0
 
     @staticmethod

@@ -34,6 +34,11 @@ class SpoolKeeper:
         self._draining: Segment | None = None  # the spool segment whose records are being XADDed
         self._backoff = Backoff(base_s=0.1, cap_s=2.0)
         self.closing = False  # a stopping collector: a full spool under `block` no longer waits
+        # How many of the first records on disk Redis may hold already: an XADD of them was sent and never answered
+        # (Redis went away after carrying it out), or its replicas did not confirm it. The drainer adds them again
+        # (the same points); drop_oldest must not count them dropped. A spool left by an earlier process: its first
+        # chunk may have been on its way when that process stopped.
+        self._unanswered = min(spool.records, batch_max)
         if spool:
             self._spool_ready.set()
             log.info("spool_found", records=spool.records, bytes=spool.size_bytes, torn_records=spool.torn_records)
@@ -51,13 +56,14 @@ class SpoolKeeper:
         async with self._spool_lock:
             return await asyncio.to_thread(state_keys, itertools.chain(self._spool.undrained(), in_memory))
 
-    async def keep(self, batch: list[bytes]) -> None:
+    async def keep(self, batch: list[bytes], tried: bool = False) -> None:
         """Keep `batch` on disk, or count it dropped by the policy; never waits once `closing`. A batch
-        larger than a segment goes in parts (one larger than the whole spool would never fit)."""
+        larger than a segment goes in parts (one larger than the whole spool would never fit). `tried`: its XADD was
+        sent and failed, so Redis may hold it (the publisher tries only while the spool is empty: it goes first)."""
         if len(batch) > 1 and record_bytes(batch) > self._spool.segment_bytes:
             middle = len(batch) // 2
-            await self.keep(batch[:middle])
-            await self.keep(batch[middle:])
+            await self.keep(batch[:middle], tried)
+            await self.keep(batch[middle:], tried)
             return
         if record_bytes(batch) > self._spool.max_bytes:  # one event larger than the spool: nowhere to keep it
             self._drop(len(batch), "spool_full", "an event larger than the whole spool")
@@ -66,7 +72,7 @@ class SpoolKeeper:
             while not self._spool.fits(batch):
                 if self._policy == "drop_oldest":
                     # Never the segment the drainer is publishing: its events are not ours to count as dropped.
-                    freed = self._spool.drop_oldest(keep=self._draining)
+                    freed = self._spool.drop_oldest(keep=self._draining, keep_first=self._unanswered)
                     if freed:
                         self._drop(freed, "spool_full", "the oldest spool segment")
                         continue
@@ -78,10 +84,13 @@ class SpoolKeeper:
                     return
                 # block: wait for the drainer to make room; the reader backs up behind the buffer.
                 await self._unlocked_sleep(0.1)
+            first = self._spool.records == self._unanswered  # nothing on disk but what Redis may hold
             while True:
                 try:
                     await asyncio.to_thread(self._spool.append, batch)
                     self._readiness.ok(READY_SPOOL)
+                    if tried and first:
+                        self._unanswered += len(batch)
                     break
                 except OSError as exc:  # a full disk, a read-only one, permissions: not the events' fault
                     self._spool_failed(exc)
@@ -134,7 +143,10 @@ class SpoolKeeper:
                 self._draining = None
                 if published:
                     self._spool.consumed(chunk)
+                    self._unanswered = max(0, self._unanswered - len(chunk.records))
                     self._metrics.spool_bytes.set(self._spool.size_bytes)
+                else:  # sent: Redis may hold it
+                    self._unanswered = max(self._unanswered, len(chunk.records))
             if not published:
                 await asyncio.sleep(self._backoff.next_delay_s())
                 continue
