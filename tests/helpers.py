@@ -100,11 +100,11 @@ class DelayProxy:
             return
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay_s: float, answers: bool) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, answers: bool) -> None:
             with contextlib.suppress(OSError):
                 while data := await src.read(65536):
-                    if delay_s:
-                        await asyncio.sleep(delay_s)
+                    if answers and self.delay_s:  # read each time: a test may slow the answers down mid-run
+                        await asyncio.sleep(self.delay_s)
                     if answers and self._cut:
                         self.swallowed += 1
                         break
@@ -116,8 +116,8 @@ class DelayProxy:
                 with contextlib.suppress(OSError):
                     up_writer.close()
 
-        tasks = [asyncio.create_task(pipe(reader, up_writer, 0, answers=False)),
-                 asyncio.create_task(pipe(up_reader, writer, self.delay_s, answers=True))]
+        tasks = [asyncio.create_task(pipe(reader, up_writer, answers=False)),
+                 asyncio.create_task(pipe(up_reader, writer, answers=True))]
         self._tasks.update(tasks)
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.difference_update(tasks)

@@ -4,6 +4,7 @@ and that an event arriving meanwhile (an entity added, a rename) invalidates (ha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from homeiq.ha_sim.hub import Hub
+from homeiq.ha_sim.runner import SimServer
 from homeiq.local.services import RedisServer
 from tests.collector_harness import (
     all_states_published,
@@ -22,7 +24,7 @@ from tests.collector_harness import (
     stream_state_keys,
     subscribed_with,
 )
-from tests.helpers import wait_for
+from tests.helpers import DelayProxy, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -164,7 +166,8 @@ async def test_an_entity_removed_live_before_redis_forgot_its_states_has_them_ba
         sim.hub.fire_event("entity_registry_updated", {"action": "remove", "entity_id": removed.entity_id})
         collector = run.collector
         await wait_for(lambda: removed.entity_id not in collector.ha_registry.entities, 5, "the registry re-read")
-        assert removed.entity_id not in collector.known.ids  # forgotten: no gap was open
+        # Forgotten (no gap was open) once its removal is durable:
+        await wait_for(lambda: removed.entity_id not in collector.known.ids, 5, "the removed entity forgotten")
         await asyncio.sleep(2.5)  # the watermark saved past the removal
         await redis_client.flushall()  # Redis lost everything (no persistence, a failover to an empty replica)
         await wait_for(lambda: run.metric("homeiq_redis_forgot_total") >= 1, 10, "the loss noticed")
@@ -231,11 +234,7 @@ async def test_an_entity_first_seen_just_before_a_stop_and_removed_while_no_coll
             sim.hub.fire_state_change(added)
         sim.hub.remove_entity(added)
         await sim.hub.emit(20, rate_per_s=1000)
-        async with running_collector(sim, redis_server.url, tmp_path) as second:
-            await wait_for(lambda: sim.hub.subscribed, 10, "the second collector")
-            await sim.hub.emit(20, rate_per_s=100)
-            await wait_for(lambda: not second.metric("homeiq_backfill_gap_open"), 30, "the gap closed")
-            await every_state_once(redis_client, sim.hub, 10)
+        await a_restart_publishes_every_state(sim, redis_server, redis_client, tmp_path)
 
 
 async def test_states_that_arrived_live_before_a_rename_during_a_second_disconnect_are_not_backfilled_again(
@@ -263,3 +262,53 @@ async def test_states_that_arrived_live_before_a_rename_during_a_second_disconne
         await sim.hub.emit(30, rate_per_s=100)
         await wait_for(lambda: not run.metric("homeiq_backfill_gap_open"), 30, "the gap closed")
         await every_state_once_renamed(redis_client, sim.hub, {old_id: new_id}, 15)
+
+
+async def test_an_entity_removed_live_whose_last_states_are_not_durable_yet_is_not_forgotten(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """An entity removed live is forgotten at once (every state of it arrived live), and the next save of the known
+    entities drops it from Redis, while its last states may still wait in memory for the batch before them. The
+    collector dies there (Redis slow to answer, then a crash: the stop's own save runs, the buffer is lost): the next
+    run backfills its gap, but not for an entity no one knows any more."""
+    proxy = DelayProxy(redis_server.port, delay_s=0)
+    await proxy.start()
+    try:
+        async with simulator(commit_interval_s=0) as sim:
+            async with running_collector(sim, f"redis://127.0.0.1:{proxy.port}/0", tmp_path) as first:
+                await subscribed_with(sim, first, 50)
+                await asyncio.sleep(2.5)  # a watermark and the known entities saved
+                proxy.delay_s = 2.0  # Redis's answers are late: the next batch waits for the one before
+                sim.hub.fire_state_change(sim.hub.population.entities[1])
+                await asyncio.sleep(0.5)  # its batch sent (after the linger): its answer takes 2 s
+                removed = sim.hub.population.entities[0]
+                for _ in range(5):
+                    sim.hub.fire_state_change(removed)
+                sim.hub.remove_entity(removed)
+                sim.hub.fire_event("entity_registry_updated", {"action": "remove", "entity_id": removed.entity_id})
+                await wait_for(lambda: removed.entity_id not in first.collector.ha_registry.entities, 10,
+                               "the registry re-read")
+                assert first.collector.publisher.pending > 0  # its last states are still only in memory
+                first.task.cancel()  # a crash: what is in memory is lost (the stop's saves still run)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(first.task, 30)
+            proxy.delay_s = 0
+            await sim.hub.emit(20, rate_per_s=1000)
+            # Not once: the crash here is a cancel, and the batch on its way lives on in its own task (redis-py
+            # retries it when the client closes): the same point twice, which a real SIGKILL would not send.
+            await a_restart_publishes_every_state(sim, redis_server, redis_client, tmp_path, once=False)
+    finally:
+        await proxy.stop()
+
+
+async def a_restart_publishes_every_state(sim: SimServer, redis_server: RedisServer, redis_client: aioredis.Redis,
+                                          tmp_path: Path, once: bool = True) -> None:
+    """A collector started now backfills its gap: every state fired is in the stream (`once`: none twice)."""
+    async with running_collector(sim, redis_server.url, tmp_path) as second:
+        await wait_for(lambda: sim.hub.subscribed, 10, "the second collector")
+        await sim.hub.emit(20, rate_per_s=100)
+        await wait_for(lambda: not second.metric("homeiq_backfill_gap_open"), 30, "the gap closed")
+        if once:
+            await every_state_once(redis_client, sim.hub, 10)
+        else:
+            await all_states_published(redis_client, sim.hub, 10)
