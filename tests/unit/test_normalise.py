@@ -113,7 +113,7 @@ def test_events_of_one_type_in_one_microsecond_get_distinct_point_times() -> Non
 
 
 def test_the_point_times_kept_cost_little_memory_however_large_the_events() -> None:
-    """The soak found it: full (100,000 events without a state of their own, ~5 h of a busy home's service calls
+    """The soak found it: full (then 100,000 events without a state of their own, ~5 h of a busy home's service calls
     and automations), PointTimes held every event's encoding to tell a re-delivery, ~40 MB in the collector for
     events of 400 bytes and more for larger ones. A digest of it tells the same."""
     import tracemalloc  # noqa: PLC0415

@@ -40,9 +40,15 @@ class PointTimes:
     takes the next free nanosecond of its microsecond. The same event sent twice (same time, context id and
     data) keeps its time: one point. Decided once, before XADD: re-deliveries of the entry carry it too. An event is
     told from another by a 16-byte digest of its encoding (~140 bytes an entry, where keeping the encoding cost
-    ~400 and more: 100,000 of them in every collector)."""
+    ~400 and more).
 
-    def __init__(self, size: int = 100_000) -> None:
+    Two events share a time only when HA fired them in one microsecond, so they arrive one right after the other
+    (a copy of one, as the fault suite sends, is remembered as long as an entry stays): what must be remembered is
+    the last moments, not hours. A restart empties it anyway, so nothing may rely on it remembering longer. 10,000
+    entries: minutes of a busy home's service calls and automations, 1.4 MB (it kept 100,000, 14 MB, which took
+    the soak 2 M events to fill: a warm-up that looked like growth)."""
+
+    def __init__(self, size: int = 10_000) -> None:
         self._size = size
         self._recent: dict[tuple[str, str | None, int], bytes] = {}
 

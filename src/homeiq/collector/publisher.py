@@ -7,6 +7,7 @@ drained back into the stream.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import collections
 import contextlib
@@ -53,30 +54,36 @@ def recoverable(payload: bytes) -> bool:
 
 class UnrecoverableLog:
     """For each recent batch with events no backfill can bring back (service calls, automation triggers, removals),
-    its last id and how many: what is lost when Redis forgets the entries after an id."""
+    its last id and how many: what is lost when Redis forgets the entries after an id. Three machine words a batch
+    in arrays, no Python object: it is full after an hour at a home's rate."""
 
-    def __init__(self) -> None:
-        self._batches: collections.deque[tuple[tuple[int, int], int]] = collections.deque(maxlen=UNRECOVERABLE_BATCHES)
-        self._since: tuple[int, int] | None = None  # the first id remembered (older ones fell out)
+    def __init__(self, capacity: int = UNRECOVERABLE_BATCHES) -> None:
+        self._capacity = capacity
+        self._entries = array.array("Q")  # ms, seq, count of each batch remembered, oldest first
+        self._fell_out: tuple[int, int] | None = None  # the newest id no longer remembered (None: none fell out)
 
     def added(self, last_id: bytes, batch: list[bytes]) -> None:
         """A batch ending at `last_id` is in Redis."""
-        entry_id = id_key(last_id)
-        if self._since is None:
-            self._since = entry_id
         count = sum(1 for payload in batch if not recoverable(payload))
         if count:
-            if len(self._batches) == self._batches.maxlen:
-                self._since = self._batches[0][0]
-            self._batches.append((entry_id, count))
+            if len(self._entries) >= 3 * self._capacity:  # an eighth at a time: a shift per batch would cost more
+                gone = 3 * max(1, self._capacity // 8)
+                self._fell_out = (self._entries[gone - 3], self._entries[gone - 2])
+                del self._entries[:gone]
+            self._entries.extend((*id_key(last_id), count))
 
     def after(self, kept: bytes | None) -> tuple[int, bool]:
         """How many such events came after id `kept` (None: all remembered), and whether that is all of them."""
         kept_id = id_key(kept) if kept else (0, 0)
-        lost = sum(count for entry_id, count in self._batches if entry_id > kept_id)
-        self._batches = collections.deque(((i, c) for i, c in self._batches if i <= kept_id),
-                                          maxlen=UNRECOVERABLE_BATCHES)
-        return lost, self._since is not None and kept_id >= self._since
+        entries, lost = self._entries, 0
+        remembered = array.array("Q")
+        for n in range(0, len(entries), 3):
+            if (entries[n], entries[n + 1]) > kept_id:
+                lost += entries[n + 2]
+            else:
+                remembered.extend(entries[n:n + 3])
+        self._entries = remembered
+        return lost, self._fell_out is None or kept_id >= self._fell_out
 
 
 class Buffer:
