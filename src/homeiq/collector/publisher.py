@@ -55,7 +55,7 @@ def recoverable(payload: bytes) -> bool:
 class UnrecoverableLog:
     """For each recent batch with events no backfill can bring back (service calls, automation triggers, removals),
     its last id and how many: what is lost when Redis forgets the entries after an id. Three machine words a batch
-    in arrays, no Python object: it is full after an hour at a home's rate."""
+    in an array, no Python object: it is full after an hour at a home's rate."""
 
     def __init__(self, capacity: int = UNRECOVERABLE_BATCHES) -> None:
         self._capacity = capacity
