@@ -140,8 +140,7 @@ class Collector:
                     self.metrics.dropped.labels("shutdown_unpublished").inc(unpublished)
                     log.error("events_unpublished_at_exit", events=unpublished)
                 with contextlib.suppress(RedisError, OSError):
-                    self._forget_removed()
-                    await self.known.save()  # before the watermark, as in `_watch_redis`
+                    await self._save_known()  # before the watermark, as in `_watch_redis`
                     await self.resume.save(self._offered, self.publisher.settled, self.publisher.tail_id)
 
     async def _watch_redis(self) -> None:
@@ -163,8 +162,7 @@ class Collector:
                     self.backfill.gap_opened.set()
                 # The entities first: a watermark past a state of an entity no run would ask the recorder for loses
                 # that entity's states of a later gap it is removed in.
-                self._forget_removed()
-                await self.known.save()
+                await self._save_known()
                 await self.resume.save(self._offered, self.publisher.settled, self.publisher.tail_id)
                 await self.first_run.saw_live(self._first_live_ns)
             except (RedisError, OSError) as exc:
@@ -174,15 +172,17 @@ class Collector:
             else:  # a first run: save as soon as its first events are durable (Redis may be gone in 2 s)
                 await self.publisher.progressed(REDIS_CHECK_S)
 
-    def _forget_removed(self) -> None:
-        """Forget the entities removed live whose removal, and so every event of theirs before it, is durable: until
-        then a crash loses their last states, and the next run's backfill must still ask the recorder for them."""
+    async def _save_known(self) -> None:
+        """Save the known entities, without those removed live whose removal, and so every event of theirs before
+        it, is durable: until then a crash loses their last states, and the next run's backfill must still ask the
+        recorder for them."""
         settled = self.publisher.settled
         durable = {entity_id for entity_id, offered in self._removed.items() if offered <= settled}
         if durable:
             self.known.forget(durable)
             for entity_id in durable:
                 del self._removed[entity_id]
+        await self.known.save()
 
     async def _measure_redis_clock(self) -> None:
         """PING by TIME: Redis's clock minus ours (stream ids carry Redis's, state times HA's)."""
@@ -269,7 +269,7 @@ class Collector:
                     self._removed.pop(entity_id, None)  # back before it was forgotten
                 self.gap.probe(entity_id, event.time_ns)
             elif event.event_type == "state_changed" and not (self.settings.backfill and self.gap.open):
-                # Removed, and its last moments arrived live: forgotten once they are durable (`_forget_removed`).
+                # Removed, and its last moments arrived live: forgotten once they are durable (`_save_known`).
                 # With a gap open, some of them may still be only in the recorder: the backfill asks for every known
                 # entity and forgets the removed ones once done.
                 self._removed[entity_id] = self._offered + 1
