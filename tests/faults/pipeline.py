@@ -185,13 +185,15 @@ class FaultPipeline:
     # -- waiting ---------------------------------------------------------------------------------------------
 
     async def stream_state(self) -> dict[str, Any]:
-        """The group as XINFO tells it: delivered-up-to vs the last id added, pending, entries added."""
+        """The group as XINFO tells it: delivered-up-to vs the last id added, pending, entries added, and the
+        entries not acked yet (pending or not delivered)."""
         assert self.client is not None
         stream: Any = await self.client.xinfo_stream(DEFAULT_NAMES.stream)
         groups: Any = await self.client.xinfo_groups(DEFAULT_NAMES.stream)
         group = next(g for g in groups if g["name"] == DEFAULT_NAMES.group.encode())
+        undelivered: Any = await self.client.xrange(DEFAULT_NAMES.stream, b"(" + group["last-delivered-id"], b"+")
         return {"behind": group["last-delivered-id"] != stream["last-generated-id"], "pending": int(group["pending"]),
-                "added": int(stream["entries-added"])}
+                "added": int(stream["entries-added"]), "unacked": int(group["pending"]) + len(undelivered)}
 
     async def drained(self, timeout_s: float = 60.0) -> float:
         """Wait until everything the collector took is written or dead-lettered: no gap open, nothing buffered

@@ -123,3 +123,28 @@ def test_in_a_busy_home_some_probes_are_older_than_the_recorders_last_commit() -
     older = [time_ns for time_ns in gap.probes.values() if time_ns < committed_at]
     assert len(gap.probes) == MAX_PROBES
     assert len(older) >= MAX_PROBES // 4, sorted(gap.probes.values())[:3]
+
+
+def test_a_rename_while_the_gap_is_open_names_the_new_ids_to_ask_for_and_maps_what_is_published_after_it() -> None:
+    """The backfill asks the recorder for the entities it listed, then for the new ids of those renamed meanwhile;
+    a state it publishes under the old id (read before HA's recorder moved it) comes back under the new one, and
+    is not published twice. A rename back and forth ends."""
+    gap = started(5_000_000)
+    gap.renamed("sensor.a", "sensor.b")
+    gap.renamed("sensor.b", "sensor.a")  # and back again
+    gap.renamed("sensor.c", "sensor.d")
+    assert gap.renamed_to({"sensor.a", "sensor.x"}) == {"sensor.b"}
+    assert gap.renamed_to({"sensor.a", "sensor.b", "sensor.c"}) == {"sensor.a", "sensor.b", "sensor.d"}
+    gap.published("sensor.c", 6_000_000)
+    gap.published("sensor.a", 6_000_000)
+    assert {("sensor.c", 6_000_000), ("sensor.d", 6_000_000), ("sensor.a", 6_000_000),
+            ("sensor.b", 6_000_000)} == gap.seen
+    gap.end(5_000_000 + US)
+    assert gap.renamed_to({"sensor.a", "sensor.c"}) == set()  # a closed gap's renames are done with
+
+
+def test_a_rename_while_no_gap_is_open_is_not_kept() -> None:
+    gap = started()
+    gap.renamed("sensor.a", "sensor.b")
+    gap.begin(b"1-0", 4_000_000)
+    assert gap.renamed_to({"sensor.a"}) == set()

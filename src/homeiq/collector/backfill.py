@@ -95,8 +95,8 @@ class Backfill:
             async with RecorderReader(self._recorder_connection, s.command_timeout_s, self._too_large,
                                       self._ha_now_ns) as recorder:
                 confirmed = await self._recorder_committed(recorder, start_ns, current, gone)
-                entity_ids = sorted(present | self._known.ids)
-                published = await self._publish_history(conn, recorder, start_ns, entity_ids)
+                published, asked = await self._publish_history(conn, recorder, start_ns,
+                                                               sorted(present | self._known.ids))
         except RECORDER_FAILURES as exc:
             raise BackfillFailed(f"{type(exc).__name__}: {exc}"[:300], refused=isinstance(exc, AuthInvalid)) from None
         self._metrics.backfilled.inc(published)
@@ -110,7 +110,7 @@ class Backfill:
             log.warning("backfill_unconfirmed", since_ns=start_ns, waited_s=s.recorder_wait_s,
                         consequence="states the recorder commits later are not backfilled (`replayer audit` finds "
                                     "them): it showed no state sent after the subscription, nor every current one")
-        log.info("backfill_done", events=published, entities=len(entity_ids), since_ns=start_ns, confirmed=confirmed,
+        log.info("backfill_done", events=published, entities=asked, since_ns=start_ns, confirmed=confirmed,
                  seconds=round(time.monotonic() - started, 2), splits=recorder.splits)
 
     async def _recorder_committed(self, recorder: RecorderReader, start_ns: int, current: dict[str, int],
@@ -129,17 +129,25 @@ class Backfill:
             asked = True
 
     async def _publish_history(self, conn: HAConnection, recorder: RecorderReader, start_ns: int,
-                               entity_ids: list[str]) -> int:
+                               entity_ids: list[str]) -> tuple[int, int]:
+        """Publish the gap's states of `entity_ids`, then of the new ids of those renamed meanwhile (HA's recorder
+        moved their history there, perhaps before their chunk was asked for). The events published and the
+        entities asked for."""
         published = 0
         previous_states: dict[str, State] = {}  # a piece cut by time continues its entity's last one
-        for first in range(0, len(entity_ids), HISTORY_CHUNK):
-            async for history, unreadable in recorder.pieces(entity_ids[first:first + HISTORY_CHUNK], start_ns):
-                self._count_unreadable(unreadable)
-                # The answer came on another connection: the live reader may not have read yet states HA sent it
-                # before. HA answers a ping after them, and our reader routes in order: after the pong they are seen.
-                await conn.ping(self._settings.ping_timeout_s)
-                published += await self._publish_rows(history, start_ns, previous_states)
-        return published
+        asked: set[str] = set()
+        while entity_ids:
+            asked.update(entity_ids)
+            for first in range(0, len(entity_ids), HISTORY_CHUNK):
+                async for history, unreadable in recorder.pieces(entity_ids[first:first + HISTORY_CHUNK], start_ns):
+                    self._count_unreadable(unreadable)
+                    # The answer came on another connection: the live reader may not have read yet states HA sent
+                    # it before (a rename's event too). HA answers a ping after them, and our reader routes in
+                    # order: after the pong they are seen.
+                    await conn.ping(self._settings.ping_timeout_s)
+                    published += await self._publish_rows(history, start_ns, previous_states)
+            entity_ids = sorted(self._gap.renamed_to(asked) - asked)
+        return published, len(asked)
 
     async def _publish_rows(self, history: History, start_ns: int, previous_states: dict[str, State]) -> int:
         published = 0

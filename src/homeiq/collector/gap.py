@@ -61,6 +61,7 @@ class GapTracker:
         self._probes_offered = 0  # entities offered as probes since the probes were last emptied
         self._rng = random.Random(0)  # where a probe goes: no secret
         self._untrusted: deque[Key] = deque(maxlen=MAX_UNTRUSTED)
+        self._renames: dict[str, str] = {}  # old id → new id, of the renames seen while the gap is open
 
     @property
     def open(self) -> bool:
@@ -96,17 +97,28 @@ class GapTracker:
         self.published(entity_id, time_ns)
 
     def published(self, entity_id: str, time_ns: int) -> None:
-        """A state is in the stream already: a backfill must not publish it again."""
+        """A state is in the stream already: a backfill must not publish it again (nor, under the id it has now,
+        when its entity was renamed: a backfill may read it under the old id before HA's recorder moved it)."""
         if self.open and len(self.seen) < MAX_SEEN:
             self.seen.add((entity_id, time_ns))
+            while entity_id in self._renames and (self._renames[entity_id], time_ns) not in self.seen:
+                entity_id = self._renames[entity_id]
+                self.seen.add((entity_id, time_ns))
 
     def renamed(self, old: str, new: str) -> None:
         """HA's recorder moved `old`'s history to `new`: what was published under the old id comes back from it
         under the new one (and a probe of the old id is found under the new one)."""
+        if self.open:
+            self._renames[old] = new
         self.seen |= {(new, time_ns) for entity_id, time_ns in self.seen if entity_id == old}
         self._untrusted.extend([(new, time_ns) for entity_id, time_ns in self._untrusted if entity_id == old])
         if old in self.probes and new not in self.probes:
             self.probes[new] = self.probes.pop(old)
+
+    def renamed_to(self, entity_ids: set[str]) -> set[str]:
+        """The ids that entities among `entity_ids` were given while the gap is open: their history, the gap's
+        states included, is under those now."""
+        return {new for old, new in self._renames.items() if old in entity_ids}
 
     def stepped_back(self, step_ns: int) -> None:
         """HA's clock went back `step_ns`: a gap waiting for its backfill starts that much earlier, for the states HA
@@ -159,6 +171,7 @@ class GapTracker:
         """The backfill from `start_ns` completed (a gap opened earlier meanwhile stays open)."""
         if self.pending_start_ns == start_ns:
             self.pending_start_ns = None
+            self._renames = {}
             if self.resume_known:  # else it holds what was published since Redis forgot: still needed
                 self.seen = set()
 
