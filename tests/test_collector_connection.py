@@ -20,6 +20,7 @@ from tests.collector_harness import (
     missing_calls,
     reader_held,
     running_collector,
+    service_calls,
     simulator,
     stream_events,
 )
@@ -103,6 +104,27 @@ async def test_half_open_connection_is_replaced_within_interval_plus_timeout(
         assert time.monotonic() - started <= 0.5 + 0.5 + 1.0  # interval + timeout + slack for a busy machine
         sim.hub.faults.ignore_pings = False
         await wait_for(lambda: sim.hub.connects >= 2 and sim.hub.subscribed, 5, "a new connection")
+
+
+async def test_a_pong_late_behind_flowing_events_keeps_the_connection_and_its_events(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """A collector behind in reading (a saturated machine) reads its pong late, after the events HA sent before
+    it; HA is alive, and giving its connection up loses whatever HA had sent into it that has no recorder history
+    (the long soak lost 104 service calls so). Only a connection that brings nothing at all is dead."""
+    async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path, ping_interval_s=0.5,
+                                                     ping_timeout_s=0.5) as run:
+        await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
+        sim.hub.faults.pong_delay_s = 1.5
+        sent: list[str] = []
+        for _ in range(60):  # 6 s of service calls, 100 a second
+            sent += service_calls(sim, 10)
+            await asyncio.sleep(0.1)
+        sim.hub.faults.pong_delay_s = 0
+        await wait_for(lambda: run.metric("homeiq_events_published_total") >= len(sent), 10, "the calls published")
+        assert run.metric("homeiq_ha_disconnects_total", reason="heartbeat") == 0
+        assert sim.hub.connects == 1
+        assert not await missing_calls(redis_client, sent)
 
 
 async def test_bad_frames_are_counted_and_the_connection_kept(

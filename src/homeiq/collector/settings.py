@@ -25,7 +25,8 @@ class CollectorSettings(ServiceSettings, frozen=True, kw_only=True):
     command_timeout_s: HaCommandTimeout = 60.0
     ping_interval_s: Annotated[float, Var("HA_PING_INTERVAL_S", "App-level ping interval, s.", positive)] = 30.0
     ping_timeout_s: Annotated[float, Var(
-        "HA_PING_TIMEOUT_S", "Reconnect when no pong within this, s.", positive)] = 10.0
+        "HA_PING_TIMEOUT_S", "Reconnect when neither the pong nor any other frame came within this, s.",
+        positive)] = 10.0
     max_message_mb: Annotated[int, Var(
         "HA_MAX_MESSAGE_MB", "Largest WebSocket message accepted, MiB (at least 16: get_states on large installs).",
         at_least(16))] = 64

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
@@ -31,7 +32,10 @@ SIGNIFICANT_DOMAINS = frozenset({"climate", "device_tracker", "humidifier", "the
 def dispatch(conn: Connection, msg_id: int, message: dict[str, Any]) -> None:
     """Run the handler of `message["type"]`, or answer `unknown_command`."""
     if message["type"] == "ping":
-        if not conn.hub.faults.ignore_pings:
+        faults = conn.hub.faults
+        if faults.pong_delay_s:
+            asyncio.get_running_loop().call_later(faults.pong_delay_s, conn.send, pong_message(msg_id))
+        elif not faults.ignore_pings:
             conn.send(pong_message(msg_id))
         return
     handler = HANDLERS.get(message["type"])

@@ -57,6 +57,7 @@ class Faults:
     silent_after_connect: bool = False  # never send auth_required
     silent_after_auth: bool = False  # never answer the auth message
     ignore_pings: bool = False  # a half-open connection: pings go unanswered
+    pong_delay_s: float = 0.0  # pongs leave this late, events meanwhile (as to a client behind in reading)
     refuse_connections: bool = False  # HA down: the WebSocket upgrade is answered 503
 
 

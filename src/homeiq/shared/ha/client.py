@@ -18,6 +18,7 @@ log = Log(__name__)
 
 # aiohttp's closing handshake waits this long for HA's close frame.
 WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_close=2.0)
+PATIENCE = 6  # more timeouts a ping waits while frames keep coming (HA closes a client far behind by itself)
 
 
 class ClientMetrics(Protocol):
@@ -110,6 +111,7 @@ class HAConnection:
         self._events_routed = 0  # events of the current frame handed to a subscription
         self._holds = 0  # times the reader waited for room in the buffer
         self._holding = False  # waiting for room now
+        self._frames_read = 0  # frames routed so far: a connection that brings them is alive
 
     async def authenticate(self, token: str, timeout_s: float) -> str:
         """auth_required → auth → auth_ok, every receive under `timeout_s`; returns HA's version."""
@@ -137,11 +139,12 @@ class HAConnection:
             raise ConnectionLost(f"malformed frame while waiting for {expected}") from None
 
     async def command(self, payload: dict[str, Any], timeout_s: float,
-                      on_event: EventHandler | None = None) -> msgspec.Raw:
+                      on_event: EventHandler | None = None, alive_while_read: bool = False) -> msgspec.Raw:
         """Send a command with the next id and wait for its result (or pong): ConnectionLost when none came
         within `timeout_s` of reading. While the reader waits for room in our own buffer (Redis slow), HA's
         silence says nothing, and dropping the connection would lose what HA queued for us: the wait starts
-        again."""
+        again. So it does, `alive_while_read`, while frames keep coming (up to `PATIENCE` times): HA answers in
+        order, and an answer late behind them says we read slowly, not that HA is gone."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         msg_id = 0
         try:
@@ -152,14 +155,18 @@ class HAConnection:
                 if on_event is not None:
                     self._subscriptions[msg_id] = on_event
                 await self._ws.send_str(msgspec.json.encode({"id": msg_id, **payload}).decode())
+            read_on = PATIENCE if alive_while_read else 0
             while True:
-                holds = self._holds
+                holds, read = self._holds, self._frames_read
                 done, _ = await asyncio.wait((future,), timeout=timeout_s)
                 if done:
                     result: msgspec.Raw = future.result()
                     return result
-                if holds == self._holds and not self._holding:
+                if holds != self._holds or self._holding:
+                    continue
+                if read == self._frames_read or read_on == 0:
                     raise ConnectionLost(f"no answer to {payload['type']} within {timeout_s:g} s")
+                read_on -= 1
         finally:
             self._pending.pop(msg_id, None)
             if future.done() and not future.cancelled():
@@ -181,9 +188,9 @@ class HAConnection:
             del self._subscriptions[sub_id]
 
     async def ping(self, timeout_s: float) -> None:
-        """App-level ping; HeartbeatTimeout when no pong within `timeout_s` of reading."""
+        """App-level ping; HeartbeatTimeout when no pong, and no frame either, within `timeout_s` of reading."""
         try:
-            await self.command({"type": "ping"}, timeout_s)
+            await self.command({"type": "ping"}, timeout_s, alive_while_read=True)
         except ConnectionLost as exc:
             raise HeartbeatTimeout(str(exc)) from None
 
@@ -193,6 +200,7 @@ class HAConnection:
         try:
             async for message in self._ws:
                 if message.type is aiohttp.WSMsgType.TEXT:
+                    self._frames_read += 1
                     await self._route_frame(message.data)
                     # aiohttp hands over queued frames without yielding: let the loop read sockets (Redis's
                     # answer to the publisher, more of this one) between frames, or the stages take turns.
