@@ -243,6 +243,13 @@ class Run:
     renamed: dict[str, str] = field(default_factory=dict)  # old entity id → new (HA's recorder moves its history)
     calls: dict[str, tuple[int, bool]] = field(default_factory=dict)
     drops: list[int] = field(default_factory=list)
+    unplanned: list[tuple[int, str]] = field(default_factory=list)  # (events fired, why) a subscriber was lost
+
+    def lost_subscriber(self, reason: str) -> None:
+        """A subscribed connection ended; not a drop the soak made: HA dropped a client behind, or the collector
+        gave the connection up (no pong, nothing read)."""
+        if reason != PLANNED:
+            self.unplanned.append((self.fired, reason))
 
     def happened(self, what: str) -> None:
         self.churn[what] = self.churn.get(what, 0) + 1
@@ -412,6 +419,7 @@ async def soak(options: Options, workdir: Path) -> dict[str, Any]:
     run = Run()
     async with FaultPipeline(workdir, entities=options.entities) as pipeline:
         run.series_bound = options.entities + 1  # every entity's tag set, and the service calls'
+        pipeline.hub.on_subscriber_lost = run.lost_subscriber
         await wait_for(lambda: all(_ready(pipeline, name) for name in OURS), 30, "every process's /metrics")
         started = time.monotonic()
         tasks = [asyncio.create_task(sampler(pipeline, run, options)),
@@ -438,6 +446,10 @@ async def soak(options: Options, workdir: Path) -> dict[str, Any]:
 
 
 IN_FLIGHT_S: Final = 1.0  # HA's queue for us, the socket's buffers and a paced read: under a second of events
+PLANNED: Final = "dropped by the simulator"  # ha-sim's reason for the drops the soak makes
+# Before a connection ends unplanned, what HA sent may be stuck unread for up to the collector's ping interval and
+# timeout (the test environment's 5 s each), or in HA's queue for a client too slow to read it.
+GIVEN_UP_S: Final = 10.0
 
 
 def _last_id(run: Run, entity_id: str) -> str:
@@ -469,6 +481,7 @@ def deliveries(influx: InfluxServer, run: Run, rate: float) -> dict[str, Any]:
         for result in chunk.get("results", []) for series in result.get("series", []) for row in series["values"]}
     window = rate * IN_FLIGHT_S
     unheard, in_flight, unexplained = 0, 0, []
+    unplanned: collections.Counter[str] = collections.Counter()
     for context_id, (at, subscribed) in run.calls.items():
         if context_id in found:
             continue
@@ -476,6 +489,8 @@ def deliveries(influx: InfluxServer, run: Run, rate: float) -> dict[str, Any]:
             unheard += 1
         elif any(abs(at - drop) <= window for drop in run.drops):
             in_flight += 1
+        elif reason := next((why for lost, why in run.unplanned if -window <= lost - at <= rate * GIVEN_UP_S), ""):
+            unplanned[reason] += 1
         else:
             unexplained.append({"context_id": context_id, "fired_after": at,
                                 "events_from_nearest_drop": min((at - d for d in run.drops), key=abs, default=None)})
@@ -484,7 +499,9 @@ def deliveries(influx: InfluxServer, run: Run, rate: float) -> dict[str, Any]:
             "short": dict(list(short.items())[:20]),
             "calls_fired": len(run.calls), "calls_missing_unsubscribed": unheard,
             "calls_missing_in_flight_at_a_drop": in_flight, "calls_missing_unexplained": len(unexplained),
-            "unexplained": unexplained[:20], "ok": not short and not unexplained}
+            "unplanned_disconnects": collections.Counter(why for _, why in run.unplanned),
+            "calls_missing_at_unplanned_disconnects": dict(unplanned),
+            "unexplained": unexplained[:20], "ok": not short and not unexplained and not unplanned}
 
 
 def _ready(pipeline: FaultPipeline, name: str) -> bool:
@@ -572,8 +589,11 @@ def delivery_lines(delivery: dict[str, Any] | None) -> list[str]:
             f"service calls: {d['calls_fired']:,} fired; not in InfluxDB: {d['calls_missing_unsubscribed']:,} fired "
             f"while no collector was subscribed, {d['calls_missing_in_flight_at_a_drop']:,} on their way when HA "
             f"dropped the connection (within {IN_FLIGHT_S:g} s), {d['calls_missing_unexplained']:,} unexplained",
+            f"connections ended unplanned: {json.dumps(d.get('unplanned_disconnects', {}))}; service calls lost "
+            f"in them: {json.dumps(d.get('calls_missing_at_unplanned_disconnects', {}))}",
             "delivery: " + ("every event accounted for" if d["ok"] else "LOST " + json.dumps(
-                {"short": d["short"], "unexplained": d["unexplained"]}))]
+                {"short": d["short"], "unexplained": d["unexplained"],
+                 "at_unplanned_disconnects": d.get("calls_missing_at_unplanned_disconnects", {})}))]
 
 
 def main() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -227,3 +228,31 @@ async def test_history_follows_the_recorded_time_not_the_order_of_changes_when_h
         await sim.stop()
     floats = [row["lu"] for row in answer["result"][entity.entity_id]]
     assert floats == sorted(floats) and after.last_updated in floats and before.last_updated in floats
+
+
+async def test_a_subscriber_lost_is_told_with_why_and_an_unsubscribed_one_is_not(sim: SimServer) -> None:
+    """The soak tells the drops it made from the connections that ended otherwise (the client gave up, or HA
+    dropped a client behind): what was sent into those and not read is lost."""
+    lost: list[str] = []
+    sim.hub.on_subscriber_lost = lost.append
+    for close_by_client in (True, False):
+        async with aiohttp.ClientSession() as session, session.ws_connect(sim.url) as socket:
+            await receive(socket)
+            await socket.send_str(json.dumps({"type": "auth", "access_token": TOKEN}))
+            await receive(socket)
+            await command(socket, {"id": 1, "type": "subscribe_events"})
+            if close_by_client:
+                await socket.close()
+            else:
+                sim.drop_connections()
+                await socket.receive(timeout=5)
+    async with aiohttp.ClientSession() as session, session.ws_connect(sim.url) as socket:  # never subscribed
+        await receive(socket)
+        await socket.send_str(json.dumps({"type": "auth", "access_token": TOKEN}))
+        await receive(socket)
+        await socket.close()
+    for _ in range(50):
+        if len(lost) == 2 and not sim.hub.connections:
+            break
+        await asyncio.sleep(0.05)
+    assert lost == ["closed by the client", "dropped by the simulator"]

@@ -90,6 +90,35 @@ class _Subscriber:
         """Never called."""
 
 
+class NoPoints:
+    """InfluxDB with nothing written: every event fired is missing (the delivery check's sorting is the point)."""
+
+    def query(self, query: str, database: str) -> dict[str, Any]:
+        return {"results": [{}]}
+
+    def query_chunks(self, query: str, database: str) -> list[dict[str, Any]]:
+        return []
+
+
+def test_a_call_missing_before_a_connection_ended_unplanned_is_named_a_loss_there_and_fails_the_delivery() -> None:
+    run = soak.Run()
+    run.drops.append(1_000)
+    run.lost_subscriber(soak.PLANNED)  # the soak's own drop, told by ha-sim too: already in `drops`
+    run.fired = 20_000
+    run.lost_subscriber("closed by the client")
+    run.calls = {"unheard": (50, False), "at-drop": (1_400, True), "before-give-up": (12_000, True),
+                 "unexplained": (5_000, True)}
+    delivery = soak.deliveries(NoPoints(), run, 1000)
+    assert (delivery["calls_missing_unsubscribed"], delivery["calls_missing_in_flight_at_a_drop"]) == (1, 1)
+    assert delivery["calls_missing_at_unplanned_disconnects"] == {"closed by the client": 1}
+    assert [u["context_id"] for u in delivery["unexplained"]] == ["unexplained"]
+    assert not delivery["ok"]
+    del run.calls["unexplained"]
+    assert not soak.deliveries(NoPoints(), run, 1000)["ok"]  # a loss, if one the soak can name
+    del run.calls["before-give-up"]
+    assert soak.deliveries(NoPoints(), run, 1000)["ok"]
+
+
 def test_ha_sim_adds_renames_and_moves_as_home_assistant_announces_it() -> None:
     hub = Hub.create(8, "t")
     seen = _Subscriber()

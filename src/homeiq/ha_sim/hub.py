@@ -93,6 +93,9 @@ class Hub:
     removed: set[str] = field(default_factory=set)  # entity ids removed from HA (the recorder keeps their rows)
     connects: int = 0
     subscribes: int = 0  # `subscribe_events` answered: a collector's live sessions (its backfill has connections too)
+    # Called when a connection with a subscription ends, with why ("dropped by the simulator", HA's own drop of a
+    # client that cannot keep up, or "closed by the client"): what it had been sent and not read is lost.
+    on_subscriber_lost: Callable[[str], None] | None = None
     active: int = 0  # WebSocket connections open right now (authenticated or not)
     added: int = 0  # entities added since the start (`add_entity`)
     max_active: int = 0

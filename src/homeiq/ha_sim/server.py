@@ -153,6 +153,8 @@ async def _serve(hub: Hub, ws: web.WebSocketResponse, request: web.Request) -> w
                 connection.handle(message)
     finally:
         hub.connections.discard(connection)
+        if connection.subscriptions and hub.on_subscriber_lost is not None:
+            hub.on_subscriber_lost(connection.closed_reason or "closed by the client")
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)
     return ws
