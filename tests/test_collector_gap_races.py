@@ -50,6 +50,30 @@ async def test_an_entity_added_while_a_backfill_waits_for_the_recorder_is_not_fo
         assert added.entity_id in run.collector.known.ids, "an entity HA has was forgotten as removed"
 
 
+async def test_an_entity_without_a_registry_entry_re_created_while_a_backfill_waits_is_not_forgotten(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """The backfill takes the entities removed (known, and neither in `get_states` nor in the registry) once,
+    before it waits for the recorder, and forgets them once done. One without a registry entry (a YAML template
+    sensor, reloaded) that comes back meanwhile is forgotten although HA has it again: removed in a later gap
+    before it changes live, its last states are asked of nobody."""
+    async with simulator(commit_interval_s=3) as sim, running_collector(sim, redis_server.url, tmp_path) as run:
+        entity = sim.hub.population.entities[0]
+        entity.registry_id = ""
+        await subscribed_with(sim, run, 50)
+        sim.hub.faults.refuse_connections = True
+        sim.drop_connections()
+        sim.hub.remove_entity(entity)
+        await sim.hub.emit(20, rate_per_s=1000)
+        sim.hub.faults.refuse_connections = False
+        await wait_for(lambda: sim.hub.subscribes == 2 and sim.hub.subscribed, 10, "the reconnect")
+        assert run.metric("homeiq_backfill_gap_open")  # the recorder has not committed the gap yet
+        sim.hub.removed.discard(entity.entity_id)  # the template sensor reloaded: the same id again
+        sim.hub.fire_state_change(entity)
+        await wait_for(lambda: not run.metric("homeiq_backfill_gap_open"), 30, "the gap closed")
+        assert entity.entity_id in run.collector.known.ids, "an entity HA has was forgotten as removed"
+
+
 async def test_an_entity_added_while_a_backfill_waits_and_removed_in_a_later_gap_has_that_gap_backfilled(
     redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:

@@ -90,8 +90,11 @@ class Backfill:
             current = current_states(bytes(raw))
             self._known.saw_all(current)
             present = current.keys() | self._registry.entities.keys()
-            # Removed as HA stands now: one that becomes known later (added while the recorder is awaited) is not.
+            # Removed as HA stands now: one that becomes known later (added while the recorder is awaited) is not,
+            # nor one that comes back meanwhile (`doubted` loses it at its first live state; one whose state came in
+            # the frame of HA's answer is among those published since the gap opened).
             gone = self._known.ids - present
+            self._known.doubted = gone - {entity_id for entity_id, _ in self._gap.seen} if gone else set()
             async with RecorderReader(self._recorder_connection, s.command_timeout_s, self._too_large,
                                       self._ha_now_ns) as recorder:
                 confirmed = await self._recorder_committed(recorder, start_ns, current, gone)
@@ -104,7 +107,8 @@ class Backfill:
         # Removed entities' last states are published (or, unconfirmed, all the recorder showed after waiting at least
         # its commit interval): no later gap holds any of theirs.
         if self._known.remembered == remembered:  # else Redis forgot meanwhile: they may be needed again
-            self._known.forget(gone - self._registry.entities.keys())
+            self._known.forget(self._known.doubted - self._registry.entities.keys())
+        self._known.doubted = set()
         if not confirmed:
             self._metrics.backfill_unconfirmed.inc()
             log.warning("backfill_unconfirmed", since_ns=start_ns, waited_s=s.recorder_wait_s,

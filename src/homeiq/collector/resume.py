@@ -96,6 +96,8 @@ class KnownEntities:
         # The last MAX_GONE ids this process forgot (oldest first): a gap reopened before their removal needs them.
         self._gone: dict[str, None] = {}
         self.remembered = 0  # how often the forgotten came back: a backfill begun before must not forget them again
+        # Those a backfill under way found removed, less those with a live state since (back meanwhile: `alive`).
+        self.doubted: set[str] = set()
 
     def saw(self, entity_id: str) -> None:
         """Remember an entity id (the caller checked it is new: this is on the path of every event)."""
@@ -103,6 +105,10 @@ class KnownEntities:
         self._unsaved.add(entity_id)
         self._forgotten.discard(entity_id)
         self._gone.pop(entity_id, None)
+
+    def alive(self, entity_id: str) -> None:
+        """A state of this entity arrived live: it is not removed, whatever a backfill found before."""
+        self.doubted.discard(entity_id)
 
     def saw_all(self, entity_ids: Iterable[str]) -> None:
         """Remember every id of these not known yet (the entities of `get_states` and of the registry)."""

@@ -267,6 +267,8 @@ class Collector:
                     self.known.saw(entity_id)
                 if self._removed:
                     self._removed.pop(entity_id, None)  # back before it was forgotten
+                if self.known.doubted:
+                    self.known.alive(entity_id)  # back while a backfill takes it for removed
                 self.gap.probe(entity_id, event.time_ns)
             elif event.event_type == "state_changed" and not (self.settings.backfill and self.gap.open):
                 # Removed, and its last moments arrived live: forgotten once they are durable (`_save_known`).

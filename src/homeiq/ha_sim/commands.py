@@ -98,7 +98,7 @@ def entity_registry_list(conn: Connection, msg_id: int, _: dict[str, Any]) -> No
          "entity_id": e.entity_id, "has_entity_name": True, "hidden_by": None, "icon": None, "id": e.registry_id,
          "labels": [], "modified_at": 0.0, "name": None, "options": {}, "original_name": e.friendly_name,
          "platform": e.platform, "translation_key": None, "unique_id": e.registry_id[:16]}
-        for e in conn.hub.present
+        for e in conn.hub.present if e.registry_id  # none: no unique id (a YAML template sensor), no entry
     ]))
 
 
