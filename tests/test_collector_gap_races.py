@@ -275,6 +275,33 @@ async def test_states_of_a_gap_during_which_ha_s_clock_stepped_back_are_backfill
         assert {key for key, n in counts.items() if n > 1} <= before_the_gap
 
 
+@pytest.mark.parametrize("quiet", [False, True], ids=["busy", "quiet"])
+async def test_states_of_an_outage_longer_than_ha_s_clock_step_back_are_backfilled(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path, quiet: bool
+) -> None:
+    """HA's clock steps back 3 s right after the connection drops, and the outage lasts longer than that: the first
+    live state after the reconnect is later than the last one before it (their order shows no step), but HA's clock
+    is 3 s behind where it was, and the states of the step's first seconds are stamped before the gap's start. In a
+    quiet home the backfill is confirmed (by the current states) before any live state shows it at all."""
+    async with simulator(commit_interval_s=0) as sim, running_collector(sim, redis_server.url, tmp_path) as run:
+        await subscribed_with(sim, run, 50)
+        before_the_gap = sent_keys(sim.hub)
+        sim.hub.faults.refuse_connections = True
+        sim.drop_connections()
+        sim.hub.clock_offset_s = -3.0
+        await sim.hub.emit(30, rate_per_s=100)  # stamped 3 s before the last live state, give or take 0.3 s
+        await asyncio.sleep(4)  # HA's clock passes the gap's start again
+        await sim.hub.emit(30, rate_per_s=100)
+        sim.hub.faults.refuse_connections = False
+        await wait_for(lambda: sim.hub.subscribes == 2 and sim.hub.subscribed, 10, "the reconnect")
+        if quiet:
+            await wait_for(lambda: not run.metric("homeiq_backfill_gap_open"), 30, "the gap closed")
+        await sim.hub.emit(40, rate_per_s=100)
+        await wait_for(lambda: not run.metric("homeiq_backfill_gap_open"), 30, "the gap closed")
+        counts = await all_states_published(redis_client, sim.hub, 10)
+        assert {key for key, n in counts.items() if n > 1} <= before_the_gap
+
+
 async def test_an_entity_first_seen_just_before_a_stop_and_removed_while_no_collector_runs_is_backfilled(
     redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:

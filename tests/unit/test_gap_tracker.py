@@ -33,6 +33,7 @@ def test_a_reconnect_opens_the_gap_after_the_last_live_state_and_its_end_closes_
     gap.live("sensor.a", 10_000)
     start = gap.begin(b"3-0")
     assert start == 10_000 + US
+    assert not gap.clock_shown(0)  # the first live state: HA's clock did not go back
     gap.published("sensor.a", 12_000)
     assert ("sensor.a", 12_000) in gap.seen  # a backfill must not publish it again
     gap.end(start)
@@ -148,3 +149,42 @@ def test_a_rename_while_no_gap_is_open_is_not_kept() -> None:
     gap.renamed("sensor.a", "sensor.b")
     gap.begin(b"1-0", 4_000_000)
     assert gap.renamed_to({"sensor.a"}) == set()
+
+
+def test_the_same_step_back_told_twice_moves_the_gap_once_and_a_larger_one_further() -> None:
+    """The order of the states and the first live state's shortfall can both tell one step."""
+    gap = started()
+    gap.live("sensor.a", 10 * 10**9)
+    gap.begin(b"1-0")
+    gap.stepped_back(3 * 10**9)
+    gap.stepped_back(3 * 10**9)
+    assert gap.pending_start_ns == 7 * 10**9 + US
+    gap.stepped_back(5 * 10**9)
+    assert gap.pending_start_ns == 5 * 10**9 + US
+
+
+def test_a_shortfall_shown_after_the_backfill_opens_the_gap_again_and_keeps_what_it_published() -> None:
+    """A quiet home: no live state before the backfill was confirmed; the first one shows HA's clock 3 s back."""
+    gap = started()
+    gap.live("sensor.a", 10 * 10**9)
+    start = gap.begin(b"1-0")
+    assert start is not None and gap.clock_unchecked
+    gap.published("sensor.b", 11 * 10**9)  # backfilled
+    gap.end(start)
+    assert gap.clock_shown(3 * 10**9)  # opened again
+    assert gap.pending_start_ns == start - 4 * 10**9 and gap.durable_until(12 * 10**9, b"9-0") == (
+        start - 4 * 10**9 - US, b"1-0")
+    assert ("sensor.b", 11 * 10**9) in gap.seen  # not published a second time
+    assert not gap.clock_unchecked
+
+
+def test_no_shortfall_after_the_backfill_leaves_the_gap_closed_and_forgets_its_states() -> None:
+    gap = started()
+    gap.live("sensor.a", 10 * 10**9)
+    start = gap.begin(b"1-0")
+    assert start is not None
+    gap.published("sensor.b", 11 * 10**9)
+    gap.end(start)
+    assert gap.seen  # kept until the first live state tells
+    assert not gap.clock_shown(200 * 10**6)  # latency, not a step
+    assert gap.pending_start_ns is None and not gap.seen

@@ -31,6 +31,9 @@ class HaClock:
         self._buckets: deque[tuple[int, int]] = deque(maxlen=BUCKETS)  # (bucket start, largest offset in it)
         self._last_ns: int | None = None
         self._candidates: list[int] = []  # offsets of consecutive states too far ahead
+        # How far the last trusted state was behind the offset known before it: HA's clock went back by about this
+        # (or the state was that much later than the quickest: latency), whatever the order of the states.
+        self.shortfall_ns = 0
 
     @property
     def offset_ns(self) -> int | None:
@@ -44,6 +47,7 @@ class HaClock:
         # Before any offset is known, ours is the reference: a first state far ahead of it needs confirming too.
         if offset > (known or 0) + AHEAD_TOLERANCE_NS and not self._step_ahead(offset):
             return False
+        self.shortfall_ns = known - offset if known is not None else 0
         if self._candidates:  # a normal state after a few far ahead: those were outliers
             self._found("outliers", len(self._candidates))
             self._candidates.clear()

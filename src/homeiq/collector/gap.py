@@ -9,6 +9,7 @@ from typing import Final
 
 import msgspec
 
+from homeiq.collector.clock import BACK_STEP_NS
 from homeiq.shared.events import decode_event
 
 MAX_SEEN: Final = 1_000_000  # past this, live keys are not recorded (a duplicate point is harmless)
@@ -62,6 +63,11 @@ class GapTracker:
         self._rng = random.Random(0)  # where a probe goes: no secret
         self._untrusted: deque[Key] = deque(maxlen=MAX_UNTRUSTED)
         self._renames: dict[str, str] = {}  # old id → new id, of the renames seen while the gap is open
+        self._unstepped_ns = 0  # the gap's start before any step of HA's clock moved it
+        # A reconnect's gap whose first live state has not shown yet whether HA's clock went back meanwhile; the last
+        # such gap closed (its start and stream tail), for one that shows it only after its backfill.
+        self.clock_unchecked = False
+        self._last_closed: tuple[int, bytes] | None = None
 
     @property
     def open(self) -> bool:
@@ -123,9 +129,27 @@ class GapTracker:
     def stepped_back(self, step_ns: int) -> None:
         """HA's clock went back `step_ns`: a gap waiting for its backfill starts that much earlier, for the states HA
         stamped on its new clock while no collector listened are before its start (what arrived live in the extra
-        time comes again with the same point keys: the same points)."""
+        time comes again with the same point keys: the same points). The same step told twice moves it once."""
         if self.pending_start_ns is not None:
-            self._open(self.pending_start_ns - step_ns, self._pending_from)
+            self._open(self._unstepped_ns - step_ns, self._pending_from, stepped=True)
+
+    def clock_shown(self, shortfall_ns: int) -> bool:
+        """The first live state since a reconnect's gap opened is `shortfall_ns` behind HA's clock as it was before
+        (see `HaClock`): HA's clock went back during the outage, however long it was, and the gap starts that much
+        earlier; if its backfill is done already (a quiet home), the gap opens again from there. True then."""
+        self.clock_unchecked = False
+        closed, self._last_closed = self._last_closed, None
+        if self.pending_start_ns is not None:
+            if shortfall_ns > BACK_STEP_NS:
+                self.stepped_back(shortfall_ns + BACK_STEP_NS)
+            return False
+        if closed is None or shortfall_ns <= BACK_STEP_NS:
+            if self.resume_known:
+                self.seen = set()  # kept by `end` until now, for the gap's states not to be published twice
+            return False
+        self._open(*closed)
+        self.stepped_back(shortfall_ns + BACK_STEP_NS)
+        return True
 
     def unknown(self) -> None:
         """Where the collector left off must be read again (Redis forgot what it had acknowledged): states
@@ -151,12 +175,16 @@ class GapTracker:
         start_ns = self.last_live_ns or subscribed_ns
         if start_ns:
             self._open(start_ns + 1000, tail)  # the next microsecond
+            self.clock_unchecked, self._last_closed = True, None
         return self.pending_start_ns
 
-    def _open(self, start_ns: int, read_from: bytes) -> None:
+    def _open(self, start_ns: int, read_from: bytes, stepped: bool = False) -> None:
         if self.pending_start_ns is None:
             self.probes, self._probes_offered = {}, 0  # proof of the recorder's progress must come from after the gap
             self.seen.update(self._untrusted)
+            self._unstepped_ns = start_ns
+        elif not stepped:
+            self._unstepped_ns = min(self._unstepped_ns, start_ns)
         if self.pending_start_ns is None or start_ns < self.pending_start_ns:
             self.pending_start_ns, self._pending_from = start_ns, read_from
 
@@ -170,9 +198,13 @@ class GapTracker:
     def end(self, start_ns: int) -> None:
         """The backfill from `start_ns` completed (a gap opened earlier meanwhile stays open)."""
         if self.pending_start_ns == start_ns:
+            if self.clock_unchecked:
+                self._last_closed = self._unstepped_ns, self._pending_from
             self.pending_start_ns = None
             self._renames = {}
-            if self.resume_known:  # else it holds what was published since Redis forgot: still needed
+            # Else it holds what was published since Redis forgot (still needed), or a first live state may still
+            # show HA's clock went back and open the gap again (`clock_shown`).
+            if self.resume_known and not self.clock_unchecked:
                 self.seen = set()
 
 

@@ -279,6 +279,8 @@ class Collector:
             return None
         if event.new_state is not None and entity_id is not None:
             if self.ha_clock.trust(event.time_ns, time.time_ns()):
+                if self.gap.clock_unchecked and self.gap.clock_shown(self.ha_clock.shortfall_ns):
+                    self.backfill.gap_opened.set()  # HA's clock went back during a gap backfilled already
                 self.gap.live(entity_id, event.time_ns)
                 self._first_live_ns = self._first_live_ns or event.time_ns
             else:
