@@ -178,8 +178,6 @@ async def test_an_entity_renamed_after_the_backfill_listed_the_entities_to_ask_f
         await every_state_once_renamed(redis_client, sim.hub, {old_id: new_id}, 15)
 
 
-@pytest.mark.xfail(strict=True, reason="open: nothing persists registry ids across a restart, so a rename while no "
-                   "collector ran is not seen (the states read back under the old id are backfilled under the new)")
 async def test_states_read_back_at_a_restart_are_not_backfilled_again_under_a_new_id_after_a_rename(
     redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:

@@ -27,8 +27,31 @@ class Registries:
                  command_timeout_s: float, renamed: Callable[[str, str], None] = lambda old, new: None) -> None:
         self.registry, self._known, self._metrics, self._timeout_s = registry, known, metrics, command_timeout_s
         self._renamed = renamed  # an entry's entity_id changed between two loads: (old id, new id)
+        # The registry an earlier run saved (entry id → entity id), until the first load of this one is compared with
+        # it: the renames made while no collector ran.
+        self._saved: dict[str, str] | None = None
+        self._loaded = False  # the entity registry, at least once
         self._stale: set[str] = set()
         self._stale_changed = asyncio.Event()
+
+    def ids(self) -> dict[str, str] | None:
+        """The entity registry as loaded (entry id → entity id); None before its first load."""
+        if self._saved is not None or not self._loaded:
+            return None  # not compared yet with what an earlier run saved: saving it would hide those renames
+        return {entry.id: entity_id for entity_id, entry in self.registry.entities.items() if entry.id}
+
+    def saved(self, ids: dict[str, str]) -> None:
+        """What an earlier run saved of the registry: its renames since are told once the registry is loaded."""
+        self._saved = ids
+        if self._loaded:
+            self._renamed_since(ids)
+
+    def _renamed_since(self, before: dict[str, str]) -> None:
+        for entity_id, entry in self.registry.entities.items():
+            old = before.get(entry.id) if entry.id else None
+            if old is not None and old != entity_id:  # renamed while we did not listen, or just now
+                self._renamed(old, entity_id)
+        self._saved = None
 
     async def load_all(self, conn: HAConnection) -> None:
         """Every registry, in turn (discovery, before subscribing)."""
@@ -54,9 +77,11 @@ class Registries:
 
     async def _load(self, conn: HAConnection, kind: str) -> None:
         """Load one registry; one HA cannot answer or answers unreadably keeps what was loaded before."""
-        before = {entry.id: entry.entity_id for entry in self.registry.entities.values() if entry.id}
         try:
             raw = await conn.command({"type": REGISTRY_COMMANDS[kind]}, self._timeout_s)
+            before = {entry.id: entry.entity_id for entry in self.registry.entities.values() if entry.id}
+            if not self._loaded and self._saved is not None:
+                before = self._saved  # the first load since a start: renames since the last run saved the registry
             size = self.registry.load(kind, bytes(raw))
         except CommandFailed as exc:
             log.warning("registry_unavailable", registry=kind, error=str(exc))
@@ -67,8 +92,7 @@ class Registries:
             return
         if kind == "entity":
             self._known.saw_all(self.registry.entities)
-            for entity_id, entry in self.registry.entities.items():
-                old = before.get(entry.id) if entry.id else None
-                if old is not None and old != entity_id:  # renamed while we did not listen, or just now
-                    self._renamed(old, entity_id)
+            if self._loaded or self._saved is not None:
+                self._renamed_since(before)
+            self._loaded = True
         log.debug("registry_loaded", registry=kind, entries=size)

@@ -157,6 +157,33 @@ class KnownEntities:
                 raise
 
 
+class SavedRegistryIds:
+    """HA's entity registry as last seen (entry id → entity id), kept in Redis: an entry keeps its id when its entity
+    is renamed, so a start can tell the renames made while no collector ran from it."""
+
+    def __init__(self, client: aioredis.Redis, key: str) -> None:
+        self._redis, self._key = client, key
+        self._saved: dict[str, str] | None = None  # what Redis holds, once read
+
+    async def load(self) -> dict[str, str]:
+        """What an earlier run saved (and what this one saves from now on is compared with)."""
+        stored: Any = await self._redis.hgetall(self._key)
+        self._saved = {entry.decode(): entity_id.decode() for entry, entity_id in stored.items()}
+        return dict(self._saved)
+
+    async def save(self, now: dict[str, str]) -> None:
+        """Store the registry as it is `now`: the entries changed and those gone (only once loaded: before, an
+        earlier run's renames would be overwritten unseen)."""
+        if self._saved is None or now == self._saved:
+            return
+        changed = {entry: entity_id for entry, entity_id in now.items() if self._saved.get(entry) != entity_id}
+        gone = self._saved.keys() - now.keys()
+        if changed:
+            await self._redis.hset(self._key, mapping=changed)  # type: ignore[arg-type]
+        if gone:
+            await self._redis.hdel(self._key, *gone)
+        self._saved = dict(now)
+
 class ResumePoint:
     """Reads the saved watermark (retried until Redis answers; again after Redis forgot what it had acknowledged)
     and only then saves newer ones, so a collector that started while Redis was down never overwrites the point its

@@ -22,7 +22,7 @@ from homeiq.collector.metrics import CollectorMetrics
 from homeiq.collector.normalise import PointTimes, event_of
 from homeiq.collector.publisher import Publisher
 from homeiq.collector.registries import Registries
-from homeiq.collector.resume import FirstRun, KnownEntities, ResumePoint
+from homeiq.collector.resume import FirstRun, KnownEntities, ResumePoint, SavedRegistryIds
 from homeiq.collector.session import READY_HA, HaSessions
 from homeiq.collector.settings import CollectorSettings
 from homeiq.collector.spool import Spool
@@ -85,6 +85,7 @@ class Collector:
         self.resume = ResumePoint(self.redis, settings.names, self.gap, settings.backfill,
                                   self.publisher.held_states)
         self.known = KnownEntities(self.redis, settings.names.collector_entities)
+        self.registry_ids = SavedRegistryIds(self.redis, settings.names.collector_registry_ids)
         self.dialer = Dialer(settings, token, self.metrics, self._saw_ha_certificate)
         self.registries = Registries(self.ha_registry, self.known, self.metrics, settings.command_timeout_s,
                                      self.gap.renamed)
@@ -158,6 +159,7 @@ class Collector:
                     await self.first_run.mark(self._first_live_ns)
                     await self.resume.read(self._first_live_ns)
                     await self.known.load()
+                    self.registries.saved(await self.registry_ids.load())
                     self.backfill.resumed.set()
                     self.backfill.gap_opened.set()
                 # The entities first: a watermark past a state of an entity no run would ask the recorder for loses
@@ -183,6 +185,8 @@ class Collector:
             for entity_id in durable:
                 del self._removed[entity_id]
         await self.known.save()
+        if (registry := self.registries.ids()) is not None:
+            await self.registry_ids.save(registry)
 
     async def _measure_redis_clock(self) -> None:
         """PING by TIME: Redis's clock minus ours (stream ids carry Redis's, state times HA's)."""

@@ -77,9 +77,10 @@ _ROOT: Final = ("ping", "select", "info", "evalsha", "script|load")
 
 def _collector(names: StreamNames) -> tuple[Grant, ...]:
     # publisher.py (XADD_BATCH_SCRIPT on the stream and its tail; GET of the tail), resume.py (GET, MGET, MSET,
-    # EXISTS of its marks, XRANGE read-back, SMEMBERS/SADD/SREM of the entity set, EVAL of its own first-run script:
-    # GET and SET), service.py (TIME). WAIT: an XADD counts once a replica has it (Sentinel). HSETNX and EXPIRE:
-    # the identities of the events added lately (COLLECTOR_DEDUP_WINDOW_S), whose prefix the script gets as a key.
+    # EXISTS of its marks, XRANGE read-back, SMEMBERS/SADD/SREM of the entity set, HGETALL/HSET/HDEL of the registry
+    # ids, EVAL of its own first-run script: GET and SET), service.py (TIME). WAIT: an XADD counts once a replica
+    # has it (Sentinel). HSETNX and EXPIRE: the identities of the events added lately (COLLECTOR_DEDUP_WINDOW_S),
+    # whose prefix the script gets as a key.
     marks = (names.watermark, names.resume_from, names.first_run)
     return (Grant((*_ROOT, "eval", "time", "wait"), ((names.stream, "RW"), (names.first_run, "RW")),
                   prefixes=((names.collector_seen, "RW"), (names.collector_tail, "RW"))),
@@ -87,7 +88,8 @@ def _collector(names: StreamNames) -> tuple[Grant, ...]:
             Grant(("hsetnx", "expire"), prefixes=((names.collector_seen, "RW"),)),
             Grant(("get", "set", "mget", "mset", "exists"), tuple((key, "RW") for key in marks),
                   prefixes=((names.collector_tail, "RW"),)),
-            Grant(("smembers", "sadd", "srem"), ((names.collector_entities, "RW"),)))
+            Grant(("smembers", "sadd", "srem"), ((names.collector_entities, "RW"),)),
+            Grant(("hgetall", "hset", "hdel"), ((names.collector_registry_ids, "RW"),)))
 
 
 def _writer(names: StreamNames) -> tuple[Grant, ...]:
@@ -166,7 +168,7 @@ _NOT_REACHED: Final[dict[Role, frozenset[str]]] = {"replayer": _REPAIR_SKIPS, "o
 
 
 KEY_PROPERTIES: Final = ("watermark", "resume_from", "collector_tail", "first_run", "collector_entities",
-                         "last_audit", "suspects", "crashes", "collector_seen")
+                         "collector_registry_ids", "last_audit", "suspects", "crashes", "collector_seen")
 """Every key name `StreamNames` derives (besides its fields `stream` and `dead`): a test holds this list to the
 class, so a key added there and not given to a role here fails it."""
 

@@ -82,6 +82,12 @@ class StreamNames(Settings, frozen=True, kw_only=True):
         return f"{self.stream}:collector:entities"
 
     @property
+    def collector_registry_ids(self) -> str:
+        """Hash: HA's entity registry as the collector last saw it, entry id → entity id (an entry keeps its id when
+        its entity is renamed): a rename while no collector ran is seen at the next start."""
+        return f"{self.stream}:collector:registry_ids"
+
+    @property
     def last_audit(self) -> str:
         """Hash: what the last audit that ran to its end found, and when (`replayer audit` or the periodic one);
         `replayer status` shows it."""
