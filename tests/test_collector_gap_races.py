@@ -149,13 +149,15 @@ async def test_states_that_arrived_live_before_a_rename_while_the_gap_waits_are_
         await every_state_once_renamed(redis_client, sim.hub, {old_id: new_id}, 15)
 
 
+@pytest.mark.parametrize("and_back", [False, True], ids=["renamed", "renamed-and-back"])
 async def test_an_entity_renamed_after_the_backfill_listed_the_entities_to_ask_for_has_its_gap_states_backfilled(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    and_back: bool
 ) -> None:
     """The backfill lists the entities to ask the recorder for once, then asks for them a chunk at a time. One
     renamed in between (here: just before HA answers for its chunk) has its history, the gap's states included,
     under the new id, which is not on the list: the old id's answer is empty, and the gap's states are read by no
-    one."""
+    one. Renamed back just before the new id is asked for, the history is under the old id again, asked already."""
     async with simulator(commit_interval_s=1) as sim, running_collector(sim, redis_server.url, tmp_path) as run:
         await subscribed_with(sim, run, 50)
         entity = sim.hub.population.entities[0]
@@ -163,27 +165,36 @@ async def test_an_entity_renamed_after_the_backfill_listed_the_entities_to_ask_f
         answer = commands.HANDLERS["history/history_during_period"]
         renamed: list[Entity] = []
 
-        def renamed_first(conn: Connection, msg_id: int, message: dict[str, Any]) -> None:
-            """The rename lands between the listing and the question for the old id's chunk."""
-            if not message.get("no_attributes") and old_id in message.get("entity_ids", ()) and not renamed:
-                renamed.append(sim.hub.rename_entity(entity, new_id))
+        def rename_first(conn: Connection, msg_id: int, message: dict[str, Any]) -> None:
+            """The rename lands between the listing and the question for the old id's chunk (and back)."""
+            asked = message.get("entity_ids", ())
+            if not message.get("no_attributes"):
+                if old_id in asked and not renamed:
+                    renamed.append(sim.hub.rename_entity(entity, new_id))
+                elif and_back and new_id in asked and len(renamed) == 1:
+                    renamed.append(sim.hub.rename_entity(renamed[0], old_id))
+                    sim.hub.population.entities.remove(entity)  # ha-sim kept it as removed: the id is back
+                    sim.hub.removed.discard(old_id)
             answer(conn, msg_id, message)
 
-        monkeypatch.setitem(commands.HANDLERS, "history/history_during_period", renamed_first)
+        monkeypatch.setitem(commands.HANDLERS, "history/history_during_period", rename_first)
         await drop_for(sim, 50, entity, 3)
         await wait_for(lambda: sim.hub.subscribes == 2 and sim.hub.subscribed, 10, "the reconnect")
         await sim.hub.emit(20, rate_per_s=100)
         await wait_for(lambda: not run.metric("homeiq_backfill_gap_open"), 30, "the gap closed")
-        assert renamed, "the rename did not happen during the backfill"
-        await every_state_once_renamed(redis_client, sim.hub, {old_id: new_id}, 15)
+        assert len(renamed) == 1 + and_back, "the renames did not happen during the backfill"
+        await every_state_once_renamed(redis_client, sim.hub, {new_id: old_id} if and_back else {old_id: new_id}, 15)
 
 
+@pytest.mark.parametrize("restarts", [1, 2], ids=["one-restart", "a-second-before-the-backfill-ends"])
 async def test_states_read_back_at_a_restart_are_not_backfilled_again_under_a_new_id_after_a_rename(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path, restarts: int
 ) -> None:
     """The same with a restart between: the collector stops while the gap waits for its backfill (the watermark
     stays before it, the states it published live since are read back from the stream as already published), the
-    entity is renamed while no collector runs, and the recorder gives those states back under the new id."""
+    entity is renamed while no collector runs, and the recorder gives those states back under the new id. With a
+    second restart, the run between sees the rename and stops while its backfill waits too: what it saved of the
+    registry must not hide the rename from the next."""
     async with simulator() as sim:
         sim.hub.recorder.commit_interval_s = 3600  # the backfill waits
         entity = sim.hub.population.entities[0]
@@ -198,11 +209,16 @@ async def test_states_read_back_at_a_restart_are_not_backfilled_again_under_a_ne
             assert first.collector.gap.pending_start_ns is not None  # the backfill still waits
         old_id = entity.entity_id
         new_id = sim.hub.rename_entity(entity, f"{entity.domain}.renamed_while_down").entity_id
+        if restarts == 2:
+            async with running_collector(sim, redis_server.url, tmp_path) as between:
+                await wait_for(lambda: sim.hub.subscribed, 10, "the collector between")
+                await asyncio.sleep(3)  # more than a save's interval (REDIS_CHECK_S)
+                assert between.collector.gap.pending_start_ns is not None  # its backfill still waits
         sim.hub.recorder.commit_interval_s = 0
-        async with running_collector(sim, redis_server.url, tmp_path) as second:
-            await wait_for(lambda: sim.hub.subscribed, 10, "the second collector")
+        async with running_collector(sim, redis_server.url, tmp_path) as last:
+            await wait_for(lambda: sim.hub.subscribed, 10, "the last collector")
             await sim.hub.emit(20, rate_per_s=100)
-            await wait_for(lambda: not second.metric("homeiq_backfill_gap_open"), 30, "the gap closed")
+            await wait_for(lambda: not last.metric("homeiq_backfill_gap_open"), 30, "the gap closed")
             await every_state_once_renamed(redis_client, sim.hub, {old_id: new_id}, 15)
 
 

@@ -106,7 +106,8 @@ class Backfill:
         self._gap.end(start_ns)
         # Removed entities' last states are published (or, unconfirmed, all the recorder showed after waiting at least
         # its commit interval): no later gap holds any of theirs.
-        if self._known.remembered == remembered:  # else Redis forgot meanwhile: they may be needed again
+        # Not when Redis forgot meanwhile, nor when HA's clock opened the gap from earlier: they may be needed again.
+        if self._gap.pending_start_ns is None and self._known.remembered == remembered:
             self._known.forget(self._known.doubted - self._registry.entities.keys())
         self._known.doubted = set()
         if not confirmed:
@@ -139,9 +140,9 @@ class Backfill:
         entities asked for."""
         published = 0
         previous_states: dict[str, State] = {}  # a piece cut by time continues its entity's last one
-        asked: set[str] = set()
+        asked_at: dict[str, int] = {}  # entity id → the gap's renames when it was last asked for
         while entity_ids:
-            asked.update(entity_ids)
+            asked_at.update(dict.fromkeys(entity_ids, self._gap.renames))
             for first in range(0, len(entity_ids), HISTORY_CHUNK):
                 async for history, unreadable in recorder.pieces(entity_ids[first:first + HISTORY_CHUNK], start_ns):
                     self._count_unreadable(unreadable)
@@ -150,8 +151,8 @@ class Backfill:
                     # order: after the pong they are seen.
                     await conn.ping(self._settings.ping_timeout_s)
                     published += await self._publish_rows(history, start_ns, previous_states)
-            entity_ids = sorted(self._gap.renamed_to(asked) - asked)
-        return published, len(asked)
+            entity_ids = sorted(self._gap.renamed_since(asked_at))
+        return published, len(asked_at)
 
     async def _publish_rows(self, history: History, start_ns: int, previous_states: dict[str, State]) -> int:
         published = 0

@@ -63,6 +63,7 @@ class GapTracker:
         self._rng = random.Random(0)  # where a probe goes: no secret
         self._untrusted: deque[Key] = deque(maxlen=MAX_UNTRUSTED)
         self._renames: dict[str, str] = {}  # old id → new id, of the renames seen while the gap is open
+        self._rename_log: list[tuple[str, str]] = []  # the same, in order
         self._unstepped_ns = 0  # the gap's start before any step of HA's clock moved it
         # A reconnect's gap whose first live state has not shown yet whether HA's clock went back meanwhile; the last
         # such gap closed (its start and stream tail), for one that shows it only after its backfill.
@@ -116,15 +117,23 @@ class GapTracker:
         under the new one (and a probe of the old id is found under the new one)."""
         if self.open:
             self._renames[old] = new
+            self._rename_log.append((old, new))
         self.seen |= {(new, time_ns) for entity_id, time_ns in self.seen if entity_id == old}
         self._untrusted.extend([(new, time_ns) for entity_id, time_ns in self._untrusted if entity_id == old])
         if old in self.probes and new not in self.probes:
             self.probes[new] = self.probes.pop(old)
 
-    def renamed_to(self, entity_ids: set[str]) -> set[str]:
-        """The ids that entities among `entity_ids` were given while the gap is open: their history, the gap's
-        states included, is under those now."""
-        return {new for old, new in self._renames.items() if old in entity_ids}
+    @property
+    def renames(self) -> int:
+        """Renames seen while the gap is open so far: a mark for `renamed_since`."""
+        return len(self._rename_log)
+
+    def renamed_since(self, asked_at: dict[str, int]) -> set[str]:
+        """The ids that entities asked for (entity id → `renames` when it was last asked) were given while the gap is
+        open, and not asked for since: their history, the gap's states included, is under those now (an id asked
+        before a rename moved history onto it, a rename back among them, is asked again)."""
+        return {new for mark, (old, new) in enumerate(self._rename_log)
+                if old in asked_at and asked_at.get(new, -1) <= mark}
 
     def stepped_back(self, step_ns: int) -> None:
         """HA's clock went back `step_ns`: a gap waiting for its backfill starts that much earlier, for the states HA
@@ -174,6 +183,8 @@ class GapTracker:
         self.probes, self._probes_offered = {}, 0
         start_ns = self.last_live_ns or subscribed_ns
         if start_ns:
+            if self._last_closed is not None and self.pending_start_ns is None and self.resume_known:
+                self.seen = set()  # kept for a check of HA's clock that never came (`end`)
             self._open(start_ns + 1000, tail)  # the next microsecond
             self.clock_unchecked, self._last_closed = True, None
         return self.pending_start_ns
@@ -201,7 +212,7 @@ class GapTracker:
             if self.clock_unchecked:
                 self._last_closed = self._unstepped_ns, self._pending_from
             self.pending_start_ns = None
-            self._renames = {}
+            self._renames, self._rename_log = {}, []
             # Else it holds what was published since Redis forgot (still needed), or a first live state may still
             # show HA's clock went back and open the gap again (`clock_shown`).
             if self.resume_known and not self.clock_unchecked:

@@ -185,7 +185,9 @@ class Collector:
             for entity_id in durable:
                 del self._removed[entity_id]
         await self.known.save()
-        if (registry := self.registries.ids()) is not None:
+        # Not while a gap is open: a restart reads back states published under ids the registry no longer has, and
+        # must still see those renames.
+        if not self.gap.open and (registry := self.registries.ids()) is not None:
             await self.registry_ids.save(registry)
 
     async def _measure_redis_clock(self) -> None:
@@ -265,8 +267,14 @@ class Collector:
             if event.event_type == "entity_registry_updated" and self.gap.open:
                 self._renamed(bytes(event.data))
         entity_id = event.entity_id
+        trusted = False
         if entity_id is not None:
             if event.new_state is not None:
+                # HA's clock is judged by every state, kept by our filter or not (a gap's check of it too).
+                trusted = self.ha_clock.trust(event.time_ns, time.time_ns())
+                if trusted and self.gap.clock_unchecked and self.gap.clock_shown(self.ha_clock.shortfall_ns):
+                    self.known.remember_gone()  # the reopened gap may hold the last states of those forgotten
+                    self.backfill.gap_opened.set()  # HA's clock went back during a gap backfilled already
                 if entity_id not in self.known.ids:
                     self.known.saw(entity_id)
                 if self._removed:
@@ -282,9 +290,7 @@ class Collector:
         if self._filter is not None and not self._passes_filter(event):
             return None
         if event.new_state is not None and entity_id is not None:
-            if self.ha_clock.trust(event.time_ns, time.time_ns()):
-                if self.gap.clock_unchecked and self.gap.clock_shown(self.ha_clock.shortfall_ns):
-                    self.backfill.gap_opened.set()  # HA's clock went back during a gap backfilled already
+            if trusted:
                 self.gap.live(entity_id, event.time_ns)
                 self._first_live_ns = self._first_live_ns or event.time_ns
             else:
