@@ -12,7 +12,7 @@ import typer
 from homeiq.shared import lifecycle
 from homeiq.shared.logs import Log, setup_logging
 from homeiq.shared.options import LogSettings
-from homeiq.shared.runtime import give_back_memory_forever
+from homeiq.shared.runtime import give_back_memory_forever, one_malloc_arena
 from homeiq.shared.settings import ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -51,6 +51,7 @@ def run_services(process: str, logging: LogSettings, builds: dict[str, Callable[
     """Set up logging, build every service (ConfigError → exit 2), run them in one event loop until a signal;
     exit 0. When one of them ends before the signal (a crash), the others are stopped and the process exits 1:
     whatever supervises it restarts them together."""
+    one_malloc_arena()  # before the event loop's and the services' threads
     setup_logging(logging.log_level, logging.log_format, process)
     try:
         loop_factory = lifecycle.event_loop_factory()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Final
@@ -76,6 +77,22 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 _MALLOC_TRIM = _malloc_trim()
+_M_ARENA_MAX: Final = -8  # glibc's mallopt parameter
+
+
+def one_malloc_arena() -> None:
+    """Let glibc keep one malloc arena for every thread (mallopt M_ARENA_MAX=1), unless MALLOC_ARENA_MAX says
+    otherwise; call before any thread starts. A thread's first allocation otherwise gets an arena of its own (a
+    64 MB reservation), and malloc_trim gives back less of one: a writer's compressing thread (asyncio.to_thread)
+    kept 1.3-1.4 MB of RSS after its first backlog that, with this, the main heap's trim gives back (backlogs of
+    300,000 entries, one writer: +8.0 MB after the first, +6.4 MB with this; one thread, so no lock contention)."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        mallopt: Callable[[int, int], int] = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return
+    mallopt(_M_ARENA_MAX, 1)
 
 
 async def give_back_memory_forever() -> None:
