@@ -95,6 +95,12 @@ def one_malloc_arena() -> None:
     mallopt(_M_ARENA_MAX, 1)
 
 
+def give_back_memory_now() -> None:
+    """Hand the C heap's free pages back to the system at once (after a burst: a backlog's last full batch)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 async def give_back_memory_forever() -> None:
     """Every minute, hand the C heap's free pages back to the system (glibc's malloc_trim). A burst (a backfill's
     multi-megabyte answers, a backlog's full batches) leaves freed memory that glibc keeps between live blocks, so
@@ -106,7 +112,7 @@ async def give_back_memory_forever() -> None:
         return
     while True:
         await asyncio.sleep(TRIM_INTERVAL_S)
-        _MALLOC_TRIM(0)
+        give_back_memory_now()
 
 
 def _tasks() -> int:

@@ -15,7 +15,7 @@ from homeiq.shared.influx.batch import READY_INFLUX, Batch, batch_writer_for
 from homeiq.shared.influx.metrics import WriterMetrics
 from homeiq.shared.lifecycle import wait_or_stop
 from homeiq.shared.logs import Log
-from homeiq.shared.runtime import ServiceRuntime
+from homeiq.shared.runtime import ServiceRuntime, give_back_memory_now
 from homeiq.shared.stream import Entry, describe_redis_error, ensure_group, read_group, read_pending
 from homeiq.writer.settings import WriterSettings
 
@@ -59,6 +59,7 @@ class Writer:
         group_ready = False
         cursor = b"0"
         ahead: asyncio.Task[tuple[list[Entry], Batch]] | None = None
+        behind = False  # the last batch was full: a backlog
         try:
             while not stop.is_set():
                 try:
@@ -85,6 +86,11 @@ class Writer:
                         ahead = asyncio.create_task(self._read_and_prepare(cursor), name="read-ahead")
                     started = time.monotonic()
                     await self.batches.write(batch, stop)
+                    if keeping_up and behind:
+                        # A backlog's last full batch is written: the ~20 MB of heap its batches used go back to the
+                        # system now, not at the next minute's trim (RSS would stand that much higher meanwhile).
+                        give_back_memory_now()
+                    behind = not keeping_up
                     if keeping_up:  # paced: let the next batch grow (behind, the full batches go back to back)
                         await wait_or_stop(stop, self._write_interval_s - (time.monotonic() - started))
                 except (RedisError, OSError) as exc:
