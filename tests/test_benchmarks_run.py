@@ -53,3 +53,12 @@ def test_the_writer_benchmark_runs_beside_influxds_ceiling() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["writer_cpu_us_per_point"] > 0 and len(report["share_per_round"]) == 1
+
+
+def test_the_entry_packing_benchmark_reads_every_entry_it_packed() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "entry_packing.py"), "--events", "1000",
+                             "--packings", "1,8"], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    # Bursts of 100 events: 100 entries of one, 13 of up to eight.
+    assert [(row["events_per_entry"], row["entries"]) for row in rows] == [(1, 1000), (8, 130)]
