@@ -31,6 +31,7 @@ class Registries:
         # it: the renames made while no collector ran.
         self._saved: dict[str, str] | None = None
         self._loaded = False  # the entity registry, at least once
+        self._ids: dict[str, str] | None = None  # `ids()` of the last load (saved every 2 s: made once a load)
         self._stale: set[str] = set()
         self._stale_changed = asyncio.Event()
 
@@ -38,7 +39,9 @@ class Registries:
         """The entity registry as loaded (entry id → entity id); None before its first load."""
         if self._saved is not None or not self._loaded:
             return None  # not compared yet with what an earlier run saved: saving it would hide those renames
-        return {entry.id: entity_id for entity_id, entry in self.registry.entities.items() if entry.id}
+        if self._ids is None:
+            self._ids = {entry.id: entity_id for entity_id, entry in self.registry.entities.items() if entry.id}
+        return self._ids
 
     def saved(self, ids: dict[str, str]) -> None:
         """What an earlier run saved of the registry: its renames since are told once the registry is loaded."""
@@ -94,5 +97,5 @@ class Registries:
             self._known.saw_all(self.registry.entities)
             if self._loaded or self._saved is not None:
                 self._renamed_since(before)
-            self._loaded = True
+            self._loaded, self._ids = True, None
         log.debug("registry_loaded", registry=kind, entries=size)

@@ -174,7 +174,7 @@ class SavedRegistryIds:
     async def save(self, now: dict[str, str]) -> None:
         """Store the registry as it is `now`: the entries changed and those gone (only once loaded: before, an
         earlier run's renames would be overwritten unseen)."""
-        if self._saved is None or now == self._saved:
+        if self._saved is None or now is self._saved or now == self._saved:
             return
         changed = {entry: entity_id for entry, entity_id in now.items() if self._saved.get(entry) != entity_id}
         gone = self._saved.keys() - now.keys()
@@ -182,7 +182,7 @@ class SavedRegistryIds:
             await self._redis.hset(self._key, mapping=changed)  # type: ignore[arg-type]
         if gone:
             await self._redis.hdel(self._key, *gone)
-        self._saved = dict(now)
+        self._saved = now  # not changed after: the caller makes a new one at each load
 
 class ResumePoint:
     """Reads the saved watermark (retried until Redis answers; again after Redis forgot what it had acknowledged)
