@@ -67,16 +67,16 @@ class ServiceRuntime:
 TRIM_INTERVAL_S: Final = 60.0
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None (another C library)."""
+def _glibc(name: str) -> Callable[..., int] | None:
+    """A function of glibc's by name, or None (another C library)."""
     try:
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+        function: Callable[..., int] = getattr(ctypes.CDLL(None), name)
     except (AttributeError, OSError):
         return None
-    return trim
+    return function
 
 
-_MALLOC_TRIM = _malloc_trim()
+_MALLOC_TRIM = _glibc("malloc_trim")
 _M_ARENA_MAX: Final = -8  # glibc's mallopt parameter
 
 
@@ -86,13 +86,9 @@ def one_malloc_arena() -> None:
     64 MB reservation), and malloc_trim gives back less of one: a writer's compressing thread (asyncio.to_thread)
     kept 1.3-1.4 MB of RSS after its first backlog that, with this, the main heap's trim gives back (backlogs of
     300,000 entries, one writer: +8.0 MB after the first, +6.4 MB with this; one thread, so no lock contention)."""
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return
-    try:
-        mallopt: Callable[[int, int], int] = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError):
-        return
-    mallopt(_M_ARENA_MAX, 1)
+    mallopt = _glibc("mallopt")
+    if mallopt is not None and "MALLOC_ARENA_MAX" not in os.environ:
+        mallopt(_M_ARENA_MAX, 1)
 
 
 def give_back_memory_now() -> None:
