@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from homeiq.ha_sim.hub import Hub
 from homeiq.ha_sim.runner import SimServer
 from homeiq.local.services import RedisServer
+from homeiq.shared.events import NO_ATTRIBUTES
 from tests.collector_harness import Running, every_state_once, running_collector, simulator, stream_events
 from tests.helpers import wait_for
 
@@ -157,3 +158,5 @@ async def test_states_split_by_time_keep_their_previous_state(
     assert len(backfilled) == 900
     assert all(event.old_state is not None and event.old_state.last_updated_ns == before.time_ns
                for before, event in itertools.pairwise(backfilled))
+    # Each entry carries its 20 KB of attributes once: not again in its old state, which no writer reads.
+    assert all(event.old_state is None or event.old_state.attributes == NO_ATTRIBUTES for event in backfilled)

@@ -134,3 +134,24 @@ def test_the_point_times_kept_cost_little_memory_however_large_the_events() -> N
         tracemalloc.stop()
     assert len(times) == 5000
     assert per_event < 200, f"{per_event:.0f} bytes kept per event"
+
+
+def test_a_changes_old_state_goes_without_its_attributes_which_no_writer_reads() -> None:
+    change = json.loads(STATE_CHANGED)
+    change["data"]["old_state"] = dict(change["data"]["new_state"], state="21.0",
+                                       last_changed="2026-06-25T21:19:00+00:00",
+                                       last_updated="2026-06-25T21:19:00+00:00")
+    event = normalise(frames.event_decoder.decode(json.dumps(change)), registry())
+    assert event.old_state is not None and event.new_state is not None
+    assert (event.old_state.state, event.old_state.last_changed_ns) == ("21.0", 1782422340000000000)
+    assert event.old_state.attributes == msgspec.Raw(b"{}")
+    assert b'"old_state":{"state":"21.0","last_changed_ns"' in encode_event(event)
+    assert json.loads(bytes(event.new_state.attributes))["friendly_name"] == "Kitchen"
+
+
+def test_a_removals_old_state_keeps_its_attributes_the_point_shows() -> None:
+    removal = json.loads(STATE_CHANGED)
+    removal["data"]["old_state"], removal["data"]["new_state"] = removal["data"]["new_state"], None
+    event = normalise(frames.event_decoder.decode(json.dumps(removal)), registry())
+    assert event.old_state is not None
+    assert json.loads(bytes(event.old_state.attributes))["unit_of_measurement"] == "°C"

@@ -77,12 +77,12 @@ class PointTimes:
         return event if key[2] == time_ns else msgspec.structs.replace(event, time_ns=key[2])
 
 
-def _state(state: HAState, fired: datetime, fired_ns: int) -> events.State:
+def _state(state: HAState, fired: datetime, fired_ns: int, attributes: bool = True) -> events.State:
     # A new state is usually updated when its event fired, and changed when updated: one conversion, not three.
     updated_ns = fired_ns if state.last_updated == fired else datetime_ns(state.last_updated)
     return events.State(
         state=state.state,
-        attributes=state.attributes,
+        attributes=state.attributes if attributes else events.NO_ATTRIBUTES,
         last_changed_ns=updated_ns if state.last_changed == state.last_updated else datetime_ns(state.last_changed),
         last_updated_ns=updated_ns,
     )
@@ -107,7 +107,9 @@ def normalise_state_changed(
         entity_id=data.entity_id,
         domain=data.entity_id.partition(".")[0],
         new_state=new,
-        old_state=_state(data.old_state, time_fired, fired_ns) if data.old_state else None,
+        # A change's old state goes without its attributes (no writer reads them: half the bytes of an entry whose
+        # attributes are most of it); a removal's are what its point shows.
+        old_state=_state(data.old_state, time_fired, fired_ns, attributes=new is None) if data.old_state else None,
         enrichment=registry.enrichment(data.entity_id, shown.attributes if shown else None),
     )
 

@@ -13,6 +13,7 @@ PAYLOAD_VERSION: Final = "1"
 
 Source = Literal["live", "backfill", "snapshot"]
 NO_DATA: Final = msgspec.Raw(b"null")
+NO_ATTRIBUTES: Final = msgspec.Raw(b"{}")
 
 
 class Context(msgspec.Struct, gc=False, frozen=True, omit_defaults=True):
@@ -24,10 +25,11 @@ class Context(msgspec.Struct, gc=False, frozen=True, omit_defaults=True):
 
 
 class State(msgspec.Struct, gc=False, frozen=True, omit_defaults=True):
-    """One entity state; times are integer nanoseconds since the epoch, whole microseconds."""
+    """One entity state; times are integer nanoseconds since the epoch, whole microseconds. An event's old state
+    has attributes only when it has no new state (a removal)."""
 
     state: str
-    attributes: msgspec.Raw = msgspec.Raw(b"{}")
+    attributes: msgspec.Raw = NO_ATTRIBUTES
     last_changed_ns: int = 0
     last_updated_ns: int = 0
 

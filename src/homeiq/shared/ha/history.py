@@ -90,22 +90,23 @@ def backfill_events(
     previous_states: dict[str, events.State] | None = None,
 ) -> Iterator[events.NormalisedEvent]:
     """The rows at or after `start_ns` that were not received live, with the point keys live events have; each
-    with the row before it as its old state (`previous_states`: each entity's last row of an earlier piece, updated)."""
+    with the row before it as its old state, without attributes as a live change's (`previous_states`: each
+    entity's last row of an earlier piece, updated)."""
     previous_states = {} if previous_states is None else previous_states
     for entity_id, rows in history.items():
         domain = entity_id.partition(".")[0]
         previous = previous_states.get(entity_id)
         for row in rows:
             updated_ns = float_ns(row.lu)
-            state = events.State(state=row.s, attributes=row.a,
-                                 last_changed_ns=float_ns(row.lc) if row.lc is not None else updated_ns,
-                                 last_updated_ns=updated_ns)
+            changed_ns = float_ns(row.lc) if row.lc is not None else updated_ns
             if updated_ns >= start_ns and (entity_id, updated_ns) not in seen:
                 yield events.NormalisedEvent(
                     event_type="state_changed", time_ns=updated_ns, time_fired_ns=updated_ns,
-                    entity_id=entity_id, domain=domain, new_state=state, old_state=previous,
-                    enrichment=registry.enrichment(entity_id, row.a), source="backfill",
+                    entity_id=entity_id, domain=domain,
+                    new_state=events.State(state=row.s, attributes=row.a, last_changed_ns=changed_ns,
+                                           last_updated_ns=updated_ns),
+                    old_state=previous, enrichment=registry.enrichment(entity_id, row.a), source="backfill",
                 )
-            previous = state
+            previous = events.State(state=row.s, last_changed_ns=changed_ns, last_updated_ns=updated_ns)
         if previous is not None:
             previous_states[entity_id] = previous
