@@ -57,8 +57,19 @@ def test_the_writer_benchmark_runs_beside_influxds_ceiling() -> None:
 
 def test_the_entry_packing_benchmark_reads_every_entry_it_packed() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "entry_packing.py"), "--events", "1000",
-                             "--packings", "1,8"], capture_output=True, text=True, timeout=120, check=False)
+                             "--packings", "1,8,8z"], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     # Bursts of 100 events: 100 entries of one, 13 of up to eight.
-    assert [(row["events_per_entry"], row["entries"]) for row in rows] == [(1, 1000), (8, 130)]
+    assert [(row["events_per_entry"], row["compressed"], row["entries"]) for row in rows] == [
+        (1, False, 1000), (8, False, 130), (8, True, 130)]
+    plain, packed, compressed = rows
+    assert plain["bytes_per_event"] == packed["bytes_per_event"] > 3 * compressed["bytes_per_event"]
+    assert plain["codec_us_per_event"] == 0 < compressed["codec_us_per_event"]
+
+
+def test_the_entry_packing_benchmark_names_a_wrong_packing() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "entry_packing.py"), "--events", "10",
+                             "--packings", "1,z8"], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "--packings" in result.stderr and "'1,z8'" in result.stderr
