@@ -115,7 +115,8 @@ class ReplayerSettings(ServiceSettings, frozen=True, kw_only=True):
     names: StreamNames = DEFAULT_NAMES
     reclaim: ReclaimSettings = ReclaimSettings()
     interval_s: Annotated[float, Var("REPLAYER_INTERVAL_S", "Pause between reclaim passes, s.", positive)] = 10.0
-    trim: Annotated[bool, Var("REPLAYER_TRIM", "After each pass, XTRIM MINID below what is still needed.")] = True
+    trim: Annotated[bool, Var("REPLAYER_TRIM", "XTRIM MINID below what is still needed, every REPLAYER_INTERVAL_S "
+                              "(every second while 1,000 or more entries a second are acked).")] = True
     prune_idle_s: Annotated[float, Var(
         "REPLAYER_PRUNE_IDLE_S", "Delete consumers idle this long with nothing pending, s.", positive)] = 86_400.0
     influx: Annotated[InfluxSettings, Nested(prefix="influxdb_")] = InfluxSettings()
