@@ -14,7 +14,7 @@ from redis.exceptions import ResponseError
 from homeiq.local.services import RedisServer
 from homeiq.local.waiting import wait_for
 from homeiq.replayer import operations
-from homeiq.replayer.service import Replayer
+from homeiq.replayer.service import BUSY_GRACE_S, Replayer
 from homeiq.replayer.settings import ReplayerSettings
 from homeiq.shared.influx.settings import InfluxSettings
 from homeiq.shared.stream import (
@@ -225,7 +225,7 @@ async def test_the_daemon_trims_a_busy_stream_every_second_and_a_quiet_one_every
         for _ in range(3):  # 7,000 more in under a second, each time: the passes now come every second
             await _acked(redis_client, 7000)
             await wait_for(lambda: task.done() or trimmed(), 2.5, "a busy stream trimmed within about a second")
-        await asyncio.sleep(1.5)  # the next second's pass finds nothing: back to the interval
+        await asyncio.sleep(BUSY_GRACE_S + 1.5)  # passes that find nothing for that long: back to the interval
         await _acked(redis_client, 20)
         await asyncio.sleep(3)
         assert not task.done() and await redis_client.xlen(STREAM) == 20

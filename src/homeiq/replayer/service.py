@@ -32,16 +32,26 @@ log = Log(__name__)
 
 BUSY_TRIM_S: Final = 1.0
 BUSY_ENTRIES_PER_S: Final = 1_000
+BUSY_GRACE_S: Final = 5.0
 
 
-def next_trim_in_s(removed: int, since_s: float, interval_s: float) -> float:
-    """When to trim again, `removed` entries having been trimmed `since_s` after the last pass: in a second while
-    the stream is acked at `BUSY_ENTRIES_PER_S` or more, else after the interval. Redis copies what the stream
-    holds at each AOF rewrite (every few seconds at such rates: its AOF grows 64 MB), so a stream holding a
-    second of entries instead of ten cost redis-server 20-24 % less CPU an event at 5,000-10,000/s
-    (`pipeline_bench.py`, 2026-12-05); a home's few a second gain nothing from it."""
-    busy = removed >= BUSY_ENTRIES_PER_S * max(since_s, BUSY_TRIM_S)
-    return min(BUSY_TRIM_S, interval_s) if busy else interval_s
+class TrimCadence:
+    """When the daemon trims again: every second while the stream is acked at `BUSY_ENTRIES_PER_S` or more, else
+    every interval. Redis copies what the stream holds at each AOF rewrite (every few seconds at such rates: its
+    AOF grows 64 MB), so a stream holding a second of entries instead of ten cost redis-server 20-24 % less CPU an
+    event at 5,000-10,000/s (`pipeline_bench.py`, 2026-12-05); a home's few a second gain nothing from it. A busy
+    stream stays busy for `BUSY_GRACE_S` after a pass that found it so: a pass can cut nothing although entries
+    flow, because the collector's resume id, below which entries stay, moves every 2 s."""
+
+    def __init__(self, interval_s: float, now: float) -> None:
+        self._interval_s, self._last, self._busy_until = interval_s, now, now
+
+    def next_in_s(self, removed: int, now: float) -> float:
+        """After a pass at `now` (monotonic s) that trimmed `removed` entries."""
+        since_s, self._last = now - self._last, now
+        if removed >= BUSY_ENTRIES_PER_S * max(since_s, BUSY_TRIM_S):
+            self._busy_until = now + BUSY_GRACE_S
+        return min(BUSY_TRIM_S, self._interval_s) if now < self._busy_until else self._interval_s
 
 
 class Replayer:
@@ -61,7 +71,7 @@ class Replayer:
         self.batches = batch_writer_for(settings.influx, self.redis, settings.names, settings.reclaim.consumer,
                                         self.metrics, Readiness(READY_INFLUX))
         self.sink = self.batches.sink
-        self._last_trim = time.monotonic()
+        self.trim_cadence = TrimCadence(settings.interval_s, time.monotonic())
         self.ledger = CrashLedger(self.redis, settings.names, settings.reclaim.consumer, settings.reclaim.max_crashes)
         self.audit: PeriodicAudit | None = None
         if settings.audit.interval_s:
@@ -103,9 +113,7 @@ class Replayer:
         """Trim what every group has acked; the next pass in a second when this one removed a busy stream's worth,
         else after the interval."""
         _, removed = await trim(self.redis, self.settings.names)
-        now = time.monotonic()
-        since_s, self._last_trim = now - self._last_trim, now
-        return next_trim_in_s(removed, since_s, self.settings.interval_s)
+        return self.trim_cadence.next_in_s(removed, time.monotonic())
 
     async def _refresh_stream_metrics(self, _stop: asyncio.Event) -> None:
         await self.stream_metrics.refresh(self.redis, self.settings.names)
