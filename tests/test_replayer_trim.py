@@ -206,8 +206,8 @@ async def test_the_daemon_trims_a_busy_stream_every_second_and_a_quiet_one_every
     redis_server: RedisServer, redis_client: aioredis.Redis
 ) -> None:
     """A stream acked at thousands of entries a second keeps only a second of them (Redis's AOF rewrites copy
-    what it holds: trimmed every second instead of every 10, redis-server took 20-24 % less CPU an event at
-    5,000-10,000/s); a home's few a second wait for the next pass as before."""
+    what it holds: trimmed every second, redis-server took 9-24 % less CPU an event at 5,000-10,000/s); a home's
+    few a second wait for the next pass as before."""
     settings = ReplayerSettings(redis_url=redis_server.url, names=DEFAULT_NAMES, metrics_host="127.0.0.1",
                                 metrics_port=0, influx=InfluxSettings(url="http://127.0.0.1:9", api="v1"),
                                 interval_s=6.0).validate()
