@@ -15,7 +15,7 @@ import pytest
 import redis
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
-from homeiq.local.services import RedisServer, SentinelSet
+from homeiq.local.services import RedisSentinel, RedisServer, SentinelSet
 from homeiq.shared.events import encode_event
 from homeiq.shared.stream import DEFAULT_NAMES, RedisPlace, connect, xadd_events
 from tests.acl_harness import AclUsers
@@ -91,12 +91,22 @@ def test_the_replica_and_sentinel_users_may_touch_no_key(acl_set: SentinelSet, u
 
 
 def wait_for_primary(servers: SentinelSet, old: RedisServer) -> RedisServer:
+    """The promoted replica, once every sentinel names it: the one that led the failover names it first, and a
+    client asking another meanwhile finds no primary (MasterNotFoundError, in CI once)."""
     deadline = time.monotonic() + 30
-    while (new := servers.primary()) in (None, old):
-        assert time.monotonic() < deadline, "no replica promoted"
+    while (new := servers.primary()) in (None, old) or not all(_names(sentinel, new) for sentinel in servers.sentinels):
+        assert time.monotonic() < deadline, "no replica promoted, or not every sentinel names it"
         time.sleep(0.2)
     assert new is not None
     return new
+
+
+def _names(sentinel: RedisSentinel, server: RedisServer | None) -> bool:
+    try:
+        named = sentinel.primary()
+    except OSError:
+        return False
+    return server is not None and named is not None and named[1] == server.port
 
 
 def _info(server: RedisServer, users: AclUsers) -> bytes:
