@@ -27,6 +27,7 @@ from homeiq.ha_sim.runner import SimServer
 from homeiq.local.processes import ScriptProcess
 from homeiq.local.services import RedisServer
 from homeiq.local.waiting import wait_for
+from homeiq.shared.packing import events_or_none
 
 TOKEN = "bench-token"  # noqa: S105 - a private simulator
 
@@ -63,7 +64,7 @@ async def stream_payloads(client: aioredis.Redis, stream: str, page: int = 10_00
             stream, min=start, count=page)
         if not entries:
             return payloads
-        payloads.extend(fields[b"e"] for _, fields in entries)
+        payloads.extend(event for _, fields in entries for event in events_or_none(fields))
         start = "(" + entries[-1][0].decode()
 
 
@@ -99,9 +100,10 @@ async def main(events: int, entities: int, workdir: Path) -> dict[str, object]:
         async def all_in_redis() -> bool:
             if sender.done():
                 sender.result()  # the sender's failure ends the run now, not at the timeout
-            return bool(await client.xlen("homeiq:events") >= events)
+            published = await asyncio.to_thread(collector.scrape, "homeiq_events_published_total")
+            return published >= events
 
-        await wait_for(all_in_redis, 600, "every event in Redis", interval_s=0.01)
+        await wait_for(all_in_redis, 600, "every event in Redis", interval_s=0.05)
         elapsed = time.perf_counter() - started
         await sender
         cpu = {name: cpu_s(pid) - cpu_before[name] for name, pid in pids.items()}

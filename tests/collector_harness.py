@@ -23,7 +23,8 @@ from homeiq.ha_sim.runner import SimServer
 from homeiq.local.services import RedisServer
 from homeiq.shared.entity_filter import PatternFilter
 from homeiq.shared.events import NormalisedEvent, decode_event
-from homeiq.shared.stream import DEFAULT_NAMES, FIELD_EVENT
+from homeiq.shared.packing import events_or_none
+from homeiq.shared.stream import DEFAULT_NAMES
 from tests.helpers import wait_for
 
 TOKEN = "collector-test-token-7f3a9c"
@@ -74,10 +75,14 @@ async def running_collector(
             await run.finish()
 
 
+async def stream_payloads(client: aioredis.Redis, stream: str = DEFAULT_NAMES.stream) -> list[bytes]:
+    """Every encoded event in the stream, in order (packed entries unpacked)."""
+    return [payload for _, fields in await client.xrange(stream) for payload in events_or_none(fields)]
+
+
 async def stream_events(client: aioredis.Redis) -> list[NormalisedEvent]:
     """Every event in the stream, decoded, in order."""
-    entries = await client.xrange(DEFAULT_NAMES.stream)
-    return [decode_event(fields[FIELD_EVENT]) for _, fields in entries]
+    return [decode_event(payload) for payload in await stream_payloads(client)]
 
 
 def sent_keys(hub: Hub) -> set[tuple[str, int]]:

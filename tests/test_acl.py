@@ -28,6 +28,7 @@ from homeiq.replayer.service import Replayer
 from homeiq.replayer.settings import AuditSettings, ReclaimSettings, ReplayerSettings
 from homeiq.shared import acl
 from homeiq.shared.influx.settings import InfluxSettings
+from homeiq.shared.packing import xadd_batch_args, xadd_events
 from homeiq.shared.scripts import XADD_BATCH_SCRIPT
 from homeiq.shared.stream import (
     DEFAULT_NAMES,
@@ -36,8 +37,6 @@ from homeiq.shared.stream import (
     dead_letter_fields,
     ensure_group,
     entry_fields,
-    xadd_batch_args,
-    xadd_events,
 )
 from tests.collector_harness import TOKEN, every_state_once, running_collector, service_calls, simulator
 from tests.events import state_payload

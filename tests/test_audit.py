@@ -21,10 +21,10 @@ from homeiq.ha_sim.hub import SentEvent
 from homeiq.ha_sim.messages import now_ts
 from homeiq.ha_sim.runner import SimServer
 from homeiq.local.services import InfluxServer, RedisServer
-from homeiq.shared.events import NormalisedEvent, decode_event
+from homeiq.shared.events import NormalisedEvent
 from homeiq.shared.influx.lineprotocol import encode_line
 from homeiq.shared.influx.settings import InfluxSettings
-from homeiq.shared.stream import DEFAULT_NAMES, FIELD_EVENT
+from homeiq.shared.stream import DEFAULT_NAMES
 from tests.collector_harness import TOKEN, running_collector, simulator, stream_events
 from tests.helpers import wait_for
 from tests.writer_harness import running_writer, writer_settings
@@ -67,10 +67,9 @@ class Audited:
         """The stream's entry of one state change (what the writer wrote for it)."""
         client = aioredis.Redis.from_url(self.env["REDIS_URL"])
         try:
-            entries = await client.xrange(DEFAULT_NAMES.stream)
+            events = await stream_events(client)
         finally:
             await client.aclose()
-        events = [decode_event(fields[FIELD_EVENT]) for _, fields in entries]
         return next(e for e in events if e.entity_id == entity_id and e.time_ns == time_ns)
 
     def delete(self, entity_id: str, time_ns: int) -> None:

@@ -225,7 +225,9 @@ async def test_status_shows_ha_the_stream_pending_dead_letters_spool_and_the_las
 
     client = redis.Redis.from_url(redis_server.url)
     env = {"REDIS_URL": redis_server.url}
-    async with simulator(entity_count=10) as sim, running_collector(sim, redis_server.url, tmp_path) as run:
+    # One event an entry (version 1): the status below counts entries, and this test places 50 of them.
+    async with simulator(entity_count=10) as sim, running_collector(sim, redis_server.url, tmp_path,
+                                                                     events_per_entry=1) as run:
         await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
         await sim.hub.emit(50, rate_per_s=1000)
         await wait_for(lambda: client.xlen(DEFAULT_NAMES.stream) >= 50, 10, "50 entries")

@@ -73,12 +73,27 @@ def test_reclaim_drains_a_dead_writers_10000_entries(
     assert table.exit_code == 0 and "0 pending" in table.stdout and "dead-writer" in table.stdout
 
 
-async def fill_sync(redis_server: RedisServer, payloads: list[bytes]) -> None:
+async def fill_sync(redis_server: RedisServer, payloads: list[bytes], events_per_entry: int = 1) -> None:
     client = aioredis.Redis.from_url(redis_server.url)
     try:
-        await fill(client, payloads)
+        await fill(client, payloads, events_per_entry)
     finally:
         await client.aclose()
+
+
+def test_reclaim_writes_every_event_of_a_dead_writers_packed_entries_beside_single_ones(
+    redis_server: RedisServer, influx: InfluxServer, influx_db: str
+) -> None:
+    asyncio.run(fill_sync(redis_server, [state_payload(n) for n in range(6_400)], events_per_entry=64))
+    asyncio.run(fill_sync(redis_server, [state_payload(n) for n in range(6_400, 6_500)]))
+    client = sync_client(redis_server)
+    leave_pending(client, "dead-writer", 10_000)
+    result = runner.invoke(app, ["reclaim", "--min-idle", "0", "--json"], env=env(redis_server, influx.url, influx_db))
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["reclaimed"] == 100 + 100 and summary["written"] == 6_500  # entries claimed, events written
+    assert influx.count(influx_db) == 6_500
+    assert client.xpending(STREAM, DEFAULT_NAMES.group)["pending"] == 0
 
 
 def test_poison_goes_to_dead_letter_with_reasons_and_redrive_writes_it_once_fixed(

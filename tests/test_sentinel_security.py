@@ -17,7 +17,8 @@ from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from homeiq.local.services import RedisSentinel, RedisServer, SentinelSet
 from homeiq.shared.events import encode_event
-from homeiq.shared.stream import DEFAULT_NAMES, RedisPlace, connect, xadd_events
+from homeiq.shared.packing import xadd_events
+from homeiq.shared.stream import DEFAULT_NAMES, RedisPlace, connect
 from tests.acl_harness import AclUsers
 from tests.helpers import make_certs
 from tests.unit.test_dedup_identity import state_change

@@ -13,7 +13,15 @@ import redis.asyncio as aioredis
 from homeiq.collector import service
 from homeiq.ha_sim.messages import event_message, iso, partial_event_message, ulid
 from homeiq.local.services import RedisServer
-from tests.collector_harness import every_state_once, missing_calls, running_collector, service_calls, simulator
+from homeiq.shared.events import decode_event
+from tests.collector_harness import (
+    every_state_once,
+    missing_calls,
+    running_collector,
+    service_calls,
+    simulator,
+    stream_payloads,
+)
 from tests.helpers import wait_for
 from tests.test_collector_durability import OlderAof
 
@@ -165,8 +173,7 @@ async def test_guard_a_copy_skipped_for_the_other_collectors_unreplicated_entry_
             a.task.cancel()
             os.kill(replica.process.pid, signal.SIGCONT)
             await replica_client.replicaof("NO", "ONE")
-            survivors = {e.context.id for _, f in await replica_client.xrange("homeiq:events")
-                         for e in [__import__("homeiq.shared.events", fromlist=["x"]).decode_event(f[b"e"])]
+            survivors = {e.context.id for e in map(decode_event, await stream_payloads(replica_client))
                          if e.event_type == "call_service"}
             held_by_b = b.metric("homeiq_spool_bytes") > 0 or b.collector.publisher.pending > 0
             lost = [c for c in calls if c not in survivors]

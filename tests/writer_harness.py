@@ -12,19 +12,23 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from homeiq.shared.influx.settings import InfluxSettings
-from homeiq.shared.stream import DEFAULT_NAMES, ensure_group, entry_fields
+from homeiq.shared.packing import PACKED_VERSION, pack
+from homeiq.shared.stream import DEFAULT_NAMES, FIELD_PACKED, FIELD_VERSION, ensure_group, entry_fields
 from homeiq.writer.service import Writer
 from homeiq.writer.settings import WriterSettings
 from tests.helpers import FaultyHttp, wait_for
 
 
-async def fill(client: aioredis.Redis, payloads: list[bytes]) -> None:
-    """Create the group and XADD every payload."""
+async def fill(client: aioredis.Redis, payloads: list[bytes], events_per_entry: int = 1) -> None:
+    """Create the group and XADD every payload: an entry each, or packed this many to an entry."""
     await ensure_group(client, DEFAULT_NAMES)
-    for first in range(0, len(payloads), 1000):
+    step = 1000 * events_per_entry
+    for first in range(0, len(payloads), step):
         async with client.pipeline(transaction=False) as pipe:
-            for payload in payloads[first:first + 1000]:
-                pipe.xadd(DEFAULT_NAMES.stream, entry_fields(payload))
+            for start in range(first, min(first + step, len(payloads)), events_per_entry):
+                events = payloads[start:start + events_per_entry]
+                pipe.xadd(DEFAULT_NAMES.stream, entry_fields(events[0]) if events_per_entry == 1 else
+                          {FIELD_VERSION: PACKED_VERSION, FIELD_PACKED: pack(events)})
             await pipe.execute()
 
 

@@ -11,7 +11,8 @@ import msgspec
 import pytest
 
 from homeiq.shared.events import decode_event
-from homeiq.shared.stream import DEFAULT_NAMES, FIELD_EVENT
+from homeiq.shared.packing import BadEntry, events_in
+from homeiq.shared.stream import DEFAULT_NAMES
 from tests.faults.pipeline import FaultPipeline, steady_traffic
 from tests.faults.test_writer_faults import assert_exact
 
@@ -104,7 +105,8 @@ async def undecodable_entries(pipeline: FaultPipeline) -> list[bytes]:
     bad: list[bytes] = []
     for entry_id, fields in await pipeline.client.xrange(DEFAULT_NAMES.stream):
         try:
-            decode_event(fields[FIELD_EVENT])
-        except (KeyError, msgspec.DecodeError):
+            for payload in events_in([part for pair in fields.items() for part in pair])[1]:
+                decode_event(payload)
+        except (BadEntry, msgspec.DecodeError):
             bad.append(entry_id)
     return bad

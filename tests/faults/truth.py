@@ -10,7 +10,7 @@ import msgspec
 
 from homeiq.ha_sim.hub import Hub, SentEvent
 from homeiq.shared.events import decode_event
-from homeiq.shared.stream import FIELD_EVENT
+from homeiq.shared.packing import events_or_none
 
 Key = tuple[str, int]  # entity_id, point time in ns
 
@@ -80,13 +80,14 @@ def compare(hub: Hub, points: list[dict[str, Any]], dead: list[dict[bytes, bytes
             diff["source"] = ("live or backfill", point["source"])
         if diff:
             verdict.wrong[key] = diff
-    for fields in dead:
-        try:
-            event = decode_event(fields[FIELD_EVENT])
-        except (KeyError, msgspec.DecodeError):
-            continue
-        if event.entity_id:
-            verdict.dead_lettered.add((event.entity_id, event.time_ns))
+    for fields in dead:  # an event alone, or a packed entry dead-lettered whole (crashed_reader)
+        for payload in events_or_none(fields):
+            try:
+                event = decode_event(payload)
+            except msgspec.DecodeError:
+                continue
+            if event.entity_id:
+                verdict.dead_lettered.add((event.entity_id, event.time_ns))
     return verdict
 
 

@@ -6,7 +6,7 @@ from homeiq.shared.influx.batch import Batch, Encoded
 
 
 def item(n: int, line: bytes) -> Encoded:
-    return Encoded(f"{n}-0".encode(), [], line, None)
+    return Encoded(f"{n}-0".encode(), None, b"", line, None)
 
 
 def test_points_of_one_series_go_side_by_side_in_the_order_they_came() -> None:

@@ -14,6 +14,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -26,6 +27,7 @@ from homeiq.collector.spool import Policy, Spool
 from homeiq.collector.spool_keeper import SpoolKeeper
 from homeiq.shared.health import READY_REDIS, Readiness
 from homeiq.shared.logs import Log
+from homeiq.shared.packing import xadd_batch_args
 from homeiq.shared.scripts import XADD_BATCH_SCRIPT
 from homeiq.shared.stream import (
     RedisPlace,
@@ -33,7 +35,6 @@ from homeiq.shared.stream import (
     describe_redis_error,
     id_key,
     uncancelled,
-    xadd_batch_args,
 )
 
 log = Log(__name__)
@@ -84,6 +85,21 @@ class UnrecoverableLog:
                 remembered.extend(entries[n:n + 3])
         self._entries = remembered
         return lost, self._fell_out is None or kept_id >= self._fell_out
+
+
+@dataclass
+class Rounds:
+    """What the publish script did with one batch, call by call: the tail it found first, the entries added (each
+    call's last id and the batch positions it added), the positions skipped as added before, and how many replicas
+    confirmed every call (the lowest)."""
+
+    batch: list[bytes]
+    identities: list[tuple[bytes, bytes]] | None  # (bucket, identity) of each event, with two collectors
+    answered: bool = False  # the script answered once at least (`found` is the tail Redis had)
+    found: bytes | None = None
+    added: list[tuple[bytes, list[int]]] = field(default_factory=list)
+    skipped: set[int] = field(default_factory=set)
+    replicated: int = sys.maxsize
 
 
 class Buffer:
@@ -153,12 +169,13 @@ class Publisher:
         linger_s: float = 0.05, durable: Callable[[], bool] = lambda: True,
         forgotten: Callable[[bytes | None], None] = lambda kept: None, replicas: tuple[int, int] = (0, 0),
         dedup_window_s: int = 0,
-        collector_id: str = "", read_resting: asyncio.Event | None = None,
+        collector_id: str = "", read_resting: asyncio.Event | None = None, events_per_entry: int = 1,
     ) -> None:
         self._redis, self._redis_url = client, redis_url
         self._keys = [names.stream.encode(), f"{names.collector_tail}:{collector_id}".encode()]  # our own tail
         # Two collectors on one HA: the broker adds an event only once within this many seconds (0: one collector).
         self._dedup_window_s = dedup_window_s
+        self._events_per_entry = events_per_entry  # more than 1: entries of several events, packed (version 2)
         if dedup_window_s:
             self._keys.append(names.collector_seen.encode())
         self._metrics, self._readiness = metrics, readiness
@@ -262,18 +279,25 @@ class Publisher:
                     await resting.wait()
 
     async def _xadd(self, batch: list[bytes]) -> bool:
-        """XADD the whole batch in one script call (atomic: all or none); False when Redis failed, or when fewer
-        replicas than asked confirmed it in time (then it is in Redis, and stays in the spool too: a failover
-        could take it back; drained again later, its points are the same points)."""
+        """XADD the whole batch (one script call, atomic: all or none; with two collectors, a second call for a burst
+        the other added in part); False when Redis failed, or when fewer replicas than asked confirmed it in time
+        (then it is in Redis, and stays in the spool too: a failover could take it back; drained again later, its
+        points are the same points)."""
         started = time.perf_counter()
+        rounds = Rounds(batch, [identity(payload) for payload in batch] if self._dedup_window_s else None)
         try:
             async with self._tail_lock:  # the tail check of `check_tail_now` must not fall between script and reply
-                found, last_id, skipped, replicated, identities = await self._xadd_and_wait(batch)
-                added = [p for n, p in enumerate(batch, 1) if n not in skipped] if skipped else batch
-                self.check_tail(found)
-                if last_id is not None:  # None: the other collector had added every one
-                    self.tail_id = last_id
+                try:
+                    await self._xadd_and_wait(rounds)
+                finally:
+                    if rounds.answered:
+                        self.check_tail(rounds.found)
+                    if rounds.added:  # none: the other collector had added every one (or Redis failed at once)
+                        self.tail_id = rounds.added[-1][0]
         except (RedisError, OSError) as exc:
+            if rounds.added:  # a first call went in before the second failed: in Redis, and ours, not confirmed
+                self._count_added(rounds, deduplicated=False)
+                self._keep_unconfirmed(rounds)
             message = describe_redis_error(self._redis_url, exc)
             self._readiness.fail(READY_REDIS, message)
             if not self._redis_down_logged:
@@ -281,56 +305,86 @@ class Publisher:
                 self._redis_down_logged = True
             return False
         self._metrics.publish_seconds.observe(time.perf_counter() - started)
-        self._metrics.published.inc(len(added))  # XADDed, confirmed by replicas or not
-        self._metrics.deduplicated.inc(len(batch) - len(added))
-        if replicated < self._wait_replicas:
+        self._count_added(rounds, deduplicated=True)
+        if rounds.replicated < self._wait_replicas:
             # In Redis, not durable: it stays in the spool. A drain that finds it there (skipped) makes it durable,
             # and ours: what Redis may forget after that must count it (`_unconfirmed`).
-            if identities is not None and last_id is not None:
-                for n, (_, digest) in enumerate(identities, 1):
-                    if n not in skipped:
-                        self._unconfirmed[digest] = last_id
-                while len(self._unconfirmed) > UNCONFIRMED_MAX:
-                    del self._unconfirmed[next(iter(self._unconfirmed))]
-            message = (f"Redis ({self._where}): {replicated} of {self._wait_replicas} replicas confirmed the last "
-                       f"batch within {self._wait_timeout_ms} ms (COLLECTOR_WAIT_REPLICAS); keeping it in the spool")
+            self._keep_unconfirmed(rounds)
+            message = (f"Redis ({self._where}): {rounds.replicated} of {self._wait_replicas} replicas confirmed the "
+                       f"last batch within {self._wait_timeout_ms} ms (COLLECTOR_WAIT_REPLICAS); keeping it in the "
+                       "spool")
             self._readiness.fail(READY_REDIS, message)
             if not self._unreplicated_logged:
                 log.warning("redis_not_replicated", error=message, action="spooling to disk")
                 self._unreplicated_logged = True
             return False
         if self._unreplicated_logged:
-            log.info("redis_replicated", replicas=replicated)
+            log.info("redis_replicated", replicas=rounds.replicated)
             self._unreplicated_logged = False
-        if last_id is not None:  # what Redis may forget is what we added, not the other collector's
-            self._unrecoverable.added(last_id, added)
-        if skipped and identities is not None and self._unconfirmed:  # ours, added by an unconfirmed try
-            for n, payload in enumerate(batch, 1):
-                earlier = self._unconfirmed.pop(identities[n - 1][1], None) if n in skipped else None
+        for last_id, positions in rounds.added:  # what Redis may forget is what we added, not the other collector's
+            self._unrecoverable.added(last_id, [batch[n] for n in positions])
+        if rounds.skipped and rounds.identities is not None and self._unconfirmed:  # ours, by an unconfirmed try
+            for n in rounds.skipped:
+                earlier = self._unconfirmed.pop(rounds.identities[n][1], None)
                 if earlier is not None:
-                    self._unrecoverable.added(earlier, [payload])
+                    self._unrecoverable.added(earlier, [batch[n]])
         self._readiness.ok(READY_REDIS)
         if self._redis_down_logged:
             log.info("redis_available")
             self._redis_down_logged = False
         return True
 
-    async def _xadd_and_wait(self, batch: list[bytes]
-                             ) -> tuple[bytes | None, bytes | None, set[int], int, list[tuple[bytes, bytes]] | None]:
-        """The script's reply (the tail found, the last id added, the positions of those the stream had already)
-        and how many replicas have it: WAIT on the same connection, right after the script (a WAIT covers its
+    def _count_added(self, rounds: Rounds, deduplicated: bool) -> None:
+        added = sum(len(positions) for _, positions in rounds.added)
+        self._metrics.published.inc(added)  # XADDed, confirmed by replicas or not
+        if deduplicated:
+            self._metrics.deduplicated.inc(len(rounds.batch) - added)
+
+    def _keep_unconfirmed(self, rounds: Rounds) -> None:
+        """Remember under which id each event we added went, until a drain finds it there (it is ours then)."""
+        if rounds.identities is None:
+            return
+        for last_id, positions in rounds.added:
+            for n in positions:
+                self._unconfirmed[rounds.identities[n][1]] = last_id
+        while len(self._unconfirmed) > UNCONFIRMED_MAX:
+            del self._unconfirmed[next(iter(self._unconfirmed))]
+
+    async def _xadd_and_wait(self, rounds: Rounds) -> None:
+        """Call the script, and WAIT for the replicas on the same connection, right after it (a WAIT covers its
         connection's writes up to its previous command; in 7.0, a connection that wrote nothing waits for every
-        write so far: a copy skipped for the other collector's entry is durable only once that entry is)."""
-        identities = [identity(payload) for payload in batch] if self._dedup_window_s else None
-        args = xadd_batch_args(self.tail_id or b"", batch, self._dedup_window_s, identities)
-        if not self._wait_replicas:
-            found, last_id, skipped = await self._xadd_batch(keys=self._keys, args=args)
-            return found, last_id, set(skipped), 0, identities
-        async with self._redis.pipeline(transaction=False) as pipe:
-            await self._xadd_batch(keys=self._keys, args=args, client=pipe)
-            pipe.wait(self._wait_replicas, self._wait_timeout_ms)
-            (found, last_id, skipped), replicated = await uncancelled(pipe.execute())
-        return found, last_id, set(skipped), int(replicated), identities
+        write so far: a copy skipped for the other collector's entry is durable only once that entry is).
+
+        Events are packed `events_per_entry` to an entry. With two collectors, an entry whose events the other
+        collector added only in part stops the script before it: its new events are packed again, with the rest,
+        in another call (a burst the other added whole is skipped whole in the first). Each call's outcome is in
+        `rounds` as soon as it is known."""
+        batch, identities = rounds.batch, rounds.identities
+        todo = list(range(len(batch)))  # positions in `batch` still to add
+        if identities is not None:  # the same event twice in one batch: the second is skipped (one entry holds both)
+            first_of = {found: n for n, found in reversed(list(enumerate(identities)))}
+            todo = [n for n in todo if first_of[identities[n]] == n]
+            rounds.skipped = set(range(len(batch))) - set(todo)
+        while todo:
+            payloads = [batch[n] for n in todo]
+            args = xadd_batch_args(rounds.added[-1][0] if rounds.added else self.tail_id or b"", payloads,
+                                   self._dedup_window_s, None if identities is None else [identities[n] for n in todo],
+                                   self._events_per_entry)
+            if rounds.replicated < self._wait_replicas:  # short already: the batch stays spooled, wait no more
+                found, last_id, skipped, done = await self._xadd_batch(keys=self._keys, args=args)
+            else:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    await self._xadd_batch(keys=self._keys, args=args, client=pipe)
+                    pipe.wait(self._wait_replicas, self._wait_timeout_ms)
+                    (found, last_id, skipped, done), confirmed = await uncancelled(pipe.execute())
+                rounds.replicated = min(rounds.replicated, int(confirmed))
+            if not rounds.answered:
+                rounds.found, rounds.answered = found, True
+            rounds.skipped.update(todo[position - 1] for position in skipped)
+            handled = [n for n in todo[:done] if n not in rounds.skipped]
+            if last_id is not None:
+                rounds.added.append((last_id, handled))
+            todo = [n for n in todo[done:] if n not in rounds.skipped]
 
     async def check_tail_now(self) -> None:
         """Ask Redis for the tail now, while no batch is on its way (see `check_tail`)."""

@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 
 from homeiq.collector.gap import GapTracker, Key, Watermark, state_keys
 from homeiq.shared.logs import Log
-from homeiq.shared.stream import FIELD_EVENT, StreamNames, id_key, xrange_pages
+from homeiq.shared.packing import events_or_none
+from homeiq.shared.stream import StreamNames, id_key, xrange_pages
 
 log = Log(__name__)
 
@@ -245,7 +246,7 @@ class ResumePoint:
         found: list[Key] = []
         start = b"(" + resume_from if resume_from else b"-"
         async for page in xrange_pages(self._redis, self._names.stream, start, page=SCAN_PAGE):
-            found += state_keys(fields.get(FIELD_EVENT, b"") for _, fields in page)
+            found += state_keys(event for _, fields in page for event in events_or_none(fields))
         return found
 
     def tail_or_read(self, tail: bytes | None) -> bytes:

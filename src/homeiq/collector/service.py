@@ -73,7 +73,7 @@ class Collector:
                                    settings.publish_batch, settings.linger_ms / 1000,
                                    durable=lambda: self.persistence.ok, forgotten=self._redis_forgot,
                                    replicas=(settings.wait_replicas, settings.wait_timeout_ms),
-                                   dedup_window_s=settings.dedup_window_s,
+                                   dedup_window_s=settings.dedup_window_s, events_per_entry=settings.events_per_entry,
                                    collector_id=identity, read_resting=self.read_pacing.resting)
         self.ha_registry = Registry()
         self.gap = GapTracker()

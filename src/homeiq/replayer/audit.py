@@ -23,7 +23,8 @@ from homeiq.shared.ha.registry import Registry
 from homeiq.shared.influx.haschema import SKIPPED_STATES, point_time_ns
 from homeiq.shared.influx.reader import InfluxReader
 from homeiq.shared.logs import Log
-from homeiq.shared.stream import DEFAULT_NAMES, StreamNames, xadd_events
+from homeiq.shared.packing import xadd_events
+from homeiq.shared.stream import DEFAULT_NAMES, StreamNames
 from homeiq.shared.times import float_ns
 
 log = Log(__name__)

@@ -10,7 +10,8 @@ import msgspec
 import redis.asyncio as aioredis
 
 from homeiq.replayer.operations import group_info
-from homeiq.shared.stream import FIELD_EVENT, StreamNames, fetch_entries, payload_of, xrange_pages
+from homeiq.shared.packing import events_or_none
+from homeiq.shared.stream import StreamNames, fetch_entries, xrange_pages
 
 PAGE: Final = 10_000
 
@@ -41,7 +42,7 @@ async def stream_backlog(client: aioredis.Redis, names: StreamNames) -> set[Poin
     last_delivered: bytes = group["last-delivered-id"]
     pending = await fetch_entries(client, names, await _pending_ids(client, names))
     undelivered = await _payloads_after(client, names, b"(" + last_delivered)
-    return _keys([payload_of(fields)[1] for _, fields in pending]) | _keys(undelivered)
+    return _keys([event for _, fields in pending for event in events_or_none(fields)]) | _keys(undelivered)
 
 
 async def _pending_ids(client: aioredis.Redis, names: StreamNames) -> list[bytes]:
@@ -58,7 +59,7 @@ async def _pending_ids(client: aioredis.Redis, names: StreamNames) -> list[bytes
 async def _payloads_after(client: aioredis.Redis, names: StreamNames, start: bytes) -> list[bytes | None]:
     payloads: list[bytes | None] = []
     async for chunk in xrange_pages(client, names.stream, start, page=PAGE):
-        payloads += [fields.get(FIELD_EVENT) for _, fields in chunk]
+        payloads += [event for _, fields in chunk for event in events_or_none(fields)]
     return payloads
 
 

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from homeiq.shared.events import decode_event
 from homeiq.shared.logs import Log
+from homeiq.shared.packing import SINGLE_VERSION, BadEntry, unpack
 from homeiq.shared.scripts import PRUNE_SCRIPT, REDRIVE_SCRIPT, TRIM_SCRIPT
 from homeiq.shared.stream import (
     DEAD_CONSUMER,
@@ -18,6 +19,7 @@ from homeiq.shared.stream import (
     DEAD_ORIGINAL_ID,
     DEAD_REASON,
     FIELD_EVENT,
+    FIELD_PACKED,
     FIELD_VERSION,
     DeadLetter,
     DeadReason,
@@ -256,11 +258,19 @@ async def dead_letter(client: aioredis.Redis, names: StreamNames, entry_id: str)
 
 
 async def redrive(client: aioredis.Redis, names: StreamNames, ids: list[str]) -> list[tuple[str, str | None]]:
-    """Move each dead letter back onto the stream; (dead id, new id or None when it had no payload)."""
+    """Move each dead letter back onto the stream (a packed entry dead-lettered whole: each of its events an entry of
+    its own); (dead id, the last new id, or None when it had no payload)."""
     script = client.register_script(REDRIVE_SCRIPT)
     results: list[tuple[str, str | None]] = []
     for dead_id in ids:
-        new_id = await script(keys=[names.dead, names.stream], args=[dead_id, FIELD_VERSION, FIELD_EVENT])
+        rows: Any = await client.xrange(names.dead, dead_id, dead_id, count=1)
+        packed: bytes | None = rows[0][1].get(FIELD_PACKED) if rows else None
+        try:
+            singles = [SINGLE_VERSION, *unpack(packed)] if packed is not None else []
+        except BadEntry:
+            singles = []  # no events to read out of it: back whole, to be dead-lettered whole again
+        new_id = await script(keys=[names.dead, names.stream],
+                              args=[dead_id, FIELD_VERSION, FIELD_EVENT, FIELD_PACKED, *singles])
         results.append((dead_id, _id(new_id) if new_id else None))
     return results
 

@@ -22,10 +22,10 @@ Progress = Callable[[int], None]
 class PassSummary(msgspec.Struct):
     """What one reclaim pass did (or, with dry_run, would do)."""
 
-    reclaimed: int = 0
-    written: int = 0
-    suspects: int = 0  # of those written, written one at a time under the crash ledger
-    dead_lettered: int = 0
+    reclaimed: int = 0  # entries claimed (a packed one holds several events)
+    written: int = 0  # events written
+    suspects: int = 0  # entries written one at a time under the crash ledger
+    dead_lettered: int = 0  # events (an entry that cannot be read at all: one)
     lost: int = 0
     completed: bool = True
     dry_run: bool = False

@@ -161,7 +161,7 @@ async def _reclaim_now(client: Any, names: StreamNames, settings: ReclaimCommand
         await writer.sink.close()
     if guard.why is not None or not result.completed:
         answer = "" if writer.healthy else f"; InfluxDB did not take the batch: {readiness.reason}"
-        fail(f"{guard.why or 'stopped'}{answer}. {result.written} entries written and acked before that; "
+        fail(f"{guard.why or 'stopped'}{answer}. {result.written} events written and acked before that; "
              "the rest stays pending, neither acked nor dead-lettered. Fix InfluxDB (URL, credentials, "
              "database) if it refuses, and run reclaim again.")
     return result

@@ -79,13 +79,13 @@ def _collector(names: StreamNames) -> tuple[Grant, ...]:
     # publisher.py (XADD_BATCH_SCRIPT on the stream and its tail; GET of the tail), resume.py (GET, MGET, MSET,
     # EXISTS of its marks, XRANGE read-back, SMEMBERS/SADD/SREM of the entity set, HGETALL/HSET/HDEL of the registry
     # ids, EVAL of its own first-run script: GET and SET), service.py (TIME). WAIT: an XADD counts once a replica
-    # has it (Sentinel). HSETNX and EXPIRE: the identities of the events added lately (COLLECTOR_DEDUP_WINDOW_S),
+    # has it (Sentinel). HEXISTS, HSET and EXPIRE: the identities of the events added lately (COLLECTOR_DEDUP_WINDOW_S),
     # whose prefix the script gets as a key.
     marks = (names.watermark, names.resume_from, names.first_run)
     return (Grant((*_ROOT, "eval", "time", "wait"), ((names.stream, "RW"), (names.first_run, "RW")),
                   prefixes=((names.collector_seen, "RW"), (names.collector_tail, "RW"))),
             Grant(("xadd", "xrange"), ((names.stream, "RW"),)),
-            Grant(("hsetnx", "expire"), prefixes=((names.collector_seen, "RW"),)),
+            Grant(("hexists", "hset", "expire"), prefixes=((names.collector_seen, "RW"),)),
             Grant(("get", "set", "mget", "mset", "exists"), tuple((key, "RW") for key in marks),
                   prefixes=((names.collector_tail, "RW"),)),
             Grant(("smembers", "sadd", "srem"), ((names.collector_entities, "RW"),)),
@@ -162,8 +162,8 @@ _SCRIPTS: Final[dict[Role, tuple[str, ...]]] = {
     "replayer": _REPLAYER_SCRIPTS, "operator": (*_REPLAYER_SCRIPTS, scripts.REDRIVE_SCRIPT), "viewer": (),
     "admin": (), "replica": (), "sentinel": ()}
 # The audit's repair runs XADD_BATCH_SCRIPT without the collector's tail key and without a window: its GET and SET of
-# the tail, HSETNX and EXPIRE of the identities never run.
-_REPAIR_SKIPS: Final = frozenset({"get", "set", "hsetnx", "expire"})
+# the tail, HEXISTS, HSET and EXPIRE of the identities never run.
+_REPAIR_SKIPS: Final = frozenset({"get", "set", "hexists", "hset", "expire"})
 _NOT_REACHED: Final[dict[Role, frozenset[str]]] = {"replayer": _REPAIR_SKIPS, "operator": _REPAIR_SKIPS}
 
 

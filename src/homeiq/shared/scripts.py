@@ -6,57 +6,75 @@ from __future__ import annotations
 
 from typing import Final
 
-# A batch of entries added in one call (all or none), each with the same version and its own event, and the id
-# of the last one kept in the same step: the tail. A caller that finds a tail other than the id it last got back
-# learns that Redis forgot what came after that tail (an older AOF, a failover to a replica that lagged).
-# With a window (two collectors subscribed to one HA), each event comes with its identity and the bucket (second) of
-# its time: an identity already in its bucket's hash was added by the other collector (or by this one, before a WAIT
-# that timed out) and is skipped; a new one is kept there, and a bucket lives `window` seconds from its first identity
-# (EXPIRE NX): the memory is what arrived in the last window. Checked and added in the same step as the XADD, so two
-# collectors racing with one event add it once.
+# A batch of entries added in one call (all or none), each with its version and its payload field (`e`: one event;
+# `z`: several, packed), and the id of the last one kept in the same step: the tail. A caller that finds a tail other
+# than the id it last got back learns that Redis forgot what came after that tail (an older AOF, a failover to a
+# replica that lagged).
+# With a window (two collectors subscribed to one HA), each event of an entry comes with its identity and the bucket
+# (second) of its time: an identity already in its bucket's hash was added by the other collector (or by this one,
+# before a WAIT that timed out). An entry whose events were all added before is skipped; one whose events are all new
+# is added and its identities kept there, a bucket living `window` seconds from its first identity (EXPIRE NX): the
+# memory is what arrived in the last window. An entry only partly added before cannot be cut here (its events are
+# packed): the script stops before it, and the caller packs its new events again. Checked and added in the same step
+# as the XADD, so two collectors racing with one event add it once.
 # KEYS: stream, and the collector's own tail key (one per collector, left out by other publishers: the audit's
 # repair), and the prefix of the identity buckets (only with a window). ARGV: the tail the caller expects ('' when it
-# does not know), version field, version, event field, window (s; '0': none), then each event: its payload, or with a
-# window its bucket, identity and payload. Returns {the tail found (false: none or no tail key), the id of the last
-# entry added (false: none), the positions (1-based) of the events skipped}.
+# does not know), the version field, the window (s; '0': none), then each entry: its version, its payload field, how
+# many events it holds, with a window each event's bucket and identity, then the payload.
+# Returns {the tail found (false: none or no tail key), the id of the last entry added (false: none), the positions
+# (1-based, over the events of the call) of the events added before (skipped), how many events were handled (all of
+# them, or those before the entry partly added before; its events added before are among the positions)}.
 XADD_BATCH_SCRIPT: Final = """
 local found = false
 if #KEYS > 1 then found = redis.call('GET', KEYS[2]) end
-local window = tonumber(ARGV[5])
+local window = tonumber(ARGV[3])
 local id = false
 local skipped = {}
-local step = 1
-if window > 0 then step = 3 end
 local n = 0
-for i = 6, #ARGV, step do
-  n = n + 1
-  local payload = ARGV[i]
-  local new = true
+local i = 4
+while i <= #ARGV do
+  local count = tonumber(ARGV[i + 2])
+  local first = i + 3
+  local add = true
   if window > 0 then
-    local bucket = KEYS[3] .. ARGV[i]
-    new = redis.call('HSETNX', bucket, ARGV[i + 1], '') == 1
-    if new then redis.call('EXPIRE', bucket, window, 'NX') end
-    payload = ARGV[i + 2]
+    local seen = {}
+    for k = first, first + 2 * count - 1, 2 do
+      if redis.call('HEXISTS', KEYS[3] .. ARGV[k], ARGV[k + 1]) == 1 then
+        table.insert(seen, n + (k - first) / 2 + 1)
+      end
+    end
+    for _, position in ipairs(seen) do table.insert(skipped, position) end
+    if #seen > 0 and #seen < count then break end
+    if #seen == count then
+      add = false
+    else
+      for k = first, first + 2 * count - 1, 2 do
+        local bucket = KEYS[3] .. ARGV[k]
+        redis.call('HSET', bucket, ARGV[k + 1], '')
+        redis.call('EXPIRE', bucket, window, 'NX')
+      end
+    end
+    first = first + 2 * count
   end
-  if new then
-    id = redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3], ARGV[4], payload)
-  else
-    table.insert(skipped, n)
-  end
+  if add then id = redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[i], ARGV[i + 1], ARGV[first]) end
+  n = n + count
+  i = first + 1
 end
 if id and #KEYS > 1 then redis.call('SET', KEYS[2], id) end
-return {found, id, skipped}
+return {found, id, skipped, n}
 """
 
 
 # Ack an entry and copy it to the dead-letter stream in one step; a second caller finds it acked and
 # adds nothing (two replayers never dead-letter the same entry twice). `force` records ids whose entry
-# is already gone from the pending list (XAUTOCLAIM's deleted ids).
-# KEYS: stream, dead. ARGV: group, id, force, field, value, ...
+# is already gone from the pending list (XAUTOCLAIM's deleted ids). Several letters for one entry: the poisoned
+# events of a packed entry, each alone, added with the entry's ack once its other events are written.
+# KEYS: stream, dead. ARGV: group, id, force, fields per letter, then each letter's fields and values.
 DEAD_LETTER_SCRIPT: Final = """
 local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 if acked == 0 and ARGV[3] ~= '1' then return 0 end
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+local size = tonumber(ARGV[4])
+for i = 5, #ARGV, size do redis.call('XADD', KEYS[2], '*', unpack(ARGV, i, i + size - 1)) end
 return 1
 """
 
@@ -157,18 +175,27 @@ return pruned
 """
 
 # Put a dead letter back on the main stream and remove it from the dead-letter stream, atomically.
-# KEYS: dead, stream. ARGV: dead id, the version field's name, the event field's name.
-# Returns the new id, or false when the dead letter has no payload.
+# KEYS: dead, stream. ARGV: dead id, the version field's name, the event field's name, the packed events' name, and
+# for a packed entry dead-lettered whole (crashed_reader) the version of one event and its events, read out of it by
+# the caller: they go back an entry each, so that what crashed a reader is alone the next time (one that cannot be
+# read goes back whole). Returns the last new id, or false when the dead letter is gone or has no payload.
 REDRIVE_SCRIPT: Final = """
 local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #entry == 0 then return false end
+if #ARGV > 5 then
+  local new_id
+  for i = 6, #ARGV do new_id = redis.call('XADD', KEYS[2], '*', ARGV[2], ARGV[5], ARGV[3], ARGV[i]) end
+  redis.call('XDEL', KEYS[1], ARGV[1])
+  return new_id
+end
 local fields = entry[1][2]
-local v, e
+local v, e, name
 for i = 1, #fields, 2 do
-  if fields[i] == ARGV[2] then v = fields[i + 1] elseif fields[i] == ARGV[3] then e = fields[i + 1] end
+  if fields[i] == ARGV[2] then v = fields[i + 1]
+  elseif fields[i] == ARGV[3] or fields[i] == ARGV[4] then e, name = fields[i + 1], fields[i] end
 end
 if not v or not e then return false end
-local new_id = redis.call('XADD', KEYS[2], '*', ARGV[2], v, ARGV[3], e)
+local new_id = redis.call('XADD', KEYS[2], '*', ARGV[2], v, name, e)
 redis.call('XDEL', KEYS[1], ARGV[1])
 return new_id
 """

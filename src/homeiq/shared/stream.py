@@ -18,11 +18,11 @@ from redis.exceptions import ResponseError
 
 from homeiq.shared.events import PAYLOAD_VERSION
 from homeiq.shared.options import DEFAULT_SENTINEL_SERVICE
-from homeiq.shared.scripts import XADD_BATCH_SCRIPT
 from homeiq.shared.settings import Settings, Var, host_ports, not_empty, read_secret, redact_url
 
 FIELD_VERSION: Final = b"v"
 FIELD_EVENT: Final = b"e"
+FIELD_PACKED: Final = b"z"  # several events, packed (homeiq.shared.packing)
 
 Entry = tuple[bytes, list[bytes]]
 """An entry id and its fields as Redis sends them, `[field, value, ...]`; empty when the payload was trimmed."""
@@ -303,18 +303,6 @@ def entry_fields(payload: bytes) -> dict[bytes, bytes]:
     return {FIELD_VERSION: PAYLOAD_VERSION.encode(), FIELD_EVENT: payload}
 
 
-def xadd_batch_args(expected_tail: bytes, payloads: list[bytes], window_s: int = 0,
-                    identities: list[tuple[bytes, bytes]] | None = None) -> list[bytes]:
-    """The arguments of XADD_BATCH_SCRIPT for these payloads, after the entry id the caller added last (b"": none);
-    with a window, each payload's (bucket, identity) from `identities`."""
-    head = [expected_tail, FIELD_VERSION, PAYLOAD_VERSION.encode(), FIELD_EVENT, str(window_s).encode()]
-    if not window_s:
-        return [*head, *payloads]
-    assert identities is not None and len(identities) == len(payloads)
-    return [*head, *(part for (bucket, identity), payload in zip(identities, payloads, strict=True)
-                     for part in (bucket, identity, payload))]
-
-
 # Why an entry went to the dead-letter stream: it cannot be read (`undecodable`), is of a payload version this code
 # does not know, InfluxDB refused its point (`rejected`), reading it raised (`reader_error`), or a writer died while
 # holding it more than once (`crashed_reader`, the replayer's crash isolation): counted as dead-lettered. Or it was
@@ -351,7 +339,8 @@ def dead_letter_of(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
     text = {key: fields.get(key, b"").decode(errors="replace")
             for key in (DEAD_ORIGINAL_ID, DEAD_REASON, DEAD_DETAIL, DEAD_CONSUMER)}
     return DeadLetter(id=entry_id.decode(), original_id=text[DEAD_ORIGINAL_ID], reason=text[DEAD_REASON],
-                      detail=text[DEAD_DETAIL][:200], consumer=text[DEAD_CONSUMER], has_payload=FIELD_EVENT in fields)
+                      detail=text[DEAD_DETAIL][:200], consumer=text[DEAD_CONSUMER],
+                      has_payload=FIELD_EVENT in fields or FIELD_PACKED in fields)
 
 
 def payload_of(fields: list[bytes]) -> tuple[bytes | None, bytes | None]:
@@ -395,11 +384,3 @@ async def xrange_pages(client: aioredis.Redis, key: str, start: bytes = b"-", en
         if len(chunk) < page:
             return
         start = b"(" + chunk[-1][0]
-
-
-async def xadd_events(client: aioredis.Redis, stream: str, payloads: list[bytes], batch: int = 1000) -> None:
-    """XADD encoded events as the collector does (the same script: each batch all or none, the same fields), for
-    publishers that are not the collector: they leave its tail alone."""
-    script = client.register_script(XADD_BATCH_SCRIPT)
-    for first in range(0, len(payloads), batch):
-        await script(keys=[stream], args=xadd_batch_args(b"", payloads[first:first + batch]))

@@ -15,6 +15,7 @@ from homeiq.shared.influx.batch import READY_INFLUX, Batch, batch_writer_for
 from homeiq.shared.influx.metrics import WriterMetrics
 from homeiq.shared.lifecycle import wait_or_stop
 from homeiq.shared.logs import Log
+from homeiq.shared.packing import DEFAULT_EVENTS_PER_ENTRY
 from homeiq.shared.runtime import ServiceRuntime, give_back_memory_now
 from homeiq.shared.stream import Entry, describe_redis_error, ensure_group, read_group, read_pending
 from homeiq.writer.settings import WriterSettings
@@ -38,6 +39,9 @@ class Writer:
                                         self.readiness)
         self.sink = self.batches.sink
         self._write_interval_s = settings.write_interval_ms / 1000
+        # As the last batch read had them (at first as many as the collector packs by default: a first read of a
+        # backlog must not be 64 times too large): a read asks for WRITER_BATCH_SIZE events.
+        self._events_per_entry = DEFAULT_EVENTS_PER_ENTRY
         self._last_check = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -79,7 +83,7 @@ class Writer:
                         await self._check(idle=not entries)
                     if not entries:
                         continue
-                    keeping_up = cursor == b">" and len(entries) < self.settings.batch_size
+                    keeping_up = cursor == b">" and len(entries) < self._read_count()
                     if cursor != b">":
                         cursor = entries[-1][0]  # continue through our pending list after the last seen id
                     elif self.batches.healthy and not keeping_up:
@@ -114,17 +118,24 @@ class Writer:
 
     async def _read_and_prepare(self, cursor: bytes) -> tuple[list[Entry], Batch]:
         entries = await self._read(cursor)
-        return entries, await self.batches.prepare(entries)
+        batch = await self.batches.prepare(entries)
+        if entries and batch.items:
+            self._events_per_entry = max(1, round(len(batch.items) / len(entries)))
+        return entries, batch
+
+    def _read_count(self) -> int:
+        """Entries a read asks for: WRITER_BATCH_SIZE events, at as many events an entry as the last read had."""
+        return max(1, self.settings.batch_size // self._events_per_entry)
 
     async def _read(self, cursor: bytes) -> list[Entry]:
         settings = self.settings
         if cursor == b">":
-            return await read_group(self.redis, settings.names, settings.consumer, cursor, settings.batch_size,
+            return await read_group(self.redis, settings.names, settings.consumer, cursor, self._read_count(),
                                     settings.block_ms)
         # Our own pending entries are read without being delivered again: a restart must not raise their
         # delivery counts, nor reset their idle time (if one of them crashes us at every start, the
         # replayer claims it once it has been idle long enough).
-        return await read_pending(self.redis, settings.names, settings.consumer, cursor, settings.batch_size)
+        return await read_pending(self.redis, settings.names, settings.consumer, cursor, self._read_count())
 
 
 async def _abandon(ahead: asyncio.Task[tuple[list[Entry], Batch]] | None) -> None:

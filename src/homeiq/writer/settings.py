@@ -27,7 +27,8 @@ class WriterSettings(ServiceSettings, frozen=True, kw_only=True):
         default_text="the host name")] = ""
     influx: Annotated[InfluxSettings, Nested(prefix="influxdb_")] = InfluxSettings()
     batch_size: Annotated[int, Var(
-        "WRITER_BATCH_SIZE", "Entries per read and per InfluxDB write (max 5000).", between(1, 5000))] = 5000
+        "WRITER_BATCH_SIZE", "Events per read and per InfluxDB write (max 5000; a read of packed entries asks for "
+        "as many entries as hold about this many events).", between(1, 5000))] = 5000
     block_ms: Annotated[int, Var(
         "WRITER_BLOCK_MS", "How long one read waits for new entries, ms (at least 1 s below the socket timeout).",
         positive)] = 1000

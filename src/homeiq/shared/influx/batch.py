@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import typing
+from collections.abc import Sequence
 
 import msgspec
 import redis.asyncio as aioredis
 from prometheus_client import Counter
 
 from homeiq.shared.backoff import Backoff
-from homeiq.shared.events import PAYLOAD_VERSION, decode_event
+from homeiq.shared.events import NormalisedEvent, decode_event
 from homeiq.shared.health import Readiness
 from homeiq.shared.influx.metrics import WriterMetrics
 from homeiq.shared.influx.schemas import Encoder, make_encoder
@@ -19,6 +21,7 @@ from homeiq.shared.influx.settings import InfluxSettings
 from homeiq.shared.influx.sink import InfluxSink, Outcome, WriteResult, beyond_retention, sink_for
 from homeiq.shared.lifecycle import wait_or_stop
 from homeiq.shared.logs import Log, SampledLog
+from homeiq.shared.packing import BadEntry, event_id, payload_in, single_fields, split
 from homeiq.shared.scripts import DEAD_LETTER_SCRIPT
 from homeiq.shared.stream import (
     DeadReason,
@@ -27,7 +30,6 @@ from homeiq.shared.stream import (
     PoisonReason,
     StreamNames,
     dead_letter_fields,
-    payload_of,
 )
 
 log = Log(__name__)
@@ -37,13 +39,16 @@ INLINE_PREPARE_BYTES = 64 * 1024  # smaller bodies are compressed on the event l
 
 
 class Encoded(msgspec.Struct, gc=False):
-    """An entry ready to write: its id and fields, its line (empty when the schema has no point for it: it is
-    acked with its batch), and the event time of a live event for the latency metric (None for a backfilled or
-    snapshot state: it is as old as the gap it fills, not late).
+    """An event ready to write: its entry's id, its position in that entry (None: the entry's one event, version 1),
+    its entry's payload (what a dead letter keeps of it: for a packed entry, the array it is found in by position;
+    `event_payload`), its line (empty when the schema has no point for it: it is acked
+    with its batch), and the event time of a live event for the latency metric (None for a backfilled or snapshot
+    state: it is as old as the gap it fills, not late).
     Not tracked by the cyclic GC (it can be in no cycle): thousands live for a batch's lifetime."""
 
     entry_id: bytes
-    fields: list[bytes]
+    index: int | None
+    payload: bytes
     line: bytes
     live_time_ns: int | None
 
@@ -69,15 +74,71 @@ class Handled(msgspec.Struct):
         self.dead_lettered[reason] = self.dead_lettered.get(reason, 0) + 1
 
 
-class Batch:
-    """Encoded entries and their request body; the first attempt's body is compressed ahead of time."""
+class Poison(msgspec.Struct):
+    """An entry, or one event of a packed entry (`index`), that can never be written, and why; `fields` are what its
+    dead letter keeps (the entry's own, or the event's as a version-1 entry)."""
 
-    def __init__(self, items: list[Encoded], handled: Handled | None = None) -> None:
+    entry_id: bytes
+    fields: list[bytes]
+    reason: PoisonReason
+    detail: str
+    index: int | None = None
+
+
+class Ledger:
+    """Which entries of what was read are settled. An entry is acked once each of its events is written or poisoned
+    (a packed entry's events may be written by different halves of a bisected batch); its poisoned events go to the
+    dead-letter stream in the same step as its ack (DEAD_LETTER_SCRIPT), so none is dead-lettered twice."""
+
+    def __init__(self) -> None:
+        self._open: dict[bytes, int] = {}  # entry id → its events not settled yet
+        self._poisoned: dict[bytes, list[Poison]] = {}
+        self.late = Handled()  # dead letters added with a later ack (`BatchWriter.handle` reports them)
+
+    def expect(self, entry_id: bytes, events: int) -> None:
+        self._open[entry_id] = events
+
+    def settle(self, items: list[Encoded]) -> tuple[list[bytes], list[tuple[bytes, list[Poison]]]]:
+        """These events are written: the entries now settled, those to ack and those to ack with their poison."""
+        acked: list[bytes] = []
+        poisoned: list[tuple[bytes, list[Poison]]] = []
+        for item in items:
+            entry_id = item.entry_id
+            if item.index is None:  # one event, one entry
+                acked.append(entry_id)
+                continue
+            left = self._open[entry_id] - 1
+            if left:
+                self._open[entry_id] = left
+                continue
+            del self._open[entry_id]
+            if entry_id in self._poisoned:
+                poisoned.append((entry_id, self._poisoned.pop(entry_id)))
+            else:
+                acked.append(entry_id)
+        return acked, poisoned
+
+    def poison(self, bad: Poison) -> list[Poison] | None:
+        """One event can never be written: its entry's poison when that settles the entry, else None (kept)."""
+        self._poisoned.setdefault(bad.entry_id, []).append(bad)
+        left = self._open.get(bad.entry_id, 1) - 1
+        if left:
+            self._open[bad.entry_id] = left
+            return None
+        self._open.pop(bad.entry_id, None)
+        return self._poisoned.pop(bad.entry_id)
+
+
+class Batch:
+    """Encoded events and their request body; the first attempt's body is compressed ahead of time."""
+
+    def __init__(self, items: list[Encoded], handled: Handled | None = None, ledger: Ledger | None = None) -> None:
         # Grouped by series: influxd spends a third less CPU on points of one series side by side than on the
         # same points as they arrive, a series' points spread through the batch (benchmarks/influx_digest.py).
         # Stable, so a series' points keep their order (the later of two at one time still wins, as sent).
         self.items = sorted(items, key=_series)
         self.handled = handled or Handled()  # what preparing it did already (dead letters, lost payloads)
+        self.ledger = ledger or Ledger()  # shared by the halves of a bisected batch
         self.body = b"\n".join(item.line for item in self.items if item.line)
         self.prepared: bytes | None = None  # the request body, as the sink sends it
 
@@ -95,50 +156,73 @@ def _series(item: Encoded) -> bytes:
     return item.line[:item.line.find(b" ")]
 
 
-class Poison(msgspec.Struct):
-    """An entry that can never be written, and why."""
-
-    entry_id: bytes
-    fields: list[bytes]
-    reason: PoisonReason
-    detail: str
+def event_payload(item: Encoded) -> bytes:
+    """The encoded event itself (cut from its packed entry's array only when needed: a dead letter)."""
+    return item.payload if item.index is None else split(item.payload)[item.index]
 
 
-def encode_entries(entries: list[Entry], encoder: Encoder | None = None) -> tuple[list[Encoded], list[Poison]]:
-    """Split entries into encoded lines and poison; a pure function of the entries (and the schema's rules).
+def encode_entries(entries: list[Entry], encoder: Encoder | None = None, ledger: Ledger | None = None
+                   ) -> tuple[list[Encoded], list[Poison]]:
+    """Split entries into encoded events and poison; a pure function of the entries (and the schema's rules). The
+    ledger, when given, learns how many events each packed entry holds.
 
-    Any exception while decoding or encoding one entry is that entry's poison, never the batch's: the
-    result depends on the entry alone, so a retry would raise it again. Only MemoryError passes through
+    Any exception while decoding or encoding one event is that event's poison, never the batch's: the
+    result depends on the event alone, so a retry would raise it again. Only MemoryError passes through
     (it says as much about the process as about the entry); an entry that kills its reader outright is
-    what the replayer's crash ledger catches."""
+    what the replayer's crash ledger catches. An entry whose events cannot be read at all is poison whole."""
     encode = (encoder or _homeiq).encode
     good: list[Encoded] = []
     poison: list[Poison] = []
-    version_wanted = PAYLOAD_VERSION.encode()
     for entry_id, fields in entries:
-        version, payload = payload_of(fields)
-        if version != version_wanted:
-            poison.append(Poison(entry_id, fields, "unknown_version", f"payload version {version!r}"))
-            continue
-        if payload is None:
-            poison.append(Poison(entry_id, fields, "undecodable", "no event field `e`"))
-            continue
         try:
-            event = decode_event(payload)
-            text = encode(event)
-            line = b"" if text is None else text.encode()
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError) as exc:
-            poison.append(Poison(entry_id, fields, "undecodable", f"{type(exc).__name__}: {exc}"[:300]))
+            packed, payload = payload_in(fields)
+            # A packed entry's events in one call (as cheap an event as one decoded alone); one that is no event makes
+            # it fail, and then each is decoded alone, the bad one its own poison.
+            decoded: Sequence[NormalisedEvent | bytes] = _events_of(payload) if packed else [payload]
+        except BadEntry as exc:
+            poison.append(Poison(entry_id, fields, typing.cast(PoisonReason, exc.reason), exc.detail))
             continue
-        except MemoryError:
-            raise
-        except Exception as exc:  # a bug of ours this entry triggers: it must not stop its neighbours
-            log.error("reader_error", entry_id=entry_id.decode(), exc_info=True)
-            poison.append(Poison(entry_id, fields, "reader_error", f"{type(exc).__name__}: {exc}"[:300]))
-            continue
-        live_ns = event.time_ns - event.ha_clock_skew_ns if event.source == "live" else None  # on our clock
-        good.append(Encoded(entry_id, fields, line, live_ns))
+        if packed and ledger is not None:
+            ledger.expect(entry_id, len(decoded))
+        for n, one in enumerate(decoded):
+            index = n if packed else None
+            try:
+                event = decode_event(one) if isinstance(one, bytes) else one
+                text = encode(event)
+                line = b"" if text is None else text.encode()
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError) as exc:
+                poison.append(_poison(entry_id, fields, index, payload, "undecodable",
+                                      f"{type(exc).__name__}: {exc}"[:300]))
+                continue
+            except MemoryError:
+                raise
+            except Exception as exc:  # a bug of ours this event triggers: it must not stop its neighbours
+                log.error("reader_error", entry_id=event_id(entry_id, index).decode(), exc_info=True)
+                poison.append(_poison(entry_id, fields, index, payload, "reader_error",
+                                      f"{type(exc).__name__}: {exc}"[:300]))
+                continue
+            live_ns = event.time_ns - event.ha_clock_skew_ns if event.source == "live" else None  # on our clock
+            good.append(Encoded(entry_id, index, payload, line, live_ns))
     return good, poison
+
+
+_event_list = msgspec.json.Decoder(list[NormalisedEvent])
+
+
+def _events_of(array: bytes) -> Sequence[NormalisedEvent | bytes]:
+    """A packed entry's events, decoded; when one of them is no event, each one's own JSON (BadEntry: the array is
+    no JSON array)."""
+    try:
+        events = _event_list.decode(array)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return split(array)
+    return events or split(array)  # none: BadEntry (an entry nothing would ever settle)
+
+
+def _poison(entry_id: bytes, fields: list[bytes], index: int | None, payload: bytes, reason: PoisonReason,
+            detail: str) -> Poison:
+    """A poisoned event: a version-1 entry's letter keeps the entry's fields, a packed entry's the event alone."""
+    return Poison(entry_id, fields if index is None else single_fields(split(payload)[index]), reason, detail, index)
 
 
 _homeiq = make_encoder("homeiq")
@@ -179,12 +263,12 @@ class BatchWriter:
     async def handle(self, entries: list[Entry], stop: asyncio.Event,
                      reading: contextlib.AbstractAsyncContextManager[object] | None = None) -> Handled:
         """The write path's one entry point: prepare (inside `reading`, the crash ledger's marker, when given),
-        write, and wait for the acks; what happened to the entries."""
+        write, and wait for the acks; what happened to the entries' events."""
         async with reading or contextlib.nullcontext():
             batch = await self.prepare(entries)
         handled = await self.write(batch, stop)
         await self.acked()
-        return handled
+        return handled.add(batch.ledger.late)
 
     async def prepare(self, entries: list[Entry]) -> Batch:
         """Dead-letter what can never be written (trimmed, undecodable); encode and compress the rest."""
@@ -197,12 +281,12 @@ class BatchWriter:
                 if await self.dead_letter(eid, [], "payload_trimmed", "entry pending but its payload was trimmed"):
                     handled.lost += 1
                 self.count_lost("payload_trimmed")
-        good, poison = encode_entries(entries, self.encoder)
+        ledger = Ledger()
+        good, poison = encode_entries(entries, self.encoder, ledger)
         self._count_left_out()
         for bad in poison:
-            if await self.dead_letter(bad.entry_id, bad.fields, bad.reason, bad.detail):
-                handled.dead(bad.reason)
-        batch = Batch(good, handled)
+            await self._poisoned(bad, ledger, handled)
+        batch = Batch(good, handled, ledger)
         if batch.body:
             batch.prepared = await self._prepare(batch.body)
         return batch
@@ -243,16 +327,17 @@ class BatchWriter:
                 self._readiness.ok(READY_INFLUX)
                 items = batch.items
                 if len(items) == 1:
-                    rejected = Handled()
+                    rejected, item = Handled(), items[0]
                     why: PoisonReason = "beyond_retention" if beyond_retention(result) else "rejected"
-                    if await self.dead_letter(items[0].entry_id, items[0].fields, why, result.detail):
-                        rejected.dead(why)
+                    fields = single_fields(event_payload(item))
+                    await self._poisoned(Poison(item.entry_id, fields, why, result.detail, item.index), batch.ledger,
+                                         rejected)
                     return done.add(rejected)
                 middle = len(items) // 2
-                first = await self.write(Batch(items[:middle]), stop)
+                first = await self.write(Batch(items[:middle], ledger=batch.ledger), stop)
                 if first.given_up:
                     return done.add(first)
-                return done.add(first).add(await self.write(Batch(items[middle:]), stop))
+                return done.add(first).add(await self.write(Batch(items[middle:], ledger=batch.ledger), stop))
             reason = f"InfluxDB at {self.sink.url} answered {result.status or 'nothing'}: {result.detail}"
             self._readiness.fail(READY_INFLUX, reason[:300])
             delay_s = max(result.retry_after_s or 0.0, self._backoff.next_delay_s())
@@ -299,9 +384,39 @@ class BatchWriter:
         if acking is not None:
             await asyncio.shield(acking)  # a cancelled caller must not cut an ack: InfluxDB has the points
 
+    async def _poisoned(self, bad: Poison, ledger: Ledger, handled: Handled) -> None:
+        """An entry, or an event, that can never be written: dead-lettered now when that settles its entry (a
+        packed entry's once its other events are written too)."""
+        if bad.index is None:
+            if await self.dead_letter(bad.entry_id, bad.fields, bad.reason, bad.detail):
+                handled.dead(bad.reason)
+            return
+        settled = ledger.poison(bad)
+        if settled is not None:
+            await self._dead_letter_events(bad.entry_id, settled, handled)
+
+    async def _dead_letter_events(self, entry_id: bytes, poison: list[Poison], handled: Handled) -> None:
+        """Ack a packed entry and add its poisoned events to the dead-letter stream, each alone, in one step."""
+        letters = [dead_letter_fields(bad.fields, bad.reason, bad.detail, event_id(entry_id, bad.index),
+                                      self._consumer) for bad in poison]
+        args = [self._names.group.encode(), entry_id, b"0", str(len(letters[0])).encode(),
+                *(part for letter in letters for part in letter)]
+        done = await asyncio.shield(self._dead_letter(keys=[self._names.stream, self._names.dead], args=args))
+        if not done:
+            log.info("already_handled", entry_id=entry_id.decode(), reason=poison[0].reason)
+            return
+        for bad in poison:
+            handled.dead(bad.reason)
+            self._metrics.dead_lettered.labels(bad.reason).inc()
+            log.warning("dead_lettered", entry_id=event_id(entry_id, bad.index).decode(), reason=bad.reason,
+                        detail=bad.detail[:200])
+
     async def _ack(self, batch: Batch) -> None:
-        ids = [item.entry_id for item in batch.items]
-        await self._redis.xack(self._names.stream, self._names.group, *ids)
+        ids, poisoned = batch.ledger.settle(batch.items)
+        if ids:
+            await self._redis.xack(self._names.stream, self._names.group, *ids)
+        for entry_id, poison in poisoned:
+            await self._dead_letter_events(entry_id, poison, batch.ledger.late)
         self._metrics.points_written.inc(batch.points())
         now_ns = time.time_ns()
         for item in batch.items:
@@ -319,7 +434,7 @@ class BatchWriter:
         False when it was not pending any more (someone else wrote or dead-lettered it)."""
         dead = dead_letter_fields(fields, reason, detail, entry_id, self._consumer)
         force = b"1" if reason == "payload_trimmed" else b"0"
-        args = [self._names.group.encode(), entry_id, force, *dead]
+        args = [self._names.group.encode(), entry_id, force, str(len(dead)).encode(), *dead]
         done = await asyncio.shield(self._dead_letter(keys=[self._names.stream, self._names.dead], args=args))
         if not done:
             log.info("already_handled", entry_id=entry_id.decode(), reason=reason)
