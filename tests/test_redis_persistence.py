@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from homeiq.local.services import InfluxServer, RedisServer
 from homeiq.shared.stream import DEFAULT_NAMES
-from tests.collector_harness import running_collector, simulator
+from tests.collector_harness import running_collector, simulator, stream_payloads
 from tests.events import state_payload
 from tests.helpers import wait_for
 from tests.writer_harness import fill, metric, running_writer, writer_settings
@@ -41,7 +41,7 @@ async def test_the_collector_refuses_a_redis_without_persistence_until_its_aof_i
             await wait_for(lambda: run.metric("homeiq_events_published_total") == 50, 15, "the spool published")
             assert run.metric("homeiq_redis_persistent") == 1
             assert "appendonly" not in (run.collector.readiness.reason or "")
-        assert await client.xlen(DEFAULT_NAMES.stream) == 50
+        assert len(await stream_payloads(client)) == 50
     finally:
         await client.aclose()
 
