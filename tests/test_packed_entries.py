@@ -41,7 +41,7 @@ from homeiq.shared.stream import (
 from homeiq.writer.service import Writer
 from tests.events import other_payload, state_payload
 from tests.helpers import value, wait_for
-from tests.writer_harness import fill, writer_settings
+from tests.writer_harness import fill, running_writer, writer_settings
 
 
 def event(n: int, **changes: object) -> bytes:
@@ -293,3 +293,14 @@ async def test_a_batch_whose_second_call_fails_counts_its_first_calls_events_as_
         await redis_client.set(f"{DEFAULT_NAMES.collector_tail}:c1", b"0-1")  # Redis forgets all of c1's entries
         await publisher.check_tail_now()
     assert (published, value(metrics.dropped, reason="redis_forgot")) == (5, 5)
+
+
+async def test_a_backlog_of_packed_entries_is_written_back_to_back_not_paced(
+    redis_server: RedisServer, redis_client: aioredis.Redis, influx: InfluxServer, influx_db: str
+) -> None:
+    # 63 events an entry: after the first read the writer asks for 79 entries, not 78; a full read must still
+    # count as full (a backlog), or each batch waits WRITER_INTERVAL_MS as if the writer kept up.
+    await fill(redis_client, [event(n) for n in range(63 * 240)], events_per_entry=63)
+    settings = writer_settings(redis_server.url, influx.url, influx_db, write_interval_ms=10_000)
+    async with running_writer(settings):
+        await wait_for(lambda: influx.count(influx_db) == 63 * 240, 8, "the backlog written, batches back to back")

@@ -42,6 +42,7 @@ class Writer:
         # As the last batch read had them (at first as many as the collector packs by default: a first read of a
         # backlog must not be 64 times too large): a read asks for WRITER_BATCH_SIZE events.
         self._events_per_entry = DEFAULT_EVENTS_PER_ENTRY
+        self._asked = 0  # entries the last read asked for: fewer came, the writer keeps up
         self._last_check = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -83,7 +84,7 @@ class Writer:
                         await self._check(idle=not entries)
                     if not entries:
                         continue
-                    keeping_up = cursor == b">" and len(entries) < self._read_count()
+                    keeping_up = cursor == b">" and len(entries) < self._asked  # the read that gave them
                     if cursor != b">":
                         cursor = entries[-1][0]  # continue through our pending list after the last seen id
                     elif self.batches.healthy and not keeping_up:
@@ -129,13 +130,14 @@ class Writer:
 
     async def _read(self, cursor: bytes) -> list[Entry]:
         settings = self.settings
+        self._asked = self._read_count()
         if cursor == b">":
-            return await read_group(self.redis, settings.names, settings.consumer, cursor, self._read_count(),
+            return await read_group(self.redis, settings.names, settings.consumer, cursor, self._asked,
                                     settings.block_ms)
         # Our own pending entries are read without being delivered again: a restart must not raise their
         # delivery counts, nor reset their idle time (if one of them crashes us at every start, the
         # replayer claims it once it has been idle long enough).
-        return await read_pending(self.redis, settings.names, settings.consumer, cursor, self._read_count())
+        return await read_pending(self.redis, settings.names, settings.consumer, cursor, self._asked)
 
 
 async def _abandon(ahead: asyncio.Task[tuple[list[Entry], Batch]] | None) -> None:
