@@ -23,7 +23,8 @@ from homeiq.local.processes import ScriptProcess
 from homeiq.local.services import InfluxServer, RedisServer, free_port
 from homeiq.local.waiting import wait_for
 from homeiq.shared import acl
-from homeiq.shared.stream import DEFAULT_NAMES
+from homeiq.shared.packing import events_or_none
+from homeiq.shared.stream import DEFAULT_NAMES, fetch_entries
 from tests.acl_harness import AclUsers, acl_on
 from tests.faults.truth import Row, Verdict, compare, record
 
@@ -194,6 +195,16 @@ class FaultPipeline:
         undelivered: Any = await self.client.xrange(DEFAULT_NAMES.stream, b"(" + group["last-delivered-id"], b"+")
         return {"behind": group["last-delivered-id"] != stream["last-generated-id"], "pending": int(group["pending"]),
                 "added": int(stream["entries-added"]), "unacked": int(group["pending"]) + len(undelivered)}
+
+    async def unacked_events(self) -> int:
+        """The events not acked yet (pending or not delivered), however many an entry holds."""
+        assert self.client is not None
+        groups: Any = await self.client.xinfo_groups(DEFAULT_NAMES.stream)
+        group = next(g for g in groups if g["name"] == DEFAULT_NAMES.group.encode())
+        rows: Any = await self.client.xpending_range(DEFAULT_NAMES.stream, DEFAULT_NAMES.group, "-", "+", 1_000_000)
+        pending = await fetch_entries(self.client, DEFAULT_NAMES, [row["message_id"] for row in rows])
+        undelivered: Any = await self.client.xrange(DEFAULT_NAMES.stream, b"(" + group["last-delivered-id"], b"+")
+        return sum(len(events_or_none(fields)) for fields in [f for _, f in pending] + [f for _, f in undelivered])
 
     async def drained(self, timeout_s: float = 60.0) -> float:
         """Wait until everything the collector took is written or dead-lettered: no gap open, nothing buffered

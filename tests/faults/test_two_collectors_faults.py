@@ -12,11 +12,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from homeiq.collector.dedup import identity
+from homeiq.shared.packing import events_or_none
 from homeiq.shared.stream import DEFAULT_NAMES
 from tests.faults.pipeline import FaultPipeline, service_calls, steady_traffic
 from tests.faults.test_writer_faults import assert_exact
 
 CUSTOM = "homeiq_fault_custom"
+NO_TRIM = {"REPLAYER_TRIM": "false"}
 
 
 @contextlib.asynccontextmanager
@@ -37,18 +40,21 @@ async def assert_every_event_once(pipeline: FaultPipeline, verdict: Any, row: An
                                   customs: dict[str, Any]) -> None:
     points = await pipeline.points()
     assert pipeline.client is not None
-    added = int((await pipeline.client.xinfo_stream(DEFAULT_NAMES.stream))["entries-added"])
+    # Nothing trimmed (NO_TRIM): every event the two added is still in the stream, packed or not.
+    stream = [p for _, f in await pipeline.client.xrange(DEFAULT_NAMES.stream) for p in events_or_none(f)]
+    added, copies = len(stream), Counter(identity(p) for p in stream)
     called, customed = once_each(calls, points, "call_service"), once_each(customs, points, CUSTOM)
     deduplicated = pipeline.total("collector", "homeiq_events_deduplicated_total")
     row.explained = (f"service calls {called[0]}, custom events {customed[0]}: none missing or twice; stream "
-                     f"entries {added} for {len(points)} points; {deduplicated:.0f} copies the other had added")
+                     f"events {added} for {len(points)} points; {deduplicated:.0f} copies the other had added")
     assert_exact(verdict, row.dropped)
     assert called[1:] == (0, 0) and customed[1:] == (0, 0), (called, customed)
-    assert added == len(points), (added, len(points))  # each event reached the stream once
+    assert max(copies.values()) == 1, [key for key, n in copies.items() if n > 1][:3]  # each event reached it once
+    assert added == len(points), (added, len(points))
 
 
 async def test_two_collectors_one_sigkilled_every_10_s_every_event_once(tmp_path: Path) -> None:
-    async with FaultPipeline(tmp_path, collectors=2) as pipeline:
+    async with FaultPipeline(tmp_path, collectors=2, env=NO_TRIM) as pipeline:
         async with every_kind(pipeline) as (calls, customs):
             kills, started = 0, time.monotonic()
             while time.monotonic() - started < 120:
@@ -66,7 +72,7 @@ async def test_two_collectors_one_sigkilled_every_10_s_every_event_once(tmp_path
 
 
 async def test_two_collectors_one_gone_for_good_halfway_every_event_once(tmp_path: Path) -> None:
-    async with FaultPipeline(tmp_path, collectors=2) as pipeline:
+    async with FaultPipeline(tmp_path, collectors=2, env=NO_TRIM) as pipeline:
         async with every_kind(pipeline) as (calls, customs):
             await asyncio.sleep(30)
             pipeline.kill(pipeline.collector_names[1])  # its machine died

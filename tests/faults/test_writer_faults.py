@@ -77,7 +77,7 @@ async def test_a_slow_influxdb_lets_lag_grow_and_the_pipeline_catches_up(tmp_pat
         async with pipeline:
             async with steady_traffic(pipeline.hub, 1000):
                 await asyncio.sleep(20)
-                unacked = (await pipeline.stream_state())["unacked"]
+                unacked = await pipeline.unacked_events()
                 proxy.delay_s = 0
                 fast_again = time.monotonic()
             verdict, row = await pipeline.verdict("InfluxDB answering after 2 s for 20 s, 1000/s", fast_again)
