@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 import redis.asyncio as aioredis
 
 from homeiq.local.services import RedisServer
@@ -16,24 +15,9 @@ from homeiq.shared.stream import (
     ensure_group,
     entries_of,
     entry_fields,
-    payload_of,
     read_group,
     read_pending,
 )
-
-
-@pytest.mark.parametrize(("fields", "expected"), [
-    ([FIELD_VERSION, b"1", FIELD_EVENT, b"{}"], (b"1", b"{}")),  # as the collector adds them
-    ([FIELD_EVENT, b"{}", FIELD_VERSION, b"1"], (b"1", b"{}")),
-    ([FIELD_VERSION, b"2", b"x", b"y", FIELD_EVENT, b"{}"], (b"2", b"{}")),
-    ([FIELD_EVENT, b"{}"], (None, b"{}")),
-    ([FIELD_VERSION, b"1"], (b"1", None)),
-    ([], (None, None)),
-])
-def test_payload_of_finds_version_and_event_wherever_they_are(
-    fields: list[bytes], expected: tuple[bytes | None, bytes | None]
-) -> None:
-    assert payload_of(fields) == expected
 
 
 def test_a_trimmed_entry_has_no_fields() -> None:

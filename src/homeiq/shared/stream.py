@@ -343,14 +343,6 @@ def dead_letter_of(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
                       has_payload=FIELD_EVENT in fields or FIELD_PACKED in fields)
 
 
-def payload_of(fields: list[bytes]) -> tuple[bytes | None, bytes | None]:
-    """The version (`v`) and event (`e`) values of an entry's fields; None where missing."""
-    if len(fields) == 4 and fields[0] == FIELD_VERSION and fields[2] == FIELD_EVENT:  # as the collector adds them
-        return fields[1], fields[3]
-    pairs = dict(zip(fields[::2], fields[1::2], strict=False))
-    return pairs.get(FIELD_VERSION), pairs.get(FIELD_EVENT)
-
-
 async def ensure_group(client: aioredis.Redis, names: StreamNames) -> bool:
     """Create the consumer group (and the stream) if missing; True when this call created it."""
     try:
