@@ -370,7 +370,7 @@ class Publisher:
             args = xadd_batch_args(rounds.added[-1][0] if rounds.added else self.tail_id or b"", payloads,
                                    self._dedup_window_s, None if identities is None else [identities[n] for n in todo],
                                    self._events_per_entry)
-            if rounds.replicated < self._wait_replicas:  # short already: the batch stays spooled, wait no more
+            if not self._wait_replicas or rounds.replicated < self._wait_replicas:  # none asked, or short already
                 found, last_id, skipped, done = await self._xadd_batch(keys=self._keys, args=args)
             else:
                 async with self._redis.pipeline(transaction=False) as pipe:
