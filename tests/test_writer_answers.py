@@ -153,7 +153,9 @@ async def test_429_and_503_honour_retry_after_then_the_same_batch_lands(
     proxy = FaultyHttp(influx.url)
     await proxy.start()
     proxy.faults = [(429, "1"), (503, "1")]
-    await fill(redis_client, [state_payload(n) for n in range(300)])
+    # Packed, 60 an entry: a writer's first read asks for WRITER_BATCH_SIZE / 64 entries (78 single ones would be
+    # a first batch of 78), so the 300 are one batch.
+    await fill(redis_client, [state_payload(n) for n in range(300)], events_per_entry=60)
     started = time.monotonic()
     try:
         async with running_writer(writer_settings(redis_server.url, proxy.url, influx_db)) as writer:  # type: ignore[attr-defined]
