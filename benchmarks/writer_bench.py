@@ -10,7 +10,7 @@ With --isolate-influxd, influxd runs on CPU 0 and everything else on the other C
 the writer rounds alike: what is left of the gap is then the writer's own, not the CPU it takes from
 influxd on a small machine.
 
-    python benchmarks/writer_bench.py --entries 500000 [--rounds 3] [--isolate-influxd]
+    python benchmarks/writer_bench.py --entries 500000 [--rounds 3] [--isolate-influxd] [--events-per-entry 1]
     python benchmarks/writer_bench.py --encoder-only --entries 200000   # both schemas' encoders, side by side
 """
 
@@ -37,6 +37,7 @@ from homeiq.local.waiting import wait_for
 from homeiq.shared.events import decode_event
 from homeiq.shared.influx.schemas import SCHEMAS, make_encoder
 from homeiq.shared.influx.sink import gzip_body
+from homeiq.shared.packing import DEFAULT_EVENTS_PER_ENTRY, pack
 
 sys.path.insert(0, str(Path(__file__).parent))
 from workload import payloads
@@ -46,6 +47,11 @@ STREAM = "homeiq:events"
 FILL = """
 for i = 1, #ARGV do
   redis.call('XADD', KEYS[1], '*', 'v', '1', 'e', ARGV[i])
+end
+"""
+FILL_PACKED = """
+for i = 1, #ARGV do
+  redis.call('XADD', KEYS[1], '*', 'v', '2', 'z', ARGV[i])
 end
 """
 
@@ -118,7 +124,7 @@ async def ceiling(workdir: Path, bodies: list[bytes], points: int, isolate: bool
             "influxd_cores": influx_cpu / elapsed}
 
 
-async def writer_round(workdir: Path, redis_server: RedisServer, group: str, count: int,
+async def writer_round(workdir: Path, redis_server: RedisServer, group: str, count: int, stream_entries: int,
                        isolate: bool) -> dict[str, float]:
     """Points/s of one `writer run` reading the whole stream through a new group into a fresh influxd."""
     influx = start_influxd(workdir / "influxdb", isolate)
@@ -147,7 +153,7 @@ async def writer_round(workdir: Path, redis_server: RedisServer, group: str, cou
 
         async def drained() -> bool:
             info = await group_info()
-            return bool(info["entries-read"] == count and info["pending"] == 0)
+            return bool(info["entries-read"] == stream_entries and info["pending"] == 0)
 
         await wait_for(drained, 900, "the writer to ack every entry", interval_s=0.05)
         elapsed = time.perf_counter() - started
@@ -166,7 +172,7 @@ async def writer_round(workdir: Path, redis_server: RedisServer, group: str, cou
             "redis_cpu_us_per_point": cpu["redis"] / count * 1e6}
 
 
-async def main(count: int, rounds: int, isolate: bool, workdir: Path) -> dict[str, object]:
+async def main(count: int, rounds: int, isolate: bool, workdir: Path, per_entry: int) -> dict[str, object]:
     if isolate:  # we, Redis and the writer on every CPU but 0; influxd is moved to CPU 0
         os.sched_setaffinity(0, os.sched_getaffinity(0) - {0})
     entries = payloads(count)
@@ -175,15 +181,20 @@ async def main(count: int, rounds: int, isolate: bool, workdir: Path) -> dict[st
     redis_server = RedisServer(workdir / "redis", None).start()
     try:
         client = aioredis.Redis.from_url(redis_server.url)
-        fill = client.register_script(FILL)
-        for first in range(0, len(entries), 2000):
-            await fill(keys=[STREAM], args=entries[first:first + 2000])
+        if per_entry == 1:
+            fill, fields = client.register_script(FILL), entries
+        else:  # as the collector packs them (entry version 2)
+            fill = client.register_script(FILL_PACKED)
+            fields = [pack(entries[first:first + per_entry]) for first in range(0, len(entries), per_entry)]
+        for first in range(0, len(fields), 2000):
+            await fill(keys=[STREAM], args=fields[first:first + 2000])
         await client.aclose()
         os.sync()  # the fill's writes are not the writer's to wait for
         ceilings, writers = [], []
         for n in range(rounds):
             ceilings.append(await ceiling(workdir / f"ceiling-{n}", bodies, count, isolate))
-            writers.append(await writer_round(workdir / f"writer-{n}", redis_server, f"writers-{n}", count, isolate))
+            writers.append(await writer_round(workdir / f"writer-{n}", redis_server, f"writers-{n}", count, len(fields),
+                                                isolate))
             print(json.dumps({"round": n, "ceiling": ceilings[-1], "writer": writers[-1]}), file=sys.stderr)
     finally:
         redis_server.stop()
@@ -193,7 +204,7 @@ async def main(count: int, rounds: int, isolate: bool, workdir: Path) -> dict[st
 
     ceiling_rate, writer_rate = median(ceilings, "points_per_s"), median(writers, "points_per_s")
     return {
-        "entries": count, "batch": BATCH, "rounds": rounds, "isolate_influxd": isolate,
+        "entries": count, "events_per_entry": per_entry, "batch": BATCH, "rounds": rounds, "isolate_influxd": isolate,
         "mean_line_bytes": round(sum(map(len, lines)) / len(lines)),
         "encoder_lines_per_s": round(encode_only), "decode_and_encode_lines_per_s": round(decode_encode),
         "influxd_ceiling_points_per_s": round(ceiling_rate), "writer_points_per_s": round(writer_rate),
@@ -215,6 +226,8 @@ if __name__ == "__main__":
     parser.add_argument("--entries", type=int, default=500_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--isolate-influxd", action="store_true")
+    parser.add_argument("--events-per-entry", type=int, default=DEFAULT_EVENTS_PER_ENTRY,
+                        help="as COLLECTOR_EVENTS_PER_ENTRY (1: version-1 entries)")
     parser.add_argument("--encoder-only", action="store_true", help="Only the encoders of both schemas.")
     args = parser.parse_args()
     if args.encoder_only:
@@ -223,4 +236,5 @@ if __name__ == "__main__":
     if args.isolate_influxd and len(os.sched_getaffinity(0)) < 2:
         parser.error("--isolate-influxd needs at least two CPUs")
     with tempfile.TemporaryDirectory(prefix="homeiq-bench-") as tmp:
-        print(json.dumps(asyncio.run(main(args.entries, args.rounds, args.isolate_influxd, Path(tmp))), indent=2))
+        print(json.dumps(asyncio.run(main(args.entries, args.rounds, args.isolate_influxd, Path(tmp),
+                                                  args.events_per_entry)), indent=2))

@@ -29,6 +29,7 @@ class HaClock:
     def __init__(self, found: Callable[[Finding, int], None]) -> None:
         self._found = found
         self._buckets: deque[tuple[int, int]] = deque(maxlen=BUCKETS)  # (bucket start, largest offset in it)
+        self._offset: int | None = None  # the largest of the buckets' (read twice an event: kept, not recomputed)
         self._last_ns: int | None = None
         self._candidates: list[int] = []  # offsets of consecutive states too far ahead
         # How far the last trusted state was behind the offset known before it: HA's clock went back by about this
@@ -38,7 +39,7 @@ class HaClock:
     @property
     def offset_ns(self) -> int | None:
         """HA's clock minus ours, less the shortest latency seen (None before the first state)."""
-        return max(offset for _, offset in self._buckets) if self._buckets else None
+        return self._offset
 
     def trust(self, time_ns: int, received_ns: int) -> bool:
         """Whether a live state stamped `time_ns`, received at `received_ns` (our clock), may move the watermark."""
@@ -53,7 +54,7 @@ class HaClock:
             self._candidates.clear()
         if self._last_ns is not None and time_ns < self._last_ns - BACK_STEP_NS:
             self._found("step_back", offset - (known or 0))
-            self._buckets.clear()  # the old offset no longer says anything (carried on, it inflates latency)
+            self._forget()  # the old offset no longer says anything (carried on, it inflates latency)
         self._last_ns = time_ns
         self._note(offset, received_ns)
         return True
@@ -68,15 +69,24 @@ class HaClock:
             return False
         self._found("step_ahead", offset - (self.offset_ns or 0))
         self._candidates.clear()
-        self._buckets.clear()  # the old offset no longer says anything
+        self._forget()  # the old offset no longer says anything
         return True
+
+    def _forget(self) -> None:
+        self._buckets.clear()
+        self._offset = None
 
     def _note(self, offset: int, received_ns: int) -> None:
         bucket = received_ns - received_ns % BUCKET_NS
-        while self._buckets and self._buckets[0][0] <= bucket - BUCKETS * BUCKET_NS:  # older than ten minutes
-            self._buckets.popleft()
-        if self._buckets and self._buckets[-1][0] == bucket:
-            if offset > self._buckets[-1][1]:
-                self._buckets[-1] = (bucket, offset)
+        buckets = self._buckets
+        if buckets and buckets[-1][0] == bucket:  # most states: within the current minute
+            if offset > buckets[-1][1]:
+                buckets[-1] = (bucket, offset)
         else:
-            self._buckets.append((bucket, offset))
+            while buckets and buckets[0][0] <= bucket - BUCKETS * BUCKET_NS:  # older than ten minutes
+                buckets.popleft()
+            buckets.append((bucket, offset))  # (maxlen: the eleventh minute's pushes the first out)
+            self._offset = max(largest for _, largest in buckets)
+            return
+        if self._offset is None or offset > self._offset:
+            self._offset = offset

@@ -419,9 +419,8 @@ class BatchWriter:
             await self._dead_letter_events(entry_id, poison, batch.ledger.late)
         self._metrics.points_written.inc(batch.points())
         now_ns = time.time_ns()
-        for item in batch.items:
-            if item.live_time_ns is not None:
-                self._metrics.event_age.observe(max(0.0, (now_ns - item.live_time_ns) / 1e9))
+        self._metrics.event_age.observe_many(max(0.0, (now_ns - item.live_time_ns) / 1e9) for item in batch.items
+                                             if item.live_time_ns is not None)
 
     def count_lost(self, reason: LostReason) -> None:
         """Count one entry whose payload is gone (never silently acked: it is also dead-lettered)."""

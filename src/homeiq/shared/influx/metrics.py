@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+from typing import cast
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from homeiq.shared.influx.schemas import ATTRIBUTE_REASONS, OVERWRITE_REASONS, SKIP_REASONS
 from homeiq.shared.influx.sink import Outcome
@@ -48,9 +54,9 @@ class WriterMetrics:
             "homeiq_tls_cert_expiry_timestamp_seconds", "When the certificate the TLS peer last showed expires "
             "(notAfter, Unix seconds): peer influxdb (https://) here, home_assistant (wss://) at the collector.",
             ["peer"], registry=registry)
-        self.event_age = Histogram(
+        self.event_age = BatchHistogram(
             "homeiq_event_age_at_ack_seconds", "Event time to ack of live events: end-to-end latency.",
-            registry=registry,
+            registry,
             # 150, 200: a home's batches wait most of the 250 ms target; its p99 needs buckets inside it.
             buckets=(0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
         )
@@ -81,3 +87,44 @@ class WriterMetrics:
             "times cut to the same ha-schema precision unit (precision) or equal to the nanosecond (same_time). Only "
             "those this process wrote both of (README), by reason.", ["reason"], registry=registry,
         )
+
+
+_go_float = cast(Callable[[float], str], floatToGoString)  # (untyped)
+
+
+class BatchHistogram:
+    """A histogram observed a batch at a time, exposed as prometheus_client's Histogram is (same samples). Its
+    `observe` took a lock and walked the buckets per event: a tenth of a writer's CPU (one per event acked); here an
+    event costs a bisect. Observed and collected on the event loop only (no lock)."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry, buckets: Iterable[float]) -> None:
+        self._name, self._documentation = name, documentation
+        self._bounds = [float(bound) for bound in buckets]
+        self._le = [_go_float(bound) for bound in [*self._bounds, float("inf")]]  # as Histogram writes them
+        self._counts = [0] * (len(self._bounds) + 1)  # the last: above every bound (+Inf only)
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        """One value."""
+        self.observe_many((value,))
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        """Several values (a batch's ages)."""
+        counts, bounds, total = self._counts, self._bounds, self._sum
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1  # the first bound >= value: Prometheus's `le`
+            total += value
+        self._sum = total
+
+    def describe(self) -> Iterator[Metric]:
+        """What `collect` yields, without its values."""
+        yield HistogramMetricFamily(self._name, self._documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        """The cumulative buckets, sum and count."""
+        cumulative, running = [], 0
+        for le, count in zip(self._le, self._counts, strict=True):
+            running += count
+            cumulative.append((le, running))
+        yield HistogramMetricFamily(self._name, self._documentation, buckets=cumulative, sum_value=self._sum)
