@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from homeiq.shared.events import Enrichment, NormalisedEvent, State, encode_event
+from homeiq.shared.events import Enrichment, NormalisedEvent, State, encode_enrichment, encode_event
 
 BASE_NS = 1_700_000_000_000_000_000
 
@@ -22,7 +22,8 @@ def state_event(n: int = 0, state: str | None = None, attributes: bytes = b'{"fr
         event_type="state_changed", time_ns=time_ns, entity_id=entity_id, domain=entity_id.partition(".")[0],
         new_state=State(state=state if state is not None else str(n), attributes=msgspec.Raw(attributes),
                         last_updated_ns=time_ns),
-        enrichment=Enrichment(device_id=f"dev{n % 7}", area_id=area_id, device_class=device_class),
+        enrichment=encode_enrichment(Enrichment(device_id=f"dev{n % 7}", area_id=area_id,
+                                                device_class=device_class)),
     )
     return msgspec.structs.replace(event, **changes)
 

@@ -21,7 +21,7 @@ from homeiq.ha_sim.hub import SentEvent
 from homeiq.ha_sim.messages import now_ts
 from homeiq.ha_sim.runner import SimServer
 from homeiq.local.services import InfluxServer, RedisServer
-from homeiq.shared.events import NormalisedEvent
+from homeiq.shared.events import NormalisedEvent, enrichment_of
 from homeiq.shared.influx.lineprotocol import encode_line
 from homeiq.shared.influx.settings import InfluxSettings
 from homeiq.shared.stream import DEFAULT_NAMES
@@ -279,7 +279,7 @@ async def test_repair_while_the_writers_are_behind_publishes_only_what_is_neithe
             await redis_client.xreadgroup(DEFAULT_NAMES.group, writer.consumer, {DEFAULT_NAMES.stream: ">"}, count=50)
             moved = sim.hub.entities[backlog[0].entity_id]  # it moves before the writers catch up
             first_queued = await audited.stream_event(moved.entity_id, backlog[0].last_updated_us * 1000)
-            old_area = first_queued.enrichment.area_id
+            old_area = enrichment_of(first_queued.enrichment).area_id
             sim.hub.move_entity(moved, next(a for a, _, _ in sim.hub.population.areas if a != old_area))
             gone = sim.hub.sent[100:103]  # written, then lost: in neither InfluxDB nor the stream
             for sent in gone:

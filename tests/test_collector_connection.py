@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from homeiq.ha_sim.runner import SimServer
 from homeiq.local.services import RedisServer
+from homeiq.shared.events import enrichment_of
 from homeiq.shared.influx.batch import encode_entries
 from tests.collector_harness import (
     TOKEN,
@@ -225,13 +226,14 @@ async def test_registry_update_reaches_following_events(
         entity = sim.hub.population.entities[1]
         sim.hub.fire_state_change(entity)
         sim.hub.move_entity(entity, "office")
-        await wait_for(lambda: run.collector.ha_registry.enrichment(entity.entity_id).area_id == "office", 5,
+        registry = run.collector.ha_registry
+        await wait_for(lambda: enrichment_of(registry.enrichment(entity.entity_id)).area_id == "office", 5,
                        "the collector to re-read the entity registry")
         sim.hub.fire_state_change(entity)
         await wait_for(lambda: _count(redis_client, 3), 5, "three entries")
         states = [e for e in await stream_events(redis_client) if e.event_type == "state_changed"]
-        assert states[0].enrichment.area_id != "office"
-        assert states[1].enrichment.area_id == "office"
+        assert enrichment_of(states[0].enrichment).area_id != "office"
+        assert enrichment_of(states[1].enrichment).area_id == "office"
         (update,) = [e for e in await stream_events(redis_client) if e.event_type == "entity_registry_updated"]
         assert b'"changes":{"area_id"' in bytes(update.data)  # published like any other event
 

@@ -18,6 +18,7 @@ from homeiq.collector.spool import Spool
 from homeiq.ha_sim import commands
 from homeiq.ha_sim.messages import Standalone
 from homeiq.local.services import RedisServer
+from homeiq.shared.events import enrichment_of
 from homeiq.shared.health import Readiness
 from homeiq.shared.stream import StreamNames
 from tests.collector_harness import running_collector, simulator, stream_events
@@ -46,7 +47,7 @@ async def test_an_unreadable_registry_answer_keeps_the_registry_and_the_connecti
     async with simulator() as sim, running_collector(sim, redis_server.url, tmp_path) as run:
         await wait_for(lambda: sim.hub.subscribed, 10, "a subscription")
         entity = sim.hub.population.entities[1]
-        area_before = run.collector.ha_registry.enrichment(entity.entity_id).area_name
+        area_before = enrichment_of(run.collector.ha_registry.enrichment(entity.entity_id)).area_name
         monkeypatch.setitem(commands.HANDLERS, "config/area_registry/list", area_list)
         sim.hub.broadcast("area_registry_updated", registry_updated("area"))
         await wait_for(lambda: run.metric("homeiq_frames_rejected_total", reason="malformed_registry") == 1, 5,
@@ -55,7 +56,8 @@ async def test_an_unreadable_registry_answer_keeps_the_registry_and_the_connecti
         await wait_for(lambda: run.metric("homeiq_events_published_total") == 2, 5, "the next event")
         assert not run.task.done() and run.collector.sessions == 1 and sim.hub.connects == 1
         (state,) = [e for e in await stream_events(redis_client) if e.event_type == "state_changed"]
-        assert area_before and state.enrichment.area_name == area_before  # the registry loaded before still serves
+        # The registry loaded before still serves.
+        assert area_before and enrichment_of(state.enrichment).area_name == area_before
 
 
 async def test_an_unreadable_error_answer_fails_its_command_at_once(
@@ -72,7 +74,8 @@ async def test_an_unreadable_error_answer_fails_its_command_at_once(
         sim.hub.broadcast("floor_registry_updated", registry_updated("floor"))
         entity = sim.hub.population.entities[1]
         sim.hub.move_entity(entity, "office")
-        await wait_for(lambda: run.collector.ha_registry.enrichment(entity.entity_id).area_id == "office", 5,
+        registry = run.collector.ha_registry
+        await wait_for(lambda: enrichment_of(registry.enrichment(entity.entity_id)).area_id == "office", 5,
                        "the entity registry re-read after the failed floor registry")
         assert run.metric("homeiq_frames_rejected_total", reason="malformed_json") == 1
         assert run.collector.sessions == 1 and sim.hub.connects == 1

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from homeiq.local.services import RedisServer
 from homeiq.shared.entity_filter import PatternFilter
-from homeiq.shared.events import NormalisedEvent
+from homeiq.shared.events import NormalisedEvent, enrichment_of
 from homeiq.shared.settings import ConfigError
 from tests.collector_harness import running_collector, simulator, stream_events
 from tests.events import state_event
@@ -92,4 +92,4 @@ async def test_filtered_events_are_counted_not_published(
         assert run.metric("homeiq_events_filtered_total") == motion
     published = await stream_events(redis_client)
     assert len(published) == 500 - motion
-    assert all(e.enrichment.device_class != "motion" for e in published)
+    assert all(enrichment_of(e.enrichment).device_class != "motion" for e in published)

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from homeiq.local.services import InfluxServer, RedisServer
-from homeiq.shared.events import Enrichment, encode_event
+from homeiq.shared.events import Enrichment, encode_enrichment, encode_event
 from homeiq.shared.influx.settings import InfluxSettings
 from tests.dashboards import DASHBOARDS, dashboard_json, targets
 from tests.dashboards import HOME as DASHBOARD
@@ -91,8 +91,8 @@ def payloads() -> Iterator[bytes]:
             event = state_event(n, state=state, entity_id=entity.entity_id, attributes=json.dumps(
                 {key: value for key, value in attributes.items() if value is not None}).encode())
             time_ns = BASE_NS + minutes * MINUTE_NS
-            enrichment = Enrichment(area_id=entity.area, device_class=entity.device_class, unit=entity.unit,
-                                    friendly_name=name)
+            enrichment = encode_enrichment(Enrichment(area_id=entity.area, device_class=entity.device_class,
+                                                      unit=entity.unit, friendly_name=name))
             yield encode_event(msgspec.structs.replace(event, time_ns=time_ns, time_fired_ns=time_ns,
                                                        enrichment=enrichment))
         if entity.removed is not None:

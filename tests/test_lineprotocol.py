@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from homeiq.local.services import InfluxServer
-from homeiq.shared.events import Context, Enrichment, NormalisedEvent, State
+from homeiq.shared.events import Context, Enrichment, NormalisedEvent, State, encode_enrichment
 from homeiq.shared.influx.lineprotocol import encode_line, event_category, numeric_value, tag_value
 from homeiq.shared.influx.sink import Outcome, v1_sink
 
@@ -20,8 +20,9 @@ def state_event(state: str = "21.5", **changes: object) -> NormalisedEvent:
         new_state=State(state=state, attributes=msgspec.Raw(b'{"unit_of_measurement":"\\u00b0C","a":"x\\"y"}'),
                         last_changed_ns=1_700_000_000_000_000_000, last_updated_ns=1_700_000_000_123_456_000),
         old_state=State(state="21.0", last_changed_ns=1_699_999_990_000_000_000),
-        enrichment=Enrichment(device_id="dev1", area_id="kitchen", device_class="temperature", platform="zha",
-                              manufacturer="Aqara", unit="°C", friendly_name="Kitchen temp"),
+        enrichment=encode_enrichment(Enrichment(device_id="dev1", area_id="kitchen", device_class="temperature",
+                                                platform="zha", manufacturer="Aqara", unit="°C",
+                                                friendly_name="Kitchen temp")),
     )
     return msgspec.structs.replace(event, **changes)
 
@@ -70,12 +71,13 @@ def test_event_category_follows_the_seed_rules(domain: str, device_class: str | 
 ])
 def test_tags_line_protocol_cannot_carry_are_stored_as_json_literals(value: str, stored: str) -> None:
     assert tag_value(value) == stored
-    assert "\n" not in encode_line(state_event(enrichment=Enrichment(area_id=value)))
+    assert "\n" not in encode_line(state_event(enrichment=encode_enrichment(Enrichment(area_id=value))))
 
 
 async def test_awkward_strings_round_trip_through_influxd(influx: InfluxServer, influx_db: str) -> None:
     nasty = 'a "quoted", spaced=value \\ with\nnewline and ünïcode ✓'
-    event = state_event(nasty, enrichment=Enrichment(area_id="living room,=x", friendly_name=nasty))
+    event = state_event(nasty, enrichment=encode_enrichment(Enrichment(area_id="living room,=x",
+                                                                        friendly_name=nasty)))
     sink = v1_sink(influx.url, influx_db, "", "", "", 10)
     try:
         assert (await sink.write(sink.prepare(encode_line(event).encode()))).outcome is Outcome.OK

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from homeiq.local.services import InfluxServer
-from homeiq.shared.events import Context, Enrichment, NormalisedEvent, State
+from homeiq.shared.events import Context, Enrichment, NormalisedEvent, State, encode_enrichment, enrichment_of
 from homeiq.shared.influx.lineprotocol import encode_line, event_category, numeric_value
 
 # Any unicode but surrogates (not UTF-8, so never in HA's JSON), with what line protocol treats specially
@@ -50,10 +50,10 @@ def make_event(tags: dict[str, str], text: str, attributes: dict[str, object]) -
         old_state=State(state=text[::-1], last_changed_ns=time_ns - 10**9),
         data=msgspec.Raw(msgspec.json.encode({text: text})),
         context=Context(id=text, parent_id=text[1:], user_id=text[:1]),
-        enrichment=Enrichment(area_id=tags["area_id"], device_class=tags["device_class"],
-                              device_id=tags["device_id"], entity_category=tags["entity_category"],
-                              platform=tags["platform"], manufacturer=text, model=text[1:], sw_version=text[:1],
-                              area_name=text + text, friendly_name=text, unit=text[::-1]),
+        enrichment=encode_enrichment(Enrichment(
+            area_id=tags["area_id"], device_class=tags["device_class"], device_id=tags["device_id"],
+            entity_category=tags["entity_category"], platform=tags["platform"], manufacturer=text, model=text[1:],
+            sw_version=text[:1], area_name=text + text, friendly_name=text, unit=text[::-1])),
     )
 
 
@@ -90,7 +90,7 @@ def test_any_text_in_tags_and_fields_is_accepted_and_reads_back_as_documented(
         (row,) = series["values"]
         point = dict(zip(series["columns"], row, strict=True))
         tags = {key: value for key, value in series["tags"].items() if value}  # "" = this series lacks the tag
-        enrich = event.enrichment
+        enrich = enrichment_of(event.enrichment)
         sent = {"area_id": enrich.area_id, "device_class": enrich.device_class, "device_id": enrich.device_id,
                 "domain": event.domain, "entity_category": enrich.entity_category, "entity_id": event.entity_id,
                 "event_type": event.event_type, "platform": enrich.platform}

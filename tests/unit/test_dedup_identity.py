@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from homeiq.collector.dedup import BUCKET_NS, identity
-from homeiq.shared.events import Context, Enrichment, NormalisedEvent, State, encode_event
+from homeiq.shared.events import Context, Enrichment, NormalisedEvent, State, encode_enrichment, encode_event
 
 T = 1_733_000_000_123_456_000
 
@@ -27,7 +27,8 @@ def call(context_id: str = "01J0CALL", data: bytes = b'{"domain":"light","servic
 def test_what_a_collector_adds_of_its_own_is_not_part_of_the_identity() -> None:
     live = state_change()
     # The other collector's copy: its registry refreshed later, its measure of HA's clock, from the recorder.
-    other = msgspec.structs.replace(live, enrichment=Enrichment(area_id="kitchen"), ha_clock_skew_ns=3_000_000_000,
+    other = msgspec.structs.replace(live, enrichment=encode_enrichment(Enrichment(area_id="kitchen")),
+                                    ha_clock_skew_ns=3_000_000_000,
                                     source="backfill", context=Context(), time_fired_ns=T + 5)
     assert identity(encode_event(live)) == identity(encode_event(other))
     # A point time moved off a collision by one collector and not by the other.

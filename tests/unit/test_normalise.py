@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from homeiq.collector.normalise import PointTimes, normalise
-from homeiq.shared.events import decode_event, encode_event
+from homeiq.shared.events import decode_event, encode_event, enrichment_of
 from homeiq.shared.ha import frames
 from homeiq.shared.ha.registry import Registry
 from homeiq.shared.times import datetime_ns, float_ns
@@ -47,7 +47,7 @@ def test_state_point_is_stamped_with_last_updated_in_whole_microseconds() -> Non
 
 
 def test_enrichment_comes_from_registries_and_attributes() -> None:
-    enrichment = normalise(frames.event_decoder.decode(STATE_CHANGED), registry()).enrichment
+    enrichment = enrichment_of(normalise(frames.event_decoder.decode(STATE_CHANGED), registry()).enrichment)
     assert (enrichment.device_id, enrichment.manufacturer, enrichment.model, enrichment.sw_version) == (
         "dev1", "Aqara", "T1", "1.2")
     # The entity has no area of its own: the device's area applies, and its floor.
@@ -62,7 +62,7 @@ def test_removal_event_is_kept_and_stamped_within_the_microsecond_of_time_fired(
     event = normalise(frames.event_decoder.decode(json.dumps(removal)), registry())
     assert event.new_state is None and event.old_state is not None
     assert event.time_ns // 1000 == 1782422460000001  # HA's microsecond; the nanoseconds tell events apart
-    assert event.enrichment.device_class == "temperature"
+    assert enrichment_of(event.enrichment).device_class == "temperature"
 
 
 def test_captured_frames_decode_and_round_trip_through_the_stream_payload() -> None:

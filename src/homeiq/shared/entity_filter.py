@@ -26,7 +26,7 @@ import msgspec
 
 from homeiq.shared import config as homeiq_config
 from homeiq.shared.config import ConfigFile
-from homeiq.shared.events import NormalisedEvent
+from homeiq.shared.events import NormalisedEvent, enrichment_of
 from homeiq.shared.logs import Log
 from homeiq.shared.settings import ConfigError, Var
 
@@ -98,7 +98,7 @@ class PatternFilter:
         self.mode = config.mode
         self._patterns = [_Compiled(p) for p in config.patterns]
         self._exceptions = [_Compiled(p) for p in config.exceptions]
-        self._cache: dict[tuple[str, str | None, str | None], bool] = {}
+        self._cache: dict[str, tuple[bytes, bool]] = {}  # entity → (the enrichment decided on, the decision)
 
     @classmethod
     def from_settings(cls, inline: str, path: str, config: ConfigFile | None = None) -> EntityRules | None:
@@ -144,12 +144,15 @@ class PatternFilter:
         """True when the event is to be published."""
         if event.entity_id is None:
             return True
-        key = (event.entity_id, event.enrichment.device_class, event.enrichment.area_id)
-        allowed = self._cache.get(key)
-        if allowed is None:
-            allowed = self._cache[key] = self._decide(*key, event.domain)
-            if len(self._cache) > 100_000:
-                self._cache.clear()
+        known = bytes(event.enrichment)
+        last = self._cache.get(event.entity_id)
+        if last is not None and last[0] == known:
+            return last[1]
+        enrichment = enrichment_of(event.enrichment)
+        allowed = self._decide(event.entity_id, enrichment.device_class, enrichment.area_id, event.domain)
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[event.entity_id] = (known, allowed)
         return allowed
 
     def _decide(self, entity_id: str, device_class: str | None, area_id: str | None, domain: str | None) -> bool:

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from homeiq.shared.events import Enrichment
+from homeiq.shared.events import Enrichment, encode_enrichment
 from homeiq.shared.ha.frames import UNDECODABLE, attributes_decoder
 
 CACHE_SIZE = 50_000
@@ -71,7 +71,7 @@ class Registry:
         self.devices: dict[str, DeviceEntry] = {}
         self.areas: dict[str, AreaEntry] = {}
         self.floors: dict[str, FloorEntry] = {}
-        self._cache: dict[str, tuple[bytes, Enrichment]] = {}  # entity → (its last attributes, their enrichment)
+        self._cache: dict[str, tuple[bytes, msgspec.Raw]] = {}  # entity → (its last attributes, their enrichment)
         self._facts: dict[str, Enrichment] = {}  # entity → what the registries alone say
 
     def load(self, kind: str, raw: bytes) -> int:
@@ -93,8 +93,9 @@ class Registry:
         """Entities whose enrichment is cached now."""
         return len(self._cache)
 
-    def enrichment(self, entity_id: str, attributes: msgspec.Raw | None = None) -> Enrichment:
-        """Registry facts about `entity_id`, plus device_class, unit and friendly_name from `attributes`.
+    def enrichment(self, entity_id: str, attributes: msgspec.Raw | None = None) -> msgspec.Raw:
+        """Registry facts about `entity_id`, plus device_class, unit and friendly_name from `attributes`: an
+        `Enrichment` encoded as an event carries it.
 
         Kept per entity with the attributes it was made from: a sensor's attributes rarely change while its
         state does, and a light's that do change cost one decode of three attributes, not a registry walk.
@@ -107,8 +108,8 @@ class Registry:
         facts = self._facts.get(entity_id)
         if facts is None:
             facts = self._facts[entity_id] = self._registry_facts(entity_id)
-        enrichment = msgspec.structs.replace(facts, device_class=known.device_class, unit=known.unit,
-                                             friendly_name=known.friendly_name)
+        enrichment = encode_enrichment(msgspec.structs.replace(facts, device_class=known.device_class, unit=known.unit,
+                                                               friendly_name=known.friendly_name))
         if len(self._cache) >= CACHE_SIZE:  # more entities than any real home: start over rather than grow
             self._cache.clear()
             self._facts.clear()

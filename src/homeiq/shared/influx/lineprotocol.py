@@ -18,7 +18,7 @@ from typing import Final, get_args
 import msgspec
 
 from homeiq.shared.config import EntityFilter, EventTypes, Integration
-from homeiq.shared.events import NO_DATA, Enrichment, NormalisedEvent, Source
+from homeiq.shared.events import NO_DATA, Enrichment, NormalisedEvent, Source, enrichment_of
 
 MEASUREMENT: Final = "home_assistant_events"
 CACHE_SIZE: Final = 20_000
@@ -95,8 +95,7 @@ def _str(value: str) -> str:
     return '"' + _escape(value) + '"'
 
 
-def _tags(event: NormalisedEvent) -> str:
-    enrich = event.enrichment
+def _tags(event: NormalisedEvent, enrich: Enrichment) -> str:
     tags = (
         ("area_id", enrich.area_id),
         ("device_class", enrich.device_class),
@@ -150,9 +149,10 @@ class _Entity:
 
     def __init__(self, event: NormalisedEvent, allowed: bool, ignore: frozenset[str]) -> None:
         self.event_type = event.event_type
-        self.enrichment = event.enrichment
-        self.head = _tags(event) + " "
-        self.fields = _entity_fields(event.enrichment)
+        enrichment = enrichment_of(event.enrichment)
+        self.enrichment = msgspec.Raw(bytes(event.enrichment))  # a copy: a decoded one holds its whole entry
+        self.head = _tags(event, enrichment) + " "
+        self.fields = _entity_fields(enrichment)
         self.attributes = _EMPTY_OBJECT
         self.attributes_field = ""
         self.allowed, self.ignore, self.dropped = allowed, ignore, 0
