@@ -55,6 +55,22 @@ def test_enrichment_comes_from_registries_and_attributes() -> None:
     assert (enrichment.device_class, enrichment.unit, enrichment.platform) == ("temperature", "°C", "zha")
 
 
+def test_enrichment_follows_the_attributes_it_takes_and_the_registries_as_they_change() -> None:
+    reg = registry()
+
+    def known(attributes: dict[str, object]) -> tuple[str | None, str | None, str | None, str | None]:
+        found = enrichment_of(reg.enrichment("sensor.kitchen_temp", msgspec.Raw(msgspec.json.encode(attributes))))
+        return found.unit, found.friendly_name, found.device_class, found.area_name
+
+    first = {"unit_of_measurement": "°C", "friendly_name": "Kitchen", "battery": 90}
+    assert known(first) == ("°C", "Kitchen", None, "Kitchen")
+    assert known({**first, "battery": 89}) == ("°C", "Kitchen", None, "Kitchen")  # another attribute changed
+    assert known({**first, "friendly_name": "Cooking"}) == ("°C", "Cooking", None, "Kitchen")
+    assert known({**first, "device_class": "temperature"}) == ("°C", "Kitchen", "temperature", "Kitchen")
+    reg.load("area", b'[{"area_id":"kitchen","name":"Galley","floor_id":"ground"}]')  # renamed in HA
+    assert known(first) == ("°C", "Kitchen", None, "Galley")
+
+
 def test_removal_event_is_kept_and_stamped_within_the_microsecond_of_time_fired() -> None:
     removal = json.loads(STATE_CHANGED)
     removal["data"]["old_state"], removal["data"]["new_state"] = removal["data"]["new_state"], None

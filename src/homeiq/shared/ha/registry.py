@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -63,6 +63,9 @@ DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
 }
 
 
+_NO_ATTRIBUTES: Final = msgspec.Raw(b"")
+
+
 class Registry:
     """Entities, devices, areas and floors by id; `enrichment()` answers from a per-entity cache."""
 
@@ -71,7 +74,8 @@ class Registry:
         self.devices: dict[str, DeviceEntry] = {}
         self.areas: dict[str, AreaEntry] = {}
         self.floors: dict[str, FloorEntry] = {}
-        self._cache: dict[str, tuple[bytes, msgspec.Raw]] = {}  # entity → (its last attributes, their enrichment)
+        # entity → its last attributes, what enrichment takes of them, and its enrichment
+        self._cache: dict[str, tuple[msgspec.Raw, _Known, msgspec.Raw]] = {}
         self._facts: dict[str, Enrichment] = {}  # entity → what the registries alone say
 
     def load(self, kind: str, raw: bytes) -> int:
@@ -98,22 +102,28 @@ class Registry:
         `Enrichment` encoded as an event carries it.
 
         Kept per entity with the attributes it was made from: a sensor's attributes rarely change while its
-        state does, and a light's that do change cost one decode of three attributes, not a registry walk.
+        state does, and a light's that do change cost one decode of three attributes, not a registry walk (nor an
+        encoding, when those three stayed the same).
         """
-        raw = bytes(attributes) if attributes is not None else b""
+        if attributes is None:
+            attributes = _NO_ATTRIBUTES
         last = self._cache.get(entity_id)
-        if last is not None and last[0] == raw:
-            return last[1]
+        if last is not None and last[0] == attributes:  # compared where they are: no copy an event
+            return last[2]
+        raw = bytes(attributes)
         known = _known_attributes(raw)
-        facts = self._facts.get(entity_id)
-        if facts is None:
-            facts = self._facts[entity_id] = self._registry_facts(entity_id)
-        enrichment = encode_enrichment(msgspec.structs.replace(facts, device_class=known.device_class, unit=known.unit,
-                                                               friendly_name=known.friendly_name))
+        if last is not None and last[1] == known:
+            enrichment = last[2]
+        else:
+            facts = self._facts.get(entity_id)
+            if facts is None:
+                facts = self._facts[entity_id] = self._registry_facts(entity_id)
+            enrichment = encode_enrichment(msgspec.structs.replace(
+                facts, device_class=known.device_class, unit=known.unit, friendly_name=known.friendly_name))
         if len(self._cache) >= CACHE_SIZE:  # more entities than any real home: start over rather than grow
             self._cache.clear()
             self._facts.clear()
-        self._cache[entity_id] = (raw, enrichment)
+        self._cache[entity_id] = (msgspec.Raw(raw), known, enrichment)  # a copy: a frame's Raw holds the whole frame
         return enrichment
 
     def _registry_facts(self, entity_id: str) -> Enrichment:
@@ -139,7 +149,7 @@ class Registry:
         )
 
 
-class _Known(msgspec.Struct):
+class _Known(msgspec.Struct, frozen=True, gc=False):
     device_class: str | None = None
     unit: str | None = None
     friendly_name: str | None = None
