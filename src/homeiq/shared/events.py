@@ -89,8 +89,33 @@ def encode_enrichment(enrichment: Enrichment) -> msgspec.Raw:
 
 def enrichment_of(encoded: msgspec.Raw) -> Enrichment:
     """An event's `enrichment`: what the registries knew of its entity; raises msgspec.DecodeError or
-    msgspec.ValidationError when it is none."""
-    return _enrichment_decoder.decode(encoded)
+    msgspec.ValidationError when it is none (saying where, as decoding the whole event did)."""
+    try:
+        return _enrichment_decoder.decode(encoded)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        inside = " - at `$"
+        where = text.replace(inside, inside + ".enrichment", 1) if inside in text else f"{text} - at `$.enrichment`"
+        raise msgspec.ValidationError(where) from None
+
+
+class EnrichmentCheck:
+    """Refuses an event whose `enrichment` is no `Enrichment`, as decoding the event refused it before the field was
+    kept as JSON (`decode_event` takes any JSON there now): each entity's checked once until it changes."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        self._size = size
+        self._checked: dict[str | None, msgspec.Raw] = {}  # entity → a copy of its last good enrichment
+
+    def __call__(self, event: NormalisedEvent) -> None:
+        """Raise msgspec.ValidationError (or DecodeError) unless the event's enrichment is good."""
+        last = self._checked.get(event.entity_id)
+        if last is not None and last == event.enrichment:
+            return
+        enrichment_of(event.enrichment)
+        if len(self._checked) >= self._size:
+            self._checked.clear()
+        self._checked[event.entity_id] = msgspec.Raw(bytes(event.enrichment))  # a copy: not a view of its entry
 
 
 def encode_event(event: NormalisedEvent) -> bytes:

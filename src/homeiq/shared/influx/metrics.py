@@ -95,7 +95,8 @@ _go_float = cast(Callable[[float], str], floatToGoString)  # (untyped)
 class BatchHistogram:
     """A histogram observed a batch at a time, exposed as prometheus_client's Histogram is (same samples). Its
     `observe` took a lock and walked the buckets per event: a tenth of a writer's CPU (one per event acked); here an
-    event costs a bisect. Observed and collected on the event loop only (no lock)."""
+    event costs a bisect. Observed and collected on the event loop only (no lock). Without the `_created` sample
+    (nothing reads it)."""
 
     def __init__(self, name: str, documentation: str, registry: CollectorRegistry, buckets: Iterable[float]) -> None:
         self._name, self._documentation = name, documentation
