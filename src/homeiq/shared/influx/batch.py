@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from prometheus_client import Counter
 
 from homeiq.shared.backoff import Backoff
-from homeiq.shared.events import EnrichmentCheck, NormalisedEvent, decode_event
+from homeiq.shared.events import NormalisedEvent, decode_event
 from homeiq.shared.health import Readiness
 from homeiq.shared.influx.metrics import WriterMetrics
 from homeiq.shared.influx.schemas import Encoder, make_encoder
@@ -188,7 +188,6 @@ def encode_entries(entries: list[Entry], encoder: Encoder | None = None, ledger:
             index = n if packed else None
             try:
                 event = decode_event(one) if isinstance(one, bytes) else one
-                _check_enrichment(event)
                 text = encode(event)
                 line = b"" if text is None else text.encode()
             except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError) as exc:
@@ -227,7 +226,6 @@ def _poison(entry_id: bytes, fields: list[bytes], index: int | None, payload: by
 
 
 _homeiq = make_encoder("homeiq")
-_check_enrichment = EnrichmentCheck()  # every schema, and events a filter leaves out: poison is poison
 
 
 def _move(counts: dict[str, int], counter: Counter) -> dict[str, int]:

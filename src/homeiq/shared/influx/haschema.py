@@ -53,7 +53,7 @@ from typing import Any, Final
 import msgspec
 
 from homeiq.shared.config import EntityFilter, EventTypes, Integration
-from homeiq.shared.events import NormalisedEvent
+from homeiq.shared.events import EnrichmentCheck, NormalisedEvent
 from homeiq.shared.influx.haescape import HaNames
 
 # const.py. Its RE_DIGIT_TAIL, r"^[^\.]*\d+\.?\d+[^\.]*$", backtracks in time polynomial in the text's length
@@ -216,6 +216,7 @@ class HaEncoder:
         self._through_float = self.words.api_version == "2"  # as the integration's v2 client computes times
         self._names = HaNames(self.words.api_version)
         self._cache: dict[str, _Entity] = {}
+        self._enrichments = EnrichmentCheck()
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
         self.attributes_dropped = dict.fromkeys(ATTRIBUTE_REASONS, 0)
         self.overwritten = dict.fromkeys(OVERWRITE_REASONS, 0)
@@ -224,6 +225,7 @@ class HaEncoder:
 
     def encode(self, event: NormalisedEvent) -> str | None:
         """One line for `event`, or None (counted in `skipped`) when the integration writes no point for it."""
+        self._enrichments(event)  # unused here, but an event whose enrichment is none is poison in any schema
         if event.event_type != "state_changed":
             self.skipped["event_type" if not self.event_types.allows(event.event_type) else "not_state_change"] += 1
             return None

@@ -191,6 +191,7 @@ class LineEncoder:
     def encode(self, event: NormalisedEvent) -> str | None:
         """One line of line protocol for `event` (no trailing newline); None when a filter leaves it out."""
         if self._event_types is not None and not self._event_types.allows(event.event_type):
+            enrichment_of(event.enrichment)  # poison all the same (those written: checked by `_Entity`)
             self.skipped["event_type"] += 1
             return None
         entity = self._cache.get(event.entity_id)
