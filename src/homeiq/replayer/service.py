@@ -25,18 +25,23 @@ from homeiq.shared.influx.metrics import WriterMetrics
 from homeiq.shared.influx.reader import reader_for
 from homeiq.shared.lifecycle import wait_or_stop
 from homeiq.shared.logs import Log
+from homeiq.shared.packing import DEFAULT_EVENTS_PER_ENTRY
 from homeiq.shared.runtime import ServiceRuntime
 from homeiq.shared.stream import ensure_group
 
 log = Log(__name__)
 
 BUSY_TRIM_S: Final = 1.0
-BUSY_ENTRIES_PER_S: Final = 1_000
+BUSY_EVENTS_PER_S: Final = 1_000
+# What trimming counts is entries: at such rates the collector's batches fill theirs (a home's, one entry at most
+# every COLLECTOR_LINGER_MS, ~5.5 a second, stay far below). Entries of one event (COLLECTOR_EVENTS_PER_ENTRY=1)
+# are busy from ~16 events a second: a trim a second, which costs about nothing.
+BUSY_ENTRIES_PER_S: Final = BUSY_EVENTS_PER_S / DEFAULT_EVENTS_PER_ENTRY
 BUSY_GRACE_S: Final = 5.0
 
 
 class TrimCadence:
-    """When the daemon trims again: every second while the stream is acked at `BUSY_ENTRIES_PER_S` or more, else
+    """When the daemon trims again: every second while the stream is acked at `BUSY_EVENTS_PER_S` or more, else
     every interval. Redis copies what the stream holds at each AOF rewrite (every few seconds at such rates: its
     AOF grows 64 MB): trimmed every second instead of every 10, redis-server took 20-24 % less CPU an event at
     5,000-10,000/s, and with this cadence 9-13 % less over 30-s steps, each begun at the interval

@@ -116,7 +116,7 @@ class ReplayerSettings(ServiceSettings, frozen=True, kw_only=True):
     reclaim: ReclaimSettings = ReclaimSettings()
     interval_s: Annotated[float, Var("REPLAYER_INTERVAL_S", "Pause between reclaim passes, s.", positive)] = 10.0
     trim: Annotated[bool, Var("REPLAYER_TRIM", "XTRIM MINID below what is still needed, every REPLAYER_INTERVAL_S "
-                              "(every second while 1,000 or more entries a second are acked).")] = True
+                              "(every second while 1,000 or more events a second are acked).")] = True
     prune_idle_s: Annotated[float, Var(
         "REPLAYER_PRUNE_IDLE_S", "Delete consumers idle this long with nothing pending, s.", positive)] = 86_400.0
     influx: Annotated[InfluxSettings, Nested(prefix="influxdb_")] = InfluxSettings()
