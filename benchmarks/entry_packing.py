@@ -133,9 +133,15 @@ def main() -> int:
     for row in rows:
         us, ours = row["redis_us_per_event"], row["redis_us_per_event"] + row["codec_us_per_event"]
         print(f"{row['packing']:>4}: {row['bytes_per_event']:>4} bytes an event, redis-server {us:6.2f} µs an event "
-              f"({us / base['redis_us_per_event']:.2f} of {base['packing']}), codec {row['codec_us_per_event']:5.2f}, "
-              f"together {ours / base['redis_us_per_event']:.2f}; {row['aof_rewrites']} AOF rewrites")
+              f"({share(us, base['redis_us_per_event'])} of {base['packing']}), codec "
+              f"{row['codec_us_per_event']:5.2f}, together {share(ours, base['redis_us_per_event'])}; "
+              f"{row['aof_rewrites']} AOF rewrites")
     return 0
+
+
+def share(value: float, of: float) -> str:
+    """`value` as a share of `of`; n/a when `of` is 0 (a run too small for /proc's clock ticks: CI's tiny one)."""
+    return f"{value / of:.2f}" if of else "n/a"
 
 
 if __name__ == "__main__":
