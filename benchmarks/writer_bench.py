@@ -37,23 +37,13 @@ from homeiq.local.waiting import wait_for
 from homeiq.shared.events import decode_event
 from homeiq.shared.influx.schemas import SCHEMAS, make_encoder
 from homeiq.shared.influx.sink import gzip_body
-from homeiq.shared.packing import DEFAULT_EVENTS_PER_ENTRY, pack
+from homeiq.shared.packing import DEFAULT_EVENTS_PER_ENTRY, xadd_events
 
 sys.path.insert(0, str(Path(__file__).parent))
 from workload import payloads
 
 BATCH = 5000
 STREAM = "homeiq:events"
-FILL = """
-for i = 1, #ARGV do
-  redis.call('XADD', KEYS[1], '*', 'v', '1', 'e', ARGV[i])
-end
-"""
-FILL_PACKED = """
-for i = 1, #ARGV do
-  redis.call('XADD', KEYS[1], '*', 'v', '2', 'z', ARGV[i])
-end
-"""
 
 
 def encoder_lines_per_s(entries: list[bytes], schema: str = "homeiq") -> tuple[float, float, list[bytes]]:
@@ -181,20 +171,15 @@ async def main(count: int, rounds: int, isolate: bool, workdir: Path, per_entry:
     redis_server = RedisServer(workdir / "redis", None).start()
     try:
         client = aioredis.Redis.from_url(redis_server.url)
-        if per_entry == 1:
-            fill, fields = client.register_script(FILL), entries
-        else:  # as the collector packs them (entry version 2)
-            fill = client.register_script(FILL_PACKED)
-            fields = [pack(entries[first:first + per_entry]) for first in range(0, len(entries), per_entry)]
-        for first in range(0, len(fields), 2000):
-            await fill(keys=[STREAM], args=fields[first:first + 2000])
+        await xadd_events(client, STREAM, entries, events_per_entry=per_entry)  # as the collector packs them
+        stream_entries = int(await client.xlen(STREAM))
         await client.aclose()
         os.sync()  # the fill's writes are not the writer's to wait for
         ceilings, writers = [], []
         for n in range(rounds):
             ceilings.append(await ceiling(workdir / f"ceiling-{n}", bodies, count, isolate))
-            writers.append(await writer_round(workdir / f"writer-{n}", redis_server, f"writers-{n}", count, len(fields),
-                                                isolate))
+            writers.append(await writer_round(workdir / f"writer-{n}", redis_server, f"writers-{n}", count,
+                                              stream_entries, isolate))
             print(json.dumps({"round": n, "ceiling": ceilings[-1], "writer": writers[-1]}), file=sys.stderr)
     finally:
         redis_server.stop()

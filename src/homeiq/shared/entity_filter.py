@@ -98,7 +98,7 @@ class PatternFilter:
         self.mode = config.mode
         self._patterns = [_Compiled(p) for p in config.patterns]
         self._exceptions = [_Compiled(p) for p in config.exceptions]
-        self._cache: dict[str, tuple[bytes, bool]] = {}  # entity → (the enrichment decided on, the decision)
+        self._cache: dict[str, tuple[msgspec.Raw, bool]] = {}  # entity → (the enrichment decided on, the decision)
 
     @classmethod
     def from_settings(cls, inline: str, path: str, config: ConfigFile | None = None) -> EntityRules | None:
@@ -144,15 +144,14 @@ class PatternFilter:
         """True when the event is to be published."""
         if event.entity_id is None:
             return True
-        known = bytes(event.enrichment)
         last = self._cache.get(event.entity_id)
-        if last is not None and last[0] == known:
+        if last is not None and last[0] == event.enrichment:  # compared where they are: no copy an event
             return last[1]
         enrichment = enrichment_of(event.enrichment)
         allowed = self._decide(event.entity_id, enrichment.device_class, enrichment.area_id, event.domain)
         if len(self._cache) > 100_000:
             self._cache.clear()
-        self._cache[event.entity_id] = (known, allowed)
+        self._cache[event.entity_id] = (msgspec.Raw(bytes(event.enrichment)), allowed)  # a copy, not a view
         return allowed
 
     def _decide(self, entity_id: str, device_class: str | None, area_id: str | None, domain: str | None) -> bool:

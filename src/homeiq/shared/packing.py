@@ -141,9 +141,11 @@ def xadd_batch_args(expected_tail: bytes, payloads: list[bytes], window_s: int =
     return args
 
 
-async def xadd_events(client: aioredis.Redis, stream: str, payloads: list[bytes], batch: int = 1000) -> None:
-    """XADD encoded events as the collector does (the same script: each batch all or none, version-1 entries), for
-    publishers that are not the collector: they leave its tail alone."""
+async def xadd_events(client: aioredis.Redis, stream: str, payloads: list[bytes], batch: int = 1000,
+                      events_per_entry: int = 1) -> None:
+    """XADD encoded events as the collector does (the same script: each batch all or none, version-1 entries unless
+    packed `events_per_entry` to an entry), for publishers that are not the collector: they leave its tail alone."""
     script = client.register_script(XADD_BATCH_SCRIPT)
     for first in range(0, len(payloads), batch):
-        await script(keys=[stream], args=xadd_batch_args(b"", payloads[first:first + batch]))
+        await script(keys=[stream], args=xadd_batch_args(b"", payloads[first:first + batch],
+                                                         events_per_entry=events_per_entry))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 
-from homeiq.shared.events import Enrichment, encode_enrichment
+from homeiq.shared.events import NO_ATTRIBUTES, Enrichment, encode_enrichment
 from homeiq.shared.ha.frames import UNDECODABLE, attributes_decoder
 
 CACHE_SIZE = 50_000
@@ -63,9 +63,6 @@ DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
 }
 
 
-_NO_ATTRIBUTES: Final = msgspec.Raw(b"")
-
-
 class Registry:
     """Entities, devices, areas and floors by id; `enrichment()` answers from a per-entity cache."""
 
@@ -106,7 +103,7 @@ class Registry:
         encoding, when those three stayed the same).
         """
         if attributes is None:
-            attributes = _NO_ATTRIBUTES
+            attributes = NO_ATTRIBUTES
         last = self._cache.get(entity_id)
         if last is not None and last[0] == attributes:  # compared where they are: no copy an event
             return last[2]
