@@ -17,6 +17,7 @@ from homeiq.collector.dedup import identity
 from homeiq.collector.metrics import CollectorMetrics
 from homeiq.collector.publisher import Publisher
 from homeiq.collector.spool import Spool
+from homeiq.collector.unrecoverable import marked
 from homeiq.local.services import InfluxServer, RedisServer
 from homeiq.replayer.crashes import CrashLedger
 from homeiq.replayer.operations import redrive
@@ -243,8 +244,9 @@ async def publisher_of(url: str, tmp_path: Path, metrics: CollectorMetrics) -> A
 
 
 async def overlapping_burst(client: aioredis.Redis) -> tuple[list[bytes], CollectorMetrics]:
-    """Six service calls, the fifth of which the other collector added already; and fresh metrics."""
-    batch = [other_payload("call_service", n, b'{"n":%d}' % n) for n in range(6)]
+    """Six service calls as the collector hands them to its publisher (marked no backfill can bring them back), the
+    fifth of which the other collector added already; and fresh metrics."""
+    batch = marked([other_payload("call_service", n, b'{"n":%d}' % n) for n in range(6)])
     script = client.register_script(XADD_BATCH_SCRIPT)
     keys = [DEFAULT_NAMES.stream, f"{DEFAULT_NAMES.collector_tail}:c2", DEFAULT_NAMES.collector_seen]
     await script(keys=keys, args=xadd_batch_args(b"", batch[4:5], 600, [identity(batch[4])], 3))
@@ -304,3 +306,22 @@ async def test_a_backlog_of_packed_entries_is_written_back_to_back_not_paced(
     settings = writer_settings(redis_server.url, influx.url, influx_db, write_interval_ms=10_000)
     async with running_writer(settings):
         await wait_for(lambda: influx.count(influx_db) == 63 * 240, 8, "the backlog written, batches back to back")
+
+
+async def test_service_calls_that_waited_in_the_spool_are_counted_when_redis_forgets_them(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    # On disk they are plain bytes: drained, they are marked again from their bytes, or a Redis that then forgot them
+    # would lose them uncounted (the states among them come back by backfill).
+    metrics = CollectorMetrics(CollectorRegistry())
+    batch = marked([other_payload("call_service", n, b'{"n":%d}' % n) for n in range(4)] + [state_payload(1, "on")])
+    async with publisher_of(redis_server.url, tmp_path, metrics) as publisher:
+        await publisher._spool.keep(batch)  # as while Redis was away
+        drain = asyncio.create_task(publisher._spool.drain_forever())
+        try:
+            await wait_for(lambda: value(metrics.published) == 5, 10, "the spool drained into the stream")
+        finally:
+            drain.cancel()
+        await redis_client.set(f"{DEFAULT_NAMES.collector_tail}:c1", b"0-1")  # Redis forgets all of c1's entries
+        await publisher.check_tail_now()
+    assert value(metrics.dropped, reason="redis_forgot") == 4

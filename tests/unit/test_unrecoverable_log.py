@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import sys
 
-from homeiq.collector.publisher import UnrecoverableLog
+import msgspec
 
-CALL = b'{"event_type":"call_service","time_ns":1}'
-STATE = b'{"event_type":"state_changed","time_ns":1,"new_state":{"state":"on"}}'
+from homeiq.collector.unrecoverable import Unrecoverable, UnrecoverableLog, encoded, marked
+from homeiq.shared.events import Context, NormalisedEvent, State, decode_event
+
+STATE_EVENT = NormalisedEvent("state_changed", 1, entity_id="light.a", domain="light",
+                              new_state=State("on", last_changed_ns=1, last_updated_ns=1),
+                              old_state=State("off", last_changed_ns=0, last_updated_ns=0))
+REMOVAL = msgspec.structs.replace(STATE_EVENT, new_state=None)
+CALL_EVENT = NormalisedEvent("call_service", 1, context=Context(id="c1"),
+                             data=msgspec.Raw(b'{"new_state":{"state":"on"},"event_type":"state_changed"}'))
+CALL = encoded(CALL_EVENT)
+STATE = encoded(STATE_EVENT)
 
 
 def test_it_counts_the_events_after_the_id_redis_kept_and_forgets_them() -> None:
@@ -49,3 +58,19 @@ def test_a_full_log_holds_no_python_object_per_batch() -> None:
         log.added(b"%d-%d" % (ms, ms % 7), [CALL, STATE])
     assert sys.getallocatedblocks() - before < 100
     assert log.after(b"10001-7")[0] == 10_000
+
+
+def test_what_no_backfill_can_bring_back_is_marked_where_it_is_encoded_and_again_when_read_back_from_disk() -> None:
+    """A service call (whose data looks like a state change), a removal: marked; a state change: not. Read back from
+    the spool as plain bytes, each is marked again the same from its bytes alone."""
+    events = [STATE_EVENT, CALL_EVENT, REMOVAL]
+    payloads = [encoded(event) for event in events]
+    assert [type(p) is Unrecoverable for p in payloads] == [False, True, True]
+    assert [decode_event(p) for p in payloads] == events  # the mark changes no byte
+    read_back = marked([bytes(p) for p in payloads])
+    assert [type(p) is Unrecoverable for p in read_back] == [False, True, True]
+    assert read_back == payloads
+    log = UnrecoverableLog(capacity=10)
+    log.added(b"5-0", read_back)
+    log.added(b"6-0", [bytes(p) for p in payloads])  # unmarked: taken for states (hence `marked` on the way back)
+    assert log.after(b"4-0") == (2, True)

@@ -7,7 +7,6 @@ drained back into the stream.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import collections
 import contextlib
@@ -25,6 +24,7 @@ from homeiq.collector.gap import Key
 from homeiq.collector.metrics import CollectorMetrics
 from homeiq.collector.spool import Policy, Spool
 from homeiq.collector.spool_keeper import SpoolKeeper
+from homeiq.collector.unrecoverable import UnrecoverableLog
 from homeiq.shared.health import READY_REDIS, Readiness
 from homeiq.shared.logs import Log
 from homeiq.shared.packing import xadd_batch_args
@@ -40,51 +40,7 @@ from homeiq.shared.stream import (
 log = Log(__name__)
 
 _STOP = b"\x00"  # queued by close(); an event payload is a JSON object, never this
-# An encoded state change starts so (msgspec writes a Struct's fields in order); one with no new state (a removal)
-# has no `new_state`.
-_STATE_CHANGE = b'{"event_type":"state_changed",'
-_NEW_STATE = b'"new_state":'
-UNRECOVERABLE_BATCHES = 20_000
 UNCONFIRMED_MAX = 200_000  # identities added while replicas did not confirm, waiting for the spool's drain
-
-
-def recoverable(payload: bytes) -> bool:
-    """Whether HA's recorder keeps this event (a state change with a new state) for a backfill to bring back."""
-    return payload.startswith(_STATE_CHANGE) and _NEW_STATE in payload
-
-
-class UnrecoverableLog:
-    """For each recent batch with events no backfill can bring back (service calls, automation triggers, removals),
-    its last id and how many: what is lost when Redis forgets the entries after an id. Three machine words a batch
-    in an array, no Python object: it is full after an hour at a home's rate."""
-
-    def __init__(self, capacity: int = UNRECOVERABLE_BATCHES) -> None:
-        self._capacity = capacity
-        self._entries = array.array("Q")  # ms, seq, count of each batch remembered, oldest first
-        self._fell_out: tuple[int, int] | None = None  # the newest id no longer remembered (None: none fell out)
-
-    def added(self, last_id: bytes, batch: list[bytes]) -> None:
-        """A batch ending at `last_id` is in Redis."""
-        count = sum(1 for payload in batch if not recoverable(payload))
-        if count:
-            if len(self._entries) >= 3 * self._capacity:  # an eighth at a time: a shift per batch would cost more
-                gone = 3 * max(1, self._capacity // 8)
-                self._fell_out = (self._entries[gone - 3], self._entries[gone - 2])
-                del self._entries[:gone]
-            self._entries.extend((*id_key(last_id), count))
-
-    def after(self, kept: bytes | None) -> tuple[int, bool]:
-        """How many such events came after id `kept` (None: all remembered), and whether that is all of them."""
-        kept_id = id_key(kept) if kept else (0, 0)
-        entries, lost = self._entries, 0
-        remembered = array.array("Q")
-        for n in range(0, len(entries), 3):
-            if (entries[n], entries[n + 1]) > kept_id:
-                lost += entries[n + 2]
-            else:
-                remembered.extend(entries[n:n + 3])
-        self._entries = remembered
-        return lost, self._fell_out is None or kept_id >= self._fell_out
 
 
 @dataclass

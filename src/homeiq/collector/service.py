@@ -27,8 +27,9 @@ from homeiq.collector.session import READY_HA, HaSessions
 from homeiq.collector.settings import CollectorSettings
 from homeiq.collector.spool import Spool
 from homeiq.collector.state_dir import StateDirLock, collector_id
+from homeiq.collector.unrecoverable import encoded
 from homeiq.shared.entity_filter import EntityRules
-from homeiq.shared.events import NormalisedEvent, encode_event
+from homeiq.shared.events import NormalisedEvent
 from homeiq.shared.ha import frames
 from homeiq.shared.ha.client import ReadPacing
 from homeiq.shared.ha.registry import Registry
@@ -231,7 +232,7 @@ class Collector:
         if not self._passes_filter(event):
             return False
         self._offered += 1
-        await self.publisher.put(encode_event(event))
+        await self.publisher.put(encoded(event))
         return True
 
     def _passes_filter(self, event: NormalisedEvent) -> bool:
@@ -300,6 +301,6 @@ class Collector:
         skew_ns = self.ha_clock.offset_ns or 0
         if abs(skew_ns) >= SKEW_CARRIED_NS:
             event = msgspec.structs.replace(event, ha_clock_skew_ns=skew_ns)
-        payload = encode_event(event)
+        payload = encoded(event)
         self._offered += 1
         return None if self.publisher.offer(payload) else self.publisher.put(payload)

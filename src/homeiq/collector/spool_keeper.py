@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from homeiq.collector.gap import Key, state_keys
 from homeiq.collector.metrics import CollectorMetrics
 from homeiq.collector.spool import Policy, Segment, Spool, record_bytes
+from homeiq.collector.unrecoverable import marked
 from homeiq.shared.backoff import Backoff
 from homeiq.shared.health import Readiness
 from homeiq.shared.logs import Log
@@ -138,7 +139,7 @@ class SpoolKeeper:
                 self._spool_ready.clear()
                 self._drained()
                 continue
-            published = await self._xadd(chunk.records)
+            published = await self._xadd(marked(chunk.records))
             async with self._spool_lock:
                 self._draining = None
                 if published:

@@ -18,7 +18,7 @@ from typing import Final, get_args
 import msgspec
 
 from homeiq.shared.config import EntityFilter, EventTypes, Integration
-from homeiq.shared.events import NO_DATA, Enrichment, NormalisedEvent, Source, enrichment_of
+from homeiq.shared.events import NO_ATTRIBUTES, NO_DATA, Enrichment, NormalisedEvent, Source, enrichment_of
 
 MEASUREMENT: Final = "home_assistant_events"
 CACHE_SIZE: Final = 20_000
@@ -153,7 +153,7 @@ class _Entity:
         self.enrichment = msgspec.Raw(bytes(event.enrichment))  # a copy: a decoded one holds its whole entry
         self.head = _tags(event, enrichment) + " "
         self.fields = _entity_fields(enrichment)
-        self.attributes = _EMPTY_OBJECT
+        self.attributes = NO_ATTRIBUTES  # the last attributes, as a copy (compared where an event's are: no copy each)
         self.attributes_field = ""
         self.allowed, self.ignore, self.dropped = allowed, ignore, 0
 
@@ -215,9 +215,9 @@ class LineEncoder:
                 fields.append(f"duration_in_state_seconds={(new.last_updated_ns - old.last_changed_ns) / 1e9!r}")
         shown = new if new is not None else old
         if shown is not None:
-            attributes = bytes(shown.attributes)
-            if attributes != entity.attributes:
-                entity.attributes = attributes
+            if shown.attributes != entity.attributes:
+                attributes = bytes(shown.attributes)
+                entity.attributes = msgspec.Raw(attributes)
                 entity.attributes_field, entity.dropped = _attributes_field(attributes, entity.ignore)
             if entity.dropped:
                 self.attributes_dropped["ignore_attributes"] += entity.dropped
