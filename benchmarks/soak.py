@@ -57,22 +57,25 @@ if str(ROOT) not in sys.path:
 
 from homeiq.collector.gap import MAX_PROBES, MAX_SEEN  # noqa: E402
 from homeiq.collector.normalise import PointTimes  # noqa: E402
+from homeiq.collector.service import REDIS_CHECK_S  # noqa: E402
 from homeiq.ha_sim.hub import MAX_PER_TICK, TICK_S, Hub  # noqa: E402
 from homeiq.ha_sim.population import AREAS  # noqa: E402
 from homeiq.local.services import InfluxServer  # noqa: E402
 from homeiq.local.waiting import wait_for  # noqa: E402
 from homeiq.shared.ha.registry import CACHE_SIZE as REGISTRY_CACHE_SIZE  # noqa: E402
+from homeiq.shared.packing import DEFAULT_EVENTS_PER_ENTRY  # noqa: E402
 from homeiq.shared.stream import DEFAULT_NAMES  # noqa: E402
 from tests.faults.pipeline import DATABASE, FaultPipeline, Samples, scrape  # noqa: E402
 
 HOME_RATE: Final = 50.0  # state changes a second of a busy home
 DAY_S: Final = 86_400.0
 OURS: Final = ("collector", "writer-0", "writer-1", "replayer")
+JUDGING: Final = ("limit_pct", "floor_mb", "floor_count", "floor_entries")  # what --rejudge takes from the command
 CACHES: Final = ("enrichment", "known_entities", "gap_seen", "gap_probes", "point_times")
 # The caches with a cap of their own: judged on staying below it (the point times fill for hours at a home's rate).
 CAPS: Final = {"enrichment": REGISTRY_CACHE_SIZE, "gap_seen": MAX_SEEN, "gap_probes": MAX_PROBES,
                "point_times": PointTimes().size}
-Kind = Literal["memory", "count", "series", "bounded"]
+Kind = Literal["memory", "count", "series", "bounded", "shown"]
 
 
 # -- the verdict (pure) ------------------------------------------------------------------------------------------
@@ -123,7 +126,7 @@ def trend(name: str, events: Sequence[float], values: Sequence[float], kind: Kin
     """The verdict on `values` sampled at `events` (fired so far). `memory`: slope ≤ `limit_pct` % of the mean per
     million events; `count`: fitted growth over the second half < 1; either passes too when that growth is at most
     `floor`. `series`, `bounded`: never above `bound` (what the churn can explain, a cache's cap) in the second
-    half."""
+    half. `shown`: not judged (what is not ours: influxd's files)."""
     if len(events) != len(values) or len(events) < 4:
         raise ValueError(f"{name}: too few samples to judge a trend ({len(values)})")
     half = events[-1] / 2
@@ -139,6 +142,8 @@ def trend(name: str, events: Sequence[float], values: Sequence[float], kind: Kin
         ok = pct <= limit_pct or growth <= floor
     elif kind == "count":
         ok = growth < 1 or growth <= floor
+    elif kind == "shown":
+        ok = True
     else:
         assert bound is not None
         ok = all(v <= b for v, b in zip(values[-len(xs):], bound[-len(xs):], strict=True))
@@ -166,8 +171,15 @@ def verdicts(samples: list[dict[str, Any]], limit_pct: float = 1.0, floor_mb: fl
                      floor_mb))
     out.append(trend("stream length (entries)", events, series("stream_length"), "memory",
                      limit_pct, floor_entries))
-    out.extend(trend(f"fds {name}", events, series("fds", name), "count", floor=floor_count)
-               for name in samples[0]["fds"])
+    for name in samples[0]["fds"]:
+        if name == "influxd" and "sockets" in samples[0]:
+            # influxd's own files (TSM files, WAL segments, shards) come and go as it compacts: shown. Its sockets
+            # are the connections ours hold to it: judged.
+            out.append(trend("fds influxd (its files)", events, series("fds", name), "shown"))
+            out.append(trend("sockets influxd (our connections)", events, series("sockets", name), "count",
+                             floor=floor_count))
+        else:
+            out.append(trend(f"fds {name}", events, series("fds", name), "count", floor=floor_count))
     out.extend(trend(f"asyncio tasks {name}", events, series("tasks", name), "count",
                      floor=floor_count) for name in samples[0]["tasks"])
     # What the heap holds beside RSS, which also keeps what a burst once took (runs before this had none). A
@@ -193,7 +205,7 @@ def table(trends: list[Trend]) -> str:
     for t in trends:
         pct = "" if t.kind != "memory" else ("inf" if math.isinf(t.pct_per_m) else f"{t.pct_per_m:+.2f}")
         rows.append([t.name, f"{t.first:.6g}", f"{t.last:.6g}", f"{t.slope_per_m:+.4g}", pct,
-                     "ok" if t.ok else "GROWS"])
+                     "shown" if t.kind == "shown" else "ok" if t.ok else "GROWS"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths,
                                                                                                    strict=True)))
@@ -220,7 +232,16 @@ class Options:
     limit_pct: float = 1.0
     floor_mb: float = 0.0
     floor_count: float = 0.0
-    floor_entries: float = 0.0  # the stream's length: what it holds swings by seconds of events (the resume point)
+    # The stream's length: what it holds swings by seconds of events (the trim keeps what follows the collector's
+    # resume point, which a save moves every REDIS_CHECK_S, beating with the trim's own cadence); None: the entries
+    # one save's interval brings at the rate (`stream_floor`).
+    floor_entries: float | None = None
+
+    def stream_floor(self) -> float:
+        """The stream's floor, entries (`floor_entries`)."""
+        if self.floor_entries is not None:
+            return self.floor_entries
+        return self.rate * REDIS_CHECK_S / DEFAULT_EVENTS_PER_ENTRY
 
     def influx_every_s(self) -> float:
         return self.influx_restart_every_s or DAY_S * HOME_RATE / self.rate
@@ -352,14 +373,19 @@ async def churn(pipeline: FaultPipeline, run: Run, options: Options) -> None:
             run.happened("influx_restart")
 
 
-def _proc(pid: int) -> tuple[float, int]:
-    """RSS (MB) and open fds of a process."""
+def _proc(pid: int) -> tuple[float, int, int]:
+    """RSS (MB), open fds and how many of them are sockets, of a process."""
     rss_kb = 0
     with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):
                 rss_kb = int(line.split()[1])
-    return rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd"))
+    fds = os.listdir(f"/proc/{pid}/fd")
+    sockets = 0
+    for fd in fds:
+        with contextlib.suppress(OSError):  # closed since it was listed
+            sockets += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+    return rss_kb / 1024, len(fds), sockets
 
 
 def _gauge(samples: Samples, metric: str, **labels: str) -> float:
@@ -387,6 +413,7 @@ def sample(pipeline: FaultPipeline, run: Run, client_info: dict[str, Any], strea
         "events": run.fired, "t": time.time(),
         "rss_mb": {name: round(p[0], 2) for name, p in procs.items()},
         "fds": {name: p[1] for name, p in procs.items()},
+        "sockets": {name: p[2] for name, p in procs.items()},
         "tasks": {name: _gauge(s, "homeiq_asyncio_tasks") for name, s in scraped.items()},
         "heap_kblocks": {name: round(_gauge(s, "homeiq_python_heap_blocks") / 1000, 1) for name, s in scraped.items()},
         "caches": {c: _gauge(collector, "homeiq_collector_cache_entries", cache=c) for c in CACHES},
@@ -436,9 +463,9 @@ async def soak(options: Options, workdir: Path) -> dict[str, Any]:
         points = await asyncio.to_thread(pipeline.influx.count, DATABASE)
         dropped = pipeline.dropped()
         delivery = await asyncio.to_thread(deliveries, pipeline.influx, run, options.rate)
-    trends = verdicts(run.samples, options.limit_pct, options.floor_mb, options.floor_count,
-                      options.floor_entries)
-    return {"options": asdict(options), "seconds": round(fired_s, 1), "rate_achieved": round(run.fired / fired_s),
+    trends = verdicts(run.samples, options.limit_pct, options.floor_mb, options.floor_count, options.stream_floor())
+    return {"options": asdict(options) | {"floor_entries": options.stream_floor()}, "seconds": round(fired_s, 1),
+            "rate_achieved": round(run.fired / fired_s),
             "drain_s": round(drain_s, 1), "events": run.fired, "points": points, "dropped": dropped,
             "delivery": delivery, "churn": run.churn, "happenings": run.happenings, "samples": run.samples,
             "drained": drained, "verdicts": [asdict(t) for t in trends],
@@ -617,7 +644,9 @@ def main() -> int:
     parser.add_argument("--limit-pct", type=float, default=defaults.limit_pct)
     parser.add_argument("--floor-mb", type=float, default=defaults.floor_mb)
     parser.add_argument("--floor-count", type=float, default=defaults.floor_count)
-    parser.add_argument("--floor-entries", type=float, default=defaults.floor_entries)
+    parser.add_argument("--floor-entries", type=float, default=defaults.floor_entries,
+                        help="the stream's length may grow this many entries over the second half whatever the "
+                             "slope (default: what one save of the collector's resume point brings at the rate)")
     parser.add_argument("--out", type=Path, default=None, help="write <out>.txt, <out>.json, <out>.png")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the run's logs and data here")
     parser.add_argument("--rejudge", type=Path, default=None, help="judge a run's <out>.json again, not run")
@@ -625,11 +654,13 @@ def main() -> int:
     options = Options(**{k: v for k, v in vars(args).items() if k not in ("out", "rejudge", "workdir")})
     if args.rejudge is not None:
         report = json.loads(args.rejudge.read_text())
-        trends = verdicts(report["samples"], options.limit_pct, options.floor_mb, options.floor_count,
-                          options.floor_entries)
-        report["options"].update(limit_pct=options.limit_pct, floor_mb=options.floor_mb,
-                                 floor_count=options.floor_count, floor_entries=options.floor_entries)
-        report["verdicts"], report["ok"] = [asdict(t) for t in trends], all(t.ok for t in trends)
+        judged = Options(**{**report["options"], **{k: v for k, v in vars(args).items() if k in JUDGING}})
+        trends = verdicts(report["samples"], judged.limit_pct, judged.floor_mb, judged.floor_count,
+                          judged.stream_floor())
+        report["options"].update(limit_pct=judged.limit_pct, floor_mb=judged.floor_mb,
+                                 floor_count=judged.floor_count, floor_entries=judged.stream_floor())
+        report["verdicts"] = [asdict(t) for t in trends]
+        report["ok"] = all(t.ok for t in trends) and report.get("delivery", {}).get("ok", True)
     else:
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped: every process it started stops too
         if args.workdir is not None:

@@ -70,6 +70,43 @@ def test_series_beyond_what_the_churn_explains_fail() -> None:
     assert not soak.trend("series", EVENTS, [b + 1 for b in bound], "series", bound=bound).ok
 
 
+def samples_of(influxd_files: list[float], influxd_sockets: list[float], stream: list[float]) -> list[dict[str, Any]]:
+    """Samples as `soak.sample` takes them, flat but for influxd's fds and the stream's length."""
+    return [{"events": x, "rss_mb": {"collector": 60.0}, "redis_mb": 2.0, "stream_length": length,
+             "fds": {"collector": 17, "influxd": files + sockets}, "sockets": {"collector": 3, "influxd": sockets},
+             "tasks": {"collector": 14}, "caches": {}, "spool_bytes": 0, "series": 10, "series_bound": 10}
+            for x, files, sockets, length in zip(EVENTS, influxd_files, influxd_sockets, stream, strict=True)]
+
+
+def test_influxds_own_files_are_shown_not_judged_and_the_connections_ours_hold_to_it_are() -> None:
+    """influxd's TSM files and WAL segments come and go as it compacts (24-28 through a long run); a connection of
+    ours more to it every 100,000 events is a leak of ours."""
+    compacting = [20.0 + (x // 30_000) % 5 + x / 500_000 for x in EVENTS]
+    flat = [4.0] * len(EVENTS)
+    trends = {t.name: t for t in soak.verdicts(samples_of(compacting, flat, [100.0] * len(EVENTS)))}
+    assert trends["fds influxd (its files)"].kind == "shown" and trends["fds influxd (its files)"].ok
+    assert trends["sockets influxd (our connections)"].ok and "fds influxd" not in trends
+    leaking = [4.0 + x // 100_000 for x in EVENTS]
+    trends = {t.name: t for t in soak.verdicts(samples_of(compacting, leaking, [100.0] * len(EVENTS)))}
+    assert not trends["sockets influxd (our connections)"].ok
+    assert "shown" in soak.table(list(trends.values()))
+
+
+def test_the_streams_length_may_swing_by_what_one_save_of_the_resume_point_brings_not_more() -> None:
+    """The trim keeps what follows the collector's resume point, which a save moves every 2 s: the length beats
+    between that cadence and the trim's (61-139 entries through the 7.2 M-event run at 2,000/s). A growth within
+    one save's entries is that; beyond it, a trend."""
+    floor = soak.Options(rate=2000).stream_floor()
+    assert floor == pytest.approx(2000 * 2.0 / 64)
+    assert soak.Options(rate=2000, floor_entries=0).stream_floor() == 0
+    files, sockets = [20.0] * len(EVENTS), [4.0] * len(EVENTS)
+    beat = [100.0 + 35 * ((x // 150_000) % 2) + 10 * x / 1e6 for x in EVENTS]  # +5 entries over the second half
+    growing = [100.0 + 200 * x / 1e6 for x in EVENTS]  # +100
+    for stream, ok in ((beat, True), (growing, False)):
+        trends = {t.name: t for t in soak.verdicts(samples_of(files, sockets, stream), floor_entries=floor)}
+        assert trends["stream length (entries)"].ok is ok
+
+
 def test_too_few_samples_are_no_verdict() -> None:
     with pytest.raises(ValueError, match="too few samples"):
         soak.trend("RSS", [0.0, 1.0], [1.0, 2.0], "memory")
@@ -222,6 +259,7 @@ async def test_the_short_soak_finds_nothing_growing_and_its_trend_check_can_fail
     assert all(tasks > 0 for tasks in last["tasks"].values())
     assert all(kblocks > 100 for kblocks in last["heap_kblocks"].values())  # an interpreter holds ~190,000
     assert {f"heap {name} (thousand blocks)" for name in last["heap_kblocks"]} <= trends.keys()
+    assert last["sockets"]["influxd"] >= 2 and "sockets influxd (our connections)" in trends  # both writers
     assert last["caches"]["known_entities"] >= options.entities - 5  # removals and renames: about as many
     assert last["series"] >= options.entities
     # The same check fails on the run's own curve with a leak added: 20 MB over the run.
