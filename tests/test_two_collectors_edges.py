@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from homeiq.collector.metrics import CollectorMetrics
 from homeiq.collector.publisher import Publisher
 from homeiq.collector.spool import Spool
+from homeiq.collector.unrecoverable import marked
 from homeiq.local.services import SENTINEL_CONFIG, RedisSentinel, RedisServer, free_port
 from homeiq.shared.health import Readiness
 from homeiq.shared.options import ServiceSettings
@@ -108,7 +109,7 @@ async def test_a_batch_first_unconfirmed_then_drained_counts_as_ours_when_redis_
     metrics = CollectorMetrics(CollectorRegistry())
     publisher = Publisher(client, primary.url, NAMES, metrics, Readiness(), Spool(tmp_path / "spool", 10**6),
                           "block", replicas=(1, 200), dedup_window_s=600, collector_id="c1")
-    batch = [other_payload("call_service", n, b'{"n":%d}' % n) for n in range(5)]
+    batch = marked([other_payload("call_service", n, b'{"n":%d}' % n) for n in range(5)])  # as the collector hands them
     try:
         assert await publisher._xadd(batch) is False  # no replica yet: added, unconfirmed, kept in the spool
         replica = RedisServer(tmp_path / "replica", None, replica_of=primary.port).start()

@@ -166,12 +166,13 @@ class Publisher:
         self._update_idle()
 
     def offer(self, payload: bytes) -> bool:
-        """Buffer one encoded event if there is room; False when the buffer is full (then `put`)."""
+        """Buffer one encoded event (as `unrecoverable.encoded` gives it: marked when no backfill can bring it back,
+        which a Redis that forgets it must count) if there is room; False when the buffer is full (then `put`)."""
         self._idle.clear()
         return self._queue.offer(payload)
 
     async def put(self, payload: bytes) -> None:
-        """Buffer one encoded event; waits only when the buffer is full."""
+        """Buffer one encoded event (as `offer` takes it); waits only when the buffer is full."""
         self._idle.clear()
         await self._queue.put(payload)
 
