@@ -61,16 +61,20 @@ def test_a_full_log_holds_no_python_object_per_batch() -> None:
 
 
 def test_what_no_backfill_can_bring_back_is_marked_where_it_is_encoded_and_again_when_read_back_from_disk() -> None:
-    """A service call (whose data looks like a state change), a removal: marked; a state change: not. Read back from
-    the spool as plain bytes, each is marked again the same from its bytes alone."""
-    events = [STATE_EVENT, CALL_EVENT, REMOVAL]
+    """A service call (whose data looks like a state change), a removal, one whose old attributes hold a key
+    `new_state` (a sensor keeping a trigger's data): marked; a state change: not. Read back from the spool as plain
+    bytes, each is marked again the same from its bytes alone (a byte search for `"new_state":` took the last for a
+    state change: lost uncounted had Redis forgotten it after a drain)."""
+    trigger = msgspec.structs.replace(REMOVAL, old_state=State(
+        "off", attributes=msgspec.Raw(b'{"trigger":{"from_state":"a","new_state":"b"}}'), last_changed_ns=0))
+    events = [STATE_EVENT, CALL_EVENT, REMOVAL, trigger]
     payloads = [encoded(event) for event in events]
-    assert [type(p) is Unrecoverable for p in payloads] == [False, True, True]
+    assert [type(p) is Unrecoverable for p in payloads] == [False, True, True, True]
     assert [decode_event(p) for p in payloads] == events  # the mark changes no byte
     read_back = marked([bytes(p) for p in payloads])
-    assert [type(p) is Unrecoverable for p in read_back] == [False, True, True]
+    assert [type(p) is Unrecoverable for p in read_back] == [False, True, True, True]
     assert read_back == payloads
     log = UnrecoverableLog(capacity=10)
     log.added(b"5-0", read_back)
     log.added(b"6-0", [bytes(p) for p in payloads])  # unmarked: taken for states (hence `marked` on the way back)
-    assert log.after(b"4-0") == (2, True)
+    assert log.after(b"4-0") == (3, True)
