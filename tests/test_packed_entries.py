@@ -325,3 +325,32 @@ async def test_service_calls_that_waited_in_the_spool_are_counted_when_redis_for
         await redis_client.set(f"{DEFAULT_NAMES.collector_tail}:c1", b"0-1")  # Redis forgets all of c1's entries
         await publisher.check_tail_now()
     assert value(metrics.dropped, reason="redis_forgot") == 4
+
+
+async def test_a_batch_whose_answer_was_lost_counts_as_ours_when_redis_forgets_it(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    # The script ran but its answer never came (the connection reset after it): spooled; drained, every event is found
+    # added before, by whom the identities cannot say. Counted as ours when Redis forgets (an upper bound, as every
+    # such count), not lost uncounted.
+    metrics = CollectorMetrics(CollectorRegistry())
+    first = marked([other_payload("call_service", n, b'{"n":%d}' % n) for n in range(2)])
+    lost_answer = marked([other_payload("call_service", n, b'{"n":%d}' % n) for n in range(2, 7)])
+    async with publisher_of(redis_server.url, tmp_path, metrics) as publisher:
+        assert await publisher._xadd(first)
+        kept = publisher.tail_id
+        script = publisher._xadd_batch
+
+        async def answer_lost(**kwargs: Any) -> Any:
+            await script(**kwargs)
+            raise RedisConnectionError("Connection reset by peer")
+
+        publisher._xadd_batch = answer_lost  # type: ignore[assignment]
+        assert await publisher._xadd(lost_answer) is False  # spooled
+        publisher._xadd_batch = script
+        assert await publisher._xadd(lost_answer) is True  # the spool's drain: each found added before
+        assert value(metrics.published) == 2 and value(metrics.deduplicated) == 5
+        assert kept is not None
+        await redis_client.set(f"{DEFAULT_NAMES.collector_tail}:c1", kept)  # Redis forgets what followed `first`
+        await publisher.check_tail_now()
+    assert value(metrics.dropped, reason="redis_forgot") == 5

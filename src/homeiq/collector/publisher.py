@@ -255,6 +255,7 @@ class Publisher:
             if rounds.added:  # a first call went in before the second failed: in Redis, and ours, not confirmed
                 self._count_added(rounds, deduplicated=False)
                 self._keep_unconfirmed(rounds)
+            self._keep_unanswered(rounds)
             message = describe_redis_error(self._redis_url, exc)
             self._readiness.fail(READY_REDIS, message)
             if not self._redis_down_logged:
@@ -280,6 +281,9 @@ class Publisher:
             self._unreplicated_logged = False
         for last_id, positions in rounds.added:  # what Redis may forget is what we added, not the other collector's
             self._unrecoverable.added(last_id, [batch[n] for n in positions])
+            if self._unconfirmed and rounds.identities is not None:  # added now: no earlier try's to credit
+                for n in positions:
+                    self._unconfirmed.pop(rounds.identities[n][1], None)
         if rounds.skipped and rounds.identities is not None and self._unconfirmed:  # ours, by an unconfirmed try
             for n in rounds.skipped:
                 earlier = self._unconfirmed.pop(rounds.identities[n][1], None)
@@ -304,6 +308,23 @@ class Publisher:
         for last_id, positions in rounds.added:
             for n in positions:
                 self._unconfirmed[rounds.identities[n][1]] = last_id
+        while len(self._unconfirmed) > UNCONFIRMED_MAX:
+            del self._unconfirmed[next(iter(self._unconfirmed))]
+
+    def _keep_unanswered(self, rounds: Rounds) -> None:
+        """The call that failed may have added what it carried before its answer was lost (a connection reset after
+        the script ran). With two collectors a drain then finds those events there and could not tell them from the
+        other collector's: each is remembered as added right after the last id known ours, so the drain takes it for
+        ours, and a Redis that forgets it counts it (an upper bound, as every such count; never a silent loss)."""
+        if rounds.identities is None:
+            return
+        known = {n for _, positions in rounds.added for n in positions} | rounds.skipped
+        last = rounds.added[-1][0] if rounds.added else self.tail_id
+        ms, seq = id_key(last) if last else (0, 0)
+        after = b"%d-%d" % (ms, seq + 1)
+        for n, (_, found) in enumerate(rounds.identities):
+            if n not in known:
+                self._unconfirmed.setdefault(found, after)
         while len(self._unconfirmed) > UNCONFIRMED_MAX:
             del self._unconfirmed[next(iter(self._unconfirmed))]
 
@@ -351,10 +372,15 @@ class Publisher:
 
     def check_tail(self, found: bytes | None) -> None:
         """`found`: the tail Redis holds. Older than the id we last got back (or gone), Redis forgot the entries
-        after it: count the events among them that no backfill can bring back, and have the gap reopened."""
+        after it: count the events among them that no backfill can bring back, and have the gap reopened. Further
+        than ours, a call of ours whose answer was lost added up to there: it is our tail (only our calls set it),
+        and what Redis may forget later is measured from it."""
         tail = self.tail_id
-        if tail is None or found == tail or (found is not None and id_key(found) > id_key(tail)):
-            return  # first batch of this process, as expected, or a batch of ours in flight went further
+        if tail is None or found == tail:
+            return  # first batch of this process, or as expected
+        if found is not None and id_key(found) > id_key(tail):
+            self.tail_id = found
+            return
         lost, known = self._unrecoverable.after(found)
         self.tail_id = found
         self._metrics.redis_forgot.inc()
