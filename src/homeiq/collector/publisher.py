@@ -308,8 +308,7 @@ class Publisher:
         for last_id, positions in rounds.added:
             for n in positions:
                 self._unconfirmed[rounds.identities[n][1]] = last_id
-        while len(self._unconfirmed) > UNCONFIRMED_MAX:
-            del self._unconfirmed[next(iter(self._unconfirmed))]
+        self._trim_unconfirmed()
 
     def _keep_unanswered(self, rounds: Rounds) -> None:
         """The call that failed may have added what it carried before its answer was lost (a connection reset after
@@ -325,6 +324,9 @@ class Publisher:
         for n, (_, found) in enumerate(rounds.identities):
             if n not in known:
                 self._unconfirmed.setdefault(found, after)
+        self._trim_unconfirmed()
+
+    def _trim_unconfirmed(self) -> None:
         while len(self._unconfirmed) > UNCONFIRMED_MAX:
             del self._unconfirmed[next(iter(self._unconfirmed))]
 

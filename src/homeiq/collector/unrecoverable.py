@@ -34,15 +34,15 @@ class _Shape(msgspec.Struct):
 _shape = msgspec.json.Decoder(_Shape)
 
 
-def _recoverable(event_type: str, new_state: object) -> bool:
+def _recoverable(event_type: str, has_new_state: bool) -> bool:
     """Whether HA's recorder keeps this event (a state change with a new state) for a backfill to bring back."""
-    return new_state is not None and event_type == "state_changed"
+    return has_new_state and event_type == "state_changed"
 
 
 def encoded(event: NormalisedEvent) -> bytes:
     """`event` as the stream's payload, marked `Unrecoverable` when it is."""
     payload = encode_event(event)
-    return payload if _recoverable(event.event_type, event.new_state) else Unrecoverable(payload)
+    return payload if _recoverable(event.event_type, event.new_state is not None) else Unrecoverable(payload)
 
 
 def marked(payloads: list[bytes]) -> list[bytes]:
@@ -57,7 +57,7 @@ def _readable_and_recoverable(payload: bytes) -> bool:
         shape = _shape.decode(payload)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return False
-    return _recoverable(shape.event_type, None if shape.new_state == _NULL else shape.new_state)
+    return _recoverable(shape.event_type, shape.new_state != _NULL)
 
 
 class UnrecoverableLog:
