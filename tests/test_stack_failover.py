@@ -53,6 +53,18 @@ def info(stack: Stack, service: str, section: str) -> dict[str, str]:
     return dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
 
 
+def sentinels_view(stack: Stack) -> str:
+    """Each sentinel's state of the service, its replicas and peers, and its whole log (a failover that stalls)."""
+    shown = []
+    for sentinel in ("sentinel-1", "sentinel-2", "sentinel-3"):
+        for what in (["master", "homeiq"], ["replicas", "homeiq"], ["sentinels", "homeiq"]):
+            done = stack.compose("exec", "-T", sentinel, "redis-cli", "-p", "26379", "sentinel", *what, check=False)
+            shown.append(f"--- {sentinel}: sentinel {' '.join(what)}\n{' '.join(done.stdout.split())}")
+        log = stack.compose("logs", "--no-color", sentinel, check=False).stdout
+        shown.append(f"--- {sentinel}: log\n{log}")
+    return "\n".join(shown)
+
+
 def docker(*args: str) -> None:
     subprocess.run(["docker", *args], check=True, capture_output=True)
 
@@ -72,8 +84,11 @@ def test_a_killed_primary_and_a_killed_collector_lose_nothing(stack: Stack) -> N
     old_primary = stack.containers("redis")[0]
     docker("kill", old_primary)
     killed = time.monotonic()
-    new_primary = wait_until(lambda: (p if (p := primary(stack)) not in ("", "redis") else None), 60,
-                             "the sentinels to promote a replica")
+    try:
+        new_primary = wait_until(lambda: (p if (p := primary(stack)) not in ("", "redis") else None), 60,
+                                 "the sentinels to promote a replica")
+    except TimeoutError as timed_out:
+        raise AssertionError(f"{timed_out}; what the sentinels saw:\n{sentinels_view(stack)}") from None
     promoted_s = time.monotonic() - killed
     seen = wait_until(lambda: points_beyond(seen + 5 * RATE), 90, "points after the failover")
     flowing_s = time.monotonic() - killed

@@ -272,6 +272,13 @@ class HaEncoder:
             self._count_overwrite(entity, time_ns, fired_ns, line)
         return line
 
+    def remembered(self) -> int:
+        return len(self._cache)
+
+    def forget(self) -> None:
+        """Also each entity's newest point: a state written after this onto an earlier one's point is not counted."""
+        self._cache.clear()
+
     def _new_entity(self, entity_id: str) -> _Entity:
         """An entity seen for the first time (since the cache was last emptied), cached."""
         if len(self._cache) >= CACHE_SIZE:

@@ -235,6 +235,12 @@ class LineEncoder:
         fields.append(_SOURCE_FIELDS[event.source])
         return entity.head + ",".join(fields) + entity.fields + " " + str(event.time_ns)
 
+    def remembered(self) -> int:
+        return len(self._cache)
+
+    def forget(self) -> None:
+        self._cache.clear()
+
 
 _default = LineEncoder()
 

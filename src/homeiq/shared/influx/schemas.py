@@ -28,6 +28,14 @@ class Encoder(Protocol):
         """The line, without a trailing newline, or None."""
         ...
 
+    def remembered(self) -> int:
+        """How many entities' parts it holds (for the next events of those entities)."""
+        ...
+
+    def forget(self) -> None:
+        """Drop every entity's parts (each is made again from the entity's next event, the same)."""
+        ...
+
 
 def make_encoder(schema: str, config: ConfigFile | None = None) -> Encoder:
     """The encoder of `schema`, with the configuration file's rules (None: no file)."""
