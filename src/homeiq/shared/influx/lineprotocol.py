@@ -22,6 +22,8 @@ from homeiq.shared.events import NO_ATTRIBUTES, NO_DATA, Enrichment, NormalisedE
 
 MEASUREMENT: Final = "home_assistant_events"
 CACHE_SIZE: Final = 20_000
+STATES_REMEMBERED: Final = 4096  # ~0.8 MB when full
+STATE_REMEMBERED_CHARS: Final = 64  # a longer state (HA allows 255) is a text, rarely repeated
 
 # influxd 1.x unescapes only these three in a tag value; a backslash before anything else is kept as it is.
 _TAG_ESCAPES: Final = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
@@ -173,6 +175,7 @@ class LineEncoder:
 
     def __init__(self, words: Integration | None = None, event_types: EventTypes | None = None) -> None:
         self._cache: dict[str | None, _Entity] = {}
+        self._states: dict[str, tuple[str, str]] = {}  # a state → its fields (`_state`)
         self._words = words
         self._filter = EntityFilter(words.include, words.exclude) if words is not None else None
         self._event_types = event_types if event_types and (event_types.include or event_types.exclude) else None
@@ -205,12 +208,9 @@ class LineEncoder:
         new, old = event.new_state, event.old_state
         fields: list[str] = []
         if new is not None:
-            fields.append('state_value="' + _escape(new.state) + '"')
-            number = numeric_value(new.state)
-            if number is not None:
-                fields.append(f"value={number!r}")
+            fields.append(self._state(new.state)[0])
         if old is not None:
-            fields.append('previous_state="' + _escape(old.state) + '"')
+            fields.append(self._state(old.state)[1])
             if new is not None and old.last_changed_ns:
                 fields.append(f"duration_in_state_seconds={(new.last_updated_ns - old.last_changed_ns) / 1e9!r}")
         shown = new if new is not None else old
@@ -235,11 +235,28 @@ class LineEncoder:
         fields.append(_SOURCE_FIELDS[event.source])
         return entity.head + ",".join(fields) + entity.fields + " " + str(event.time_ns)
 
+    def _state(self, state: str) -> tuple[str, str]:
+        """The fields of `state` as the new state (`state_value`, and `value` when it is a number) and as the old one
+        (`previous_state`): remembered for the states seen last (a home's sensors repeat a few hundred values;
+        escaping, reading and printing them took a tenth of a line's encoding)."""
+        fields = self._states.get(state)
+        if fields is None:
+            escaped = _escape(state)
+            number = numeric_value(state)
+            fields = ('state_value="' + escaped + '"' + ("" if number is None else f",value={number!r}"),
+                      'previous_state="' + escaped + '"')
+            if len(state) <= STATE_REMEMBERED_CHARS:
+                if len(self._states) >= STATES_REMEMBERED:
+                    self._states.clear()
+                self._states[state] = fields
+        return fields
+
     def remembered(self) -> int:
         return len(self._cache)
 
     def forget(self) -> None:
         self._cache.clear()
+        self._states.clear()
 
 
 _default = LineEncoder()
