@@ -326,6 +326,8 @@ def exact(pipeline: Pipeline, reread_s: float = 5.0) -> dict[str, Any]:
     for _ in range(REREADS):
         time.sleep(reread_s)
         missing -= {(p["entity_id"], p["time"]) for p in pipeline.influx.points(DATABASE)}
+        if not missing:
+            break
     report["lost"] = len(missing)
     report["missing_examples"] = sorted(missing, key=lambda key: key[1])[:10]
     processes = [*pipeline.writers, *pipeline.others.values()]

@@ -45,8 +45,10 @@ def test_every_point_found_at_once_is_asked_for_once() -> None:
 
 def test_a_point_influxd_answers_late_is_not_lost(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline_bench, "samples", lambda process: {})
-    report = pipeline_bench.exact(_pipeline(Influx(ALL[1:], ALL)), reread_s=0)
+    influx = Influx(ALL[1:], ALL)
+    report = pipeline_bench.exact(_pipeline(influx), reread_s=0)
     assert (report["lost_first_read"], report["lost"]) == (1, 0)
+    assert influx.asked == 2  # no more rereads once every point is found
 
 
 def test_a_point_never_found_is_lost_with_what_the_processes_counted(monkeypatch: pytest.MonkeyPatch) -> None:
