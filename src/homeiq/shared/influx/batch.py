@@ -133,9 +133,10 @@ class Batch:
     """Encoded events and their request body; the first attempt's body is compressed ahead of time."""
 
     def __init__(self, items: list[Encoded], handled: Handled | None = None, ledger: Ledger | None = None) -> None:
-        # Grouped by series: influxd spends a third less CPU on points of one series side by side than on the
-        # same points as they arrive, a series' points spread through the batch (benchmarks/influx_digest.py).
-        # Stable, so a series' points keep their order (the later of two at one time still wins, as sent).
+        # Grouped by series: where a batch holds several points of a series (a backlog's full batches, a home's
+        # chatty sensors), influxd spends about a quarter less CPU on them side by side than spread through it
+        # (benchmarks/influx_digest.py: 35.0 → 25.9 µs a point over 100 entities; nothing either way at one point
+        # a series). Stable, so a series' points keep their order (the later of two at one time still wins).
         self.items = sorted(items, key=_series)
         self.handled = handled or Handled()  # what preparing it did already (dead letters, lost payloads)
         self.ledger = ledger or Ledger()  # shared by the halves of a bisected batch
