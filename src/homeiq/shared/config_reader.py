@@ -39,6 +39,7 @@ import msgspec
 import yaml
 
 from homeiq.shared.config import (
+    DEVICE_FIELDS,
     ENV_NAME,
     MEASUREMENT_ATTRS,
     PRECISIONS,
@@ -487,13 +488,19 @@ def _check_url(r: _Reader, config: Integration) -> None:
 
 def _homeiq(r: _Reader, raw: Any) -> Homeiq:
     block = r.mapping("homeiq", raw or {})
-    r.known("homeiq", block, ("schema", "event_types"))
+    r.known("homeiq", block, ("schema", "event_types", "device_fields"))
     types = r.mapping("homeiq.event_types", block.get("event_types") or {})
     r.known("homeiq.event_types", types, ("include", "exclude"))
+    device_fields: tuple[str, ...] = DEVICE_FIELDS  # left out (or null): all, as the HomeIQ readers expect
+    if block.get("device_fields") is not None:
+        device_fields = r.strings("homeiq.device_fields", block["device_fields"])
+        for n, name in enumerate(device_fields):
+            r.choice(f"homeiq.device_fields[{n}]", name, DEVICE_FIELDS)
     return Homeiq(
         schema=None if block.get("schema") is None else r.choice("homeiq.schema", block["schema"], SCHEMAS),
         event_types=EventTypes(include=r.strings("homeiq.event_types.include", types.get("include")),
                                exclude=r.strings("homeiq.event_types.exclude", types.get("exclude"))),
+        device_fields=device_fields,
     )
 
 
@@ -511,8 +518,11 @@ def parse_config(text: str, where: str) -> ConfigFile:
         raise reader.fail("(the file)", f"expected a mapping, got {type(document).__name__}")
     reader.known("", document, ("influxdb", "homeiq"))
     integration, notes = (None, []) if "influxdb" not in document else _integration(reader, document["influxdb"])
-    return ConfigFile(path=where, integration=integration, homeiq=_homeiq(reader, document.get("homeiq")),
-                      notes=tuple(notes))
+    homeiq = _homeiq(reader, document.get("homeiq"))
+    if left_out := [name for name in DEVICE_FIELDS if name not in homeiq.device_fields]:
+        notes.append(f"homeiq.device_fields: the homeiq schema's points leave out {', '.join(left_out)} "
+                     "(HomeIQ's data-api counts manufacturer and model a point)")
+    return ConfigFile(path=where, integration=integration, homeiq=homeiq, notes=tuple(notes))
 
 
 def load_config(path: str) -> ConfigFile | None:
