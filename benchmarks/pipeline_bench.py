@@ -407,7 +407,11 @@ if __name__ == "__main__":
     parser.add_argument("--sentinel", action="store_true",
                         help="Redis as a primary, two replicas and three sentinels (REDIS_SENTINELS)")
     parser.add_argument("--wait-replicas", type=int, default=0, help="COLLECTOR_WAIT_REPLICAS")
+    parser.add_argument("--config", type=Path, help="HOMEIQ_CONFIG for every process (its homeiq: block; an "
+                        "influxdb: block would point the writers elsewhere)")
     args = parser.parse_args()
+    if args.config is not None:
+        os.environ["HOMEIQ_CONFIG"] = str(args.config.resolve())  # the processes inherit our environment
     with tempfile.TemporaryDirectory(prefix="homeiq-pipeline-bench-") as tmp:
         result = asyncio.run(main([float(r) for r in args.rates.split(",")], args.step_seconds, args.entities,
                                   args.writers, args.backlog, Path(tmp), args.ceiling_points, args.collectors,
