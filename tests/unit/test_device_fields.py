@@ -10,6 +10,7 @@ from homeiq.shared.config import DEVICE_FIELDS
 from homeiq.shared.config_reader import parse_config
 from homeiq.shared.events import Enrichment, encode_enrichment
 from homeiq.shared.influx.schemas import make_encoder
+from homeiq.shared.influx.settings import InfluxSettings
 from homeiq.shared.settings import ConfigError
 from tests.events import state_event
 
@@ -46,11 +47,25 @@ def test_an_empty_list_writes_none_of_them() -> None:
     assert not set(DEVICE_FIELDS) & field_names(line("homeiq: {device_fields: []}\n"))
 
 
-def test_what_is_left_out_is_noted_at_start() -> None:
-    assert parse_config("homeiq: {schema: homeiq}\n", "t").notes == ()
-    (note,) = parse_config("homeiq: {device_fields: [model, manufacturer]}\n", "t").notes
+def test_null_is_an_error_not_a_silent_default() -> None:
+    # Elsewhere in the file null is an empty list: `device_fields:` meant as "none" must not write all five.
+    with pytest.raises(ConfigError, match=r"homeiq\.device_fields: .*\[\] for none"):
+        parse_config("homeiq:\n  device_fields:\n", "t")
+
+
+def notes(config: str, schema: str) -> list[str]:
+    settings = InfluxSettings(url="http://127.0.0.1:1", api="v1", schema=schema, config=parse_config(config, "t"))
+    return settings.config_notes()
+
+
+def test_what_is_left_out_is_noted_for_the_schema_in_force() -> None:
+    assert notes("homeiq: {schema: homeiq}\n", "homeiq") == []
+    (note,) = notes("homeiq: {device_fields: [model, manufacturer]}\n", "homeiq")
     assert note.startswith("homeiq.device_fields: the homeiq schema's points leave out sw_version, area_name, "
                            "friendly_name")
+    # The ha schema never writes them: the option does nothing there, and the note says so.
+    assert notes("homeiq: {device_fields: [model]}\n", "ha") == [
+        "homeiq.device_fields: no effect with the ha schema (its points carry no device strings)"]
 
 
 def test_a_name_that_is_no_device_field_is_an_error_naming_the_key() -> None:

@@ -491,8 +491,10 @@ def _homeiq(r: _Reader, raw: Any) -> Homeiq:
     r.known("homeiq", block, ("schema", "event_types", "device_fields"))
     types = r.mapping("homeiq.event_types", block.get("event_types") or {})
     r.known("homeiq.event_types", types, ("include", "exclude"))
-    device_fields: tuple[str, ...] = DEVICE_FIELDS  # left out (or null): all, as the HomeIQ readers expect
-    if block.get("device_fields") is not None:
+    device_fields: tuple[str, ...] = DEVICE_FIELDS  # left out: all, as the HomeIQ readers expect
+    if "device_fields" in block:
+        if block["device_fields"] is None:  # null is an empty list elsewhere in the file: ask which was meant
+            raise r.fail("homeiq.device_fields", "null: write [] for none, or leave the key out for all five")
         device_fields = r.strings("homeiq.device_fields", block["device_fields"])
         for n, name in enumerate(device_fields):
             r.choice(f"homeiq.device_fields[{n}]", name, DEVICE_FIELDS)
@@ -518,11 +520,8 @@ def parse_config(text: str, where: str) -> ConfigFile:
         raise reader.fail("(the file)", f"expected a mapping, got {type(document).__name__}")
     reader.known("", document, ("influxdb", "homeiq"))
     integration, notes = (None, []) if "influxdb" not in document else _integration(reader, document["influxdb"])
-    homeiq = _homeiq(reader, document.get("homeiq"))
-    if left_out := [name for name in DEVICE_FIELDS if name not in homeiq.device_fields]:
-        notes.append(f"homeiq.device_fields: the homeiq schema's points leave out {', '.join(left_out)} "
-                     "(HomeIQ's data-api counts manufacturer and model a point)")
-    return ConfigFile(path=where, integration=integration, homeiq=homeiq, notes=tuple(notes))
+    return ConfigFile(path=where, integration=integration, homeiq=_homeiq(reader, document.get("homeiq")),
+                      notes=tuple(notes))
 
 
 def load_config(path: str) -> ConfigFile | None:

@@ -6,7 +6,7 @@ import os
 import ssl
 from typing import Annotated, Any, Self
 
-from homeiq.shared.config import ConfigFile
+from homeiq.shared.config import DEVICE_FIELDS, ConfigFile
 from homeiq.shared.config_reader import load_config
 from homeiq.shared.influx.schemas import SCHEMAS
 from homeiq.shared.logs import Log
@@ -93,9 +93,22 @@ class InfluxSettings(Settings, frozen=True, kw_only=True):
         if self.api == "v2" and not self.org:
             raise ConfigError("INFLUXDB_ORG: must not be empty with INFLUXDB_API=v2")
 
+    def config_notes(self) -> list[str]:
+        """What the configuration file had that we take differently, or that changes the points of the schema in force
+        (`schema` may come from INFLUXDB_SCHEMA, over the file's)."""
+        if self.config is None:
+            return []
+        notes = list(self.config.notes)
+        if left_out := [name for name in DEVICE_FIELDS if name not in self.config.homeiq.device_fields]:
+            notes.append("homeiq.device_fields: no effect with the ha schema (its points carry no device strings)"
+                         if self.schema == "ha" else
+                         f"homeiq.device_fields: the homeiq schema's points leave out {', '.join(left_out)} "
+                         "(HomeIQ's data-api counts manufacturer and model a point)")
+        return notes
+
     def log_config_notes(self) -> None:
-        """Log what the configuration file had that we take differently (once, at start)."""
-        for note in self.config.notes if self.config is not None else ():
+        """Log `config_notes` (at start)."""
+        for note in self.config_notes():
             log.info("config_note", file=self.config.path if self.config else "", note=note)
 
     def _secret(self, name: str, from_file: str, required: bool) -> str:
