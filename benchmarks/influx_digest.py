@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -33,12 +32,12 @@ from workload import payloads
 from writer_bench import cpu_s, start_influxd, stop_influxd
 
 from homeiq.shared.config import DEVICE_FIELDS
-from homeiq.shared.events import decode_event
-from homeiq.shared.influx.schemas import make_encoder
+from homeiq.shared.events import NormalisedEvent, decode_event
+from homeiq.shared.influx.lineprotocol import LineEncoder
 from homeiq.shared.influx.sink import gzip_body
 
 BASE: dict[str, Any] = {"batch": 1500, "gzip": True, "clients": 1, "order": "arrival", "filled": False, "pace": 0,
-                        "busy": 0, "strip": ()}
+                        "busy": 0, "device_fields": DEVICE_FIELDS}
 # A live pipeline's requests: each writer's batch of ~1,000 lines every ~0.1-0.2 s, not back to back; and influxd
 # shares the machine's cores with the collector, the writers and Redis.
 LIVE: dict[str, Any] = {"batch": 1000, "order": "request", "clients": 2, "pace": 10_000}
@@ -54,21 +53,15 @@ CASES: dict[str, dict[str, Any]] = {
     "1,000 a request from two clients, 10,000 points/s": LIVE,
     "the same beside a busy core": LIVE | {"busy": 1},
     "the same alone, 2,500 a request": LIVE | {"batch": 2500},
-    "without the device's five string fields": {"strip": DEVICE_FIELDS},
-    "without three (manufacturer and model kept)": {"strip": DEVICE_FIELDS[2:]},
+    "without the device's five string fields": {"device_fields": ()},
+    "without three (manufacturer and model kept)": {"device_fields": DEVICE_FIELDS[:2]},
 }
 
 
-def lines_of(count: int, entities: int) -> list[bytes]:
-    encoder = make_encoder("homeiq")
-    return [line.encode() for p in payloads(count, entities) if (line := encoder.encode(decode_event(p))) is not None]
-
-
-def without_fields(line: bytes, names: tuple[str, ...]) -> bytes:
-    """The line without these string fields (`,name="..."`, escapes inside the quotes honoured)."""
-    for name in names:
-        line = re.sub(rb',%s="(?:[^"\\]|\\.)*"' % name.encode(), b"", line, count=1)
-    return line
+def lines_of(events: list[NormalisedEvent], device_fields: tuple[str, ...] = DEVICE_FIELDS) -> list[bytes]:
+    """The events' lines as a writer with `homeiq.device_fields` set so would write them."""
+    encoder = LineEncoder(device_fields=device_fields)
+    return [line.encode() for event in events if (line := encoder.encode(event)) is not None]
 
 
 def series_key(line: bytes) -> bytes:
@@ -114,9 +107,9 @@ def idle_after(pid: int, quiet_s: float = 1.0, limit_s: float = 60.0) -> float:
     return time.monotonic() - started
 
 
-async def run_case(workdir: Path, lines: list[bytes], fill: list[bytes], case: dict[str, Any]) -> dict[str, float]:
-    if case["strip"]:
-        lines = [without_fields(line, case["strip"]) for line in lines]
+async def run_case(workdir: Path, events: list[NormalisedEvent], fill: list[bytes], case: dict[str, Any]
+                   ) -> dict[str, float]:
+    lines = lines_of(events, case["device_fields"])
     if case["order"] == "series":
         lines = sorted(lines, key=series_key)  # stable: each series keeps its time order
     batch = case["batch"]
@@ -154,17 +147,17 @@ async def run_case(workdir: Path, lines: list[bytes], fill: list[bytes], case: d
 
 
 async def main(points: int, rounds: int, workdir: Path, entities: int, only: list[str]) -> dict[str, Any]:
-    every = lines_of(points * 2, entities)
-    fill, lines = every[:points], every[points:]  # the same entities, earlier times
+    every = [decode_event(p) for p in payloads(points * 2, entities)]
+    fill, events = lines_of(every[:points]), every[points:]  # the same entities, earlier times
     results: dict[str, list[dict[str, float]]] = {name: [] for name in CASES if not only or name in only}
     for n in range(rounds):
         for name, runs in results.items():
-            result = await run_case(workdir / f"{n}-{len(runs)}-{abs(hash(name))}", lines, fill, BASE | CASES[name])
+            result = await run_case(workdir / f"{n}-{len(runs)}-{abs(hash(name))}", events, fill, BASE | CASES[name])
             runs.append(result)
             print(json.dumps({"round": n, "case": name, **{k: round(v, 1) for k, v in result.items()}}),
                   file=sys.stderr)
     return {name: {key: round(sorted(r[key] for r in runs)[len(runs) // 2], 1) for key in runs[0]}
-            for name, runs in results.items()} | {"points": len(lines), "entities": entities}
+            for name, runs in results.items()} | {"points": len(events), "entities": entities}
 
 
 def table(report: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from typing import Final, get_args
 
 import msgspec
 
-from homeiq.shared.config import EntityFilter, EventTypes, Integration
+from homeiq.shared.config import DEVICE_FIELDS, EntityFilter, EventTypes, Integration
 from homeiq.shared.events import NO_ATTRIBUTES, NO_DATA, Enrichment, NormalisedEvent, Source, enrichment_of
 
 MEASUREMENT: Final = "home_assistant_events"
@@ -112,18 +112,17 @@ def _tags(event: NormalisedEvent, enrich: Enrichment) -> str:
     return MEASUREMENT + "".join(f",{key}={escaped}" for key, value in tags if value and (escaped := escape_tag(value)))
 
 
-def _entity_fields(enrich: Enrichment, device_fields: frozenset[str] | None) -> str:
-    """The device's strings (those of `device_fields`; None: all) and the entity's unit, as fields."""
+def _entity_fields(enrich: Enrichment, kept: frozenset[str]) -> str:
+    """The entity's strings (the device's, and its unit) named in `kept`, as fields."""
     strings = (
         ("manufacturer", enrich.manufacturer),
         ("model", enrich.model),
         ("sw_version", enrich.sw_version),
         ("area_name", enrich.area_name),
         ("friendly_name", enrich.friendly_name),
+        ("unit_of_measurement", enrich.unit),
     )
-    kept = [(key, value) for key, value in strings if device_fields is None or key in device_fields]
-    return "".join(f",{key}={_str(value)}" for key, value in (*kept, ("unit_of_measurement", enrich.unit))
-                   if value is not None)
+    return "".join(f",{key}={_str(value)}" for key, value in strings if value is not None and key in kept)
 
 
 _raw_attributes = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -151,13 +150,12 @@ class _Entity:
     __slots__ = ("allowed", "attributes", "attributes_field", "dropped", "enrichment", "event_type", "fields", "head",
                  "ignore")
 
-    def __init__(self, event: NormalisedEvent, allowed: bool, ignore: frozenset[str],
-                 device_fields: frozenset[str] | None) -> None:
+    def __init__(self, event: NormalisedEvent, allowed: bool, ignore: frozenset[str], kept: frozenset[str]) -> None:
         self.event_type = event.event_type
         enrichment = enrichment_of(event.enrichment)
         self.enrichment = msgspec.Raw(bytes(event.enrichment))  # a copy: a decoded one holds its whole entry
         self.head = _tags(event, enrichment) + " "
-        self.fields = _entity_fields(enrichment, device_fields)
+        self.fields = _entity_fields(enrichment, kept)
         self.attributes = NO_ATTRIBUTES  # the last attributes, as a copy (compared where an event's are: no copy each)
         self.attributes_field = ""
         self.allowed, self.ignore, self.dropped = allowed, ignore, 0
@@ -177,9 +175,9 @@ class LineEncoder:
     leave out is counted in `skipped` and `attributes_dropped`."""
 
     def __init__(self, words: Integration | None = None, event_types: EventTypes | None = None,
-                 device_fields: tuple[str, ...] | None = None) -> None:
+                 device_fields: tuple[str, ...] = DEVICE_FIELDS) -> None:
         self._cache: dict[str | None, _Entity] = {}
-        self._device_fields = None if device_fields is None else frozenset(device_fields)  # None: every one
+        self._kept_fields = frozenset((*device_fields, "unit_of_measurement"))
         self._states: dict[str, tuple[str, str]] = {}  # a state → its fields (`_state`)
         self._words = words
         self._filter = EntityFilter(words.include, words.exclude) if words is not None else None
@@ -194,7 +192,7 @@ class LineEncoder:
         if self._words is not None and self._filter is not None and event.entity_id is not None:
             allowed = self._filter(event.entity_id)
             ignore = self._words.ignored_attributes(event.entity_id)
-        return _Entity(event, allowed, ignore, self._device_fields)
+        return _Entity(event, allowed, ignore, self._kept_fields)
 
     def encode(self, event: NormalisedEvent) -> str | None:
         """One line of line protocol for `event` (no trailing newline); None when a filter leaves it out."""

@@ -43,4 +43,6 @@ def make_encoder(schema: str, config: ConfigFile | None = None) -> Encoder:
     event_types = config.homeiq.event_types if config is not None else None
     if schema == "ha":
         return haschema.HaEncoder(words, event_types)
-    return lineprotocol.LineEncoder(words, event_types, config.homeiq.device_fields if config is not None else None)
+    if config is None:
+        return lineprotocol.LineEncoder(words, event_types)
+    return lineprotocol.LineEncoder(words, event_types, config.homeiq.device_fields)
