@@ -1,20 +1,27 @@
 """HA's socket read in bursts (ReadPacing): events that trickle in wake the reader once a burst, not once each, and
-none is lost, reordered or held longer than the interval; commands are still answered; a high rate is read
-continuously. Against ha-sim's real WebSocket server on a real socket."""
+none is lost, reordered or held longer than the interval; commands are still answered; a high rate is read without
+resting, in short naps while the reader keeps up, and continuously while it is behind. Against ha-sim's real
+WebSocket server on a real socket."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
+import json
+import socket
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from homeiq.ha_sim.hub import Hub
 from homeiq.ha_sim.runner import SimServer
+from homeiq.local.processes import ScriptProcess
+from homeiq.local.services import free_port
+from homeiq.local.waiting import wait_for
 from homeiq.shared.ha import frames
 from homeiq.shared.ha.client import ConnectionLost, HAConnection, LoggedOnly, ReadPacing, _paceable
 
@@ -97,6 +104,71 @@ async def test_a_high_rate_is_read_continuously(sim: SimServer) -> None:
     arrivals, sent = await stream(sim, pacing, 2_000, 20_000.0)
     assert arrivals.ids == sent
     assert pacing.rests <= 5  # only once the flood ebbed into a small burst
+
+
+async def test_a_high_rate_wakes_the_reader_once_a_nap_not_once_each_time_ha_sends(sim: SimServer) -> None:
+    """At 2,000/s ha-sim sends every 5 ms (HA as soon as its loop turns): read as it comes, each send is a wakeup,
+    and on a small machine the wakeup costs more than its ten events. Once aiohttp's queue is empty the socket naps
+    (`nap_s`, far shorter than a rest), so a wakeup reads what several sends brought; every event once, in order."""
+    pacing = ReadPacing(INTERVAL_S, max_burst=50)
+    arrivals, sent = await stream(sim, pacing, 2_000, 2_000.0)  # 1 s: ~200 sends
+    assert arrivals.ids == sent
+    assert pacing.naps >= 10
+    assert arrivals.bursts() <= 1.0 / pacing.nap_s * 1.5  # about one wakeup a nap (each a few sends' events)
+
+    unpaced, sent = await stream(sim, None, 2_000, 2_000.0)  # the same read as it comes: a wakeup a send
+    assert unpaced.ids == sent
+    assert unpaced.bursts() >= 2 * arrivals.bursts()
+
+
+async def test_a_reader_behind_never_naps_while_the_kernel_holds_more(tmp_path: Path) -> None:
+    """A reader slower than HA (here at most 10,000 events/s against HA's 100,000/s, ha-sim in a process of
+    its own) finds more waiting in the kernel whenever aiohttp's queue empties: the rest of a frame larger than one
+    read (HA's frames for a client behind hold everything queued), or the next read's worth. A nap then would only
+    slow it down, and let HA's queue for us grow."""
+    port, record = free_port(), tmp_path / "sent.jsonl"
+    sim = ScriptProcess("ha-sim", {"HA_SIM_PORT": str(port), "HA_TOKEN": TOKEN, "HA_SIM_RATE": "100000",
+                                   "HA_SIM_EVENTS": "3000", "HA_SIM_ENTITIES": "2000", "HA_SIM_RECORD": str(record),
+                                   "HA_SIM_RECORDER_COMMIT_INTERVAL_S": "0"}, tmp_path / "ha-sim.log")
+    pacing, seen, behind = ReadPacing(INTERVAL_S, max_burst=10), list[str](), list[bool]()
+
+    def slow(frame: frames.EventFrame | frames.StateEventFrame) -> None:
+        assert isinstance(frame, frames.StateEventFrame)
+        seen.append(frame.event.data.entity_id)
+        if len(seen) == 3000 // 2:
+            behind.append(record.exists())  # half read, and HA has sent them all: behind
+        until = time.perf_counter() + 0.0001
+        while time.perf_counter() < until:
+            pass
+
+    try:
+        await wait_for(lambda: _listening(port), 20, "ha-sim to listen")
+        async with aiohttp.ClientSession() as http, \
+                http.ws_connect(f"ws://127.0.0.1:{port}/api/websocket", decode_text=False) as ws:
+            conn = HAConnection(ws, LoggedOnly(), pacing)
+            await conn.authenticate(TOKEN, 5)
+            reader = asyncio.create_task(conn.read_forever())
+            await conn.subscribe(slow, 5, "state_changed")
+            await wait_for(lambda: len(seen) == 3000, 30, "every event read")
+            await conn.ping(5)
+            reader.cancel()
+    finally:
+        sim.terminate()
+    assert seen == [json.loads(line)["entity_id"] for line in record.read_text().splitlines()]
+    assert behind == [True], "the reader kept up: the test shows nothing"
+    assert pacing.naps <= 2
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_nap_never_outlasts_a_short_rest() -> None:
+    """A nap is at most the rest's interval: COLLECTOR_LINGER_MS below the nap shortens it, so an event never waits
+    longer than the user allowed."""
+    assert ReadPacing(0.005).nap_s == 0.005
+    assert ReadPacing(0.5).nap_s < 0.5
 
 
 async def test_a_rate_above_the_threshold_is_read_continuously_not_only_its_first_burst(sim: SimServer) -> None:
