@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import functools
+import struct
+import termios
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sized
 from typing import Any, Final, Literal, Protocol
@@ -90,7 +94,8 @@ class ReadPacing:
     instead of lingering). A burst of `max_burst` events or more means the rate is high enough to amortise
     wakeups: the socket then never rests until an interval brings fewer, so that HA's queue for us does not wait on
     a rest; it only naps (`nap_s`, 20 ms at most) each time what was read is routed, so that one wakeup reads what
-    several of HA's sends brought (the collector's CPU an event 7-14 % less at 10,000/s, 20 % at 5,000/s)."""
+    several of HA's sends brought (the collector's CPU an event 7-14 % less at 10,000/s, 20 % at 5,000/s). Neither
+    a rest nor a nap while more waits in the kernel, and none over TLS on uvloop (see `_paceable`)."""
 
     def __init__(self, interval_s: float, max_burst: int = 256) -> None:
         self.interval_s, self.max_burst = interval_s, max_burst
@@ -236,6 +241,8 @@ class HAConnection:
         transport, queue, protocol = socket
         if queue._buffer or transport.is_closing() or protocol._reading_paused or protocol._buffer_paused:
             return  # more to route first, the end, or aiohttp's own flow control has the socket
+        if _unread_bytes(transport):
+            return  # more waits in the kernel (the rest of a frame larger than one read): a reader behind reads on
         pacing, now = self._pacing, time.monotonic()
         if self._burst >= pacing.max_burst:  # a high rate: nap, and measure it again from here
             self._fast, self._burst, self._since = True, 0, now
@@ -260,8 +267,8 @@ class HAConnection:
         """At a high rate, leave the socket unread a moment (`nap_s`) once what was read is routed, so that the
         next wakeup reads what several of HA's sends brought, not each on its own: the publisher is not told (its
         batch is not all there is). A nap never holds more than HA sends in `nap_s`, which the kernel's buffers
-        take: HA's queue for us does not grow, and a rate the reader cannot keep up with never empties aiohttp's
-        queue, so it never naps."""
+        take: HA's queue for us does not grow; and a reader behind never naps (`_rest` reads on while aiohttp holds
+        frames or the kernel holds bytes)."""
         assert self._pacing is not None
         self._pacing.naps += 1
         transport.pause_reading()
@@ -370,6 +377,23 @@ class _Transport(Protocol):  # asyncio's and uvloop's (which is not an asyncio.T
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
     def is_closing(self) -> bool: ...
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
+
+def _unread_bytes(transport: _Transport) -> int:
+    """What the kernel holds for the transport's socket, unread (over TLS, still encrypted); 0 when it cannot say."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        answer = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int(struct.unpack("i", answer)[0])
+
+
+def _on_uvloop() -> bool:
+    return type(asyncio.get_running_loop()).__module__.partition(".")[0] == "uvloop"
 
 
 _Paceable = tuple[_Transport, _Queue, _FlowControl]
@@ -381,12 +405,24 @@ def _paceable(ws: FrameSocket) -> _Paceable | None:
     None when they are not there: the socket is then read continuously, as without pacing."""
     conn, queue = getattr(ws, "_conn", None), getattr(ws, "_reader", None)
     transport, protocol = getattr(conn, "transport", None), getattr(conn, "protocol", None)
-    if (all(callable(getattr(transport, name, None)) for name in ("pause_reading", "resume_reading", "is_closing"))
+    if not (all(callable(getattr(transport, name, None))
+                for name in ("pause_reading", "resume_reading", "is_closing", "get_extra_info"))
             and hasattr(queue, "_buffer")
             and hasattr(protocol, "_reading_paused") and hasattr(protocol, "_buffer_paused")):
-        return transport, queue, protocol  # type: ignore[return-value]
-    log.warning("ha_read_pacing_unavailable", reason="aiohttp's internals moved: reading continuously")
-    return None
+        log.warning("ha_read_pacing_unavailable", reason="aiohttp's internals moved: reading continuously")
+        return None
+    if transport.get_extra_info("sslcontext") is not None and _on_uvloop():  # type: ignore[union-attr]
+        # uvloop's TLS transport drops what it holds undelivered when the peer's end closes while reading is paused
+        # (MagicStack/uvloop#661, open): what HA sent before a crash or a network fault would be lost unseen.
+        _note_pacing_off_for_tls()
+        return None
+    return transport, queue, protocol  # type: ignore[return-value]
+
+
+@functools.cache
+def _note_pacing_off_for_tls() -> None:
+    """Noted once a process, not once a connection."""
+    log.info("ha_read_pacing_off", reason="TLS on uvloop: HA's socket is read continuously (MagicStack/uvloop#661)")
 
 
 @contextlib.asynccontextmanager
