@@ -179,7 +179,7 @@ def _reasons(key: Point, ha: Stored, our: Stored, ha_json: Stored, flags: dict[s
     """For each field of the point at `key`: "same", a reason of DELIBERATE, or what is unexplained. `flags`: what
     happened to the events at its time, by object id; `numbers`: the `state`/`*_str` fields HA wrote numbers in;
     `escaped`: the attributes whose text here holds repr()'s escapes (its digits a numeric tail HA's may lack, even
-    when the text itself was overwritten by another attribute's)."""
+    when the text itself was overwritten by another attribute's, and in `<name>_` when the name ends `_str`)."""
     theirs, mine, carried = (s.points.get(key) or {} for s in (ha, our, ha_json))
     at = flags.get(dict(key[1]).get("entity_id", ""))
     if at is None:  # an entity_id tag of another meaning (tags_attributes): any event at that time
@@ -198,7 +198,8 @@ def _reasons(key: Point, ha: Stored, our: Stored, ha_json: Stored, flags: dict[s
         elif field.endswith("_str") and field[:-4] in RENDERED.get(dict(key[1]).get("domain", ""), {}):
             yield "rendered"
         elif _unicode_version(field, theirs, mine) or _unicode_version(field, carried, mine) \
-                or _unicode_twin(key, ha, our, ha_json) or (field in escaped and held is None and _number(have)):
+                or _unicode_twin(key, ha, our, ha_json) \
+                or ({field, field.removesuffix("_")} & escaped and held is None and _number(have)):  # or renamed
             yield "unicode_version"
         elif "literal_name" in at or _literal(field) or _literal(key[0]):
             yield "literal_name"
@@ -227,6 +228,8 @@ def _examples(test: Any) -> Any:
                                                   "attributes": {"device_class": {"\U00031350": []}}}]),
         ({}, [{"entity_id": "light.probe", "state": "on", "attributes": {"hs_color": [1.5, 2.5]}}]),
         ({}, [{"attributes": {"unit_of_measurement": '"quoted"', '"k"': '"v"'}}]),
+        ({"override_measurement": "homeassistant"},  # ... whose numeric tail goes in `<name>_` (CI of b3fd25d drew it)
+         [{"entity_id": "sensor.0", "state": "on", "attributes": {"x_str": {"\U0002ebf0": None}}}]),
         ({"override_measurement": "homeassistant"},  # a literal name holding `=` (CI of d6b7f91 drew it)
          [{"entity_id": "sensor.0", "state": "on", "attributes": {"\t=": []}}]),
     ]
