@@ -252,16 +252,13 @@ class HAConnection:
             await self._nap(transport)
             return  # still measuring: the rate must stay below max_burst an interval for a whole interval
         self._fast, self._burst = False, 0
-        transport.pause_reading()
         pacing.resting.set()
         pacing.rests += 1
         try:
-            await asyncio.sleep(pacing.interval_s)
+            await _unread_for(transport, pacing.interval_s)
         finally:
             pacing.resting.clear()
             self._since = time.monotonic()
-            if not transport.is_closing():
-                transport.resume_reading()
 
     async def _nap(self, transport: _Transport) -> None:
         """At a high rate, leave the socket unread a moment (`nap_s`) once what was read is routed, so that the
@@ -271,12 +268,7 @@ class HAConnection:
         frames or the kernel holds bytes)."""
         assert self._pacing is not None
         self._pacing.naps += 1
-        transport.pause_reading()
-        try:
-            await asyncio.sleep(self._pacing.nap_s)
-        finally:
-            if not transport.is_closing():
-                transport.resume_reading()
+        await _unread_for(transport, self._pacing.nap_s)
 
     async def _route_frame(self, data: bytes) -> None:
         decoded: Any
@@ -378,6 +370,16 @@ class _Transport(Protocol):  # asyncio's and uvloop's (which is not an asyncio.T
     def resume_reading(self) -> None: ...
     def is_closing(self) -> bool: ...
     def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
+
+async def _unread_for(transport: _Transport, seconds: float) -> None:
+    """Leave the socket unread for `seconds` (what arrives waits in the kernel), then read it again unless it ended."""
+    transport.pause_reading()
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        if not transport.is_closing():
+            transport.resume_reading()
 
 
 def _unread_bytes(transport: _Transport) -> int:
